@@ -1,0 +1,229 @@
+"""The configuration file: its schema, and loading it with clear errors.
+
+The file is YAML, decoded once at start into typed Structs; a bad file stops
+the service with the path of the bad field and what was expected, e.g.
+`config.yaml: rules.sshd.findtime: expected a duration like "10m", got "ten"`.
+
+Rules come from the catalog (one YAML file per rule in `catalog_dir`); the
+main file's `rules:` section enables them and overrides their settings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+DEFAULT_PATH = "/etc/pyfilter/pyfilter.yaml"
+
+_DURATION = re.compile(r"^\s*(-?\d+)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the operator."""
+
+
+def parse_duration(value: int | str) -> int:
+    """Seconds from `600`, `"600"`, `"10m"`, `"1h"`, `"2d"`; -1 means forever."""
+    if isinstance(value, bool):
+        raise ValueError(f'expected a duration like "10m", got {value!r}')
+    if isinstance(value, int):
+        seconds = value
+    else:
+        m = _DURATION.match(value)
+        if not m:
+            raise ValueError(f'expected a duration like "10m", got "{value}"')
+        seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    if seconds < -1:
+        raise ValueError(f"expected a duration of 0 or more (or -1 for forever), got {value!r}")
+    return seconds
+
+
+class Seconds(int):
+    """A duration in seconds, written in the file as 600 or "10m"."""
+
+
+def _decode_custom(type_: type, value: Any) -> Any:
+    if type_ is Seconds:
+        return Seconds(parse_duration(value))
+    raise NotImplementedError
+
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+
+class Escalation(msgspec.Struct, forbid_unknown_fields=True):
+    """Repeat offenders: bantime * factor^(n-1), capped at maxtime."""
+
+    factor: Annotated[float, msgspec.Meta(ge=1)] = 1.0
+    maxtime: Seconds = Seconds(7 * 86400)
+
+
+class Rule(msgspec.Struct, forbid_unknown_fields=True):
+    """A detection rule: which lines are failures, and when to ban."""
+
+    service: str
+    sources: list[str]
+    patterns: list[str]
+    ignore: list[str] = []
+    prefilter: list[str] = []
+    time_format: str | None = None
+    timezone: str | None = None
+    mode: Literal["sliding", "consecutive", "instant"] = "sliding"
+    maxretry: Annotated[int, msgspec.Meta(ge=1)] = 5
+    findtime: Seconds = Seconds(600)
+    request_time: Seconds = Seconds(5)
+    failed_attempts: Annotated[int, msgspec.Meta(ge=1)] = 5
+    bantime: Seconds = Seconds(600)
+    escalation: Escalation = msgspec.field(default_factory=Escalation)
+    ports: list[Port] = []
+    verdict: Literal["drop", "reject"] = "drop"
+    ipv6_prefix: Annotated[int, msgspec.Meta(ge=1, le=128)] = 128
+    enabled: bool = True
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.patterns:
+            raise ValueError("a rule needs at least one pattern")
+
+
+class Source(msgspec.Struct, forbid_unknown_fields=True):
+    """A log source the collector follows. Rules name sources by `name`."""
+
+    name: str
+    type: Literal["file"] = "file"
+    paths: list[str] = []
+    from_start: bool = False
+
+    def __post_init__(self) -> None:
+        if self.type == "file" and not self.paths:
+            raise ValueError(f"source {self.name!r} of type file needs at least one path")
+
+
+class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "pyfilter:"
+    lines_maxlen: Annotated[int, msgspec.Meta(ge=1000)] = 1_000_000
+
+
+class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True):
+    sources: list[Source] = []
+    batch_lines: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.2
+    max_line_bytes: Annotated[int, msgspec.Meta(ge=256)] = 16384
+
+
+class EnforcerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    backend: Literal["nftables", "log-only"] = "nftables"
+    reconcile_interval: Seconds = Seconds(60)
+
+
+class ApiConfig(msgspec.Struct, forbid_unknown_fields=True):
+    listen: str = "127.0.0.1"
+    port: Port = 8470
+    token: str | None = None
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    host: str = ""
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+    catalog_dir: str = "rules"
+    whitelist: list[str] = []
+    collector: CollectorConfig = msgspec.field(default_factory=CollectorConfig)
+    enforcer: EnforcerConfig = msgspec.field(default_factory=EnforcerConfig)
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+    # Rule name -> overrides of the catalog entry (or a whole rule).
+    rules: dict[str, dict[str, Any]] = {}
+
+
+class Settings(msgspec.Struct):
+    """The loaded configuration: the file's values plus the resolved rules."""
+
+    config: Config
+    rules: dict[str, Rule]
+    path: str
+
+    @property
+    def host(self) -> str:
+        return self.config.host
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def _explain(path: Path, exc: msgspec.ValidationError, prefix: str = "") -> ConfigError:
+    # msgspec says "Expected `int`, got `str` - at `$.rules[2].maxretry`";
+    # operators read "pyfilter.yaml: rules[2].maxretry: expected int, got str".
+    message, _, where = str(exc).rpartition(" - at ")
+    if not message:
+        message, where = str(exc), "$"
+    where = where.strip("`").removeprefix("$").lstrip(".")
+    field = ".".join(p for p in (prefix, where) if p)
+    message = message.replace("`", "")
+    message = message[:1].lower() + message[1:]
+    return ConfigError(f"{path}: {field or '(top level)'}: {message}")
+
+
+def load_rule(path: Path, name: str, overrides: dict[str, Any] | None = None) -> Rule:
+    raw = _read_yaml(path) if path.exists() else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of rule settings")
+    merged = {**raw, **(overrides or {})}
+    try:
+        return msgspec.convert(merged, Rule, dec_hook=_decode_custom)
+    except msgspec.ValidationError as exc:
+        raise _explain(path, exc, f"rules.{name}") from None
+
+
+def load_catalog(catalog_dir: Path) -> dict[str, Rule]:
+    """Every rule of the catalog folder, by file name (sshd.yaml -> sshd)."""
+    return {p.stem: load_rule(p, p.stem) for p in sorted(catalog_dir.glob("*.yaml"))}
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read and validate the configuration file; raise ConfigError if bad."""
+    file = Path(path or os.environ.get("PYFILTER_CONFIG", DEFAULT_PATH))
+    raw = _read_yaml(file)
+    try:
+        config = msgspec.convert(raw, Config, dec_hook=_decode_custom)
+    except msgspec.ValidationError as exc:
+        raise _explain(file, exc) from None
+
+    catalog_dir = (file.parent / config.catalog_dir).resolve()
+    rules: dict[str, Rule] = {}
+    for name, overrides in config.rules.items():
+        catalog_file = catalog_dir / f"{name}.yaml"
+        if not catalog_file.exists() and "patterns" not in overrides:
+            raise ConfigError(
+                f"{file}: rules.{name}: no rule {name!r} in the catalog ({catalog_dir}) "
+                "and no patterns given"
+            )
+        rule = load_rule(catalog_file, name, overrides)
+        if rule.enabled:
+            rules[name] = rule
+
+    _apply_environment(config)
+    return Settings(config=config, rules=rules, path=str(file))
+
+
+def _apply_environment(config: Config) -> None:
+    """Settings that deployments set per host without editing the file."""
+    if url := os.environ.get("PYFILTER_REDIS_URL"):
+        config.redis.url = url
+    if token := os.environ.get("PYFILTER_API_TOKEN"):
+        config.api.token = token
+    config.host = os.environ.get("PYFILTER_HOST") or config.host or socket.gethostname()

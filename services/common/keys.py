@@ -1,0 +1,67 @@
+"""Every Redis key name, built in one place from the deployment's prefix.
+
+Two deployments can share one Redis by using different prefixes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DETECT_GROUP = "detect"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "pyfilter:"
+
+    # Streams
+    @property
+    def lines(self) -> str:
+        """Batches of log lines, collector -> detectors (consumer group "detect")."""
+        return f"{self.prefix}lines"
+
+    @property
+    def decisions(self) -> str:
+        """Ban and unban decisions, detectors/api -> every enforcer."""
+        return f"{self.prefix}decisions"
+
+    def enforce_group(self, host: str) -> str:
+        """Each host's enforcer reads decisions with its own group (own position)."""
+        return f"enforce:{host}"
+
+    # Collector
+    def checkpoint(self, host: str, source: str) -> str:
+        """Read positions of one source on one host (hash: file identity -> offset)."""
+        return f"{self.prefix}checkpoint:{host}:{source}"
+
+    # Detector
+    def window(self, rule: str, address: str) -> str:
+        """Failures of one address under one rule: sorted set, line id -> log time."""
+        return f"{self.prefix}window:{rule}:{address}"
+
+    def window_reset(self, rule: str, address: str) -> str:
+        """Log time of the failure that last triggered a ban (older ones no longer count)."""
+        return f"{self.prefix}window-reset:{rule}:{address}"
+
+    # Bans
+    def ban(self, address: str) -> str:
+        """The current ban record of an address (MessagePack BanRecord)."""
+        return f"{self.prefix}ban:{address}"
+
+    @property
+    def active_bans(self) -> str:
+        """Sorted set: address -> expiry (epoch seconds; +inf for permanent)."""
+        return f"{self.prefix}bans:active"
+
+    @property
+    def ban_history(self) -> str:
+        """Stream of every ban record ever written (bounded)."""
+        return f"{self.prefix}bans:history"
+
+    def ban_count(self, address: str) -> str:
+        """How many times an address was banned (escalation)."""
+        return f"{self.prefix}bancount:{address}"
+
+    # Health
+    def heartbeat(self, service: str, host: str) -> str:
+        return f"{self.prefix}heartbeat:{service}:{host}"

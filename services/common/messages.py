@@ -1,0 +1,104 @@
+"""Every message that crosses Redis, in one place.
+
+Messages are msgspec Structs encoded as MessagePack. Each carries a version
+field `v` so a reader can refuse (or adapt to) a newer writer. Services never
+put dicts or JSON on a stream.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+VERSION = 1
+
+
+class Line(msgspec.Struct, array_like=True, frozen=True):
+    """One log line and its stable identity.
+
+    `id` is unique per physical line: the source name, the file identity
+    (device and inode) and the byte offset of the line's start. A line read
+    twice (after a crash, before its checkpoint was written) has the same id,
+    which is how the detector recognises a redelivery.
+    """
+
+    id: str
+    text: str
+
+
+class LineBatch(msgspec.Struct, frozen=True, tag="lines"):
+    """A batch of lines from one source, as the collector writes it."""
+
+    host: str
+    source: str
+    lines: list[Line]
+    read_at: float
+    v: int = VERSION
+
+
+Action = Literal["ban", "unban"]
+Origin = Literal["detector", "manual", "sync"]
+
+
+class Decision(msgspec.Struct, frozen=True, tag="decision"):
+    """The one currency between deciding and enforcing.
+
+    Whoever makes it (a detector, an operator through the api, another host),
+    every enforcer applies it the same way. `duration` is in seconds; -1 is a
+    permanent ban. `expires_at` is absolute, so an enforcer that applies the
+    decision late gives the remaining time, not the full time again.
+    """
+
+    action: Action
+    address: str
+    rule: str
+    origin: Origin
+    host: str
+    created_at: float
+    duration: int = 0
+    expires_at: float | None = None
+    reason: str = ""
+    ports: list[int] = []
+    verdict: Literal["drop", "reject"] = "drop"
+    v: int = VERSION
+
+
+class BanRecord(msgspec.Struct):
+    """What we know about one banned address: why, since when, until when."""
+
+    address: str
+    rule: str
+    host: str
+    origin: Origin
+    banned_at: float
+    expires_at: float | None
+    duration: int
+    first_failure: float | None = None
+    last_failure: float | None = None
+    failures: int = 0
+    lines: list[str] = []
+    ban_count: int = 1
+    country: str | None = None
+    reason: str = ""
+    v: int = VERSION
+
+
+_encoder = msgspec.msgpack.Encoder()
+encode = _encoder.encode
+
+_batch_decoder = msgspec.msgpack.Decoder(LineBatch)
+_decision_decoder = msgspec.msgpack.Decoder(Decision)
+_record_decoder = msgspec.msgpack.Decoder(BanRecord)
+
+
+def decode_batch(data: bytes) -> LineBatch:
+    return _batch_decoder.decode(data)
+
+
+def decode_decision(data: bytes) -> Decision:
+    return _decision_decoder.decode(data)
+
+
+def decode_record(data: bytes) -> BanRecord:
+    return _record_decoder.decode(data)
