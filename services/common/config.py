@@ -71,6 +71,10 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
     service: str
     sources: list[str]
     patterns: list[str]
+    # Regex prepended to every pattern (placeholders allowed), e.g. the syslog
+    # header `<SYSLOG>sshd\[<PID>\]: `; keeps catalog files short and lets the
+    # matcher read the shared part of a line once.
+    prefix: str = ""
     ignore: list[str] = []
     prefilter: list[str] = []
     time_format: str | None = None
@@ -97,13 +101,22 @@ class Source(msgspec.Struct, forbid_unknown_fields=True):
     """A log source the collector follows. Rules name sources by `name`."""
 
     name: str
-    type: Literal["file"] = "file"
+    type: Literal["file", "journal", "docker"] = "file"
+    # file: files or globs of live files. journal: journal files or folders
+    # (none: the system journal).
     paths: list[str] = []
     from_start: bool = False
+    # journal: journalctl matches, e.g. ["_SYSTEMD_UNIT=ssh.service", "+", "SYSLOG_IDENTIFIER=sshd"].
+    match: list[str] = []
+    # docker: one container by name or id, or every container with a label ("key" or "key=value").
+    container: str | None = None
+    label: str | None = None
 
     def __post_init__(self) -> None:
         if self.type == "file" and not self.paths:
             raise ValueError(f"source {self.name!r} of type file needs at least one path")
+        if self.type == "docker" and not (self.container or self.label):
+            raise ValueError(f"source {self.name!r} of type docker needs a container or a label")
 
 
 class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -226,4 +239,6 @@ def _apply_environment(config: Config) -> None:
         config.redis.url = url
     if token := os.environ.get("PYFILTER_API_TOKEN"):
         config.api.token = token
+    if listen := os.environ.get("PYFILTER_API_LISTEN"):
+        config.api.listen = listen
     config.host = os.environ.get("PYFILTER_HOST") or config.host or socket.gethostname()

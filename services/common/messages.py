@@ -72,8 +72,8 @@ class BanRecord(msgspec.Struct):
     host: str
     origin: Origin
     banned_at: float
-    expires_at: float | None
     duration: int
+    expires_at: float | None = None  # None: permanent
     first_failure: float | None = None
     last_failure: float | None = None
     failures: int = 0

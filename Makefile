@@ -1,0 +1,64 @@
+# PyFilter: `make up` runs the stack on this host, `make test` the whole suite.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+COMPOSE_FILES := -f compose/docker-compose.yml
+# Air-gapped when asked, or when no base image can be had from a registry.
+AIRGAPPED ?= $(shell docker image inspect python:3.12-slim >/dev/null 2>&1 \
+	|| timeout 60 docker pull -q python:3.12-slim >/dev/null 2>&1 || echo 1)
+ifeq ($(AIRGAPPED),1)
+COMPOSE_FILES += -f compose/airgapped.yml
+endif
+COMPOSE := docker compose $(COMPOSE_FILES)
+
+.PHONY: help up down images airgapped-images dev test unit integration bench logs
+
+help:
+	@echo "make up      start the stack on this host (healthy when it returns)"
+	@echo "make down    stop it (volumes, hence bans and history, are kept)"
+	@echo "make test    the whole suite: unit tests and the real stack in containers"
+	@echo "make dev     .venv with the project and its test tools (CLI: .venv/bin/pyfilter)"
+	@echo "make bench   benchmarks, side by side with fail2ban"
+
+compose/.env:
+	@umask 077; echo "PYFILTER_API_TOKEN=$$(head -c 24 /dev/urandom | base64 | tr -d '/+=')" > $@
+	@echo "generated an API token in $@"
+
+airgapped-images:
+	docker/build-base.sh
+	docker/build-wheels.sh
+
+images: $(if $(filter 1,$(AIRGAPPED)),airgapped-images)
+	$(COMPOSE) build
+
+up: compose/.env images
+	$(COMPOSE) up -d --wait
+	@echo "PyFilter is up: API on http://127.0.0.1:$${PYFILTER_API_PORT:-8470} (token in compose/.env)"
+
+down:
+	$(COMPOSE) down
+
+logs:
+	$(COMPOSE) logs -f --tail=50
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	@touch $@
+
+dev: $(VENV)/.installed
+
+unit: dev
+	$(VENV)/bin/pytest tests/unit -q
+
+integration: dev images
+	PYFILTER_AIRGAPPED=$(AIRGAPPED) $(VENV)/bin/pytest tests/integration -q -p no:cacheprovider
+
+# pytest exits 5 when it collects nothing: that is a failure here, not a pass.
+test: dev images
+	PYFILTER_AIRGAPPED=$(AIRGAPPED) $(VENV)/bin/pytest tests -q -rs
+
+bench: dev
+	$(VENV)/bin/python -m bench.run

@@ -1,0 +1,49 @@
+"""Redis connections and the stream plumbing every service shares."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import redis.asyncio as redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger("pyfilter.redis")
+
+# Errors after which a service waits and tries again (Redis restarting,
+# network blip); anything else is a bug and should surface.
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=5,
+        socket_keepalive=True,
+        health_check_interval=15,
+        retry_on_timeout=True,
+    )
+
+
+async def ensure_group(client: redis.Redis, stream: str, group: str, start: str = "0") -> None:
+    """Create a consumer group (and the stream) unless it exists."""
+    try:
+        await client.xgroup_create(stream, group, id=start, mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def wait_for_redis(client: redis.Redis, service: str) -> None:
+    """Block until Redis answers, with a capped backoff; log while it does not."""
+    delay = 0.2
+    while True:
+        try:
+            await client.ping()
+            return
+        except TRANSIENT as exc:
+            log.warning("redis unreachable, retrying", extra={"service": service, "error": str(exc)})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

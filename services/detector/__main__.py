@@ -1,0 +1,5 @@
+import sys
+
+from pyfilter.detector.main import main
+
+sys.exit(main())

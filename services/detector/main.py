@@ -1,0 +1,143 @@
+"""Detector: read batches of lines (consumer group), match rules, update windows.
+
+Replicas are stateless and interchangeable: they share the consumer group
+"detect" on the lines stream and keep every window in Redis. An entry is
+acknowledged (and deleted) only after its failures are in the windows, so a
+replica killed mid-batch leaves the entry pending, and another replica claims
+it after `CLAIM_IDLE_MS`. Replaying it is harmless: windows are idempotent per
+line id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+
+import msgspec
+
+from pyfilter.common import health, log, messages
+from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_address, parse_network
+from pyfilter.common.config import ConfigError, Settings, load
+from pyfilter.common.keys import DETECT_GROUP, Keys
+from pyfilter.common.redisio import TRANSIENT, connect, ensure_group, wait_for_redis
+from pyfilter.detector.rules import Matcher
+from pyfilter.detector.windows import Observed, Windows
+
+logger = logging.getLogger("pyfilter.detector")
+
+BATCHES_PER_READ = 16
+CLAIM_IDLE_MS = 30_000
+CLAIM_EVERY_S = 5.0
+
+
+class Detector:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        cfg = settings.config
+        self.keys = Keys(cfg.redis.prefix)
+        self.client = connect(cfg.redis.url)
+        self.matcher = Matcher(settings.rules)
+        self.windows = Windows(self.client, cfg.redis.prefix, settings.rules)
+        self.whitelist = [parse_network(n) for n in cfg.whitelist]
+        # Container hostnames are unique per replica; the pid guards restarts.
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self.stopping = asyncio.Event()
+        self.next_claim = 0.0
+
+    def observe(self, batch: messages.LineBatch, now: float) -> list[Observed]:
+        """Failures in a batch, minus addresses that must never be counted."""
+        found = []
+        for line in batch.lines:
+            for f in self.matcher.match(line.text, batch.source, now):
+                address = self._countable(f.host)
+                if address is not None:
+                    found.append(Observed(f.rule, address, batch.host, f.time or batch.read_at,
+                                          line.id, line.text))
+        return found
+
+    def _countable(self, host: str) -> str | None:
+        try:
+            addr = parse_address(host)
+        except InvalidAddress:
+            return None  # a hostname: we never resolve names an attacker controls
+        if never_ban_reason(addr, self.whitelist) is not None:
+            return None
+        return str(addr)
+
+    async def handle(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        now = time.time()
+        observed: list[Observed] = []
+        ids = []
+        for entry_id, fields in entries:
+            ids.append(entry_id)
+            if fields is None:  # deleted while pending: nothing left to do
+                continue
+            try:
+                batch = messages.decode_batch(fields[b"m"])
+            except (KeyError, msgspec.DecodeError) as exc:
+                logger.error("undecodable lines entry, moved aside",
+                             extra={"entry": entry_id.decode(), "error": str(exc)})
+                await self.client.xadd(f"{self.keys.lines}:dead", fields)
+                continue
+            observed += self.observe(batch, now)
+        for ban in await self.windows.record(observed, now):
+            logger.info("ban decided", extra={"address": ban.address, "rule": ban.rule,
+                                              "duration": ban.duration})
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xack(self.keys.lines, DETECT_GROUP, *ids)
+            pipe.xdel(self.keys.lines, *ids)
+            await pipe.execute()
+
+    async def run(self) -> None:
+        await wait_for_redis(self.client, "detector")
+        await ensure_group(self.client, self.keys.lines, DETECT_GROUP)
+        logger.info("detector started", extra={"consumer": self.consumer,
+                                               "rules": sorted(self.settings.rules)})
+        while not self.stopping.is_set():
+            health.beat()
+            try:
+                await self.step()
+            except TRANSIENT as exc:
+                logger.warning("redis error, retrying", extra={"error": str(exc)})
+                await asyncio.sleep(1)
+                await wait_for_redis(self.client, "detector")
+                await ensure_group(self.client, self.keys.lines, DETECT_GROUP)
+        await self.client.aclose()
+
+    async def step(self) -> None:
+        # Entries a dead replica left pending come first.
+        if time.monotonic() >= self.next_claim:
+            _, claimed, _ = await self.client.xautoclaim(
+                self.keys.lines, DETECT_GROUP, self.consumer, CLAIM_IDLE_MS, "0-0",
+                count=BATCHES_PER_READ)
+            if claimed:
+                await self.handle(claimed)
+                return
+            self.next_claim = time.monotonic() + CLAIM_EVERY_S
+        reply = await self.client.xreadgroup(
+            DETECT_GROUP, self.consumer, {self.keys.lines: ">"}, count=BATCHES_PER_READ, block=1000)
+        for _, entries in reply:
+            await self.handle(entries)
+
+
+async def main_async(settings: Settings) -> None:
+    detector = Detector(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, detector.stopping.set)
+    await detector.run()
+
+
+def main() -> int:
+    log.setup("detector")
+    try:
+        settings = load()
+    except ConfigError as exc:
+        logger.error(str(exc))
+        return 2
+    asyncio.run(main_async(settings))
+    return 0

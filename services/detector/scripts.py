@@ -1,0 +1,139 @@
+"""Server-side scripts of the detector, in one place.
+
+The failure windows live in Redis and change only inside this script, so an
+update is atomic and replicas share nothing but Redis. It is idempotent per
+line id: a redelivered batch (a collector or detector that crashed before its
+acknowledgement) adds nothing, because every failure is a sorted-set member
+named by its line id, and failures at or before the last ban are ignored.
+When a threshold is crossed the same script writes the ban record and the
+ban decision, so a crash can never leave a crossed window without its ban.
+"""
+
+RECORD_FAILURES = r"""
+-- ARGV: prefix, now, group count, then per group (one rule, address and
+-- host that saw the lines) a header of GROUP_HEADER fields followed by `n`
+-- (line id, log time, text) triples.
+local prefix = ARGV[1]
+local now = tonumber(ARGV[2])
+local ngroups = tonumber(ARGV[3])
+local GROUP_HEADER = 12
+local MAX_LINES = 10
+local INF = math.huge
+
+local active_key = prefix .. 'bans:active'
+local results = {}
+
+local function escalated(bantime, factor, maxtime, count)
+  if bantime < 0 then return -1 end
+  local d = math.floor(bantime * factor ^ (count - 1))
+  if maxtime >= 0 and d > maxtime then d = maxtime end
+  return d
+end
+
+local function ban(g, trigger, window_key, lines_key)
+  local count = tonumber(redis.call('GET', prefix .. 'bancount:' .. g.address) or '0') + 1
+  local duration = escalated(g.bantime, g.factor, g.maxtime, count)
+  local expires = INF
+  if duration >= 0 then expires = now + duration end
+  local current = redis.call('ZSCORE', active_key, g.address)
+  if current and (current == 'inf' or tonumber(current) >= expires) then
+    return  -- already banned at least as long: no second decision
+  end
+  redis.call('INCR', prefix .. 'bancount:' .. g.address)
+
+  local first = redis.call('ZRANGE', window_key, 0, 0, 'WITHSCORES')[2]
+  local failures = redis.call('ZCOUNT', window_key, '-inf', trigger)
+  local ports = {}
+  for p in string.gmatch(g.ports, '%d+') do ports[#ports + 1] = tonumber(p) end
+  local reason = failures .. ' failures of ' .. g.rule
+  local record = {
+    address = g.address, rule = g.rule, host = g.seen_by, origin = 'detector',
+    banned_at = now, duration = duration, first_failure = tonumber(first),
+    last_failure = trigger, failures = failures, ban_count = count,
+    lines = redis.call('LRANGE', lines_key, 0, -1), reason = reason, v = 1,
+  }
+  local decision = {
+    type = 'decision', action = 'ban', address = g.address, rule = g.rule,
+    origin = 'detector', host = g.seen_by, created_at = now, duration = duration,
+    reason = reason, ports = ports, verdict = g.verdict, v = 1,
+  }
+  if duration >= 0 then
+    record.expires_at = expires
+    decision.expires_at = expires
+  end
+  local packed = cmsgpack.pack(record)
+  redis.call('SET', prefix .. 'ban:' .. g.address, packed)
+  redis.call('ZADD', active_key, expires == INF and '+inf' or expires, g.address)
+  redis.call('XADD', prefix .. 'bans:history', 'MAXLEN', '~', 100000, '*', 'm', packed)
+  redis.call('XADD', prefix .. 'decisions', 'MAXLEN', '~', 1000000, '*', 'm', cmsgpack.pack(decision))
+  results[#results + 1] = g.address .. ' ' .. g.rule .. ' ' .. duration
+end
+
+local pos = 4
+for _ = 1, ngroups do
+  local g = {
+    rule = ARGV[pos], address = ARGV[pos + 1], seen_by = ARGV[pos + 2], mode = ARGV[pos + 3],
+    threshold = tonumber(ARGV[pos + 4]), span = tonumber(ARGV[pos + 5]),
+    bantime = tonumber(ARGV[pos + 6]), factor = tonumber(ARGV[pos + 7]),
+    maxtime = tonumber(ARGV[pos + 8]), verdict = ARGV[pos + 9], ports = ARGV[pos + 10],
+  }
+  local n = tonumber(ARGV[pos + 11])
+  pos = pos + GROUP_HEADER
+
+  local key_tail = g.rule .. ':' .. g.address
+  local window_key = prefix .. 'window:' .. key_tail
+  local lines_key = prefix .. 'window-lines:' .. key_tail
+  local reset_key = prefix .. 'window-reset:' .. key_tail
+  local state_key = prefix .. 'window-state:' .. key_tail
+  local reset = tonumber(redis.call('GET', reset_key) or '-1')
+  -- A line older than the window when it arrives cannot ban.
+  local reach = g.span
+  if g.mode == 'consecutive' then reach = g.span * g.threshold end
+  local oldest = now - reach
+
+  local fresh = {}
+  for i = 0, n - 1 do
+    local at = pos + 3 * i
+    local ts = math.min(tonumber(ARGV[at + 1]), now)
+    if ts >= oldest and ts > reset and redis.call('ZADD', window_key, 'NX', ts, ARGV[at]) == 1 then
+      fresh[#fresh + 1] = ts
+      redis.call('RPUSH', lines_key, ARGV[at + 2])
+    end
+  end
+  pos = pos + 3 * n
+
+  if #fresh > 0 then
+    table.sort(fresh)
+    redis.call('LTRIM', lines_key, -MAX_LINES, -1)
+    redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. oldest)
+    local trigger = nil
+    if g.mode == 'instant' then
+      trigger = fresh[#fresh]
+    elseif g.mode == 'sliding' then
+      for _, ts in ipairs(fresh) do
+        if redis.call('ZCOUNT', window_key, ts - g.span, ts) >= g.threshold then trigger = ts end
+      end
+    else -- consecutive: each failure within `span` of the previous adds one
+      local state = redis.call('HMGET', state_key, 'last', 'count')
+      local last, count = tonumber(state[1] or '-1'), tonumber(state[2] or '0')
+      for _, ts in ipairs(fresh) do
+        if last >= 0 and ts - last <= g.span then count = count + 1 else count = 1 end
+        last = ts
+        if count >= g.threshold then trigger = ts; count = 0 end
+      end
+      redis.call('HSET', state_key, 'last', last, 'count', count)
+    end
+    if trigger then
+      ban(g, trigger, window_key, lines_key)
+      redis.call('SET', reset_key, trigger)
+      redis.call('ZREMRANGEBYSCORE', window_key, '-inf', trigger)
+      redis.call('DEL', lines_key)
+    end
+    local ttl = math.ceil(reach) + 60
+    for _, key in ipairs({window_key, lines_key, reset_key, state_key}) do
+      redis.call('EXPIRE', key, ttl)
+    end
+  end
+end
+return results
+"""

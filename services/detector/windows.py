@@ -1,0 +1,72 @@
+"""Failure windows in Redis: packing a batch's failures for the window script."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import redis.asyncio as redis
+
+from pyfilter.common.config import Rule
+from pyfilter.detector.scripts import RECORD_FAILURES
+
+
+class Observed(NamedTuple):
+    """One failure seen in one line: what the matcher found plus the line's identity."""
+
+    rule: str
+    address: str
+    host: str  # the host whose log had the line
+    time: float
+    line_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class NewBan:
+    address: str
+    rule: str
+    duration: int
+
+
+def _group_header(name: str, rule: Rule, address: str, host: str, count: int) -> list[object]:
+    if rule.mode == "consecutive":
+        threshold, span = rule.failed_attempts, rule.request_time
+    elif rule.mode == "instant":
+        threshold, span = 1, rule.findtime
+    else:
+        threshold, span = rule.maxretry, rule.findtime
+    ports = ",".join(str(p) for p in rule.ports)
+    return [
+        name, address, host, rule.mode, threshold, span, rule.bantime,
+        rule.escalation.factor, rule.escalation.maxtime, rule.verdict, ports, count,
+    ]
+
+
+class Windows:
+    """Applies observed failures to the windows; returns the bans they caused."""
+
+    def __init__(self, client: redis.Redis, prefix: str, rules: dict[str, Rule]):
+        self._script = client.register_script(RECORD_FAILURES)
+        self._prefix = prefix
+        self._rules = rules
+
+    async def record(self, observed: list[Observed], now: float) -> list[NewBan]:
+        if not observed:
+            return []
+        groups: dict[tuple[str, str, str], list[Observed]] = defaultdict(list)
+        for o in observed:
+            groups[(o.rule, o.address, o.host)].append(o)
+        args: list[object] = [self._prefix, now, len(groups)]
+        for (name, address, host), items in groups.items():
+            args += _group_header(name, self._rules[name], address, host, len(items))
+            for o in items:
+                args += [o.line_id, o.time, o.text]
+        results = await self._script(keys=[], args=args)
+        return [_parse_ban(r) for r in results]
+
+
+def _parse_ban(result: bytes) -> NewBan:
+    address, rule, duration = result.decode().split(" ")
+    return NewBan(address, rule, int(duration))

@@ -1,0 +1,5 @@
+import sys
+
+from pyfilter.enforcer.main import main
+
+sys.exit(main())

@@ -1,0 +1,158 @@
+"""Enforcer: apply ban decisions to this host's kernel firewall.
+
+Each host reads the decisions stream with its own consumer group, so a host
+that was down applies what it missed when it returns; a decision is
+acknowledged only after the kernel has it. On start and every
+`reconcile_interval` the kernel sets are made equal to the active bans
+(remaining time, expired ones gone, manual unbans applied). On shutdown the
+bans stay in the kernel: their timeouts run there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import signal
+import time
+
+import msgspec
+
+from pyfilter.common import bans, health, log, messages
+from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_network, parse_target
+from pyfilter.common.config import ConfigError, Settings, load
+from pyfilter.common.keys import Keys
+from pyfilter.common.redisio import TRANSIENT, connect, ensure_group, wait_for_redis
+from pyfilter.enforcer.backends import make_backend
+from pyfilter.enforcer.backends.base import Backend, Ban
+from pyfilter.enforcer.hostinfo import own_addresses
+
+logger = logging.getLogger("pyfilter.enforcer")
+
+DECISIONS_PER_READ = 1000
+
+
+class Enforcer:
+    def __init__(self, settings: Settings, backend: Backend):
+        cfg = settings.config
+        self.settings = settings
+        self.backend = backend
+        self.keys = Keys(cfg.redis.prefix)
+        self.client = connect(cfg.redis.url)
+        self.group = self.keys.enforce_group(settings.host)
+        self.consumer = settings.host
+        self.whitelist = [parse_network(n) for n in cfg.whitelist]
+        self.own = own_addresses()
+        self.stopping = asyncio.Event()
+        self.next_reconcile = 0.0
+
+    def refusal(self, target) -> str | None:
+        return never_ban_reason(target, self.whitelist, self.own)
+
+    async def apply(self, decisions: list[messages.Decision]) -> None:
+        """Apply decisions in order; consecutive bans go to the kernel as one batch."""
+        pending: list[Ban] = []
+        now = time.time()
+        for d in decisions:
+            try:
+                target = parse_target(d.address)
+            except InvalidAddress as exc:
+                logger.error("decision with a bad address ignored", extra={"error": str(exc)})
+                continue
+            if d.action == "unban":
+                if pending:
+                    await self.backend.ban(pending)
+                    pending = []
+                await self.backend.unban([target])
+                logger.info("unbanned", extra={"address": d.address, "origin": d.origin})
+                continue
+            if reason := self.refusal(target):
+                logger.warning("refused to ban", extra={"address": d.address, "rule": d.rule,
+                                                        "reason": reason})
+                continue
+            timeout = None if d.expires_at is None else math.ceil(d.expires_at - now)
+            if timeout is not None and timeout <= 0:
+                continue  # ran out before it reached us
+            pending.append(Ban(target=target, timeout=timeout))
+            logger.info("banned", extra={"address": d.address, "rule": d.rule, "timeout": timeout,
+                                         "seen_by": d.host, "origin": d.origin})
+        if pending:
+            await self.backend.ban(pending)
+
+    async def reconcile(self) -> None:
+        now = time.time()
+        wanted: dict[str, float | None] = {}
+        for address, expires in (await bans.active(self.client, self.keys, now)).items():
+            try:
+                target = parse_target(address)
+            except InvalidAddress:
+                continue
+            if self.refusal(target) is None:
+                wanted[str(target)] = None if expires is None else expires - now
+        added, removed = await self.backend.sync(wanted)
+        logger.info("reconciled", extra={"active": len(wanted), "added": added, "removed": removed})
+        self.next_reconcile = time.monotonic() + self.settings.config.enforcer.reconcile_interval
+
+    async def consume(self, start: str) -> int:
+        """Read and apply one round of decisions; `start` "0" replays our pending ones."""
+        reply = await self.client.xreadgroup(
+            self.group, self.consumer, {self.keys.decisions: start},
+            count=DECISIONS_PER_READ, block=None if start == "0" else 1000)
+        entries = [e for _, stream_entries in reply for e in stream_entries]
+        decisions = []
+        for entry_id, fields in entries:
+            try:
+                decisions.append(messages.decode_decision(fields[b"m"]))
+            except (KeyError, TypeError, msgspec.DecodeError) as exc:
+                logger.error("undecodable decision skipped",
+                             extra={"entry": entry_id.decode(), "error": str(exc)})
+        await self.apply(decisions)
+        if entries:
+            await self.client.xack(self.keys.decisions, self.group, *[e[0] for e in entries])
+        return len(entries)
+
+    async def start(self) -> None:
+        await wait_for_redis(self.client, "enforcer")
+        # The group starts at "$": what came before is in the active bans,
+        # which the reconcile right after creating it applies.
+        await ensure_group(self.client, self.keys.decisions, self.group, start="$")
+        while await self.consume("0"):
+            pass
+        await self.reconcile()
+
+    async def run(self) -> None:
+        await self.backend.init()
+        logger.info("enforcer started", extra={"host": self.settings.host,
+                                               "never_ban_own": sorted(map(str, self.own))})
+        await self.start()
+        while not self.stopping.is_set():
+            health.beat()
+            try:
+                await self.consume(">")
+                if time.monotonic() >= self.next_reconcile:
+                    await self.reconcile()
+            except TRANSIENT as exc:
+                logger.warning("redis error, retrying", extra={"error": str(exc)})
+                await asyncio.sleep(1)
+                await self.start()
+        await self.backend.close()
+        await self.client.aclose()
+
+
+async def main_async(settings: Settings) -> None:
+    enforcer = Enforcer(settings, make_backend(settings.config.enforcer.backend))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, enforcer.stopping.set)
+    await enforcer.run()
+
+
+def main() -> int:
+    log.setup("enforcer")
+    try:
+        settings = load()
+    except ConfigError as exc:
+        logger.error(str(exc))
+        return 2
+    asyncio.run(main_async(settings))
+    return 0

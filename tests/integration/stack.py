@@ -1,0 +1,127 @@
+"""Bring the real stack up in containers for a test, and talk to it.
+
+The stack is the project's own compose file (plus the air-gapped override
+when the images were built that way) and `compose.test.yml`, under a project
+name of its own, with a log folder, API port and token made for the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_OVERRIDE = Path(__file__).with_name("compose.test.yml")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def compose_files() -> list[str]:
+    files = [ROOT / "compose/docker-compose.yml"]
+    if os.environ.get("PYFILTER_AIRGAPPED") == "1":
+        files.append(ROOT / "compose/airgapped.yml")
+    files.append(TEST_OVERRIDE)
+    return [arg for f in files for arg in ("-f", str(f))]
+
+
+@dataclass
+class Stack:
+    project: str
+    log_dir: Path
+    api_port: int = field(default_factory=free_port)
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+    def __post_init__(self) -> None:
+        self.docker = docker.from_env()
+        self.env = {
+            **os.environ,
+            "PYFILTER_LOG_DIR": str(self.log_dir),
+            "PYFILTER_API_PORT": str(self.api_port),
+            "PYFILTER_API_TOKEN": self.token,
+            "PYFILTER_REDIS_PORT": str(free_port()),
+            "PYFILTER_HOST": "target-host",
+        }
+
+    def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = ["docker", "compose", "-p", self.project, *compose_files(), *args]
+        result = subprocess.run(cmd, env=self.env, capture_output=True, text=True)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def up(self) -> None:
+        self.compose("up", "-d", "--wait", "--wait-timeout", "120")
+
+    def down(self) -> None:
+        logs = self.compose("logs", "--no-color", check=False).stdout
+        (self.log_dir.parent / f"{self.project}.log").write_text(logs)
+        self.compose("down", "-v", "--remove-orphans", check=False)
+
+    def container(self, service: str):
+        return self.docker.containers.get(f"{self.project}-{service}-1")
+
+    def exec(self, service: str, *cmd: str) -> tuple[int, str]:
+        code, out = self.container(service).exec_run(list(cmd))
+        return code, out.decode(errors="replace")
+
+    def tcp_connects(self, service: str, host: str, port: int, timeout: float = 3.0) -> bool:
+        code, _ = self.exec(service, "python", "-c",
+                            f"import socket; socket.create_connection(('{host}', {port}), {timeout})")
+        return code == 0
+
+    def api(self, method: str, path: str, body: object | None = None,
+            token: str | None = None) -> tuple[int, object]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.api_port}{path}", data=data,
+                                     method=method)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def kernel_set(self, name: str = "ban4") -> list[str]:
+        code, out = self.exec("enforcer", "nft", "-j", "list", "set", "inet", "pyfilter", name)
+        if code != 0:
+            raise RuntimeError(f"nft list set failed: {out}")
+        elements = []
+        for item in json.loads(out)["nftables"]:
+            for elem in item.get("set", {}).get("elem", []):
+                value = elem["elem"]["val"] if isinstance(elem, dict) and "elem" in elem else elem
+                elements.append(value if isinstance(value, str) else json.dumps(value))
+        return elements
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
+    """Poll until `predicate()` is truthy; fail with `what` when time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def make_log_dir() -> Path:
+    # World-readable: the collector runs as an unprivileged user.
+    path = Path(tempfile.mkdtemp(prefix="pyfilter-it-"))
+    path.chmod(0o755)
+    return path

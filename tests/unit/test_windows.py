@@ -1,0 +1,126 @@
+"""The failure windows, against a real redis-server: thresholds, idempotency, escalation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from pyfilter.common import messages
+from pyfilter.common.config import Escalation, Rule, Seconds
+from pyfilter.common.keys import Keys
+from pyfilter.detector.windows import Observed, Windows
+
+NOW = 1_800_000_000.0
+ATTACKER = "198.51.100.7"
+
+
+def make_rule(**kw) -> Rule:
+    base = dict(service="sshd", sources=["auth"], patterns=["x"], maxretry=3,
+                findtime=Seconds(60), bantime=Seconds(600))
+    base.update(kw)
+    return msgspec.convert(base, Rule, dec_hook=lambda t, v: Seconds(v))
+
+
+def failures(n: int, start: float = NOW - 10, step: float = 1.0, address: str = ATTACKER,
+             rule: str = "sshd", tag: str = "f") -> list[Observed]:
+    return [Observed(rule, address, "host-a", start + i * step, f"{tag}:{i}", f"line {i}") for i in range(n)]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def record(url: str, rules: dict[str, Rule], batches: list[list[Observed]], now: float = NOW):
+    client = aioredis.from_url(url)
+    windows = Windows(client, "pf:", rules)
+    bans = []
+    for batch in batches:
+        bans += await windows.record(batch, now)
+    decisions = await client.xrange("pf:decisions")
+    await client.aclose()
+    return bans, [messages.decode_decision(d[b"m"]) for _, d in decisions]
+
+
+def test_ban_when_maxretry_failures_fall_within_findtime(redis_url):
+    bans, decisions = run(record(redis_url, {"sshd": make_rule()}, [failures(2), failures(1, start=NOW - 5, tag="g")]))
+    assert [(b.address, b.rule, b.duration) for b in bans] == [(ATTACKER, "sshd", 600)]
+    assert len(decisions) == 1
+    d = decisions[0]
+    assert (d.action, d.address, d.origin, d.host, d.duration) == ("ban", ATTACKER, "detector", "host-a", 600)
+    assert d.expires_at == pytest.approx(NOW + 600)
+
+
+def test_failures_spread_wider_than_findtime_do_not_ban(redis_url):
+    bans, decisions = run(record(redis_url, {"sshd": make_rule()}, [failures(3, start=NOW - 150, step=40)]))
+    assert bans == [] and decisions == []
+
+
+def test_redelivered_batch_changes_nothing(redis_url):
+    batch = failures(2)
+    bans, decisions = run(record(redis_url, {"sshd": make_rule()}, [batch, batch, batch]))
+    assert bans == [] and decisions == []
+    # And after a ban, replaying the lines that caused it does not ban again.
+    full = failures(3)
+    bans, decisions = run(record(redis_url, {"sshd": make_rule()}, [full, full]))
+    assert len(bans) == 1 and len(decisions) == 1
+
+
+def test_line_older_than_window_on_arrival_cannot_ban(redis_url):
+    bans, _ = run(record(redis_url, {"sshd": make_rule()}, [failures(5, start=NOW - 3600)]))
+    assert bans == []
+
+
+def test_record_names_host_lines_and_count(redis_url):
+    async def go():
+        await record(redis_url, {"sshd": make_rule()}, [failures(3)])
+        client = aioredis.from_url(redis_url)
+        rec = messages.decode_record(await client.get(Keys("pf:").ban(ATTACKER)))
+        score = await client.zscore(Keys("pf:").active_bans, ATTACKER)
+        await client.aclose()
+        return rec, score
+    rec, score = run(go())
+    assert (rec.address, rec.rule, rec.host, rec.failures, rec.ban_count) == (ATTACKER, "sshd", "host-a", 3, 1)
+    assert rec.lines == ["line 0", "line 1", "line 2"]
+    assert rec.first_failure == NOW - 10 and rec.last_failure == NOW - 8
+    assert score == pytest.approx(NOW + 600)
+
+
+def test_repeat_offender_ban_escalates_up_to_maxtime(redis_url):
+    rule = make_rule(escalation=Escalation(factor=2, maxtime=Seconds(1500)))
+    durations = []
+
+    async def go():
+        client = aioredis.from_url(redis_url)
+        windows = Windows(client, "pf:", {"sshd": rule})
+        now = NOW
+        for round_ in range(4):
+            bans = await windows.record(failures(3, start=now - 5, tag=f"r{round_}"), now)
+            durations.extend(b.duration for b in bans)
+            now += 2000  # after the previous ban expired
+        await client.aclose()
+    run(go())
+    assert durations == [600, 1200, 1500, 1500]
+
+
+def test_instant_rule_bans_on_first_failure(redis_url):
+    bans, _ = run(record(redis_url, {"wp": make_rule(mode="instant")}, [failures(1, rule="wp")]))
+    assert [b.rule for b in bans] == ["wp"]
+
+
+def test_consecutive_rule_resets_on_long_gap(redis_url):
+    rule = make_rule(mode="consecutive", failed_attempts=3, request_time=Seconds(5))
+    gap = failures(2, start=NOW - 30, step=1, tag="a") + failures(2, start=NOW - 10, step=1, tag="b")
+    bans, _ = run(record(redis_url, {"c": rule}, [[o._replace(rule="c") for o in gap]]))
+    assert bans == []
+    close = [o._replace(rule="c") for o in failures(3, start=NOW - 3, step=1, tag="c")]
+    bans, _ = run(record(redis_url, {"c": rule}, [close]))
+    assert len(bans) == 1
+
+
+def test_permanent_ban_has_no_expiry(redis_url):
+    bans, decisions = run(record(redis_url, {"sshd": make_rule(bantime=Seconds(-1))}, [failures(3)]))
+    assert bans[0].duration == -1
+    assert decisions[0].expires_at is None
