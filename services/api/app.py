@@ -18,7 +18,7 @@ from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_ne
 from pyfilter.common.config import ConfigError, Settings, load, parse_duration
 from pyfilter.common.keys import Keys
 from pyfilter.common.redisio import connect
-from pyfilter.api.auth import require_token
+from pyfilter.api.auth import TOKEN, require_token
 
 logger = logging.getLogger("pyfilter.api")
 
@@ -137,7 +137,8 @@ class Api:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=8 * 1024 * 1024)
-        app["token"] = self.settings.config.api.token
+        if self.settings.config.api.token:
+            app[TOKEN] = self.settings.config.api.token
         app.add_routes([
             web.get("/healthz", self.healthz),
             web.get("/api/v1/bans", self.list_bans),

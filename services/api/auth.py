@@ -9,6 +9,10 @@ import msgspec
 from aiohttp import web
 
 
+# Where the app keeps the expected token (None: writes are refused).
+TOKEN = web.AppKey("token", str)
+
+
 def _deny(message: str) -> web.Response:
     return web.Response(body=msgspec.json.encode({"error": message}), status=401,
                         content_type="application/json",
@@ -27,7 +31,7 @@ def require_token(handler):
 
     @functools.wraps(handler)
     async def checked(self, request: web.Request) -> web.StreamResponse:
-        if not token_ok(request.app["token"], request.headers.get("Authorization")):
+        if not token_ok(request.app.get(TOKEN), request.headers.get("Authorization")):
             return _deny("missing or wrong bearer token")
         return await handler(self, request)
 

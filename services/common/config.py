@@ -191,15 +191,23 @@ def _explain(path: Path, exc: msgspec.ValidationError, prefix: str = "") -> Conf
     return ConfigError(f"{path}: {field or '(top level)'}: {message}")
 
 
-def load_rule(path: Path, name: str, overrides: dict[str, Any] | None = None) -> Rule:
+def load_rule(path: Path, name: str, overrides: dict[str, Any] | None = None,
+              overrides_file: Path | None = None) -> Rule:
+    """A catalog rule with the main file's overrides applied.
+
+    An error is reported against the file that holds the bad field: the
+    main configuration for an overridden setting, the catalog file otherwise.
+    """
+    overrides = overrides or {}
     raw = _read_yaml(path) if path.exists() else {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of rule settings")
-    merged = {**raw, **(overrides or {})}
     try:
-        return msgspec.convert(merged, Rule, dec_hook=_decode_custom)
+        return msgspec.convert({**raw, **overrides}, Rule, dec_hook=_decode_custom)
     except msgspec.ValidationError as exc:
-        raise _explain(path, exc, f"rules.{name}") from None
+        field = str(exc).rpartition("- at `$.")[2].split(".")[0].split("[")[0].rstrip("`")
+        blame = overrides_file if overrides_file and field in overrides else path
+        raise _explain(blame, exc, f"rules.{name}") from None
 
 
 def load_catalog(catalog_dir: Path) -> dict[str, Rule]:
@@ -225,7 +233,7 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
                 f"{file}: rules.{name}: no rule {name!r} in the catalog ({catalog_dir}) "
                 "and no patterns given"
             )
-        rule = load_rule(catalog_file, name, overrides)
+        rule = load_rule(catalog_file, name, overrides, file)
         if rule.enabled:
             rules[name] = rule
 

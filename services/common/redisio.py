@@ -21,7 +21,6 @@ def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(
         url,
         socket_connect_timeout=5,
-        socket_keepalive=True,
         health_check_interval=15,
         retry_on_timeout=True,
     )

@@ -1,0 +1,196 @@
+"""The `pyfilter` command. One function per subcommand; `build_parser` wires them.
+
+    pyfilter match [--rule NAME] [--tz ZONE] [--now ISO8601] [--json] [--catalog DIR] FILE...
+    pyfilter explain [--rule NAME] [--tz ZONE] [--now ISO8601] [--catalog DIR] LINE
+
+Exit codes: 0 ok, 2 usage or configuration error (with a message on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pyfilter.common.config import ConfigError, Rule, load_catalog
+from pyfilter.detector.rules import Matcher, RuleError
+from pyfilter.detector.timeparse import InvalidZone, get_zone
+
+INSTALLED_CATALOG = Path("/etc/pyfilter/rules")
+CHECKOUT_CATALOG = Path(__file__).resolve().parents[1] / "config" / "rules"
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration; printed without a traceback, exit code 2."""
+
+
+def default_catalog() -> Path:
+    if env := os.environ.get("PYFILTER_CATALOG"):
+        return Path(env)
+    return CHECKOUT_CATALOG if CHECKOUT_CATALOG.is_dir() else INSTALLED_CATALOG
+
+
+def load_rules(catalog: str | None, only: str | None) -> dict[str, Rule]:
+    folder = Path(catalog) if catalog else default_catalog()
+    if not folder.is_dir():
+        raise UsageError(f"rule catalog {folder} is not a folder (use --catalog DIR or PYFILTER_CATALOG)")
+    try:
+        rules = load_catalog(folder)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if not rules:
+        raise UsageError(f"rule catalog {folder} holds no *.yaml rules")
+    if only is not None:
+        if only not in rules:
+            raise UsageError(f"no rule {only!r} in {folder}; rules: {', '.join(sorted(rules))}")
+        rules = {only: rules[only]}
+    return rules
+
+
+def make_matcher(rules: dict[str, Rule], tz: str) -> Matcher:
+    try:
+        return Matcher(rules, default_tz=tz)
+    except (RuleError, InvalidZone) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def parse_now(text: str | None, tz: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        raise UsageError(f'--now: expected an ISO 8601 time like "2026-11-21T20:19:28+00:00", got "{text}"') from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=get_zone(tz))
+    return moment.timestamp()
+
+
+def iso(epoch: float | None, tz: str) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(int(epoch), get_zone(tz)).isoformat()
+
+
+def read_lines(path: str):
+    """(line number, text) of a log file: split on \\n only, UTF-8 with replacement."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            yield n, raw.decode("utf-8", "replace").rstrip("\r\n")
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    get_zone(args.tz)  # fail early on a bad zone
+    matcher = make_matcher(load_rules(args.catalog, args.rule), args.tz)
+    now = parse_now(args.now, args.tz)
+    if now is None:
+        now = time.time()
+    for path in args.files:
+        if not os.path.isfile(path):
+            raise UsageError(f"{path}: no such file")
+    out = sys.stdout
+    per_rule: Counter[str] = Counter()
+    per_pattern: Counter[tuple[str, int]] = Counter()
+    lines = 0
+    started = time.perf_counter()
+    match = matcher.match
+    for path in args.files:
+        for n, text in read_lines(path):
+            lines += 1
+            failures = match(text, None, now)
+            if not failures:
+                continue
+            for f in failures:
+                per_rule[f.rule] += 1
+                per_pattern[(f.rule, f.pattern)] += 1
+                if args.json:
+                    record = {"rule": f.rule, "host": f.host, "time": iso(f.time, args.tz),
+                              "line_no": n, "file": path}
+                    if f.user is not None:
+                        record["user"] = f.user
+                    out.write(json.dumps(record) + "\n")
+    elapsed = time.perf_counter() - started
+    if not args.json:
+        rate = lines / elapsed if elapsed > 0 else float("inf")
+        out.write(f"Lines read: {lines} from {len(args.files)} file(s)\n")
+        out.write(f"Failures: {sum(per_rule.values())}\n")
+        for rule in sorted(per_rule):
+            out.write(f"  {rule}: {per_rule[rule]}\n")
+            for (r, p), count in sorted(per_pattern.items()):
+                if r == rule:
+                    out.write(f"    pattern {p}: {count}\n")
+        out.write(f"Elapsed: {elapsed:.3f} s ({rate:,.0f} lines/s)\n")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    get_zone(args.tz)
+    matcher = make_matcher(load_rules(args.catalog, args.rule), args.tz)
+    now = parse_now(args.now, args.tz)
+    results = matcher.explain(args.line, now=now)
+    matched = [e for e in results if e.pattern is not None]
+    out = sys.stdout
+    for e in matched:
+        out.write(f"{e.rule}: {e.outcome} (pattern {e.pattern}): {e.reason}\n")
+        for key, value in sorted(e.captures.items()):
+            out.write(f"  {key}: {value}\n")
+        out.write(f"  time: {iso(e.time, args.tz) or 'none found (arrival time is used)'}\n")
+    if not matched:
+        out.write("no rule matched\n")
+    if args.rule is not None or not matched:
+        for e in results:
+            if e.pattern is None and (args.rule is not None or args.verbose):
+                out.write(f"{e.rule}: {e.outcome}: {e.reason}\n")
+        if not matched and not args.verbose and args.rule is None:
+            misses = Counter(e.outcome for e in results)
+            out.write(", ".join(f"{n} rule(s): {what}" for what, n in sorted(misses.items()))
+                      + " (-v lists them)\n")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rule", metavar="NAME", help="only this rule of the catalog")
+    p.add_argument("--tz", default="UTC", metavar="ZONE",
+                   help="zone of timestamps that carry none (zoneinfo name or +hh:mm; default UTC)")
+    p.add_argument("--now", metavar="ISO8601", help='"now" for year-less dates (default: the current time)')
+    p.add_argument("--catalog", metavar="DIR",
+                   help="rule folder (default: $PYFILTER_CATALOG, config/rules of a checkout, /etc/pyfilter/rules)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyfilter", description="Log-driven intrusion prevention.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("match", help="run the rule catalog over log files, offline (like fail2ban-regex)")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per failure instead of a summary")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("explain", help="show which rule and pattern match a log line, or why none does")
+    _common(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="also list the rules that did not match")
+    p.add_argument("line", metavar="LINE")
+    p.set_defaults(func=cmd_explain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, InvalidZone) as exc:
+        print(f"pyfilter {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

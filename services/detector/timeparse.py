@@ -1,0 +1,213 @@
+"""Find and parse the timestamp of a log line: pure functions, epoch seconds out.
+
+Called only for lines a rule already matched, so it may try several formats;
+the conversions that cost something (calendar and zone arithmetic) are cached,
+because consecutive lines usually share their second.
+
+Supported, at the start of the line or (see `find_time`) anywhere in it:
+
+    Nov 21 20:19:28              syslog RFC 3164, year-less (resolved against now)
+    Fri Jan 19 12:20:33 2007     ctime / Apache 2.2 error log (optionally [..] and .ffffff)
+    2026-11-21T20:19:28.551+00:00   ISO 8601 / RFC 3339 (also ' ' for T, ',' for '.',
+    2015-10-07  8:25:38             space-padded hours, Z, +hh:mm, +hhmm)
+    <38>1 2019-07-08T17:40:16-04:00 RFC 5424 header
+    21/Nov/2026:20:19:28 +0100   Apache / nginx access log
+    2026/11/21 20:19:28          nginx error log
+    11-Aug-2013 03:36:11.372     BIND; [22-Jan-2013 22:28:21 +0200] roundcube
+    130324  0:04:00              MySQL 5.x (YYMMDD)
+    @400000004c91b044077a9e94    TAI64N (daemontools, multilog)
+    audit(1373330716.415:4063)   epoch seconds (also [1373330716] and [1373330716.415])
+
+A timestamp without an offset is read in the zone `tz` (a zoneinfo name such
+as "Europe/Zurich", "UTC", or a fixed offset "+01:00"). Fractions of a second
+are truncated, as fail2ban does.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import datetime, timedelta, timezone, tzinfo
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+__all__ = ["parse_time", "find_time", "get_zone", "InvalidZone"]
+
+_MONTHS = {m: i for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
+_MON = r"(?i:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*"
+_WDAY = r"(?i:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*"
+_OFFSET = r"(?P<off>Z|[+-]\d{2}:?\d{2})"
+
+# Each format: (name, regex). The regexes are tried in order; `parse_time`
+# anchors them at the start of the line, `find_time` searches for them.
+_FORMATS: list[tuple[str, str]] = [
+    ("iso", r"(?P<Y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})(?:T| +)(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"
+            r"(?:[.,]\d+)?" + "(?: ?" + _OFFSET + ")?(?![\\d:])"),
+    ("syslog", r"(?:" + _WDAY + r" +)?(?P<b>" + _MON + r") +(?P<d>\d{1,2}) +(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"
+               r"(?:\.\d+)?(?: +(?P<Y>\d{4})(?![\d:.]))?"),
+    ("clf", r"(?P<d>\d{1,2})/(?P<b>" + _MON + r")/(?P<Y>\d{4}):(?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"
+            r"(?:\.\d+)?(?: *" + _OFFSET + ")?"),
+    ("slash", r"(?P<Y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})[ T](?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})(?:[.,]\d+)?"),
+    ("dmy", r"(?P<d>\d{1,2})-(?P<b>" + _MON + r")-(?P<Y>\d{4})[ :](?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"
+            r"(?:\.\d+)?(?: *" + _OFFSET + ")?"),
+    ("mysql", r"(?P<y>\d{2})(?P<m>\d{2})(?P<d>\d{2}) +(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"),
+    ("tai64n", r"@(?P<tai>4000000[0-9a-fA-F]{9})[0-9a-fA-F]{8}"),
+    ("epoch", r"(?:audit\(|\[)(?P<epoch>1\d{9}|[2-9]\d{9})(?:\.\d+)?[:\]]"),
+]
+
+def _prefixed(name: str, rx: str) -> str:
+    return f"(?P<{name}>" + rx.replace("(?P<", f"(?P<{name}_") + ")"
+
+
+_START = re.compile(r"[\s\[(]*(?:<\d{1,3}>\d{1,2} +)?(?:"
+                    + "|".join(_prefixed(name, rx) for name, rx in _FORMATS) + ")")
+_ANY = [(name, re.compile(rx)) for name, rx in _FORMATS]
+_FORMAT_NAMES = [name for name, _ in _FORMATS]
+
+
+class InvalidZone(ValueError):
+    pass
+
+
+@lru_cache(maxsize=64)
+def get_zone(name: str | None) -> tzinfo:
+    """A tzinfo for a zoneinfo name ("Europe/Zurich"), "UTC", or an offset ("+01:00")."""
+    if not name or name.upper() in ("UTC", "Z", "GMT"):
+        return timezone.utc
+    m = re.fullmatch(r"(?:UTC)?([+-])(\d{1,2}):?(\d{2})?", name)
+    if m:
+        delta = timedelta(hours=int(m.group(2)), minutes=int(m.group(3) or 0))
+        return timezone(-delta if m.group(1) == "-" else delta)
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidZone(f'unknown time zone "{name}": expected a zone name like '
+                          '"Europe/Zurich", "UTC" or an offset like "+01:00"') from None
+
+
+@lru_cache(maxsize=4096)
+def _local_epoch(y: int, mo: int, d: int, h: int, mi: int, s: int, zone: tzinfo) -> float | None:
+    try:
+        if zone is timezone.utc:
+            return float(calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))) if _valid(y, mo, d, h, mi, s) else None
+        return datetime(y, mo, d, h, mi, s, tzinfo=zone).timestamp()
+    except ValueError:
+        return None
+
+
+def _valid(y: int, mo: int, d: int, h: int, mi: int, s: int) -> bool:
+    return 1 <= mo <= 12 and 1 <= d <= calendar.monthrange(y, mo)[1] and h < 24 and mi < 60 and s < 61
+
+
+def _offset_seconds(off: str) -> int:
+    if off == "Z":
+        return 0
+    sign = -1 if off[0] == "-" else 1
+    digits = off[1:].replace(":", "")
+    return sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+
+
+def _fields(m: re.Match[str], fmt: str, prefix: str) -> dict[str, str | None]:
+    g = m.groupdict()
+    return {k[len(prefix):]: v for k, v in g.items() if k.startswith(prefix)}
+
+
+def _convert(f: dict[str, str | None], zone: tzinfo, now: float | None) -> float | None:
+    fixed = _fixed(f, zone)
+    if isinstance(fixed, tuple):
+        return _yearless(*fixed, zone, now)
+    return fixed
+
+
+def _fixed(f: dict[str, str | None], zone: tzinfo) -> float | None | tuple[int, int, int, int, int]:
+    """The epoch, or (month, day, h, m, s) when the year has to come from "now"."""
+    if f.get("tai"):
+        return float(int(f["tai"], 16) - (1 << 62))  # type: ignore[arg-type]
+    if f.get("epoch"):
+        return float(int(f["epoch"]))  # type: ignore[arg-type]
+    h, mi, s = int(f["H"]), int(f["M"]), int(f["S"])  # type: ignore[arg-type]
+    d = int(f["d"])  # type: ignore[arg-type]
+    mo = _MONTHS[f["b"][:3].lower()] if f.get("b") else int(f["m"])  # type: ignore[arg-type,index]
+    off = f.get("off")
+    if f.get("Y"):
+        y = int(f["Y"])  # type: ignore[arg-type]
+    elif f.get("y"):
+        y = 2000 + int(f["y"])  # type: ignore[arg-type]
+    else:
+        return (mo, d, h, mi, s)
+    if off is not None:
+        if not _valid(y, mo, d, h, mi, s):
+            return None
+        return float(calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0)) - _offset_seconds(off))
+    return _local_epoch(y, mo, d, h, mi, s, zone)
+
+
+_FIELDS = ("tai", "epoch", "H", "M", "S", "d", "b", "m", "off", "Y", "y")
+_GROUPS = {name: [(f, f"{name}_{f}") for f in _FIELDS if f"{name}_{f}" in _START.groupindex]
+           for name in _FORMAT_NAMES}
+
+
+@lru_cache(maxsize=4096)
+def _start_fixed(stamp: str, zone: tzinfo) -> float | None | tuple[int, int, int, int, int]:
+    m = _START.match(stamp)
+    if m is None or m.lastgroup not in _GROUPS:  # pragma: no cover - matched before
+        return None
+    return _fixed({f: m.group(g) for f, g in _GROUPS[m.lastgroup]}, zone)
+
+
+_last_year: list = [None, None, None]  # (day number, zone, year) of the last "now" seen
+
+
+def _year_of(ref: float, zone: tzinfo) -> int:
+    day = int(ref // 3600)
+    if _last_year[0] != day or _last_year[1] is not zone:
+        _last_year[:] = [day, zone, datetime.fromtimestamp(ref, zone).year]
+    return _last_year[2]
+
+
+def _yearless(mo: int, d: int, h: int, mi: int, s: int, zone: tzinfo, now: float | None) -> float | None:
+    """The latest year in which the date is at most a day after `now`."""
+    ref = now if now is not None else datetime.now(timezone.utc).timestamp()
+    year = _year_of(ref, zone)
+    years = (year + 1, year, year - 1) if mo == 1 else (year, year - 1)
+    for y in years + (year - 2, year - 3, year - 4):  # Feb 29 may need a few
+        t = _local_epoch(y, mo, d, h, mi, s, zone)
+        if t is not None and t <= ref + 86400:
+            return t
+    return None
+
+
+def parse_time(text: str, tz: str | tzinfo | None = None, now: float | None = None) -> float | None:
+    """Epoch seconds of the timestamp at the start of `text`, or None.
+
+    Leading spaces, '[', '(' and an RFC 5424 '<PRI>VERSION ' header are skipped.
+    """
+    m = _START.match(text)
+    if m is None:
+        return None
+    zone = tz if isinstance(tz, tzinfo) else get_zone(tz)
+    fixed = _start_fixed(m.group(0), zone)
+    if isinstance(fixed, tuple):
+        return _yearless(*fixed, zone, now)
+    return fixed
+
+
+def find_time(text: str, tz: str | tzinfo | None = None, now: float | None = None) -> float | None:
+    """Like `parse_time`, but the first timestamp anywhere in `text` is taken.
+
+    The start of the line is tried first (the timestamp there wins when a line
+    carries two), then the earliest match of any format.
+    """
+    t = parse_time(text, tz, now)
+    if t is not None:
+        return t
+    best: tuple[int, re.Match[str]] | None = None
+    for _, rx in _ANY:
+        m = rx.search(text)
+        if m is not None and (best is None or m.start() < best[0]):
+            best = (m.start(), m)
+    if best is None:
+        return None
+    zone = tz if isinstance(tz, tzinfo) else get_zone(tz)
+    return _convert(best[1].groupdict(), zone, now)

@@ -1,0 +1,113 @@
+"""`pyfilter match` and `pyfilter explain`, run as the operator runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PYFILTER = Path(sys.executable).with_name("pyfilter")
+LOG = """\
+Nov 21 20:19:28 srv sshd[100]: Failed password for invalid user admin from 198.51.100.7 port 50000 ssh2
+Nov 21 20:19:29 srv sshd[100]: pam_unix(sshd:session): session opened for user alice by (uid=0)
+Nov 21 20:19:30 srv sshd[101]: Invalid user oracle from 2001:db8::7 port 50001
+2026-11-21T20:19:31+00:00 srv postfix/smtpd[7]: NOQUEUE: reject: RCPT from unknown[198.51.100.8]: 554 5.7.1 <x@example.org>: Relay access denied; from=<a@b> to=<x@example.org> proto=ESMTP helo=<h>
+"""
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = [str(PYFILTER)] if PYFILTER.exists() else [sys.executable, "-m", "pyfilter.cli"]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Path:
+    path = tmp_path / "auth.log"
+    path.write_text(LOG)
+    return path
+
+
+def test_match_json_reports_each_failure_with_line_time_and_user(log):
+    result = run("match", "--json", "--now", "2026-11-22T00:00:00Z", "--tz", "Europe/Zurich", str(log))
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["rule"], r["host"], r["line_no"]) for r in records] == [
+        ("sshd", "198.51.100.7", 1), ("sshd", "2001:db8::7", 3), ("postfix", "198.51.100.8", 4)]
+    assert records[0]["time"] == "2026-11-21T20:19:28+01:00"
+    assert records[0]["user"] == "admin"
+    assert records[2]["time"] == "2026-11-21T21:19:31+01:00"  # +00:00 in the line, shown in --tz
+    assert "user" not in records[2]
+
+
+def test_year_less_dates_follow_now(log):
+    result = run("match", "--json", "--rule", "sshd", "--now", "2026-01-05T00:00:00Z", str(log))
+    assert json.loads(result.stdout.splitlines()[0])["time"] == "2025-11-21T20:19:28+00:00"
+
+
+def test_match_summary_counts_rules_and_patterns(log):
+    result = run("match", "--now", "2026-11-22T00:00:00Z", str(log))
+    assert result.returncode == 0, result.stderr
+    assert "Lines read: 4" in result.stdout
+    assert "Failures: 3" in result.stdout
+    assert "sshd: 2" in result.stdout and "postfix: 1" in result.stdout
+    assert "lines/s" in result.stdout
+
+
+def test_match_one_rule_only(log):
+    result = run("match", "--json", "--rule", "postfix", str(log))
+    assert [json.loads(x)["rule"] for x in result.stdout.splitlines()] == ["postfix"]
+
+
+def test_explain_shows_rule_pattern_captures_and_time():
+    line = "Nov 21 20:19:28 srv sshd[100]: Failed password for root from 198.51.100.7 port 50000 ssh2"
+    result = run("explain", "--now", "2026-11-22T00:00:00Z", line)
+    assert result.returncode == 0, result.stderr
+    assert "sshd: failure (pattern 2)" in result.stdout
+    assert "host: 198.51.100.7" in result.stdout
+    assert "user: root" in result.stdout
+    assert "time: 2026-11-21T20:19:28+00:00" in result.stdout
+
+
+def test_explain_says_why_nothing_matched():
+    result = run("explain", "--rule", "sshd", "Nov 21 20:19:28 srv sshd[100]: Server listening on 0.0.0.0")
+    assert result.returncode == 0
+    assert "no rule matched" in result.stdout
+    assert "sshd: no match: no pattern matched" in result.stdout
+    result = run("explain", "--rule", "sshd", "Nov 21 20:19:28 srv cron[1]: hello")
+    assert "prefilter miss" in result.stdout
+
+
+def test_unknown_rule_is_a_usage_error(log):
+    result = run("match", "--rule", "nonesuch", str(log))
+    assert result.returncode == 2
+    assert "no rule 'nonesuch'" in result.stderr
+
+
+def test_missing_file_bad_zone_and_bad_now_are_usage_errors(log, tmp_path):
+    assert run("match", str(tmp_path / "missing.log")).returncode == 2
+    result = run("match", "--tz", "Mars/Olympus", str(log))
+    assert result.returncode == 2 and "unknown time zone" in result.stderr
+    result = run("match", "--now", "yesterday", str(log))
+    assert result.returncode == 2 and "--now" in result.stderr
+
+
+def test_catalog_from_environment_and_bad_catalog(log, tmp_path):
+    empty = tmp_path / "rules"
+    empty.mkdir()
+    result = run("match", str(log), env={"PYFILTER_CATALOG": str(empty)})
+    assert result.returncode == 2 and "holds no" in result.stderr
+    (empty / "broken.yaml").write_text("service: x\nsources: [auth]\npatterns: []\n")
+    result = run("match", "--catalog", str(empty), str(log))
+    assert result.returncode == 2 and "broken" in result.stderr
+    (empty / "broken.yaml").write_text("service: x\nsources: [auth]\npatterns: ['^(<HOST>']\n")
+    result = run("match", "--catalog", str(empty), str(log))
+    assert result.returncode == 2 and "rule broken" in result.stderr
+
+
+def test_no_subcommand_is_a_usage_error():
+    assert run().returncode == 2

@@ -1,0 +1,63 @@
+"""The configuration file: good files load, bad ones say exactly what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pyfilter.common.config import ConfigError, load, parse_duration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "rules").mkdir(exist_ok=True)
+    (tmp_path / "rules" / "sshd.yaml").write_text(
+        "service: sshd\nsources: [auth]\npatterns: ['Failed password for .* from <HOST> port \\d+']\n")
+    path = tmp_path / "pyfilter.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_configuration_loads_with_its_catalog():
+    settings = load(REPO / "config" / "pyfilter.yaml")
+    assert "sshd" in settings.rules
+    assert settings.rules["sshd"].findtime == 600
+    names = [s.name for s in settings.config.collector.sources]
+    assert {"auth", "nginx-access", "mail"} <= set(names)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("rules:\n  sshd: {findtime: ten}\n", 'rules.sshd.findtime: expected a duration like "10m", got "ten"'),
+    ("rules:\n  sshd: {maxretry: '5'}\n", "rules.sshd.maxretry: expected int, got str"),
+    ("rules:\n  sshd: {maxretry: 0}\n", "rules.sshd.maxretry: expected int >= 1"),
+    ("redis: {url: 5}\n", "redis.url: expected str, got int"),
+    ("collector:\n  sources: [{name: a, paths: []}]\n", "collector.sources[0]: source 'a' of type file needs"),
+    ("api: {port: 99999}\n", "api.port: expected int <= 65535"),
+    ("colector: {}\n", "object contains unknown field colector"),
+    ("rules:\n  nosuch: {}\n", "rules.nosuch: no rule 'nosuch' in the catalog"),
+    ("rules: [unclosed\n", "not valid YAML"),
+])
+def test_bad_file_names_the_field_and_what_was_expected(tmp_path, text, message):
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, text))
+    assert message in str(err.value)
+    assert str(tmp_path / "pyfilter.yaml") in str(err.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("text, seconds", [(600, 600), ("600", 600), ("10m", 600), ("1h", 3600),
+                                           ("2d", 172800), ("1w", 604800), (-1, -1), ("-1", -1)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["ten", "10x", "", "-5", True, "1.5h"])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)

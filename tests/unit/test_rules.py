@@ -1,0 +1,290 @@
+"""The matcher and the catalog: placeholders, connection state, and log injection.
+
+Injected addresses come from 198.51.100.0/24 and 2001:db8::/32; an injection
+test passes when the real address or nothing is reported, never the injected one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from pyfilter.common.config import Rule, load_catalog
+from pyfilter.detector.rules import Matcher, RuleError, expand, literals, normalize_host
+
+CATALOG = Path(__file__).resolve().parents[2] / "config" / "rules"
+INJECTED = "198.51.100.66"
+REAL = "198.51.100.7"
+NOW = 1_795_000_000.0  # 2026-11-18
+
+
+@pytest.fixture(scope="module")
+def catalog() -> dict[str, Rule]:
+    return load_catalog(CATALOG)
+
+
+def matcher_for(catalog: dict[str, Rule], name: str) -> Matcher:
+    return Matcher({name: catalog[name]})
+
+
+def hosts(m: Matcher, line: str) -> list[str]:
+    return [f.host for f in m.match(line, None, NOW)]
+
+
+def rule(*patterns: str, **kw) -> Rule:
+    return msgspec.convert({"service": "t", "sources": ["test"], "patterns": list(patterns), **kw}, Rule)
+
+
+# --- the catalog ---------------------------------------------------------------
+
+def test_every_catalog_rule_compiles_and_names_its_sources(catalog):
+    assert {"sshd", "apache-auth", "nginx-http-auth", "postfix", "recidive", "wordpress-spam"} <= set(catalog)
+    Matcher(catalog)
+    for name, r in catalog.items():
+        assert r.sources, name
+        assert r.description, name
+
+
+@pytest.mark.parametrize("line, host, user", [
+    ("Nov 21 20:19:28 srv sshd[4242]: Failed password for root from 198.51.100.7 port 50273 ssh2", REAL, "root"),
+    ("Nov 21 20:19:28 srv sshd[4242]: Failed password for invalid user admin from 198.51.100.7 port 5 ssh2",
+     REAL, "admin"),
+    ("Nov 21 20:19:28 srv sshd[4242]: Invalid user oracle from 198.51.100.7 port 5", REAL, "oracle"),
+    ("Nov 21 20:19:28 srv sshd[4242]: Connection closed by authenticating user root 198.51.100.7 port 5 [preauth]",
+     REAL, "root"),
+    ("Nov 21 20:19:28 srv sshd[4242]: error: maximum authentication attempts exceeded for root from "
+     "198.51.100.7 port 5 ssh2 [preauth]", REAL, "root"),
+    ("Nov 21 20:19:28 srv sshd[4242]: Unable to negotiate with 198.51.100.7 port 5: no matching key exchange "
+     "method found. Their offer: diffie-hellman-group1-sha1 [preauth]", REAL, None),
+    ("Nov 21 20:19:28 srv sshd[4242]: Failed password for root from 2001:db8::7 port 5 ssh2", "2001:db8::7", "root"),
+    ("Nov 21 20:19:28 srv sshd[4242]: Failed password for root from ::ffff:198.51.100.7 port 5 ssh2", REAL, "root"),
+    ("2026-11-21T20:19:28.551146+00:00 srv sshd-session[4242]: Failed publickey for invalid user git from "
+     "198.51.100.7 port 5 ssh2: RSA SHA256:abc", REAL, "git"),
+])
+def test_sshd_failures(catalog, line, host, user):
+    failures = matcher_for(catalog, "sshd").match(line, "auth", NOW)
+    assert [(f.host, f.user) for f in failures] == [(host, user)]
+
+
+def test_successful_logins_and_session_lines_are_not_failures(catalog):
+    m = matcher_for(catalog, "sshd")
+    for line in [
+        "Nov 21 20:19:28 srv sshd[77]: Accepted publickey for alice from 198.51.100.7 port 5 ssh2: ED25519 SHA256:x",
+        "Nov 21 20:19:28 srv sshd[77]: pam_unix(sshd:session): session opened for user alice by (uid=0)",
+        "Nov 21 20:19:29 srv sshd[77]: Received disconnect from 198.51.100.7 port 5:11: disconnected by user",
+        "Nov 21 20:19:29 srv sshd[77]: Disconnected from user alice 198.51.100.7 port 5",
+    ]:
+        assert m.match(line, "auth", NOW) == [], line
+
+
+def test_a_failure_without_address_takes_the_one_the_connection_announced(catalog):
+    m = matcher_for(catalog, "sshd")
+    assert hosts(m, "Nov 21 20:19:28 srv sshd[900]: Connection from 198.51.100.7 port 5 on 192.0.2.1 port 22") == []
+    assert hosts(m, "Nov 21 20:19:29 srv sshd[900]: Disconnecting: Too many authentication failures [preauth]") == [REAL]
+
+
+def test_a_failure_without_address_waits_for_the_connection_to_name_one(catalog):
+    m = matcher_for(catalog, "sshd")
+    assert hosts(m, "Nov 21 20:19:28 srv sshd[901]: Disconnecting: Too many authentication failures for root "
+                    "[preauth]") == []
+    assert hosts(m, "Nov 21 20:19:29 srv sshd[999]: Connection closed by 198.51.100.9 [preauth]") == []
+    assert hosts(m, "Nov 21 20:19:29 srv sshd[901]: Connection closed by 198.51.100.7 [preauth]") == [REAL]
+
+
+def test_pam_failures_count_only_when_the_connection_switches_user(catalog):
+    m = matcher_for(catalog, "sshd")
+    pam = ("Nov 21 20:19:28 srv sshd[902]: pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 "
+           "tty=ssh ruser={u} rhost=198.51.100.7")
+    assert hosts(m, pam.format(u="root")) == []
+    assert hosts(m, pam.format(u="root")) == []
+    assert hosts(m, pam.format(u="oracle")) == [REAL]
+    # the same user then logging in is a typo, not an attack
+    assert hosts(m, pam.format(u="bob").replace("[902]", "[903]")) == []
+    assert hosts(m, "Nov 21 20:19:29 srv sshd[903]: Accepted password for bob from 198.51.100.7 port 5 ssh2") == []
+
+
+def test_closing_lines_count_once_per_connection(catalog):
+    m = matcher_for(catalog, "sshd")
+    assert hosts(m, "Nov 21 20:19:28 srv sshd[904]: Invalid user admin from 198.51.100.7 port 5") == [REAL]
+    assert hosts(m, "Nov 21 20:19:29 srv sshd[904]: Connection closed by invalid user admin 198.51.100.7 port 5 "
+                    "[preauth]") == []
+
+
+# --- log injection: sshd ----------------------------------------------------------
+
+@pytest.mark.parametrize("user", [
+    f"x from {INJECTED} port 22 ssh2",
+    f"x from {INJECTED} port 22",
+    f"x from {INJECTED}",
+    f"x from {INJECTED} via y",
+    "x from 2001:db8::66 port 22 ssh2",
+])
+@pytest.mark.parametrize("template", [
+    "Failed password for invalid user {user} from {real} port 50000 ssh2",
+    "Failed keyboard-interactive/pam for invalid user {user} from {real} port 50000 ssh2",
+    "Invalid user {user} from {real} port 50000",
+    "error: PAM: Authentication failure for {user} from {real}",
+    "error: maximum authentication attempts exceeded for invalid user {user} from {real} port 5 ssh2 [preauth]",
+    "Connection closed by invalid user {user} {real} port 50000 [preauth]",
+    "Disconnected from authenticating user {user} {real} port 50000 [preauth]",
+])
+def test_sshd_user_names_cannot_inject_an_address(catalog, template, user):
+    line = "Nov 21 20:19:28 srv sshd[{}]: ".format(abs(hash((template, user))) % 99999) + template.format(
+        user=user, real=REAL)
+    got = hosts(matcher_for(catalog, "sshd"), line)
+    assert got in ([REAL], []), line
+    assert INJECTED not in got and "2001:db8::66" not in got
+
+
+def test_sshd_injection_in_the_user_name_yields_the_real_address(catalog):
+    line = (f"Nov 21 20:19:28 srv sshd[5]: Failed password for invalid user x from {INJECTED} port 22 ssh2 "
+            f"from {REAL} port 50000 ssh2")
+    assert hosts(matcher_for(catalog, "sshd"), line) == [REAL]
+
+
+# --- log injection: web servers -----------------------------------------------------
+
+@pytest.mark.parametrize("line", [
+    f'{REAL} - - [21/Nov/2026:20:19:28 +0100] "GET /phpmyadmin/?x={INJECTED} HTTP/1.1" 404 162 "-" "-"',
+    f'{REAL} - - [21/Nov/2026:20:19:28 +0100] "GET /pma/{INJECTED}%20-%20-%20[x] HTTP/1.1" 404 162 "-" "-"',
+    f'{REAL} - - [21/Nov/2026:20:19:28 +0100] "GET /.env HTTP/1.1" 404 162 "http://{INJECTED}/" "{INJECTED} - -"',
+])
+def test_nginx_access_log_address_is_the_first_field(catalog, line):
+    assert hosts(matcher_for(catalog, "nginx-botsearch"), line) == [REAL]
+
+
+@pytest.mark.parametrize("user, referrer", [
+    (f'x": password mismatch, client: {INJECTED}, server: a, request: "GET / HTTP/1.1", host: "h', None),
+    (f'x": password mismatch, client: {INJECTED}, server: a, request: "GET / HTTP/1.1", host: "h", referrer: "z',
+     None),
+    ("x", f'z": password mismatch, client: {INJECTED}, server: a, request: "GET / HTTP/1.1", host: "h'),
+    ("x", f'z, client: {INJECTED}, server: a'),
+])
+def test_nginx_error_log_user_or_referrer_cannot_inject_an_address(catalog, user, referrer):
+    line = (f'2026/11/21 20:19:28 [error] 1#1: *3 user "{user}": password mismatch, client: {REAL}, server: s, '
+            f'request: "GET /admin HTTP/1.1", host: "example.org"')
+    if referrer is not None:
+        line += f', referrer: "{referrer}"'
+    got = hosts(matcher_for(catalog, "nginx-http-auth"), line)
+    assert got in ([REAL], []), line
+
+
+def test_nginx_http_auth_plain_failure(catalog):
+    line = (f'2026/11/21 20:19:28 [error] 1#1: *3 user "bob": password mismatch, client: {REAL}, server: s, '
+            f'request: "GET /admin HTTP/1.1", host: "example.org", referrer: "https://example.org/"')
+    assert hosts(matcher_for(catalog, "nginx-http-auth"), line) == [REAL]
+
+
+@pytest.mark.parametrize("line", [
+    f"[Sat Nov 21 20:19:28.123456 2026] [auth_basic:error] [pid 1:tid 2] [client {REAL}:5] AH01618: user "
+    f"x [client {INJECTED}:5] not found: /admin",
+    f"[Sat Nov 21 20:19:28 2026] [error] [client {REAL}] user {INJECTED} not found: /[client {INJECTED}]",
+    f"[Sat Nov 21 20:19:28 2026] [error] [client {REAL}] client denied by server configuration: "
+    f"/x/[client {INJECTED}], referer: http://{INJECTED}/",
+])
+def test_apache_error_log_address_is_the_client_field(catalog, line):
+    assert hosts(matcher_for(catalog, "apache-auth"), line) == [REAL]
+
+
+def test_apache_error_log_url_cannot_fake_a_failure(catalog):
+    line = (f"[Sat Nov 21 20:19:28 2026] [error] [client {REAL}] File does not exist: /srv/[client {INJECTED}] "
+            "user root not found")
+    assert hosts(matcher_for(catalog, "apache-auth"), line) == []
+
+
+def test_apache_badbots_user_agent_cannot_move_the_address(catalog):
+    line = f'{REAL} - - [21/Nov/2026:20:19:28 +0100] "GET / HTTP/1.1" 200 5 "-" "{INJECTED} - - [x] sqlmap/1.7"'
+    assert hosts(matcher_for(catalog, "apache-badbots"), line) == [REAL]
+
+
+def test_mysql_user_name_cannot_inject_an_address(catalog):
+    line = (f"2026-11-21T20:19:28.1Z 5 [Note] Access denied for user 'x'@'{INJECTED}' (using password: YES)'"
+            f"@'{REAL}' (using password: YES)")
+    assert hosts(matcher_for(catalog, "mysqld-auth"), line) == [REAL]
+
+
+# --- the matcher itself --------------------------------------------------------------
+
+def test_placeholders_capture_host_user_and_pid():
+    m = Matcher({"t": rule(r"<SYSLOG>app\[<PID>\]: login failed for <USER> from <HOST>$")})
+    [f] = m.match("Nov 21 20:19:28 srv app[12]: login failed for bob from 198.51.100.7", None, NOW)
+    assert (f.rule, f.host, f.user, f.pattern) == ("t", REAL, "bob", 0)
+
+
+def test_addr_refuses_host_names_and_host_accepts_them():
+    m = Matcher({"a": rule("^bad <ADDR>$"), "h": rule("^bad <HOST>$")})
+    assert [f.rule for f in m.match("bad example.org")] == ["h"]
+    assert sorted(f.rule for f in m.match("bad 2001:db8::1")) == ["a", "h"]
+
+
+def test_ignore_patterns_veto_a_match():
+    m = Matcher({"t": rule("^fail <HOST>$", ignore=[r"^fail 198\.51\.100\.7$"])})
+    assert m.match("fail 198.51.100.7") == []
+    assert [f.host for f in m.match("fail 198.51.100.8")] == ["198.51.100.8"]
+
+
+def test_the_first_pattern_that_matches_decides():
+    m = Matcher({"t": rule("^x (?P<user>a) <HOST>$", "^x <USER> <HOST>$")})
+    assert [f.pattern for f in m.match("x a 198.51.100.7")] == [0]
+    assert [f.pattern for f in m.match("x b 198.51.100.7")] == [1]
+
+
+def test_source_selects_rules():
+    m = Matcher({"t": rule("^fail <HOST>$")})
+    assert m.match("fail 198.51.100.7", "test")
+    assert m.match("fail 198.51.100.7", "other") == []
+    assert m.match("fail 198.51.100.7", None)
+
+
+def test_prefilter_literals_gate_the_rule():
+    m = Matcher({"t": rule("^fail <HOST>$", prefilter=["nope"])})
+    assert m.match("fail 198.51.100.7") == []
+    [e] = m.explain("fail 198.51.100.7")
+    assert e.outcome == "prefilter miss"
+
+
+def test_explain_says_which_pattern_matched_and_why_not():
+    m = Matcher({"t": rule("^fail <HOST>$", "^oops <HOST>$", ignore=["198.51.100.9"])})
+    [e] = m.explain("oops 198.51.100.7 ")
+    assert e.outcome == "no match"
+    [e] = m.explain("oops 198.51.100.7")
+    assert (e.outcome, e.pattern, e.captures["host"]) == ("failure", 1, REAL)
+    [e] = m.explain("fail 198.51.100.9")
+    assert e.outcome == "ignored" and "ignore pattern 0" in e.reason
+
+
+def test_time_comes_from_the_line_in_the_rule_zone():
+    m = Matcher({"t": rule(r"^\S+ fail <HOST>$", timezone="+02:00")}, default_tz="UTC")
+    [f] = m.match("2026-11-21T20:19:28 fail 198.51.100.7")
+    assert f.time == datetime(2026, 11, 21, 18, 19, 28, tzinfo=timezone.utc).timestamp()
+    m2 = Matcher({"t": rule(r"^fail <HOST>$")})
+    assert m2.match("fail 198.51.100.7")[0].time is None
+
+
+def test_a_time_capture_overrides_the_line_start():
+    m = Matcher({"t": rule(r'^\{"ts": "(?P<time>[^"]+)", "ip": "<ADDR>"\}$')})
+    [f] = m.match('{"ts": "2026-11-21T20:19:28Z", "ip": "198.51.100.7"}')
+    assert f.time == datetime(2026, 11, 21, 20, 19, 28, tzinfo=timezone.utc).timestamp()
+
+
+def test_bad_patterns_are_reported_with_the_rule_name():
+    with pytest.raises(RuleError, match=r"rule t: patterns\[0\]"):
+        Matcher({"t": rule("^fail (<HOST>$")})
+    with pytest.raises(RuleError, match="neither <HOST> nor <PID>"):
+        Matcher({"t": rule("^fail$")})
+
+
+def test_normalize_host():
+    assert normalize_host("::ffff:198.51.100.7") == REAL
+    assert normalize_host("[2001:db8::1]") == "2001:db8::1"
+    assert normalize_host("192.030.0.6") == "192.030.0.6"
+
+
+def test_literals_are_only_the_required_parts():
+    assert "Failed " in literals(r"Failed \S+ for <USER> from <HOST>$")
+    assert literals("(?:a|b)ccc|dddd") == []
+    assert "xyz" not in literals("abcdexyz?")
+    assert expand("<PID>") == r"(?P<pid>\d+)"
