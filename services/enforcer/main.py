@@ -42,7 +42,7 @@ class Enforcer:
         self.group = self.keys.enforce_group(settings.host)
         self.consumer = settings.host
         self.whitelist = [parse_network(n) for n in cfg.whitelist]
-        self.own = own_addresses()
+        self.own: set = set()  # filled from the kernel at start and each reconcile
         self.stopping = asyncio.Event()
         self.next_reconcile = 0.0
 
@@ -80,6 +80,8 @@ class Enforcer:
             await self.backend.ban(pending)
 
     async def reconcile(self) -> None:
+        # Addresses change (DHCP, a new resolver): read them again each time.
+        self.own = await own_addresses()
         now = time.time()
         wanted: dict[str, float | None] = {}
         for address, expires in (await bans.active(self.client, self.keys, now)).items():
@@ -90,7 +92,8 @@ class Enforcer:
             if self.refusal(target) is None:
                 wanted[str(target)] = None if expires is None else expires - now
         added, removed = await self.backend.sync(wanted)
-        logger.info("reconciled", extra={"active": len(wanted), "added": added, "removed": removed})
+        logger.info("reconciled", extra={"active": len(wanted), "added": len(added),
+                                         "removed": len(removed)})
         self.next_reconcile = time.monotonic() + self.settings.config.enforcer.reconcile_interval
 
     async def consume(self, start: str) -> int:
@@ -122,6 +125,7 @@ class Enforcer:
 
     async def run(self) -> None:
         await self.backend.init()
+        self.own = await own_addresses()
         logger.info("enforcer started", extra={"host": self.settings.host,
                                                "never_ban_own": sorted(map(str, self.own))})
         await self.start()

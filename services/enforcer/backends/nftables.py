@@ -1,0 +1,289 @@
+"""nftables backend: bans are elements of kernel sets with timeouts.
+
+The table, its sets and rules are described in `nft_layout`; the netlink
+plumbing is in `nft_netlink`. Everything goes through pyroute2 over netlink,
+`init()` included: the five expressions of a rule are easy to build with
+pyroute2's message classes, and the enforcer then needs neither the `nft`
+binary nor to parse its output. `init()` reads our table and sends one atomic
+transaction only for what differs, so calling it again changes nothing.
+
+Timeouts are kernel element timeouts (milliseconds), so bans expire even
+with every service down. Banning a target that is already in a set must
+replace its timeout, but kernels before 6.12 silently keep the old one on a
+plain re-add. So an address ban is sent as "add bare, delete, add with
+timeout" in one transaction: the same result on every kernel, and never a
+moment without the ban. Unban is "add bare, delete", which succeeds whether
+or not the element was there. Networks are read first instead (see
+`_replace_networks`): an interval set refuses overlaps.
+
+Large batches go out in chunks of about 2,000 elements per message (a
+netlink attribute holds at most 64 KiB), one transaction per chunk.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+from collections.abc import Sequence
+
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nfnetlink.nftsocket import (
+    NFT_MSG_DELSETELEM,
+    NFT_MSG_GETCHAIN,
+    NFT_MSG_GETRULE,
+    NFT_MSG_GETSET,
+    NFT_MSG_NEWSETELEM,
+    nft_chain_msg,
+    nft_rule_msg,
+    nft_set_msg,
+)
+
+from pyfilter.enforcer.backends import nft_netlink as nl
+from pyfilter.enforcer.backends.base import Backend, Ban, Network, Target, target_text
+from pyfilter.enforcer.backends.nft_layout import (
+    ADDRESS_SET,
+    NETWORK_SET,
+    SETS,
+    TABLE,
+    NetworkIndex,
+    SetSpec,
+    interval_elements,
+    networks_from,
+    plan_layout,
+    remaining,
+)
+
+log = logging.getLogger("pyfilter.enforcer.nftables")
+
+
+class NftablesError(RuntimeError):
+    """A netlink request to nftables failed; the message says what and what to do."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code  # the errno the kernel answered
+
+
+class NftablesBackend(Backend):
+    name = "nftables"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sock = nl.NftSocket()
+
+    async def close(self) -> None:
+        self._sock.close()
+
+    # -- init ------------------------------------------------------------------
+
+    async def _init(self) -> None:
+        sets = {m.get_attr("NFTA_SET_NAME"): m
+                for m in await self._dump(nft_set_msg, NFT_MSG_GETSET, "NFTA_SET_TABLE")}
+        chains = {m.get_attr("NFTA_CHAIN_NAME"): m
+                  for m in await self._dump(nft_chain_msg, NFT_MSG_GETCHAIN, "NFTA_CHAIN_TABLE")}
+        comments: dict[str, list] = {}  # chain -> comments of its rules, in order
+        for rule in await self._dump(nft_rule_msg, NFT_MSG_GETRULE, "NFTA_RULE_TABLE"):
+            chain = rule.get_attr("NFTA_RULE_CHAIN")
+            comments.setdefault(chain, []).append(rule.get_attr("NFTA_RULE_USERDATA"))
+        plan, recreated = plan_layout(sets, chains, comments)
+        for name in recreated:
+            log.warning("nftables: set %s has another type or flags than expected; recreating it "
+                        "(its bans return at the next sync)", name)
+        if plan:
+            await self._transact(f"set up table inet {TABLE}", plan)
+            log.info("nftables: table inet %s set up (%d changes)", TABLE, len(plan) - 1)
+
+    # -- ban / unban -----------------------------------------------------------
+
+    async def _ban(self, bans: Sequence[Ban]) -> None:
+        await self._retrying(self._apply_bans, bans)
+
+    async def _unban(self, targets: Sequence[Target]) -> None:
+        await self._retrying(self._apply_unbans, targets)
+
+    async def _retrying(self, apply, items) -> None:
+        # ENOENT: our table was removed under us (`nft flush ruleset`), or a
+        # network expired between reading and changing its set. Set the table
+        # up again if needed, and try once more.
+        try:
+            await apply(items)
+        except NftablesError as exc:
+            if exc.code != errno.ENOENT:
+                raise
+            log.warning("%s; checking table inet %s and retrying once", exc, TABLE)
+            await self._init()
+            await apply(items)
+
+    async def _apply_bans(self, bans: Sequence[Ban]) -> None:
+        addresses: dict[int, dict[bytes, int | None]] = {4: {}, 6: {}}
+        networks: dict[int, dict[Network, int | None]] = {4: {}, 6: {}}
+        for ban in bans:
+            timeout_ms = None if ban.timeout is None else ban.timeout * 1000
+            if isinstance(ban.target, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+                networks[ban.target.version][ban.target] = timeout_ms
+            else:
+                addresses[ban.target.version][ban.target.packed] = timeout_ms  # a later duplicate wins
+        for version in (4, 6):
+            if addresses[version]:
+                await self._replace_addresses(ADDRESS_SET[version].name, addresses[version])
+            if networks[version]:
+                await self._replace_networks(NETWORK_SET[version], networks[version])
+
+    async def _replace_addresses(self, set_name: str, timeouts: dict[bytes, int | None]) -> None:
+        bare: list[bytes] = []
+        timed: list[bytes] = []
+        size = 0
+
+        async def flush() -> None:
+            bare_list, timed_list = b"".join(bare), b"".join(timed)
+            await self._transact(f"ban in set {set_name}", [
+                nl.element_message(NFT_MSG_NEWSETELEM, TABLE, set_name, bare_list),
+                nl.element_message(NFT_MSG_DELSETELEM, TABLE, set_name, bare_list),
+                nl.element_message(NFT_MSG_NEWSETELEM, TABLE, set_name, timed_list),
+            ])
+            bare.clear()
+            timed.clear()
+
+        for key, timeout_ms in timeouts.items():
+            element = nl.pack_element(key, timeout_ms)
+            if size + len(element) > nl.NLA_MAX_PAYLOAD:
+                await flush()
+                size = 0
+            bare.append(nl.pack_element(key))
+            timed.append(element)
+            size += len(element)
+        if timed:
+            await flush()
+
+    async def _replace_networks(self, spec: SetSpec, wanted: dict[Network, int | None]) -> None:
+        """Add networks, deleting in the same transaction the ones each replaces.
+
+        An interval set refuses overlapping intervals, and CIDRs either nest
+        or are disjoint: a wider ban replaces the narrower ones it covers, a
+        narrower ban under a wider one is skipped (the periodic sync adds it
+        if the wider one ends first). An identical one is deleted and added
+        again, which is how its timeout is replaced.
+        """
+        existing = await self._networks(spec)
+        existing_index, kept_index = NetworkIndex(existing), NetworkIndex()
+        kept: list[Network] = []
+        for net in sorted(wanted, key=lambda n: n.prefixlen):  # wider ones first
+            wider = kept_index.covering(net, strict=True) or existing_index.covering(net, strict=True)
+            if wider is None:
+                kept.append(net)
+                kept_index.add(net)
+            else:
+                log.info("nftables: %s is already covered by the ban of %s", net, wider,
+                         extra={"address": str(net)})
+
+        chunk: list[Network] = []
+        size = 0
+
+        async def flush() -> None:
+            chunk_index = NetworkIndex(chunk)
+            replaced = [old for old in existing if chunk_index.covering(old)]
+            deletions = nl.chunks(interval_elements(old) for old in replaced)
+            await self._transact(f"ban in set {spec.name}", [
+                *(nl.element_message(NFT_MSG_DELSETELEM, TABLE, spec.name, payload) for payload in deletions),
+                nl.element_message(NFT_MSG_NEWSETELEM, TABLE, spec.name,
+                                   b"".join(interval_elements(net, wanted[net]) for net in chunk)),
+            ])
+            chunk.clear()
+
+        for net in kept:
+            length = len(interval_elements(net, wanted[net]))
+            if size + length > nl.NLA_MAX_PAYLOAD:
+                await flush()
+                size = 0
+            chunk.append(net)
+            size += length
+        if chunk:
+            await flush()
+
+    async def _apply_unbans(self, targets: Sequence[Target]) -> None:
+        addresses: dict[int, set[bytes]] = {4: set(), 6: set()}
+        networks: dict[int, set[Network]] = {4: set(), 6: set()}
+        for target in targets:
+            if isinstance(target, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+                networks[target.version].add(target)
+            else:
+                addresses[target.version].add(target.packed)
+        for version in (4, 6):
+            name = ADDRESS_SET[version].name
+            # "add bare, delete" removes an element whether or not it was there.
+            for payload in nl.chunks(nl.pack_element(key) for key in addresses[version]):
+                await self._transact(f"unban in set {name}", [
+                    nl.element_message(NFT_MSG_NEWSETELEM, TABLE, name, payload),
+                    nl.element_message(NFT_MSG_DELSETELEM, TABLE, name, payload),
+                ])
+            if networks[version]:
+                # A bare network added to an interval set could collide with
+                # an overlapping one: delete only the networks present.
+                spec = NETWORK_SET[version]
+                present = [net for net in await self._networks(spec) if net in networks[version]]
+                for payload in nl.chunks(interval_elements(net) for net in present):
+                    await self._transact(f"unban in set {spec.name}", [
+                        nl.element_message(NFT_MSG_DELSETELEM, TABLE, spec.name, payload),
+                    ])
+
+    # -- list ------------------------------------------------------------------
+
+    async def _list(self) -> dict[str, float | None]:
+        bans: dict[str, float | None] = {}
+        for spec in SETS:
+            if spec.interval:
+                bans.update((target_text(net), left) for net, left in (await self._networks(spec)).items())
+                continue
+            for element in await self._elements(spec):
+                left = remaining(element)
+                if left != 0.0:
+                    bans[target_text(ipaddress.ip_address(element.key))] = left
+        return bans
+
+    async def _networks(self, spec: SetSpec) -> dict[Network, float | None]:
+        return networks_from(await self._elements(spec), spec.version)
+
+    async def _elements(self, spec: SetSpec) -> list[nl.Element]:
+        try:
+            return await nl.dump_elements(self._sock, TABLE, spec.name)
+        except NetlinkError as exc:
+            if exc.code == errno.ENOENT:
+                log.warning("nftables: set %s of table inet %s is missing; init() creates it",
+                            spec.name, TABLE)
+                return []
+            raise _error(f"list set {spec.name}", exc) from None
+
+    # -- netlink ---------------------------------------------------------------
+
+    async def _transact(self, what: str, messages: list) -> None:
+        try:
+            await nl.transact(self._sock, messages)
+        except NetlinkError as exc:
+            raise _error(what, exc) from None
+
+    async def _dump(self, msg_class, command: int, table_attr: str) -> list:
+        """Our table's sets, chains or rules (the kernel filters by table name)."""
+        msg = msg_class()
+        msg["attrs"] = [(table_attr, TABLE)]
+        try:
+            return [m for m in await nl.dump(self._sock, msg, command) if m.get_attr(table_attr) == TABLE]
+        except NetlinkError as exc:
+            if exc.code == errno.ENOENT:
+                return []  # no table yet
+            raise _error(f"read table inet {TABLE}", exc) from None
+
+
+_HINTS = {
+    errno.EPERM: "the enforcer needs CAP_NET_ADMIN: run as root, or with cap_add: [NET_ADMIN]",
+    errno.ENOENT: f"table inet {TABLE} or one of its sets is missing; init() creates them",
+    errno.EEXIST: "it overlaps an element already in the set",
+    errno.EOPNOTSUPP: "this kernel lacks the nf_tables feature",
+    errno.EMSGSIZE: "the netlink message was too large",
+}
+
+
+def _error(what: str, exc: NetlinkError) -> NftablesError:
+    hint = _HINTS.get(exc.code, "see the kernel log (dmesg)")
+    return NftablesError(f"nftables: {what} failed: {os.strerror(exc.code)} ({hint})", exc.code)

@@ -1,0 +1,146 @@
+"""The enforcer's loop against a real Redis: apply, catch up after downtime, reconcile, refuse.
+
+The backend here is the log-only one (an in-memory stand-in for the kernel
+with the same semantics); the nftables backend has its own tests in a
+network namespace, and the integration suite runs both together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis.asyncio as aioredis
+
+from pyfilter.common import bans, messages
+from pyfilter.common.config import Config, Settings
+from pyfilter.common.keys import Keys
+from pyfilter.enforcer.backends.log_only import LogOnlyBackend
+from pyfilter.enforcer.main import Enforcer
+
+KEYS = Keys("t:")
+
+
+def settings(url: str) -> Settings:
+    config = Config(host="host-b", whitelist=["198.51.100.240/28"])
+    config.redis.url = url
+    config.redis.prefix = "t:"
+    return Settings(config=config, rules={}, path="test")
+
+
+async def publish(client, action: str, address: str, duration: int = 600) -> None:
+    now = time.time()
+    expires = now + duration if duration >= 0 else None
+    decision = messages.Decision(action=action, address=address, rule="sshd", origin="detector",
+                                 host="host-a", created_at=now, duration=duration, expires_at=expires)
+    if action == "ban":
+        rec = messages.BanRecord(address=address, rule="sshd", host="host-a", origin="detector",
+                                 banned_at=now, duration=duration, expires_at=expires)
+        await bans.publish_ban(client, KEYS, rec, decision)
+    else:
+        await bans.publish_unban(client, KEYS, decision)
+
+
+async def until(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+class Running:
+    """An enforcer task over a backend that outlives it, as the kernel does."""
+
+    def __init__(self, url: str, backend: LogOnlyBackend):
+        self.enforcer = Enforcer(settings(url), backend)
+
+    async def __aenter__(self):
+        self.task = asyncio.create_task(self.enforcer.run())
+        return self.enforcer
+
+    async def __aexit__(self, *exc):
+        self.enforcer.stopping.set()
+        await asyncio.wait_for(self.task, 10)
+
+
+def test_decisions_apply_and_a_host_that_was_down_catches_up(redis_url):
+    async def go():
+        client = aioredis.from_url(redis_url)
+        kernel = LogOnlyBackend()
+        async with Running(redis_url, kernel):
+            await publish(client, "ban", "198.51.100.7")
+            await until(lambda: _has(kernel, "198.51.100.7"))
+        # Down: a ban and an unban happen meanwhile.
+        await publish(client, "ban", "2001:db8::66")
+        await publish(client, "unban", "198.51.100.7")
+        assert "198.51.100.7" in await kernel.list()
+        async with Running(redis_url, kernel):
+            await until(lambda: _has(kernel, "2001:db8::66"))
+            await until(lambda: _lacks(kernel, "198.51.100.7"))
+        remaining = (await kernel.list())["2001:db8::66"]
+        await client.aclose()
+        return remaining
+    remaining = asyncio.run(go())
+    assert 0 < remaining <= 600
+
+
+def test_reconcile_restores_missing_bans_with_remaining_time_and_drops_stale_ones(redis_url):
+    async def go():
+        client = aioredis.from_url(redis_url)
+        await publish(client, "ban", "198.51.100.8", duration=300)
+        kernel = LogOnlyBackend()
+        await kernel.ban([])  # nothing yet; a stale element the state does not know:
+        from pyfilter.enforcer.backends.base import Ban, parse_target_text
+        await kernel.ban([Ban(parse_target_text("198.51.100.99"), 1000)])
+        async with Running(redis_url, kernel):
+            await until(lambda: _has(kernel, "198.51.100.8"))
+            await until(lambda: _lacks(kernel, "198.51.100.99"))
+        state = await kernel.list()
+        await client.aclose()
+        return state
+    state = asyncio.run(go())
+    assert set(state) == {"198.51.100.8"}
+    assert 290 < state["198.51.100.8"] <= 300  # the remaining time, not the full time again
+
+
+def test_refuses_loopback_and_whitelisted_whatever_the_decision_says(redis_url):
+    async def go():
+        client = aioredis.from_url(redis_url)
+        kernel = LogOnlyBackend()
+        async with Running(redis_url, kernel):
+            for address in ("127.0.0.1", "198.51.100.241", "::1"):
+                await publish(client, "ban", address)
+            await publish(client, "ban", "198.51.100.9")  # a marker that comes after them
+            await until(lambda: _has(kernel, "198.51.100.9"))
+        state = await kernel.list()
+        await client.aclose()
+        return state
+    assert set(asyncio.run(go())) == {"198.51.100.9"}
+
+
+def test_expired_decision_is_not_applied(redis_url):
+    async def go():
+        client = aioredis.from_url(redis_url)
+        kernel = LogOnlyBackend()
+        async with Running(redis_url, kernel):
+            now = time.time()
+            late = messages.Decision(action="ban", address="198.51.100.10", rule="sshd",
+                                     origin="detector", host="a", created_at=now - 700,
+                                     duration=600, expires_at=now - 100)
+            await client.xadd(KEYS.decisions, {"m": messages.encode(late)})
+            await publish(client, "ban", "198.51.100.11")
+            await until(lambda: _has(kernel, "198.51.100.11"))
+        state = await kernel.list()
+        await client.aclose()
+        return state
+    assert "198.51.100.10" not in asyncio.run(go())
+
+
+async def _has(kernel, address) -> bool:
+    return address in await kernel.list()
+
+
+async def _lacks(kernel, address) -> bool:
+    return address not in await kernel.list()
