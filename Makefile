@@ -5,9 +5,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 COMPOSE_FILES := -f compose/docker-compose.yml
-# Air-gapped when asked, or when no base image can be had from a registry.
-AIRGAPPED ?= $(shell docker image inspect python:3.12-slim >/dev/null 2>&1 \
+# Air-gapped when asked (AIRGAPPED=1), or when no base image can be had from
+# a registry. Decided once per make run.
+ifndef AIRGAPPED
+AIRGAPPED := $(shell docker image inspect python:3.12-slim >/dev/null 2>&1 \
 	|| timeout 60 docker pull -q python:3.12-slim >/dev/null 2>&1 || echo 1)
+endif
 ifeq ($(AIRGAPPED),1)
 COMPOSE_FILES += -f compose/airgapped.yml
 endif
