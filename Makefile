@@ -19,7 +19,7 @@ COMPOSE := docker compose $(COMPOSE_FILES)
 .PHONY: help up down images airgapped-images dev test unit integration bench logs
 
 help:
-	@echo "make up      start the stack on this host (healthy when it returns)"
+	@echo "make up      start the stack on this host (healthy when it returns); DETECTORS=3 scales"
 	@echo "make down    stop it (volumes, hence bans and history, are kept)"
 	@echo "make test    the whole suite: unit tests and the real stack in containers"
 	@echo "make dev     .venv with the project and its test tools (CLI: .venv/bin/pyfilter)"
@@ -36,8 +36,14 @@ airgapped-images:
 images: $(if $(filter 1,$(AIRGAPPED)),airgapped-images)
 	$(COMPOSE) build
 
+DETECTORS ?= 1
+
+# compose/.env also tells a plain `docker compose` run in compose/ which
+# files to use, so `docker compose up --scale detector=3` works there too.
 up: compose/.env images
-	$(COMPOSE) up -d --wait
+	@sed -i '/^COMPOSE_FILE=/d' compose/.env
+	@$(if $(filter 1,$(AIRGAPPED)),echo "COMPOSE_FILE=docker-compose.yml:airgapped.yml" >> compose/.env)
+	$(COMPOSE) up -d --wait --scale detector=$(DETECTORS)
 	@echo "PyFilter is up: API on http://127.0.0.1:$${PYFILTER_API_PORT:-8470} (token in compose/.env)"
 
 down:
