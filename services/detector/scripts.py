@@ -10,12 +10,15 @@ ban decision, so a crash can never leave a crossed window without its ban.
 """
 
 RECORD_FAILURES = r"""
--- ARGV: prefix, now, group count, then per group (one rule, address and
--- host that saw the lines) a header of GROUP_HEADER fields followed by `n`
--- (line id, log time, text) triples.
+-- ARGV: prefix, now, recidive settings (empty when that rule is off), group
+-- count, then per group (one rule, address and host that saw the lines) a
+-- header of GROUP_HEADER fields followed by `n` (line id, log time, text)
+-- triples. The recidive settings are a group header without address, host
+-- and count: "threshold span bantime factor maxtime verdict ports".
 local prefix = ARGV[1]
 local now = tonumber(ARGV[2])
-local ngroups = tonumber(ARGV[3])
+local recidive = ARGV[3]
+local ngroups = tonumber(ARGV[4])
 local GROUP_HEADER = 12
 local MAX_LINES = 10
 local INF = math.huge
@@ -67,9 +70,36 @@ local function ban(g, trigger, window_key, lines_key)
   redis.call('XADD', prefix .. 'bans:history', 'MAXLEN', '~', 100000, '*', 'm', packed)
   redis.call('XADD', prefix .. 'decisions', 'MAXLEN', '~', 1000000, '*', 'm', cmsgpack.pack(decision))
   results[#results + 1] = g.address .. ' ' .. g.rule .. ' ' .. duration
+  return true
 end
 
-local pos = 4
+-- Every ban by another rule is a failure of the recidive rule: repeat
+-- offenders get its (long) ban once they reach its threshold.
+local function count_for_recidive(address, seen_by, rule)
+  if recidive == '' or rule == 'recidive' then return end
+  local f = {}
+  for word in string.gmatch(recidive, '%S+') do f[#f + 1] = word end
+  local g = {
+    rule = 'recidive', address = address, seen_by = seen_by, mode = 'sliding',
+    threshold = tonumber(f[1]), span = tonumber(f[2]), bantime = tonumber(f[3]),
+    factor = tonumber(f[4]), maxtime = tonumber(f[5]), verdict = f[6], ports = f[7] or '',
+  }
+  local window_key = prefix .. 'window:recidive:' .. address
+  local lines_key = prefix .. 'window-lines:recidive:' .. address
+  redis.call('ZADD', window_key, now, rule .. '@' .. now)
+  redis.call('RPUSH', lines_key, 'banned by ' .. rule)
+  redis.call('LTRIM', lines_key, -MAX_LINES, -1)
+  redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. (now - g.span))
+  if redis.call('ZCOUNT', window_key, now - g.span, now) >= g.threshold then
+    ban(g, now, window_key, lines_key)
+    redis.call('DEL', window_key, lines_key)
+  else
+    redis.call('EXPIRE', window_key, math.ceil(g.span) + 60)
+    redis.call('EXPIRE', lines_key, math.ceil(g.span) + 60)
+  end
+end
+
+local pos = 5
 for _ = 1, ngroups do
   local g = {
     rule = ARGV[pos], address = ARGV[pos + 1], seen_by = ARGV[pos + 2], mode = ARGV[pos + 3],
@@ -124,7 +154,9 @@ for _ = 1, ngroups do
       redis.call('HSET', state_key, 'last', last, 'count', count)
     end
     if trigger then
-      ban(g, trigger, window_key, lines_key)
+      if ban(g, trigger, window_key, lines_key) then
+        count_for_recidive(g.address, g.seen_by, g.rule)
+      end
       redis.call('SET', reset_key, trigger)
       redis.call('ZREMRANGEBYSCORE', window_key, '-inf', trigger)
       redis.call('DEL', lines_key)

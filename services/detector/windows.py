@@ -30,7 +30,8 @@ class NewBan:
     duration: int
 
 
-def _group_header(name: str, rule: Rule, address: str, host: str, count: int) -> list[object]:
+def _thresholds(rule: Rule) -> list[object]:
+    """threshold, span, bantime, factor, maxtime, verdict, ports: as the script reads them."""
     if rule.mode == "consecutive":
         threshold, span = rule.failed_attempts, rule.request_time
     elif rule.mode == "instant":
@@ -38,10 +39,12 @@ def _group_header(name: str, rule: Rule, address: str, host: str, count: int) ->
     else:
         threshold, span = rule.maxretry, rule.findtime
     ports = ",".join(str(p) for p in rule.ports)
-    return [
-        name, address, host, rule.mode, threshold, span, rule.bantime,
-        rule.escalation.factor, rule.escalation.maxtime, rule.verdict, ports, count,
-    ]
+    return [threshold, span, rule.bantime, rule.escalation.factor, rule.escalation.maxtime,
+            rule.verdict, ports]
+
+
+def _group_header(name: str, rule: Rule, address: str, host: str, count: int) -> list[object]:
+    return [name, address, host, rule.mode, *_thresholds(rule), count]
 
 
 class Windows:
@@ -51,6 +54,8 @@ class Windows:
         self._script = client.register_script(RECORD_FAILURES)
         self._prefix = prefix
         self._rules = rules
+        recidive = rules.get("recidive")
+        self._recidive = " ".join(map(str, _thresholds(recidive))).strip() if recidive else ""
 
     async def record(self, observed: list[Observed], now: float) -> list[NewBan]:
         if not observed:
@@ -58,7 +63,7 @@ class Windows:
         groups: dict[tuple[str, str, str], list[Observed]] = defaultdict(list)
         for o in observed:
             groups[(o.rule, o.address, o.host)].append(o)
-        args: list[object] = [self._prefix, now, len(groups)]
+        args: list[object] = [self._prefix, now, self._recidive, len(groups)]
         for (name, address, host), items in groups.items():
             args += _group_header(name, self._rules[name], address, host, len(items))
             for o in items:

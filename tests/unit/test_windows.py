@@ -124,3 +124,36 @@ def test_permanent_ban_has_no_expiry(redis_url):
     bans, decisions = run(record(redis_url, {"sshd": make_rule(bantime=Seconds(-1))}, [failures(3)]))
     assert bans[0].duration == -1
     assert decisions[0].expires_at is None
+
+
+def test_address_banned_repeatedly_by_any_rule_gets_the_recidive_ban(redis_url):
+    rules = {"sshd": make_rule(), "postfix": make_rule(),
+             "recidive": make_rule(maxretry=3, findtime=Seconds(86400), bantime=Seconds(604800))}
+
+    async def go():
+        client = aioredis.from_url(redis_url)
+        windows = Windows(client, "pf:", rules)
+        found = []
+        now = NOW
+        for round_, rule in enumerate(["sshd", "postfix", "sshd"]):
+            batch = [o._replace(rule=rule) for o in failures(3, start=now - 5, tag=f"r{round_}")]
+            found += await windows.record(batch, now)
+            now += 700  # the previous ban ran out
+        await client.aclose()
+        return found
+    found = run(go())
+    assert [(b.rule, b.duration) for b in found] == [
+        ("sshd", 600), ("postfix", 600), ("sshd", 600), ("recidive", 604800)]
+
+
+def test_recidive_off_means_no_recidive_bans(redis_url):
+    async def go():
+        client = aioredis.from_url(redis_url)
+        windows = Windows(client, "pf:", {"sshd": make_rule()})
+        found, now = [], NOW
+        for round_ in range(4):
+            found += await windows.record(failures(3, start=now - 5, tag=f"r{round_}"), now)
+            now += 700
+        await client.aclose()
+        return found
+    assert {b.rule for b in run(go())} == {"sshd"}
