@@ -13,7 +13,7 @@ import time
 import msgspec
 from aiohttp import web
 
-from pyfilter.common import bans, log, messages
+from pyfilter.common import bans, hosts, log, messages
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_network, parse_target
 from pyfilter.common.config import ConfigError, Settings, load, parse_duration
 from pyfilter.common.keys import Keys
@@ -50,6 +50,7 @@ class Api:
         self.keys = Keys(cfg.redis.prefix)
         self.client = connect(cfg.redis.url)
         self.whitelist = [parse_network(n) for n in cfg.whitelist]
+        self.own = hosts.OwnAddresses(self.client, self.keys)
 
     async def healthz(self, request: web.Request) -> web.Response:
         try:
@@ -86,6 +87,7 @@ class Api:
         if len(wanted) > MAX_BULK:
             return _error(422, f"body: at most {MAX_BULK} bans per call, got {len(wanted)}")
         prepared = []
+        own = await self.own.get()
         for i, req in enumerate(wanted):
             where = f"[{i}]." if isinstance(body, list) else ""
             try:
@@ -96,7 +98,7 @@ class Api:
                 duration = parse_duration(req.duration)
             except ValueError as exc:
                 return _error(422, f"{where}duration: {exc}")
-            if reason := never_ban_reason(target, self.whitelist):
+            if reason := never_ban_reason(target, self.whitelist, own):
                 return _error(409, f"{where}address: {target} must not be banned: {reason}")
             prepared.append((str(target), duration, req.reason))
         now = time.time()

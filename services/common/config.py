@@ -132,6 +132,12 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True):
     max_line_bytes: Annotated[int, msgspec.Meta(ge=256)] = 16384
 
 
+class DetectorConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # A batch a replica took but did not finish in this long is taken over
+    # by another replica (the first one is presumed dead).
+    claim_idle: Seconds = Seconds(30)
+
+
 class EnforcerConfig(msgspec.Struct, forbid_unknown_fields=True):
     backend: Literal["nftables", "log-only"] = "nftables"
     reconcile_interval: Seconds = Seconds(60)
@@ -149,6 +155,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     catalog_dir: str = "rules"
     whitelist: list[str] = []
     collector: CollectorConfig = msgspec.field(default_factory=CollectorConfig)
+    detector: DetectorConfig = msgspec.field(default_factory=DetectorConfig)
     enforcer: EnforcerConfig = msgspec.field(default_factory=EnforcerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     # Rule name -> overrides of the catalog entry (or a whole rule).

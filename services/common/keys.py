@@ -62,6 +62,11 @@ class Keys:
         """How many times an address was banned (escalation)."""
         return f"{self.prefix}bancount:{address}"
 
+    @property
+    def own_addresses(self) -> str:
+        """Hash: host -> its own addresses, space-separated (published by its enforcer)."""
+        return f"{self.prefix}own-addresses"
+
     # Health
     def heartbeat(self, service: str, host: str) -> str:
         return f"{self.prefix}heartbeat:{service}:{host}"

@@ -4,7 +4,7 @@ Replicas are stateless and interchangeable: they share the consumer group
 "detect" on the lines stream and keep every window in Redis. An entry is
 acknowledged (and deleted) only after its failures are in the windows, so a
 replica killed mid-batch leaves the entry pending, and another replica claims
-it after `CLAIM_IDLE_MS`. Replaying it is harmless: windows are idempotent per
+it after `detector.claim_idle`. Replaying it is harmless: windows are idempotent per
 line id.
 """
 
@@ -19,7 +19,7 @@ import time
 
 import msgspec
 
-from pyfilter.common import health, log, messages
+from pyfilter.common import health, hosts, log, messages
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_address, parse_network
 from pyfilter.common.config import ConfigError, Settings, load
 from pyfilter.common.keys import DETECT_GROUP, Keys
@@ -30,7 +30,6 @@ from pyfilter.detector.windows import Observed, Windows
 logger = logging.getLogger("pyfilter.detector")
 
 BATCHES_PER_READ = 16
-CLAIM_IDLE_MS = 30_000
 CLAIM_EVERY_S = 5.0
 
 
@@ -43,33 +42,35 @@ class Detector:
         self.matcher = Matcher(settings.rules)
         self.windows = Windows(self.client, cfg.redis.prefix, settings.rules)
         self.whitelist = [parse_network(n) for n in cfg.whitelist]
+        self.own = hosts.OwnAddresses(self.client, self.keys)
         # Container hostnames are unique per replica; the pid guards restarts.
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self.stopping = asyncio.Event()
         self.next_claim = 0.0
 
-    def observe(self, batch: messages.LineBatch, now: float) -> list[Observed]:
+    def observe(self, batch: messages.LineBatch, now: float, own: set) -> list[Observed]:
         """Failures in a batch, minus addresses that must never be counted."""
         found = []
         for line in batch.lines:
             for f in self.matcher.match(line.text, batch.source, now):
-                address = self._countable(f.host)
+                address = self._countable(f.host, own)
                 if address is not None:
                     found.append(Observed(f.rule, address, batch.host, f.time or batch.read_at,
                                           line.id, line.text))
         return found
 
-    def _countable(self, host: str) -> str | None:
+    def _countable(self, host: str, own: set) -> str | None:
         try:
             addr = parse_address(host)
         except InvalidAddress:
             return None  # a hostname: we never resolve names an attacker controls
-        if never_ban_reason(addr, self.whitelist) is not None:
+        if never_ban_reason(addr, self.whitelist, own) is not None:
             return None
         return str(addr)
 
     async def handle(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         now = time.time()
+        own = await self.own.get()
         observed: list[Observed] = []
         ids = []
         for entry_id, fields in entries:
@@ -83,7 +84,7 @@ class Detector:
                              extra={"entry": entry_id.decode(), "error": str(exc)})
                 await self.client.xadd(f"{self.keys.lines}:dead", fields)
                 continue
-            observed += self.observe(batch, now)
+            observed += self.observe(batch, now, own)
         for ban in await self.windows.record(observed, now):
             logger.info("ban decided", extra={"address": ban.address, "rule": ban.rule,
                                               "duration": ban.duration})
@@ -112,7 +113,8 @@ class Detector:
         # Entries a dead replica left pending come first.
         if time.monotonic() >= self.next_claim:
             _, claimed, _ = await self.client.xautoclaim(
-                self.keys.lines, DETECT_GROUP, self.consumer, CLAIM_IDLE_MS, "0-0",
+                self.keys.lines, DETECT_GROUP, self.consumer,
+                self.settings.config.detector.claim_idle * 1000, "0-0",
                 count=BATCHES_PER_READ)
             if claimed:
                 await self.handle(claimed)

@@ -33,6 +33,23 @@ local function escalated(bantime, factor, maxtime, count)
   return d
 end
 
+-- The latest failure of a `span`-long stretch that holds `threshold`
+-- failures including the one at `ts`, or nil. Replicas may record a batch's
+-- failures out of order, so the stretch may lie before or after `ts`.
+local function crossing(window_key, ts, span, threshold)
+  local found = redis.call('ZRANGEBYSCORE', window_key, ts - span, ts + span, 'WITHSCORES')
+  local times = {}
+  for i = 2, #found, 2 do times[#times + 1] = tonumber(found[i]) end
+  local lo = 1
+  for hi = 1, #times do
+    while times[hi] - times[lo] > span do lo = lo + 1 end
+    if hi - lo + 1 >= threshold and times[lo] <= ts and ts <= times[hi] then
+      return times[hi]
+    end
+  end
+  return nil
+end
+
 local function ban(g, trigger, window_key, lines_key)
   local count = tonumber(redis.call('GET', prefix .. 'bancount:' .. g.address) or '0') + 1
   local duration = escalated(g.bantime, g.factor, g.maxtime, count)
@@ -141,7 +158,8 @@ for _ = 1, ngroups do
       trigger = fresh[#fresh]
     elseif g.mode == 'sliding' then
       for _, ts in ipairs(fresh) do
-        if redis.call('ZCOUNT', window_key, ts - g.span, ts) >= g.threshold then trigger = ts end
+        local t = crossing(window_key, ts, g.span, g.threshold)
+        if t and (not trigger or t > trigger) then trigger = t end
       end
     else -- consecutive: each failure within `span` of the previous adds one
       local state = redis.call('HMGET', state_key, 'last', 'count')

@@ -18,7 +18,7 @@ import time
 
 import msgspec
 
-from pyfilter.common import bans, health, log, messages
+from pyfilter.common import bans, health, hosts, log, messages
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_network, parse_target
 from pyfilter.common.config import ConfigError, Settings, load
 from pyfilter.common.keys import Keys
@@ -82,6 +82,7 @@ class Enforcer:
     async def reconcile(self) -> None:
         # Addresses change (DHCP, a new resolver): read them again each time.
         self.own = await own_addresses()
+        await hosts.publish(self.client, self.keys, self.settings.host, self.own)
         now = time.time()
         wanted: dict[str, float | None] = {}
         for address, expires in (await bans.active(self.client, self.keys, now)).items():

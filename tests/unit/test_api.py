@@ -120,3 +120,16 @@ def test_no_permissive_cors_headers(redis_url):
         return dict(r.headers)
     headers = call(redis_url, steps)
     assert not any(h.lower().startswith("access-control-") for h in headers)
+
+
+def test_an_address_of_any_protected_host_is_refused(redis_url):
+    from pyfilter.common import hosts
+    from pyfilter.common.addresses import parse_address
+
+    async def steps(client, redis):
+        await hosts.publish(redis, Keys("t:"), "edge-1", {parse_address("198.51.100.50")})
+        r = await client.post("/api/v1/bans", json={"address": "198.51.100.50"}, headers=AUTH)
+        return r.status, (await r.json())["error"], await decisions(redis)
+    status, error, sent = call(redis_url, steps)
+    assert status == 409 and "198.51.100.50" in error and "this host" in error
+    assert sent == []

@@ -144,3 +144,24 @@ async def _has(kernel, address) -> bool:
 
 async def _lacks(kernel, address) -> bool:
     return address not in await kernel.list()
+
+
+def test_enforcer_publishes_its_own_addresses_for_detectors_and_api(redis_url):
+    from pyfilter.common import hosts
+
+    async def go():
+        client = aioredis.from_url(redis_url)
+        kernel = LogOnlyBackend()
+        async with Running(redis_url, kernel) as enforcer:
+            await until(lambda: _published(client))
+            own = enforcer.own
+        published = await hosts.load(client, KEYS)
+        await client.aclose()
+        return own, published
+    own, published = asyncio.run(go())
+    assert own and published == own
+    assert any(a.is_loopback for a in published)
+
+
+async def _published(client) -> bool:
+    return bool(await client.hgetall(KEYS.own_addresses))

@@ -157,3 +157,11 @@ def test_recidive_off_means_no_recidive_bans(redis_url):
         await client.aclose()
         return found
     assert {b.rule for b in run(go())} == {"sshd"}
+
+
+def test_failures_recorded_out_of_order_still_ban(redis_url):
+    # Replicas may record batches in any order: 0, 20 and 40 s apart with a
+    # 60 s window must ban whichever arrives last.
+    spread = failures(3, start=NOW - 50, step=20)
+    bans, _ = run(record(redis_url, {"sshd": make_rule()}, [[spread[2]], [spread[0]], [spread[1]]]))
+    assert [b.address for b in bans] == [ATTACKER]

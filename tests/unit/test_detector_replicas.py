@@ -1,0 +1,131 @@
+"""Replicas are interchangeable: 1 or 3 detectors, one killed midway, the same bans.
+
+Real detector processes against a real Redis. The lines stream is filled the
+way the collector fills it; the victim replica is frozen (SIGSTOP) while it
+holds unacknowledged batches, then killed (SIGKILL), so its batches must be
+claimed and finished by the others.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import redis
+
+from pyfilter.common import messages
+from pyfilter.common.keys import DETECT_GROUP, Keys
+
+REPO = Path(__file__).resolve().parents[2]
+KEYS = Keys("rep:")
+BATCH = 100
+
+
+def attack_log() -> list[str]:
+    """Interleaved sshd lines: 60 addresses fail 6 times (banned), 60 fail 3 times (not)."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    banned = [f"198.51.100.{i}" for i in range(1, 31)] + [f"2001:db8::{i:x}" for i in range(1, 31)]
+    spared = [f"198.51.100.{i}" for i in range(101, 131)] + [f"2001:db8:1::{i:x}" for i in range(1, 31)]
+    lines = []
+    for round_ in range(6):
+        for n, address in enumerate(banned + (spared if round_ < 3 else [])):
+            lines.append(f"{now} host sshd[{1000 + n}]: Failed password for invalid user u{round_} "
+                         f"from {address} port {40000 + n} ssh2")
+            lines.append(f"{now} host sshd[{9000 + n}]: Accepted publickey for deploy from 198.51.100.250 "
+                         f"port 22 ssh2: ED25519 SHA256:x")
+    return lines
+
+
+def feed(client: redis.Redis, lines: list[str]) -> None:
+    for start in range(0, len(lines), BATCH):
+        chunk = [messages.Line(f"auth:1:2:{i * 200}", text)
+                 for i, text in enumerate(lines[start:start + BATCH], start)]
+        batch = messages.LineBatch(host="h1", source="auth", lines=chunk, read_at=time.time())
+        client.xadd(KEYS.lines, {"m": messages.encode(batch)})
+
+
+def start_detector(config: Path, url: str) -> subprocess.Popen:
+    env = {**os.environ, "PYFILTER_CONFIG": str(config), "PYFILTER_REDIS_URL": url,
+           "PYFILTER_HOST": "h1", "PYFILTER_HEARTBEAT": str(config.parent / f"hb-{time.time_ns()}")}
+    return subprocess.Popen([sys.executable, "-m", "pyfilter.detector"], env=env,
+                            stderr=subprocess.DEVNULL)
+
+
+def drained(client: redis.Redis) -> bool:
+    if client.xlen(KEYS.lines):
+        return False
+    groups = client.xinfo_groups(KEYS.lines)
+    return all(g["pending"] == 0 for g in groups)
+
+
+def wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def decided(client: redis.Redis) -> set[tuple[str, str]]:
+    return {(d.address, d.rule) for d in (messages.decode_decision(f[b"m"])
+                                          for _, f in client.xrange(KEYS.decisions))}
+
+
+def write_config(tmp_path: Path) -> Path:
+    config = tmp_path / "pyfilter.yaml"
+    config.write_text(f"""
+redis: {{prefix: "rep:"}}
+catalog_dir: {REPO / "config" / "rules"}
+detector: {{claim_idle: 2s}}
+rules:
+  sshd: {{}}
+""")
+    return config
+
+
+def run_replicas(url: str, config: Path, replicas: int, kill_one: bool) -> set[tuple[str, str]]:
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    procs = [start_detector(config, url) for _ in range(replicas)]
+    try:
+        wait(lambda: len(client.xinfo_groups(KEYS.lines)) if client.exists(KEYS.lines) else False,
+             20, "the detectors' consumer group")
+        feed(client, attack_log())
+        if kill_one:
+            victim = procs[0]
+            consumer = f"{socket.gethostname()}-{victim.pid}"
+            while True:
+                victim.send_signal(signal.SIGSTOP)
+                held = [c for c in client.xinfo_consumers(KEYS.lines, DETECT_GROUP)
+                        if c["name"].decode() == consumer and c["pending"] > 0]
+                if held or drained(client):
+                    break
+                victim.send_signal(signal.SIGCONT)
+                time.sleep(0.01)
+            assert held, "the victim never held a batch: nothing to prove"
+            victim.kill()
+            victim.wait()
+        wait(lambda: drained(client), 60, "every batch to be processed")
+        return decided(client)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+
+
+def test_one_and_three_replicas_with_one_killed_decide_the_same_bans(redis_url, tmp_path):
+    config = write_config(tmp_path)
+    expected = {(f"198.51.100.{i}", "sshd") for i in range(1, 31)} | \
+               {(f"2001:db8::{i:x}", "sshd") for i in range(1, 31)}
+    one = run_replicas(redis_url, config, replicas=1, kill_one=False)
+    three = run_replicas(redis_url, config, replicas=3, kill_one=True)
+    assert one == expected
+    assert three == expected
