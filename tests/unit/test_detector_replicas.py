@@ -28,7 +28,8 @@ BATCH = 100
 
 
 def attack_log() -> list[str]:
-    """Interleaved sshd lines: 60 addresses fail 6 times (banned), 60 fail 3 times (not)."""
+    """Interleaved sshd lines: 60 addresses fail 6 times (banned), 60 fail 3 times (not),
+    among 24,000 lines of noise (so replicas are busy long enough to be killed mid-work)."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     banned = [f"198.51.100.{i}" for i in range(1, 31)] + [f"2001:db8::{i:x}" for i in range(1, 31)]
     spared = [f"198.51.100.{i}" for i in range(101, 131)] + [f"2001:db8:1::{i:x}" for i in range(1, 31)]
@@ -37,6 +38,7 @@ def attack_log() -> list[str]:
         for n, address in enumerate(banned + (spared if round_ < 3 else [])):
             lines.append(f"{now} host sshd[{1000 + n}]: Failed password for invalid user u{round_} "
                          f"from {address} port {40000 + n} ssh2")
+        for n in range(4000):
             lines.append(f"{now} host sshd[{9000 + n}]: Accepted publickey for deploy from 198.51.100.250 "
                          f"port 22 ssh2: ED25519 SHA256:x")
     return lines
@@ -53,8 +55,8 @@ def feed(client: redis.Redis, lines: list[str]) -> None:
 def start_detector(config: Path, url: str) -> subprocess.Popen:
     env = {**os.environ, "PYFILTER_CONFIG": str(config), "PYFILTER_REDIS_URL": url,
            "PYFILTER_HOST": "h1", "PYFILTER_HEARTBEAT": str(config.parent / f"hb-{time.time_ns()}")}
-    return subprocess.Popen([sys.executable, "-m", "pyfilter.detector"], env=env,
-                            stderr=subprocess.DEVNULL)
+    log = open(config.parent / "detectors.log", "ab")
+    return subprocess.Popen([sys.executable, "-m", "pyfilter.detector"], env=env, stderr=log)
 
 
 def drained(client: redis.Redis) -> bool:
@@ -64,13 +66,14 @@ def drained(client: redis.Redis) -> bool:
     return all(g["pending"] == 0 for g in groups)
 
 
-def wait(predicate, timeout: float, what: str) -> None:
+def wait(predicate, timeout: float, what: str, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise AssertionError(f"timed out waiting for {what}\n{tail}")
 
 
 def decided(client: redis.Redis) -> set[tuple[str, str]]:
@@ -90,29 +93,37 @@ rules:
     return config
 
 
+def freeze_while_holding(client: redis.Redis, victim: subprocess.Popen) -> None:
+    """SIGSTOP the victim at a moment it holds batches it has not acknowledged."""
+    consumer = f"{socket.gethostname()}-{victim.pid}"
+    while True:
+        victim.send_signal(signal.SIGSTOP)
+        held = [c for c in client.xinfo_consumers(KEYS.lines, DETECT_GROUP)
+                if c["name"].decode() == consumer and c["pending"] > 0]
+        if held:
+            return
+        assert not drained(client), "the victim finished everything before it could be caught"
+        victim.send_signal(signal.SIGCONT)
+        time.sleep(0.005)
+
+
 def run_replicas(url: str, config: Path, replicas: int, kill_one: bool) -> set[tuple[str, str]]:
     client = redis.Redis.from_url(url)
     client.flushall()
-    procs = [start_detector(config, url) for _ in range(replicas)]
+    # With a victim, it starts alone so the batches it will die holding are its own.
+    procs = [start_detector(config, url) for _ in range(1 if kill_one else replicas)]
     try:
         wait(lambda: len(client.xinfo_groups(KEYS.lines)) if client.exists(KEYS.lines) else False,
-             20, "the detectors' consumer group")
+             60, "the detectors' consumer group", config.parent / "detectors.log")
         feed(client, attack_log())
         if kill_one:
             victim = procs[0]
-            consumer = f"{socket.gethostname()}-{victim.pid}"
-            while True:
-                victim.send_signal(signal.SIGSTOP)
-                held = [c for c in client.xinfo_consumers(KEYS.lines, DETECT_GROUP)
-                        if c["name"].decode() == consumer and c["pending"] > 0]
-                if held or drained(client):
-                    break
-                victim.send_signal(signal.SIGCONT)
-                time.sleep(0.01)
-            assert held, "the victim never held a batch: nothing to prove"
+            freeze_while_holding(client, victim)
+            procs += [start_detector(config, url) for _ in range(replicas - 1)]
+            time.sleep(0.5)  # the others are running; now the victim dies
             victim.kill()
             victim.wait()
-        wait(lambda: drained(client), 60, "every batch to be processed")
+        wait(lambda: drained(client), 60, "every batch to be processed", config.parent / "detectors.log")
         return decided(client)
     finally:
         for p in procs:

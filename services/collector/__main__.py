@@ -1,0 +1,7 @@
+"""`python -m pyfilter.collector`"""
+
+import sys
+
+from .main import main
+
+sys.exit(main())

@@ -1,0 +1,102 @@
+"""Where each source's progress is kept, and how it only moves with the lines.
+
+A source's checkpoint is a Redis hash (`Keys.checkpoint(host, source)`) whose
+fields only the source interprets. `Committer.commit` writes a batch's lines
+(XADD, one field `m`) and its checkpoint fields (HSET/HDEL) in one MULTI/EXEC
+transaction: either both are in Redis or neither is. A crash, or a reply lost
+on the way back, can at most make the same batch go out twice, and its line
+ids let the detector drop the copy.
+
+The stream is never trimmed here. While it holds more than `lines_maxlen`
+entries the committer waits for the detectors to drain it; lines wait on
+disk, not in memory. Redis errors are retried with backoff, forever: the
+batch in hand is kept until it is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from pyfilter.common.keys import Keys
+from pyfilter.common.messages import LineBatch, encode
+
+from .sources.base import Batch, Stats
+
+log = logging.getLogger("pyfilter.collector.checkpoints")
+
+FULL_POLL = 0.2  # how often to look at the stream length while it is full (s)
+BACKOFF_MAX = 5.0  # longest wait between two tries of a failed write (s)
+
+
+async def load(redis: aioredis.Redis, keys: Keys, host: str, source: str) -> dict[str, bytes]:
+    """What the source's checkpoint hash holds (empty on the first run)."""
+    raw = await retry(lambda: redis.hgetall(keys.checkpoint(host, source)),
+                      f"reading the checkpoint of source {source!r}")
+    return {k.decode(): v for k, v in raw.items()}
+
+
+async def retry(call, what: str, stats: Stats | None = None):
+    """Await `call()` until it succeeds, backing off while Redis fails."""
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except (RedisError, OSError) as exc:
+            if stats is not None:
+                stats.errors += 1
+            log.warning(f"Redis failed while {what}: {exc}; retrying in {delay:.1f}s",
+                        extra={"error_type": type(exc).__name__})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+
+class Committer:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, host: str, maxlen: int):
+        self.redis, self.keys, self.host, self.maxlen = redis, keys, host, maxlen
+        self.length = 0  # stream length seen at the last write (the lag metric)
+
+    async def commit(self, source: str, batch: Batch, stats: Stats) -> None:
+        """Write the batch and its checkpoint atomically; return once they are in Redis."""
+        payload = None
+        if batch.lines:
+            payload = encode(LineBatch(self.host, source, batch.lines, time.time()))
+        key = self.keys.checkpoint(self.host, source)
+
+        async def write() -> list:
+            await self._wait_for_room(stats)
+            async with self.redis.pipeline(transaction=True) as tx:
+                if payload is not None:
+                    tx.xadd(self.keys.lines, {b"m": payload})
+                if batch.checkpoint:
+                    tx.hset(key, mapping=batch.checkpoint)
+                if batch.forget:
+                    tx.hdel(key, *batch.forget)
+                tx.xlen(self.keys.lines)
+                return await tx.execute()
+
+        replies = await retry(write, f"writing a batch of source {source!r}", stats)
+        self.length = replies[-1]
+        if payload is not None:
+            stats.lines += len(batch.lines)
+            stats.batches += 1
+            stats.bytes += len(payload)
+
+    async def _wait_for_room(self, stats: Stats) -> None:
+        # Detectors delete what they acknowledged; until they catch up, wait.
+        # The length comes back with every write, so a stream with room costs
+        # no extra round trip.
+        waited = False
+        while self.length > self.maxlen:
+            if not waited:
+                log.warning("stream full; waiting for the detectors to drain it",
+                            extra={"length": self.length, "maxlen": self.maxlen})
+                waited = True
+            await asyncio.sleep(FULL_POLL)
+            self.length = await self.redis.xlen(self.keys.lines)
+        if waited:
+            log.info("stream has room again; writing", extra={"length": self.length})

@@ -1,0 +1,144 @@
+"""The collector: follow every configured source and commit its lines to Redis.
+
+One task per source pulls batches from it and commits each (lines and
+checkpoint in one transaction) before pulling the next. A source that fails
+in a way it did not handle is rebuilt from its last committed checkpoint; the
+others go on. SIGTERM (or SIGINT) lets each source finish the batch in hand,
+then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from redis.exceptions import RedisError
+
+from pyfilter.common import health
+from pyfilter.common.config import ConfigError, Settings, Source as SourceConfig, load
+from pyfilter.common.keys import Keys
+from pyfilter.common.log import setup
+
+from . import checkpoints
+from .checkpoints import Committer
+from .sources import Stats, build
+
+log = logging.getLogger("pyfilter.collector")
+
+SHUTDOWN_GRACE = 8.0  # time to finish the batches in hand (docker stop waits 10 s)
+REBUILD_DELAY = 2.0  # pause before rebuilding a source that failed unexpectedly (s)
+BEAT_EVERY = 2.0  # heartbeat while Redis answers (s)
+
+
+async def follow(cfg: SourceConfig, settings: Settings, redis: aioredis.Redis,
+                 committer: Committer, stats: Stats, stop: asyncio.Event) -> None:
+    keys, host = Keys(settings.config.redis.prefix), settings.host
+    while not stop.is_set():
+        saved = await checkpoints.load(redis, keys, host, cfg.name)
+        source = build(cfg, settings.config.collector, saved, stop)
+        source.stats = stats
+        try:
+            async for batch in source.batches():
+                await committer.commit(cfg.name, batch, stats)
+        except Exception:
+            stats.errors += 1
+            log.exception(f"source {cfg.name!r} failed; restarting it from its checkpoint "
+                          f"in {REBUILD_DELAY}s", extra={"source": cfg.name})
+            await asyncio.sleep(REBUILD_DELAY)
+
+
+async def heartbeat(redis: aioredis.Redis, stop: asyncio.Event) -> None:
+    # The container is healthy while Redis answers us: a collector cut off
+    # from Redis cannot deliver anything, however busy its loops are.
+    while not stop.is_set():
+        try:
+            await redis.ping()
+            health.beat()
+        except (RedisError, OSError):
+            pass
+        try:
+            await asyncio.wait_for(stop.wait(), BEAT_EVERY)
+        except TimeoutError:
+            pass
+
+
+class Exporter:
+    """Prometheus view of the sources' counters, read at scrape time."""
+
+    COUNTERS = (
+        ("lines", "Lines written to the stream"),
+        ("batches", "Stream entries written"),
+        ("bytes", "Bytes written to the stream"),
+        ("cut", "Lines cut to max_line_bytes"),
+        ("errors", "Input and Redis errors (each is logged)"),
+    )
+
+    def __init__(self, stats: dict[str, Stats], committer: Committer):
+        self.stats, self.committer = stats, committer
+
+    def collect(self):
+        for name, text in self.COUNTERS:
+            family = CounterMetricFamily(f"pyfilter_collector_{name}", text, labels=["source"])
+            for source, stats in self.stats.items():
+                family.add_metric([source], getattr(stats, name))
+            yield family
+        yield GaugeMetricFamily("pyfilter_collector_stream_length",
+                                "Entries in the lines stream at the last write (detector lag)",
+                                value=self.committer.length)
+
+
+async def run(settings: Settings) -> int:
+    cfg = settings.config
+    redis = aioredis.Redis.from_url(cfg.redis.url, socket_timeout=30, socket_connect_timeout=5)
+    committer = Committer(redis, Keys(cfg.redis.prefix), settings.host, cfg.redis.lines_maxlen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    stats = {source.name: Stats() for source in cfg.collector.sources}
+    port = int(os.environ.get("PYFILTER_METRICS_PORT", "9101"))
+    if port:
+        registry = CollectorRegistry()
+        registry.register(Exporter(stats, committer))
+        start_http_server(port, registry=registry)
+
+    tasks = [asyncio.create_task(follow(source, settings, redis, committer, stats[source.name], stop))
+             for source in cfg.collector.sources]
+    tasks.append(asyncio.create_task(heartbeat(redis, stop)))
+    log.info("collector started", extra={"host": settings.host,
+                                         "sources": [s.name for s in cfg.collector.sources]})
+    await stop.wait()
+    started = time.monotonic()
+    _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
+    for task in pending:
+        # Still waiting on Redis: its checkpoint has not moved, nothing is lost.
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    await redis.aclose()
+    log.info("collector stopped", extra={"seconds": round(time.monotonic() - started, 3),
+                                         "unfinished": len(pending)})
+    return 0
+
+
+def main() -> int:
+    setup("collector")
+    try:
+        settings = load()
+    except ConfigError as exc:
+        log.error(str(exc))
+        return 2
+    if not settings.config.collector.sources:
+        log.warning("no sources configured; nothing to collect")
+    return asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The collector waits for Redis, and for room in the stream, without dropping a line."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import redis
+
+from pyfilter.common.keys import Keys
+
+from .test_collector_support import (
+    Collector, file_source, settle, stream_lines, texts, wait_for, wait_for_lines, write,
+)
+
+
+def test_full_stream_waits_for_the_detectors_instead_of_trimming(tmp_path, redis_url):
+    log = tmp_path / "app.log"
+    log.touch()
+    client = redis.Redis.from_url(redis_url)
+    lines = [f"line {i}" for i in range(1500)]
+    with Collector(tmp_path, redis_url, [file_source("app", log)], batch_lines=1, lines_maxlen=1000).start() as c:
+        c.ready()
+        write(log, *lines)
+        wait_for(lambda: client.xlen(Keys().lines) > 1000, what="a full stream")
+        settle(0.5)
+        assert client.xlen(Keys().lines) == 1001  # it stopped writing: no trimming
+        # A detector drains the stream (it deletes what it acknowledged).
+        seen = texts(redis_url)
+        ids = [entry_id for entry_id, _ in client.xrange(Keys().lines)]
+        client.xdel(Keys().lines, *ids)
+        wait_for(lambda: len(set(seen) | set(texts(redis_url))) == 1500, what="the rest of the lines")
+    assert set(seen) | set(texts(redis_url)) == set(lines)
+
+
+def test_redis_down_loses_no_line(tmp_path, redis_url):
+    log = tmp_path / "app.log"
+    log.touch()
+    client = redis.Redis.from_url(redis_url)
+    with Collector(tmp_path, redis_url, [file_source("app", log)]).start() as c:
+        c.ready()
+        write(log, "before")
+        wait_for_lines(redis_url, ["before"])
+        config = client.config_get("dir")["dir"]
+        client.shutdown(nosave=True)  # Redis goes away
+        write(log, "while redis is down 1", "while redis is down 2")
+        settle(1.0)
+        assert c.proc.poll() is None, "the collector exited while Redis was down"
+        server = restart_redis(Path(config), redis_url)
+        try:
+            wait_for_lines(redis_url, ["while redis is down 1", "while redis is down 2"], timeout=15)
+            assert "Redis failed while writing a batch" in c.logs()
+            assert c.stop() == 0
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+def restart_redis(folder: Path, url: str) -> subprocess.Popen:
+    """A new redis-server on the socket the fixture's one used (it has no data)."""
+    sock = url.removeprefix("unix://")
+    proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700",
+                             "--dir", str(folder), "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL)
+    wait_for(lambda: _pings(url), what="redis-server to start again")
+    return proc
+
+
+def _pings(url: str) -> bool:
+    try:
+        return redis.Redis.from_url(url).ping()
+    except redis.ConnectionError:
+        return False
+
+
+def test_batches_hold_at_most_batch_lines(tmp_path, redis_url):
+    log = tmp_path / "app.log"
+    log.touch()
+    with Collector(tmp_path, redis_url, [file_source("app", log)], batch_lines=7).start() as c:
+        c.ready()
+        write(log, *[f"l{i}" for i in range(100)])
+        wait_for_lines(redis_url, [f"l{i}" for i in range(100)])
+    client = redis.Redis.from_url(redis_url)
+    assert client.xlen(Keys().lines) >= 15
+    assert [line.text for line in stream_lines(redis_url)] == [f"l{i}" for i in range(100)]
