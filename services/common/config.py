@@ -139,7 +139,8 @@ class DetectorConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class EnforcerConfig(msgspec.Struct, forbid_unknown_fields=True):
-    backend: Literal["nftables", "log-only"] = "nftables"
+    # "iptables": ipset sets + iptables rules; "auto": nftables if the kernel has it, else iptables.
+    backend: Literal["nftables", "iptables", "auto", "log-only"] = "nftables"
     reconcile_interval: Seconds = Seconds(60)
 
 
@@ -147,6 +148,13 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True):
     listen: str = "127.0.0.1"
     port: Port = 8470
     token: str | None = None
+
+
+class GeoConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """MaxMind-format databases (.mmdb); unset or unreadable: countries show as unknown."""
+
+    country_db: str | None = None
+    asn_db: str | None = None
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
@@ -158,6 +166,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     detector: DetectorConfig = msgspec.field(default_factory=DetectorConfig)
     enforcer: EnforcerConfig = msgspec.field(default_factory=EnforcerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+    geoip: GeoConfig = msgspec.field(default_factory=GeoConfig)
     # Rule name -> overrides of the catalog entry (or a whole rule).
     rules: dict[str, dict[str, Any]] = {}
 

@@ -63,6 +63,11 @@ class Keys:
         return f"{self.prefix}bancount:{address}"
 
     @property
+    def whitelist(self) -> str:
+        """Set of CIDRs the operator whitelisted through the api."""
+        return f"{self.prefix}whitelist"
+
+    @property
     def own_addresses(self) -> str:
         """Hash: host -> its own addresses, space-separated (published by its enforcer)."""
         return f"{self.prefix}own-addresses"
