@@ -42,7 +42,6 @@ class Geo:
     def __init__(self, country_db: str | None = None, asn_db: str | None = None):
         self._country = _open(country_db, "country")
         self._asn = _open(asn_db, "ASN")
-        # Reuse the country database for ASNs when it carries them (some do).
         self.lookup = functools.lru_cache(maxsize=65536)(self._lookup)
 
     @property

@@ -57,7 +57,10 @@ _FORMATS: list[tuple[str, str]] = [
 ]
 
 def _prefixed(name: str, rx: str) -> str:
-    return f"(?P<{name}>" + rx.replace("(?P<", f"(?P<{name}_") + ")"
+    # The empty group at the end names the format (`lastgroup`); a group
+    # around the format would hide its first character from the regex
+    # engine, which then tries every format in full at every start.
+    return rx.replace("(?P<", f"(?P<{name}_") + f"(?P<{name}>)"
 
 
 _START = re.compile(r"[\s\[(]*(?:<\d{1,3}>\d{1,2} +)?(?:"
@@ -148,12 +151,50 @@ _GROUPS = {name: [(f, f"{name}_{f}") for f in _FIELDS if f"{name}_{f}" in _START
            for name in _FORMAT_NAMES}
 
 
-@lru_cache(maxsize=4096)
 def _start_fixed(stamp: str, zone: tzinfo) -> float | None | tuple[int, int, int, int, int]:
     m = _START.match(stamp)
     if m is None or m.lastgroup not in _GROUPS:  # pragma: no cover - matched before
         return None
     return _fixed({f: m.group(g) for f, g in _GROUPS[m.lastgroup]}, zone)
+
+
+class _Stamp:
+    """What a timestamp string means in a zone, cached: most lines repeat the last one's.
+
+    A year-less date also depends on "now"; the answer is kept with the span
+    of "now" over which it holds (same year of now, same choice of year for
+    the date), so a detector whose clock moves on only recomputes it when
+    that span is left.
+    """
+
+    __slots__ = ("fixed", "lo", "hi", "value")
+
+    def __init__(self, fixed: float | None | tuple[int, int, int, int, int]) -> None:
+        self.fixed = fixed
+        self.lo = self.hi = 0.0  # an empty span: computed at first use
+        self.value: float | None = None
+
+    def at(self, zone: tzinfo, now: float | None) -> float | None:
+        fixed = self.fixed
+        if not isinstance(fixed, tuple):
+            return fixed
+        ref = now if now is not None else datetime.now(timezone.utc).timestamp()
+        if not self.lo <= ref < self.hi:
+            self.value, self.lo, self.hi = _yearless_span(*fixed, zone, ref)
+        return self.value
+
+
+_stamps: dict[tuple[str, tzinfo], _Stamp] = {}
+_MAX_STAMPS = 8192
+
+
+def _stamp(stamp: str, zone: tzinfo) -> _Stamp:
+    entry = _stamps.get((stamp, zone))
+    if entry is None:
+        if len(_stamps) >= _MAX_STAMPS:
+            _stamps.clear()  # a new day of timestamps: cheaper than keeping order
+        entry = _stamps[(stamp, zone)] = _Stamp(_start_fixed(stamp, zone))
+    return entry
 
 
 _last_year: list = [None, None, None]  # (day number, zone, year) of the last "now" seen
@@ -169,13 +210,29 @@ def _year_of(ref: float, zone: tzinfo) -> int:
 def _yearless(mo: int, d: int, h: int, mi: int, s: int, zone: tzinfo, now: float | None) -> float | None:
     """The latest year in which the date is at most a day after `now`."""
     ref = now if now is not None else datetime.now(timezone.utc).timestamp()
+    return _yearless_span(mo, d, h, mi, s, zone, ref)[0]
+
+
+def _yearless_span(mo: int, d: int, h: int, mi: int, s: int, zone: tzinfo,
+                   ref: float) -> tuple[float | None, float, float]:
+    """`_yearless` at `ref`, and the span [lo, hi) of `ref` over which the answer stays."""
     year = _year_of(ref, zone)
+    lo = _year_start(year, zone)
+    hi = _year_start(year + 1, zone)
     years = (year + 1, year, year - 1) if mo == 1 else (year, year - 1)
     for y in years + (year - 2, year - 3, year - 4):  # Feb 29 may need a few
         t = _local_epoch(y, mo, d, h, mi, s, zone)
-        if t is not None and t <= ref + 86400:
-            return t
-    return None
+        if t is None:
+            continue
+        if t <= ref + 86400:
+            return t, max(lo, t - 86400), hi
+        hi = min(hi, t - 86400)  # later, this (more recent) year is the answer
+    return None, lo, hi
+
+
+@lru_cache(maxsize=64)
+def _year_start(year: int, zone: tzinfo) -> float:
+    return datetime(year, 1, 1, tzinfo=zone).timestamp()
 
 
 def parse_time(text: str, tz: str | tzinfo | None = None, now: float | None = None) -> float | None:
@@ -187,10 +244,7 @@ def parse_time(text: str, tz: str | tzinfo | None = None, now: float | None = No
     if m is None:
         return None
     zone = tz if isinstance(tz, tzinfo) else get_zone(tz)
-    fixed = _start_fixed(m.group(0), zone)
-    if isinstance(fixed, tuple):
-        return _yearless(*fixed, zone, now)
-    return fixed
+    return _stamp(m.group(0), zone).at(zone, now)
 
 
 def find_time(text: str, tz: str | tzinfo | None = None, now: float | None = None) -> float | None:

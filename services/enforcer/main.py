@@ -6,6 +6,11 @@ acknowledged only after the kernel has it. On start and every
 `reconcile_interval` the kernel sets are made equal to the active bans
 (remaining time, expired ones gone, manual unbans applied). On shutdown the
 bans stay in the kernel: their timeouts run there.
+
+A ban's scope (ports, drop or reject) comes with its decision. The active
+bans in Redis hold only address -> expiry, so a reconcile takes each scope
+from what this enforcer applied, and otherwise from the configured rule
+named in the ban record; records are read only when some rule has a scope.
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ from pyfilter.common.config import ConfigError, Settings, load
 from pyfilter.common.keys import Keys
 from pyfilter.common.redisio import TRANSIENT, connect, ensure_group, wait_for_redis
 from pyfilter.enforcer.backends import make_backend
-from pyfilter.enforcer.backends.base import Backend, Ban
+from pyfilter.enforcer.backends.base import DEFAULT_SCOPE, Backend, Ban, Scope, ban_key
 from pyfilter.enforcer.hostinfo import own_addresses
 
 logger = logging.getLogger("pyfilter.enforcer")
 
 DECISIONS_PER_READ = 1000
+RECORDS_PER_READ = 1000
 
 
 class Enforcer:
@@ -45,6 +51,9 @@ class Enforcer:
         self.own: set = set()  # filled from the kernel at start and each reconcile
         self.stopping = asyncio.Event()
         self.next_reconcile = 0.0
+        self.scopes: dict[str, Scope] = {}  # address -> scope of its ban, when not the default
+        self.rule_scopes = {name: _scope_or_default(r.ports, r.verdict, name)
+                            for name, r in settings.rules.items() if r.ports or r.verdict != "drop"}
 
     def refusal(self, target) -> str | None:
         return never_ban_reason(target, self.whitelist, self.own)
@@ -64,6 +73,7 @@ class Enforcer:
                     await self.backend.ban(pending)
                     pending = []
                 await self.backend.unban([target])
+                self.scopes.pop(d.address, None)
                 logger.info("unbanned", extra={"address": d.address, "origin": d.origin})
                 continue
             if reason := self.refusal(target):
@@ -73,9 +83,14 @@ class Enforcer:
             timeout = None if d.expires_at is None else math.ceil(d.expires_at - now)
             if timeout is not None and timeout <= 0:
                 continue  # ran out before it reached us
-            pending.append(Ban(target=target, timeout=timeout))
+            scope = _scope_or_default(d.ports, d.verdict, d.rule)
+            if scope.is_default:
+                self.scopes.pop(d.address, None)
+            else:
+                self.scopes[d.address] = scope
+            pending.append(Ban(target, timeout, scope.ports, scope.verdict))
             logger.info("banned", extra={"address": d.address, "rule": d.rule, "timeout": timeout,
-                                         "seen_by": d.host, "origin": d.origin})
+                                         "seen_by": d.host, "origin": d.origin, "scope": scope.text()})
         if pending:
             await self.backend.ban(pending)
 
@@ -85,17 +100,31 @@ class Enforcer:
         await hosts.publish(self.client, self.keys, self.settings.host, self.own)
         now = time.time()
         wanted: dict[str, float | None] = {}
-        for address, expires in (await bans.active(self.client, self.keys, now)).items():
+        active = await bans.active(self.client, self.keys, now)
+        await self.learn_scopes(active)
+        for address, expires in active.items():
             try:
                 target = parse_target(address)
             except InvalidAddress:
                 continue
             if self.refusal(target) is None:
-                wanted[str(target)] = None if expires is None else expires - now
+                scope = self.scopes.get(address, DEFAULT_SCOPE)
+                wanted[ban_key(target, scope)] = None if expires is None else expires - now
         added, removed = await self.backend.sync(wanted)
         logger.info("reconciled", extra={"active": len(wanted), "added": len(added),
                                          "removed": len(removed)})
         self.next_reconcile = time.monotonic() + self.settings.config.enforcer.reconcile_interval
+
+    async def learn_scopes(self, active: dict[str, float | None]) -> None:
+        """Keep `self.scopes` to the active bans, filling in those not seen in a decision."""
+        self.scopes = {a: s for a, s in self.scopes.items() if a in active}
+        if not self.rule_scopes:
+            return  # every configured rule bans all ports with drop: no record to read
+        unknown = [a for a in active if a not in self.scopes]
+        for i in range(0, len(unknown), RECORDS_PER_READ):
+            for record in await bans.records(self.client, self.keys, unknown[i:i + RECORDS_PER_READ]):
+                if scope := self.rule_scopes.get(record.rule):
+                    self.scopes[record.address] = scope
 
     async def consume(self, start: str) -> int:
         """Read and apply one round of decisions; `start` "0" replays our pending ones."""
@@ -142,6 +171,15 @@ class Enforcer:
                 await self.start()
         await self.backend.close()
         await self.client.aclose()
+
+
+def _scope_or_default(ports, verdict: str, rule: str) -> Scope:
+    """The scope of a decision or rule; a malformed one bans all ports rather than nothing."""
+    try:
+        return Scope(tuple(ports), verdict)  # type: ignore[arg-type]
+    except ValueError as exc:
+        logger.error("bad ban scope, banning all ports instead", extra={"rule": rule, "error": str(exc)})
+        return DEFAULT_SCOPE
 
 
 async def main_async(settings: Settings) -> None:

@@ -9,8 +9,9 @@ import ipaddress
 import pytest
 
 from pyfilter.enforcer.backends import make_backend, nft_netlink as nl
-from pyfilter.enforcer.backends.base import Ban, plan_sync, target_text
-from pyfilter.enforcer.backends.nft_layout import NetworkIndex, interval_elements, networks_from
+from pyfilter.common.addresses import InvalidAddress
+from pyfilter.enforcer.backends.base import Ban, ban_key, parse_ban_key, plan_sync, target_text
+from pyfilter.enforcer.backends.nft_elements import NetworkIndex, interval_elements, networks_from
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
@@ -53,11 +54,63 @@ def test_plan_sync_adds_missing_removes_extra_and_leaves_present_alone():
     to_add, to_remove = plan_sync(current, wanted)
 
     assert to_add == [Ban(ip("198.51.100.3"), 31), Ban(ip("198.51.100.4"))]
-    assert to_remove == [ip("198.51.100.2")]
+    assert to_remove == [Ban(ip("198.51.100.2"))]
 
 
 def test_plan_sync_removes_a_present_ban_that_is_wanted_with_no_time_left():
-    assert plan_sync({"198.51.100.1": 3.0}, {"198.51.100.1": -1.0}) == ([], [ip("198.51.100.1")])
+    assert plan_sync({"198.51.100.1": 3.0}, {"198.51.100.1": -1.0}) == ([], [Ban(ip("198.51.100.1"))])
+
+
+def test_plan_sync_moves_a_ban_to_another_scope_without_touching_the_default_one():
+    current = {"198.51.100.1": 50.0, "198.51.100.1|22|reject": 50.0, "198.51.100.2|all|reject": 9.0}
+    wanted = {"198.51.100.1": 50.0, "198.51.100.2|22,2222|drop": 9.5}
+
+    to_add, to_remove = plan_sync(current, wanted)
+
+    assert to_add == [Ban(ip("198.51.100.2"), 10, (22, 2222), "drop")]
+    assert to_remove == [Ban(ip("198.51.100.1"), None, (22,), "reject"), Ban(ip("198.51.100.2"), None, (), "reject")]
+
+
+# -- scopes --------------------------------------------------------------------------
+
+
+def test_ban_keys_name_the_scope_unless_it_is_the_default():
+    assert Ban(ip("198.51.100.7"), 60).key == "198.51.100.7"
+    assert Ban(ip("198.51.100.7"), 60, [2222, 22, 22], "reject").key == "198.51.100.7|22,2222|reject"
+    assert Ban(net("2001:db8::/64"), None, (), "reject").key == "2001:db8::/64|all|reject"
+    assert Ban(ip("198.51.100.7"), None, (22,)).key == "198.51.100.7|22|drop"
+    for key in ("198.51.100.7|22,2222|reject", "2001:db8::/64|all|reject", "198.51.100.7"):
+        target, scope = parse_ban_key(key)
+        assert ban_key(target, scope) == key
+
+
+@pytest.mark.parametrize("ports, verdict", [((0,), "drop"), ((65536,), "drop"), ((22,), "accept"),
+                                            (tuple(range(1, 40)), "drop"), ((True,), "drop")])
+def test_ban_refuses_a_bad_scope(ports, verdict):
+    with pytest.raises(ValueError, match="port|verdict"):
+        Ban(ip("198.51.100.7"), 60, ports, verdict)
+
+
+@pytest.mark.parametrize("key", ["198.51.100.7|22", "198.51.100.7|x|drop", "198.51.100.7|22|accept", "a|all|drop"])
+def test_bad_ban_keys_are_invalid_addresses(key):
+    with pytest.raises(InvalidAddress):
+        parse_ban_key(key)
+
+
+def test_log_only_backend_keeps_scopes_apart_and_unban_lifts_them_all():
+    backend = make_backend("log-only")
+
+    async def scenario():
+        await backend.ban([Ban(ip("198.51.100.7"), 60), Ban(ip("198.51.100.7"), 60, (22,), "reject"),
+                           Ban(ip("198.51.100.8"), None, (), "reject")])
+        first = set(await backend.list())
+        await backend.unban(["198.51.100.7"])
+        return first, set(await backend.list())
+
+    first, after = asyncio.run(scenario())
+
+    assert first == {"198.51.100.7", "198.51.100.7|22|reject", "198.51.100.8|all|reject"}
+    assert after == {"198.51.100.8|all|reject"}
 
 
 # -- log-only backend ------------------------------------------------------------------

@@ -13,7 +13,7 @@ import time
 import redis.asyncio as aioredis
 
 from pyfilter.common import bans, messages
-from pyfilter.common.config import Config, Settings
+from pyfilter.common.config import Config, Rule, Settings
 from pyfilter.common.keys import Keys
 from pyfilter.enforcer.backends.log_only import LogOnlyBackend
 from pyfilter.enforcer.main import Enforcer
@@ -21,20 +21,22 @@ from pyfilter.enforcer.main import Enforcer
 KEYS = Keys("t:")
 
 
-def settings(url: str) -> Settings:
+def settings(url: str, rules: dict[str, Rule] | None = None) -> Settings:
     config = Config(host="host-b", whitelist=["198.51.100.240/28"])
     config.redis.url = url
     config.redis.prefix = "t:"
-    return Settings(config=config, rules={}, path="test")
+    return Settings(config=config, rules=rules or {}, path="test")
 
 
-async def publish(client, action: str, address: str, duration: int = 600) -> None:
+async def publish(client, action: str, address: str, duration: int = 600, rule: str = "sshd",
+                  ports: list[int] | None = None, verdict: str = "drop") -> None:
     now = time.time()
     expires = now + duration if duration >= 0 else None
-    decision = messages.Decision(action=action, address=address, rule="sshd", origin="detector",
-                                 host="host-a", created_at=now, duration=duration, expires_at=expires)
+    decision = messages.Decision(action=action, address=address, rule=rule, origin="detector",
+                                 host="host-a", created_at=now, duration=duration, expires_at=expires,
+                                 ports=ports or [], verdict=verdict)
     if action == "ban":
-        rec = messages.BanRecord(address=address, rule="sshd", host="host-a", origin="detector",
+        rec = messages.BanRecord(address=address, rule=rule, host="host-a", origin="detector",
                                  banned_at=now, duration=duration, expires_at=expires)
         await bans.publish_ban(client, KEYS, rec, decision)
     else:
@@ -53,8 +55,8 @@ async def until(predicate, timeout: float = 10.0):
 class Running:
     """An enforcer task over a backend that outlives it, as the kernel does."""
 
-    def __init__(self, url: str, backend: LogOnlyBackend):
-        self.enforcer = Enforcer(settings(url), backend)
+    def __init__(self, url: str, backend: LogOnlyBackend, rules: dict[str, Rule] | None = None):
+        self.enforcer = Enforcer(settings(url, rules), backend)
 
     async def __aenter__(self):
         self.task = asyncio.create_task(self.enforcer.run())
@@ -136,6 +138,32 @@ def test_expired_decision_is_not_applied(redis_url):
         await client.aclose()
         return state
     assert "198.51.100.10" not in asyncio.run(go())
+
+
+def test_a_decision_scope_reaches_the_kernel_and_a_restarted_enforcer_keeps_it(redis_url):
+    """Ports and verdict travel with the decision; after a restart (nothing in memory) the
+    reconcile finds the scope through the ban record's rule, so it neither widens the ban to
+    every port nor removes it."""
+    rules = {"sshd": Rule(service="ssh", sources=["auth"], patterns=["x"], ports=[22, 2222], verdict="reject")}
+
+    async def go():
+        client = aioredis.from_url(redis_url)
+        kernel = LogOnlyBackend()
+        async with Running(redis_url, kernel, rules):
+            await publish(client, "ban", "198.51.100.12", ports=[2222, 22], verdict="reject")
+            await publish(client, "ban", "198.51.100.13", rule="manual")  # no scope: all ports, drop
+            await until(lambda: _has(kernel, "198.51.100.13"))
+        first = set(await kernel.list())
+        await kernel.sync({})  # the kernel lost everything meanwhile (a reboot)
+        async with Running(redis_url, kernel, rules):
+            await until(lambda: _has(kernel, "198.51.100.12|22,2222|reject"))
+            await until(lambda: _has(kernel, "198.51.100.13"))
+        second = set(await kernel.list())
+        await client.aclose()
+        return first, second
+
+    first, second = asyncio.run(go())
+    assert first == second == {"198.51.100.12|22,2222|reject", "198.51.100.13"}
 
 
 async def _has(kernel, address) -> bool:

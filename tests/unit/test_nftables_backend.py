@@ -10,22 +10,19 @@ firewall and network are never touched. Attacker addresses come only from
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import os
-import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from pyfilter.enforcer.backends import make_backend
 from pyfilter.enforcer.backends.base import Ban
 from pyfilter.enforcer.backends.nftables import NftablesBackend
+from tests.unit.netns import PORT, connect_result, connects, inside, link, new_netns, sh, tcp_server
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("nft"),
@@ -34,38 +31,6 @@ pytestmark = pytest.mark.skipif(
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
-
-
-# -- namespaces ------------------------------------------------------------------
-
-
-def sh(*argv: str, check: bool = True) -> str:
-    return subprocess.run(argv, check=check, capture_output=True, text=True).stdout
-
-
-@contextlib.contextmanager
-def new_netns():
-    name = f"pf-test-{secrets.token_hex(4)}"
-    sh("ip", "netns", "add", name)
-    try:
-        yield name
-    finally:
-        sh("ip", "netns", "del", name, check=False)
-
-
-@contextlib.contextmanager
-def inside(name: str):
-    """Switch this thread into namespace `name`: sockets opened meanwhile belong to it."""
-    from pyroute2.netns import popns, pushns
-
-    host = os.stat("/proc/self/ns/net").st_ino
-    pushns(name)
-    try:
-        # The guard that keeps the machine's own firewall out of reach.
-        assert os.stat("/proc/self/ns/net").st_ino != host, "still in the host's network namespace"
-        yield
-    finally:
-        popns()
 
 
 class Firewall:
@@ -379,8 +344,9 @@ def test_without_cap_net_admin_the_error_says_so_instead_of_hanging(firewall):
 
 def test_make_backend_names():
     assert make_backend("log-only").name == "log-only"
-    with pytest.raises(ValueError, match="unknown firewall backend 'iptables'"):
-        make_backend("iptables")
+    assert make_backend("auto").name == "nftables"  # this kernel has nf_tables
+    with pytest.raises(ValueError, match="unknown firewall backend 'ipfw'"):
+        make_backend("ipfw")
 
 
 async def _ban_then_list(backend, bans):
@@ -389,52 +355,6 @@ async def _ban_then_list(backend, bans):
 
 
 # -- real traffic ------------------------------------------------------------------------
-
-PORT = 8022
-
-
-@contextlib.contextmanager
-def tcp_server(netns: str, address: str):
-    """A listener in `netns` that accepts and closes every connection."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with inside(netns):
-        server = socket.socket(family, socket.SOCK_STREAM)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind((address, PORT))
-    server.listen()
-
-    def serve():
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        server.shutdown(socket.SHUT_RDWR)
-        server.close()
-        thread.join(5)
-
-
-def connects(netns: str, source: str, server: str) -> bool:
-    """Whether a TCP connection from `source` (in `netns`) to the server opens within 0.5 s."""
-    family = socket.AF_INET6 if ":" in source else socket.AF_INET
-    with inside(netns):
-        client = socket.socket(family, socket.SOCK_STREAM)
-    with client:
-        client.settimeout(0.5)
-        client.bind((source, 0))
-        try:
-            client.connect((server, PORT))
-        except OSError:  # timed out (dropped), refused or unreachable
-            return False
-        return True
-
 
 @pytest.fixture
 def client_netns():
@@ -498,3 +418,68 @@ def test_forwarded_traffic_is_dropped_too(firewall, client_netns):
 
             firewall.run(lambda backend: backend.unban([net("198.51.100.0/30")]))
             assert connects(client_netns, "198.51.100.2", "198.51.100.66")
+
+
+# -- scopes ------------------------------------------------------------------------------
+
+
+def test_a_scoped_ban_gets_sets_named_after_its_scope_and_two_rules_in_each_chain(firewall):
+    listed = firewall.run(lambda backend: _ban_then_list(backend, [
+        Ban(ip("198.51.100.7"), 600, (2222, 22), "reject"), Ban(net("2001:db8::/64"), None, (), "reject")]))
+
+    assert listed.keys() == {"198.51.100.7|22,2222|reject", "2001:db8::/64|all|reject"}
+    assert listed["2001:db8::/64|all|reject"] is None
+    assert firewall.kernel_set("ban4_p22-2222_reject") == {"198.51.100.7": 600}
+    assert firewall.kernel_set("ports_p22-2222") == {22: None, 2222: None}
+    assert firewall.kernel_set("ban6net_all_reject") == {"2001:db8::/64": None}
+    for chain in ("input", "forward"):
+        assert firewall.chain_rules(chain) == EXPECTED_RULES + [
+            "ip saddr @ban4_p22-2222_reject tcp dport @ports_p22-2222 reject with tcp reset "
+            'comment "pyfilter ban4_p22-2222_reject v1 tcp"',
+            "ip saddr @ban4_p22-2222_reject udp dport @ports_p22-2222 reject "
+            'comment "pyfilter ban4_p22-2222_reject v1 other"',
+            "meta l4proto tcp ip6 saddr @ban6net_all_reject reject with tcp reset "
+            'comment "pyfilter ban6net_all_reject v1 tcp"',
+            'ip6 saddr @ban6net_all_reject reject comment "pyfilter ban6net_all_reject v1 other"',
+        ]
+
+
+def test_scoped_sets_survive_a_restart_and_init_twice_changes_nothing(firewall):
+    firewall.run(lambda backend: backend.ban([Ban(ip("198.51.100.7"), None, (22,), "drop"),
+                                              Ban(ip("198.51.100.8"), None, (), "reject")]))
+    before = firewall.nft("-a", "list", "ruleset")
+
+    listed = firewall.run(lambda backend: backend.list())
+
+    assert firewall.nft("-a", "list", "ruleset") == before
+    assert listed == {"198.51.100.7|22|drop": None, "198.51.100.8|all|reject": None}
+
+
+def test_unban_lifts_every_scope_and_sync_only_the_scope_it_names(firewall):
+    async def scenario(backend):
+        await backend.ban([Ban(ip("198.51.100.7"), 600), Ban(ip("198.51.100.7"), 600, (22,), "reject"),
+                           Ban(ip("198.51.100.8"), 600), Ban(ip("198.51.100.8"), 600, (22,), "reject")])
+        await backend.unban([ip("198.51.100.7")])
+        synced = await backend.sync({"198.51.100.8": 600.0})
+        return synced, await backend.list()
+
+    (added, removed), listed = firewall.run(scenario)
+
+    assert (added, removed) == ([], ["198.51.100.8|22|reject"])
+    assert set(listed) == {"198.51.100.8"}
+
+
+def test_a_port_scoped_reject_refuses_that_port_only_and_drop_on_all_ports_still_times_out(
+        firewall, client_netns):
+    server, banned, other = "198.51.100.1", "198.51.100.2", "198.51.100.3"
+    link(firewall.netns, "pf-srv", f"{server}/24", client_netns, "pf-cli", f"{banned}/24")
+    sh("ip", "-n", client_netns, "addr", "add", f"{other}/24", "dev", "pf-cli")
+
+    with tcp_server(firewall.netns, server, PORT), tcp_server(firewall.netns, server, PORT + 1):
+        firewall.run(lambda backend: backend.ban([Ban(ip(banned), 600, (PORT,), "reject")]))
+        assert connect_result(client_netns, banned, server, PORT) == "refused"  # a TCP reset
+        assert connect_result(client_netns, banned, server, PORT + 1) == "open"
+        assert connect_result(client_netns, other, server, PORT) == "open"
+
+        firewall.run(lambda backend: backend.sync({f"{banned}": 600.0}))  # the scope widens to all
+        assert connect_result(client_netns, banned, server, PORT + 1) == "timeout"

@@ -5,6 +5,14 @@ A backend owns one place in the kernel (for nftables, the table
 it equal to a wanted state. It holds no policy: deciding what may be banned
 (never the host's own addresses, whitelists, ...) happens before a ban gets
 here.
+
+A ban has a scope: every port (the default) or a list of ports, matched on
+TCP and UDP, and a verdict, drop (the default) or reject. `list()` and
+`sync()` key a ban by its target for the default scope and by
+`target|ports|verdict` otherwise (`198.51.100.7|22,2222|reject`,
+`2001:db8::/64|all|reject`), so the enforcer reconciles scopes with plain
+string keys. A target may be banned in several scopes at once; `unban`
+lifts all of them, `sync` removes exactly the keys that are not wanted.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from pyfilter.common.addresses import InvalidAddress, parse_target
 
@@ -57,12 +66,86 @@ def as_target(value: Target | str) -> Target:
     return parse_target_text(value) if isinstance(value, str) else normalize_target(value)
 
 
+Verdict = Literal["drop", "reject"]
+VERDICTS = ("drop", "reject")
+# Enough for any service's ports; keeps the set names of a scope (which spell
+# its ports) within nftables' 256-character limit.
+MAX_PORTS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a ban blocks: all ports or these (TCP and UDP), by dropping or rejecting."""
+
+    ports: tuple[int, ...] = ()
+    verdict: Verdict = "drop"
+
+    def __post_init__(self) -> None:
+        ports = tuple(sorted(set(self.ports)))
+        if any(isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535 for p in ports):
+            raise ValueError(f"ban ports must be whole numbers from 1 to 65535, got {list(self.ports)!r}")
+        if len(ports) > MAX_PORTS:
+            raise ValueError(f"a ban covers at most {MAX_PORTS} ports, got {len(ports)}: "
+                             "ban all ports instead, or split the rule")
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"ban verdict must be 'drop' or 'reject', got {self.verdict!r}")
+        object.__setattr__(self, "ports", ports)
+
+    @property
+    def is_default(self) -> bool:
+        return not self.ports and self.verdict == "drop"
+
+    def text(self) -> str:
+        """`22,2222|reject`, `all|reject`; the default scope is written as nothing."""
+        return "" if self.is_default else f"{','.join(map(str, self.ports)) or 'all'}|{self.verdict}"
+
+    @classmethod
+    def parse(cls, text: str) -> Scope:
+        ports, sep, verdict = text.partition("|")
+        try:
+            numbers = () if ports == "all" else tuple(int(p) for p in ports.split(","))
+        except ValueError:
+            numbers = None
+        if not sep or numbers is None:
+            raise InvalidAddress(f"not a ban scope: {text!r} (expected like '22,2222|reject' or 'all|reject')")
+        try:
+            return cls(numbers, verdict)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise InvalidAddress(f"not a ban scope: {text!r} ({exc})") from None
+
+
+DEFAULT_SCOPE = Scope()
+
+
+def ban_key(target: Target, scope: Scope = DEFAULT_SCOPE) -> str:
+    """How `list()` and `sync()` name a ban: `198.51.100.7`, `198.51.100.7|22|reject`."""
+    text = target_text(target)
+    return text if scope.is_default else f"{text}|{scope.text()}"
+
+
+def parse_ban_key(text: str) -> tuple[Target, Scope]:
+    """The inverse of `ban_key`; raises InvalidAddress on anything else."""
+    target, sep, scope = text.partition("|")
+    return parse_target_text(target), (Scope.parse(scope) if sep else DEFAULT_SCOPE)
+
+
 @dataclass(frozen=True, slots=True)
 class Ban:
-    """One ban to apply: an address or a network, for `timeout` seconds (None: forever)."""
+    """One ban to apply: an address or a network, for `timeout` seconds (None: forever),
+    on all ports or `ports` (TCP and UDP), dropping or rejecting."""
 
     target: Target
     timeout: int | None = None
+    ports: tuple[int, ...] = ()
+    verdict: Verdict = "drop"
+
+    @property
+    def scope(self) -> Scope:
+        return Scope(self.ports, self.verdict)
+
+    @property
+    def key(self) -> str:
+        return ban_key(self.target, self.scope)
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, Target):
@@ -77,6 +160,8 @@ class Ban:
                 f"or None (permanent), got {self.timeout!r}"
             )
         object.__setattr__(self, "target", normalize_target(self.target))
+        scope = Scope(tuple(self.ports), self.verdict)  # validates, and sorts the ports
+        object.__setattr__(self, "ports", scope.ports)
 
 
 class Backend(abc.ABC):
@@ -104,31 +189,32 @@ class Backend(abc.ABC):
                 await self._ban(bans)
 
     async def unban(self, targets: Iterable[Target | str]) -> None:
-        """Lift bans. A target that is not banned is skipped silently."""
+        """Lift bans, in every scope. A target that is not banned is skipped silently."""
         normalized = [as_target(t) for t in targets]
         if normalized:
             async with self._lock:
                 await self._unban(normalized)
 
     async def list(self) -> dict[str, float | None]:
-        """Every ban in force: target text -> remaining seconds, None if permanent."""
+        """Every ban in force: ban key (see `ban_key`) -> remaining seconds, None if permanent."""
         async with self._lock:
             return await self._list()
 
     async def sync(self, wanted: Mapping[str, float | None]) -> tuple[list[str], list[str]]:
-        """Make the kernel hold exactly `wanted` (target text -> remaining seconds or None).
+        """Make the kernel hold exactly `wanted` (ban key -> remaining seconds or None).
 
         Bans already in force are left alone (their timeouts are not touched);
-        missing ones are added with the remaining time, extra ones removed.
-        Returns the target texts (added, removed).
+        missing ones are added with the remaining time, extra ones removed
+        (only in the scope their key names). Returns the keys (added, removed).
         """
         async with self._lock:
+            await self._before_sync()
             to_add, to_remove = plan_sync(await self._list(), wanted)
             if to_remove:
-                await self._unban(to_remove)
+                await self._remove(to_remove)
             if to_add:
                 await self._ban(to_add)
-        return [target_text(b.target) for b in to_add], [target_text(t) for t in to_remove]
+        return [b.key for b in to_add], [b.key for b in to_remove]
 
     async def close(self) -> None:
         """Release resources. Bans stay in the kernel and keep expiring there."""
@@ -143,13 +229,20 @@ class Backend(abc.ABC):
     async def _unban(self, targets: Sequence[Target]) -> None: ...
 
     @abc.abstractmethod
+    async def _remove(self, entries: Sequence[Ban]) -> None:
+        """Remove each entry's target from its own scope only (timeouts are ignored)."""
+
+    @abc.abstractmethod
     async def _list(self) -> dict[str, float | None]: ...
+
+    async def _before_sync(self) -> None:
+        """A hook for backends that re-check their surroundings at each sync."""
 
 
 def plan_sync(
     current: Mapping[str, float | None], wanted: Mapping[str, float | None]
-) -> tuple[list[Ban], list[Target]]:
-    """What `sync` must do: (bans to add, targets to remove).
+) -> tuple[list[Ban], list[Ban]]:
+    """What `sync` must do: (bans to add, bans to remove; the latter without timeouts).
 
     Wanted entries with no time left count as expired: not added, and removed
     if still present. Remaining times are rounded up to whole seconds so a ban
@@ -165,15 +258,20 @@ def plan_sync(
             keep.add(text)
             continue
         try:
-            target = parse_target_text(text)
+            target, scope = parse_ban_key(text)
         except InvalidAddress as exc:
             log.warning("sync: skipping wanted entry: %s", exc, extra={"address": text})
             continue
-        key = target_text(target)
+        key = ban_key(target, scope)
         if key in current:
             keep.add(key)
         else:
-            to_add[key] = Ban(target, None if remaining is None else math.ceil(remaining))
+            timeout = None if remaining is None else math.ceil(remaining)
+            to_add[key] = Ban(target, timeout, scope.ports, scope.verdict)
 
-    to_remove = [parse_target_text(key) for key in current if key not in keep]
+    to_remove = []
+    for key in current:
+        if key not in keep:
+            target, scope = parse_ban_key(key)
+            to_remove.append(Ban(target, None, scope.ports, scope.verdict))
     return list(to_add.values()), to_remove

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from pyfilter.enforcer.backends.base import Backend, Ban, Target, target_text
+from pyfilter.enforcer.backends.base import Backend, Ban, Target, parse_ban_key, target_text
 
 log = logging.getLogger("pyfilter.enforcer.log_only")
 
@@ -25,7 +25,7 @@ class LogOnlyBackend(Backend):
     def __init__(self, clock=time.monotonic) -> None:
         super().__init__()
         self._clock = clock
-        self._deadlines: dict[str, float | None] = {}  # target text -> monotonic deadline
+        self._deadlines: dict[str, float | None] = {}  # ban key -> monotonic deadline
 
     async def _init(self) -> None:
         log.info("log-only backend: no firewall is changed; bans are only logged")
@@ -33,22 +33,33 @@ class LogOnlyBackend(Backend):
     async def _ban(self, bans: Sequence[Ban]) -> None:
         now = self._clock()
         for ban in bans:
-            text = target_text(ban.target)
+            text = ban.key
             self._deadlines[text] = None if ban.timeout is None else now + ban.timeout
             if len(bans) <= _DETAIL_LIMIT:
-                log.info("would ban %s for %s", text, _duration(ban.timeout), extra={"address": text})
+                log.info("would ban %s for %s", text, _duration(ban.timeout),
+                         extra={"address": target_text(ban.target)})
         if len(bans) > _DETAIL_LIMIT:
             log.info("would ban %d targets", len(bans))
 
     async def _unban(self, targets: Sequence[Target]) -> None:
-        for target in targets:
-            text = target_text(target)
+        # Every scope the targets are banned in.
+        lifted = {target_text(t) for t in targets}
+        entries = []
+        for key in self._deadlines:
+            target, scope = parse_ban_key(key)
+            if target_text(target) in lifted:
+                entries.append(Ban(target, None, scope.ports, scope.verdict))
+        await self._remove(entries)
+
+    async def _remove(self, entries: Sequence[Ban]) -> None:
+        for ban in entries:
+            text = ban.key
             if text in self._deadlines:
                 del self._deadlines[text]
-                if len(targets) <= _DETAIL_LIMIT:
-                    log.info("would unban %s", text, extra={"address": text})
-        if len(targets) > _DETAIL_LIMIT:
-            log.info("would unban %d targets", len(targets))
+                if len(entries) <= _DETAIL_LIMIT:
+                    log.info("would unban %s", text, extra={"address": target_text(ban.target)})
+        if len(entries) > _DETAIL_LIMIT:
+            log.info("would unban %d targets", len(entries))
 
     async def _list(self) -> dict[str, float | None]:
         now = self._clock()

@@ -18,6 +18,10 @@ or not the element was there. Networks are read first instead (see
 
 Large batches go out in chunks of about 2,000 elements per message (a
 netlink attribute holds at most 64 KiB), one transaction per chunk.
+
+A ban with a scope other than "all ports, drop" goes to the sets of that
+scope (see `nft_layout`), created with their rules by the first ban that
+needs them; `list()` names such a ban `target|ports|verdict`.
 """
 
 from __future__ import annotations
@@ -41,18 +45,16 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
 )
 
 from pyfilter.enforcer.backends import nft_netlink as nl
-from pyfilter.enforcer.backends.base import Backend, Ban, Network, Target, target_text
+from pyfilter.enforcer.backends.base import Backend, Ban, Network, Target, ban_key
+from pyfilter.enforcer.backends.nft_elements import NetworkIndex, interval_elements, networks_from, remaining
 from pyfilter.enforcer.backends.nft_layout import (
-    ADDRESS_SET,
-    NETWORK_SET,
     SETS,
     TABLE,
-    NetworkIndex,
     SetSpec,
-    interval_elements,
-    networks_from,
+    parse_spec,
     plan_layout,
-    remaining,
+    scope_messages,
+    scoped_spec,
 )
 
 log = logging.getLogger("pyfilter.enforcer.nftables")
@@ -72,6 +74,8 @@ class NftablesBackend(Backend):
     def __init__(self) -> None:
         super().__init__()
         self._sock = nl.NftSocket()
+        self._scoped: dict[str, SetSpec] = {}  # scoped sets in the kernel, by name
+        self._ports_sets: set[str] = set()
 
     async def close(self) -> None:
         self._sock.close()
@@ -94,6 +98,23 @@ class NftablesBackend(Backend):
         if plan:
             await self._transact(f"set up table inet {TABLE}", plan)
             log.info("nftables: table inet %s set up (%d changes)", TABLE, len(plan) - 1)
+        self._scoped = {s.name: s for s in map(parse_spec, sets) if s is not None}
+        self._ports_sets = {n for n in sets if n.startswith("ports_")}
+        self._ports_sets |= {s.ports_set for s in self._scoped.values() if s.ports_set}
+
+    async def _ensure_sets(self, specs: set[SetSpec]) -> None:
+        """Create the scoped sets among `specs` that do not exist yet, with their rules."""
+        new = sorted((s for s in specs if s not in SETS and s.name not in self._scoped), key=lambda s: s.name)
+        if new:
+            await self._transact(f"add sets {', '.join(s.name for s in new)}",
+                                 scope_messages(new, self._ports_sets))
+            self._scoped.update((s.name, s) for s in new)
+            self._ports_sets |= {s.ports_set for s in new if s.ports_set}
+            log.info("nftables: added sets %s for bans with a scope", ", ".join(s.name for s in new))
+
+    def _specs(self, version: int, interval: bool) -> list[SetSpec]:
+        """Every set, default and scoped, a target of this family and kind may be in."""
+        return [s for s in (*SETS, *self._scoped.values()) if (s.version, s.interval) == (version, interval)]
 
     # -- ban / unban -----------------------------------------------------------
 
@@ -101,7 +122,13 @@ class NftablesBackend(Backend):
         await self._retrying(self._apply_bans, bans)
 
     async def _unban(self, targets: Sequence[Target]) -> None:
-        await self._retrying(self._apply_unbans, targets)
+        # From every scope: the sets are read again if the first try fails.
+        await self._retrying(lambda items: self._apply_unbans(
+            [(spec, t) for t in items for spec in self._specs(t.version, _is_network(t))]), targets)
+
+    async def _remove(self, entries: Sequence[Ban]) -> None:
+        await self._retrying(self._apply_unbans, [
+            (scoped_spec(b.scope, b.target.version, _is_network(b.target)), b.target) for b in entries])
 
     async def _retrying(self, apply, items) -> None:
         # ENOENT: our table was removed under us (`nft flush ruleset`), or a
@@ -117,19 +144,20 @@ class NftablesBackend(Backend):
             await apply(items)
 
     async def _apply_bans(self, bans: Sequence[Ban]) -> None:
-        addresses: dict[int, dict[bytes, int | None]] = {4: {}, 6: {}}
-        networks: dict[int, dict[Network, int | None]] = {4: {}, 6: {}}
+        addresses: dict[SetSpec, dict[bytes, int | None]] = {}
+        networks: dict[SetSpec, dict[Network, int | None]] = {}
         for ban in bans:
             timeout_ms = None if ban.timeout is None else ban.timeout * 1000
-            if isinstance(ban.target, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-                networks[ban.target.version][ban.target] = timeout_ms
+            spec = scoped_spec(ban.scope, ban.target.version, _is_network(ban.target))
+            if spec.interval:
+                networks.setdefault(spec, {})[ban.target] = timeout_ms
             else:
-                addresses[ban.target.version][ban.target.packed] = timeout_ms  # a later duplicate wins
-        for version in (4, 6):
-            if addresses[version]:
-                await self._replace_addresses(ADDRESS_SET[version].name, addresses[version])
-            if networks[version]:
-                await self._replace_networks(NETWORK_SET[version], networks[version])
+                addresses.setdefault(spec, {})[ban.target.packed] = timeout_ms  # a later duplicate wins
+        await self._ensure_sets({*addresses, *networks})
+        for spec, timeouts in addresses.items():
+            await self._replace_addresses(spec.name, timeouts)
+        for spec, wanted in networks.items():
+            await self._replace_networks(spec, wanted)
 
     async def _replace_addresses(self, set_name: str, timeouts: dict[bytes, int | None]) -> None:
         bare: list[bytes] = []
@@ -202,44 +230,40 @@ class NftablesBackend(Backend):
         if chunk:
             await flush()
 
-    async def _apply_unbans(self, targets: Sequence[Target]) -> None:
-        addresses: dict[int, set[bytes]] = {4: set(), 6: set()}
-        networks: dict[int, set[Network]] = {4: set(), 6: set()}
-        for target in targets:
-            if isinstance(target, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-                networks[target.version].add(target)
-            else:
-                addresses[target.version].add(target.packed)
-        for version in (4, 6):
-            name = ADDRESS_SET[version].name
-            # "add bare, delete" removes an element whether or not it was there.
-            for payload in nl.chunks(nl.pack_element(key) for key in addresses[version]):
-                await self._transact(f"unban in set {name}", [
-                    nl.element_message(NFT_MSG_NEWSETELEM, TABLE, name, payload),
-                    nl.element_message(NFT_MSG_DELSETELEM, TABLE, name, payload),
-                ])
-            if networks[version]:
-                # A bare network added to an interval set could collide with
-                # an overlapping one: delete only the networks present.
-                spec = NETWORK_SET[version]
-                present = [net for net in await self._networks(spec) if net in networks[version]]
-                for payload in nl.chunks(interval_elements(net) for net in present):
+    async def _apply_unbans(self, entries: Sequence[tuple[SetSpec, Target]]) -> None:
+        by_set: dict[SetSpec, set[Target]] = {}
+        for spec, target in entries:
+            if spec in SETS or spec.name in self._scoped:  # a scope never used has nothing to lift
+                by_set.setdefault(spec, set()).add(target)
+        for spec, targets in by_set.items():
+            if not spec.interval:
+                # "add bare, delete" removes an element whether or not it was there.
+                for payload in nl.chunks(nl.pack_element(t.packed) for t in targets):
                     await self._transact(f"unban in set {spec.name}", [
+                        nl.element_message(NFT_MSG_NEWSETELEM, TABLE, spec.name, payload),
                         nl.element_message(NFT_MSG_DELSETELEM, TABLE, spec.name, payload),
                     ])
+                continue
+            # A bare network added to an interval set could collide with an
+            # overlapping one: delete only the networks present.
+            present = [net for net in await self._networks(spec) if net in targets]
+            for payload in nl.chunks(interval_elements(net) for net in present):
+                await self._transact(f"unban in set {spec.name}", [
+                    nl.element_message(NFT_MSG_DELSETELEM, TABLE, spec.name, payload),
+                ])
 
     # -- list ------------------------------------------------------------------
 
     async def _list(self) -> dict[str, float | None]:
         bans: dict[str, float | None] = {}
-        for spec in SETS:
+        for spec in (*SETS, *self._scoped.values()):
             if spec.interval:
-                bans.update((target_text(net), left) for net, left in (await self._networks(spec)).items())
+                bans.update((ban_key(net, spec.scope), left) for net, left in (await self._networks(spec)).items())
                 continue
             for element in await self._elements(spec):
                 left = remaining(element)
                 if left != 0.0:
-                    bans[target_text(ipaddress.ip_address(element.key))] = left
+                    bans[ban_key(ipaddress.ip_address(element.key), spec.scope)] = left
         return bans
 
     async def _networks(self, spec: SetSpec) -> dict[Network, float | None]:
@@ -273,6 +297,10 @@ class NftablesBackend(Backend):
             if exc.code == errno.ENOENT:
                 return []  # no table yet
             raise _error(f"read table inet {TABLE}", exc) from None
+
+
+def _is_network(target: Target) -> bool:
+    return isinstance(target, (ipaddress.IPv4Network, ipaddress.IPv6Network))
 
 
 _HINTS = {
