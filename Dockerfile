@@ -2,7 +2,7 @@
 #
 # Real users build it as is (python:3.12-slim from a registry, packages from
 # PyPI). Air-gapped builds (no registry; how `make up` builds here) pass
-#   BASE_IMAGE=pyfilter-base:bookworm  PIP_NO_INDEX=1  PIP_FIND_LINKS=/wheels
+#   BASE_IMAGE=pyfilter-base:bookworm-2  PIP_NO_INDEX=1  PIP_FIND_LINKS=/wheels
 # with the wheelhouse in docker/wheels (see docker/build-base.sh and
 # docker/build-wheels.sh). No BuildKit features: the legacy builder must do.
 ARG BASE_IMAGE=python:3.12-slim

@@ -26,8 +26,11 @@ help:
 	@echo "make bench   benchmarks, side by side with fail2ban"
 
 compose/.env:
-	@umask 077; echo "PYFILTER_API_TOKEN=$$(head -c 24 /dev/urandom | base64 | tr -d '/+=')" > $@
-	@echo "generated an API token in $@"
+	@umask 077; { \
+	  echo "PYFILTER_API_TOKEN=$$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"; \
+	  echo "PYFILTER_REDIS_PASSWORD=$$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"; \
+	} > $@
+	@echo "generated an API token and a Redis password in $@"
 
 airgapped-images:
 	docker/build-base.sh

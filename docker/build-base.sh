@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Build the air-gapped base image from Debian packages: no container registry
 # needed, only the Debian mirror this machine's apt already uses.
-# Usage: docker/build-base.sh [IMAGE]   (default pyfilter-base:bookworm)
+# Usage: docker/build-base.sh [IMAGE]   (default pyfilter-base:bookworm-2; bump the
+# suffix whenever the packages or the layout below change, so hosts rebuild it)
 set -euo pipefail
-image=${1:-pyfilter-base:bookworm}
+image=${1:-pyfilter-base:bookworm-2}
 if docker image inspect "$image" >/dev/null 2>&1; then
     echo "$image: present"
     exit 0
@@ -22,7 +23,7 @@ echo "debootstrap bookworm from $mirror (about a minute)"
 debootstrap --variant=minbase --include="$packages" bookworm "$rootfs" "$mirror" >/dev/null
 # Redis keeps its append-only file in /data; a named volume mounted there
 # inherits this ownership, so redis can run as its own user.
-mkdir -p "$rootfs/data" && chroot "$rootfs" chown redis:redis /data
+mkdir -p "$rootfs/data/run" && chroot "$rootfs" chown -R redis:redis /data
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
 tar -C "$rootfs" -c . | docker import - "$image" >/dev/null
 echo "$image: built"

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from pyfilter.common import health
 from pyfilter.common.config import ConfigError, Settings, Source as SourceConfig, load
 from pyfilter.common.keys import Keys
+from pyfilter.common.redisio import connect
 from pyfilter.common.log import setup
 
 from . import checkpoints
@@ -96,7 +97,7 @@ class Exporter:
 
 async def run(settings: Settings) -> int:
     cfg = settings.config
-    redis = aioredis.Redis.from_url(cfg.redis.url, socket_timeout=30, socket_connect_timeout=5)
+    redis = connect(cfg.redis, socket_timeout=30)
     committer = Committer(redis, Keys(cfg.redis.prefix), settings.host, cfg.redis.lines_maxlen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -91,6 +91,8 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
     ipv6_prefix: Annotated[int, msgspec.Meta(ge=1, le=128)] = 128
     enabled: bool = True
     description: str = ""
+    # Send its bans to the channels of the `notify:` section.
+    notify: bool = False
 
     def __post_init__(self) -> None:
         if not self.patterns:
@@ -120,7 +122,12 @@ class Source(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # redis://host:6379/0, rediss://host:6380/0 (TLS) or unix:///path/redis.sock
     url: str = "redis://127.0.0.1:6379/0"
+    # Better given as PYFILTER_REDIS_PASSWORD than written here.
+    password: str | None = None
+    # TLS: the CA that signed the server's certificate (rediss:// URLs).
+    tls_ca_file: str | None = None
     prefix: str = "pyfilter:"
     lines_maxlen: Annotated[int, msgspec.Meta(ge=1000)] = 1_000_000
 
@@ -157,6 +164,66 @@ class GeoConfig(msgspec.Struct, forbid_unknown_fields=True):
     asn_db: str | None = None
 
 
+class EmailConfig(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "from"}):
+    """Mail about bans over SMTP.
+
+    `per_address`: one mail per ban. `digest`: one mail listing every ban of
+    an `interval` (sent early once `max_batch` bans are waiting). The password
+    is never in the file: `password_env` names the environment variable
+    that holds it.
+    """
+
+    host: str
+    sender: str  # "from" in the file
+    to: list[str]
+    port: Port = 25
+    tls: Literal["none", "starttls", "ssl"] = "none"
+    username: str | None = None
+    password_env: str | None = None
+    mode: Literal["per_address", "digest"] = "per_address"
+    interval: Seconds = Seconds(600)
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    timeout: Seconds = Seconds(30)
+
+    def __post_init__(self) -> None:
+        for address in [self.sender, *self.to]:
+            if "@" not in address:
+                raise ValueError(f"expected a mail address like ops@example.org, got {address!r}")
+        if not self.to:
+            raise ValueError("expected at least one recipient in `to`")
+        if bool(self.username) != bool(self.password_env):
+            raise ValueError("`username` and `password_env` go together")
+        if self.interval < 1 or self.timeout < 1:
+            raise ValueError("`interval` and `timeout` must be at least 1s")
+
+
+class WebhookConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """POST one JSON object per ban (see docs/notifications.md)."""
+
+    url: str
+    timeout: Seconds = Seconds(10)
+    headers: dict[str, str] = {}
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {self.url!r}")
+        if self.timeout < 1:
+            raise ValueError("`timeout` must be at least 1s")
+
+
+class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Where bans of rules with `notify: true` are announced; none set: nowhere."""
+
+    email: EmailConfig | None = None
+    webhook: WebhookConfig | None = None
+    manual: bool = False  # announce bans made by hand through the api too
+    # A failed delivery is tried again after retry_initial, doubling up to
+    # retry_max, and dropped (with an error logged) after give_up_after.
+    retry_initial: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    retry_max: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    give_up_after: Seconds = Seconds(86400)
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     host: str = ""
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
@@ -167,6 +234,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     enforcer: EnforcerConfig = msgspec.field(default_factory=EnforcerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     geoip: GeoConfig = msgspec.field(default_factory=GeoConfig)
+    notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
     # Rule name -> overrides of the catalog entry (or a whole rule).
     rules: dict[str, dict[str, Any]] = {}
 
@@ -257,12 +325,29 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
     return Settings(config=config, rules=rules, path=str(file))
 
 
+# In containers the hostname is the container's id; compose mounts the host's
+# /etc/hostname here so ban records name the machine.
+HOST_HOSTNAME_FILE = Path("/host/etc/hostname")
+
+
+def _host_name() -> str:
+    try:
+        name = HOST_HOSTNAME_FILE.read_text().strip()
+    except OSError:
+        name = ""
+    return name or socket.gethostname()
+
+
 def _apply_environment(config: Config) -> None:
     """Settings that deployments set per host without editing the file."""
     if url := os.environ.get("PYFILTER_REDIS_URL"):
         config.redis.url = url
+    if password := os.environ.get("PYFILTER_REDIS_PASSWORD"):
+        config.redis.password = password
+    if ca := os.environ.get("PYFILTER_REDIS_CA"):
+        config.redis.tls_ca_file = ca
     if token := os.environ.get("PYFILTER_API_TOKEN"):
         config.api.token = token
     if listen := os.environ.get("PYFILTER_API_LISTEN"):
         config.api.listen = listen
-    config.host = os.environ.get("PYFILTER_HOST") or config.host or socket.gethostname()
+    config.host = os.environ.get("PYFILTER_HOST") or config.host or _host_name()

@@ -2,14 +2,17 @@
 
 The databases are optional: with none configured or readable, every lookup
 answers None and the api shows "unknown". Any MaxMind DB works: GeoLite2 /
-GeoIP2 Country or City, DB-IP's free "lite" databases, or one of your own.
+GeoIP2 Country, City or Enterprise, DB-IP's free "lite" databases, or one of
+your own; for the ASN, GeoLite2-ASN (or a database compatible with it, like
+DB-IP's ASN lite) or GeoIP2-ISP. See docs/geoip.md.
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import geoip2.database
 import geoip2.errors
@@ -26,22 +29,49 @@ class Place(NamedTuple):
 
 UNKNOWN = Place(None, None, None)
 
+# geoip2 picks its model by the database type (a substring of the metadata's
+# `database_type`); asking a City database for `country()` raises TypeError.
+# So the method is chosen once, when the file is opened, and a database of the
+# wrong kind is reported then rather than answering "unknown" forever in silence.
+_COUNTRY_METHODS = (("Enterprise", "enterprise"), ("City", "city"), ("Country", "country"))
+_ASN_METHODS = (("GeoLite2-ASN", "asn"), ("ISP", "isp"))
 
-def _open(path: str | None, what: str) -> geoip2.database.Reader | None:
+# A lookup in a damaged file raises InvalidDatabaseError (the metadata at the
+# end of the file can be intact while the search tree is not).
+_MISSES = (geoip2.errors.AddressNotFoundError, ValueError, TypeError)
+
+
+def _open(path: str | None, what: str, methods: tuple[tuple[str, str], ...]) -> Callable | None:
+    """The reader's lookup method suited to the database at `path`, or None."""
     if not path:
         return None
     try:
-        return geoip2.database.Reader(path)
+        reader = geoip2.database.Reader(path)
     except (OSError, maxminddb.InvalidDatabaseError, ValueError) as exc:
         log.warning("cannot open the %s database, lookups answer unknown", what,
                     extra={"path": path, "error": str(exc)})
         return None
+    kind = reader.metadata().database_type
+    for marker, method in methods:
+        if marker in kind:
+            return getattr(reader, method)
+    reader.close()
+    log.warning("the %s database is of the wrong kind, lookups answer unknown", what,
+                extra={"path": path, "database_type": kind})
+    return None
+
+
+def _host(address: str) -> str:
+    """The address to look up: a banned network (2001:db8::/64) by its first address."""
+    return str(ipaddress.ip_network(address, strict=False).network_address) if "/" in address \
+        else address
 
 
 class Geo:
     def __init__(self, country_db: str | None = None, asn_db: str | None = None):
-        self._country = _open(country_db, "country")
-        self._asn = _open(asn_db, "ASN")
+        self._country = _open(country_db, "country", _COUNTRY_METHODS)
+        self._asn = _open(asn_db, "ASN", _ASN_METHODS)
+        self._damaged: set[str] = set()
         self.lookup = functools.lru_cache(maxsize=65536)(self._lookup)
 
     @property
@@ -49,28 +79,33 @@ class Geo:
         return self._country is not None
 
     def _lookup(self, address: str) -> Place:
-        return Place(self._country_of(address), *self._asn_of(address))
+        try:
+            host = _host(address)
+        except ValueError:
+            return UNKNOWN
+        country = self._query(self._country, host, "country")
+        asn = self._query(self._asn, host, "ASN")
+        return Place(
+            country and (country.country.iso_code or country.registered_country.iso_code),
+            asn and asn.autonomous_system_number,
+            asn and asn.autonomous_system_organization,
+        )
 
-    def _country_of(self, address: str) -> str | None:
-        if self._country is None:
+    def _query(self, method: Callable | None, host: str, what: str):
+        if method is None:
             return None
         try:
-            kind = self._country.metadata().database_type
-            record = self._country.city(address) if "City" in kind else self._country.country(address)
-        except (geoip2.errors.AddressNotFoundError, ValueError, TypeError):
+            return method(host)
+        except _MISSES:
             return None
-        return record.country.iso_code or record.registered_country.iso_code
-
-    def _asn_of(self, address: str) -> tuple[int | None, str | None]:
-        if self._asn is None:
-            return None, None
-        try:
-            record = self._asn.asn(address)
-        except (geoip2.errors.AddressNotFoundError, ValueError, TypeError):
-            return None, None
-        return record.autonomous_system_number, record.autonomous_system_organization
+        except maxminddb.InvalidDatabaseError as exc:
+            if what not in self._damaged:  # once, not once per banned address
+                self._damaged.add(what)
+                log.warning("the %s database is damaged, lookups answer unknown", what,
+                            extra={"error": str(exc)})
+            return None
 
     def close(self) -> None:
-        for reader in (self._country, self._asn):
-            if reader is not None:
-                reader.close()
+        for method in (self._country, self._asn):
+            if method is not None:
+                method.__self__.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DETECT_GROUP = "detect"
+NOTIFY_GROUP = "notify"
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,27 @@ class Keys:
         return f"{self.prefix}whitelist"
 
     @property
+    def whitelist_notes(self) -> str:
+        """Hash: whitelisted CIDR -> JSON {"reason", "added_at"} (what the operator said)."""
+        return f"{self.prefix}whitelist-notes"
+
+    @property
     def own_addresses(self) -> str:
         """Hash: host -> its own addresses, space-separated (published by its enforcer)."""
         return f"{self.prefix}own-addresses"
+
+    # Notifications (the api's notifier)
+    def notify_queue(self, channel: str) -> str:
+        """Sorted set: decision entry id -> when to try delivering it on a channel."""
+        return f"{self.prefix}notify:queue:{channel}"
+
+    def notify_items(self, channel: str) -> str:
+        """Hash: decision entry id -> the notification still to deliver (MessagePack)."""
+        return f"{self.prefix}notify:items:{channel}"
+
+    def notify_hold(self, channel: str) -> str:
+        """A digest channel's "not before": set while a mail is out or after it failed."""
+        return f"{self.prefix}notify:hold:{channel}"
 
     # Health
     def heartbeat(self, service: str, host: str) -> str:

@@ -84,12 +84,48 @@ class BanRecord(msgspec.Struct):
     v: int = VERSION
 
 
+class Notice(msgspec.Struct, frozen=True):
+    """What a ban notification says: the webhook's JSON body, one line of a digest.
+
+    Taken from the decision, completed from the ban record when it still
+    exists (an address unbanned before the notifier saw it has no record).
+    Times are epoch seconds; `expires_at` None and `duration` -1 mean permanent.
+    """
+
+    address: str
+    rule: str
+    host: str
+    origin: Origin
+    banned_at: float
+    duration: int
+    expires_at: float | None = None
+    reason: str = ""
+    country: str | None = None
+    failures: int = 0
+    first_failure: float | None = None
+    last_failure: float | None = None
+    ban_count: int = 1
+    lines: list[str] = []
+    event: Literal["ban"] = "ban"
+    v: int = VERSION
+
+
+class Outgoing(msgspec.Struct, tag="outgoing"):
+    """A notice waiting in a channel's queue, and how its delivery went so far."""
+
+    notice: Notice
+    queued_at: float
+    attempts: int = 0
+    v: int = VERSION
+
+
 _encoder = msgspec.msgpack.Encoder()
 encode = _encoder.encode
 
 _batch_decoder = msgspec.msgpack.Decoder(LineBatch)
 _decision_decoder = msgspec.msgpack.Decoder(Decision)
 _record_decoder = msgspec.msgpack.Decoder(BanRecord)
+_outgoing_decoder = msgspec.msgpack.Decoder(Outgoing)
 
 
 def decode_batch(data: bytes) -> LineBatch:
@@ -102,3 +138,7 @@ def decode_decision(data: bytes) -> Decision:
 
 def decode_record(data: bytes) -> BanRecord:
     return _record_decoder.decode(data)
+
+
+def decode_outgoing(data: bytes) -> Outgoing:
+    return _outgoing_decoder.decode(data)

@@ -6,6 +6,8 @@ import asyncio
 import logging
 
 import redis.asyncio as redis
+
+from pyfilter.common.config import RedisConfig
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -17,13 +19,15 @@ log = logging.getLogger("pyfilter.redis")
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
-def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=5,
-        health_check_interval=15,
-        retry_on_timeout=True,
-    )
+def connect(cfg: RedisConfig, **extra) -> redis.Redis:
+    """A client for the configured Redis (TCP, TLS with rediss://, or a unix socket)."""
+    options: dict = {"socket_connect_timeout": 5, "health_check_interval": 15,
+                     "retry_on_timeout": True, **extra}
+    if cfg.password:
+        options["password"] = cfg.password
+    if cfg.url.startswith("rediss://") and cfg.tls_ca_file:
+        options["ssl_ca_certs"] = cfg.tls_ca_file
+    return redis.Redis.from_url(cfg.url, **options)
 
 
 async def ensure_group(client: redis.Redis, stream: str, group: str, start: str = "0") -> None:

@@ -38,7 +38,7 @@ class Detector:
         self.settings = settings
         cfg = settings.config
         self.keys = Keys(cfg.redis.prefix)
-        self.client = connect(cfg.redis.url)
+        self.client = connect(cfg.redis)
         self.matcher = Matcher(settings.rules)
         self.windows = Windows(self.client, cfg.redis.prefix, settings.rules)
         self.whitelist = [parse_network(n) for n in cfg.whitelist]

@@ -44,7 +44,7 @@ class Enforcer:
         self.settings = settings
         self.backend = backend
         self.keys = Keys(cfg.redis.prefix)
-        self.client = connect(cfg.redis.url)
+        self.client = connect(cfg.redis)
         self.group = self.keys.enforce_group(settings.host)
         self.consumer = settings.host
         self.whitelist = [parse_network(n) for n in cfg.whitelist]

@@ -31,20 +31,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def compose_files() -> list[str]:
+AIRGAPPED = os.environ.get("PYFILTER_AIRGAPPED") == "1"
+BASE_IMAGE = "pyfilter-base:bookworm-2"
+
+
+def compose_files(*extra: Path) -> list[Path]:
+    """The single-host stack as `make up` runs it, plus the test's own overrides."""
     files = [ROOT / "compose/docker-compose.yml"]
-    if os.environ.get("PYFILTER_AIRGAPPED") == "1":
+    if AIRGAPPED:
         files.append(ROOT / "compose/airgapped.yml")
-    files.append(TEST_OVERRIDE)
-    return [arg for f in files for arg in ("-f", str(f))]
+    return [*files, TEST_OVERRIDE, *extra]
 
 
 @dataclass
 class Stack:
     project: str
     log_dir: Path
+    files: list[Path] = field(default_factory=compose_files)
     api_port: int = field(default_factory=free_port)
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    redis_password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
 
     def __post_init__(self) -> None:
         self.docker = docker.from_env()
@@ -53,12 +59,13 @@ class Stack:
             "PYFILTER_LOG_DIR": str(self.log_dir),
             "PYFILTER_API_PORT": str(self.api_port),
             "PYFILTER_API_TOKEN": self.token,
-            "PYFILTER_REDIS_PORT": str(free_port()),
+            "PYFILTER_REDIS_PASSWORD": self.redis_password,
             "PYFILTER_HOST": "target-host",
         }
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        cmd = ["docker", "compose", "-p", self.project, *compose_files(), *args]
+        files = [arg for f in self.files for arg in ("-f", str(f))]
+        cmd = ["docker", "compose", "-p", self.project, *files, *args]
         result = subprocess.run(cmd, env=self.env, capture_output=True, text=True)
         if check and result.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -97,8 +104,8 @@ class Stack:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")
 
-    def kernel_set(self, name: str = "ban4") -> list[str]:
-        code, out = self.exec("enforcer", "nft", "-j", "list", "set", "inet", "pyfilter", name)
+    def kernel_set(self, name: str = "ban4", enforcer: str = "enforcer") -> list[str]:
+        code, out = self.exec(enforcer, "nft", "-j", "list", "set", "inet", "pyfilter", name)
         if code != 0:
             raise RuntimeError(f"nft list set failed: {out}")
         elements = []

@@ -1,0 +1,106 @@
+"""Many hosts, one ban list: an attack seen on one host is dropped on all of them,
+and a host cut off from Redis catches up on exactly what it missed.
+
+Three "hosts" (containers, each its own network namespace) run the agent
+profile from compose/agent.yml; the server profile from compose/server.yml
+holds Redis, the detector and the api.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from tests.integration.stack import AIRGAPPED, BASE_IMAGE, Stack, make_log_dir, wait_for
+from tests.integration.test_pipeline import sshd_failures
+
+pytestmark = pytest.mark.integration
+
+HOSTS = {"a": "198.51.100.81", "b": "198.51.100.82", "c": "198.51.100.83"}
+ATTACKER = "198.51.100.70"
+OVERRIDE = os.path.join(os.path.dirname(__file__), "compose.multihost.yml")
+
+
+class MultiHost(Stack):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.logs = {h: make_log_dir() for h in HOSTS}
+        for h, path in self.logs.items():
+            (path / "auth.log").touch(mode=0o644)
+            self.env[f"LOG_{h.upper()}"] = str(path)
+        # agent.yml insists on a URL; the test's services set their own.
+        self.env["PYFILTER_REDIS_URL"] = "redis://unused"
+        if AIRGAPPED:
+            self.env["PYFILTER_REDIS_IMAGE"] = BASE_IMAGE
+
+    def banned_on(self, host: str) -> set[str]:
+        return set(self.kernel_set("ban4", enforcer=f"enforcer-{host}"))
+
+    def network(self) -> str:
+        return f"{self.project}_default"
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    stack = MultiHost(project=f"pyfilter-mh-{os.getpid()}", log_dir=make_log_dir(),
+                      files=[OVERRIDE])
+    stack.up()
+    try:
+        yield stack
+    finally:
+        stack.down()
+        for path in [stack.log_dir, *stack.logs.values()]:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def test_attack_on_one_host_is_dropped_on_every_host_within_a_second(hosts):
+    for ip in HOSTS.values():
+        assert hosts.tcp_connects("attacker", ip, 8080)
+
+    with open(hosts.logs["a"] / "auth.log", "a") as log:
+        log.write(sshd_failures(ATTACKER, 3))
+    written = time.monotonic()
+
+    arrived = {}
+    def everywhere():
+        for h in HOSTS:
+            if h not in arrived and ATTACKER in hosts.banned_on(h):
+                arrived[h] = time.monotonic() - written
+        return len(arrived) == len(HOSTS)
+    wait_for(everywhere, 30, f"{ATTACKER} in the kernel of every host", interval=0.02)
+    spread = max(arrived.values()) - min(arrived.values())
+    print(f"\nban of {ATTACKER} reached hosts after (s from the log write): "
+          + ", ".join(f"{h}={t:.3f}" for h, t in sorted(arrived.items()))
+          + f"; last host {spread:.3f} s after the first")
+
+    status, record = hosts.api("GET", f"/api/v1/bans/{ATTACKER}")
+    assert status == 200 and record["host"] == "host-a" and record["rule"] == "sshd"
+    for ip in HOSTS.values():
+        assert not hosts.tcp_connects("attacker", ip, 8080), f"attacker still reaches {ip}"
+
+
+def test_host_cut_off_from_redis_keeps_its_bans_and_catches_up_exactly(hosts):
+    wait_for(lambda: all(ATTACKER in hosts.banned_on(h) for h in HOSTS), 30, "the first test's ban")
+    net = hosts.docker.networks.get(hosts.network())
+    net.disconnect(hosts.container("host-c"))
+    try:
+        # While C is away: an unban, a manual ban, and a new attack seen on B.
+        assert hosts.api("DELETE", f"/api/v1/bans/{ATTACKER}", token=hosts.token)[0] == 200
+        assert hosts.api("POST", "/api/v1/bans", {"address": "198.51.100.72", "duration": "1h"},
+                         token=hosts.token)[0] == 201
+        with open(hosts.logs["b"] / "auth.log", "a") as log:
+            log.write(sshd_failures("198.51.100.73", 3))
+        want = {"198.51.100.72", "198.51.100.73"}
+        wait_for(lambda: all(hosts.banned_on(h) == want for h in "ab"), 30,
+                 "hosts A and B to apply the changes")
+        time.sleep(2)  # give C every chance to (wrongly) change while cut off
+        assert hosts.banned_on("c") == {ATTACKER}, "host C changed its kernel while cut off"
+    finally:
+        net.connect(hosts.container("host-c"))
+
+    wait_for(lambda: hosts.banned_on("c") == {"198.51.100.72", "198.51.100.73"}, 60,
+             "host C to catch up after reconnecting")
+    assert hosts.tcp_connects("attacker", HOSTS["c"], 8080)
