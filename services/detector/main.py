@@ -42,9 +42,15 @@ class Detector:
         self.matcher = Matcher(settings.rules)
         self.windows = Windows(self.client, cfg.redis.prefix, settings.rules)
         self.whitelist = [parse_network(n) for n in cfg.whitelist]
+        # host text -> address to count (or None): parsing and the never-ban
+        # checks cost microseconds, and attackers repeat their address.
+        self._countable_cache: dict[str, str | None] = {}
         self.own = hosts.OwnAddresses(self.client, self.keys)
-        # Container hostnames are unique per replica; the pid guards restarts.
-        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        # A container's hostname is unique per replica and stable across its
+        # restarts, so a restarted replica finds its own unfinished batches at
+        # once (`resume`). Sharing a name by mistake is harmless: batches are
+        # idempotent.
+        self.consumer = os.environ.get("PYFILTER_CONSUMER") or socket.gethostname()
         self.stopping = asyncio.Event()
         self.next_claim = 0.0
 
@@ -93,9 +99,20 @@ class Detector:
             pipe.xdel(self.keys.lines, *ids)
             await pipe.execute()
 
-    async def run(self) -> None:
+    async def resume(self) -> None:
+        """Finish the batches this consumer took before a crash or a lost connection."""
         await wait_for_redis(self.client, "detector")
         await ensure_group(self.client, self.keys.lines, DETECT_GROUP)
+        while True:
+            reply = await self.client.xreadgroup(
+                DETECT_GROUP, self.consumer, {self.keys.lines: "0"}, count=BATCHES_PER_READ)
+            entries = [e for _, stream_entries in reply for e in stream_entries]
+            if not entries:
+                return
+            await self.handle(entries)
+
+    async def run(self) -> None:
+        await self.resume()
         logger.info("detector started", extra={"consumer": self.consumer,
                                                "rules": sorted(self.settings.rules)})
         while not self.stopping.is_set():
@@ -105,8 +122,7 @@ class Detector:
             except TRANSIENT as exc:
                 logger.warning("redis error, retrying", extra={"error": str(exc)})
                 await asyncio.sleep(1)
-                await wait_for_redis(self.client, "detector")
-                await ensure_group(self.client, self.keys.lines, DETECT_GROUP)
+                await self.resume()
         await self.client.aclose()
 
     async def step(self) -> None:

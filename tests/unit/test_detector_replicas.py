@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -53,10 +52,14 @@ def feed(client: redis.Redis, lines: list[str]) -> None:
 
 
 def start_detector(config: Path, url: str) -> subprocess.Popen:
+    name = f"replica-{time.time_ns()}"
     env = {**os.environ, "PYFILTER_CONFIG": str(config), "PYFILTER_REDIS_URL": url,
+           "PYFILTER_CONSUMER": name,
            "PYFILTER_HOST": "h1", "PYFILTER_HEARTBEAT": str(config.parent / f"hb-{time.time_ns()}")}
     log = open(config.parent / "detectors.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "pyfilter.detector"], env=env, stderr=log)
+    proc = subprocess.Popen([sys.executable, "-m", "pyfilter.detector"], env=env, stderr=log)
+    proc.consumer = name
+    return proc
 
 
 def drained(client: redis.Redis) -> bool:
@@ -95,7 +98,7 @@ rules:
 
 def freeze_while_holding(client: redis.Redis, victim: subprocess.Popen) -> None:
     """SIGSTOP the victim at a moment it holds batches it has not acknowledged."""
-    consumer = f"{socket.gethostname()}-{victim.pid}"
+    consumer = victim.consumer
     while True:
         victim.send_signal(signal.SIGSTOP)
         held = [c for c in client.xinfo_consumers(KEYS.lines, DETECT_GROUP)
