@@ -2,7 +2,7 @@
 #
 # Real users build it as is (python:3.12-slim from a registry, packages from
 # PyPI). Air-gapped builds (no registry; how `make up` builds here) pass
-#   BASE_IMAGE=pyfilter-base:bookworm-2  PIP_NO_INDEX=1  PIP_FIND_LINKS=/wheels
+#   BASE_IMAGE=pyfilter-base:bookworm-3  PIP_NO_INDEX=1  PIP_FIND_LINKS=/wheels
 # with the wheelhouse in docker/wheels (see docker/build-base.sh and
 # docker/build-wheels.sh). No BuildKit features: the legacy builder must do.
 ARG BASE_IMAGE=python:3.12-slim
@@ -19,9 +19,10 @@ COPY services /src/services
 RUN /opt/pyfilter/bin/pip install /src
 
 FROM ${BASE_IMAGE}
-# The enforcer sets up its table with nft; the air-gapped base already has it.
-RUN if ! command -v nft >/dev/null; then \
-        apt-get update && apt-get install -y --no-install-recommends nftables \
+# The enforcer's iptables backend installs its rules with iptables-restore
+# (nft is handy for operators); the air-gapped base already has both.
+RUN if ! command -v nft >/dev/null || ! command -v iptables >/dev/null; then \
+        apt-get update && apt-get install -y --no-install-recommends nftables iptables \
         && rm -rf /var/lib/apt/lists/*; \
     fi \
     && (getent passwd pyfilter >/dev/null || useradd --system --uid 10001 --no-create-home pyfilter)

@@ -10,6 +10,7 @@ main file's `rules:` section enables them and overrides their settings.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -49,9 +50,20 @@ class Seconds(int):
     """A duration in seconds, written in the file as 600 or "10m"."""
 
 
+class Cidr(str):
+    """A network in CIDR form (a bare address means /32 or /128), checked at load."""
+
+
 def _decode_custom(type_: type, value: Any) -> Any:
     if type_ is Seconds:
         return Seconds(parse_duration(value))
+    if type_ is Cidr:
+        if not isinstance(value, str):
+            raise ValueError(f'expected a network like "198.51.100.0/24", got {value!r}')
+        try:
+            return Cidr(ipaddress.ip_network(value.strip(), strict=True))
+        except ValueError as exc:
+            raise ValueError(f'expected a network like "198.51.100.0/24", got "{value}" ({exc})') from None
     raise NotImplementedError
 
 
@@ -228,7 +240,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     host: str = ""
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     catalog_dir: str = "rules"
-    whitelist: list[str] = []
+    whitelist: list[Cidr] = []
     collector: CollectorConfig = msgspec.field(default_factory=CollectorConfig)
     detector: DetectorConfig = msgspec.field(default_factory=DetectorConfig)
     enforcer: EnforcerConfig = msgspec.field(default_factory=EnforcerConfig)

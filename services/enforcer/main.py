@@ -58,10 +58,15 @@ class Enforcer:
     def refusal(self, target) -> str | None:
         return never_ban_reason(target, self.whitelist, self.own)
 
-    async def apply(self, decisions: list[messages.Decision]) -> None:
-        """Apply decisions in order; consecutive bans go to the kernel as one batch."""
+    async def apply(self, decisions: list[messages.Decision], redelivered: bool = False) -> None:
+        """Apply decisions in order; consecutive bans go to the kernel as one batch.
+
+        `redelivered` decisions were read before a crash or a lost connection
+        and may already be in the kernel: those are not applied a second time.
+        """
         pending: list[Ban] = []
         now = time.time()
+        in_kernel = await self.backend.list() if redelivered else {}
         for d in decisions:
             try:
                 target = parse_target(d.address)
@@ -88,7 +93,11 @@ class Enforcer:
                 self.scopes.pop(d.address, None)
             else:
                 self.scopes[d.address] = scope
-            pending.append(Ban(target, timeout, scope.ports, scope.verdict))
+            ban = Ban(target, timeout, scope.ports, scope.verdict)
+            if ban_key(ban.target, scope) in in_kernel:
+                logger.info("already in the kernel", extra={"address": d.address, "rule": d.rule})
+                continue
+            pending.append(ban)
             logger.info("banned", extra={"address": d.address, "rule": d.rule, "timeout": timeout,
                                          "seen_by": d.host, "origin": d.origin, "scope": scope.text()})
         if pending:
@@ -139,7 +148,7 @@ class Enforcer:
             except (KeyError, TypeError, msgspec.DecodeError) as exc:
                 logger.error("undecodable decision skipped",
                              extra={"entry": entry_id.decode(), "error": str(exc)})
-        await self.apply(decisions)
+        await self.apply(decisions, redelivered=start == "0")
         if entries:
             await self.client.xack(self.keys.decisions, self.group, *[e[0] for e in entries])
         return len(entries)

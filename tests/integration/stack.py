@@ -32,7 +32,7 @@ def free_port() -> int:
 
 
 AIRGAPPED = os.environ.get("PYFILTER_AIRGAPPED") == "1"
-BASE_IMAGE = "pyfilter-base:bookworm-2"
+BASE_IMAGE = "pyfilter-base:bookworm-3"
 
 
 def compose_files(*extra: Path) -> list[Path]:

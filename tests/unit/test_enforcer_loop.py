@@ -193,3 +193,45 @@ def test_enforcer_publishes_its_own_addresses_for_detectors_and_api(redis_url):
 
 async def _published(client) -> bool:
     return bool(await client.hgetall(KEYS.own_addresses))
+
+
+class CountingBackend(LogOnlyBackend):
+    """The in-memory kernel, counting how often each target is banned."""
+
+    def __init__(self):
+        super().__init__()
+        self.applied: dict[str, int] = {}
+
+    async def _ban(self, bans):
+        for b in bans:
+            key = str(b.target)
+            self.applied[key] = self.applied.get(key, 0) + 1
+        await super()._ban(bans)
+
+
+def test_decision_redelivered_after_a_crash_is_not_applied_twice(redis_url):
+    from pyfilter.common.redisio import ensure_group
+    from pyfilter.enforcer.backends.base import Ban, parse_target_text
+
+    async def go():
+        client = aioredis.from_url(redis_url)
+        group = KEYS.enforce_group("host-b")
+        await ensure_group(client, KEYS.decisions, group, start="$")
+        await publish(client, "ban", "198.51.100.20")
+        # A previous run read it and put it in the kernel, then died before its ack.
+        await client.xreadgroup(group, "host-b", {KEYS.decisions: ">"})
+        kernel = CountingBackend()
+        await LogOnlyBackend._ban(kernel, [Ban(parse_target_text("198.51.100.20"), 600)])
+        async with Running(redis_url, kernel):
+            await until(lambda: _pending_is_empty(client, group))
+            await publish(client, "ban", "198.51.100.21")
+            await until(lambda: _has(kernel, "198.51.100.21"))
+        await client.aclose()
+        return kernel.applied
+    applied = asyncio.run(go())
+    assert applied == {"198.51.100.21": 1}
+
+
+async def _pending_is_empty(client, group) -> bool:
+    info = await client.xpending(KEYS.decisions, group)
+    return info["pending"] == 0
