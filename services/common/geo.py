@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import geoip2.database
 import geoip2.errors

@@ -1,0 +1,356 @@
+"""Ban notifications: mail (one per ban, or a digest) and a JSON webhook.
+
+The notifier reads the decisions stream with a consumer group of its own
+("notify"), beside the enforcers' groups: banning never waits for it. Each
+ban of a rule with `notify: true` goes into one queue per channel in Redis,
+in the same transaction that acknowledges the stream entry, and is
+delivered from there. A failed delivery stays queued with a later due time
+(exponential backoff, capped), so a receiver that is down, or a restart of
+the api, loses nothing. Delivery is at least once: a crash between sending
+and dequeuing sends that notice again.
+
+Queue members are the decisions' stream entry ids, which makes queueing a
+redelivered entry a no-op. Several api processes may run notifiers: a
+notice is claimed (leased) before it is sent, so only one of them sends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import msgspec
+import redis.asyncio as redis
+
+from pyfilter.api import notify_mail as mail
+from pyfilter.common import bans, messages
+from pyfilter.common.config import EmailConfig, NotifyConfig, Settings, WebhookConfig
+from pyfilter.common.geo import Geo
+from pyfilter.common.keys import NOTIFY_GROUP, Keys
+from pyfilter.common.redisio import TRANSIENT, ensure_group
+
+logger = logging.getLogger("pyfilter.notify")
+
+READ_COUNT = 500
+BATCH = 50  # notices taken per round from a per-ban queue
+POLL = 0.5  # seconds between looks at a queue with nothing due
+# A claimed notice whose sender died (no success, no failure written) is due
+# again after this long; long enough for the slowest SMTP batch to finish.
+LEASE = 300.0
+STOP_TIMEOUT = 60.0  # longest wait for deliveries under way at shutdown
+ORPHAN_IDLE_MS = 60_000  # stream entries another consumer took and left this long are ours
+
+# Take what is due and push it a lease into the future, in one step, so two
+# notifiers never both send it.
+CLAIM_DUE = """
+local queue = KEYS[1]
+local now, lease, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local due = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'LIMIT', 0, count)
+for _, id in ipairs(due) do redis.call('ZADD', queue, 'XX', now + lease, id) end
+return due
+"""
+
+# A digest is due when its oldest notice has waited the interval, or when
+# max_batch notices wait. The hold key (a lease while sending, the backoff
+# after a failure) keeps it to one mail at a time and paces retries.
+CLAIM_DIGEST = """
+local queue, hold = KEYS[1], KEYS[2]
+local now, lease, max_batch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if redis.call('EXISTS', hold) == 1 then return {} end
+local oldest = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+if #oldest == 0 then return {} end
+if tonumber(oldest[2]) > now and redis.call('ZCARD', queue) < max_batch then return {} end
+redis.call('SET', hold, 'sending', 'PX', math.floor(lease * 1000))
+return redis.call('ZRANGE', queue, 0, max_batch - 1)
+"""
+
+
+class Webhook:
+    """POST each notice as JSON (the fields of `messages.Notice`); any 2xx is delivered."""
+
+    name = "webhook"
+    digest = False
+    delay = 0.0
+
+    def __init__(self, cfg: WebhookConfig, session: aiohttp.ClientSession):
+        self.cfg = cfg
+        self.session = session
+        self.headers = {"Content-Type": "application/json", **cfg.headers}
+
+    async def deliver(self, notices: list[messages.Notice]) -> list[str | None]:
+        return list(await asyncio.gather(*(self._post(n) for n in notices)))
+
+    async def _post(self, notice: messages.Notice) -> str | None:
+        try:
+            async with self.session.post(self.cfg.url, data=msgspec.json.encode(notice),
+                                         headers=self.headers,
+                                         timeout=aiohttp.ClientTimeout(total=self.cfg.timeout)) as r:
+                if 200 <= r.status < 300:
+                    return None
+                return f"HTTP {r.status} from {self.cfg.url}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+
+class Email:
+    """SMTP through the stdlib in a thread (smtplib blocks; mail is rare enough)."""
+
+    name = "email"
+
+    def __init__(self, cfg: EmailConfig, password: str | None):
+        self.cfg = cfg
+        self.password = password
+        self.digest = cfg.mode == "digest"
+        self.delay = float(cfg.interval) if self.digest else 0.0
+
+    async def deliver(self, notices: list[messages.Notice]) -> list[str | None]:
+        if self.digest:
+            [error] = await asyncio.to_thread(mail.send, self.cfg, self.password,
+                                              [mail.digest(self.cfg, notices)])
+            return [error] * len(notices)
+        mails = [mail.single(self.cfg, n) for n in notices]
+        return await asyncio.to_thread(mail.send, self.cfg, self.password, mails)
+
+
+Channel = Webhook | Email
+
+
+class Notifier:
+    def __init__(self, settings: Settings, client: redis.Redis, session: aiohttp.ClientSession):
+        self.cfg: NotifyConfig = settings.config.notify
+        self.client = client
+        self.keys = Keys(settings.config.redis.prefix)
+        self.consumer = settings.host
+        self.rules = {name for name, rule in settings.rules.items() if rule.notify}
+        if self.cfg.manual:
+            self.rules.add("manual")
+        geoip = settings.config.geoip
+        self.geo = Geo(geoip.country_db, geoip.asn_db) if geoip.country_db else None
+        self.channels: list[Channel] = []
+        if self.cfg.webhook:
+            self.channels.append(Webhook(self.cfg.webhook, session))
+        if email := self.cfg.email:
+            password = os.environ.get(email.password_env) if email.password_env else None
+            if email.password_env and password is None:
+                logger.error("notify.email.password_env: environment variable %s is not set; "
+                             "mail notifications are off", email.password_env)
+            else:
+                self.channels.append(Email(email, password))
+        self.claim_due = client.register_script(CLAIM_DUE)
+        self.claim_digest = client.register_script(CLAIM_DIGEST)
+
+    # Reading decisions into the queues
+
+    async def start(self) -> None:
+        # "$": notices are about bans from now on, not the whole history.
+        await ensure_group(self.client, self.keys.decisions, NOTIFY_GROUP, start="$")
+        # Entries a notifier that is gone had read but not queued become ours...
+        await self.client.xautoclaim(self.keys.decisions, NOTIFY_GROUP, self.consumer,
+                                     ORPHAN_IDLE_MS, count=READ_COUNT)
+        # ...and so are our own from before a restart: queue them first.
+        while await self.consume("0"):
+            pass
+
+    async def consume(self, start: str) -> int:
+        reply = await self.client.xreadgroup(NOTIFY_GROUP, self.consumer,
+                                             {self.keys.decisions: start},
+                                             count=READ_COUNT, block=None if start == "0" else 1000)
+        entries = [e for _, stream_entries in reply for e in stream_entries]
+        if not entries:
+            return 0
+        wanted: list[tuple[bytes, messages.Decision]] = []
+        for entry_id, fields in entries:
+            try:
+                decision = messages.decode_decision(fields[b"m"])
+            except (KeyError, TypeError, msgspec.DecodeError):
+                continue  # the enforcers log undecodable decisions; nothing to announce
+            if decision.action == "ban" and decision.rule in self.rules:
+                wanted.append((entry_id, decision))
+        notices = await self.notices([d for _, d in wanted])
+        now = time.time()
+        async with self.client.pipeline(transaction=True) as pipe:
+            for (entry_id, _), notice in zip(wanted, notices, strict=True):
+                packed = messages.encode(messages.Outgoing(notice=notice, queued_at=now))
+                for channel in self.channels:
+                    pipe.hset(self.keys.notify_items(channel.name), entry_id, packed)
+                    pipe.zadd(self.keys.notify_queue(channel.name), {entry_id: now + channel.delay},
+                              nx=True)
+            pipe.xack(self.keys.decisions, NOTIFY_GROUP, *[e[0] for e in entries])
+            await pipe.execute()
+        return len(entries)
+
+    async def notices(self, decisions: list[messages.Decision]) -> list[messages.Notice]:
+        found = await bans.records(self.client, self.keys, sorted({d.address for d in decisions}))
+        records = {r.address: r for r in found}
+        return [self.notice(d, records.get(d.address)) for d in decisions]
+
+    def notice(self, d: messages.Decision, rec: messages.BanRecord | None) -> messages.Notice:
+        if rec is not None and rec.rule != d.rule:
+            rec = None  # replaced by a later ban under another rule: not this ban's story
+        country = rec.country if rec else None
+        if country is None and self.geo is not None:
+            country = self.geo.lookup(d.address).country
+        return messages.Notice(
+            address=d.address, rule=d.rule, host=d.host, origin=d.origin, banned_at=d.created_at,
+            duration=d.duration, expires_at=d.expires_at, reason=d.reason or (rec.reason if rec else ""),
+            country=country, failures=rec.failures if rec else 0,
+            first_failure=rec.first_failure if rec else None,
+            last_failure=rec.last_failure if rec else None,
+            ban_count=rec.ban_count if rec else 1, lines=rec.lines if rec else [])
+
+    async def read_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.consume(">")
+            except Exception as exc:  # Redis away, or back empty (NOGROUP), or a bug
+                if isinstance(exc, TRANSIENT):
+                    logger.warning("redis error, retrying", extra={"error": str(exc)})
+                else:
+                    logger.exception("reading decisions failed")
+                await _nap(stop, 1.0)
+                with contextlib.suppress(Exception):
+                    await self.start()  # makes the group again if Redis lost it
+
+    # Delivering from the queues
+
+    async def claim(self, channel: Channel) -> list[bytes]:
+        now = time.time()
+        if channel.digest:
+            keys = [self.keys.notify_queue(channel.name), self.keys.notify_hold(channel.name)]
+            return await self.claim_digest(keys=keys, args=[now, LEASE, channel.cfg.max_batch])
+        return await self.claim_due(keys=[self.keys.notify_queue(channel.name)],
+                                    args=[now, LEASE, BATCH])
+
+    async def deliver_once(self, channel: Channel) -> int:
+        """Send what is due on a channel; record each outcome. Returns how many were due."""
+        ids = await self.claim(channel)
+        if not ids:
+            return 0
+        queue, items = self.keys.notify_queue(channel.name), self.keys.notify_items(channel.name)
+        pending, gone = [], []
+        for entry_id, raw in zip(ids, await self.client.hmget(items, ids), strict=True):
+            try:
+                pending.append((entry_id, messages.decode_outgoing(raw)))
+            except (TypeError, msgspec.DecodeError):
+                # None: sent by another notifier after our lease ran out.
+                gone.append(entry_id)
+        errors = await channel.deliver([o.notice for _, o in pending]) if pending else []
+        now = time.time()
+        attempts = 0
+        async with self.client.pipeline(transaction=True) as pipe:
+            for entry_id in gone:
+                pipe.zrem(queue, entry_id)
+                pipe.hdel(items, entry_id)
+            for (entry_id, out), error in zip(pending, errors, strict=True):
+                if self.record(pipe, channel, entry_id, out, error, now):
+                    attempts = max(attempts, out.attempts)
+            if channel.digest:
+                hold = self.keys.notify_hold(channel.name)
+                if attempts:  # the whole digest waits out the backoff of its most-tried notice
+                    pipe.set(hold, "backoff", px=int(self.backoff(attempts) * 1000))
+                else:
+                    pipe.delete(hold)
+            await pipe.execute()
+        return len(ids)
+
+    def record(self, pipe, channel: Channel, entry_id: bytes, out: messages.Outgoing,
+               error: str | None, now: float) -> bool:
+        """Queue the outcome of one delivery; True if it is to be tried again."""
+        queue, items = self.keys.notify_queue(channel.name), self.keys.notify_items(channel.name)
+        n = out.notice
+        where = {"channel": channel.name, "address": n.address, "rule": n.rule, "host": n.host}
+        if error is None:
+            pipe.zrem(queue, entry_id)
+            pipe.hdel(items, entry_id)
+            logger.info("notification sent", extra=where)
+            return False
+        out.attempts += 1
+        if now - out.queued_at > self.cfg.give_up_after:
+            pipe.zrem(queue, entry_id)
+            pipe.hdel(items, entry_id)
+            logger.error("notification dropped after retrying too long",
+                         extra={**where, "attempts": out.attempts, "error": error})
+            return False
+        delay = self.backoff(out.attempts)
+        pipe.hset(items, entry_id, messages.encode(out))
+        if not channel.digest:
+            pipe.zadd(queue, {entry_id: now + delay}, xx=True)
+        logger.warning("notification failed, will retry",
+                       extra={**where, "attempts": out.attempts, "retry_in": delay, "error": error})
+        return True
+
+    def backoff(self, attempts: int) -> float:
+        return min(self.cfg.retry_initial * 2 ** (attempts - 1), self.cfg.retry_max)
+
+    async def deliver_loop(self, channel: Channel, stop: asyncio.Event) -> None:
+        # A delivery under way is finished before stopping (each is bounded
+        # by its timeout), so a clean stop leaves no notice leased.
+        while not stop.is_set():
+            try:
+                if await self.deliver_once(channel):
+                    continue
+            except TRANSIENT as exc:
+                logger.warning("redis error, retrying", extra={"channel": channel.name,
+                                                               "error": str(exc)})
+            except Exception:  # a bug must not end notifications for the api's lifetime
+                logger.exception("notification round failed", extra={"channel": channel.name})
+            await _nap(stop, POLL)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delay = 0.5
+        while True:  # the api may start before Redis does
+            try:
+                await self.start()
+                break
+            except TRANSIENT as exc:
+                logger.warning("redis unreachable, retrying", extra={"error": str(exc)})
+                await _nap(stop, delay)
+                delay = min(delay * 2, 10.0)
+                if stop.is_set():
+                    return
+        logger.info("notifier started", extra={"channels": [c.name for c in self.channels],
+                                               "rules": sorted(self.rules)})
+        reader = asyncio.create_task(self.read_loop(stop))
+        await asyncio.gather(*(self.deliver_loop(c, stop) for c in self.channels))
+        # Cut short a blocking read rather than wait it out: an entry read
+        # but not yet queued stays pending for us and is queued on start.
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+
+async def _nap(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def run_notifier(settings: Settings, client: redis.Redis, stop: asyncio.Event) -> None:
+    """Announce bans until `stop` is set; returns at once when no channel is configured."""
+    cfg = settings.config.notify
+    if cfg.email is None and cfg.webhook is None:
+        return
+    async with aiohttp.ClientSession() as session:
+        notifier = Notifier(settings, client, session)
+        if notifier.channels:
+            await notifier.run(stop)
+
+
+def start_notifier(settings: Settings, client: redis.Redis) -> Callable[[], Awaitable[None]]:
+    """Run the notifier as a background task; returns what stops it (await it on shutdown)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_notifier(settings, client, stop))
+
+    async def stop_notifier() -> None:
+        stop.set()
+        try:
+            # Deliveries under way finish first, each bounded by its timeout.
+            await asyncio.wait_for(task, STOP_TIMEOUT)
+        except Exception:  # shutting down: say what went wrong, don't stop the shutdown
+            logger.exception("notifier stopped with an error")
+
+    return stop_notifier

@@ -1,0 +1,407 @@
+"""Ban notifications against a real SMTP server and a real HTTP receiver on loopback.
+
+The SMTP server is aiosmtpd (in a thread of its own); the webhook receiver
+is an aiohttp app in the test's event loop. Redis is the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import json
+import socket
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+
+from pyfilter.api.notify import run_notifier
+from pyfilter.common import bans, messages
+from pyfilter.common.config import (
+    Config,
+    ConfigError,
+    EmailConfig,
+    NotifyConfig,
+    Rule,
+    Settings,
+    WebhookConfig,
+    load,
+)
+from pyfilter.common.keys import NOTIFY_GROUP, Keys
+
+KEYS = Keys("t:")
+RULES = {
+    "sshd": Rule(service="ssh", sources=["auth"], patterns=["x"], notify=True),
+    "nginx-botsearch": Rule(service="http", sources=["nginx"], patterns=["x"]),  # notify off
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Mailbox:
+    """aiosmtpd handler: keeps every mail it accepts."""
+
+    def __init__(self):
+        self.mails: list[email.message.Message] = []
+        self.logins: list[tuple[bytes, bytes]] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.mails.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp():
+    box = Mailbox()
+
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        box.logins.append((auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"s3cret")
+
+    controller = Controller(box, hostname="127.0.0.1", port=free_port(),
+                            authenticator=authenticate, auth_require_tls=False)
+    controller.start()
+    box.port = controller.port
+    yield box
+    controller.stop()
+
+
+class Receiver:
+    """A webhook receiver: answers with the statuses it is given, then 200."""
+
+    def __init__(self, port: int, fail_first: int = 0):
+        self.port = port
+        self.fail_first = fail_first
+        self.requests = 0
+        self.bodies: list[dict] = []
+        self.headers: list[dict] = []
+        self.runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self.requests <= self.fail_first:
+            return web.Response(status=500, text="not now")
+        self.bodies.append(json.loads(await request.read()))
+        self.headers.append(dict(request.headers))
+        return web.Response(status=204)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+def settings(url: str, *, mail: dict | None = None, hook: dict | None = None,
+             **notify) -> Settings:
+    config = Config(host="host-a")
+    config.redis.url = url
+    config.redis.prefix = "t:"
+    config.notify = NotifyConfig(
+        email=EmailConfig(**{"host": "127.0.0.1", "sender": "pyfilter@example.org",
+                             "to": ["ops@example.org", "oncall@example.org"], **mail}) if mail else None,
+        webhook=WebhookConfig(**hook) if hook else None,
+        retry_initial=0.1, retry_max=0.5, **notify)
+    return Settings(config=config, rules=RULES, path="test")
+
+
+async def ban(client, address: str, rule: str = "sshd") -> None:
+    now = time.time()
+    rec = messages.BanRecord(address=address, rule=rule, host="host-a", origin="detector",
+                             banned_at=now, duration=600, expires_at=now + 600,
+                             first_failure=now - 30, last_failure=now - 1, failures=5,
+                             lines=[f"sshd[1]: Failed password for root from {address} port 22 ssh2"],
+                             country="NL", reason="5 failures in 600s")
+    decision = messages.Decision(action="ban", address=address, rule=rule, origin="detector",
+                                 host="host-a", created_at=now, duration=600,
+                                 expires_at=now + 600, reason="5 failures in 600s")
+    await bans.publish_ban(client, KEYS, rec, decision)
+
+
+@asynccontextmanager
+async def notifier(s: Settings):
+    """A running notifier, as the api runs it: a task that stops when told."""
+    client = aioredis.from_url(s.config.redis.url)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_notifier(s, client, stop))
+    # Bans count from when its group exists (it starts at "$").
+    await until(lambda: _has_group(client), lambda: task.done() and task.result())
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        await client.aclose()
+
+
+async def _has_group(client) -> bool:
+    if not await client.exists(KEYS.decisions):
+        return False
+    return any(g["name"] == NOTIFY_GROUP.encode() for g in await client.xinfo_groups(KEYS.decisions))
+
+
+async def until(predicate, check=None, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check:
+            check()
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_per_address_mode_sends_one_mail_per_ban_and_nothing_for_rules_without_notify(
+        redis_url, smtp):
+    async def go():
+        client = aioredis.from_url(redis_url)
+        async with notifier(settings(redis_url, mail={"port": smtp.port})):
+            await ban(client, "198.51.100.7")
+            await ban(client, "198.51.100.99", rule="nginx-botsearch")  # notify off
+            await bans.publish_unban(client, KEYS, messages.Decision(
+                action="unban", address="198.51.100.7", rule="manual", origin="manual",
+                host="host-a", created_at=time.time()))
+            await ban(client, "2001:db8::66")
+            await until(lambda: len(smtp.mails) >= 2)
+            await asyncio.sleep(0.5)  # room for a wrong extra mail to arrive
+        await client.aclose()
+    run(go())
+    assert len(smtp.mails) == 2
+    first, second = sorted(smtp.mails, key=lambda m: m["Subject"])
+    assert first["Subject"] == "[pyfilter] 198.51.100.7 banned by sshd on host-a"
+    assert second["Subject"] == "[pyfilter] 2001:db8::66 banned by sshd on host-a"
+    assert first["To"] == "ops@example.org, oncall@example.org"
+    body = first.get_payload()
+    assert "country:   NL" in body
+    assert "failures:  5" in body
+    assert "Failed password for root from 198.51.100.7 port 22" in body
+
+
+def test_digest_mode_sends_one_mail_listing_every_ban_of_the_interval(redis_url, smtp):
+    addresses = [f"198.51.100.{i}" for i in range(1, 8)]
+
+    async def go():
+        client = aioredis.from_url(redis_url)
+        s = settings(redis_url, mail={"port": smtp.port, "mode": "digest", "interval": 2})
+        async with notifier(s):
+            for address in addresses:
+                await ban(client, address)
+            await asyncio.sleep(1)
+            assert smtp.mails == []  # the interval is not over yet
+            await until(lambda: smtp.mails)
+            await asyncio.sleep(0.5)
+        await client.aclose()
+    run(go())
+    [digest] = smtp.mails
+    assert digest["Subject"] == "[pyfilter] 7 addresses banned on host-a"
+    body = digest.get_payload()
+    assert all(address in body for address in addresses)
+
+
+def test_digest_goes_out_early_when_max_batch_bans_wait(redis_url, smtp):
+    async def go():
+        client = aioredis.from_url(redis_url)
+        s = settings(redis_url, mail={"port": smtp.port, "mode": "digest", "interval": 3600,
+                                      "max_batch": 3})
+        async with notifier(s):
+            for i in range(4):
+                await ban(client, f"198.51.100.{i + 1}")
+            await until(lambda: smtp.mails)
+            await asyncio.sleep(0.5)
+        await client.aclose()
+    run(go())
+    [digest] = smtp.mails  # the fourth waits for its interval
+    assert digest["Subject"].startswith("[pyfilter] 3 addresses banned")
+
+
+def test_mail_logs_in_with_the_password_from_the_environment(redis_url, smtp, monkeypatch):
+    monkeypatch.setenv("PYFILTER_SMTP_PASSWORD", "s3cret")
+
+    async def go():
+        client = aioredis.from_url(redis_url)
+        s = settings(redis_url, mail={"port": smtp.port, "username": "pyfilter",
+                                      "password_env": "PYFILTER_SMTP_PASSWORD"})
+        async with notifier(s):
+            await ban(client, "198.51.100.7")
+            await until(lambda: smtp.mails)
+        await client.aclose()
+    run(go())
+    assert smtp.logins == [(b"pyfilter", b"s3cret")]
+
+
+def test_webhook_receives_the_ban_as_json(redis_url):
+    async def go():
+        client = aioredis.from_url(redis_url)
+        receiver = Receiver(free_port())
+        await receiver.start()
+        hook = {"url": f"http://127.0.0.1:{receiver.port}/hook",
+                "headers": {"Authorization": "Bearer hook-token"}}
+        async with notifier(settings(redis_url, hook=hook)):
+            await ban(client, "198.51.100.7")
+            await ban(client, "198.51.100.99", rule="nginx-botsearch")
+            await until(lambda: receiver.bodies)
+            await asyncio.sleep(0.3)
+        await receiver.stop()
+        await client.aclose()
+        return receiver
+    receiver = run(go())
+    [body] = receiver.bodies
+    assert receiver.headers[0]["Authorization"] == "Bearer hook-token"
+    assert receiver.headers[0]["Content-Type"] == "application/json"
+    assert body["event"] == "ban"
+    assert (body["address"], body["rule"], body["host"], body["origin"]) == \
+        ("198.51.100.7", "sshd", "host-a", "detector")
+    assert body["duration"] == 600
+    assert body["expires_at"] == pytest.approx(body["banned_at"] + 600)
+    assert (body["reason"], body["country"], body["failures"]) == ("5 failures in 600s", "NL", 5)
+    assert body["lines"] == ["sshd[1]: Failed password for root from 198.51.100.7 port 22 ssh2"]
+
+
+def test_failing_receiver_gets_the_notice_after_retries(redis_url):
+    async def go():
+        client = aioredis.from_url(redis_url)
+        receiver = Receiver(free_port(), fail_first=3)
+        await receiver.start()
+        async with notifier(settings(redis_url, hook={"url": f"http://127.0.0.1:{receiver.port}/hook"})):
+            started = time.monotonic()
+            await ban(client, "198.51.100.7")
+            await until(lambda: receiver.bodies)
+            took = time.monotonic() - started
+            await asyncio.sleep(0.3)
+        await receiver.stop()
+        await client.aclose()
+        return receiver, took
+    receiver, took = run(go())
+    assert receiver.requests == 4
+    assert [b["address"] for b in receiver.bodies] == ["198.51.100.7"]
+    assert took >= 0.1 + 0.2 + 0.4 - 0.05  # waited 0.1, 0.2, 0.4 s between attempts
+
+
+def test_receiver_that_is_down_holds_up_nothing_and_catches_up_when_back(redis_url, smtp):
+    addresses = [f"198.51.100.{i}" for i in range(1, 6)]
+
+    async def go():
+        client = aioredis.from_url(redis_url)
+        receiver = Receiver(free_port())  # not started: connections are refused
+        s = settings(redis_url, mail={"port": smtp.port},
+                     hook={"url": f"http://127.0.0.1:{receiver.port}/hook"})
+        async with notifier(s):
+            for address in addresses:
+                await ban(client, address)
+            await until(lambda: len(smtp.mails) == len(addresses))
+            assert await client.zcard(KEYS.notify_queue("webhook")) == len(addresses)
+            await receiver.start()
+            await until(lambda: len(receiver.bodies) == len(addresses))
+            await until(lambda: _queue_empty(client, "webhook"))
+        await receiver.stop()
+        await client.aclose()
+        return receiver
+    receiver = run(go())
+    assert sorted(b["address"] for b in receiver.bodies) == addresses
+
+
+async def _queue_empty(client, channel: str) -> bool:
+    return not await client.zcard(KEYS.notify_queue(channel)) and \
+        not await client.hlen(KEYS.notify_items(channel))
+
+
+def test_restart_mid_retry_loses_nothing(redis_url):
+    async def go():
+        client = aioredis.from_url(redis_url)
+        receiver = Receiver(free_port(), fail_first=10**6)
+        await receiver.start()
+        s = settings(redis_url, hook={"url": f"http://127.0.0.1:{receiver.port}/hook"})
+        async with notifier(s):
+            await ban(client, "198.51.100.7")
+            await ban(client, "198.51.100.8")
+            await until(lambda: receiver.requests >= 4)  # each tried at least twice
+        await ban(client, "198.51.100.9")  # while the notifier is down
+        receiver.fail_first = 0
+        async with notifier(s):
+            await until(lambda: len(receiver.bodies) >= 3)
+            await until(lambda: _queue_empty(client, "webhook"))
+        await receiver.stop()
+        await client.aclose()
+        return receiver
+    receiver = run(go())
+    assert sorted(b["address"] for b in receiver.bodies) == \
+        ["198.51.100.7", "198.51.100.8", "198.51.100.9"]
+
+
+def test_no_channel_configured_returns_at_once(redis_url):
+    async def go():
+        client = aioredis.from_url(redis_url)
+        await asyncio.wait_for(run_notifier(settings(redis_url), client, asyncio.Event()), 2)
+        await client.aclose()
+    run(go())
+
+
+def test_notify_section_reads_from_the_file_and_refuses_mistakes(tmp_path: Path):
+    def write(text: str) -> Path:
+        path = tmp_path / "pyfilter.yaml"
+        path.write_text(text)
+        return path
+
+    settings = load(write(
+        "notify:\n"
+        "  email: {host: mail.example.org, from: pyfilter@example.org, to: [ops@example.org],\n"
+        "          tls: starttls, port: 587, mode: digest, interval: 15m}\n"
+        "  webhook: {url: 'https://hooks.example.org/ban', timeout: 5s}\n"
+        "rules:\n"
+        "  sshd: {service: ssh, sources: [auth], patterns: ['x <HOST>'], notify: true}\n"))
+    cfg = settings.config.notify
+    assert (cfg.email.sender, cfg.email.interval, cfg.email.tls) == \
+        ("pyfilter@example.org", 900, "starttls")
+    assert cfg.webhook.timeout == 5
+    assert settings.rules["sshd"].notify is True
+    for text, message in [
+        ("notify: {email: {host: h, from: nobody, to: [ops@example.org]}}", "expected a mail address"),
+        ("notify: {email: {host: h, from: a@b, to: [c@d], username: u}}", "go together"),
+        ("notify: {email: {host: h, from: a@b, to: [c@d], password: x}}", "unknown field password"),
+        ("notify: {webhook: {url: hooks.example.org}}", "expected an http:// or https:// URL"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load(write(text))
+
+
+def test_notice_json_is_the_documented_shape():
+    notice = messages.Notice(address="198.51.100.7", rule="sshd", host="h", origin="manual",
+                             banned_at=1.0, duration=-1)
+    assert set(msgspec.json.decode(msgspec.json.encode(notice))) == {
+        "address", "rule", "host", "origin", "banned_at", "duration", "expires_at", "reason",
+        "country", "failures", "first_failure", "last_failure", "ban_count", "lines", "event", "v"}
+
+
+def test_api_starts_and_stops_the_notifier_in_two_lines(redis_url, smtp):
+    from pyfilter.api.notify import start_notifier
+
+    async def go():
+        client = aioredis.from_url(redis_url)
+        stop_notifier = start_notifier(settings(redis_url, mail={"port": smtp.port}), client)
+        await until(lambda: _has_group(client))
+        await ban(client, "198.51.100.7")
+        await until(lambda: smtp.mails)
+        await asyncio.wait_for(stop_notifier(), 5)
+        await client.aclose()
+    run(go())
