@@ -18,6 +18,23 @@ COPY pyproject.toml /src/
 COPY services /src/services
 RUN /opt/pyfilter/bin/pip install /src
 
+# A default country database: Debian's tor-geoipdb carries IPFire Location
+# data (CC BY-SA 4.0) as text ranges; turn it into the MaxMind format.
+# A stage of its own, so code changes do not redo it.
+FROM ${BASE_IMAGE} AS geoip
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
+ARG PIP_INDEX_URL
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+COPY docker/wheels /wheels
+COPY docker/tor-geoip-to-mmdb.py /build/
+RUN cd /build && apt-get update -q && apt-get download -q tor-geoipdb \
+    && dpkg-deb -x tor-geoipdb_*.deb tor && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv venv && venv/bin/pip install -q mmdb-writer \
+    && mkdir -p /geoip && venv/bin/python tor-geoip-to-mmdb.py \
+       tor/usr/share/tor/geoip tor/usr/share/tor/geoip6 /geoip/country.mmdb \
+    && (cp tor/usr/share/doc/tor-geoipdb/copyright /geoip/ 2>/dev/null || true)
+
 FROM ${BASE_IMAGE}
 # The enforcer's iptables backend installs its rules with iptables-restore
 # (nft is handy for operators); the air-gapped base already has both.
@@ -27,6 +44,7 @@ RUN if ! command -v nft >/dev/null || ! command -v iptables >/dev/null; then \
     fi \
     && (getent passwd pyfilter >/dev/null || useradd --system --uid 10001 --no-create-home pyfilter)
 COPY --from=build /opt/pyfilter /opt/pyfilter
+COPY --from=geoip /geoip /usr/share/pyfilter/geoip
 COPY config /etc/pyfilter
 ENV PATH=/opt/pyfilter/bin:$PATH \
     PYFILTER_CONFIG=/etc/pyfilter/pyfilter.yaml \

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=docker/wheels
 stamp=$out/.built-from
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml "$0" | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     echo "wheelhouse: up to date"
     exit 0
@@ -17,7 +17,8 @@ requirements=$(/usr/bin/python3 -c '
 import tomllib
 print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))')
 find $out -name '*.whl' -delete
-# setuptools builds our own package inside the image.
-echo "$requirements" | $venv/bin/pip wheel --quiet --wheel-dir $out -r /dev/stdin setuptools
+# setuptools builds our own package inside the image; mmdb-writer builds the
+# default GeoIP database there.
+echo "$requirements" | $venv/bin/pip wheel --quiet --wheel-dir $out -r /dev/stdin setuptools mmdb-writer
 echo "$want" > "$stamp"
 echo "wheelhouse: $(ls $out/*.whl | wc -l) wheels"
