@@ -16,11 +16,13 @@ COMPOSE_FILES += -f compose/airgapped.yml
 endif
 COMPOSE := docker compose $(COMPOSE_FILES)
 
-.PHONY: help up down images airgapped-images dev test unit integration bench logs
+.PHONY: help up down server agent images airgapped-images dev test unit integration bench logs
 
 help:
 	@echo "make up      start the stack on this host (healthy when it returns); DETECTORS=3 scales"
 	@echo "make down    stop it (volumes, hence bans and history, are kept)"
+	@echo "make server  many hosts: Redis, detectors and api (PYFILTER_REDIS_PASSWORD required)"
+	@echo "make agent   many hosts: collector and enforcer (PYFILTER_REDIS_URL required)"
 	@echo "make test    the whole suite: unit tests and the real stack in containers"
 	@echo "make dev     .venv with the project and its test tools (CLI: .venv/bin/pyfilter)"
 	@echo "make bench   benchmarks, side by side with fail2ban"
@@ -51,6 +53,13 @@ up: compose/.env images
 
 down:
 	$(COMPOSE) down
+
+# Many hosts: the server profile in one place, the agent profile on every host.
+server: images
+	docker compose -f compose/server.yml $(if $(filter 1,$(AIRGAPPED)),-f compose/airgapped.yml) up -d --wait --scale detector=$(DETECTORS)
+
+agent: images
+	docker compose -f compose/agent.yml up -d --wait
 
 logs:
 	$(COMPOSE) logs -f --tail=50
