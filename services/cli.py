@@ -3,7 +3,12 @@
     pyfilter match [--rule NAME] [--tz ZONE] [--now ISO8601] [--json] [--catalog DIR] FILE...
     pyfilter explain [--rule NAME] [--tz ZONE] [--now ISO8601] [--catalog DIR] LINE
 
-Exit codes: 0 ok, 2 usage or configuration error (with a message on stderr).
+plus the commands that talk to the API (ban, unban, list, show, stats,
+whitelist), which live in `cli_api.py` with their exit codes.
+
+Exit codes: 0 ok, 2 usage or configuration error (with a message on stderr);
+the API commands add 1 (not found, nothing to do), 3 (the API refused) and
+4 (the API unreachable).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pyfilter import cli_api
 from pyfilter.common.config import ConfigError, Rule, load_catalog
 from pyfilter.detector.rules import Matcher, RuleError
 from pyfilter.detector.timeparse import InvalidZone, get_zone
@@ -177,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="also list the rules that did not match")
     p.add_argument("line", metavar="LINE")
     p.set_defaults(func=cmd_explain)
+
+    cli_api.add_commands(sub)
     return parser
 
 
@@ -188,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, InvalidZone) as exc:
         print(f"pyfilter {args.command}: {exc}", file=sys.stderr)
         return 2
+    except cli_api.CommandError as exc:
+        print(f"pyfilter {args.command}: {exc}", file=sys.stderr)
+        return exc.code
     except BrokenPipeError:
         return 0
 

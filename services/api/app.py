@@ -8,12 +8,14 @@ decisions, exactly like the detector's, so every host's enforcer applies them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiohttp import web
 
 from pyfilter.api import openapi, routes_bans, routes_whitelist, state, stats, webadmin
 from pyfilter.api.auth import TOKEN, require_token
+from pyfilter.api.notify import start_notifier
 from pyfilter.api.responses import FieldError, error, json
 from pyfilter.api.schemas import AuthCheck, Health
 from pyfilter.api.state import API, Api
@@ -37,6 +39,11 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
     except TRANSIENT as exc:
         logger.warning("redis unreachable", extra={"path": request.path, "error": str(exc)})
         return error(503, f"redis unreachable: {exc}")
+    except web.HTTPException as exc:
+        # aiohttp's own 404/405 are plain text; API clients get the JSON error shape.
+        if not request.path.startswith("/api/") or exc.status < 400:
+            raise
+        return error(exc.status, f"{request.method} {request.path}: {exc.reason}")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -52,13 +59,15 @@ async def check_token(request: web.Request) -> web.Response:
     return json(AuthCheck(ok=True))
 
 
-async def prune_forever(api: Api) -> None:
-    while True:
+async def prune_until(api: Api, stop: asyncio.Event) -> None:
+    """Forget expired bans every 30 s until `stop` is set."""
+    while not stop.is_set():
         try:
             await bans.prune_expired(api.client, api.keys)
         except Exception as exc:  # keep pruning on the next round
             logger.warning("pruning expired bans failed", extra={"error": str(exc)})
-        await asyncio.sleep(30)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 30)
 
 
 def build(api: Api) -> web.Application:
@@ -72,9 +81,15 @@ def build(api: Api) -> web.Application:
     webadmin.setup(app)
 
     async def background(app: web.Application):
-        task = asyncio.create_task(prune_forever(api))
+        stop = asyncio.Event()
+        pruning = asyncio.create_task(prune_until(api, stop))
+        stop_notifier = start_notifier(api.settings, api.client)
         yield
-        task.cancel()
+        # Let what uses the Redis client finish its command before closing it:
+        # cancelling a redis-py command midway can leave a task hanging.
+        stop.set()
+        await pruning
+        await stop_notifier()
         await api.client.aclose()
         api.geo.close()
 

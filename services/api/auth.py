@@ -27,12 +27,16 @@ def token_ok(expected: str | None, header: str | None) -> bool:
 
 
 def require_token(handler):
-    """Wrap a write handler: 401 and no change unless the bearer token matches."""
+    """Wrap a write handler: 401 and no change unless the bearer token matches.
+
+    Works for plain handlers `(request)` and methods `(self, request)`.
+    """
 
     @functools.wraps(handler)
-    async def checked(self, request: web.Request) -> web.StreamResponse:
+    async def checked(*args) -> web.StreamResponse:
+        request: web.Request = args[-1]
         if not token_ok(request.app.get(TOKEN), request.headers.get("Authorization")):
             return _deny("missing or wrong bearer token")
-        return await handler(self, request)
+        return await handler(*args)
 
     return checked

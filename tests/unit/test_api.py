@@ -8,35 +8,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from pyfilter.api.app import Api
-from pyfilter.common import messages
-from pyfilter.common.config import Config, Settings
 from pyfilter.common.keys import Keys
-
-TOKEN = "s3cret-token"
-
-
-def settings(url: str) -> Settings:
-    config = Config(host="api-host", whitelist=["198.51.100.128/25"])
-    config.redis.url = url
-    config.redis.prefix = "t:"
-    config.api.token = TOKEN
-    return Settings(config=config, rules={}, path="test")
-
-
-def call(redis_url: str, steps):
-    """Run `steps(client, redis)` against a live app on a real socket."""
-    async def go():
-        api = Api(settings(redis_url))
-        async with TestClient(TestServer(api.app())) as client:
-            return await steps(client, api.client)
-    return asyncio.run(go())
-
-
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-async def decisions(redis) -> list[messages.Decision]:
-    return [messages.decode_decision(f[b"m"]) for _, f in await redis.xrange(Keys("t:").decisions)]
+from tests.unit.apisupport import AUTH, TOKEN, call, decisions, settings
 
 
 def test_manual_ban_is_published_as_a_decision_and_listed(redis_url):
@@ -57,22 +30,58 @@ def test_bulk_ban_of_ten_thousand_addresses_in_one_call(redis_url):
     addresses = [f"2001:db8::{i:x}" for i in range(1, 10_001)]
 
     async def steps(client, redis):
-        r = await client.post("/api/v1/bans", json=[{"address": a} for a in addresses], headers=AUTH)
+        r = await client.post("/api/v1/bans", json=[{"address": a, "duration": "2h"} for a in addresses],
+                              headers=AUTH)
         assert r.status == 201
-        return await (await client.get("/api/v1/bans")).json()
-    listed = call(redis_url, steps)
-    assert listed["total"] == 10_000
+        keys = Keys("t:")
+        return (await r.json(), await (await client.get("/api/v1/bans?limit=1000")).json(),
+                await redis.xlen(keys.decisions), await redis.xlen(keys.ban_history),
+                await (await client.get(f"/api/v1/bans/{addresses[-1]}")).json())
+    created, listed, sent, history, last = call(redis_url, steps)
+    assert created["count"] == 10_000 and len(created["banned"]) == 10_000
+    assert listed["total"] == 10_000 and len(listed["bans"]) == 1000
+    assert sent == 10_000 and history == 10_000
+    assert last["active"] and last["duration"] == 7200 and last["origin"] == "manual"
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}])
-def test_writes_without_the_right_token_get_401_and_change_nothing(redis_url, headers):
+WRITES = [
+    ("POST", "/api/v1/bans", {"address": "198.51.100.7"}),
+    ("POST", "/api/v1/bans", [{"address": "198.51.100.7"}, {"address": "198.51.100.8"}]),
+    ("DELETE", "/api/v1/bans/198.51.100.9", None),
+    ("POST", "/api/v1/whitelist", {"network": "203.0.113.0/24"}),
+    ("DELETE", "/api/v1/whitelist/203.0.114.0%2F24", None),
+    ("DELETE", "/api/v1/whitelist?network=203.0.114.0/24", None),
+]
+
+
+@pytest.mark.parametrize("method, path, body", WRITES)
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
+                                     {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": "Bearer "}])
+def test_writes_without_the_right_token_get_401_and_change_nothing(redis_url, method, path, body, headers):
     async def steps(client, redis):
-        r1 = await client.post("/api/v1/bans", json={"address": "198.51.100.7"}, headers=headers)
-        r2 = await client.delete("/api/v1/bans/198.51.100.7", headers=headers)
-        return r1.status, r2.status, await decisions(redis), await redis.keys("*")
-    s1, s2, sent, keys = call(redis_url, steps)
-    assert (s1, s2) == (401, 401)
-    assert sent == [] and keys == []
+        # State a write could change: a ban to lift and a whitelist entry to remove.
+        await client.post("/api/v1/bans", json={"address": "198.51.100.9"}, headers=AUTH)
+        await client.post("/api/v1/whitelist", json={"network": "203.0.114.0/24"}, headers=AUTH)
+        before = {k: await redis.dump(k) for k in await redis.keys("*")}
+        r = await client.request(method, path, json=body, headers=headers)
+        after = {k: await redis.dump(k) for k in await redis.keys("*")}
+        return r.status, r.headers.get("WWW-Authenticate"), before, after
+    status, challenge, before, after = call(redis_url, steps)
+    assert status == 401 and challenge.startswith("Bearer")
+    assert after == before
+
+
+def test_a_server_without_a_token_refuses_every_write(redis_url):
+    async def go():
+        cfg = settings(redis_url)
+        cfg.config.api.token = None
+        api = Api(cfg)
+        async with TestClient(TestServer(api.app())) as client:
+            statuses = [(await client.request(m, p, json=b, headers={"Authorization": "Bearer "})).status
+                        for m, p, b in WRITES]
+            return statuses, await api.client.keys("*")
+    statuses, keys = asyncio.run(go())
+    assert set(statuses) == {401} and keys == []
 
 
 @pytest.mark.parametrize("body, status, field", [
@@ -81,7 +90,17 @@ def test_writes_without_the_right_token_get_401_and_change_nothing(redis_url, he
     ({"address": "198.51.100.7", "duration": "soon"}, 422, "duration"),
     ({"adress": "198.51.100.7"}, 422, "adress"),
     ([{"address": "198.51.100.7"}, {"address": "nope"}], 422, "[1].address"),
+    ({"address": "198.51.100.7", "duration": 0}, 422, "duration"),
+    ({"address": "198.51.100.7", "duration": -2}, 422, "duration"),
+    ({"address": "198.51.100.7", "duration": True}, 422, "duration"),
+    ({"address": 7}, 422, "address"),
+    ({"address": "198.51.100.7", "reason": "x" * 1001}, 422, "reason"),
+    ([], 422, "body"),
+    ("198.51.100.7", 422, "body"),
     ({"address": "127.0.0.1"}, 409, "loopback"),
+    ({"address": "::1"}, 409, "loopback"),
+    ({"address": "fe80::1"}, 409, "link-local"),
+    ({"address": "198.51.100.0/24"}, 409, "whitelisted"),
     ({"address": "198.51.100.200"}, 409, "whitelisted"),
 ])
 def test_bad_or_forbidden_bans_are_refused_and_change_nothing(redis_url, body, status, field):
@@ -108,9 +127,10 @@ def test_unban_publishes_a_decision_and_removes_the_ban(redis_url):
         listed = await (await client.get("/api/v1/bans")).json()
         missing = await client.get("/api/v1/bans/198.51.100.7")
         return await r.json(), listed, missing.status, await decisions(redis)
-    body, listed, missing, sent = call(redis_url, steps)
+    body, listed, after, sent = call(redis_url, steps)
     assert body == {"unbanned": "198.51.100.7", "was_active": True}
-    assert listed["bans"] == [] and missing == 404
+    # Gone from the bans in force; its record stays readable as a past ban.
+    assert listed["bans"] == [] and after == 200
     assert [d.action for d in sent] == ["ban", "unban"]
 
 
@@ -133,3 +153,58 @@ def test_an_address_of_any_protected_host_is_refused(redis_url):
     status, error, sent = call(redis_url, steps)
     assert status == 409 and "198.51.100.50" in error and "this host" in error
     assert sent == []
+
+
+def test_address_whitelisted_through_the_api_cannot_be_banned(redis_url):
+    async def steps(client, redis):
+        await client.post("/api/v1/whitelist", json={"network": "203.0.113.0/28"}, headers=AUTH)
+        r = await client.post("/api/v1/bans", json={"address": "203.0.113.5"}, headers=AUTH)
+        return r.status, (await r.json())["error"], await decisions(redis)
+    status, error, sent = call(redis_url, steps)
+    assert status == 409 and "whitelisted (203.0.113.0/28)" in error and sent == []
+
+
+def test_permanent_ban_and_network_ban(redis_url):
+    async def steps(client, redis):
+        r = await client.post("/api/v1/bans", json=[{"address": "2001:db8:1::/64", "duration": -1},
+                                                    {"address": "203.0.113.9", "duration": 90}],
+                              headers=AUTH)
+        assert r.status == 201, await r.text()
+        net = await (await client.get("/api/v1/bans/2001:db8:1::%2F64")).json()
+        one = await (await client.get("/api/v1/bans/203.0.113.9")).json()
+        gone = await client.delete("/api/v1/bans/2001:db8:1::%2F64", headers=AUTH)
+        return net, one, await gone.json(), await decisions(redis)
+    net, one, gone, sent = call(redis_url, steps)
+    assert net["duration"] == -1 and net["expires_at"] is None and net["active"]
+    assert one["expires_at"] - one["banned_at"] == 90
+    assert gone == {"unbanned": "2001:db8:1::/64", "was_active": True}
+    assert [(d.action, d.address) for d in sent][-1] == ("unban", "2001:db8:1::/64")
+
+
+def test_repeat_manual_ban_counts_up(redis_url):
+    async def steps(client, redis):
+        for _ in range(3):
+            await client.post("/api/v1/bans", json={"address": "203.0.113.9"}, headers=AUTH)
+        return await (await client.get("/api/v1/bans/203.0.113.9")).json()
+    detail = call(redis_url, steps)
+    assert detail["ban_count"] == 3 and len(detail["history"]) == 3
+
+
+def test_never_banned_address_is_404_and_bad_address_422(redis_url):
+    async def steps(client, redis):
+        a = await client.get("/api/v1/bans/203.0.113.77")
+        b = await client.get("/api/v1/bans/not-an-ip")
+        c = await client.delete("/api/v1/bans/not-an-ip", headers=AUTH)
+        return a.status, b.status, (await b.json())["error"], c.status
+    assert call(redis_url, steps) == (404, 422, "address: not an IP address: 'not-an-ip'", 422)
+
+
+def test_page_and_api_carry_security_headers(redis_url):
+    async def steps(client, redis):
+        return [dict((await client.get(p)).headers) for p in ("/", "/api/v1/bans", "/static/app.js")]
+    for headers in call(redis_url, steps):
+        csp = headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+        assert headers["X-Frame-Options"] == "DENY"
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert not any(h.lower().startswith("access-control-") for h in headers)

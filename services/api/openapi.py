@@ -1,0 +1,163 @@
+"""GET /api/v1/openapi.json: the API described as OpenAPI 3.1.
+
+Body schemas are generated from the Structs in `schemas.py` (the same ones
+the handlers encode), so the document follows the code; only the paths,
+parameters and status codes are written out here.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import msgspec
+from aiohttp import web
+
+from pyfilter.api import schemas as s
+
+REF = "#/components/schemas/{name}"
+MODELS = [s.Ban, s.BanDetail, s.BanList, s.BanRequest, s.Banned, s.Unbanned, s.WhitelistEntry,
+          s.WhitelistList, s.WhitelistRequest, s.WhitelistAdded, s.WhitelistRemoved, s.Stats,
+          s.Health, s.AuthCheck, s.Error]
+
+
+def _ref(model: type) -> dict:
+    return {"$ref": REF.format(name=model.__name__)}
+
+
+def _body(model_schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": model_schema}}}
+
+
+def _errors(*codes: int) -> dict:
+    text = {
+        401: "missing or wrong bearer token (nothing changed)",
+        404: "not found",
+        409: "refused: the address must not be banned, or the entry is read-only",
+        422: "invalid input; the message starts with the field's name",
+        503: "Redis unreachable",
+    }
+    return {str(c): _body(_ref(s.Error), text[c]) for c in codes}
+
+
+def _query(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+def _path(name: str, description: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"},
+            "description": description}
+
+
+STRING = {"type": "string"}
+WRITE = [{"bearer": []}]
+
+BAN_FILTERS = [
+    _query("all", {"type": "string", "enum": ["0", "1", "true", "false"]},
+           "1: every ban in the history, not only the ones in force"),
+    _query("address", STRING, "exact address or CIDR"),
+    _query("prefix", STRING, "CIDR: bans inside it"),
+    _query("rule", STRING, "rule name, e.g. sshd or manual"),
+    _query("host", STRING, "host that saw the failures"),
+    _query("country", STRING, 'ISO country code, or "unknown"'),
+    _query("since", STRING, "banned at or after: ISO 8601 or epoch seconds"),
+    _query("until", STRING, "banned at or before: ISO 8601 or epoch seconds"),
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}, "page size"),
+    _query("offset", {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0}, "bans to skip"),
+]
+
+
+def _paths() -> dict:
+    address = _path("address", "an IP address, or a CIDR with its slash URL-encoded (%2F)")
+    network = _path("network", "a CIDR with its slash URL-encoded (%2F)")
+    ban_body = {"oneOf": [_ref(s.BanRequest),
+                          {"type": "array", "items": _ref(s.BanRequest), "minItems": 1, "maxItems": 10000}]}
+    return {
+        "/healthz": {"get": {"summary": "Liveness (Redis reachable)", "operationId": "health",
+                             "responses": {"200": _body(_ref(s.Health), "healthy"), **_errors(503)}}},
+        "/api/v1/bans": {
+            "get": {"summary": "List and search bans, newest first", "operationId": "listBans",
+                    "parameters": BAN_FILTERS,
+                    "responses": {"200": _body(_ref(s.BanList), "a page of bans"), **_errors(422)}},
+            "post": {"summary": "Ban by hand: one ban or a list (up to 10,000)", "operationId": "createBans",
+                     "security": WRITE,
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": ban_body}}},
+                     "responses": {"201": _body(_ref(s.Banned), "banned; decisions published"),
+                                   **_errors(401, 409, 422)}},
+        },
+        "/api/v1/bans/{address}": {
+            "get": {"summary": "One address: its ban and history", "operationId": "showBan",
+                    "parameters": [address],
+                    "responses": {"200": _body(_ref(s.BanDetail), "the address's ban"),
+                                  **_errors(404, 422)}},
+            "delete": {"summary": "Unban", "operationId": "deleteBan", "security": WRITE,
+                       "parameters": [address],
+                       "responses": {"200": _body(_ref(s.Unbanned), "unban decision published"),
+                                     **_errors(401, 404, 422)}},
+        },
+        "/api/v1/whitelist": {
+            "get": {"summary": "Whitelist: configuration entries (read-only) and the operator's",
+                    "operationId": "listWhitelist",
+                    "responses": {"200": _body(_ref(s.WhitelistList), "every entry")}},
+            "post": {"summary": "Whitelist a network and lift every ban in force inside it",
+                     "operationId": "addWhitelist", "security": WRITE,
+                     "requestBody": {"required": True,
+                                     "content": {"application/json": {"schema": _ref(s.WhitelistRequest)}}},
+                     "responses": {"200": _body(_ref(s.WhitelistAdded), "already whitelisted"),
+                                   "201": _body(_ref(s.WhitelistAdded), "added"),
+                                   **_errors(401, 422)}},
+            "delete": {"summary": "Remove an operator entry (?network=CIDR)",
+                       "operationId": "removeWhitelistByQuery", "security": WRITE,
+                       "parameters": [{**_query("network", STRING, "the CIDR"), "required": True}],
+                       "responses": {"200": _body(_ref(s.WhitelistRemoved), "removed"),
+                                     **_errors(401, 404, 409, 422)}},
+        },
+        "/api/v1/whitelist/{network}": {
+            "delete": {"summary": "Remove an operator entry", "operationId": "removeWhitelist",
+                       "security": WRITE, "parameters": [network],
+                       "responses": {"200": _body(_ref(s.WhitelistRemoved), "removed"),
+                                     **_errors(401, 404, 409, 422)}},
+        },
+        "/api/v1/stats": {
+            "get": {"summary": "Dashboard numbers and pipeline lag", "operationId": "stats",
+                    "parameters": [_query("days", {"type": "integer", "minimum": 1, "maximum": 366,
+                                                   "default": 10}, "days covered, today included")],
+                    "responses": {"200": _body(_ref(s.Stats), "statistics"), **_errors(422)}},
+        },
+        "/api/v1/auth": {
+            "get": {"summary": "Check a bearer token (the web page's login)", "operationId": "checkToken",
+                    "security": WRITE,
+                    "responses": {"200": _body(_ref(s.AuthCheck), "the token is right"), **_errors(401)}},
+        },
+        "/api/v1/openapi.json": {
+            "get": {"summary": "This document", "operationId": "openapi",
+                    "responses": {"200": {"description": "OpenAPI 3.1 document",
+                                          "content": {"application/json": {"schema": {"type": "object"}}}}}},
+        },
+    }
+
+
+@functools.cache
+def document() -> bytes:
+    _, components = msgspec.json.schema_components(MODELS, ref_template=REF)
+    doc = {
+        "openapi": "3.1.0",
+        "info": {"title": "PyFilter API", "version": "1",
+                 "description": "Bans, whitelist and statistics of PyFilter. Writes need "
+                                "`Authorization: Bearer <token>`."},
+        "paths": _paths(),
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+    return msgspec.json.encode(doc)
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.Response(body=document(), content_type="application/json")
+
+
+def routes() -> list[web.RouteDef]:
+    return [web.get("/api/v1/openapi.json", get_openapi)]
+

@@ -1,0 +1,111 @@
+"""Routes under /api/v1/bans: search, one address, manual ban, unban."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from aiohttp import web
+
+from pyfilter.api import manual, state
+from pyfilter.api.auth import require_token
+from pyfilter.api.responses import FieldError, bool_param, decode_body, error, int_param, json
+from pyfilter.api.schemas import BanList, BanRequest, Banned, Unbanned
+from pyfilter.api.search import parse_filter
+from pyfilter.common import bans
+from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_target
+from pyfilter.common.config import parse_duration
+
+logger = logging.getLogger("pyfilter.api")
+
+MAX_BULK = 10_000
+MAX_LIMIT = 1000
+MAX_REASON = 1000
+
+_ban_request = msgspec.json.Decoder(BanRequest | list[BanRequest])
+
+
+def _target(text: str, field: str = "address") -> str:
+    try:
+        return str(parse_target(text))
+    except InvalidAddress as exc:
+        raise FieldError(field, str(exc)) from None
+
+
+async def list_bans(request: web.Request) -> web.Response:
+    api = state.of(request)
+    query = request.query
+    include_history = bool_param(query, "all")
+    limit = int_param(query, "limit", 50, 1, MAX_LIMIT)
+    offset = int_param(query, "offset", 0, 0, 10**9)
+    found = await api.reader.search(parse_filter(query), include_history)
+    return json(BanList(bans=found[offset:offset + limit], total=len(found), limit=limit,
+                        offset=offset))
+
+
+async def show_ban(request: web.Request) -> web.Response:
+    address = _target(request.match_info["address"])
+    detail = await state.of(request).reader.detail(address)
+    if detail is None:
+        return error(404, f"{address} was never banned")
+    return json(detail)
+
+
+async def _prepare(api: state.Api, body: BanRequest | list[BanRequest]) -> list[manual.Wanted]:
+    """Validate every requested ban before writing any: one bad entry refuses the call."""
+    wanted = body if isinstance(body, list) else [body]
+    if not wanted:
+        raise FieldError("body", "no bans given (an empty list)")
+    if len(wanted) > MAX_BULK:
+        raise FieldError("body", f"at most {MAX_BULK} bans per call, got {len(wanted)}")
+    whitelist = await api.whitelist.networks()
+    own = await api.own.get()
+    prepared: dict[str, manual.Wanted] = {}
+    for i, req in enumerate(wanted):
+        where = f"[{i}]." if isinstance(body, list) else ""
+        try:
+            target = parse_target(req.address)
+        except InvalidAddress as exc:
+            raise FieldError(f"{where}address", str(exc)) from None
+        try:
+            duration = parse_duration(req.duration)
+        except ValueError as exc:
+            raise FieldError(f"{where}duration", str(exc)) from None
+        if duration == 0:
+            raise FieldError(f"{where}duration", "a ban of 0 seconds does nothing; give a duration or -1")
+        if len(req.reason) > MAX_REASON:
+            raise FieldError(f"{where}reason", f"at most {MAX_REASON} characters")
+        if reason := never_ban_reason(target, whitelist, own):
+            raise FieldError(f"{where}address", f"{target} must not be banned: {reason}", 409)
+        # The same address twice in one import: the last entry wins.
+        prepared[str(target)] = manual.Wanted(str(target), duration, req.reason)
+    return list(prepared.values())
+
+
+@require_token
+async def create_bans(request: web.Request) -> web.Response:
+    api = state.of(request)
+    body = await decode_body(request, _ban_request)
+    wanted = await _prepare(api, body)
+    await manual.ban_all(api.client, api.keys, api.host, api.geo, wanted)
+    logger.info("manual ban", extra={"count": len(wanted), "address": wanted[0].address})
+    return json(Banned(banned=[w.address for w in wanted], count=len(wanted)), 201)
+
+
+@require_token
+async def delete_ban(request: web.Request) -> web.Response:
+    api = state.of(request)
+    address = _target(request.match_info["address"])
+    was_active = address in await bans.active(api.client, api.keys)
+    await manual.unban_all(api.client, api.keys, api.host, [address], "manual unban")
+    logger.info("manual unban", extra={"address": address, "was_active": was_active})
+    return json(Unbanned(unbanned=address, was_active=was_active))
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/api/v1/bans", list_bans),
+        web.post("/api/v1/bans", create_bans),
+        web.get("/api/v1/bans/{address}", show_ban),
+        web.delete("/api/v1/bans/{address}", delete_ban),
+    ]

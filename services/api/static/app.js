@@ -1,0 +1,279 @@
+// PyFilter web admin: reads the API, polls it every few seconds, writes with the token.
+//
+// Everything from the API (log lines, reasons: text an attacker may control)
+// is put on the page as text nodes, never as HTML. The token lives in
+// sessionStorage only: it is gone when the tab closes.
+"use strict";
+
+const POLL_MS = 5000;
+const TOKEN_KEY = "pyfilter-token";
+const SVG = "http://www.w3.org/2000/svg";
+const state = { search: {}, expanded: new Set(), token: sessionStorage.getItem(TOKEN_KEY) };
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child ?? "");
+  return node;
+}
+
+function svg(tag, attrs = {}, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+const $ = (id) => document.getElementById(id);
+const when = (t, never = "–") => (t == null ? never : new Date(t * 1000).toLocaleString());
+const country = (c) => c || "unknown";
+
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(`/api/v1${path}`, {
+    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let data = null;
+  try { data = await response.json(); } catch (e) { data = { error: response.statusText }; }
+  if (response.status === 401 && method !== "GET") logout("The token was refused; log in again.");
+  return { ok: response.ok, status: response.status, data };
+}
+
+function say(text, bad = false) {
+  const box = $("message");
+  box.textContent = text;
+  box.className = bad ? "message bad" : "message";
+  box.hidden = false;
+}
+
+// Login ----------------------------------------------------------------------
+
+function showLogin() {
+  const inside = Boolean(state.token);
+  document.body.classList.toggle("logged-in", inside);
+  $("login-form").hidden = inside;
+  $("logged-in").hidden = !inside;
+}
+
+async function login(event) {
+  event.preventDefault();
+  const token = $("token").value.trim();
+  if (!token) return;
+  const response = await fetch("/api/v1/auth", { headers: { Authorization: `Bearer ${token}` } });
+  if (!response.ok) {
+    $("login-error").textContent = "wrong token";
+    return;
+  }
+  $("login-error").textContent = "";
+  $("token").value = "";
+  state.token = token;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  showLogin();
+  refresh();
+}
+
+function logout(reason) {
+  state.token = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  showLogin();
+  if (typeof reason === "string") say(reason, true);
+  refresh();
+}
+
+// Charts ---------------------------------------------------------------------
+
+function barChart(node, days) {
+  node.replaceChildren();
+  const width = node.clientWidth || 600, height = node.clientHeight || 220;
+  const top = 18, bottom = 22, left = 4;
+  const peak = Math.max(1, ...days.map((d) => d.count));
+  const step = (width - left) / Math.max(1, days.length);
+  node.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  node.append(svg("line", { class: "axis", x1: 0, x2: width, y1: height - bottom, y2: height - bottom }));
+  days.forEach((d, i) => {
+    const h = ((height - top - bottom) * d.count) / peak;
+    const x = left + i * step + step * 0.15, w = step * 0.7, y = height - bottom - h;
+    const bar = svg("rect", { class: "bar", x, y, width: w, height: Math.max(h, 0), "data-day": d.day });
+    bar.append(svg("title", {}, `${d.day}: ${d.count}`));
+    node.append(bar);
+    node.append(svg("text", { class: "count", x: x + w / 2, y: y - 4, "text-anchor": "middle" }, d.count));
+    node.append(svg("text", { x: x + w / 2, y: height - 6, "text-anchor": "middle" }, d.day.slice(5)));
+  });
+}
+
+function hbarChart(node, items) {
+  node.replaceChildren();
+  const width = node.clientWidth || 400, height = node.clientHeight || 220;
+  node.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  if (!items.length) {
+    node.append(svg("text", { x: 8, y: 20 }, "no bans in the range"));
+    return;
+  }
+  const label = 70, row = Math.min(28, height / items.length);
+  const peak = Math.max(...items.map((c) => c.count));
+  items.forEach((c, i) => {
+    const y = i * row, w = ((width - label - 40) * c.count) / peak;
+    node.append(svg("text", { x: 4, y: y + row * 0.65 }, c.name));
+    const bar = svg("rect", { class: "bar", x: label, y: y + row * 0.15, width: w, height: row * 0.7,
+                              "data-country": c.name });
+    bar.append(svg("title", {}, `${c.name}: ${c.count}`));
+    node.append(bar);
+    node.append(svg("text", { class: "count", x: label + w + 4, y: y + row * 0.65 }, c.count));
+  });
+}
+
+// Rendering ------------------------------------------------------------------
+
+function renderStats(s) {
+  $("total-bans").textContent = s.total_bans;
+  $("range-days").textContent = s.days;
+  $("range-bans").textContent = s.bans_in_range;
+  $("active-bans").textContent = s.active_bans;
+  const latest = s.latest_ban;
+  $("latest-ban").textContent = latest
+    ? `${latest.address} (${country(latest.country)}) – ${latest.rule} on ${latest.host}, ${when(latest.banned_at)}`
+    : "none yet";
+  barChart($("chart-days"), s.bans_per_day);
+  hbarChart($("chart-countries"), s.top_countries);
+  const p = s.pipeline;
+  const enforcers = p.enforcers.map((e) => `${e.host}: ${e.lag ?? "?"} behind, ${e.pending} pending`);
+  $("pipeline").textContent =
+    `lines waiting: ${p.lines_length}; detectors: ${p.detect_pending} pending, ${p.detect_lag ?? "?"} not yet read; ` +
+    `enforcers: ${enforcers.join("; ") || "none seen"}`;
+}
+
+function details(b) {
+  const facts = [
+    ["why", b.reason], ["origin", b.origin], ["failures", b.failures],
+    ["first failure", when(b.first_failure)], ["last failure", when(b.last_failure)],
+    ["ban count", b.ban_count], ["duration", b.duration < 0 ? "permanent" : `${b.duration} s`],
+    ["network", b.asn ? `AS${b.asn} ${b.as_org || ""}` : "unknown"],
+  ];
+  const dl = el("dl");
+  for (const [k, v] of facts) dl.append(el("dt", {}, k), el("dd", {}, String(v)));
+  const lines = b.lines.length ? el("pre", {}, b.lines.join("\n")) : el("p", { class: "muted" }, "no log lines");
+  return el("tr", { class: "details" }, el("td", { colspan: 8 }, dl, lines));
+}
+
+function renderBans(list) {
+  const body = $("bans").querySelector("tbody");
+  body.replaceChildren();
+  for (const b of list.bans) {
+    const key = `${b.address}@${b.banned_at}`;
+    const toggle = el("button", { type: "button", onclick: () => {
+      state.expanded.has(key) ? state.expanded.delete(key) : state.expanded.add(key);
+      renderBans(list);
+    } }, state.expanded.has(key) ? "Hide" : "Details");
+    const actions = el("td", { class: "actions" }, toggle);
+    if (b.active) {
+      actions.append(" ", el("button", { type: "button", class: "danger only-logged-in",
+                                         "data-unban": b.address, onclick: () => unban(b.address) }, "Unban"));
+    }
+    body.append(el("tr", { class: b.active ? "active" : "inactive", "data-address": b.address },
+      el("td", {}, b.address), el("td", {}, country(b.country)), el("td", {}, b.rule),
+      el("td", {}, b.host), el("td", {}, when(b.banned_at)),
+      el("td", {}, b.active ? when(b.expires_at, "permanent") : "lifted or expired"),
+      el("td", {}, b.reason), actions));
+    if (state.expanded.has(key)) body.append(details(b));
+  }
+  $("bans-summary").textContent = `${list.bans.length} of ${list.total} ban(s)`;
+}
+
+function renderWhitelist(entries) {
+  const body = $("whitelist").querySelector("tbody");
+  body.replaceChildren();
+  for (const e of entries) {
+    const remove = e.read_only ? el("span", { class: "muted" }, "config file")
+      : el("button", { type: "button", class: "danger only-logged-in", onclick: () => unwhitelist(e.network) }, "Remove");
+    body.append(el("tr", { "data-network": e.network }, el("td", {}, e.network), el("td", {}, e.source),
+      el("td", {}, e.reason), el("td", { class: "actions" }, remove)));
+  }
+}
+
+async function refresh() {
+  const query = new URLSearchParams({ ...state.search, limit: "100" });
+  try {
+    const [stats, bans, whitelist] = await Promise.all([
+      api("GET", "/stats"), api("GET", `/bans?${query}`), api("GET", "/whitelist"),
+    ]);
+    if (stats.ok) renderStats(stats.data);
+    if (bans.ok) renderBans(bans.data); else say(bans.data.error, true);
+    if (whitelist.ok) renderWhitelist(whitelist.data.entries);
+    $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  } catch (e) {
+    $("updated").textContent = "API unreachable, retrying…";
+  }
+}
+
+// Actions --------------------------------------------------------------------
+
+async function unban(address) {
+  const r = await api("DELETE", `/bans/${encodeURIComponent(address)}`);
+  if (r.ok) say(`${address} unbanned on every host.`); else say(r.data.error, true);
+  refresh();
+}
+
+async function ban(event) {
+  event.preventDefault();
+  const form = event.target;
+  const addresses = form.addresses.value.split(/[\s,]+/).filter(Boolean);
+  if (!addresses.length) return say("Give at least one address.", true);
+  const duration = /^-?\d+$/.test(form.duration.value.trim()) ? Number(form.duration.value) : form.duration.value;
+  const r = await api("POST", "/bans", addresses.map((address) => ({ address, duration, reason: form.reason.value })));
+  if (r.ok) {
+    say(`Banned ${r.data.count} address(es): ${r.data.banned.join(", ")}.`);
+    form.addresses.value = "";
+  } else say(r.data.error, true);
+  refresh();
+}
+
+async function whitelist(event) {
+  event.preventDefault();
+  const form = event.target;
+  const r = await api("POST", "/whitelist", { network: form.network.value.trim(), reason: form.reason.value });
+  if (r.ok) { say(r.data.message); form.network.value = ""; form.reason.value = ""; }
+  else say(r.data.error, true);
+  refresh();
+}
+
+async function unwhitelist(network) {
+  const r = await api("DELETE", `/whitelist?network=${encodeURIComponent(network)}`);
+  if (r.ok) say(`${network} removed from the whitelist.`); else say(r.data.error, true);
+  refresh();
+}
+
+function search(event) {
+  event.preventDefault();
+  const form = $("search-form");
+  state.search = {};
+  for (const name of ["address", "prefix", "rule", "country"]) {
+    const value = form[name].value.trim();
+    if (value) state.search[name] = value;
+  }
+  if (form.all.checked) state.search.all = "1";
+  refresh();
+}
+
+function clearSearch() {
+  $("search-form").reset();
+  state.search = {};
+  refresh();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login-form").addEventListener("submit", login);
+  $("logout").addEventListener("click", () => logout());
+  $("search-form").addEventListener("submit", search);
+  $("search-clear").addEventListener("click", clearSearch);
+  $("ban-form").addEventListener("submit", ban);
+  $("whitelist-form").addEventListener("submit", whitelist);
+  showLogin();
+  refresh();
+  setInterval(refresh, POLL_MS);
+});

@@ -1,0 +1,122 @@
+"""GET /api/v1/stats: the dashboard's numbers, and how far behind the pipeline is.
+
+Days are UTC calendar days. Per-day counts and the top lists cover the
+requested range only, read from the history stream by ID range; the all-time
+total is the stream's own count of entries ever added, which stays right
+after old entries are trimmed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+from aiohttp import web
+from redis.exceptions import ResponseError
+
+from pyfilter.api import state
+from pyfilter.api.responses import int_param, json
+from pyfilter.api.schemas import Ban, DayCount, EnforcerLag, NameCount, Pipeline, Stats
+from pyfilter.api.search import UNKNOWN_COUNTRY
+from pyfilter.common import bans
+from pyfilter.common.keys import DETECT_GROUP
+
+TOP = 10
+MAX_DAYS = 366
+ENFORCE_PREFIX = "enforce:"
+
+
+def _top(counter: Counter[str]) -> list[NameCount]:
+    return [NameCount(name=n, count=c) for n, c in counter.most_common(TOP)]
+
+
+def _day(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).date().isoformat()
+
+
+async def _groups(api: state.Api, stream: str) -> list[dict]:
+    try:
+        return await api.client.xinfo_groups(stream)
+    except ResponseError:  # the stream does not exist yet
+        return []
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def pipeline(api: state.Api) -> Pipeline:
+    detect = next((g for g in await _groups(api, api.keys.lines)
+                   if _text(g["name"]) == DETECT_GROUP), None)
+    enforcers = [
+        EnforcerLag(host=_text(g["name"]).removeprefix(ENFORCE_PREFIX), pending=int(g["pending"]),
+                    lag=None if g.get("lag") is None else int(g["lag"]))
+        for g in await _groups(api, api.keys.decisions)
+        if _text(g["name"]).startswith(ENFORCE_PREFIX)
+    ]
+    return Pipeline(
+        lines_length=await api.client.xlen(api.keys.lines),
+        detect_pending=int(detect["pending"]) if detect else 0,
+        detect_lag=None if detect is None or detect.get("lag") is None else int(detect["lag"]),
+        enforcers=sorted(enforcers, key=lambda e: e.host),
+    )
+
+
+async def total_bans(api: state.Api) -> int:
+    try:
+        info = await api.client.xinfo_stream(api.keys.ban_history)
+    except ResponseError:
+        return 0
+    return int(info.get("entries-added", info["length"]))
+
+
+async def compute(api: state.Api, days: int, now: float | None = None) -> Stats:
+    now = time.time() if now is None else now
+    today = datetime.fromtimestamp(now, timezone.utc).date()
+    first = today - timedelta(days=days - 1)
+    start = datetime(first.year, first.month, first.day, tzinfo=timezone.utc).timestamp()
+    per_day = Counter({(first + timedelta(days=i)).isoformat(): 0 for i in range(days)})
+    countries: Counter[str] = Counter()
+    rules: Counter[str] = Counter()
+    hosts: Counter[str] = Counter()
+    async for rec in api.reader.history(since=start):
+        day = _day(rec.banned_at)
+        if day not in per_day:
+            continue
+        per_day[day] += 1
+        countries[api.reader.view(rec, False).country or UNKNOWN_COUNTRY] += 1
+        rules[rec.rule] += 1
+        hosts[rec.host] += 1
+    return Stats(
+        total_bans=await total_bans(api),
+        active_bans=await api.client.zcount(api.keys.active_bans, f"({now}", "+inf"),
+        days=days,
+        bans_in_range=sum(per_day.values()),
+        bans_per_day=[DayCount(day=d, count=c) for d, c in sorted(per_day.items())],
+        latest_ban=await latest(api, now),
+        top_countries=_top(countries),
+        top_rules=_top(rules),
+        top_hosts=_top(hosts),
+        pipeline=await pipeline(api),
+    )
+
+
+async def latest(api: state.Api, now: float) -> Ban | None:
+    """The newest ban written; active if it is still the address's ban in force."""
+    async for rec in api.reader.history():
+        current = await bans.record(api.client, api.keys, rec.address)
+        expiry = await api.client.zscore(api.keys.active_bans, rec.address)
+        in_force = (current is not None and current.banned_at == rec.banned_at
+                    and expiry is not None and expiry > now)
+        return api.reader.view(rec, in_force)
+    return None
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    days = int_param(request.query, "days", 10, 1, MAX_DAYS)
+    return json(await compute(state.of(request), days))
+
+
+def routes() -> list[web.RouteDef]:
+    return [web.get("/api/v1/stats", get_stats)]

@@ -1,0 +1,116 @@
+"""`pyfilter ban/unban/list/show/stats/whitelist` against a real API process and Redis."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from pyfilter import cli, cli_api
+from pyfilter.common import messages
+from pyfilter.common.keys import Keys
+from tests.unit.apiserver import api_server  # noqa: F401  (fixture)
+from tests.unit.apisupport import PREFIX
+
+
+@pytest.fixture(autouse=True)
+def no_ambient_settings(monkeypatch, tmp_path):
+    """The tests say where the API is; nothing from the environment or a checkout's compose/.env."""
+    for name in ("PYFILTER_API_URL", "PYFILTER_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(cli_api, "CHECKOUT_ENV", tmp_path / "no-such.env")
+    monkeypatch.chdir(tmp_path)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_ban_list_show_unban_round_trip(api_server, capsys):
+    url, token = ["--url", api_server.url], ["--token", api_server.token]
+    code, out, _ = run(capsys, "ban", "198.51.100.7", "2001:db8::/64", "--duration", "2h",
+                       "--reason", "port scan", *url, *token)
+    assert code == 0 and "banned 2 address(es)" in out
+
+    code, out, _ = run(capsys, "list", *url)
+    assert code == 0 and "198.51.100.7" in out and "2001:db8::/64" in out and "port scan" in out
+    assert "2 of 2 ban(s)" in out
+
+    code, out, _ = run(capsys, "list", "--json", "--prefix", "198.51.100.0/24", *url)
+    listed = json.loads(out)
+    assert [b["address"] for b in listed["bans"]] == ["198.51.100.7"] and listed["total"] == 1
+
+    code, out, _ = run(capsys, "show", "2001:db8::/64", *url)
+    assert code == 0 and "port scan" in out and "manual" in out and "country" in out
+
+    code, out, _ = run(capsys, "unban", "198.51.100.7", *url, *token)
+    assert code == 0 and "198.51.100.7: unbanned" in out
+    code, out, _ = run(capsys, "unban", "198.51.100.7", *url, *token)
+    assert code == 1 and "was not banned" in out
+
+    decisions = redis.Redis.from_url(api_server.redis_url).xrange(Keys(PREFIX).decisions)
+    sent = [messages.decode_decision(f[b"m"]) for _, f in decisions]
+    assert [(d.action, d.address) for d in sent] == [
+        ("ban", "198.51.100.7"), ("ban", "2001:db8::/64"), ("unban", "198.51.100.7"), ("unban", "198.51.100.7")]
+
+
+def test_exit_codes_scripts_can_trust(api_server, capsys, monkeypatch):
+    url, token = ["--url", api_server.url], ["--token", api_server.token]
+    assert run(capsys, "show", "203.0.113.50", *url)[0] == 1  # never banned
+    code, _, err = run(capsys, "ban", "127.0.0.1", *url, *token)
+    assert code == 3 and "409" in err and "loopback" in err
+    code, _, err = run(capsys, "ban", "198.51.100.7", "--duration", "soon", *url, *token)
+    assert code == 3 and "duration" in err
+    code, _, err = run(capsys, "ban", "198.51.100.7", *url, "--token", "wrong")
+    assert code == 3 and "401" in err
+    code, _, err = run(capsys, "ban", "198.51.100.7", *url)  # no token anywhere
+    assert code == 2 and "no API token" in err
+    code, _, err = run(capsys, "list", "--url", "http://127.0.0.1:9")
+    assert code == 4 and "cannot reach" in err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["list", "--limit", "many"])
+    assert exc.value.code == 2
+
+
+def test_url_and_token_from_the_environment_or_compose_env(api_server, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("PYFILTER_API_URL", api_server.url)
+    env_file = tmp_path / "compose" / ".env"
+    env_file.parent.mkdir()
+    env_file.write_text(f"COMPOSE_FILE=x.yml\nPYFILTER_API_TOKEN={api_server.token}\n")
+    assert run(capsys, "ban", "198.51.100.9")[0] == 0  # token found in ./compose/.env
+    env_file.unlink()
+    monkeypatch.setenv("PYFILTER_API_TOKEN", api_server.token)
+    assert run(capsys, "unban", "198.51.100.9")[0] == 0
+
+
+def test_bulk_ban_from_a_file(api_server, capsys, tmp_path):
+    listing = tmp_path / "blocklist.txt"
+    listing.write_text("# from a feed\n" + "\n".join(f"203.0.113.{i}" for i in range(1, 201)) + "\n")
+    code, out, _ = run(capsys, "ban", "--file", str(listing), "--duration", "-1", "--url", api_server.url,
+                       "--token", api_server.token)
+    assert code == 0 and "banned 200" in out
+    code, out, _ = run(capsys, "list", "--json", "--limit", "1000", "--url", api_server.url)
+    bans = json.loads(out)["bans"]
+    assert len(bans) == 200 and all(b["expires_at"] is None for b in bans)
+
+
+def test_stats_and_whitelist_commands(api_server, capsys):
+    url, token = ["--url", api_server.url], ["--token", api_server.token]
+    run(capsys, "ban", "203.0.113.7", "198.51.100.7", *url, *token)
+    code, out, _ = run(capsys, "stats", "--days", "3", *url)
+    assert code == 0 and "total bans: 2" in out and "active: 2" in out and "top rules: manual 2" in out
+    code, out, _ = run(capsys, "stats", "--json", *url)
+    assert json.loads(out)["days"] == 10
+
+    code, out, _ = run(capsys, "whitelist", "add", "203.0.113.0/24", "--reason", "office", *url, *token)
+    assert code == 0 and "lifted 1 active ban(s)" in out
+    code, out, _ = run(capsys, "whitelist", *url)
+    assert code == 0 and "198.51.100.128/25" in out and "read-only" in out and "office" in out
+    assert run(capsys, "whitelist", "remove", "203.0.113.0/24", *url, *token)[0] == 0
+    assert run(capsys, "whitelist", "remove", "203.0.113.0/24", *url, *token)[0] == 1
+    code, _, err = run(capsys, "whitelist", "remove", "198.51.100.128/25", *url, *token)
+    assert code == 3 and "configuration file" in err
+    assert run(capsys, "whitelist", "add", *url, *token)[0] == 2

@@ -1,0 +1,165 @@
+"""The web admin page in a real headless Chromium, against a real API process and Redis.
+
+Needs Debian's chromium (/usr/bin/chromium) and the `playwright` Python
+package; playwright's own browser download is never used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from pyfilter.common import messages
+from pyfilter.common.keys import Keys
+from tests.unit.apiserver import start_api
+from tests.unit.apisupport import PREFIX, TOKEN, detector_ban
+from tests.unit.test_geo import write_db
+
+import playwright.sync_api as playwright_api  # noqa: E402  (a test dependency: `make dev`)
+expect = playwright_api.expect
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOT = Path("/tmp/pyfilter-webadmin.png")
+DAY = 86400
+
+
+@pytest.fixture
+def server(tmp_path, redis_url):
+    db = write_db(tmp_path / "country.mmdb", "GeoLite2-Country", {
+        "198.51.100.0/24": {"country": {"iso_code": "NL"}},
+        "203.0.113.0/24": {"country": {"iso_code": "BR"}},
+    })
+    now = time.time()
+
+    async def seed():
+        client = aioredis.from_url(redis_url)
+        await detector_ban(client, "198.51.100.7", now - 2 * DAY - 60, "sshd", "web-1", bantime=-1)
+        await detector_ban(client, "198.51.100.8", now - DAY, "sshd", "web-2", bantime=-1)
+        await detector_ban(client, "203.0.113.9", now - 120, "nginx-http-auth", "web-1")
+        await detector_ban(client, "2001:db8::7", now - 60, "postfix", "mail-1")
+        await client.aclose()
+    asyncio.run(seed())
+    proc, url = start_api(tmp_path, redis_url, country_db=db)
+    yield url, redis_url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def page(tmp_path):
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.fail("chromium is not installed (apt-get install -y chromium)")
+    with playwright_api.sync_playwright() as p:
+        # A fresh profile folder per test: no state carried between runs.
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM,
+            viewport={"width": 1400, "height": 1300},
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield context.new_page()
+        context.close()
+
+
+def active(redis_url: str) -> set[str]:
+    return {a.decode() for a in redis.Redis.from_url(redis_url).zrange(Keys(PREFIX).active_bans, 0, -1)}
+
+
+def test_dashboard_login_ban_search_unban(server, page):
+    url, redis_url = server
+    problems: list[str] = []
+    requests: list[str] = []
+    page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("request", lambda r: requests.append(r.url))
+
+    page.goto(url + "/")
+    # The dashboard, from the seeded bans.
+    expect(page.locator("#total-bans")).to_have_text("4")
+    expect(page.locator("#range-bans")).to_have_text("4")
+    expect(page.locator("#active-bans")).to_have_text("4")
+    expect(page.locator("#latest-ban")).to_contain_text("2001:db8::7")
+    expect(page.locator("#chart-days rect.bar")).to_have_count(10)
+    counts = [int(t) for t in page.locator("#chart-days text.count").all_text_contents()]
+    assert sum(counts) == 4 and counts[-1] == 2
+    expect(page.locator('#chart-countries rect[data-country="NL"]')).to_have_count(1)
+    expect(page.locator('#chart-countries rect[data-country="unknown"]')).to_have_count(1)
+    expect(page.locator("#bans tbody tr")).to_have_count(4)
+    expect(page.locator('#bans tr[data-address="198.51.100.7"]')).to_contain_text("NL")
+
+    # Details: why, and the log lines that led to the ban.
+    page.locator('#bans tr[data-address="198.51.100.7"] button', has_text="Details").click()
+    expect(page.locator("#bans tr.details")).to_contain_text("Failed password for root from 198.51.100.7")
+    expect(page.locator("#bans tr.details")).to_contain_text("3 failures of sshd")
+
+    # Writes need a login; a wrong token is refused.
+    expect(page.locator("#ban-form")).to_be_hidden()
+    expect(page.locator("[data-unban]").first).to_be_hidden()
+    page.fill("#token", "not-the-token")
+    page.click("#login-form button")
+    expect(page.locator("#login-error")).to_have_text("wrong token")
+    page.fill("#token", TOKEN)
+    page.click("#login-form button")
+    expect(page.locator("#ban-form")).to_be_visible()
+
+    # A manual ban through the form.
+    page.fill("#ban-form textarea", "192.0.2.44\n192.0.2.45")
+    page.fill('#ban-form input[name="duration"]', "2h")
+    page.fill('#ban-form input[name="reason"]', "seen in a honeypot")
+    page.click("#ban-form button")
+    expect(page.locator("#message")).to_contain_text("Banned 2 address(es)")
+    expect(page.locator('#bans tr[data-address="192.0.2.44"]')).to_contain_text("seen in a honeypot")
+    expect(page.locator("#active-bans")).to_have_text("6")
+    assert {"192.0.2.44", "192.0.2.45"} <= active(redis_url)
+
+    # A refused ban shows the API's reason.
+    page.fill("#ban-form textarea", "127.0.0.1")
+    page.click("#ban-form button")
+    expect(page.locator("#message")).to_contain_text("loopback")
+
+    # Search by rule, then by prefix and country.
+    page.fill('#search-form input[name="rule"]', "sshd")
+    page.click("#search-form button[type=submit]")
+    expect(page.locator("#bans tbody tr:not(.details)")).to_have_count(2)
+    page.click("#search-clear")
+    page.fill('#search-form input[name="prefix"]', "203.0.113.0/24")
+    page.fill('#search-form input[name="country"]', "br")
+    page.click("#search-form button[type=submit]")
+    expect(page.locator("#bans tbody tr")).to_have_count(1)
+    expect(page.locator("#bans tbody tr")).to_contain_text("203.0.113.9")
+    page.click("#search-clear")
+
+    # Unban.
+    page.click('[data-unban="192.0.2.44"]')
+    expect(page.locator('#bans tr[data-address="192.0.2.44"]')).to_have_count(0)
+    assert "192.0.2.44" not in active(redis_url)
+    sent = [messages.decode_decision(f[b"m"]) for _, f in
+            redis.Redis.from_url(redis_url).xrange(Keys(PREFIX).decisions)]
+    assert ("unban", "192.0.2.44") in [(d.action, d.address) for d in sent]
+
+    # Whitelist: add lifts the ban inside, then remove.
+    page.fill('#whitelist-form input[name="network"]', "192.0.2.45/32")
+    page.fill('#whitelist-form input[name="reason"]', "partner")
+    page.click("#whitelist-form button")
+    expect(page.locator("#message")).to_contain_text("lifted 1 active ban(s)")
+    expect(page.locator('#whitelist tr[data-network="192.0.2.45/32"]')).to_contain_text("partner")
+    assert "192.0.2.45" not in active(redis_url)
+
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.locator('#whitelist tr[data-network="192.0.2.45/32"] button').click()
+    expect(page.locator('#whitelist tr[data-network="192.0.2.45/32"]')).to_have_count(0)
+
+    # Logging out hides the writes again.
+    page.click("#logout")
+    expect(page.locator("#ban-form")).to_be_hidden()
+
+    # No script errors, no CSP violations; the browser's notes about the
+    # refusals this test provoked on purpose (wrong token, loopback ban) aside.
+    expected = ("status of 401", "status of 409")
+    assert [p for p in problems if not any(e in p for e in expected)] == []
+    assert all(r.startswith(url) for r in requests), [r for r in requests if not r.startswith(url)]
