@@ -45,6 +45,7 @@ class Detector:
         # host text -> address to count (or None): parsing and the never-ban
         # checks cost microseconds, and attackers repeat their address.
         self._countable_cache: dict[str, str | None] = {}
+        self._countable_own: set = set()  # the host addresses the cache was made with
         self.own = hosts.OwnAddresses(self.client, self.keys)
         # A container's hostname is unique per replica and stable across its
         # restarts, so a restarted replica finds its own unfinished batches at
@@ -56,16 +57,29 @@ class Detector:
 
     def observe(self, batch: messages.LineBatch, now: float, own: set) -> list[Observed]:
         """Failures in a batch, minus addresses that must never be counted."""
+        if own != self._countable_own:  # the host's addresses changed: judge afresh
+            self._countable_cache.clear()
+            self._countable_own = set(own)
         found = []
-        for line in batch.lines:
-            for f in self.matcher.match(line.text, batch.source, now):
-                address = self._countable(f.host, own)
-                if address is not None:
-                    found.append(Observed(f.rule, address, batch.host, f.time or batch.read_at,
-                                          line.id, line.text))
+        lines = batch.lines
+        for i, f in self.matcher.match_batch([line.text for line in lines], batch.source, now):
+            address = self._countable(f.host, own)
+            if address is not None:
+                line = lines[i]
+                found.append(Observed(f.rule, address, batch.host, f.time or batch.read_at,
+                                      line.id, line.text))
         return found
 
     def _countable(self, host: str, own: set) -> str | None:
+        cache = self._countable_cache
+        if host in cache:
+            return cache[host]
+        if len(cache) >= 100_000:
+            cache.clear()
+        cache[host] = address = self._check(host, own)
+        return address
+
+    def _check(self, host: str, own: set) -> str | None:
         try:
             addr = parse_address(host)
         except InvalidAddress:

@@ -204,6 +204,20 @@ def _may_see_newline(token: str) -> bool:
     return token in ("\\s", "\\S", "\\W", "\\D", "\\n")
 
 
+def _anchored(source: str) -> bool:
+    """Whether every match starts at `^` (a leading `^` outside any alternation)."""
+    tokens = _tokens(source)
+    if not tokens or tokens[0] != "^":
+        return False
+    depth = 0
+    for tok in tokens:
+        depth += tok == "("
+        depth -= tok == ")"
+        if tok == "|" and depth == 0:
+            return False
+    return True
+
+
 def _block_safe(source: str) -> bool:
     """Whether searching lines joined by newlines (MULTILINE) finds what each line alone would.
 
@@ -241,11 +255,19 @@ class _Pattern:
     full_names: tuple[str, ...] = ()
     short_names: tuple[str, ...] = ()
     repeats: bool = False
+    # The groups of (host, user, ruser, pid, time); a capture the pattern
+    # lacks reads its end marker instead, which is always "" (no value).
+    pick: tuple[str, ...] = ()
+    has_pid: bool = False
 
     def __post_init__(self) -> None:
         self.full_names = tuple(full for full, _ in self.groups)
         self.short_names = tuple(short for _, short in self.groups)
         self.repeats = len(set(self.short_names)) != len(self.short_names)
+        names = dict(zip(self.short_names, self.full_names))
+        marker = f"p__{self.index}"
+        self.pick = tuple(names.get(k, marker) for k in ("host", "user", "ruser", "pid", "time"))
+        self.has_pid = "pid" in names
 
     def captures(self, m: re.Match[str]) -> dict[str, str]:
         if self.repeats or len(self.full_names) < 2:
@@ -303,7 +325,14 @@ class _CompiledRule:
         except re.error as exc:
             raise RuleError(f"rule {name}: patterns do not compile together: {exc}") from None
         self.by_marker = {f"p__{p.index}": p for p in self.patterns}
-        self.block_regex = re.compile(source, re.MULTILINE) if _block_safe(source) else None
+        # For batches: the same search over lines joined by newlines (a
+        # leading newline included). A rule anchored at the line start reads
+        # that newline instead of `^`: the engine then jumps from newline to
+        # newline at C speed instead of trying every character of a line.
+        self.anchored = _anchored(source)
+        self.block_regex = None
+        if _block_safe(source):
+            self.block_regex = re.compile("\n" + source[1:] if self.anchored else source, re.MULTILINE)
         self.ignore = []
         for j, raw in enumerate(rule.ignore):
             try:
@@ -334,19 +363,24 @@ class _CompiledRule:
         return pat, pat.captures(m)
 
     def judge(self, m: re.Match[str], text: str, source: str | None, now: float | None) -> Failure | None:
-        """The failure a match of `text` is, if any (ignore patterns and connection state applied)."""
+        """The failure a match in `text` is, if any (ignore patterns and connection state applied)."""
         if self.ignore and self.ignored(text) is not None:
             return None
         pat = self.by_marker[m.lastgroup]  # type: ignore[index]
-        caps = pat.captures(m)
-        if not self.stateful and pat.kind == FAIL:  # the common case, without the detour
-            host = caps.get("host")
-            if not host:
-                return None
-            return Failure(self.name, normalize_host(host),
-                           timeparse.find_time(caps.get("time") or text, self.zone, now),
-                           caps.get("user") or caps.get("ruser") or None, pat.index)
-        return self.apply(pat, caps, text, source, now)[1]
+        if pat.repeats:
+            caps = pat.captures(m)
+            host, user, ruser = caps.get("host"), caps.get("user"), caps.get("ruser")
+            pid, when = caps.get("pid"), caps.get("time")
+        else:
+            host, user, ruser, pid, when = m.group(*pat.pick)
+            if not pat.has_pid:
+                pid = None
+        if host:
+            if host[0] in "[:":
+                host = normalize_host(host)
+        else:
+            host = None
+        return self.decide(pat, host, user or ruser or None, pid, when, text, source, now)
 
     def judge_line(self, text: str, source: str | None, now: float | None) -> Failure | None:
         m = self.regex.search(text)
@@ -361,56 +395,68 @@ class _CompiledRule:
     def time_of(self, text: str, caps: dict[str, str], now: float | None) -> float | None:
         return timeparse.find_time(caps.get("time") or text, self.zone, now)
 
-    def apply(self, pat: _Pattern, caps: dict[str, str], text: str, source: str | None,
-              now: float | None) -> tuple[str, Failure | None]:
-        """What a match means, given the connection's history: (outcome, failure)."""
-        host = caps.get("host")
-        host = normalize_host(host) if host else None
-        user = caps.get("user") or caps.get("ruser") or None
-        if not self.stateful or "pid" not in caps:
-            if pat.kind in (FAIL, ONCE) and host:
-                return "failure", Failure(self.name, host, self.time_of(text, caps, now), user, pat.index)
-            return "no failure", None
-        key = (source, caps["pid"])
-        conn = self.connections.get(key)
+    def decide(self, pat: _Pattern, host: str | None, user: str | None, pid: str | None,
+               when: str | None, text: str, source: str | None, now: float | None) -> Failure | None:
+        """What a match means, given the connection's history.
+
+        `host` is normalized; `when` is the text of a `time` capture, if any.
+        """
+        kind = pat.kind
+        if not self.stateful or pid is None:
+            if host and (kind == FAIL or kind == ONCE):
+                return Failure(self.name, host, timeparse.find_time(when or text, self.zone, now),
+                               user, pat.index)
+            return None
+        key = (source, pid)
+        connections = self.connections
+        conn = connections.get(key)
         if conn is None:
-            if pat.kind in (SUCCESS, CLOSE):
-                return "no failure", None  # nothing known about this connection
+            if kind == SUCCESS or kind == CLOSE:
+                return None  # nothing known about this connection
             if self.closed and (gone := self.closed.pop(key, None)) is not None \
-                    and pat.kind == ONCE and gone == host:
-                return "no failure", None  # the closing words of a connection that failed
-            conn = self.connections[key] = _Connection()
-            if len(self.connections) > _MAX_CONNECTIONS:
-                self.connections.popitem(last=False)
+                    and kind == ONCE and gone == host:
+                return None  # the closing words of a connection that failed
+            conn = connections[key] = _Connection()
+            if len(connections) > _MAX_CONNECTIONS:
+                connections.popitem(last=False)
+        elif host and conn.host and host != conn.host and kind != ONCE:
+            # A connection never changes its address: this pid was reused by
+            # a new connection, and the old one's history must not blame it
+            # (a ONCE line of another address still finds a failed connection
+            # and counts nothing, as before).
+            conn = connections[key] = _Connection()
+            connections.move_to_end(key)
         else:
-            self.connections.move_to_end(key)
+            connections.move_to_end(key)
         if host:
             conn.host = host
-        outcome, failure = "no failure", None
-        if pat.kind == FAIL or (pat.kind == ONCE and not conn.failed):
+        failure = None
+        if kind == FAIL or (kind == ONCE and not conn.failed):
             if conn.host is None:
-                conn.pending = (self.time_of(text, caps, now), user, pat.index)
-                return "pending", None
-            failure = Failure(self.name, conn.host, self.time_of(text, caps, now), user, pat.index)
-        elif pat.kind != ONCE:
+                conn.pending = (timeparse.find_time(when or text, self.zone, now), user, pat.index)
+                return None
+            failure = Failure(self.name, conn.host, timeparse.find_time(when or text, self.zone, now),
+                              user, pat.index)
+        elif kind != ONCE:
             if conn.pending and conn.host:
                 _, puser, pindex = conn.pending
-                failure = Failure(self.name, conn.host, self.time_of(text, caps, now), puser, pindex)
+                failure = Failure(self.name, conn.host, timeparse.find_time(when or text, self.zone, now),
+                                  puser, pindex)
             elif user and conn.host and conn.users and user not in conn.users:
-                failure = Failure(self.name, conn.host, self.time_of(text, caps, now), user, pat.index)
+                failure = Failure(self.name, conn.host, timeparse.find_time(when or text, self.zone, now),
+                                  user, pat.index)
         if user:
             conn.users.add(user)
         if failure is not None:
             conn.failed = True
             conn.pending = None
-            outcome = "failure"
-        if pat.kind in (SUCCESS, CLOSE):
-            self.connections.pop(key, None)
+        if kind == SUCCESS or kind == CLOSE:
+            connections.pop(key, None)
             if conn.failed and conn.host:
                 self.closed[key] = conn.host
                 if len(self.closed) > _MAX_CONNECTIONS:
                     self.closed.popitem(last=False)
-        return outcome, failure
+        return failure
 
 
 class _Screen:
@@ -471,8 +517,8 @@ class Matcher:
 
         The same as calling `match` on each line in turn, only faster.
         """
-        block = "\n".join(texts)
-        if block.count("\n") != len(texts) - 1:  # a line holds a newline: no block search
+        block = "\n" + "\n".join(texts)
+        if block.count("\n") != len(texts):  # a line holds a newline: no block search
             return [(i, f) for i, text in enumerate(texts) for f in self.match(text, source, now)]
         per_rule = []
         for rule, lits in self._for_source(source).gates:
@@ -546,7 +592,7 @@ def _line_by_line(rule: _CompiledRule, texts: Sequence[str], lits: tuple[str, ..
 
 def _scan_block(rule: _CompiledRule, block: str, texts: Sequence[str], source: str | None,
                 now: float | None) -> list[tuple[int, Failure]]:
-    """One rule over the lines of `block` (`texts` joined by newlines), searched as one string.
+    """One rule over a batch: `texts` joined in `block`, each line after a newline.
 
     After a match the search goes on at the next line (a line yields at most
     one match, the leftmost, as a search of the line alone would). A match
@@ -555,31 +601,37 @@ def _scan_block(rule: _CompiledRule, block: str, texts: Sequence[str], source: s
     """
     found = []
     search, judge, judge_line = rule.block_regex.search, rule.judge, rule.judge_line  # type: ignore[union-attr]
-    count, rfind = block.count, block.rfind
-    pos = 0  # where the next search starts: always a line start
-    line = 0  # index of the line starting at `pos`
-    while True:
+    count, rfind, find = block.count, block.rfind, block.find
+    # An anchored regex starts with the newline before its line; so does
+    # `pos`, the next place to search, and `line` is the line after it.
+    lead = 1 if rule.anchored else 0
+    pos, line, size = 1 - lead, 0, len(block)
+    while pos < size:
         m = search(block, pos)
         if m is None:
-            return found
-        start = m.start()
-        line += count("\n", pos, start)
+            break
+        start = m.start() + lead  # where the line's text is matched from
+        if start != pos + lead:
+            line += count("\n", pos + lead, start)
+            begin = rfind("\n", 0, start) + 1
+        else:
+            begin = start
         text = texts[line]
-        end_of_line = rfind("\n", 0, start) + 1 + len(text)
-        if m.end() > end_of_line:
-            last = line + count("\n", start, m.end())
-            for i in range(line, min(last, len(texts) - 1) + 1):
+        end = begin + len(text)
+        if m.end() > end:  # over a line end: judge the lines it covers alone
+            last = min(line + count("\n", start, m.end()), len(texts) - 1)
+            for i in range(line, last + 1):
                 failure = judge_line(texts[i], source, now)
                 if failure is not None:
                     found.append((i, failure))
-            end_of_line = block.find("\n", m.end())
-            if end_of_line < 0:
-                return found
-            pos, line = end_of_line + 1, last + 1
-            continue
-        failure = judge(m, text, source, now)
-        if failure is not None:
-            found.append((line, failure))
-        pos, line = end_of_line + 1, line + 1
-        if pos > len(block):
-            return found
+            end = find("\n", m.end())
+            if end < 0:
+                break
+            line = last + 1
+        else:
+            failure = judge(m, text, source, now)
+            if failure is not None:
+                found.append((line, failure))
+            line += 1
+        pos = end + 1 - lead
+    return found

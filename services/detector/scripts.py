@@ -55,9 +55,14 @@ local function ban(g, trigger, window_key, lines_key)
   local duration = escalated(g.bantime, g.factor, g.maxtime, count)
   local expires = INF
   if duration >= 0 then expires = now + duration end
+  -- While a ban is in force, crossing a threshold again decides nothing,
+  -- unless the new ban is longer (recidive, or a rule with a longer bantime).
   local current = redis.call('ZSCORE', active_key, g.address)
-  if current and (current == 'inf' or tonumber(current) >= expires) then
-    return  -- already banned at least as long: no second decision
+  if current and (current == 'inf' or tonumber(current) > now) then
+    if current == 'inf' then return end
+    local held = redis.call('GET', prefix .. 'ban:' .. g.address)
+    local held_duration = held and cmsgpack.unpack(held).duration or 0
+    if duration >= 0 and (held_duration < 0 or duration <= held_duration) then return end
   end
   redis.call('INCR', prefix .. 'bancount:' .. g.address)
 

@@ -165,3 +165,19 @@ def test_failures_recorded_out_of_order_still_ban(redis_url):
     spread = failures(3, start=NOW - 50, step=20)
     bans, _ = run(record(redis_url, {"sshd": make_rule()}, [[spread[2]], [spread[0]], [spread[1]]]))
     assert [b.address for b in bans] == [ATTACKER]
+
+
+def test_crossing_again_while_banned_decides_nothing(redis_url):
+    # Lines of a banned address keep coming (other hosts, or already in flight):
+    # no second decision until the ban ran out, whatever "now" says.
+    async def go():
+        client = aioredis.from_url(redis_url)
+        windows = Windows(client, "pf:", {"sshd": make_rule()})
+        found = []
+        for round_ in range(4):
+            now = NOW + round_ * 60
+            found += await windows.record(failures(3, start=now - 5, tag=f"r{round_}"), now)
+        found += await windows.record(failures(3, start=NOW + 700 - 5, tag="late"), NOW + 700)
+        await client.aclose()
+        return found
+    assert [b.duration for b in run(go())] == [600, 600]

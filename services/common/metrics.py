@@ -1,0 +1,31 @@
+"""Prometheus metrics: every service exposes its own, named pyfilter_<service>_*.
+
+Services without an HTTP server (collector, detector, enforcer) serve them on
+`PYFILTER_METRICS_PORT` (each has a default; 0 turns it off); the api serves
+them at /metrics beside its routes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest, start_http_server
+
+log = logging.getLogger("pyfilter.metrics")
+
+DEFAULT_PORTS = {"collector": 9101, "detector": 9102, "enforcer": 9103}
+
+
+def serve(service: str, host: str = "0.0.0.0") -> int:
+    """Start the metrics endpoint of `service`; returns its port (0: off)."""
+    port = int(os.environ.get("PYFILTER_METRICS_PORT", DEFAULT_PORTS[service]))
+    if port:
+        start_http_server(port, addr=host)
+        log.info("metrics served", extra={"port": port, "bind": host})
+    return port
+
+
+def exposition() -> tuple[bytes, str]:
+    """The current metrics of this process in the text format, and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
