@@ -13,7 +13,7 @@ import logging
 
 from aiohttp import web
 
-from pyfilter.api import openapi, routes_bans, routes_whitelist, state, stats, webadmin
+from pyfilter.api import metrics, openapi, routes_bans, routes_whitelist, state, stats, webadmin
 from pyfilter.api.auth import TOKEN, require_token
 from pyfilter.api.notify import start_notifier
 from pyfilter.api.responses import FieldError, error, json
@@ -43,7 +43,10 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
         # aiohttp's own 404/405 are plain text; API clients get the JSON error shape.
         if not request.path.startswith("/api/") or exc.status < 400:
             raise
-        return error(exc.status, f"{request.method} {request.path}: {exc.reason}")
+        response = error(exc.status, f"{request.method} {request.path}: {exc.reason}")
+        if "Allow" in exc.headers:  # a 405 must say which methods the path takes (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -71,12 +74,13 @@ async def prune_until(api: Api, stop: asyncio.Event) -> None:
 
 
 def build(api: Api) -> web.Application:
-    app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=[errors])
+    app = web.Application(client_max_size=8 * 1024 * 1024,
+                          middlewares=[metrics.count_requests, errors])
     app[API] = api
     if api.settings.config.api.token:
         app[TOKEN] = api.settings.config.api.token
     app.add_routes([web.get("/healthz", healthz), web.get("/api/v1/auth", check_token)])
-    for module in (routes_bans, routes_whitelist, stats, openapi):
+    for module in (routes_bans, routes_whitelist, stats, openapi, metrics):
         app.add_routes(module.routes())
     webadmin.setup(app)
 

@@ -20,9 +20,16 @@ DEFAULT_PORTS = {"collector": 9101, "detector": 9102, "enforcer": 9103}
 def serve(service: str, host: str = "0.0.0.0") -> int:
     """Start the metrics endpoint of `service`; returns its port (0: off)."""
     port = int(os.environ.get("PYFILTER_METRICS_PORT", DEFAULT_PORTS[service]))
-    if port:
+    if not port:
+        return 0
+    try:
         start_http_server(port, addr=host)
-        log.info("metrics served", extra={"port": port, "bind": host})
+    except OSError as exc:
+        # Metrics are for watching; a port clash must not stop the service's work.
+        log.error("cannot serve metrics; set PYFILTER_METRICS_PORT (0 turns them off)",
+                  extra={"port": port, "error": str(exc)})
+        return 0
+    log.info("metrics served", extra={"port": port, "bind": host})
     return port
 
 

@@ -20,10 +20,13 @@ import time
 import msgspec
 
 from pyfilter.common import health, hosts, log, messages
-from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_address, parse_network
+from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_address
 from pyfilter.common.config import ConfigError, Settings, load
 from pyfilter.common.keys import DETECT_GROUP, Keys
+from pyfilter.common.metrics import serve as serve_metrics
 from pyfilter.common.redisio import TRANSIENT, connect, ensure_group, wait_for_redis
+from pyfilter.common.whitelist import Whitelist
+from pyfilter.detector import metrics
 from pyfilter.detector.rules import Matcher
 from pyfilter.detector.windows import Observed, Windows
 
@@ -31,6 +34,7 @@ logger = logging.getLogger("pyfilter.detector")
 
 BATCHES_PER_READ = 16
 CLAIM_EVERY_S = 5.0
+LAG_EVERY_S = 5.0
 
 
 class Detector:
@@ -41,11 +45,12 @@ class Detector:
         self.client = connect(cfg.redis)
         self.matcher = Matcher(settings.rules)
         self.windows = Windows(self.client, cfg.redis.prefix, settings.rules)
-        self.whitelist = [parse_network(n) for n in cfg.whitelist]
+        self.whitelist = Whitelist(self.client, self.keys, cfg.whitelist)
         # host text -> address to count (or None): parsing and the never-ban
         # checks cost microseconds, and attackers repeat their address.
         self._countable_cache: dict[str, str | None] = {}
-        self._countable_own: set = set()  # the host addresses the cache was made with
+        # What the cache was made with: the host addresses and whitelist.
+        self._countable_basis: tuple = ()
         self.own = hosts.OwnAddresses(self.client, self.keys)
         # A container's hostname is unique per replica and stable across its
         # restarts, so a restarted replica finds its own unfinished batches at
@@ -54,43 +59,47 @@ class Detector:
         self.consumer = os.environ.get("PYFILTER_CONSUMER") or socket.gethostname()
         self.stopping = asyncio.Event()
         self.next_claim = 0.0
+        self.next_lag = 0.0
 
-    def observe(self, batch: messages.LineBatch, now: float, own: set) -> list[Observed]:
+    def observe(self, batch: messages.LineBatch, now: float, own: set,
+                whitelist: list) -> list[Observed]:
         """Failures in a batch, minus addresses that must never be counted."""
-        if own != self._countable_own:  # the host's addresses changed: judge afresh
+        basis = (frozenset(own), tuple(whitelist))
+        if basis != self._countable_basis:  # addresses or whitelist changed: judge afresh
             self._countable_cache.clear()
-            self._countable_own = set(own)
+            self._countable_basis = basis
         found = []
         lines = batch.lines
         for i, f in self.matcher.match_batch([line.text for line in lines], batch.source, now):
-            address = self._countable(f.host, own)
+            address = self._countable(f.host, own, whitelist)
             if address is not None:
                 line = lines[i]
                 found.append(Observed(f.rule, address, batch.host, f.time or batch.read_at,
                                       line.id, line.text))
         return found
 
-    def _countable(self, host: str, own: set) -> str | None:
+    def _countable(self, host: str, own: set, whitelist: list) -> str | None:
         cache = self._countable_cache
         if host in cache:
             return cache[host]
         if len(cache) >= 100_000:
             cache.clear()
-        cache[host] = address = self._check(host, own)
+        cache[host] = address = self._check(host, own, whitelist)
         return address
 
-    def _check(self, host: str, own: set) -> str | None:
+    def _check(self, host: str, own: set, whitelist: list) -> str | None:
         try:
             addr = parse_address(host)
         except InvalidAddress:
             return None  # a hostname: we never resolve names an attacker controls
-        if never_ban_reason(addr, self.whitelist, own) is not None:
+        if never_ban_reason(addr, whitelist, own) is not None:
             return None
         return str(addr)
 
     async def handle(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         now = time.time()
         own = await self.own.get()
+        whitelist = await self.whitelist.networks()
         observed: list[Observed] = []
         ids = []
         for entry_id, fields in entries:
@@ -102,16 +111,33 @@ class Detector:
             except (KeyError, msgspec.DecodeError) as exc:
                 logger.error("undecodable lines entry, moved aside",
                              extra={"entry": entry_id.decode(), "error": str(exc)})
+                metrics.ERRORS.labels("undecodable").inc()
                 await self.client.xadd(f"{self.keys.lines}:dead", fields)
                 continue
-            observed += self.observe(batch, now, own)
+            found = self.observe(batch, now, own, whitelist)
+            metrics.LINES.labels(batch.source).inc(len(batch.lines))
+            observed += found
+        for o in observed:
+            metrics.FAILURES.labels(o.rule).inc()
         for ban in await self.windows.record(observed, now):
+            metrics.BANS.labels(ban.rule).inc()
             logger.info("ban decided", extra={"address": ban.address, "rule": ban.rule,
                                               "duration": ban.duration})
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.xack(self.keys.lines, DETECT_GROUP, *ids)
             pipe.xdel(self.keys.lines, *ids)
             await pipe.execute()
+        metrics.BATCHES.inc(len(ids))
+
+    async def measure_lag(self) -> None:
+        """Export how far behind the detectors are (every few seconds, from any replica)."""
+        if time.monotonic() < self.next_lag:
+            return
+        self.next_lag = time.monotonic() + LAG_EVERY_S
+        for group in await self.client.xinfo_groups(self.keys.lines):
+            if group["name"] in (DETECT_GROUP, DETECT_GROUP.encode()):
+                metrics.LAG.set(group.get("lag") or 0)
+                metrics.PENDING.set(group["pending"])
 
     async def resume(self) -> None:
         """Finish the batches this consumer took before a crash or a lost connection."""
@@ -133,7 +159,9 @@ class Detector:
             health.beat()
             try:
                 await self.step()
+                await self.measure_lag()
             except TRANSIENT as exc:
+                metrics.ERRORS.labels("redis").inc()
                 logger.warning("redis error, retrying", extra={"error": str(exc)})
                 await asyncio.sleep(1)
                 await self.resume()
@@ -157,6 +185,7 @@ class Detector:
 
 
 async def main_async(settings: Settings) -> None:
+    serve_metrics("detector")
     detector = Detector(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -24,10 +24,13 @@ import time
 import msgspec
 
 from pyfilter.common import bans, health, hosts, log, messages
-from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_network, parse_target
+from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_target
 from pyfilter.common.config import ConfigError, Settings, load
 from pyfilter.common.keys import Keys
+from pyfilter.common.metrics import serve as serve_metrics
 from pyfilter.common.redisio import TRANSIENT, connect, ensure_group, wait_for_redis
+from pyfilter.common.whitelist import Whitelist
+from pyfilter.enforcer import metrics
 from pyfilter.enforcer.backends import make_backend
 from pyfilter.enforcer.backends.base import DEFAULT_SCOPE, Backend, Ban, Scope, ban_key
 from pyfilter.enforcer.hostinfo import own_addresses
@@ -47,7 +50,8 @@ class Enforcer:
         self.client = connect(cfg.redis)
         self.group = self.keys.enforce_group(settings.host)
         self.consumer = settings.host
-        self.whitelist = [parse_network(n) for n in cfg.whitelist]
+        self.whitelist = Whitelist(self.client, self.keys, cfg.whitelist)
+        self.networks: list = []  # the whitelist as last read
         self.own: set = set()  # filled from the kernel at start and each reconcile
         self.stopping = asyncio.Event()
         self.next_reconcile = 0.0
@@ -56,7 +60,7 @@ class Enforcer:
                             for name, r in settings.rules.items() if r.ports or r.verdict != "drop"}
 
     def refusal(self, target) -> str | None:
-        return never_ban_reason(target, self.whitelist, self.own)
+        return never_ban_reason(target, self.networks, self.own)
 
     async def apply(self, decisions: list[messages.Decision], redelivered: bool = False) -> None:
         """Apply decisions in order; consecutive bans go to the kernel as one batch.
@@ -66,6 +70,7 @@ class Enforcer:
         """
         pending: list[Ban] = []
         now = time.time()
+        self.networks = await self.whitelist.networks()
         in_kernel = await self.backend.list() if redelivered else {}
         for d in decisions:
             try:
@@ -73,15 +78,19 @@ class Enforcer:
             except InvalidAddress as exc:
                 logger.error("decision with a bad address ignored", extra={"error": str(exc)})
                 continue
+            metrics.DECISIONS.labels(d.action).inc()
             if d.action == "unban":
                 if pending:
                     await self.backend.ban(pending)
+                    metrics.APPLIED.labels("ban").inc(len(pending))
                     pending = []
                 await self.backend.unban([target])
+                metrics.APPLIED.labels("unban").inc()
                 self.scopes.pop(d.address, None)
                 logger.info("unbanned", extra={"address": d.address, "origin": d.origin})
                 continue
             if reason := self.refusal(target):
+                metrics.REFUSED.inc()
                 logger.warning("refused to ban", extra={"address": d.address, "rule": d.rule,
                                                         "reason": reason})
                 continue
@@ -102,11 +111,13 @@ class Enforcer:
                                          "seen_by": d.host, "origin": d.origin, "scope": scope.text()})
         if pending:
             await self.backend.ban(pending)
+            metrics.APPLIED.labels("ban").inc(len(pending))
 
     async def reconcile(self) -> None:
         # Addresses change (DHCP, a new resolver): read them again each time.
         self.own = await own_addresses()
         await hosts.publish(self.client, self.keys, self.settings.host, self.own)
+        self.networks = await self.whitelist.networks()
         now = time.time()
         wanted: dict[str, float | None] = {}
         active = await bans.active(self.client, self.keys, now)
@@ -120,6 +131,10 @@ class Enforcer:
                 scope = self.scopes.get(address, DEFAULT_SCOPE)
                 wanted[ban_key(target, scope)] = None if expires is None else expires - now
         added, removed = await self.backend.sync(wanted)
+        metrics.RECONCILES.inc()
+        metrics.RECONCILE_CHANGES.labels("added").inc(len(added))
+        metrics.RECONCILE_CHANGES.labels("removed").inc(len(removed))
+        metrics.KERNEL_BANS.set(len(wanted))
         logger.info("reconciled", extra={"active": len(wanted), "added": len(added),
                                          "removed": len(removed)})
         self.next_reconcile = time.monotonic() + self.settings.config.enforcer.reconcile_interval
@@ -175,6 +190,7 @@ class Enforcer:
                 if time.monotonic() >= self.next_reconcile:
                     await self.reconcile()
             except TRANSIENT as exc:
+                metrics.ERRORS.labels("redis").inc()
                 logger.warning("redis error, retrying", extra={"error": str(exc)})
                 await asyncio.sleep(1)
                 await self.start()
@@ -192,6 +208,8 @@ def _scope_or_default(ports, verdict: str, rule: str) -> Scope:
 
 
 async def main_async(settings: Settings) -> None:
+    # The enforcer shares the host's network: metrics stay on its loopback.
+    serve_metrics("enforcer", host="127.0.0.1")
     enforcer = Enforcer(settings, make_backend(settings.config.enforcer.backend))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

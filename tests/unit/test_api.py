@@ -8,6 +8,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from pyfilter.api.app import Api
+from pyfilter.common import messages
 from pyfilter.common.keys import Keys
 from tests.unit.apisupport import AUTH, TOKEN, call, decisions, settings
 
@@ -208,3 +209,21 @@ def test_page_and_api_carry_security_headers(redis_url):
         assert headers["X-Frame-Options"] == "DENY"
         assert headers["X-Content-Type-Options"] == "nosniff"
         assert not any(h.lower().startswith("access-control-") for h in headers)
+
+
+def test_metrics_show_requests_active_bans_and_pipeline_lag(redis_url):
+    async def steps(client, redis):
+        await client.post("/api/v1/bans", json={"address": "198.51.100.7"}, headers=AUTH)
+        batch = messages.LineBatch(host="h", source="auth", lines=[messages.Line("a:1", "x")],
+                                   read_at=0.0)
+        for _ in range(3):
+            await redis.xadd(Keys("t:").lines, {"m": messages.encode(batch)})
+        r = await client.get("/metrics")
+        return r.status, r.headers["Content-Type"], await r.text()
+    status, content_type, text = call(redis_url, steps)
+    assert status == 200 and content_type.startswith("text/plain")
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+              if line and not line.startswith("#")}
+    assert values["pyfilter_active_bans"] == 1
+    assert values["pyfilter_lines_stream_length"] == 3
+    assert values['pyfilter_api_requests_total{method="POST",status="201"}'] >= 1

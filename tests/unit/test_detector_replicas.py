@@ -8,6 +8,7 @@ claimed and finished by the others.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,8 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import redis
+import redis.asyncio as aioredis
 
-from pyfilter.common import messages
+from pyfilter.common import messages, whitelist
+from pyfilter.common.addresses import parse_network
 from pyfilter.common.keys import DETECT_GROUP, Keys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,7 +57,7 @@ def feed(client: redis.Redis, lines: list[str]) -> None:
 def start_detector(config: Path, url: str) -> subprocess.Popen:
     name = f"replica-{time.time_ns()}"
     env = {**os.environ, "PYFILTER_CONFIG": str(config), "PYFILTER_REDIS_URL": url,
-           "PYFILTER_CONSUMER": name,
+           "PYFILTER_CONSUMER": name, "PYFILTER_METRICS_PORT": "0",
            "PYFILTER_HOST": "h1", "PYFILTER_HEARTBEAT": str(config.parent / f"hb-{time.time_ns()}")}
     log = open(config.parent / "detectors.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "pyfilter.detector"], env=env, stderr=log)
@@ -110,9 +113,11 @@ def freeze_while_holding(client: redis.Redis, victim: subprocess.Popen) -> None:
         time.sleep(0.005)
 
 
-def run_replicas(url: str, config: Path, replicas: int, kill_one: bool) -> set[tuple[str, str]]:
+def run_replicas(url: str, config: Path, replicas: int, kill_one: bool,
+                 keep_data: bool = False) -> set[tuple[str, str]]:
     client = redis.Redis.from_url(url)
-    client.flushall()
+    if not keep_data:
+        client.flushall()
     # With a victim, it starts alone so the batches it will die holding are its own.
     procs = [start_detector(config, url) for _ in range(1 if kill_one else replicas)]
     try:
@@ -143,3 +148,16 @@ def test_one_and_three_replicas_with_one_killed_decide_the_same_bans(redis_url, 
     three = run_replicas(redis_url, config, replicas=3, kill_one=True)
     assert one == expected
     assert three == expected
+
+
+def test_detector_does_not_count_an_operator_whitelisted_network(redis_url, tmp_path):
+    async def add():
+        client = aioredis.from_url(redis_url)
+        await whitelist.add(client, KEYS, parse_network("198.51.100.0/28"))
+        await client.aclose()
+    asyncio.run(add())
+    decided_bans = run_replicas(redis_url, write_config(tmp_path), replicas=1, kill_one=False,
+                                keep_data=True)
+    assert not any(a.startswith("198.51.100.") and int(a.rsplit(".", 1)[1]) < 16
+                   for a, _ in decided_bans)
+    assert ("198.51.100.20", "sshd") in decided_bans

@@ -235,3 +235,21 @@ def test_decision_redelivered_after_a_crash_is_not_applied_twice(redis_url):
 async def _pending_is_empty(client, group) -> bool:
     info = await client.xpending(KEYS.decisions, group)
     return info["pending"] == 0
+
+
+def test_operator_whitelist_in_redis_is_honoured(redis_url):
+    from pyfilter.common import whitelist
+    from pyfilter.common.addresses import parse_network
+
+    async def go():
+        client = aioredis.from_url(redis_url)
+        await whitelist.add(client, KEYS, parse_network("2001:db8:aa::/48"))
+        kernel = LogOnlyBackend()
+        async with Running(redis_url, kernel):
+            await publish(client, "ban", "2001:db8:aa::5")
+            await publish(client, "ban", "2001:db8:bb::5")
+            await until(lambda: _has(kernel, "2001:db8:bb::5"))
+        state = await kernel.list()
+        await client.aclose()
+        return state
+    assert set(asyncio.run(go())) == {"2001:db8:bb::5"}
