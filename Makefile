@@ -81,5 +81,9 @@ integration: dev images
 test: dev images
 	PYFILTER_AIRGAPPED=$(AIRGAPPED) $(VENV)/bin/pytest tests -q -rs
 
+# Side by side with fail2ban (docs/benchmarks.md), then the kernel side in a
+# throwaway network namespace (docs/enforcer-bench.md), then the collector.
 bench: dev
 	$(VENV)/bin/python -m bench.run
+	$(VENV)/bin/python bench/enforcer_bans.py --write docs/enforcer-bench.md
+	$(VENV)/bin/python bench/collector_throughput.py

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 import time
 
@@ -21,11 +20,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from redis.exceptions import RedisError
 
-from pyfilter.common import health
-from pyfilter.common.config import ConfigError, Settings, Source as SourceConfig, load
+from pyfilter.common import health, service
+from pyfilter.common.config import Settings, Source as SourceConfig
 from pyfilter.common.keys import Keys
 from pyfilter.common.redisio import connect
-from pyfilter.common.log import setup
 
 from . import checkpoints
 from .checkpoints import Committer
@@ -96,13 +94,13 @@ class Exporter:
 
 
 async def run(settings: Settings) -> int:
+    if not settings.config.collector.sources:
+        log.warning("no sources configured; nothing to collect")
     cfg = settings.config
     redis = connect(cfg.redis, socket_timeout=30)
     committer = Committer(redis, Keys(cfg.redis.prefix), settings.host, cfg.redis.lines_maxlen)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    service.stop_on_signals(stop)
 
     stats = {source.name: Stats() for source in cfg.collector.sources}
     port = int(os.environ.get("PYFILTER_METRICS_PORT", "9101"))
@@ -130,15 +128,7 @@ async def run(settings: Settings) -> int:
 
 
 def main() -> int:
-    setup("collector")
-    try:
-        settings = load()
-    except ConfigError as exc:
-        log.error(str(exc))
-        return 2
-    if not settings.config.collector.sources:
-        log.warning("no sources configured; nothing to collect")
-    return asyncio.run(run(settings))
+    return service.run("collector", run)
 
 
 if __name__ == "__main__":

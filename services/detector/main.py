@@ -13,15 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 import time
 
 import msgspec
 
-from pyfilter.common import health, hosts, log, messages
+from pyfilter.common import health, hosts, messages, service
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_address
-from pyfilter.common.config import ConfigError, Settings, load
+from pyfilter.common.config import Settings
 from pyfilter.common.keys import DETECT_GROUP, Keys
 from pyfilter.common.metrics import serve as serve_metrics
 from pyfilter.common.redisio import TRANSIENT, connect, ensure_group, wait_for_redis
@@ -187,18 +186,9 @@ class Detector:
 async def main_async(settings: Settings) -> None:
     serve_metrics("detector")
     detector = Detector(settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, detector.stopping.set)
+    service.stop_on_signals(detector.stopping)
     await detector.run()
 
 
 def main() -> int:
-    log.setup("detector")
-    try:
-        settings = load()
-    except ConfigError as exc:
-        logger.error(str(exc))
-        return 2
-    asyncio.run(main_async(settings))
-    return 0
+    return service.run("detector", main_async)

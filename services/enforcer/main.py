@@ -18,14 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import signal
 import time
 
 import msgspec
 
-from pyfilter.common import bans, health, hosts, log, messages
+from pyfilter.common import bans, health, hosts, messages, service
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_target
-from pyfilter.common.config import ConfigError, Settings, load
+from pyfilter.common.config import Settings
 from pyfilter.common.keys import Keys
 from pyfilter.common.metrics import serve as serve_metrics
 from pyfilter.common.redisio import TRANSIENT, connect, ensure_group, wait_for_redis
@@ -211,18 +210,9 @@ async def main_async(settings: Settings) -> None:
     # The enforcer shares the host's network: metrics stay on its loopback.
     serve_metrics("enforcer", host="127.0.0.1")
     enforcer = Enforcer(settings, make_backend(settings.config.enforcer.backend))
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, enforcer.stopping.set)
+    service.stop_on_signals(enforcer.stopping)
     await enforcer.run()
 
 
 def main() -> int:
-    log.setup("enforcer")
-    try:
-        settings = load()
-    except ConfigError as exc:
-        logger.error(str(exc))
-        return 2
-    asyncio.run(main_async(settings))
-    return 0
+    return service.run("enforcer", main_async)
