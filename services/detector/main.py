@@ -11,6 +11,7 @@ line id.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
@@ -45,6 +46,8 @@ class Detector:
         self.matcher = Matcher(settings.rules)
         self.windows = Windows(self.client, cfg.redis.prefix, settings.rules)
         self.whitelist = Whitelist(self.client, self.keys, cfg.whitelist)
+        # Rules that count and ban IPv6 attackers by network, not one by one.
+        self.v6_prefix = {n: r.ipv6_prefix for n, r in settings.rules.items() if r.ipv6_prefix < 128}
         # host text -> address to count (or None): parsing and the never-ban
         # checks cost microseconds, and attackers repeat their address.
         self._countable_cache: dict[str, str | None] = {}
@@ -71,11 +74,20 @@ class Detector:
         lines = batch.lines
         for i, f in self.matcher.match_batch([line.text for line in lines], batch.source, now):
             address = self._countable(f.host, own, whitelist)
+            if address is not None and f.rule in self.v6_prefix and ":" in address:
+                address = self._prefix_of(address, self.v6_prefix[f.rule], own, whitelist)
             if address is not None:
                 line = lines[i]
                 found.append(Observed(f.rule, address, batch.host, f.time or batch.read_at,
                                       line.id, line.text))
         return found
+
+    @staticmethod
+    def _prefix_of(address: str, prefix: int, own: set, whitelist: list) -> str:
+        """The IPv6 network a rule bans as a whole (one attacker often owns a /64),
+        unless it holds something never to be banned: then just the address."""
+        net = ipaddress.ip_network(f"{address}/{prefix}", strict=False)
+        return address if never_ban_reason(net, whitelist, own) else str(net)
 
     def _countable(self, host: str, own: set, whitelist: list) -> str | None:
         cache = self._countable_cache
