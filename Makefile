@@ -82,8 +82,10 @@ test: dev images
 	PYFILTER_AIRGAPPED=$(AIRGAPPED) $(VENV)/bin/pytest tests -q -rs
 
 # Side by side with fail2ban (docs/benchmarks.md), then the kernel side in a
-# throwaway network namespace (docs/enforcer-bench.md), then the collector.
+# throwaway network namespace (docs/enforcer-bench.md), the collector, and the
+# latency from a log line to the kernel (docs/latency.md).
 bench: dev
 	$(VENV)/bin/python -m bench.run
 	$(VENV)/bin/python bench/enforcer_bans.py --write docs/enforcer-bench.md
 	$(VENV)/bin/python bench/collector_throughput.py
+	$(VENV)/bin/python bench/latency.py --runs 50 --write docs/latency.md
