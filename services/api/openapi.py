@@ -45,25 +45,36 @@ def _query(name: str, schema: dict, description: str) -> dict:
 
 
 def _path(name: str, description: str) -> dict:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"},
+    return {"name": name, "in": "path", "required": True, "schema": s.TARGET_SCHEMA,
             "description": description}
 
 
 STRING = {"type": "string"}
+BLANK = {"type": "string", "pattern": r"^\s*$"}  # a blank filter is no filter
+EMPTY = {"type": "string", "maxLength": 0}
+
+
+def _number(low: int, high: int, default: int) -> dict:
+    """A whole number from low to high; empty means the default."""
+    return {"anyOf": [{"type": "integer", "minimum": low, "maximum": high}, EMPTY], "default": default}
+
+TARGET_OR_NONE = {"type": "string", "anyOf": [*s.TARGET_SCHEMA["anyOf"], BLANK]}
+TIME_OR_NONE = {"type": "string", "anyOf": [{"format": "date-time"}, {"format": "date"},
+                                            {"pattern": r"^-?[0-9]{1,15}(\.[0-9]{1,9})?$"}, BLANK]}
 WRITE = [{"bearer": []}]
 
 BAN_FILTERS = [
-    _query("all", {"type": "string", "enum": ["0", "1", "true", "false"]},
-           "1: every ban in the history, not only the ones in force"),
-    _query("address", STRING, "exact address or CIDR"),
-    _query("prefix", STRING, "CIDR: bans inside it"),
+    _query("all", {"type": "string", "enum": ["1", "true", "yes", "on", "0", "false", "no", "off", ""]},
+           "1: every ban in the history, not only the ones in force (any case)"),
+    _query("address", TARGET_OR_NONE, "exact address or CIDR"),
+    _query("prefix", TARGET_OR_NONE, "CIDR: bans inside it"),
     _query("rule", STRING, "rule name, e.g. sshd or manual"),
     _query("host", STRING, "host that saw the failures"),
     _query("country", STRING, 'ISO country code, or "unknown"'),
-    _query("since", STRING, "banned at or after: ISO 8601 or epoch seconds"),
-    _query("until", STRING, "banned at or before: ISO 8601 or epoch seconds"),
-    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}, "page size"),
-    _query("offset", {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0}, "bans to skip"),
+    _query("since", TIME_OR_NONE, "banned at or after: ISO 8601 or epoch seconds"),
+    _query("until", TIME_OR_NONE, "banned at or before: ISO 8601 or epoch seconds"),
+    _query("limit", _number(1, 1000, 50), "page size"),
+    _query("offset", _number(0, 10**9, 0), "bans to skip"),
 ]
 
 
@@ -108,7 +119,7 @@ def _paths() -> dict:
                                    **_errors(401, 422)}},
             "delete": {"summary": "Remove an operator entry (?network=CIDR)",
                        "operationId": "removeWhitelistByQuery", "security": WRITE,
-                       "parameters": [{**_query("network", STRING, "the CIDR"), "required": True}],
+                       "parameters": [{**_query("network", s.TARGET_SCHEMA, "the CIDR"), "required": True}],
                        "responses": {"200": _body(_ref(s.WhitelistRemoved), "removed"),
                                      **_errors(401, 404, 409, 422)}},
         },
@@ -120,8 +131,7 @@ def _paths() -> dict:
         },
         "/api/v1/stats": {
             "get": {"summary": "Dashboard numbers and pipeline lag", "operationId": "stats",
-                    "parameters": [_query("days", {"type": "integer", "minimum": 1, "maximum": 366,
-                                                   "default": 10}, "days covered, today included")],
+                    "parameters": [_query("days", _number(1, 366, 10), "days covered, today included")],
                     "responses": {"200": _body(_ref(s.Stats), "statistics"), **_errors(422)}},
         },
         "/api/v1/auth": {

@@ -10,7 +10,7 @@ from aiohttp import web
 from pyfilter.api import manual, state
 from pyfilter.api.auth import require_token
 from pyfilter.api.responses import FieldError, bool_param, decode_body, error, int_param, json
-from pyfilter.api.schemas import BanList, BanRequest, Banned, Unbanned
+from pyfilter.api.schemas import MAX_DURATION, MAX_REASON, BanList, BanRequest, Banned, Unbanned
 from pyfilter.api.search import parse_filter
 from pyfilter.common import bans
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_target
@@ -20,7 +20,6 @@ logger = logging.getLogger("pyfilter.api")
 
 MAX_BULK = 10_000
 MAX_LIMIT = 1000
-MAX_REASON = 1000
 
 _ban_request = msgspec.json.Decoder(BanRequest | list[BanRequest])
 
@@ -67,12 +66,20 @@ async def _prepare(api: state.Api, body: BanRequest | list[BanRequest]) -> list[
             target = parse_target(req.address)
         except InvalidAddress as exc:
             raise FieldError(f"{where}address", str(exc)) from None
+        duration = req.duration
+        if isinstance(duration, float):
+            if not duration.is_integer():
+                raise FieldError(f"{where}duration", f"expected whole seconds, got {duration}")
+            duration = int(duration)
         try:
-            duration = parse_duration(req.duration)
+            duration = parse_duration(duration)
         except ValueError as exc:
             raise FieldError(f"{where}duration", str(exc)) from None
         if duration == 0:
             raise FieldError(f"{where}duration", "a ban of 0 seconds does nothing; give a duration or -1")
+        if duration > MAX_DURATION:
+            raise FieldError(f"{where}duration", f"at most {MAX_DURATION} seconds (10 years); "
+                                                 "-1 bans for ever")
         if len(req.reason) > MAX_REASON:
             raise FieldError(f"{where}reason", f"at most {MAX_REASON} characters")
         if reason := never_ban_reason(target, whitelist, own):

@@ -16,14 +16,12 @@ from aiohttp import web
 from pyfilter.api import manual, state
 from pyfilter.api.auth import require_token
 from pyfilter.api.responses import FieldError, decode_body, error, json
-from pyfilter.api.schemas import (WhitelistAdded, WhitelistEntry, WhitelistList,
+from pyfilter.api.schemas import (MAX_REASON, WhitelistAdded, WhitelistEntry, WhitelistList,
                                   WhitelistRemoved, WhitelistRequest)
 from pyfilter.common import bans, whitelist
 from pyfilter.common.addresses import InvalidAddress, Network, parse_network, parse_target
 
 logger = logging.getLogger("pyfilter.api")
-
-MAX_REASON = 1000
 
 
 class Note(msgspec.Struct):

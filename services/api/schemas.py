@@ -15,18 +15,59 @@ from pyfilter.common import messages
 
 DEFAULT_MANUAL_BANTIME = 86400
 
+MAX_REASON = 1000
+# Longer manual bans are a typo or an overflow (the decision carries the
+# duration as a 64-bit integer, the kernel as milliseconds): -1 is forever.
+MAX_DURATION = 10 * 365 * 86400
+
+# What the handlers accept, written out for the OpenAPI document only
+# (`extra_json_schema` is not enforced on decoding): the handlers validate,
+# with messages naming the field. Two limits no pattern can say: a CIDR's
+# host bits must be zero, and a duration written as text ("52w") must not
+# exceed MAX_DURATION.
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"({_OCTET}\.){{3}}{_OCTET}"
+_H16 = "[0-9A-Fa-f]{1,4}"
+_LS32 = f"({_H16}:{_H16}|{_IPV4})"
+
+
+def _groups(n: int) -> str:
+    """Up to n 16-bit groups before a "::"."""
+    return f"(({_H16}:){{0,{n - 1}}}{_H16})?"
+
+
+_IPV6 = "|".join([  # RFC 3986, section 3.2.2
+    f"({_H16}:){{6}}{_LS32}", f"::({_H16}:){{5}}{_LS32}", f"{_groups(1)}::({_H16}:){{4}}{_LS32}",
+    f"{_groups(2)}::({_H16}:){{3}}{_LS32}", f"{_groups(3)}::({_H16}:){{2}}{_LS32}",
+    f"{_groups(4)}::{_H16}:{_LS32}", f"{_groups(5)}::{_LS32}", f"{_groups(6)}::{_H16}",
+    f"{_groups(7)}::",
+])
+IPV4_CIDR = rf"^{_IPV4}/(3[0-2]|[12]?[0-9])$"
+IPV6_CIDR = rf"^({_IPV6})/(12[0-8]|1[01][0-9]|[1-9]?[0-9])$"
+TARGET_SCHEMA = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"},
+                                             {"pattern": IPV4_CIDR}, {"pattern": IPV6_CIDR}]}
+DURATION_TEXT = r"^(-1|[0-9]*[1-9][0-9]* ?[smhdw]?)$"
+
+Target = Annotated[str, msgspec.Meta(
+    description="an IP address, or a CIDR network (host bits zero)", extra_json_schema=TARGET_SCHEMA)]
+_SECONDS = {"minimum": -1, "maximum": MAX_DURATION, "not": {"const": 0}}
 Duration = Annotated[
-    int | str,
-    msgspec.Meta(description='seconds, or a duration like "10m", "1h", "2d"; -1 means permanent'),
+    Annotated[int, msgspec.Meta(extra_json_schema=_SECONDS)]
+    # JSON has one number type: 3600.0 (Python's timedelta.total_seconds()) is whole seconds too.
+    | Annotated[float, msgspec.Meta(extra_json_schema={**_SECONDS, "multipleOf": 1})]
+    | Annotated[str, msgspec.Meta(extra_json_schema={"pattern": DURATION_TEXT})],
+    msgspec.Meta(description='seconds, or a duration like "10m", "1h", "2d"; -1 means permanent; '
+                             'not 0; at most 10 years'),
 ]
+Reason = Annotated[str, msgspec.Meta(extra_json_schema={"maxLength": MAX_REASON})]
 
 
 class BanRequest(msgspec.Struct, forbid_unknown_fields=True):
     """One manual ban: an address or a CIDR network."""
 
-    address: str
+    address: Target
     duration: Duration = DEFAULT_MANUAL_BANTIME
-    reason: str = ""
+    reason: Reason = ""
 
 
 class Ban(messages.BanRecord, kw_only=True):
@@ -78,8 +119,8 @@ class WhitelistList(msgspec.Struct):
 
 
 class WhitelistRequest(msgspec.Struct, forbid_unknown_fields=True):
-    network: str
-    reason: str = ""
+    network: Target
+    reason: Reason = ""
 
 
 class WhitelistAdded(msgspec.Struct):

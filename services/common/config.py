@@ -22,7 +22,7 @@ import yaml
 
 DEFAULT_PATH = "/etc/pyfilter/pyfilter.yaml"
 
-_DURATION = re.compile(r"^\s*(-?\d+)\s*([smhdw]?)\s*$")
+_DURATION = re.compile(r"^\s*(-?\d+)\s*([smhdw]?)\s*$", re.ASCII)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 

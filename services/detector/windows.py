@@ -12,6 +12,11 @@ from pyfilter.common.config import Rule
 from pyfilter.detector.scripts import RECORD_FAILURES
 
 
+# Failures per script call: a call runs alone in Redis, so a big batch would
+# stall every other client (about 33 µs of Redis CPU per failure, docs/scaling.md).
+FAILURES_PER_CALL = 1000
+
+
 class Observed(NamedTuple):
     """One failure seen in one line: what the matcher found plus the line's identity."""
 
@@ -63,12 +68,25 @@ class Windows:
         groups: dict[tuple[str, str, str], list[Observed]] = defaultdict(list)
         for o in observed:
             groups[(o.rule, o.address, o.host)].append(o)
-        args: list[object] = [self._prefix, now, self._recidive, len(groups)]
+        bans: list[NewBan] = []
+        # One call holds Redis for as long as it runs: keep each call small.
+        call: list[object] = []
+        count = failures = 0
         for (name, address, host), items in groups.items():
-            args += _group_header(name, self._rules[name], address, host, len(items))
+            call += _group_header(name, self._rules[name], address, host, len(items))
             for o in items:
-                args += [o.line_id, o.time, o.text]
-        results = await self._script(keys=[], args=args)
+                call += [o.line_id, o.time, o.text]
+            count += 1
+            failures += len(items)
+            if failures >= FAILURES_PER_CALL:
+                bans += await self._call(call, count, now)
+                call, count, failures = [], 0, 0
+        if count:
+            bans += await self._call(call, count, now)
+        return bans
+
+    async def _call(self, groups: list[object], count: int, now: float) -> list[NewBan]:
+        results = await self._script(keys=[], args=[self._prefix, now, self._recidive, count, *groups])
         return [_parse_ban(r) for r in results]
 
 

@@ -37,6 +37,9 @@ from pyfilter.enforcer.hostinfo import own_addresses
 logger = logging.getLogger("pyfilter.enforcer")
 
 DECISIONS_PER_READ = 1000
+# Kernel timeouts are milliseconds in 64 bits; no sensible ban is longer than
+# ten years (the api refuses longer ones; -1 is the way to say forever).
+MAX_TIMEOUT = 10 * 365 * 86400
 RECORDS_PER_READ = 1000
 
 
@@ -93,7 +96,7 @@ class Enforcer:
                 logger.warning("refused to ban", extra={"address": d.address, "rule": d.rule,
                                                         "reason": reason})
                 continue
-            timeout = None if d.expires_at is None else math.ceil(d.expires_at - now)
+            timeout = None if d.expires_at is None else min(math.ceil(d.expires_at - now), MAX_TIMEOUT)
             if timeout is not None and timeout <= 0:
                 continue  # ran out before it reached us
             scope = _scope_or_default(d.ports, d.verdict, d.rule)

@@ -181,3 +181,12 @@ def test_crossing_again_while_banned_decides_nothing(redis_url):
         await client.aclose()
         return found
     assert [b.duration for b in run(go())] == [600, 600]
+
+
+def test_a_batch_larger_than_one_script_call_bans_the_same(redis_url):
+    from pyfilter.detector import windows as windows_module
+    many = [f"2001:db8:c::{i:x}" for i in range(1, 700)]
+    batch = [o for a in many for o in failures(3, address=a, tag=a)]
+    assert len(batch) > 2 * windows_module.FAILURES_PER_CALL
+    bans, decisions = run(record(redis_url, {"sshd": make_rule()}, [batch]))
+    assert {b.address for b in bans} == set(many) == {d.address for d in decisions}
