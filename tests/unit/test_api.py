@@ -49,9 +49,9 @@ WRITES = [
     ("POST", "/api/v1/bans", {"address": "198.51.100.7"}),
     ("POST", "/api/v1/bans", [{"address": "198.51.100.7"}, {"address": "198.51.100.8"}]),
     ("DELETE", "/api/v1/bans/198.51.100.9", None),
-    ("POST", "/api/v1/whitelist", {"network": "203.0.113.0/24"}),
-    ("DELETE", "/api/v1/whitelist/203.0.114.0%2F24", None),
-    ("DELETE", "/api/v1/whitelist?network=203.0.114.0/24", None),
+    ("POST", "/api/v1/whitelist", {"network": "198.51.100.32/27"}),
+    ("DELETE", "/api/v1/whitelist/198.51.100.64%2F27", None),
+    ("DELETE", "/api/v1/whitelist?network=198.51.100.64/27", None),
 ]
 
 
@@ -62,7 +62,7 @@ def test_writes_without_the_right_token_get_401_and_change_nothing(redis_url, me
     async def steps(client, redis):
         # State a write could change: a ban to lift and a whitelist entry to remove.
         await client.post("/api/v1/bans", json={"address": "198.51.100.9"}, headers=AUTH)
-        await client.post("/api/v1/whitelist", json={"network": "203.0.114.0/24"}, headers=AUTH)
+        await client.post("/api/v1/whitelist", json={"network": "198.51.100.64/27"}, headers=AUTH)
         before = {k: await redis.dump(k) for k in await redis.keys("*")}
         r = await client.request(method, path, json=body, headers=headers)
         after = {k: await redis.dump(k) for k in await redis.keys("*")}
@@ -158,21 +158,21 @@ def test_an_address_of_any_protected_host_is_refused(redis_url):
 
 def test_address_whitelisted_through_the_api_cannot_be_banned(redis_url):
     async def steps(client, redis):
-        await client.post("/api/v1/whitelist", json={"network": "203.0.113.0/28"}, headers=AUTH)
-        r = await client.post("/api/v1/bans", json={"address": "203.0.113.5"}, headers=AUTH)
+        await client.post("/api/v1/whitelist", json={"network": "198.51.100.32/28"}, headers=AUTH)
+        r = await client.post("/api/v1/bans", json={"address": "198.51.100.37"}, headers=AUTH)
         return r.status, (await r.json())["error"], await decisions(redis)
     status, error, sent = call(redis_url, steps)
-    assert status == 409 and "whitelisted (203.0.113.0/28)" in error and sent == []
+    assert status == 409 and "whitelisted (198.51.100.32/28)" in error and sent == []
 
 
 def test_permanent_ban_and_network_ban(redis_url):
     async def steps(client, redis):
         r = await client.post("/api/v1/bans", json=[{"address": "2001:db8:1::/64", "duration": -1},
-                                                    {"address": "203.0.113.9", "duration": 90}],
+                                                    {"address": "198.51.100.9", "duration": 90}],
                               headers=AUTH)
         assert r.status == 201, await r.text()
         net = await (await client.get("/api/v1/bans/2001:db8:1::%2F64")).json()
-        one = await (await client.get("/api/v1/bans/203.0.113.9")).json()
+        one = await (await client.get("/api/v1/bans/198.51.100.9")).json()
         gone = await client.delete("/api/v1/bans/2001:db8:1::%2F64", headers=AUTH)
         return net, one, await gone.json(), await decisions(redis)
     net, one, gone, sent = call(redis_url, steps)
@@ -185,15 +185,15 @@ def test_permanent_ban_and_network_ban(redis_url):
 def test_repeat_manual_ban_counts_up(redis_url):
     async def steps(client, redis):
         for _ in range(3):
-            await client.post("/api/v1/bans", json={"address": "203.0.113.9"}, headers=AUTH)
-        return await (await client.get("/api/v1/bans/203.0.113.9")).json()
+            await client.post("/api/v1/bans", json={"address": "198.51.100.9"}, headers=AUTH)
+        return await (await client.get("/api/v1/bans/198.51.100.9")).json()
     detail = call(redis_url, steps)
     assert detail["ban_count"] == 3 and len(detail["history"]) == 3
 
 
 def test_never_banned_address_is_404_and_bad_address_422(redis_url):
     async def steps(client, redis):
-        a = await client.get("/api/v1/bans/203.0.113.77")
+        a = await client.get("/api/v1/bans/198.51.100.77")
         b = await client.get("/api/v1/bans/not-an-ip")
         c = await client.delete("/api/v1/bans/not-an-ip", headers=AUTH)
         return a.status, b.status, (await b.json())["error"], c.status

@@ -59,7 +59,7 @@ def test_ban_list_show_unban_round_trip(api_server, capsys):
 
 def test_exit_codes_scripts_can_trust(api_server, capsys, monkeypatch):
     url, token = ["--url", api_server.url], ["--token", api_server.token]
-    assert run(capsys, "show", "203.0.113.50", *url)[0] == 1  # never banned
+    assert run(capsys, "show", "198.51.100.50", *url)[0] == 1  # never banned
     code, _, err = run(capsys, "ban", "127.0.0.1", *url, *token)
     assert code == 3 and "409" in err and "loopback" in err
     code, _, err = run(capsys, "ban", "198.51.100.7", "--duration", "soon", *url, *token)
@@ -88,7 +88,7 @@ def test_url_and_token_from_the_environment_or_compose_env(api_server, capsys, m
 
 def test_bulk_ban_from_a_file(api_server, capsys, tmp_path):
     listing = tmp_path / "blocklist.txt"
-    listing.write_text("# from a feed\n" + "\n".join(f"203.0.113.{i}" for i in range(1, 201)) + "\n")
+    listing.write_text("# from a feed\n" + "\n".join(f"2001:db8:20::{i:x}" for i in range(1, 201)) + "\n")
     code, out, _ = run(capsys, "ban", "--file", str(listing), "--duration", "-1", "--url", api_server.url,
                        "--token", api_server.token)
     assert code == 0 and "banned 200" in out
@@ -99,18 +99,18 @@ def test_bulk_ban_from_a_file(api_server, capsys, tmp_path):
 
 def test_stats_and_whitelist_commands(api_server, capsys):
     url, token = ["--url", api_server.url], ["--token", api_server.token]
-    run(capsys, "ban", "203.0.113.7", "198.51.100.7", *url, *token)
+    run(capsys, "ban", "198.51.100.71", "198.51.100.7", *url, *token)
     code, out, _ = run(capsys, "stats", "--days", "3", *url)
     assert code == 0 and "total bans: 2" in out and "active: 2" in out and "top rules: manual 2" in out
     code, out, _ = run(capsys, "stats", "--json", *url)
     assert json.loads(out)["days"] == 10
 
-    code, out, _ = run(capsys, "whitelist", "add", "203.0.113.0/24", "--reason", "office", *url, *token)
+    code, out, _ = run(capsys, "whitelist", "add", "198.51.100.64/27", "--reason", "office", *url, *token)
     assert code == 0 and "lifted 1 active ban(s)" in out
     code, out, _ = run(capsys, "whitelist", *url)
     assert code == 0 and "198.51.100.128/25" in out and "read-only" in out and "office" in out
-    assert run(capsys, "whitelist", "remove", "203.0.113.0/24", *url, *token)[0] == 0
-    assert run(capsys, "whitelist", "remove", "203.0.113.0/24", *url, *token)[0] == 1
+    assert run(capsys, "whitelist", "remove", "198.51.100.64/27", *url, *token)[0] == 0
+    assert run(capsys, "whitelist", "remove", "198.51.100.64/27", *url, *token)[0] == 1
     code, _, err = run(capsys, "whitelist", "remove", "198.51.100.128/25", *url, *token)
     assert code == 3 and "configuration file" in err
     assert run(capsys, "whitelist", "add", *url, *token)[0] == 2

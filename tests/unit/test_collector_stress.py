@@ -39,7 +39,7 @@ def open_log():
 fd = open_log()
 start, chunk = time.monotonic(), 100
 for first in range(0, total, chunk):
-    lines = "".join(f"{i:07d} sshd[4242]: Failed password for invalid user u{i % 977} from 203.0.113.{i % 250} port 22 ssh2\n"
+    lines = "".join(f"{i:07d} sshd[4242]: Failed password for invalid user u{i % 977} from 198.51.100.{i % 250} port 22 ssh2\n"
                     for i in range(first, min(first + chunk, total)))
     os.write(fd, lines.encode())  # whole lines only, one write
     written = first + chunk
@@ -62,7 +62,7 @@ os.close(fd)
 
 
 def expected_texts() -> set[str]:
-    return {f"{i:07d} sshd[4242]: Failed password for invalid user u{i % 977} from 203.0.113.{i % 250} port 22 ssh2"
+    return {f"{i:07d} sshd[4242]: Failed password for invalid user u{i % 977} from 198.51.100.{i % 250} port 22 ssh2"
             for i in range(TOTAL)}
 
 

@@ -32,15 +32,17 @@ def country_db(tmp_path: Path) -> str:
         "198.51.100.0/25": {"country": {"iso_code": "NL", "names": {"en": "Netherlands"}}},
         "2001:db8::/48": {"country": {"iso_code": "DE", "names": {"en": "Germany"}}},
         # An address whose country is unknown but whose registry entry is known.
-        "203.0.113.0/24": {"registered_country": {"iso_code": "AU"}},
+        "198.51.100.128/27": {"registered_country": {"iso_code": "AU"}},
     })
 
 
 @pytest.fixture
 def asn_db(tmp_path: Path) -> str:
     return write_db(tmp_path / "asn.mmdb", "GeoLite2-ASN", {
-        "198.51.100.0/24": {"autonomous_system_number": 64500,
+        "198.51.100.0/25": {"autonomous_system_number": 64500,
                             "autonomous_system_organization": "Example Hosting"},
+        "198.51.100.192/26": {"autonomous_system_number": 64500,
+                              "autonomous_system_organization": "Example Hosting"},
     })
 
 
@@ -51,7 +53,7 @@ def test_found_address_has_its_country_and_asn(country_db, asn_db):
 
 
 def test_address_outside_every_network_is_unknown(country_db, asn_db):
-    assert Geo(country_db, asn_db).lookup("192.0.2.1") == UNKNOWN
+    assert Geo(country_db, asn_db).lookup("198.51.100.170") == UNKNOWN
 
 
 def test_address_in_the_asn_database_only_has_no_country(country_db, asn_db):
@@ -66,7 +68,7 @@ def test_ipv6_address_and_banned_ipv6_prefix(country_db):
 
 
 def test_registered_country_stands_in_when_the_country_is_missing(country_db):
-    assert Geo(country_db).lookup("203.0.113.9").country == "AU"
+    assert Geo(country_db).lookup("198.51.100.137").country == "AU"
 
 
 def test_city_database_answers_too(tmp_path):

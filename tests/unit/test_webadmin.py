@@ -32,8 +32,8 @@ DAY = 86400
 @pytest.fixture
 def server(tmp_path, redis_url):
     db = write_db(tmp_path / "country.mmdb", "GeoLite2-Country", {
-        "198.51.100.0/24": {"country": {"iso_code": "NL"}},
-        "203.0.113.0/24": {"country": {"iso_code": "BR"}},
+        "198.51.100.0/27": {"country": {"iso_code": "NL"}},
+        "198.51.100.32/27": {"country": {"iso_code": "BR"}},
     })
     now = time.time()
 
@@ -41,7 +41,7 @@ def server(tmp_path, redis_url):
         client = aioredis.from_url(redis_url)
         await detector_ban(client, "198.51.100.7", now - 2 * DAY - 60, "sshd", "web-1", bantime=-1)
         await detector_ban(client, "198.51.100.8", now - DAY, "sshd", "web-2", bantime=-1)
-        await detector_ban(client, "203.0.113.9", now - 120, "nginx-http-auth", "web-1")
+        await detector_ban(client, "198.51.100.41", now - 120, "nginx-http-auth", "web-1")
         await detector_ban(client, "2001:db8::7", now - 60, "postfix", "mail-1")
         await client.aclose()
     asyncio.run(seed())
@@ -108,14 +108,14 @@ def test_dashboard_login_ban_search_unban(server, page):
     expect(page.locator("#ban-form")).to_be_visible()
 
     # A manual ban through the form.
-    page.fill("#ban-form textarea", "192.0.2.44\n192.0.2.45")
+    page.fill("#ban-form textarea", "198.51.100.84\n198.51.100.85")
     page.fill('#ban-form input[name="duration"]', "2h")
     page.fill('#ban-form input[name="reason"]', "seen in a honeypot")
     page.click("#ban-form button")
     expect(page.locator("#message")).to_contain_text("Banned 2 address(es)")
-    expect(page.locator('#bans tr[data-address="192.0.2.44"]')).to_contain_text("seen in a honeypot")
+    expect(page.locator('#bans tr[data-address="198.51.100.84"]')).to_contain_text("seen in a honeypot")
     expect(page.locator("#active-bans")).to_have_text("6")
-    assert {"192.0.2.44", "192.0.2.45"} <= active(redis_url)
+    assert {"198.51.100.84", "198.51.100.85"} <= active(redis_url)
 
     # A refused ban shows the API's reason.
     page.fill("#ban-form textarea", "127.0.0.1")
@@ -127,32 +127,32 @@ def test_dashboard_login_ban_search_unban(server, page):
     page.click("#search-form button[type=submit]")
     expect(page.locator("#bans tbody tr:not(.details)")).to_have_count(2)
     page.click("#search-clear")
-    page.fill('#search-form input[name="prefix"]', "203.0.113.0/24")
+    page.fill('#search-form input[name="prefix"]', "198.51.100.32/27")
     page.fill('#search-form input[name="country"]', "br")
     page.click("#search-form button[type=submit]")
     expect(page.locator("#bans tbody tr")).to_have_count(1)
-    expect(page.locator("#bans tbody tr")).to_contain_text("203.0.113.9")
+    expect(page.locator("#bans tbody tr")).to_contain_text("198.51.100.41")
     page.click("#search-clear")
 
     # Unban.
-    page.click('[data-unban="192.0.2.44"]')
-    expect(page.locator('#bans tr[data-address="192.0.2.44"]')).to_have_count(0)
-    assert "192.0.2.44" not in active(redis_url)
+    page.click('[data-unban="198.51.100.84"]')
+    expect(page.locator('#bans tr[data-address="198.51.100.84"]')).to_have_count(0)
+    assert "198.51.100.84" not in active(redis_url)
     sent = [messages.decode_decision(f[b"m"]) for _, f in
             redis.Redis.from_url(redis_url).xrange(Keys(PREFIX).decisions)]
-    assert ("unban", "192.0.2.44") in [(d.action, d.address) for d in sent]
+    assert ("unban", "198.51.100.84") in [(d.action, d.address) for d in sent]
 
     # Whitelist: add lifts the ban inside, then remove.
-    page.fill('#whitelist-form input[name="network"]', "192.0.2.45/32")
+    page.fill('#whitelist-form input[name="network"]', "198.51.100.85/32")
     page.fill('#whitelist-form input[name="reason"]', "partner")
     page.click("#whitelist-form button")
     expect(page.locator("#message")).to_contain_text("lifted 1 active ban(s)")
-    expect(page.locator('#whitelist tr[data-network="192.0.2.45/32"]')).to_contain_text("partner")
-    assert "192.0.2.45" not in active(redis_url)
+    expect(page.locator('#whitelist tr[data-network="198.51.100.85/32"]')).to_contain_text("partner")
+    assert "198.51.100.85" not in active(redis_url)
 
     page.screenshot(path=str(SCREENSHOT), full_page=True)
-    page.locator('#whitelist tr[data-network="192.0.2.45/32"] button').click()
-    expect(page.locator('#whitelist tr[data-network="192.0.2.45/32"]')).to_have_count(0)
+    page.locator('#whitelist tr[data-network="198.51.100.85/32"] button').click()
+    expect(page.locator('#whitelist tr[data-network="198.51.100.85/32"]')).to_have_count(0)
 
     # Logging out hides the writes again.
     page.click("#logout")
