@@ -181,18 +181,19 @@ LIMITS = """\
 - **fail2ban-regex** spends its time in Python per line: date detection, the prefix regex,
   then every failregex of the filter, and bookkeeping per match (it also keeps every matched
   and missed line, hence its memory).
-- **PyFilter matching** (6-7x fail2ban-regex here, short of the 20x aim) is bound by Python's
-  `re` on the lines that match: the sshd rule is 26 patterns anchored at the end of the line
-  (so a user name cannot inject an address), and `Failed keyboard-interactive/pam for invalid
-  user U from A port P ssh2` costs about 2 us of regex alone (pattern 1, `... ssh2: .*$`, fails
-  only after backtracking through the address and the user; pattern 2 then finds the address
-  by backtracking from the end); the syslog header alone costs about 0.5 us. On the stress log
-  that is about 0.9 s of the 2.2 s. Lines that match nothing cost a jump to the next newline
-  and a failed header match (a batch is searched as one string). The rest is Python per match:
-  connection state (sshd follows each connection by pid), the log time (cached per timestamp
-  string) and the failure record. The stress log is the worst case: three of its four lines
-  match a pattern. Reaching 20x would take cheaper sshd patterns (a literal check before the
-  backtracking ones), or a regex engine without backtracking.
+- **PyFilter matching** (5-9x fail2ban-regex, short of the 20x aim) is bound by Python's `re`
+  and by Python per match, about half each (stress log, sshd rule, in-process: the block search
+  alone 0.6-0.9 s of 1.6 s; mixed log 1.4 s of 3.0 s). The regex floor is the syslog header:
+  `<SYSLOG>sshd[pid]: ` costs about 0.4 us per line before any pattern is tried (a bare header
+  regex, timestamp, host and `sshd[pid]: ` with nothing after, takes 0.33 s over the stress log),
+  and three of the stress log's four lines match a pattern. Python per match (connection state
+  by pid, the failure record, the log time) is about 1-1.5 us. Start-up (imports, catalog) is
+  0.15-0.2 s and reading the file 0.05-0.2 s. 20x on the stress log means 0.67 s in all here: after
+  start-up, reading and the header regex, about 0.1 s for 375,000 matches and their Python work. A per-pattern literal dispatch (a key
+  scanner over the batch picking the patterns a line can match) was measured and dropped: with
+  sshd's 39 key strings one combined regex scan of the stress log took 45 s, and one
+  `str.count` per key string 0.5 s, more than the regex work it would save. Going further needs
+  a regex engine without backtracking or a compiled extension (the design is pure Python).
 - **`pyfilter match`** (the CLI) calls the matcher once per line; it shares the per-match work,
   so it is about as fast as batches when most lines match.
 - **fail2ban-server** is bound by its per-line Python filter (as fail2ban-regex), by its

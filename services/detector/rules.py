@@ -19,7 +19,9 @@ Batches (`Matcher.match_batch`, what the detector uses) join their lines with
 newlines and let one multi-line search per rule run over the whole block, so
 Python only touches the lines that match; the result is the same as matching
 the lines one by one (see `_block_safe` for the patterns where it would not
-be, which are matched line by line).
+be, which are matched line by line). Optional groups are compiled as branches
+with an empty alternative (`_optional_branches`): the same matches, cheaper
+for Python's engine.
 
 Patterns are anchored on the fixed parts of a line, usually its end, so text
 an attacker controls (a user name, a URL) cannot place another address where
@@ -32,9 +34,11 @@ Connection state. A pattern may start with a tag that changes what a match means
     <CLOSE>    the connection ended
     <ONCE>     a failure only if the connection has not produced one yet
 
-Connections are told apart by the `pid` capture. A failure pattern without an
-address takes the connection's address; if none is known yet, the failure waits
-for a later NOTE/CLOSE line of that connection that names one. A NOTE or SUCCESS
+Connections are told apart by the `pid` capture, within one source of one
+host (the `host` argument of `match`: where the line comes from). A failure
+pattern without an address takes the connection's address; if none is known
+yet, the failure waits for a later NOTE/CLOSE line of that connection that
+names one. A NOTE or SUCCESS
 for a user other than the ones that already failed on that connection is a
 failure (someone trying user names, fail2ban gh-2070).
 """
@@ -88,6 +92,11 @@ class Failure(NamedTuple):
     time: float | None
     user: str | None
     pattern: int  # index of the pattern that matched
+
+
+# `_new_tuple(Failure, (...))` makes the same Failure as `Failure(...)`, without
+# the Python-level `__new__` of a NamedTuple: the hot path makes one per failure.
+_new_tuple = tuple.__new__
 
 
 class Explanation(NamedTuple):
@@ -167,6 +176,36 @@ def literals(pattern: str) -> list[str]:
         cur.append(lit)
     flush()
     return [r for r in runs if len(r) >= 4]
+
+
+def _optional_branches(source: str) -> str:
+    """`(?:X)?` -> `(?:X|)` and `(?:X)??` -> `(?:|X)`: the same matches in the same order.
+
+    Python's engine runs an optional group through its general repeat
+    machinery, a branch with an empty alternative costs less; sshd's header
+    alone has six such groups.
+    """
+    tokens = _tokens(source)
+    out: list[str] = []
+    opens: list[int] = []  # index in `out` of each open group's "("
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        out.append(tok)
+        if tok == "(":
+            opens.append(len(out) - 1)
+        elif tok == ")" and opens:
+            start = opens.pop()
+            body = out[start + 1:-1]
+            after = tokens[i + 1:i + 3]
+            if body[:2] == ["?", ":"] and after[:1] == ["?"] and after[1:2] not in (["+"],):
+                lazy = after[1:2] == ["?"]
+                inner = "".join(body[2:])
+                del out[start:]
+                out.append(f"(?:|{inner})" if lazy else f"(?:{inner}|)")
+                i += 2 if lazy else 1
+        i += 1
+    return "".join(out)
 
 
 _LOOKAROUND = ("(?=", "(?!", "(?<=", "(?<!")
@@ -291,7 +330,9 @@ class _CompiledRule:
         self.rule = rule
         self.sources = set(rule.sources)
         self.zone = timeparse.get_zone(rule.timezone or default_tz)
+        self.clock = timeparse.Clock(self.zone)
         self.patterns: list[_Pattern] = []
+        prefix = expand(rule.prefix)
         alternatives = []
         required: list[str] = []
         for i, raw in enumerate(rule.patterns):
@@ -301,8 +342,8 @@ class _CompiledRule:
                 kind = tag.group(1).lower()
                 raw = raw[tag.end():]
             body = expand(raw)
-            names = _GROUP.findall(expand(rule.prefix) + body)
-            self._check(i, raw, expand(rule.prefix) + body)
+            names = _GROUP.findall(prefix + body)
+            self._check(i, raw, prefix + body)
             renamed = _GROUP.sub(lambda m: f"(?P<{m.group(1)}__{i}>", body)
             # The empty group at the end names the pattern that matched (it is
             # the last group closed: `lastgroup`). Wrapping the pattern in a
@@ -313,13 +354,13 @@ class _CompiledRule:
             self.patterns.append(_Pattern(
                 i, kind,
                 [(f"{g}__{i}", g) for g in _GROUP.findall(body)]
-                + [(g, g) for g in _GROUP.findall(expand(rule.prefix))],
+                + [(g, g) for g in _GROUP.findall(prefix)],
                 "host" in names,
             ))
             found = literals(raw)
             required.append(max(found, key=len) if found else "")
         self.prefilter = list(rule.prefilter) or ([] if "" in required else sorted(set(required)))
-        source = expand(rule.prefix) + "(?:" + "|".join(alternatives) + ")"
+        source = _optional_branches(prefix + "(?:" + "|".join(alternatives) + ")")
         try:
             self.regex = re.compile(source)
         except re.error as exc:
@@ -340,9 +381,10 @@ class _CompiledRule:
             except re.error as exc:
                 raise RuleError(f"rule {name}: ignore[{j}]: {exc}: {raw}") from None
         self.stateful = any(p.kind != FAIL or not p.has_host for p in self.patterns)
-        self.connections: OrderedDict[tuple[str | None, str], _Connection] = OrderedDict()
+        # Connections by (source, origin host, pid); see the module doc.
+        self.connections: OrderedDict[tuple[str | None, str | None, str], _Connection] = OrderedDict()
         # Connections that failed and closed: key -> address (see the module doc).
-        self.closed: OrderedDict[tuple[str | None, str], str] = OrderedDict()
+        self.closed: OrderedDict[tuple[str | None, str | None, str], str] = OrderedDict()
 
     def _check(self, i: int, raw: str, full: str) -> None:
         try:
@@ -362,7 +404,8 @@ class _CompiledRule:
         pat = self.by_marker[m.lastgroup]  # type: ignore[index]
         return pat, pat.captures(m)
 
-    def judge(self, m: re.Match[str], text: str, source: str | None, now: float | None) -> Failure | None:
+    def judge(self, m: re.Match[str], text: str, source: str | None, origin: str | None,
+              now: float | None) -> Failure | None:
         """The failure a match in `text` is, if any (ignore patterns and connection state applied)."""
         if self.ignore and self.ignored(text) is not None:
             return None
@@ -380,11 +423,17 @@ class _CompiledRule:
                 host = normalize_host(host)
         else:
             host = None
-        return self.decide(pat, host, user or ruser or None, pid, when, text, source, now)
+        user = user or ruser or None
+        if pid is None or not self.stateful:
+            if host and (pat.kind == FAIL or pat.kind == ONCE):
+                return _new_tuple(Failure, (self.name, host, self.clock(when or text, now), user, pat.index))
+            return None
+        return self.decide(pat, host, user, pid, when, text, (source, origin, pid), now)
 
-    def judge_line(self, text: str, source: str | None, now: float | None) -> Failure | None:
+    def judge_line(self, text: str, source: str | None, origin: str | None,
+                   now: float | None) -> Failure | None:
         m = self.regex.search(text)
-        return None if m is None else self.judge(m, text, source, now)
+        return None if m is None else self.judge(m, text, source, origin, now)
 
     def ignored(self, text: str) -> int | None:
         for j, rx in enumerate(self.ignore):
@@ -395,19 +444,13 @@ class _CompiledRule:
     def time_of(self, text: str, caps: dict[str, str], now: float | None) -> float | None:
         return timeparse.find_time(caps.get("time") or text, self.zone, now)
 
-    def decide(self, pat: _Pattern, host: str | None, user: str | None, pid: str | None,
-               when: str | None, text: str, source: str | None, now: float | None) -> Failure | None:
-        """What a match means, given the connection's history.
+    def decide(self, pat: _Pattern, host: str | None, user: str | None, pid: str,
+               when: str | None, text: str, key: tuple, now: float | None) -> Failure | None:
+        """What a match of a stateful rule means, given the history of connection `key`.
 
         `host` is normalized; `when` is the text of a `time` capture, if any.
         """
         kind = pat.kind
-        if not self.stateful or pid is None:
-            if host and (kind == FAIL or kind == ONCE):
-                return Failure(self.name, host, timeparse.find_time(when or text, self.zone, now),
-                               user, pat.index)
-            return None
-        key = (source, pid)
         connections = self.connections
         conn = connections.get(key)
         if conn is None:
@@ -433,18 +476,15 @@ class _CompiledRule:
         failure = None
         if kind == FAIL or (kind == ONCE and not conn.failed):
             if conn.host is None:
-                conn.pending = (timeparse.find_time(when or text, self.zone, now), user, pat.index)
+                conn.pending = (self.clock(when or text, now), user, pat.index)
                 return None
-            failure = Failure(self.name, conn.host, timeparse.find_time(when or text, self.zone, now),
-                              user, pat.index)
+            failure = _new_tuple(Failure, (self.name, conn.host, self.clock(when or text, now), user, pat.index))
         elif kind != ONCE:
             if conn.pending and conn.host:
                 _, puser, pindex = conn.pending
-                failure = Failure(self.name, conn.host, timeparse.find_time(when or text, self.zone, now),
-                                  puser, pindex)
+                failure = _new_tuple(Failure, (self.name, conn.host, self.clock(when or text, now), puser, pindex))
             elif user and conn.host and conn.users and user not in conn.users:
-                failure = Failure(self.name, conn.host, timeparse.find_time(when or text, self.zone, now),
-                                  user, pat.index)
+                failure = _new_tuple(Failure, (self.name, conn.host, self.clock(when or text, now), user, pat.index))
         if user:
             conn.users.add(user)
         if failure is not None:
@@ -499,35 +539,42 @@ class Matcher:
             screen = self._by_source[source] = _Screen(rules)
         return screen
 
-    def match(self, text: str, source: str | None = None, now: float | None = None) -> list[Failure]:
-        """Failures in one log line: at most one per rule. `source` None = every rule."""
+    def match(self, text: str, source: str | None = None, now: float | None = None,
+              host: str | None = None) -> list[Failure]:
+        """Failures in one log line: at most one per rule. `source` None = every rule.
+
+        `host` is the host the line comes from: connections (sshd's pids) of
+        different hosts are kept apart.
+        """
         candidates = self._for_source(source).candidates(text)
         if not candidates:
             return []
         failures: list[Failure] = []
         for rule in candidates:
-            failure = rule.judge_line(text, source, now)
+            failure = rule.judge_line(text, source, host, now)
             if failure is not None:
                 failures.append(failure)
         return failures
 
     def match_batch(self, texts: Sequence[str], source: str | None = None,
-                    now: float | None = None) -> list[tuple[int, Failure]]:
+                    now: float | None = None, host: str | None = None) -> list[tuple[int, Failure]]:
         """(index in `texts`, failure) for a batch of lines, in line order then rule order.
 
-        The same as calling `match` on each line in turn, only faster.
+        The same as calling `match` on each line in turn, only faster. `host`
+        is the host the lines come from (see `match`).
         """
         block = "\n" + "\n".join(texts)
         if block.count("\n") != len(texts):  # a line holds a newline: no block search
-            return [(i, f) for i, text in enumerate(texts) for f in self.match(text, source, now)]
+            return [(i, f) for i, text in enumerate(texts) for f in self.match(text, source, now, host)]
         per_rule = []
         for rule, lits in self._for_source(source).gates:
             if lits and not any(lit in block for lit in lits):
                 continue
             if rule.block_regex is None or (lits and sum(map(block.count, lits)) * _SPARSE < len(texts)):
-                found = _line_by_line(rule, texts, lits, source, now)
+                found = _line_by_line(rule, texts, lits, source, host, now)
             else:
-                found = _scan_block(rule, block, texts, source, now)
+                scan = _scan_anchored if rule.anchored else _scan_block
+                found = scan(rule, block, texts, lits, source, host, now)
             if found:
                 per_rule.append(found)
         if len(per_rule) == 1:
@@ -578,26 +625,27 @@ class Matcher:
 
 
 def _line_by_line(rule: _CompiledRule, texts: Sequence[str], lits: tuple[str, ...],
-                  source: str | None, now: float | None) -> list[tuple[int, Failure]]:
+                  source: str | None, origin: str | None, now: float | None) -> list[tuple[int, Failure]]:
     found = []
     judge_line = rule.judge_line
     for i, text in enumerate(texts):
         if lits and not any(lit in text for lit in lits):
             continue
-        failure = judge_line(text, source, now)
+        failure = judge_line(text, source, origin, now)
         if failure is not None:
             found.append((i, failure))
     return found
 
 
-def _scan_block(rule: _CompiledRule, block: str, texts: Sequence[str], source: str | None,
-                now: float | None) -> list[tuple[int, Failure]]:
+def _scan_block(rule: _CompiledRule, block: str, texts: Sequence[str], lits: tuple[str, ...],
+                source: str | None, origin: str | None, now: float | None) -> list[tuple[int, Failure]]:
     """One rule over a batch: `texts` joined in `block`, each line after a newline.
 
     After a match the search goes on at the next line (a line yields at most
     one match, the leftmost, as a search of the line alone would). A match
     that runs over a line end is not what any single line would give: the
-    lines it covers are judged one by one instead.
+    lines it covers are judged one by one instead. A line without any of the
+    gate's literals `lits` is skipped, as `match` skips it.
     """
     found = []
     search, judge, judge_line = rule.block_regex.search, rule.judge, rule.judge_line  # type: ignore[union-attr]
@@ -621,7 +669,9 @@ def _scan_block(rule: _CompiledRule, block: str, texts: Sequence[str], source: s
         if m.end() > end:  # over a line end: judge the lines it covers alone
             last = min(line + count("\n", start, m.end()), len(texts) - 1)
             for i in range(line, last + 1):
-                failure = judge_line(texts[i], source, now)
+                if lits and not any(lit in texts[i] for lit in lits):
+                    continue
+                failure = judge_line(texts[i], source, origin, now)
                 if failure is not None:
                     found.append((i, failure))
             end = find("\n", m.end())
@@ -629,9 +679,55 @@ def _scan_block(rule: _CompiledRule, block: str, texts: Sequence[str], source: s
                 break
             line = last + 1
         else:
-            failure = judge(m, text, source, now)
-            if failure is not None:
-                found.append((line, failure))
+            if not lits or any(lit in text for lit in lits):
+                failure = judge(m, text, source, origin, now)
+                if failure is not None:
+                    found.append((line, failure))
             line += 1
         pos = end + 1 - lead
+    return found
+
+
+def _scan_anchored(rule: _CompiledRule, block: str, texts: Sequence[str], lits: tuple[str, ...],
+                   source: str | None, origin: str | None, now: float | None) -> list[tuple[int, Failure]]:
+    """`_scan_block` for a rule anchored at the line start, whose block regex starts with a newline.
+
+    Every match then starts at a line's newline, so after a match the next
+    one found is at a later line, as `_scan_block` would search: one
+    `finditer` walks the block. A match that runs over a line end is judged
+    line by line as there, and the walk goes on after those lines.
+    """
+    found = []
+    judge, judge_line = rule.judge, rule.judge_line
+    count = block.count
+    one = lits[0] if len(lits) == 1 else None
+    line, at, resume = -1, 0, 0
+    for m in rule.block_regex.finditer(block):  # type: ignore[union-attr]
+        start = m.start()
+        if start < resume:
+            continue  # inside lines already judged alone (after a match over a line end)
+        line += count("\n", at, start + 1)
+        at = start + 1
+        text = texts[line]
+        if m.end() - at > len(text):  # over a line end: judge the lines it covers alone
+            last = min(line + count("\n", at, m.end()), len(texts) - 1)
+            for i in range(line, last + 1):
+                if lits and not any(lit in texts[i] for lit in lits):
+                    continue
+                failure = judge_line(texts[i], source, origin, now)
+                if failure is not None:
+                    found.append((i, failure))
+            resume = block.find("\n", m.end())
+            if resume < 0:
+                break
+            line, at = last, resume  # `resume` is the newline before line last + 1
+            continue
+        if one is not None:
+            if one not in text:
+                continue
+        elif lits and not any(lit in text for lit in lits):
+            continue
+        failure = judge(m, text, source, origin, now)
+        if failure is not None:
+            found.append((line, failure))
     return found

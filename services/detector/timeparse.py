@@ -265,3 +265,39 @@ def find_time(text: str, tz: str | tzinfo | None = None, now: float | None = Non
         return None
     zone = tz if isinstance(tz, tzinfo) else get_zone(tz)
     return _convert(best[1].groupdict(), zone, now)
+
+
+# `Clock`'s shortcut: a classic syslog stamp filling the first 15 characters.
+_SYSLOG15 = re.compile(r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ \d]\d \d\d:\d\d:\d\d")
+_NOT_AFTER_STAMP = " 0123456789"  # also "": a line that ends after the stamp
+
+
+class Clock:
+    """`find_time` for one zone, faster on syslog lines: a matcher keeps one per rule.
+
+    A line that starts with `Mmm dd hh:mm:ss`, then one space and a character
+    that is neither a digit nor a space (the host name, usually), has exactly
+    that stamp as its time (`find_time` reads no year or fraction there), so
+    the answer for those 15 characters is looked up instead of parsed. Any
+    other line goes through `find_time`.
+    """
+
+    __slots__ = ("zone", "_stamps")
+
+    def __init__(self, zone: tzinfo) -> None:
+        self.zone = zone
+        self._stamps: dict[str, _Stamp] = {}
+
+    def __call__(self, text: str, now: float | None) -> float | None:
+        key = text[:15]
+        entry = self._stamps.get(key)
+        if entry is not None and text[15:16] == " " and text[16:17] not in _NOT_AFTER_STAMP:
+            if now is not None and entry.lo <= now < entry.hi:
+                return entry.value
+            return entry.at(self.zone, now)
+        found = find_time(text, self.zone, now)
+        if text[15:16] == " " and text[16:17] not in _NOT_AFTER_STAMP and _SYSLOG15.fullmatch(key):
+            if len(self._stamps) >= _MAX_STAMPS:
+                self._stamps.clear()
+            self._stamps[key] = _stamp(key, self.zone)
+        return found

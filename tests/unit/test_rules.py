@@ -6,6 +6,9 @@ test passes when the real address or nothing is reported, never the injected one
 
 from __future__ import annotations
 
+import os
+import random
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import msgspec
 import pytest
 
 from pyfilter.common.config import Rule, load_catalog
-from pyfilter.detector.rules import Matcher, RuleError, expand, literals, normalize_host
+from pyfilter.detector.rules import Matcher, RuleError, _optional_branches, expand, literals, normalize_host
 
 CATALOG = Path(__file__).resolve().parents[2] / "config" / "rules"
 INJECTED = "198.51.100.66"
@@ -288,3 +291,176 @@ def test_literals_are_only_the_required_parts():
     assert literals("(?:a|b)ccc|dddd") == []
     assert "xyz" not in literals("abcdexyz?")
     assert expand("<PID>") == r"(?P<pid>\d+)"
+
+
+# --- batches, connections per host ------------------------------------------------------
+
+CORPUS = Path(os.environ.get("PYFILTER_CORPUS") or CATALOG.parents[1] / ".." / "shared" / "corpus").resolve()
+CORPUS_NOW = 1124013600.0  # fail2ban's test clock, as in test_conformance
+
+
+def batch_and_lines_agree(rules: dict[str, Rule], lines: list[str], now: float, sizes=(1000,),
+                          source: str | None = None, host: str | None = None) -> int:
+    """Asserts that match_batch over `lines` (in batches) gives what match gives line by line."""
+    batched, single = Matcher(rules, "Europe/Zurich"), Matcher(rules, "Europe/Zurich")
+    found = 0
+    start = 0
+    for n, size in enumerate(sizes * (len(lines) // min(sizes) + 1)):
+        chunk = lines[start:start + size]
+        if not chunk:
+            break
+        expected = [(i, f) for i, text in enumerate(chunk) for f in single.match(text, source, now, host)]
+        got = batched.match_batch(chunk, source, now, host)
+        assert got == expected, f"batch {n} (lines {start}-{start + len(chunk) - 1})"
+        found += len(got)
+        start += size
+    return found
+
+
+@pytest.mark.skipif(not (CORPUS / "fail2ban-logs").is_dir(), reason="conformance corpus not found")
+def test_batches_match_like_single_lines_on_the_conformance_corpus(catalog):
+    found = 0
+    for name in sorted(catalog):
+        sample = CORPUS / "fail2ban-logs" / name
+        if not sample.exists():
+            continue
+        lines = sample.read_text(encoding="utf-8", errors="replace").splitlines()
+        found += batch_and_lines_agree({name: catalog[name]}, lines, CORPUS_NOW, sizes=(7, 1000, 1))
+        found += batch_and_lines_agree(catalog, lines, CORPUS_NOW, sizes=(50,))
+    assert found > 300
+
+
+def mixed_sshd_log(n_events: int, seed: int = 5) -> list[str]:
+    """A busy sshd log: bots, scanners, users, pids reused across addresses, other daemons between.
+
+    Up to three connections are open at a time, their lines interleaved.
+    """
+    rng = random.Random(seed)
+    addresses = [f"198.51.100.{i}" for i in range(1, 60)] + [f"2001:db8::{i:x}" for i in range(1, 20)]
+    users = ["root", "admin", "alice", "bob", "x from 198.51.100.66 port 22 ssh2", "oracle"]
+    lines: list[str] = []
+    open_events: list[list[str]] = []
+    second = 0
+
+    def emit() -> None:
+        event = rng.choice(open_events)
+        stamp = f"Nov 21 20:{second // 60 % 60:02d}:{second % 60:02d}"
+        lines.append(f"{stamp} {event.pop(0)}")
+        if not event:
+            open_events.remove(event)
+
+    for _ in range(n_events):
+        second += rng.randrange(2)
+        pid = rng.randrange(100, 130)  # few pids: reused often, by other addresses too
+        addr, user = rng.choice(addresses), rng.choice(users)
+        port = rng.randrange(1024, 65535)
+        kind = rng.randrange(9)
+        if kind == 0:
+            event = [f"Invalid user {user} from {addr} port {port}",
+                     f"pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost={addr}",
+                     f"Failed password for invalid user {user} from {addr} port {port} ssh2",
+                     f"Received disconnect from {addr} port {port}:11: Bye Bye [preauth]",
+                     f"Disconnected from invalid user {user} {addr} port {port} [preauth]"]
+        elif kind == 1:
+            event = [f"pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= "
+                     f"rhost={addr}  user={user}",
+                     f"Failed password for {user} from {addr} port {port} ssh2",
+                     f"Connection closed by authenticating user {user} {addr} port {port} [preauth]"]
+        elif kind == 2:
+            event = [f"Connection from {addr} port {port} on 198.51.100.1 port 22",
+                     "Disconnecting: Too many authentication failures [preauth]",
+                     f"Connection closed by {addr} port {port} [preauth]"]
+        elif kind == 3:
+            event = [f"Accepted publickey for {user} from {addr} port {port} ssh2: ED25519 SHA256:abc",
+                     f"pam_unix(sshd:session): session opened for user {user} by (uid=0)",
+                     f"Received disconnect from {addr} port {port}:11: disconnected by user",
+                     f"Disconnected from user {user} {addr} port {port}"]
+        elif kind == 4:
+            event = [f"Failed publickey for {user} from {addr} port {port} ssh2: RSA SHA256:abc",
+                     f"Failed password for {user} from {addr} port {port} ssh2",
+                     f"Accepted password for {user} from {addr} port {port} ssh2"]
+        elif kind == 5:
+            event = [f"error: PAM: Authentication failure for {user} from {addr}",
+                     f"error: maximum authentication attempts exceeded for {user} from {addr} port {port} ssh2 "
+                     "[preauth]"]
+        elif kind == 6:
+            event = [f"Unable to negotiate with {addr} port {port}: no matching key exchange method found. "
+                     "Their offer: diffie-hellman-group1-sha1 [preauth]",
+                     "kex_exchange_identification: Connection closed by remote host"]
+        elif kind == 7:
+            event = [f"Disconnecting: Too many authentication failures for {user} [preauth]",
+                     f"Connection reset by {addr} port {port} [preauth]"]
+        else:
+            open_events.append([f"srv CRON[{pid}]: pam_unix(cron:session): session opened for user root",
+                                f"srv systemd-logind[412]: New session 7 of user {user}."])
+            event = []
+        if event:
+            open_events.append([f"srv sshd[{pid}]: {text}" for text in event])
+        while len(open_events) > 2 or (open_events and rng.random() < 0.5):
+            emit()
+    while open_events:
+        emit()
+    return lines
+
+
+def test_batches_match_like_single_lines_on_a_mixed_sshd_log(catalog):
+    lines = mixed_sshd_log(3000)
+    found = batch_and_lines_agree({"sshd": catalog["sshd"]}, lines, NOW, sizes=(1000, 1, 37), source="auth",
+                                  host="srv")
+    assert found > 1000
+    assert batch_and_lines_agree(catalog, lines, NOW, sizes=(250,)) == found
+
+
+def test_a_failed_connection_that_closes_counts_once(catalog):
+    m = matcher_for(catalog, "sshd")
+    head = "Nov 21 20:19:28 srv sshd[700]: "
+    assert hosts(m, head + f"Failed password for invalid user bob from {REAL} port 5 ssh2") == [REAL]
+    assert hosts(m, head + f"Received disconnect from {REAL} port 5:11: Bye Bye [preauth]") == []
+    # sshd's last words about the same connection, after it closed: not another failure
+    assert hosts(m, head + f"Disconnected from invalid user bob {REAL} port 5 [preauth]") == []
+
+
+def test_a_reused_pid_does_not_blame_a_later_login_from_another_address(catalog):
+    m = matcher_for(catalog, "sshd")
+    pam = ("Nov 21 20:19:28 srv sshd[801]: pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 "
+           "tty=ssh ruser= rhost={addr}  user={user}")
+    attacker = "198.51.100.9"
+    assert hosts(m, pam.format(addr=attacker, user="root")) == []
+    assert hosts(m, f"Nov 21 20:19:29 srv sshd[801]: Failed password for root from {attacker} port 5 ssh2") \
+        == [attacker]
+    # No close was logged; the pid now serves a user from another address who
+    # types the password right: the attacker's user names are not hers.
+    assert hosts(m, pam.format(addr=REAL, user="alice")) == []
+    assert hosts(m, f"Nov 21 20:19:31 srv sshd[801]: Accepted password for alice from {REAL} port 6 ssh2") == []
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_two_hosts_with_the_same_pid_keep_their_connections_apart(catalog, batched):
+    m = matcher_for(catalog, "sshd")
+
+    def seen(line: str, host: str) -> list[str]:
+        if batched:
+            return [f.host for _, f in m.match_batch([line], "auth", NOW, host)]
+        return [f.host for f in m.match(line, "auth", NOW, host)]
+
+    other = "198.51.100.9"
+    assert seen(f"Nov 21 20:19:28 web1 sshd[900]: Connection from {REAL} port 5 on 198.51.100.1 port 22", "web1") == []
+    # web2's sshd 900 is another connection: it knows no address yet
+    assert seen("Nov 21 20:19:29 web2 sshd[900]: Disconnecting: Too many authentication failures [preauth]",
+                "web2") == []
+    assert seen("Nov 21 20:19:30 web1 sshd[900]: Disconnecting: Too many authentication failures [preauth]",
+                "web1") == [REAL]
+    assert seen(f"Nov 21 20:19:31 web2 sshd[900]: Connection closed by {other} port 7 [preauth]", "web2") == [other]
+
+
+def test_optional_groups_become_branches_with_the_same_matches():
+    for pattern, texts in [
+        (r"^a(?:b(?P<x>c)?)?(?:d)??d$", ["ad", "abd", "abcd", "abcdd", "add", "ab"]),
+        (r"(?:[(?:]x)?y(?:\)z)?", ["(xy)z", "xy", "y)z", ":xy"]),
+        (r"^(?:x)?+x", ["x", "xx"]),
+    ]:
+        before, after = re.compile(pattern), re.compile(_optional_branches(pattern))
+        assert after.pattern != pattern or "?+" in pattern
+        for text in texts:
+            m1, m2 = before.search(text), after.search(text)
+            assert (m1 and (m1.span(), m1.groupdict())) == (m2 and (m2.span(), m2.groupdict())), (pattern, text)

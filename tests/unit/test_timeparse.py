@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from pyfilter.detector.timeparse import InvalidZone, find_time, get_zone, parse_time
+from pyfilter.detector.timeparse import Clock, InvalidZone, find_time, get_zone, parse_time
 
 ZURICH = "Europe/Zurich"
 NOW = datetime(2005, 8, 14, 10, 0, tzinfo=timezone.utc).timestamp()  # fail2ban's test "now"
@@ -113,3 +113,29 @@ def test_daylight_saving_time_is_applied():
     winter = parse_time("2026-01-01 12:00:00 x", ZURICH)
     assert summer == utc(2026, 7, 1, 10, 0, 0)
     assert winter == utc(2026, 1, 1, 11, 0, 0)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Zurich"])
+def test_clock_reads_lines_like_find_time(zone):
+    """The clock's shortcut for syslog stamps never answers differently from find_time."""
+    lines = [
+        "Aug 14 09:59:58 srv sshd[1]: a",
+        "Aug 14 09:59:58 srv sshd[2]: b",  # the shortcut
+        "Aug 14 09:59:58 2004 srv sshd[1]: a year after the stamp",
+        "Aug 14 09:59:58  2004 srv x",
+        "Aug 14 09:59:58.123 srv x",
+        "Aug 14 09:59:58",
+        "Aug 14 09:59:58 ",
+        "Aug 14 09:59:58 12:00 x",
+        "Aug  4 09:59:58 srv x",
+        "Aug  4 09:59:58 srv y",
+        "Dec 31 23:59:59 srv x",  # the year before "now"
+        "Aug 14 09:59:58\tsrv x",
+        "Feb 29 12:00:00 srv x",
+        "Foo 14 09:59:58 srv x 2005-08-14T09:00:00Z",
+        "2005-08-14T09:59:58+02:00 srv x",
+    ]
+    clock = Clock(get_zone(zone))
+    for now in (NOW, NOW + 86400 * 200, None):
+        for line in lines + lines[::-1]:
+            assert clock(line, now) == find_time(line, zone, now), (line, now)
