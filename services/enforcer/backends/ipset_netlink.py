@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import struct
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from pyroute2.ipset import AsyncIPSet
-from pyroute2.netlink import NLA_F_NESTED, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ERROR
+from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ERROR
 from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_IPSET, nfgen_msg
 from pyroute2.netlink.nfnetlink.ipset import (
     IPSET_CMD_ADD,
@@ -40,9 +39,15 @@ from pyroute2.netlink.nfnetlink.ipset import (
     IPSET_FLAG_LIST_SETNAME,
 )
 
-NLA_F_NET_BYTEORDER = 0x4000
-NLA_TYPE_MASK = 0x3FFF
-NLA_MAX_PAYLOAD = 0xFFFF - 4
+from pyfilter.enforcer.backends.nlattr import (
+    BE32 as _BE32,
+    NLA_F_NESTED,
+    NLA_F_NET_BYTEORDER,
+    NLA_MAX_PAYLOAD,
+    attr as _attr,
+    walk as _walk,
+)
+
 
 # enum ipset_adt_attr / ipset_attr_ip
 IPSET_ATTR_DATA = 7
@@ -53,8 +58,6 @@ IPSET_ATTR_IPADDR_IPV4 = 1
 IPSET_ATTR_IPADDR_IPV6 = 2
 MAX_TIMEOUT = (0xFFFFFFFF >> 1) // 1000
 
-_HEADER = struct.Struct("=HH")
-_BE32 = struct.Struct(">I")
 
 Target = ipaddress.IPv4Address | ipaddress.IPv6Address | ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -95,10 +98,6 @@ class Element(NamedTuple):
 # -- element lists -------------------------------------------------------------
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    return _HEADER.pack(4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
-
-
 def pack_element(target: Target, timeout: int | None = None) -> bytes:
     """One DATA nest. `timeout` None: no timeout attribute (the set's default, or delete)."""
     network = isinstance(target, (ipaddress.IPv4Network, ipaddress.IPv6Network))
@@ -110,17 +109,6 @@ def pack_element(target: Target, timeout: int | None = None) -> bytes:
     if timeout is not None:
         body += _attr(IPSET_ATTR_TIMEOUT | NLA_F_NET_BYTEORDER, _BE32.pack(min(timeout, MAX_TIMEOUT)))
     return _attr(IPSET_ATTR_DATA | NLA_F_NESTED, body)
-
-
-def _walk(buf: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, int]]:
-    end = len(buf) if end is None else end
-    offset = start
-    while offset + 4 <= end:
-        length, kind = _HEADER.unpack_from(buf, offset)
-        if length < 4:
-            raise ValueError(f"malformed netlink attribute at byte {offset}: length {length}")
-        yield kind & NLA_TYPE_MASK, offset + 4, offset + length
-        offset += (length + 3) & ~3
 
 
 def parse_elements(raw: bytes, network: bool) -> Iterator[Element]:

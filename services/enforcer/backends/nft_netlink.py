@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
@@ -35,15 +34,22 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
 )
 from pyroute2.nftables.main import AsyncNFTables
 
+from pyfilter.enforcer.backends.nlattr import (
+    BE32 as _BE32,
+    BE64 as _BE64,
+    NLA_F_NESTED,
+    NLA_MAX_PAYLOAD,
+    attr as _attr,
+    walk as _walk,
+)
+
+
 log = logging.getLogger("pyfilter.enforcer.nftables")
 
 NFPROTO_INET = 1
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
 
-NLA_F_NESTED = 0x8000
-NLA_TYPE_MASK = 0x3FFF
-NLA_MAX_PAYLOAD = 0xFFFF - 4
 
 # Attribute numbers of a set element (enum nft_set_elem_attributes).
 NFTA_LIST_ELEM = 1
@@ -54,9 +60,6 @@ NFTA_SET_ELEM_EXPIRATION = 5
 NFTA_DATA_VALUE = 1
 NFT_SET_ELEM_INTERVAL_END = 0x1
 
-_HEADER = struct.Struct("=HH")
-_BE32 = struct.Struct(">I")
-_BE64 = struct.Struct(">Q")
 
 
 class Element(NamedTuple):
@@ -98,11 +101,6 @@ class NftSocket(AsyncNFTables):
 # -- element lists -----------------------------------------------------------
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    pad = -len(payload) % 4
-    return _HEADER.pack(4 + len(payload), kind) + payload + b"\0" * pad
-
-
 def pack_element(key: bytes, timeout_ms: int | None = None, interval_end: bool = False) -> bytes:
     """One NFTA_LIST_ELEM nest: key, then flags and timeout if any."""
     body = _attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, _attr(NFTA_DATA_VALUE, key))
@@ -111,18 +109,6 @@ def pack_element(key: bytes, timeout_ms: int | None = None, interval_end: bool =
     if timeout_ms is not None:
         body += _attr(NFTA_SET_ELEM_TIMEOUT, _BE64.pack(timeout_ms))
     return _attr(NFTA_LIST_ELEM | NLA_F_NESTED, body)
-
-
-def _walk(buf: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, int]]:
-    """(attribute type, payload start, payload end) of each attribute in buf[start:end]."""
-    end = len(buf) if end is None else end
-    offset = start
-    while offset + 4 <= end:
-        length, kind = _HEADER.unpack_from(buf, offset)
-        if length < 4:
-            raise ValueError(f"malformed netlink attribute at byte {offset}: length {length}")
-        yield kind & NLA_TYPE_MASK, offset + 4, offset + length
-        offset += (length + 3) & ~3
 
 
 def parse_elements(raw: bytes) -> Iterator[Element]:
