@@ -73,7 +73,7 @@ def ours_cli(path: Path, rule: str) -> dict:
 
 
 def run_matching(log: logs.LogFile) -> dict:
-    print(f"  fail2ban-regex ...", flush=True)
+    print("  fail2ban-regex ...", flush=True)
     f2b = fail2ban.run_regex(log.path)
     print(f"    {f2b.usage.wall:.2f} s, {f2b.matched:,} matched, {f2b.usage.peak_mb:.0f} MB", flush=True)
     rows = {"fail2ban-regex (sshd.conf)": {"usage": f2b.usage, "failures": f2b.matched}}

@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from pyfilter.api import openapi
 from tests.conftest import start_redis
 from tests.unit.apiserver import start_api
-from tests.unit.apisupport import AUTH, TOKEN
+from tests.unit.apisupport import AUTH
 
 SCHEMA = schemathesis.openapi.from_dict(msgspec.json.decode(openapi.document()))
 
