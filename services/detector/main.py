@@ -11,6 +11,7 @@ line id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -62,6 +63,9 @@ class Detector:
         self.stopping = asyncio.Event()
         self.next_claim = 0.0
         self.next_lag = 0.0
+        # The previous read's window update, still running in Redis while the
+        # next read is matched here (see `step`).
+        self.inflight: asyncio.Task | None = None
 
     def observe(self, batch: messages.LineBatch, now: float, own: set,
                 whitelist: list) -> list[Observed]:
@@ -108,6 +112,11 @@ class Detector:
         return str(addr)
 
     async def handle(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        await self.finish(*await self.prepare(entries))
+
+    async def prepare(self, entries: list[tuple[bytes, dict[bytes, bytes]]]
+                      ) -> tuple[list[Observed], list[bytes], float]:
+        """Decode and match a read: the failures it holds and the entries to acknowledge."""
         now = time.time()
         own = await self.own.get()
         whitelist = await self.whitelist.networks()
@@ -128,6 +137,10 @@ class Detector:
             found = self.observe(batch, now, own, whitelist)
             metrics.LINES.labels(batch.source).inc(len(batch.lines))
             observed += found
+        return observed, ids, now
+
+    async def finish(self, observed: list[Observed], ids: list[bytes], now: float) -> None:
+        """Count the failures into the windows, then acknowledge their entries."""
         for o in observed:
             metrics.FAILURES.labels(o.rule).inc()
         for ban in await self.windows.record(observed, now):
@@ -174,9 +187,19 @@ class Detector:
             except TRANSIENT as exc:
                 metrics.ERRORS.labels("redis").inc()
                 logger.warning("redis error, retrying", extra={"error": str(exc)})
+                # An unfinished update left its entries pending: resume redoes them.
+                with contextlib.suppress(Exception):
+                    await self.settle()
                 await asyncio.sleep(1)
                 await self.resume()
+        await self.settle()
         await self.client.aclose()
+
+    async def settle(self) -> None:
+        """Wait for the window update still running, if any."""
+        task, self.inflight = self.inflight, None
+        if task is not None:
+            await task
 
     async def step(self) -> None:
         # Entries a dead replica left pending come first.
@@ -186,13 +209,18 @@ class Detector:
                 self.settings.config.detector.claim_idle * 1000, "0-0",
                 count=BATCHES_PER_READ)
             if claimed:
+                await self.settle()
                 await self.handle(claimed)
                 return
             self.next_claim = time.monotonic() + CLAIM_EVERY_S
         reply = await self.client.xreadgroup(
             DETECT_GROUP, self.consumer, {self.keys.lines: ">"}, count=BATCHES_PER_READ, block=1000)
         for _, entries in reply:
-            await self.handle(entries)
+            # Match this read while Redis runs the previous read's window
+            # script; updates still reach Redis one after the other, in order.
+            work = await self.prepare(entries)
+            await self.settle()
+            self.inflight = asyncio.create_task(self.finish(*work))
 
 
 async def main_async(settings: Settings) -> None:
