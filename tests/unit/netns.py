@@ -7,6 +7,7 @@ only from 198.51.100.0/24 and 2001:db8::/32.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -113,3 +114,18 @@ def connect_result(netns: str, source: str, server: str, port: int = PORT, timeo
 def connects(netns: str, source: str, server: str, port: int = PORT) -> bool:
     """Whether a TCP connection from `source` (in `netns`) to the server opens within 3 s."""
     return connect_result(netns, source, server, port, timeout=3.0) == "open"
+
+
+def run_backend(netns: str, make_backend, scenario, init: bool = True):
+    """Run `scenario(backend)` inside `netns` with a fresh backend, closed afterwards."""
+    async def main():
+        backend = make_backend()
+        try:
+            if init:
+                await backend.init()
+            return await scenario(backend)
+        finally:
+            await backend.close()
+
+    with inside(netns):
+        return asyncio.run(main())

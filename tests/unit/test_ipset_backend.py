@@ -18,7 +18,7 @@ import pytest
 
 from pyfilter.enforcer.backends import make_backend
 from pyfilter.enforcer.backends.base import Ban
-from tests.unit.netns import PORT, connect_result, connects, inside, link, new_netns, sh, tcp_server
+from tests.unit.netns import PORT, connect_result, connects, link, new_netns, run_backend, sh, tcp_server
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "ipset", "iptables", "ip6tables")),
@@ -37,17 +37,7 @@ class Firewall:
         self.binaries = FLAVOURS[flavour]
 
     def run(self, scenario, init: bool = True):
-        async def main():
-            backend = make_backend("iptables", iptables=self.binaries[0], ip6tables=self.binaries[1])
-            try:
-                if init:
-                    await backend.init()
-                return await scenario(backend)
-            finally:
-                await backend.close()
-
-        with inside(self.netns):
-            return asyncio.run(main())
+        return run_backend(self.netns, lambda: make_backend("iptables", iptables=self.binaries[0], ip6tables=self.binaries[1]), scenario, init)
 
     def exec(self, *argv: str) -> str:
         return sh("ip", "netns", "exec", self.netns, *argv)

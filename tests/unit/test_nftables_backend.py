@@ -22,7 +22,7 @@ import pytest
 from pyfilter.enforcer.backends import make_backend
 from pyfilter.enforcer.backends.base import Ban
 from pyfilter.enforcer.backends.nftables import NftablesBackend
-from tests.unit.netns import PORT, connect_result, connects, inside, link, new_netns, sh, tcp_server
+from tests.unit.netns import PORT, connect_result, connects, link, new_netns, run_backend, sh, tcp_server
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("nft"),
@@ -40,17 +40,7 @@ class Firewall:
         self.netns = netns
 
     def run(self, scenario, init: bool = True):
-        async def main():
-            backend = NftablesBackend()
-            try:
-                if init:
-                    await backend.init()
-                return await scenario(backend)
-            finally:
-                await backend.close()
-
-        with inside(self.netns):
-            return asyncio.run(main())
+        return run_backend(self.netns, NftablesBackend, scenario, init)
 
     def nft(self, *args: str) -> str:
         return sh("ip", "netns", "exec", self.netns, "nft", *args)
