@@ -43,8 +43,8 @@ from pyfilter.enforcer.backends.nlattr import (
     BE32 as _BE32,
     NLA_F_NESTED,
     NLA_F_NET_BYTEORDER,
-    NLA_MAX_PAYLOAD,
     attr as _attr,
+    chunks,
     walk as _walk,
 )
 
@@ -130,17 +130,6 @@ def parse_elements(raw: bytes, network: bool) -> Iterator[Element]:
             yield Element(target, left)
 
 
-def chunks(elements: Iterable[bytes], limit: int = NLA_MAX_PAYLOAD) -> Iterator[bytes]:
-    current: list[bytes] = []
-    size = 0
-    for element in elements:
-        if size + len(element) > limit and current:
-            yield b"".join(current)
-            current, size = [], 0
-        current.append(element)
-        size += len(element)
-    if current:
-        yield b"".join(current)
 
 
 # -- requests ------------------------------------------------------------------

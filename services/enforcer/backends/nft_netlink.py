@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST
@@ -38,8 +38,9 @@ from pyfilter.enforcer.backends.nlattr import (
     BE32 as _BE32,
     BE64 as _BE64,
     NLA_F_NESTED,
-    NLA_MAX_PAYLOAD,
     attr as _attr,
+    NLA_MAX_PAYLOAD,  # noqa: F401  (re-exported: the backend uses nft_netlink.*)
+    chunks,  # noqa: F401
     walk as _walk,
 )
 
@@ -131,18 +132,6 @@ def parse_elements(raw: bytes) -> Iterator[Element]:
         yield Element(key, interval_end, timeout, expires)
 
 
-def chunks(elements: Iterable[bytes], limit: int = NLA_MAX_PAYLOAD) -> Iterator[bytes]:
-    """Concatenate packed elements into payloads of at most `limit` bytes each."""
-    current: list[bytes] = []
-    size = 0
-    for element in elements:
-        if size + len(element) > limit and current:
-            yield b"".join(current)
-            current, size = [], 0
-        current.append(element)
-        size += len(element)
-    if current:
-        yield b"".join(current)
 
 
 def element_message(command: int, table: str, set_name: str, payload: bytes) -> RawElementList:

@@ -7,7 +7,7 @@ batch is built here as raw bytes instead (type-length-value, 4-byte aligned).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 NLA_F_NESTED = 0x8000
 NLA_F_NET_BYTEORDER = 0x4000
@@ -34,3 +34,17 @@ def walk(buf: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[i
             raise ValueError(f"malformed netlink attribute at byte {offset}: length {length}")
         yield kind & NLA_TYPE_MASK, offset + 4, offset + length
         offset += (length + 3) & ~3
+
+
+def chunks(elements: Iterable[bytes], limit: int = NLA_MAX_PAYLOAD) -> Iterator[bytes]:
+    """Concatenate packed elements into payloads of at most `limit` bytes each."""
+    current: list[bytes] = []
+    size = 0
+    for element in elements:
+        if size + len(element) > limit and current:
+            yield b"".join(current)
+            current, size = [], 0
+        current.append(element)
+        size += len(element)
+    if current:
+        yield b"".join(current)
