@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 
 import msgspec
 
@@ -64,8 +65,9 @@ class Detector:
         self.next_claim = 0.0
         self.next_lag = 0.0
         # The previous read's window update, still running in Redis while the
-        # next read is matched here (see `step`).
+        # next read is matched here, and the next read itself (see `step`).
         self.inflight: asyncio.Task | None = None
+        self.reading: asyncio.Future | None = None
 
     def observe(self, batch: messages.LineBatch, now: float, own: set,
                 whitelist: list) -> list[Observed]:
@@ -120,10 +122,19 @@ class Detector:
         now = time.time()
         own = await self.own.get()
         whitelist = await self.whitelist.networks()
+        # Matching is CPU work: in a thread, so that the event loop meanwhile
+        # sends the next read and the previous read's window update to Redis.
+        observed, undecodable = await asyncio.to_thread(self.match_entries, entries, now, own, whitelist)
+        for fields in undecodable:
+            await self.client.xadd(f"{self.keys.lines}:dead", fields)
+        return observed, [entry_id for entry_id, _ in entries], now
+
+    def match_entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]], now: float, own: set,
+                      whitelist: list) -> tuple[list[Observed], list[dict[bytes, bytes]]]:
+        """The failures in a read's entries, and the entries that do not decode."""
         observed: list[Observed] = []
-        ids = []
+        undecodable = []
         for entry_id, fields in entries:
-            ids.append(entry_id)
             if fields is None:  # deleted while pending: nothing left to do
                 continue
             try:
@@ -132,17 +143,16 @@ class Detector:
                 logger.error("undecodable lines entry, moved aside",
                              extra={"entry": entry_id.decode(), "error": str(exc)})
                 metrics.ERRORS.labels("undecodable").inc()
-                await self.client.xadd(f"{self.keys.lines}:dead", fields)
+                undecodable.append(fields)
                 continue
-            found = self.observe(batch, now, own, whitelist)
+            observed += self.observe(batch, now, own, whitelist)
             metrics.LINES.labels(batch.source).inc(len(batch.lines))
-            observed += found
-        return observed, ids, now
+        return observed, undecodable
 
     async def finish(self, observed: list[Observed], ids: list[bytes], now: float) -> None:
         """Count the failures into the windows, then acknowledge their entries."""
-        for o in observed:
-            metrics.FAILURES.labels(o.rule).inc()
+        for rule, count in Counter(o.rule for o in observed).items():
+            metrics.FAILURES.labels(rule).inc(count)
         for ban in await self.windows.record(observed, now):
             metrics.BANS.labels(ban.rule).inc()
             logger.info("ban decided", extra={"address": ban.address, "rule": ban.rule,
@@ -187,11 +197,19 @@ class Detector:
             except TRANSIENT as exc:
                 metrics.ERRORS.labels("redis").inc()
                 logger.warning("redis error, retrying", extra={"error": str(exc)})
-                # An unfinished update left its entries pending: resume redoes them.
+                # Unfinished updates and reads left their entries pending for
+                # this consumer: resume redoes them.
                 with contextlib.suppress(Exception):
                     await self.settle()
+                with contextlib.suppress(BaseException):
+                    await self.forget_read()
                 await asyncio.sleep(1)
                 await self.resume()
+        # A read already taken is finished before stopping, not left pending.
+        if self.reading is not None:
+            for _, entries in await self.next_read():
+                await self.settle()
+                await self.handle(entries)
         await self.settle()
         await self.client.aclose()
 
@@ -200,6 +218,27 @@ class Detector:
         task, self.inflight = self.inflight, None
         if task is not None:
             await task
+
+    async def forget_read(self) -> None:
+        """Drop the read ahead, if any (its entries stay pending for `resume`)."""
+        task, self.reading = self.reading, None
+        if task is not None:
+            task.cancel()
+            await task
+
+    def read(self) -> asyncio.Future:
+        return asyncio.ensure_future(self.client.xreadgroup(
+            DETECT_GROUP, self.consumer, {self.keys.lines: ">"}, count=BATCHES_PER_READ, block=1000))
+
+    async def next_read(self) -> list:
+        """New entries for this consumer. While a busy stream's read is
+        matched, the next one is already on its way (Redis answers it between
+        window updates, so it is ready when matching ends)."""
+        task, self.reading = self.reading, None
+        reply = await (task or self.read())
+        if reply:
+            self.reading = self.read()
+        return reply
 
     async def step(self) -> None:
         # Entries a dead replica left pending come first.
@@ -213,9 +252,7 @@ class Detector:
                 await self.handle(claimed)
                 return
             self.next_claim = time.monotonic() + CLAIM_EVERY_S
-        reply = await self.client.xreadgroup(
-            DETECT_GROUP, self.consumer, {self.keys.lines: ">"}, count=BATCHES_PER_READ, block=1000)
-        for _, entries in reply:
+        for _, entries in await self.next_read():
             # Match this read while Redis runs the previous read's window
             # script; updates still reach Redis one after the other, in order.
             work = await self.prepare(entries)

@@ -10,16 +10,18 @@ ban decision, so a crash can never leave a crossed window without its ban.
 """
 
 RECORD_FAILURES = r"""
--- ARGV: prefix, now, recidive settings (empty when that rule is off), group
--- count, then per group (one rule, address and host that saw the lines) a
--- header of GROUP_HEADER fields followed by `n` (line id, log time, text)
--- triples. The recidive settings are a group header without address, host
--- and count: "threshold span bantime factor maxtime verdict ports".
+-- ARGV: prefix, now, recidive settings (empty when that rule is off), then
+-- the groups packed as one MessagePack array (one C call to unpack, instead
+-- of a protocol argument per field). A group is one rule, address and host
+-- that saw the lines: {rule, address, host, mode, threshold, span, bantime,
+-- factor, maxtime, verdict, ports, lines}, where `lines` is a flat array of
+-- (line id, log time, text) triples. The recidive settings are the group's
+-- threshold..ports fields as one string: "threshold span bantime factor
+-- maxtime verdict ports".
 local prefix = ARGV[1]
 local now = tonumber(ARGV[2])
 local recidive = ARGV[3]
-local ngroups = tonumber(ARGV[4])
-local GROUP_HEADER = 12
+local groups = cmsgpack.unpack(ARGV[4])
 local MAX_LINES = 10
 local INF = math.huge
 
@@ -121,16 +123,12 @@ local function count_for_recidive(address, seen_by, rule)
   end
 end
 
-local pos = 5
-for _ = 1, ngroups do
+for _, h in ipairs(groups) do
   local g = {
-    rule = ARGV[pos], address = ARGV[pos + 1], seen_by = ARGV[pos + 2], mode = ARGV[pos + 3],
-    threshold = tonumber(ARGV[pos + 4]), span = tonumber(ARGV[pos + 5]),
-    bantime = tonumber(ARGV[pos + 6]), factor = tonumber(ARGV[pos + 7]),
-    maxtime = tonumber(ARGV[pos + 8]), verdict = ARGV[pos + 9], ports = ARGV[pos + 10],
+    rule = h[1], address = h[2], seen_by = h[3], mode = h[4], threshold = h[5], span = h[6],
+    bantime = h[7], factor = h[8], maxtime = h[9], verdict = h[10], ports = h[11],
   }
-  local n = tonumber(ARGV[pos + 11])
-  pos = pos + GROUP_HEADER
+  local lines = h[12]
 
   local key_tail = g.rule .. ':' .. g.address
   local window_key = prefix .. 'window:' .. key_tail
@@ -144,15 +142,13 @@ for _ = 1, ngroups do
   local oldest = now - reach
 
   local fresh = {}
-  for i = 0, n - 1 do
-    local at = pos + 3 * i
-    local ts = math.min(tonumber(ARGV[at + 1]), now)
-    if ts >= oldest and ts > reset and redis.call('ZADD', window_key, 'NX', ts, ARGV[at]) == 1 then
+  for i = 1, #lines, 3 do
+    local ts = math.min(lines[i + 1], now)
+    if ts >= oldest and ts > reset and redis.call('ZADD', window_key, 'NX', ts, lines[i]) == 1 then
       fresh[#fresh + 1] = ts
-      redis.call('RPUSH', lines_key, ARGV[at + 2])
+      redis.call('RPUSH', lines_key, lines[i + 2])
     end
   end
-  pos = pos + 3 * n
 
   if #fresh > 0 then
     table.sort(fresh)

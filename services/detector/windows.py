@@ -6,6 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import msgspec
 import redis.asyncio as redis
 
 from pyfilter.common.config import Rule
@@ -44,50 +45,56 @@ def _thresholds(rule: Rule) -> list[object]:
     else:
         threshold, span = rule.maxretry, rule.findtime
     ports = ",".join(str(p) for p in rule.ports)
-    return [threshold, span, rule.bantime, rule.escalation.factor, rule.escalation.maxtime,
-            rule.verdict, ports]
-
-
-def _group_header(name: str, rule: Rule, address: str, host: str, count: int) -> list[object]:
-    return [name, address, host, rule.mode, *_thresholds(rule), count]
+    # Plain numbers (config's `Seconds` is an int subclass MessagePack does not know).
+    return [int(threshold), int(span), int(rule.bantime), float(rule.escalation.factor),
+            int(rule.escalation.maxtime), rule.verdict, ports]
 
 
 class Windows:
     """Applies observed failures to the windows; returns the bans they caused."""
 
     def __init__(self, client: redis.Redis, prefix: str, rules: dict[str, Rule]):
+        self._client = client
         self._script = client.register_script(RECORD_FAILURES)
         self._prefix = prefix
-        self._rules = rules
+        # Per rule, the group fields after rule, address and host: mode, then thresholds.
+        self._settings = {name: [rule.mode, *_thresholds(rule)] for name, rule in rules.items()}
         recidive = rules.get("recidive")
         self._recidive = " ".join(map(str, _thresholds(recidive))).strip() if recidive else ""
+        self._encode = msgspec.msgpack.Encoder().encode
 
     async def record(self, observed: list[Observed], now: float) -> list[NewBan]:
-        if not observed:
+        """Apply the failures; every script call goes to Redis in one round trip."""
+        calls = self._calls(observed)
+        if not calls:
             return []
-        groups: dict[tuple[str, str, str], list[Observed]] = defaultdict(list)
-        for o in observed:
-            groups[(o.rule, o.address, o.host)].append(o)
-        bans: list[NewBan] = []
-        # One call holds Redis for as long as it runs: keep each call small.
-        call: list[object] = []
-        count = failures = 0
-        for (name, address, host), items in groups.items():
-            call += _group_header(name, self._rules[name], address, host, len(items))
-            for o in items:
-                call += [o.line_id, o.time, o.text]
-            count += 1
-            failures += len(items)
-            if failures >= FAILURES_PER_CALL:
-                bans += await self._call(call, count, now)
-                call, count, failures = [], 0, 0
-        if count:
-            bans += await self._call(call, count, now)
-        return bans
+        async with self._client.pipeline(transaction=False) as pipe:
+            for groups in calls:
+                # The groups go as one MessagePack argument: a protocol
+                # argument per field cost the detector more CPU than matching.
+                await self._script(keys=[], args=[self._prefix, now, self._recidive, self._encode(groups)],
+                                   client=pipe)
+            replies = await pipe.execute()  # raises if any call failed: nothing is acknowledged
+        return [_parse_ban(r) for reply in replies for r in reply]
 
-    async def _call(self, groups: list[object], count: int, now: float) -> list[NewBan]:
-        results = await self._script(keys=[], args=[self._prefix, now, self._recidive, count, *groups])
-        return [_parse_ban(r) for r in results]
+    def _calls(self, observed: list[Observed]) -> list[list[list[object]]]:
+        """The failures grouped by (rule, address, host), cut into script calls."""
+        groups: dict[tuple[str, str, str], list[object]] = defaultdict(list)
+        for o in observed:
+            groups[(o.rule, o.address, o.host)] += (o.line_id, o.time, o.text)
+        # One call holds Redis for as long as it runs: keep each call small.
+        calls: list[list[list[object]]] = []
+        call: list[list[object]] = []
+        failures = 0
+        for (name, address, host), lines in groups.items():
+            call.append([name, address, host, *self._settings[name], lines])
+            failures += len(lines) // 3
+            if failures >= FAILURES_PER_CALL:
+                calls.append(call)
+                call, failures = [], 0
+        if call:
+            calls.append(call)
+        return calls
 
 
 def _parse_ban(result: bytes) -> NewBan:
