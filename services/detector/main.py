@@ -205,9 +205,10 @@ class Detector:
                     await self.forget_read()
                 await asyncio.sleep(1)
                 await self.resume()
-        # A read already taken is finished before stopping, not left pending.
-        if self.reading is not None:
-            for _, entries in await self.next_read():
+        # A read already on its way is finished before stopping, not left pending.
+        task, self.reading = self.reading, None
+        if task is not None:
+            for _, entries in await task:
                 await self.settle()
                 await self.handle(entries)
         await self.settle()

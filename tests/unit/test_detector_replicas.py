@@ -150,6 +150,33 @@ def test_one_and_three_replicas_with_one_killed_decide_the_same_bans(redis_url, 
     assert three == expected
 
 
+def test_a_stopped_detector_finishes_what_it_took(redis_url, tmp_path):
+    """SIGTERM while busy: the detector finishes the reads it already took
+    (including the one it asked for ahead) and leaves nothing pending."""
+    config = write_config(tmp_path)
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    first = start_detector(config, redis_url)
+    log = config.parent / "detectors.log"
+    wait(lambda: client.exists(KEYS.lines) and client.xinfo_groups(KEYS.lines), 60, "the consumer group", log)
+    feed(client, attack_log() * 4)
+    wait(lambda: client.xinfo_groups(KEYS.lines)[0]["pending"] > 0, 30, "the detector to take work", log)
+    first.terminate()
+    assert first.wait(30) == 0
+    assert client.xinfo_groups(KEYS.lines)[0]["pending"] == 0, log.read_text()[-3000:]
+    assert client.xlen(KEYS.lines) > 0, "the detector finished the whole stream before it was stopped"
+    second = start_detector(config, redis_url)  # the rest, for the same bans as without a stop
+    try:
+        wait(lambda: drained(client), 60, "every batch to be processed", log)
+    finally:
+        second.terminate()
+        second.wait(10)
+    # Four rounds of the log: the "spared" addresses fail 12 times too.
+    everyone = [f"198.51.100.{i}" for i in [*range(1, 31), *range(101, 131)]] + \
+        [f"2001:db8::{i:x}" for i in range(1, 31)] + [f"2001:db8:1::{i:x}" for i in range(1, 31)]
+    assert decided(client) == {(a, "sshd") for a in everyone}
+
+
 def test_detector_does_not_count_an_operator_whitelisted_network(redis_url, tmp_path):
     async def add():
         client = aioredis.from_url(redis_url)
