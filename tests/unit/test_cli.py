@@ -67,7 +67,7 @@ def test_explain_shows_rule_pattern_captures_and_time():
     line = "Nov 21 20:19:28 srv sshd[100]: Failed password for root from 198.51.100.7 port 50000 ssh2"
     result = run("explain", "--now", "2026-11-22T00:00:00Z", line)
     assert result.returncode == 0, result.stderr
-    assert "sshd: failure (pattern 2)" in result.stdout
+    assert "sshd: failure (pattern 1)" in result.stdout
     assert "host: 198.51.100.7" in result.stdout
     assert "user: root" in result.stdout
     assert "time: 2026-11-21T20:19:28+00:00" in result.stdout
