@@ -1,7 +1,7 @@
 """Log files and globs, followed through rotation, truncation and re-creation.
 
 A file is known by its identity (device, inode), not its name: that is what
-survives a rename. Each open file is a `Tail`; the source keeps one per
+survives a rename. Each open file is a `Tail` (`tail.py`); the source keeps one per
 identity and rescans the watched paths every `poll_interval`:
 
 - a path now naming another file (logrotate `create`, delete + re-create):
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import glob
-import hashlib
 import logging
 import os
 import re
@@ -39,123 +38,17 @@ import msgspec
 from pyfilter.common.config import CollectorConfig, Source as SourceConfig
 from pyfilter.common.messages import Line
 
-from .base import STARTED, Batch, Stats, to_text
+from .base import STARTED, Batch, Stats
+from .tail import Position, Tail, head_is
 
 log = logging.getLogger("pyfilter.collector.file")
 
-CHUNK = 1 << 20  # bytes per read
-HEAD = 1024  # bytes of a file's start that fingerprint it
 DRAIN_IDLE = 5.0  # keep reading a rotated-away file until quiet this long (s)
-PARTIAL_TIMEOUT = 5.0  # emit a last line without newline after this long (s)
 SEEN = "seen"  # checkpoint field: wall time of the scan behind the last batch
 SEEN_MARGIN = 1.0  # clock slack when judging "modified after SEEN" (s)
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".z", ".zip")
 # What logrotate appends to a rotated name: `.1`, or `-20240501` with dateext.
 ROTATED_NAME = re.compile(r"(\.\d+|-\d{8}(\d{2})?)$")
-
-
-class Position(msgspec.Struct):
-    path: str
-    offset: int  # start of the next line to send (always a line boundary)
-    head: int = 0  # length of the file start that `fp` fingerprints
-    fp: str = ""
-
-
-def _fingerprint(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
-
-
-class Tail:
-    """One open file: reads from `pos`, emits lines starting at `offset`."""
-
-    def __init__(self, source: str, path: str, fd: int, st: os.stat_result, offset: int,
-                 head: int = 0, fp: str = "", live: bool = True):
-        self.path, self.fd = path, fd
-        self.key = f"{st.st_dev}:{st.st_ino}"
-        self.id_prefix = f"{source}:{st.st_dev}:{st.st_ino}:"
-        self.live = live  # a watched path names this file
-        self.size, self.mtime = st.st_size, st.st_mtime_ns
-        self.reset(offset)
-        if head:  # a fingerprint from a checkpoint or the original of a copy
-            self.head, self.fp = head, fp
-
-    def reset(self, offset: int) -> None:
-        self.offset = self.pos = offset
-        self.buf = b""  # bytes [offset, pos) not yet emitted
-        self.skipping = False  # inside an over-long line already sent cut
-        self.head, self.fp = 0, ""
-        self.changed_at = time.monotonic()
-        self.dirty = True  # position to write with the next batch
-        self.refresh_fp()
-
-    def position(self) -> bytes:
-        return msgspec.json.encode(Position(self.path, self.offset, self.head, self.fp))
-
-    def head_matches(self) -> bool:
-        return self.head == 0 or _head_is(self.fd, self.head, self.fp)
-
-    def refresh_fp(self) -> None:
-        want = min(HEAD, self.pos)
-        if want > self.head:
-            data = os.pread(self.fd, want, 0)
-            self.head, self.fp, self.dirty = len(data), _fingerprint(data), True
-
-    def read(self) -> bool:
-        """Read one chunk; False at end of file."""
-        data = os.pread(self.fd, CHUNK, self.pos)
-        if not data:
-            return False
-        start, self.pos = self.pos, self.pos + len(data)
-        self.changed_at = time.monotonic()
-        if self.head < HEAD:
-            self.refresh_fp()
-        if self.skipping:
-            end = data.find(b"\n")
-            if end < 0:
-                return True
-            self.skipping, self.dirty = False, True
-            self.offset = start + end + 1
-            data = data[end + 1 :]
-        self.buf += data
-        return True
-
-    def take(self, room: int, out: list[Line], max_bytes: int, stats: Stats) -> int:
-        """Move up to `room` complete lines from the buffer to `out`."""
-        if not self.buf:
-            return 0
-        parts = self.buf.split(b"\n", room)
-        rest = parts.pop()
-        off, prefix = self.offset, self.id_prefix
-        for raw in parts:
-            if raw:
-                text = to_text(raw, max_bytes, stats)
-                if text:
-                    out.append(Line(prefix + str(off), text))
-            off += len(raw) + 1
-        taken = len(parts)
-        if taken:
-            self.offset, self.buf, self.dirty = off, rest, True
-        if len(rest) > max_bytes and taken < room:
-            # An over-long line: send its start now, drop the rest up to its
-            # newline. The position stays at its start until that newline is
-            # read, so a restart re-sends the same cut line (same id).
-            out.append(Line(prefix + str(off), to_text(rest, max_bytes, stats)))
-            self.buf, self.skipping = b"", True
-            taken += 1
-        return taken
-
-    def flush_partial(self, out: list[Line], max_bytes: int, stats: Stats) -> bool:
-        """Emit a last line that has waited PARTIAL_TIMEOUT for its newline."""
-        if not self.buf or self.skipping or time.monotonic() - self.changed_at < PARTIAL_TIMEOUT:
-            return False
-        text = to_text(self.buf, max_bytes, stats)
-        if text:
-            out.append(Line(self.id_prefix + str(self.offset), text))
-        self.offset, self.buf, self.dirty = self.pos, b"", True
-        return True
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 class FileSource:
@@ -322,7 +215,7 @@ class FileSource:
         """Read a truncated file again from 0, after taking its unread rest from a copy."""
         if tail.offset > 0:
             copy = self._find_sibling(tail.path, lambda c: c.st_size >= tail.offset,
-                                      lambda fd: _head_is(fd, tail.head, tail.fp))
+                                      lambda fd: head_is(fd, tail.head, tail.fp))
             if copy is not None:
                 path, fd, st = copy
                 rest = Tail(self.name, path, fd, st, tail.offset, tail.head, tail.fp, live=False)
@@ -340,7 +233,7 @@ class FileSource:
         for key, pos in list(self.saved.items()):
             del self.saved[key]
             hit = self._find_sibling(pos.path, lambda c, k=key: f"{c.st_dev}:{c.st_ino}" == k,
-                                     lambda fd, p=pos: _head_is(fd, p.head, p.fp))
+                                     lambda fd, p=pos: head_is(fd, p.head, p.fp))
             if hit is None:
                 log.warning("a followed file is gone (rotated and compressed, or deleted); "
                             "lines written after the last checkpoint may be missing",
@@ -412,13 +305,6 @@ class FileSource:
             self.stats.errors += 1
             log.error(f"{path}: {what}; retrying every {self.opts.poll_interval}s",
                       extra={"source": self.name, "path": path})
-
-
-def _head_is(fd: int, head: int, fp: str) -> bool:
-    if head == 0:
-        return False  # nothing to recognise it by
-    data = os.pread(fd, head, 0)
-    return len(data) == head and _fingerprint(data) == fp
 
 
 def _last_line_start(fd: int, size: int) -> int:

@@ -1,0 +1,137 @@
+"""One open log file: reads it in chunks and cuts complete lines, each with its id.
+
+A line's id is the source name, the file's identity (device, inode) and the
+byte offset of the line's start, so a line read twice (a restart before the
+checkpoint was written) has the same id. `Position` is what a checkpoint
+keeps of a file; `fp` fingerprints the file's first bytes, which tells a
+file that kept its inode from a new one that reused it. Following files
+through rotation is `file.FileSource`'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import msgspec
+
+from pyfilter.common.messages import Line
+
+from .base import Stats, to_text
+
+CHUNK = 1 << 20  # bytes per read
+HEAD = 1024  # bytes of a file's start that fingerprint it
+PARTIAL_TIMEOUT = 5.0  # emit a last line without newline after this long (s)
+
+
+class Position(msgspec.Struct):
+    path: str
+    offset: int  # start of the next line to send (always a line boundary)
+    head: int = 0  # length of the file start that `fp` fingerprints
+    fp: str = ""
+
+
+def fingerprint(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+class Tail:
+    """One open file: reads from `pos`, emits lines starting at `offset`."""
+
+    def __init__(self, source: str, path: str, fd: int, st: os.stat_result, offset: int,
+                 head: int = 0, fp: str = "", live: bool = True):
+        self.path, self.fd = path, fd
+        self.key = f"{st.st_dev}:{st.st_ino}"
+        self.id_prefix = f"{source}:{st.st_dev}:{st.st_ino}:"
+        self.live = live  # a watched path names this file
+        self.size, self.mtime = st.st_size, st.st_mtime_ns
+        self.reset(offset)
+        if head:  # a fingerprint from a checkpoint or the original of a copy
+            self.head, self.fp = head, fp
+
+    def reset(self, offset: int) -> None:
+        self.offset = self.pos = offset
+        self.buf = b""  # bytes [offset, pos) not yet emitted
+        self.skipping = False  # inside an over-long line already sent cut
+        self.head, self.fp = 0, ""
+        self.changed_at = time.monotonic()
+        self.dirty = True  # position to write with the next batch
+        self.refresh_fp()
+
+    def position(self) -> bytes:
+        return msgspec.json.encode(Position(self.path, self.offset, self.head, self.fp))
+
+    def head_matches(self) -> bool:
+        return self.head == 0 or head_is(self.fd, self.head, self.fp)
+
+    def refresh_fp(self) -> None:
+        want = min(HEAD, self.pos)
+        if want > self.head:
+            data = os.pread(self.fd, want, 0)
+            self.head, self.fp, self.dirty = len(data), fingerprint(data), True
+
+    def read(self) -> bool:
+        """Read one chunk; False at end of file."""
+        data = os.pread(self.fd, CHUNK, self.pos)
+        if not data:
+            return False
+        start, self.pos = self.pos, self.pos + len(data)
+        self.changed_at = time.monotonic()
+        if self.head < HEAD:
+            self.refresh_fp()
+        if self.skipping:
+            end = data.find(b"\n")
+            if end < 0:
+                return True
+            self.skipping, self.dirty = False, True
+            self.offset = start + end + 1
+            data = data[end + 1 :]
+        self.buf += data
+        return True
+
+    def take(self, room: int, out: list[Line], max_bytes: int, stats: Stats) -> int:
+        """Move up to `room` complete lines from the buffer to `out`."""
+        if not self.buf:
+            return 0
+        parts = self.buf.split(b"\n", room)
+        rest = parts.pop()
+        off, prefix = self.offset, self.id_prefix
+        for raw in parts:
+            if raw:
+                text = to_text(raw, max_bytes, stats)
+                if text:
+                    out.append(Line(prefix + str(off), text))
+            off += len(raw) + 1
+        taken = len(parts)
+        if taken:
+            self.offset, self.buf, self.dirty = off, rest, True
+        if len(rest) > max_bytes and taken < room:
+            # An over-long line: send its start now, drop the rest up to its
+            # newline. The position stays at its start until that newline is
+            # read, so a restart re-sends the same cut line (same id).
+            out.append(Line(prefix + str(off), to_text(rest, max_bytes, stats)))
+            self.buf, self.skipping = b"", True
+            taken += 1
+        return taken
+
+    def flush_partial(self, out: list[Line], max_bytes: int, stats: Stats) -> bool:
+        """Emit a last line that has waited PARTIAL_TIMEOUT for its newline."""
+        if not self.buf or self.skipping or time.monotonic() - self.changed_at < PARTIAL_TIMEOUT:
+            return False
+        text = to_text(self.buf, max_bytes, stats)
+        if text:
+            out.append(Line(self.id_prefix + str(self.offset), text))
+        self.offset, self.buf, self.dirty = self.pos, b"", True
+        return True
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def head_is(fd: int, head: int, fp: str) -> bool:
+    """Whether the file's first `head` bytes still have fingerprint `fp`."""
+    if head == 0:
+        return False  # nothing to recognise it by
+    data = os.pread(fd, head, 0)
+    return len(data) == head and fingerprint(data) == fp
