@@ -84,8 +84,9 @@ class Detector:
                 address = self._prefix_of(address, self.v6_prefix[f.rule], own, whitelist)
             if address is not None:
                 line = lines[i]
+                connection = f"{batch.host}:{batch.source}:{f.connection}" if f.connection else ""
                 found.append(Observed(f.rule, address, batch.host, f.time or batch.read_at,
-                                      line.id, line.text))
+                                      line.id, line.text, connection, f.once))
         return found
 
     @staticmethod

@@ -92,6 +92,12 @@ class Failure(NamedTuple):
     time: float | None
     user: str | None
     pattern: int  # index of the pattern that matched
+    # The connection (its pid) the failure belongs to, "" if none; `once`: a
+    # <ONCE> line, a failure only if that connection has no other. Detector
+    # replicas each see part of a log, so the windows script checks `once`
+    # again across replicas (services/detector/scripts.py).
+    connection: str = ""
+    once: bool = False
 
 
 # `_new_tuple(Failure, (...))` makes the same Failure as `Failure(...)`, without
@@ -426,7 +432,8 @@ class _CompiledRule:
         user = user or ruser or None
         if pid is None or not self.stateful:
             if host and (pat.kind == FAIL or pat.kind == ONCE):
-                return _new_tuple(Failure, (self.name, host, self.clock(when or text, now), user, pat.index))
+                return _new_tuple(Failure, (self.name, host, self.clock(when or text, now), user, pat.index,
+                                            "", False))
             return None
         return self.decide(pat, host, user, pid, when, text, (source, origin, pid), now)
 
@@ -478,13 +485,16 @@ class _CompiledRule:
             if conn.host is None:
                 conn.pending = (self.clock(when or text, now), user, pat.index)
                 return None
-            failure = _new_tuple(Failure, (self.name, conn.host, self.clock(when or text, now), user, pat.index))
+            failure = _new_tuple(Failure, (self.name, conn.host, self.clock(when or text, now), user, pat.index,
+                                           pid, kind == ONCE))
         elif kind != ONCE:
             if conn.pending and conn.host:
                 _, puser, pindex = conn.pending
-                failure = _new_tuple(Failure, (self.name, conn.host, self.clock(when or text, now), puser, pindex))
+                failure = _new_tuple(Failure, (self.name, conn.host, self.clock(when or text, now), puser, pindex,
+                                               pid, False))
             elif user and conn.host and conn.users and user not in conn.users:
-                failure = _new_tuple(Failure, (self.name, conn.host, self.clock(when or text, now), user, pat.index))
+                failure = _new_tuple(Failure, (self.name, conn.host, self.clock(when or text, now), user, pat.index,
+                                               pid, False))
         if user:
             conn.users.add(user)
         if failure is not None:

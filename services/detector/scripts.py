@@ -15,9 +15,18 @@ RECORD_FAILURES = r"""
 -- of a protocol argument per field). A group is one rule, address and host
 -- that saw the lines: {rule, address, host, mode, threshold, span, bantime,
 -- factor, maxtime, verdict, ports, lines}, where `lines` is a flat array of
--- (line id, log time, text) triples. The recidive settings are the group's
--- threshold..ports fields as one string: "threshold span bantime factor
--- maxtime verdict ports".
+-- (line id, log time, text, connection, once) for each failure. The recidive
+-- settings are the group's threshold..ports fields as one string:
+-- "threshold span bantime factor maxtime verdict ports".
+--
+-- `connection` names the connection a failure belongs to (host, source, pid;
+-- "" for none), `once` marks a line that is a failure only if its connection
+-- has no other (sshd's "Connection closed by authenticating user"). A
+-- replica can only judge that for the lines it saw itself; a connection cut
+-- by a batch boundary may have its other failures at another replica, read
+-- before or after. So the window keeps, per connection, what it counted: a
+-- `once` line of a connection already counted is dropped, and a failure of
+-- a connection whose `once` line was counted takes that line's place.
 local prefix = ARGV[1]
 local now = tonumber(ARGV[2])
 local recidive = ARGV[3]
@@ -135,6 +144,7 @@ for _, h in ipairs(groups) do
   local lines_key = prefix .. 'window-lines:' .. key_tail
   local reset_key = prefix .. 'window-reset:' .. key_tail
   local state_key = prefix .. 'window-state:' .. key_tail
+  local conns_key = prefix .. 'window-conns:' .. key_tail
   local reset = tonumber(redis.call('GET', reset_key) or '-1')
   -- A line older than the window when it arrives cannot ban.
   local reach = g.span
@@ -142,9 +152,22 @@ for _, h in ipairs(groups) do
   local oldest = now - reach
 
   local fresh = {}
-  for i = 1, #lines, 3 do
-    local ts = math.min(lines[i + 1], now)
-    if ts >= oldest and ts > reset and redis.call('ZADD', window_key, 'NX', ts, lines[i]) == 1 then
+  local conns_changed = false
+  for i = 1, #lines, 5 do
+    local id, ts, connection, once = lines[i], math.min(lines[i + 1], now), lines[i + 3], lines[i + 4]
+    local counts = ts >= oldest and ts > reset
+    if counts and connection ~= '' then
+      local counted = redis.call('HGET', conns_key, connection)  -- '!', or the id of its `once` line
+      if once then
+        counts = not counted
+        if counts then redis.call('HSET', conns_key, connection, id); conns_changed = true end
+      elseif counted ~= '!' then
+        if counted then redis.call('ZREM', window_key, counted) end
+        redis.call('HSET', conns_key, connection, '!')
+        conns_changed = true
+      end
+    end
+    if counts and redis.call('ZADD', window_key, 'NX', ts, id) == 1 then
       fresh[#fresh + 1] = ts
       redis.call('RPUSH', lines_key, lines[i + 2])
     end
@@ -181,9 +204,11 @@ for _, h in ipairs(groups) do
       redis.call('DEL', lines_key)
     end
     local ttl = math.ceil(reach) + 60
-    for _, key in ipairs({window_key, lines_key, reset_key, state_key}) do
+    for _, key in ipairs({window_key, lines_key, reset_key, state_key, conns_key}) do
       redis.call('EXPIRE', key, ttl)
     end
+  elseif conns_changed then
+    redis.call('EXPIRE', conns_key, math.ceil(reach) + 60)
   end
 end
 return results

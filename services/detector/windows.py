@@ -16,6 +16,7 @@ from pyfilter.detector.scripts import RECORD_FAILURES
 # Failures per script call: a call runs alone in Redis, so a big batch would
 # stall every other client (about 33 µs of Redis CPU per failure, docs/scaling.md).
 FAILURES_PER_CALL = 1000
+FIELDS = 5  # per failure in a call: line id, log time, text, connection, once
 
 
 class Observed(NamedTuple):
@@ -27,6 +28,10 @@ class Observed(NamedTuple):
     time: float
     line_id: str
     text: str
+    # The connection the line belongs to (host, source and pid), "" if none,
+    # and whether the line counts only if that connection has no other failure.
+    connection: str = ""
+    once: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,14 +86,14 @@ class Windows:
         """The failures grouped by (rule, address, host), cut into script calls."""
         groups: dict[tuple[str, str, str], list[object]] = defaultdict(list)
         for o in observed:
-            groups[(o.rule, o.address, o.host)] += (o.line_id, o.time, o.text)
+            groups[(o.rule, o.address, o.host)] += (o.line_id, o.time, o.text, o.connection, o.once)
         # One call holds Redis for as long as it runs: keep each call small.
         calls: list[list[list[object]]] = []
         call: list[list[object]] = []
         failures = 0
         for (name, address, host), lines in groups.items():
             call.append([name, address, host, *self._settings[name], lines])
-            failures += len(lines) // 3
+            failures += len(lines) // FIELDS
             if failures >= FAILURES_PER_CALL:
                 calls.append(call)
                 call, failures = [], 0

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import time
+from datetime import datetime, timezone
 
 import msgspec
+import redis.asyncio as aioredis
 
 from pyfilter.common import messages
+from pyfilter.cli import load_rules
 from pyfilter.common.config import Config, Rule, Seconds, Settings
 from pyfilter.detector.main import Detector
 
@@ -51,3 +56,55 @@ def test_whitelisted_and_loopback_addresses_are_not_counted(redis_url):
     found = detector(redis_url).observe(batch("198.51.100.3", "127.0.0.1", "198.51.100.30"),
                                         NOW, set(), whitelist)
     assert [o.address for o in found] == ["198.51.100.30"]
+
+
+# A connection cut by a batch boundary: replicas each see part of it.
+
+def replicas_record(redis_url: str, batches: list[list[str]], order: list[int]) -> list[str]:
+    """Each batch matched by its own replica (fresh connection state), recorded in `order`;
+    the addresses banned."""
+    sshd = msgspec.structs.replace(load_rules(None, "sshd")["sshd"], maxretry=5, findtime=Seconds(3600))
+
+    async def run() -> list[str]:
+        config = Config(host="h")
+        config.redis.url = redis_url
+        settings = Settings(config=config, rules={"sshd": sshd}, path="t")
+        await aioredis.from_url(redis_url).flushall()
+        now = time.time()
+        seen = [Detector(settings).observe(
+            messages.LineBatch("h", "auth", [messages.Line(f"auth:0:{b}:{i}", t) for i, t in enumerate(lines)],
+                               now), now, set(), []) for b, lines in enumerate(batches)]
+        banned = []
+        for b in order:
+            banned += [ban.address for ban in await Detector(settings).windows.record(seen[b], now)]
+        return banned
+
+    return asyncio.run(run())
+
+
+def sshd_line(pid: int, message: str) -> str:
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return f"{stamp} h sshd[{pid}]: {message}"
+
+
+def test_a_closing_line_at_another_replica_does_not_count_again(redis_url):
+    """4 failed connections; the last one's "Connection closed by authenticating
+    user" line (a failure only for a connection without another) is in the next
+    batch, at another replica that never saw the connection fail: 4 failures,
+    in either order of recording, so no ban at maxretry 5."""
+    failed = [sshd_line(100 + n, f"Failed password for root from 198.51.100.9 port {5000 + n} ssh2")
+              for n in range(4)]
+    closed = [sshd_line(103, "Connection closed by authenticating user root 198.51.100.9 port 5003 [preauth]")]
+    assert replicas_record(redis_url, [failed, closed], [0, 1]) == []
+    assert replicas_record(redis_url, [failed, closed], [1, 0]) == []
+    # A fifth failed connection does ban, whichever replica sees it.
+    fifth = [sshd_line(104, "Failed password for root from 198.51.100.9 port 5004 ssh2")]
+    assert replicas_record(redis_url, [failed, closed + fifth], [1, 0]) == ["198.51.100.9"]
+
+
+def test_connections_that_only_give_up_still_count_at_any_replica(redis_url):
+    """Bots that disconnect during authentication log only the closing line:
+    each such connection is one failure, wherever its line is matched."""
+    lines = [sshd_line(200 + n, f"Connection closed by authenticating user root 198.51.100.10 port {6000 + n} "
+                                "[preauth]") for n in range(5)]
+    assert replicas_record(redis_url, [lines[:2], lines[2:]], [1, 0]) == ["198.51.100.10"]
