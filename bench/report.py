@@ -180,33 +180,38 @@ LIMITS = """\
 - **fail2ban-regex** spends its time in Python per line: date detection, the prefix regex,
   then every failregex of the filter, and bookkeeping per match (it also keeps every matched
   and missed line, hence its memory).
-- **PyFilter matching** (5-9x fail2ban-regex, short of the 20x aim) is bound by Python's `re`
-  and by Python per match, about half each (stress log, sshd rule, in-process: the block search
-  alone 0.6-0.9 s of 1.6 s; mixed log 1.4 s of 3.0 s). The regex floor is the syslog header:
-  `<SYSLOG>sshd[pid]: ` costs about 0.4 us per line before any pattern is tried (a bare header
-  regex, timestamp, host and `sshd[pid]: ` with nothing after, takes 0.33 s over the stress log),
-  and three of the stress log's four lines match a pattern. Python per match (connection state
-  by pid, the failure record, the log time) is about 1-1.5 us. Start-up (imports, catalog) is
-  0.15-0.2 s and reading the file 0.05-0.2 s. 20x on the stress log means 0.67 s in all here: after
-  start-up, reading and the header regex, about 0.1 s for 375,000 matches and their Python work. A per-pattern literal dispatch (a key
-  scanner over the batch picking the patterns a line can match) was measured and dropped: with
-  sshd's 39 key strings one combined regex scan of the stress log took 45 s, and one
-  `str.count` per key string 0.5 s, more than the regex work it would save. Going further needs
-  a regex engine without backtracking or a compiled extension (the design is pure Python).
+- **PyFilter matching** is short of the issue's 20x aim, and this design cannot reach it on
+  the stress log. Measured in one process (sshd rule, batches of 1,000, file already read,
+  best of 3; `bench.match` does the same with timing around it): the one multi-line search of
+  each batch takes 0.41 s over the stress log and 1.0 s over the mixed one; a bare regex for
+  just the two failure lines (`^(stamp) host sshd[pid]: (Failed ... from (addr)|error: PAM:
+  ... from (addr))$`, one `finditer` over the whole file) takes 0.35 s, so the search is close
+  to what Python's `re` can do at all. Around it, the Python work per match is about 1 us
+  (stress log: walking the matches 0.26 s, reading the captures 0.19 s, the sshd connection
+  state by pid 0.53 s, for 375,000 matches: three of the four lines of a login match, the
+  `pam_unix` one because it names the address of the connection). Interpreter start-up and
+  catalog compilation take 0.16 s, reading and decoding the file about 0.1 s. 20x means
+  13.4 s / 20 = 0.67 s in all, which start-up, reading and the regex search use up before a
+  single match is handled in Python. Reaching it needs the per-match work out of Python: a
+  compiled matcher (regex engine plus connection state in C), a design decision this project
+  has not taken. Tried and dropped: a per-pattern literal dispatch (one `str.count` per key
+  string of sshd's patterns cost more than the regex work it saved), inlining the connection
+  state code (no measurable gain), dropping the pattern markers (6 % of the search).
 - **`pyfilter match`** (the CLI) calls the matcher once per line; it shares the per-match work,
   so it is about as fast as batches when most lines match.
 - **fail2ban-server** is bound by its per-line Python filter (as fail2ban-regex), by its
-  database writes per ban, and by running the action as a shell command per ban.
+  database writes per ban, and by running the action as a shell command per ban. Its time
+  varies more than ours from run to run on this 2-core machine (stress log: 84, 109 and 173 s
+  in three runs on 2026-11-21/22; mixed log: 80-84 s, 117 s and 143 s when other work ran),
+  so read one run's ratio with the others in mind.
 - **PyFilter end to end**: on the stress log every address reaches 5 failures in its third
   login, so the last ban comes after about 12 % of the log; "all lines processed" is the whole
-  log. With one detector, the detector and Redis take turns: the detector waits for the window
-  script of each read before matching the next, so their times add up (mixed log, lines already
-  in the stream: detector 6.6 s CPU, Redis 4.3 s CPU, 10.5 s wall; the collector is not the
-  limit). About half of the detector's CPU is matching, the rest is decoding and building the
-  script's arguments. Three detectors overlap these, but 2 cores cap the gain. Every failure
-  after a ban still goes through the window script, and each later crossing of the threshold
-  writes another decision (the "ban decisions" column): the script's "already banned at least
-  as long" test compares expiries computed from the processing time, so it rarely holds.
+  log. The detector matches in a worker thread while its event loop sends the previous read's
+  window update (one round trip: every script call of a read in one pipeline, the failures as
+  one MessagePack argument) and asks for the next read, so matching and the window script in
+  Redis overlap. On 2 cores the collector, the detector(s) and Redis share the CPU: the
+  "CPU s" column divided by 2 is the floor for the wall time. More detectors help where there
+  are more cores (docs/scaling.md).
 - **Noise**: the numbers come from one run on a shared 2-core machine; the load average above
   says how busy it was. Ratios within one run are comparable; absolute times move by 10-30 %.
 """
