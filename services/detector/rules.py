@@ -92,10 +92,10 @@ class Failure(NamedTuple):
     time: float | None
     user: str | None
     pattern: int  # index of the pattern that matched
-    # The connection (its pid) the failure belongs to, "" if none; `once`: a
-    # <ONCE> line, a failure only if that connection has no other. Detector
-    # replicas each see part of a log, so the windows script checks `once`
-    # again across replicas (services/detector/scripts.py).
+    # The connection (its pid) the failure belongs to, for rules with a <ONCE>
+    # pattern ("" otherwise); `once`: a <ONCE> line, a failure only if that
+    # connection has no other. Detector replicas each see part of a log, so
+    # the windows script checks `once` again across replicas (scripts.py).
     connection: str = ""
     once: bool = False
 
@@ -387,6 +387,9 @@ class _CompiledRule:
             except re.error as exc:
                 raise RuleError(f"rule {name}: ignore[{j}]: {exc}: {raw}") from None
         self.stateful = any(p.kind != FAIL or not p.has_host for p in self.patterns)
+        # Failures name their connection only where a <ONCE> pattern needs it
+        # (the windows script checks those across replicas, at a Redis cost).
+        self.tag_connections = any(p.kind == ONCE for p in self.patterns)
         # Connections by (source, origin host, pid); see the module doc.
         self.connections: OrderedDict[tuple[str | None, str | None, str], _Connection] = OrderedDict()
         # Connections that failed and closed: key -> address (see the module doc).
@@ -481,20 +484,21 @@ class _CompiledRule:
         if host:
             conn.host = host
         failure = None
+        connection = pid if self.tag_connections else ""
         if kind == FAIL or (kind == ONCE and not conn.failed):
             if conn.host is None:
                 conn.pending = (self.clock(when or text, now), user, pat.index)
                 return None
             failure = _new_tuple(Failure, (self.name, conn.host, self.clock(when or text, now), user, pat.index,
-                                           pid, kind == ONCE))
+                                           connection, kind == ONCE))
         elif kind != ONCE:
             if conn.pending and conn.host:
                 _, puser, pindex = conn.pending
                 failure = _new_tuple(Failure, (self.name, conn.host, self.clock(when or text, now), puser, pindex,
-                                               pid, False))
+                                               connection, False))
             elif user and conn.host and conn.users and user not in conn.users:
                 failure = _new_tuple(Failure, (self.name, conn.host, self.clock(when or text, now), user, pat.index,
-                                               pid, False))
+                                               connection, False))
         if user:
             conn.users.add(user)
         if failure is not None:

@@ -420,6 +420,23 @@ def test_a_failed_connection_that_closes_counts_once(catalog):
     assert hosts(m, head + f"Disconnected from invalid user bob {REAL} port 5 [preauth]") == []
 
 
+def test_failures_name_their_connection_where_a_once_pattern_needs_it(catalog):
+    """sshd's failures carry their pid and whether they are <ONCE> lines (the
+    windows script checks those across replicas); a stateful rule without
+    <ONCE> patterns leaves the connection out, and costs Redis nothing more."""
+    m = matcher_for(catalog, "sshd")
+    head = "Nov 21 20:19:28 srv sshd[701]: "
+    (failed,) = m.match(head + f"Failed password for root from {REAL} port 5 ssh2", None, NOW)
+    assert (failed.connection, failed.once) == ("701", False)
+    (closed,) = m.match(head.replace("701", "702") +
+                        f"Connection closed by authenticating user root {REAL} port 6 [preauth]", None, NOW)
+    assert (closed.connection, closed.once) == ("702", True)
+    noted = Matcher({"t": rule(r"<NOTE>x\[<PID>\]: hello from <HOST>$", r"x\[<PID>\]: denied$")})
+    assert noted.match(f"x[9]: hello from {REAL}", None, NOW) == []
+    (denied,) = noted.match("x[9]: denied", None, NOW)
+    assert (denied.host, denied.connection, denied.once) == (REAL, "", False)
+
+
 def test_a_reused_pid_does_not_blame_a_later_login_from_another_address(catalog):
     m = matcher_for(catalog, "sshd")
     pam = ("Nov 21 20:19:28 srv sshd[801]: pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 "
