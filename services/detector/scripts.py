@@ -151,7 +151,7 @@ for _, h in ipairs(groups) do
   if g.mode == 'consecutive' then reach = g.span * g.threshold end
   local oldest = now - reach
 
-  local fresh = {}
+  local fresh, texts = {}, {}
   local conns_changed = false
   for i = 1, #lines, 5 do
     local id, ts, connection, once = lines[i], math.min(lines[i + 1], now), lines[i + 3], lines[i + 4]
@@ -169,12 +169,14 @@ for _, h in ipairs(groups) do
     end
     if counts and redis.call('ZADD', window_key, 'NX', ts, id) == 1 then
       fresh[#fresh + 1] = ts
-      redis.call('RPUSH', lines_key, lines[i + 2])
+      texts[#texts + 1] = lines[i + 2]
     end
   end
 
+  local ttl = math.ceil(reach) + 60
   if #fresh > 0 then
     table.sort(fresh)
+    redis.call('RPUSH', lines_key, unpack(texts))
     redis.call('LTRIM', lines_key, -MAX_LINES, -1)
     redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. oldest)
     local trigger = nil
@@ -194,21 +196,24 @@ for _, h in ipairs(groups) do
         if count >= g.threshold then trigger = ts; count = 0 end
       end
       redis.call('HSET', state_key, 'last', last, 'count', count)
+      redis.call('EXPIRE', state_key, ttl)
     end
     if trigger then
       if ban(g, trigger, window_key, lines_key) then
         count_for_recidive(g.address, g.seen_by, g.rule)
       end
-      redis.call('SET', reset_key, trigger)
+      -- Failures before the trigger no longer count; `ttl` after the ban
+      -- they are out of the window anyway, so the reset can expire then.
+      redis.call('SET', reset_key, trigger, 'EX', ttl)
       redis.call('ZREMRANGEBYSCORE', window_key, '-inf', trigger)
       redis.call('DEL', lines_key)
+    else
+      redis.call('EXPIRE', lines_key, ttl)
     end
-    local ttl = math.ceil(reach) + 60
-    for _, key in ipairs({window_key, lines_key, reset_key, state_key, conns_key}) do
-      redis.call('EXPIRE', key, ttl)
-    end
-  elseif conns_changed then
-    redis.call('EXPIRE', conns_key, math.ceil(reach) + 60)
+    redis.call('EXPIRE', window_key, ttl)
+  end
+  if conns_changed then
+    redis.call('EXPIRE', conns_key, ttl)
   end
 end
 return results

@@ -190,3 +190,24 @@ def test_a_batch_larger_than_one_script_call_bans_the_same(redis_url):
     assert len(batch) > 2 * windows_module.FAILURES_PER_CALL
     bans, decisions = run(record(redis_url, {"sshd": make_rule()}, [batch]))
     assert {b.address for b in bans} == set(many) == {d.address for d in decisions}
+
+
+def test_every_window_key_expires(redis_url):
+    """Windows, their lines, resets, consecutive state and connection records all
+    carry a TTL: nothing a failure writes stays in Redis for ever."""
+    rules = {"sshd": make_rule(), "web": make_rule(mode="consecutive", failed_attempts=2, request_time=Seconds(5))}
+    connection = [Observed("sshd", "198.51.100.8", "host-a", NOW - 5, "c:1", "closed", "host-a:auth:7", True),
+                  Observed("sshd", "198.51.100.8", "host-a", NOW - 4, "c:2", "failed", "host-a:auth:7", False)]
+    run(record(redis_url, rules, [failures(3), failures(1, rule="web", tag="w"), connection,
+                                  failures(2, rule="web", address="198.51.100.9", tag="v")]))
+
+    async def ttls() -> dict[str, int]:
+        client = aioredis.from_url(redis_url)
+        found = {k.decode(): await client.ttl(k) async for k in client.scan_iter("pf:window*")}
+        await client.aclose()
+        return found
+
+    found = run(ttls())
+    kinds = {k.split(":")[1] for k in found}
+    assert {"window", "window-lines", "window-reset", "window-state", "window-conns"} <= kinds, found
+    assert all(ttl > 0 for ttl in found.values()), found
