@@ -14,7 +14,7 @@ from pyfilter.detector.scripts import RECORD_FAILURES
 
 
 # Failures per script call: a call runs alone in Redis, so a big batch would
-# stall every other client (about 33 µs of Redis CPU per failure, docs/scaling.md).
+# stall every other client (about 26 µs of Redis CPU per failure, docs/scaling.md).
 FAILURES_PER_CALL = 1000
 FIELDS = 5  # per failure in a call: line id, log time, text, connection, once
 
