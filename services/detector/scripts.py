@@ -44,21 +44,26 @@ local function escalated(bantime, factor, maxtime, count)
   return d
 end
 
--- The latest failure of a `span`-long stretch that holds `threshold`
--- failures including the one at `ts`, or nil. Replicas may record a batch's
--- failures out of order, so the stretch may lie before or after `ts`.
-local function crossing(window_key, ts, span, threshold)
-  local found = redis.call('ZRANGEBYSCORE', window_key, ts - span, ts + span, 'WITHSCORES')
+-- The failure that completes a `span`-long stretch of `threshold` failures
+-- holding one of the `fresh` ones (sorted), the latest such if several; nil
+-- if none. Replicas may record a batch's failures out of order, so a stretch
+-- may lie before or after a fresh failure. One pass over the window: a flood
+-- from one address (thousands of failures in one call) stays linear.
+local function crossing(window_key, fresh, span, threshold)
+  local found = redis.call('ZRANGEBYSCORE', window_key, fresh[1] - span, fresh[#fresh] + span, 'WITHSCORES')
   local times = {}
   for i = 2, #found, 2 do times[#times + 1] = tonumber(found[i]) end
-  local lo = 1
+  local trigger, f, lo = nil, 1, 1
   for hi = 1, #times do
     while times[hi] - times[lo] > span do lo = lo + 1 end
-    if hi - lo + 1 >= threshold and times[lo] <= ts and ts <= times[hi] then
-      return times[hi]
+    if hi - lo + 1 >= threshold then
+      -- Stretches only move forward: a fresh failure before this one's start
+      -- is in no stretch; those inside it are completed by times[hi].
+      while f <= #fresh and fresh[f] < times[lo] do f = f + 1 end
+      while f <= #fresh and fresh[f] <= times[hi] do trigger = times[hi]; f = f + 1 end
     end
   end
-  return nil
+  return trigger
 end
 
 local function ban(g, trigger, window_key, lines_key)
@@ -176,17 +181,15 @@ for _, h in ipairs(groups) do
   local ttl = math.ceil(reach) + 60
   if #fresh > 0 then
     table.sort(fresh)
-    redis.call('RPUSH', lines_key, unpack(texts))
+    -- Only the last MAX_LINES are kept (and Lua's `unpack` has a size limit).
+    redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
     redis.call('LTRIM', lines_key, -MAX_LINES, -1)
     redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. oldest)
     local trigger = nil
     if g.mode == 'instant' then
       trigger = fresh[#fresh]
     elseif g.mode == 'sliding' then
-      for _, ts in ipairs(fresh) do
-        local t = crossing(window_key, ts, g.span, g.threshold)
-        if t and (not trigger or t > trigger) then trigger = t end
-      end
+      trigger = crossing(window_key, fresh, g.span, g.threshold)
     else -- consecutive: each failure within `span` of the previous adds one
       local state = redis.call('HMGET', state_key, 'last', 'count')
       local last, count = tonumber(state[1] or '-1'), tonumber(state[2] or '0')

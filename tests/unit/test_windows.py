@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import msgspec
 import pytest
@@ -211,3 +212,74 @@ def test_every_window_key_expires(redis_url):
     kinds = {k.split(":")[1] for k in found}
     assert {"window", "window-lines", "window-reset", "window-state", "window-conns"} <= kinds, found
     assert all(ttl > 0 for ttl in found.values()), found
+
+
+def test_one_address_with_thousands_of_failures_in_one_read(redis_url):
+    """A flood from one address is one group of one script call: it bans, and the
+    ban keeps the last lines as evidence."""
+    bans, decisions = run(record(redis_url, {"sshd": make_rule()}, [failures(20_000, step=0.001)]))
+    assert [b.address for b in bans] == [ATTACKER] and len(decisions) == 1
+
+    async def evidence() -> list[str]:
+        client = aioredis.from_url(redis_url)
+        rec = messages.decode_record(await client.get(f"pf:ban:{ATTACKER}"))
+        await client.aclose()
+        return rec.lines
+
+    assert len(run(evidence())) == 10
+
+
+def expected_trigger(window: list[float], fresh: list[float], span: float, threshold: int) -> float | None:
+    """The rule, one fresh failure at a time: the first failure (in time order)
+    that completes a stretch of `threshold` failures within `span` holding it;
+    the latest of those over the fresh failures."""
+    times = sorted(window + fresh)
+    best = None
+    for ts in fresh:
+        for hi in range(len(times)):
+            inside = [t for t in times[:hi + 1] if times[hi] - t <= span]
+            if len(inside) >= threshold and inside[0] <= ts <= times[hi]:
+                best = times[hi] if best is None else max(best, times[hi])
+                break
+    return best
+
+
+def test_the_crossing_check_agrees_with_its_definition_on_random_windows(redis_url):
+    """Earlier failures (one call), then fresh ones in any order (a second call):
+    the ban's trigger, its last failure, is what the definition gives."""
+    rng = random.Random(7)
+    cases = []
+    for n in range(150):
+        span, threshold = rng.choice([5, 10, 30]), rng.randint(2, 5)
+        # Within `span` of now: the window drops older failures before any check.
+        earlier = sorted({NOW - rng.randint(0, span) for _ in range(rng.randint(0, threshold))})
+        fresh = sorted({NOW - rng.randint(0, span) for _ in range(rng.randint(1, 2 * threshold))} - set(earlier))
+        if not fresh or expected_trigger([], earlier, span, threshold) is not None:
+            continue  # the earlier call must not ban by itself
+        cases.append((f"198.51.100.{n % 250}" if n < 250 else None, span, threshold, earlier, fresh))
+
+    async def check() -> list[tuple]:
+        client = aioredis.from_url(redis_url)
+        wrong = []
+        for i, (address, span, threshold, earlier, fresh) in enumerate(cases):
+            await client.flushall()
+            rule = make_rule(maxretry=threshold, findtime=Seconds(span))
+            windows = Windows(client, "pf:", {"sshd": rule})
+
+            def observed(times: list[float], tag: str) -> list[Observed]:
+                shuffled = rng.sample(times, len(times))
+                return [Observed("sshd", address, "host-a", t, f"{tag}:{t}", "line") for t in shuffled]
+
+            await windows.record(observed(earlier, "e"), NOW)
+            bans = await windows.record(observed(fresh, "f"), NOW)
+            raw = await client.get(f"pf:ban:{address}")
+            got = messages.decode_record(raw).last_failure if raw else None
+            want = expected_trigger(earlier, fresh, span, threshold)
+            if bool(bans) != (want is not None) or got != want:
+                wrong.append((span, threshold, earlier, fresh, want, got))
+        await client.aclose()
+        return wrong
+
+    assert len(cases) > 50
+    assert run(check()) == []
+
