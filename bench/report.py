@@ -201,9 +201,10 @@ LIMITS = """\
   so it is about as fast as batches when most lines match.
 - **fail2ban-server** is bound by its per-line Python filter (as fail2ban-regex), by its
   database writes per ban, and by running the action as a shell command per ban. Its time
-  varies more than ours from run to run on this 2-core machine (stress log: 84, 109 and 173 s
-  in three runs on 2026-11-21/22; mixed log: 80-84 s, 117 s and 143 s when other work ran),
-  so read one run's ratio with the others in mind.
+  varies more than ours from run to run on this 2-core machine (2026-11-21/22: stress log
+  84, 109, 167 and 173 s; mixed log 80-84, 117, 143 and 222 s), so read one run's ratio
+  with the others in mind: against its fastest mixed-log time (84 s) the 1-detector
+  ratio of a run is about 7.5x (a slow run) to 10.6x (a quiet one).
 - **PyFilter end to end**: on the stress log every address reaches 5 failures in its third
   login, so the last ban comes after about 12 % of the log; "all lines processed" is the whole
   log. The detector matches in a worker thread while its event loop sends the previous read's
