@@ -639,10 +639,13 @@ class Matcher:
 
 
 def _line_by_line(rule: _CompiledRule, texts: Sequence[str], lits: tuple[str, ...],
-                  source: str | None, origin: str | None, now: float | None) -> list[tuple[int, Failure]]:
+                  source: str | None, origin: str | None, now: float | None,
+                  lines: range | None = None) -> list[tuple[int, Failure]]:
+    """One rule over `texts` (or the `lines` of it) one line at a time, as `match` does."""
     found = []
     judge_line = rule.judge_line
-    for i, text in enumerate(texts):
+    for i in lines or range(len(texts)):
+        text = texts[i]
         if lits and not any(lit in text for lit in lits):
             continue
         failure = judge_line(text, source, origin, now)
@@ -662,7 +665,7 @@ def _scan_block(rule: _CompiledRule, block: str, texts: Sequence[str], lits: tup
     gate's literals `lits` is skipped, as `match` skips it.
     """
     found = []
-    search, judge, judge_line = rule.block_regex.search, rule.judge, rule.judge_line  # type: ignore[union-attr]
+    search, judge = rule.block_regex.search, rule.judge  # type: ignore[union-attr]
     count, rfind, find = block.count, block.rfind, block.find
     # An anchored regex starts with the newline before its line; so does
     # `pos`, the next place to search, and `line` is the line after it.
@@ -682,12 +685,7 @@ def _scan_block(rule: _CompiledRule, block: str, texts: Sequence[str], lits: tup
         end = begin + len(text)
         if m.end() > end:  # over a line end: judge the lines it covers alone
             last = min(line + count("\n", start, m.end()), len(texts) - 1)
-            for i in range(line, last + 1):
-                if lits and not any(lit in texts[i] for lit in lits):
-                    continue
-                failure = judge_line(texts[i], source, origin, now)
-                if failure is not None:
-                    found.append((i, failure))
+            found += _line_by_line(rule, texts, lits, source, origin, now, range(line, last + 1))
             end = find("\n", m.end())
             if end < 0:
                 break
@@ -712,7 +710,7 @@ def _scan_anchored(rule: _CompiledRule, block: str, texts: Sequence[str], lits: 
     line by line as there, and the walk goes on after those lines.
     """
     found = []
-    judge, judge_line = rule.judge, rule.judge_line
+    judge = rule.judge
     count = block.count
     one = lits[0] if len(lits) == 1 else None
     line, at, resume = -1, 0, 0
@@ -725,12 +723,7 @@ def _scan_anchored(rule: _CompiledRule, block: str, texts: Sequence[str], lits: 
         text = texts[line]
         if m.end() - at > len(text):  # over a line end: judge the lines it covers alone
             last = min(line + count("\n", at, m.end()), len(texts) - 1)
-            for i in range(line, last + 1):
-                if lits and not any(lit in texts[i] for lit in lits):
-                    continue
-                failure = judge_line(texts[i], source, origin, now)
-                if failure is not None:
-                    found.append((i, failure))
+            found += _line_by_line(rule, texts, lits, source, origin, now, range(line, last + 1))
             resume = block.find("\n", m.end())
             if resume < 0:
                 break
