@@ -52,9 +52,10 @@ if str(REPO) not in sys.path:
 import redis  # noqa: E402
 import yaml  # noqa: E402
 
+from bench.pipeline import consumers, ping  # noqa: E402
 from bench.procs import alive, stop, wait_until  # noqa: E402
 from pyfilter.common import messages  # noqa: E402
-from pyfilter.common.keys import DETECT_GROUP, Keys  # noqa: E402
+from pyfilter.common.keys import Keys  # noqa: E402
 
 HOST = "bench"
 SOURCE = "auth"
@@ -189,7 +190,7 @@ def measure(runs: int, poll: float) -> tuple[list[dict], int]:
             ["redis-server", "--port", "0", "--unixsocket", str(work / "redis.sock"), "--save", "",
              "--appendonly", "no", "--dir", str(work)], stdout=open(work / "redis.log", "w")), time.perf_counter())
         client = redis.Redis(unix_socket_path=str(work / "redis.sock"))
-        if not wait_until(lambda: _ping(client), 10):
+        if not wait_until(lambda: ping(client), 10):
             raise RuntimeError(f"redis-server did not start; see {work}/redis.log")
         env = {**os.environ, "PYFILTER_CONFIG": str(config), "PYFILTER_REDIS_URL": f"unix://{work}/redis.sock",
                "PYFILTER_HOST": HOST, "PYFILTER_METRICS_PORT": "0"}
@@ -213,7 +214,7 @@ def measure(runs: int, poll: float) -> tuple[list[dict], int]:
                 if not alive(proc):
                     raise RuntimeError(f"{name} exited early; see {work}/{name}.log")
             reconciled = reconciled or any(e.get("msg") == "reconciled" for e in tail.entries())
-            return (reconciled and _consumers(client, keys) >= 1
+            return (reconciled and consumers(client, keys) >= 1
                     and bool(client.exists(keys.checkpoint(HOST, SOURCE))))
 
         if not wait_until(ready, 30):
@@ -238,20 +239,6 @@ def measure(runs: int, poll: float) -> tuple[list[dict], int]:
     if not missed:
         subprocess.run(["rm", "-rf", str(work)], check=False)
     return results, missed
-
-
-def _ping(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
-
-
-def _consumers(client: redis.Redis, keys: Keys) -> int:
-    try:
-        return len(client.xinfo_consumers(keys.lines, DETECT_GROUP))
-    except redis.ResponseError:
-        return 0
 
 
 COLUMNS = [("decision", "to decision (detector's window script)"),

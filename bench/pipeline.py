@@ -119,7 +119,7 @@ def run(log: Path, expected: set[str], work: Path, *, detectors: int, feed: str 
     client = redis.Redis(unix_socket_path=str(work / "redis.sock"))
     result = PipelineResult(detectors, feed, None, None, 0, 0)
     try:
-        if not wait_until(lambda: _ping(client), 10):
+        if not wait_until(lambda: ping(client), 10):
             raise RuntimeError(f"redis-server did not start; see {work}/redis.log")
         env = {**os.environ, "PYFILTER_CONFIG": str(config), "PYFILTER_REDIS_URL": f"unix://{work}/redis.sock",
                "PYFILTER_HOST": HOST, "PYFILTER_METRICS_PORT": "0", "PYFILTER_HEARTBEAT": str(work / "beat")}
@@ -128,7 +128,7 @@ def run(log: Path, expected: set[str], work: Path, *, detectors: int, feed: str 
             procs[name] = (_spawn("pyfilter.detector", {**env, "PYFILTER_CONSUMER": name}, work, name),
                            time.perf_counter())
         # Detectors are ready once each has joined the group (their first read).
-        ready = lambda: _consumers(client, keys) >= detectors  # noqa: E731
+        ready = lambda: consumers(client, keys) >= detectors  # noqa: E731
         if not wait_until(ready, 30):
             raise RuntimeError(f"detectors did not start; see {work}/detector-*.log")
 
@@ -168,14 +168,16 @@ def run(log: Path, expected: set[str], work: Path, *, detectors: int, feed: str 
     return result
 
 
-def _ping(client: redis.Redis) -> bool:
+def ping(client: redis.Redis) -> bool:
+    """Whether Redis answers (False while it starts)."""
     try:
         return bool(client.ping())
     except redis.ConnectionError:
         return False
 
 
-def _consumers(client: redis.Redis, keys: Keys) -> int:
+def consumers(client: redis.Redis, keys: Keys) -> int:
+    """How many detectors have joined the lines stream's group."""
     try:
         return len(client.xinfo_consumers(keys.lines, DETECT_GROUP))
     except redis.ResponseError:

@@ -42,10 +42,11 @@ import msgspec
 import redis
 import yaml
 
+from bench.pipeline import consumers, ping
 from bench.procs import alive, stop, wait_until
 from pyfilter.common import messages
 from pyfilter.common.config import Rule, Seconds
-from pyfilter.common.keys import DETECT_GROUP, Keys
+from pyfilter.common.keys import Keys
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "bench"
@@ -109,14 +110,7 @@ def start_redis(work: Path) -> tuple[subprocess.Popen, redis.Redis]:
         ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
          "--dir", str(work)], stdout=open(work / "redis.log", "w"))
     client = redis.Redis(unix_socket_path=str(sock))
-
-    def up() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    if not wait_until(up, 10):
+    if not wait_until(lambda: ping(client), 10):
         raise RuntimeError(f"redis-server did not start; see {work}/redis.log")
     return server, client
 
@@ -185,13 +179,7 @@ def pipeline(log: Attack, batches: list[bytes], detectors: int, work: Path, time
                                     stdout=subprocess.DEVNULL, stderr=open(work / f"{name}.log", "w"))
             procs[name] = (proc, time.perf_counter())
 
-        def joined() -> bool:
-            try:
-                return len(client.xinfo_consumers(keys.lines, DETECT_GROUP)) >= detectors
-            except redis.ResponseError:
-                return False
-
-        if not wait_until(joined, 60):
+        if not wait_until(lambda: consumers(client, keys) >= detectors, 60):
             raise RuntimeError(f"detectors did not start; see {work}/detector-*.log")
         time.sleep(0.5)  # let their start-up work settle before the clock starts
         pids = [p.pid for p, _ in procs.values()]
