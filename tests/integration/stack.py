@@ -10,16 +10,20 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_OVERRIDE = Path(__file__).with_name("compose.test.yml")
@@ -127,8 +131,28 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def make_log_dir() -> Path:
+def make_log_dir(auth_log: bool = False) -> Path:
+    """A fresh folder for the collector to read; with an empty auth.log if asked."""
     # World-readable: the collector runs as an unprivileged user.
     path = Path(tempfile.mkdtemp(prefix="pyfilter-it-"))
     path.chmod(0o755)
+    if auth_log:
+        (path / "auth.log").touch(mode=0o644)
     return path
+
+
+@contextmanager
+def running(stack: Stack) -> Iterator[Stack]:
+    """The stack up for the `with` block, then down (containers and volumes) and its log
+    folder removed, unless PYFILTER_KEEP_LOGS is set. No Docker engine is an error."""
+    try:
+        stack.docker.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"integration tests need a running Docker engine: {exc}")
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
+        if not os.environ.get("PYFILTER_KEEP_LOGS"):
+            shutil.rmtree(stack.log_dir, ignore_errors=True)

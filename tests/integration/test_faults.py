@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
 from collections import Counter
@@ -19,7 +18,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tests.integration.stack import Stack, make_log_dir, wait_for
+from tests.integration.stack import Stack, make_log_dir, running, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -99,11 +98,8 @@ def unban_until_done(stack: Stack, address: str) -> None:
 
 
 def run_attack(faults: bool) -> dict:
-    log_dir = make_log_dir()
-    (log_dir / "auth.log").touch(mode=0o644)
-    stack = Stack(project=f"pyfilter-fault-{os.getpid()}-{int(faults)}", log_dir=log_dir)
-    stack.up()
-    try:
+    log_dir = make_log_dir(auth_log=True)
+    with running(Stack(project=f"pyfilter-fault-{os.getpid()}-{int(faults)}", log_dir=log_dir)) as stack:
         progress = [0.0]
         writer = threading.Thread(target=write_attack, args=(log_dir / "auth.log", attack_lines(), progress))
         started = time.monotonic()
@@ -152,9 +148,6 @@ def run_attack(faults: bool) -> dict:
             "kernel6": set(stack.kernel_set("ban6")),
             "applied": applied,
         }
-    finally:
-        stack.down()
-        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def test_sigkill_of_every_service_loses_no_ban_and_no_unban():

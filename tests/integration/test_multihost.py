@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.integration.stack import AIRGAPPED, BASE_IMAGE, Stack, make_log_dir, wait_for
+from tests.integration.stack import AIRGAPPED, BASE_IMAGE, Stack, make_log_dir, running, wait_for
 from tests.integration.test_pipeline import sshd_failures
 
 pytestmark = pytest.mark.integration
@@ -27,9 +27,8 @@ OVERRIDE = os.path.join(os.path.dirname(__file__), "compose.multihost.yml")
 class MultiHost(Stack):
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.logs = {h: make_log_dir() for h in HOSTS}
+        self.logs = {h: make_log_dir(auth_log=True) for h in HOSTS}
         for h, path in self.logs.items():
-            (path / "auth.log").touch(mode=0o644)
             self.env[f"LOG_{h.upper()}"] = str(path)
         # agent.yml insists on a URL; the test's services set their own.
         self.env["PYFILTER_REDIS_URL"] = "redis://unused"
@@ -47,13 +46,13 @@ class MultiHost(Stack):
 def hosts():
     stack = MultiHost(project=f"pyfilter-mh-{os.getpid()}", log_dir=make_log_dir(),
                       files=[OVERRIDE])
-    stack.up()
     try:
-        yield stack
+        with running(stack):
+            yield stack
     finally:
-        stack.down()
-        for path in [stack.log_dir, *stack.logs.values()]:
-            shutil.rmtree(path, ignore_errors=True)
+        if not os.environ.get("PYFILTER_KEEP_LOGS"):  # the hosts' logs; `running` removes log_dir
+            for path in stack.logs.values():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def test_attack_on_one_host_is_dropped_on_every_host_within_a_second(hosts):

@@ -9,12 +9,11 @@ the first stays frozen, and the lag must drain through the new one alone.
 from __future__ import annotations
 
 import os
-import shutil
 from datetime import datetime, timezone
 
 import pytest
 
-from tests.integration.stack import Stack, make_log_dir, wait_for
+from tests.integration.stack import Stack, make_log_dir, running, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -55,16 +54,12 @@ def add_detector_replica(stack: Stack) -> None:
 
 @pytest.fixture(scope="module")
 def stack():
-    log_dir = make_log_dir()
-    (log_dir / "auth.log").touch(mode=0o644)
-    s = Stack(project=f"pyfilter-load-{os.getpid()}", log_dir=log_dir)
-    s.up()
-    try:
-        yield s
-    finally:
-        s.container("detector").unpause() if s.container("detector").status == "paused" else None
-        s.down()
-        shutil.rmtree(log_dir, ignore_errors=True)
+    with running(Stack(project=f"pyfilter-load-{os.getpid()}", log_dir=make_log_dir(auth_log=True))) as s:
+        try:
+            yield s
+        finally:
+            if s.container("detector").status == "paused":
+                s.container("detector").unpause()
 
 
 def test_overload_drops_nothing_shows_lag_and_a_new_replica_drains_it(stack):

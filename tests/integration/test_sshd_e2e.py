@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from datetime import datetime
 from pathlib import Path
 
-import docker
 import pytest
 
 from tests.integration import sshd_images
-from tests.integration.stack import TEST_OVERRIDE, Stack, compose_files, make_log_dir, wait_for
+from tests.integration.stack import TEST_OVERRIDE, Stack, compose_files, make_log_dir, running, wait_for
 
 SSHD = "198.51.100.130"
 ATTACKER = "198.51.100.140"
@@ -48,20 +46,10 @@ def sshd_stack(project: str, log_dir: Path, images: dict[str, str]) -> Stack:
 
 @pytest.fixture(scope="module")
 def stack():
-    try:
-        docker.from_env().ping()
-    except docker.errors.DockerException as exc:
-        pytest.fail(f"integration tests need a running Docker engine: {exc}")
     images = sshd_images.build_all()
     log_dir = make_log_dir()  # rsyslog creates auth.log in it, mode 0644
-    s = sshd_stack(f"pyfilter-sshd-{os.getpid()}", log_dir, images)
-    try:
-        s.up()
+    with running(sshd_stack(f"pyfilter-sshd-{os.getpid()}", log_dir, images)) as s:
         yield s
-    finally:
-        s.down()
-        if not os.environ.get("PYFILTER_KEEP_LOGS"):
-            shutil.rmtree(log_dir, ignore_errors=True)
 
 
 # --- what the clients do ---------------------------------------------------
