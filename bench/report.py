@@ -181,22 +181,22 @@ LIMITS = """\
   then every failregex of the filter, and bookkeeping per match (it also keeps every matched
   and missed line, hence its memory).
 - **PyFilter matching** is short of the issue's 20x aim, and this design cannot reach it on
-  the stress log. Measured in one process (sshd rule, batches of 1,000, file already read,
-  best of 3; `bench.match` does the same with timing around it): the one multi-line search of
-  each batch takes 0.41 s over the stress log and 1.0 s over the mixed one; a bare regex for
-  just the two failure lines (`^(stamp) host sshd[pid]: (Failed ... from (addr)|error: PAM:
-  ... from (addr))$`, one `finditer` over the whole file) takes 0.35 s, so the search is close
-  to what Python's `re` can do at all. Around it, the Python work per match is about 1 us
-  (stress log: walking the matches 0.26 s, reading the captures 0.19 s, the sshd connection
-  state by pid 0.53 s, for 375,000 matches: three of the four lines of a login match, the
-  `pam_unix` one because it names the address of the connection). Interpreter start-up and
-  catalog compilation take 0.16 s, reading and decoding the file about 0.1 s. 20x means
-  13.4 s / 20 = 0.67 s in all, which start-up, reading and the regex search use up before a
-  single match is handled in Python. Reaching it needs the per-match work out of Python: a
-  compiled matcher (regex engine plus connection state in C), a design decision this project
-  has not taken. Tried and dropped: a per-pattern literal dispatch (one `str.count` per key
-  string of sshd's patterns cost more than the regex work it saved), inlining the connection
-  state code (no measurable gain), dropping the pattern markers (6 % of the search).
+  the stress log. `python -m bench.match_parts LOG` splits the time (sshd rule, batches of
+  1,000, best of 3). Stress log, two moments of this VM (2026-11-22 ~00:30 and 01:50 UTC,
+  the second about 1.4x slower throughout): start-up (imports, catalog) 0.16 / 0.22 s,
+  reading the file 0.1 / 0.2 s, the rule's multi-line search with nothing done per match
+  0.41 / 0.60 s, a bare regex for just the log's two failure lines (one `finditer` over the
+  whole file) 0.35 / 0.51 s, so the search is close to what Python's `re` can do at all. The
+  Python work per match comes on top: 1.40 / 2.00 s for `match_batch` in all, of which
+  0.53 / 0.92 s is the sshd connection state by pid (375,000 matches: three of the four
+  lines of a login match, the `pam_unix` one because it names the address of the
+  connection). 20x means fail2ban-regex's time / 20 (13.4 s / 20 = 0.67 s in a quiet run),
+  and start-up, reading and the search alone take about that before a single match is
+  handled in Python. Reaching it needs the per-match work out of Python: a compiled matcher
+  (regex engine plus connection state in C), a design decision this project has not taken.
+  Tried and dropped: a per-pattern literal dispatch (one `str.count` per key string of
+  sshd's patterns cost more than the regex work it saved), inlining the connection state
+  code (no measurable gain), dropping the pattern markers (6 % of the search).
 - **`pyfilter match`** (the CLI) calls the matcher once per line; it shares the per-match work,
   so it is about as fast as batches when most lines match.
 - **fail2ban-server** is bound by its per-line Python filter (as fail2ban-regex), by its

@@ -1,0 +1,87 @@
+"""Where matching time goes, in one process: the numbers behind docs/benchmarks.md's
+"What limits each number".
+
+    python -m bench.match_parts [--rule sshd] LOG
+
+Everything runs over the same lines, read beforehand in batches of 1,000 as the
+detector gets them, best of 3:
+
+- start-up: a fresh interpreter importing the matcher and compiling the rule;
+- reading: the file into batches (`bench.match`'s reader);
+- search: the rule's one multi-line search of each batch, with nothing done per match;
+- bare regex: a two-pattern regex for just sshd's two failure lines of the
+  stress log, one `finditer` over the whole file (what plain `re` can do at best);
+- matching: `Matcher.match_batch`, then the same with the connection state
+  (`decide`) and then all per-match work (`judge`) replaced by nothing, so the
+  differences are what those cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+
+from bench.match import _batches
+from pyfilter.cli import load_rules
+from pyfilter.detector import rules as matcher_module
+
+BARE = re.compile(r"^(\w{3} [ \d]\d \d\d:\d\d:\d\d) \S+ sshd\[(\d+)\]: (?:Failed \S+ for (?:invalid user )?(.*) "
+                  r"from (\S+) port \d+ ssh2|error: PAM: Authentication failure for (.*) from (\S+))$", re.M)
+STARTUP = ("from pyfilter.cli import load_rules; from pyfilter.detector.rules import Matcher; "
+           "Matcher(load_rules(None, {rule!r}))")
+
+
+def best(work, runs: int = 3) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rule", default="sshd")
+    parser.add_argument("log")
+    args = parser.parse_args()
+
+    startup = best(lambda: subprocess.run([sys.executable, "-c", STARTUP.format(rule=args.rule)], check=True))
+    reading = best(lambda: list(_batches(args.log)))
+    batches = list(_batches(args.log))
+    blocks = ["\n" + "\n".join(b) for b in batches]
+    with open(args.log, encoding="utf-8", errors="replace") as f:
+        whole = f.read()
+    rules = load_rules(None, args.rule)
+    (compiled,) = matcher_module.Matcher(rules).rules
+    now = time.time()
+
+    def match_all() -> None:
+        matcher = matcher_module.Matcher(rules)  # fresh connection state each time
+        for batch in batches:
+            matcher.match_batch(batch, None, now)
+
+    rows = [("start-up (imports, catalog, rule)", startup), ("reading the file into batches", reading),
+            ("the rule's search alone", best(lambda: [None for b in blocks for _ in compiled.block_regex.finditer(b)])),
+            ("bare two-pattern regex, whole file", best(lambda: [None for _ in BARE.finditer(whole)])),
+            ("match_batch", best(match_all))]
+    cls = matcher_module._CompiledRule
+    decide, judge = cls.decide, cls.judge
+    try:
+        cls.decide = lambda self, *a: None
+        rows.append(("match_batch without connection state", best(match_all)))
+        cls.judge = lambda self, *a: None
+        rows.append(("match_batch without any per-match work", best(match_all)))
+    finally:
+        cls.decide, cls.judge = decide, judge
+    print(f"{args.log}: {sum(map(len, batches)):,} lines, rule {args.rule}, best of 3")
+    for name, seconds in rows:
+        print(f"  {name:42} {seconds:6.3f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
