@@ -24,8 +24,7 @@ import subprocess
 import sys
 import time
 
-from bench.match import _batches
-from pyfilter.cli import load_rules
+from pyfilter.cli import load_rules, read_batches
 from pyfilter.detector import rules as matcher_module
 
 BARE = re.compile(r"^(\w{3} [ \d]\d \d\d:\d\d:\d\d) \S+ sshd\[(\d+)\]: (?:Failed \S+ for (?:invalid user )?(.*) "
@@ -50,8 +49,8 @@ def main() -> int:
     args = parser.parse_args()
 
     startup = best(lambda: subprocess.run([sys.executable, "-c", STARTUP.format(rule=args.rule)], check=True))
-    reading = best(lambda: list(_batches(args.log)))
-    batches = list(_batches(args.log))
+    reading = best(lambda: list(read_batches(args.log)))
+    batches = list(read_batches(args.log))
     blocks = ["\n" + "\n".join(b) for b in batches]
     with open(args.log, encoding="utf-8", errors="replace") as f:
         whole = f.read()

@@ -349,7 +349,6 @@ class _CompiledRule:
                 raw = raw[tag.end():]
             body = expand(raw)
             names = _GROUP.findall(prefix + body)
-            self._check(i, raw, prefix + body)
             renamed = _GROUP.sub(lambda m: f"(?P<{m.group(1)}__{i}>", body)
             # The empty group at the end names the pattern that matched (it is
             # the last group closed: `lastgroup`). Wrapping the pattern in a
@@ -370,7 +369,11 @@ class _CompiledRule:
         try:
             self.regex = re.compile(source)
         except re.error as exc:
+            self._blame(prefix)  # raises for the first pattern that does not compile alone
             raise RuleError(f"rule {name}: patterns do not compile together: {exc}") from None
+        for i, raw in enumerate(rule.patterns):
+            if not {f"host__{i}", f"pid__{i}", "host", "pid"} & set(self.regex.groupindex):
+                raise RuleError(f"rule {name}: patterns[{i}] captures neither <HOST> nor <PID>: {raw}")
         self.by_marker = {f"p__{p.index}": p for p in self.patterns}
         # For batches: the same search over lines joined by newlines (a
         # leading newline included). A rule anchored at the line start reads
@@ -395,13 +398,18 @@ class _CompiledRule:
         # Connections that failed and closed: key -> address (see the module doc).
         self.closed: OrderedDict[tuple[str | None, str | None, str], str] = OrderedDict()
 
-    def _check(self, i: int, raw: str, full: str) -> None:
-        try:
-            rx = re.compile(full)
-        except re.error as exc:
-            raise RuleError(f"rule {self.name}: patterns[{i}]: {exc}: {raw}") from None
-        if "host" not in rx.groupindex and "pid" not in rx.groupindex:
-            raise RuleError(f"rule {self.name}: patterns[{i}] captures neither <HOST> nor <PID>: {raw}")
+    def _blame(self, prefix: str) -> None:
+        """Raise the error of the first pattern that does not compile on its own.
+
+        Only called when the combined regex fails: compiling each pattern
+        alone costs about as much as the whole rule again.
+        """
+        for i, raw in enumerate(self.rule.patterns):
+            raw = raw[tag.end():] if (tag := _TAG.match(raw)) else raw
+            try:
+                re.compile(prefix + expand(raw))
+            except re.error as exc:
+                raise RuleError(f"rule {self.name}: patterns[{i}]: {exc}: {raw}") from None
 
     def screen(self, text: str) -> bool:
         return not self.prefilter or any(lit in text for lit in self.prefilter)

@@ -58,6 +58,25 @@ def test_match_summary_counts_rules_and_patterns(log):
     assert "lines/s" in result.stdout
 
 
+def test_match_numbers_lines_across_batches_and_files(tmp_path):
+    """Lines go to the matcher 1,000 at a time; numbers stay per file, CRLF and NULs as the collector reads them."""
+    fail = "Nov 21 20:19:28 srv sshd[{pid}]: Failed password for root from 198.51.100.{n} port 50000 ssh2"
+    quiet = "Nov 21 20:19:28 srv sshd[1]: pam_unix(sshd:session): session closed for user alice"
+    numbers = [1, 1000, 1001, 2001, 2500]
+    lines = [fail.format(pid=i, n=i % 250) if i in numbers else quiet for i in range(1, 2501)]
+    big = tmp_path / "big.log"
+    big.write_bytes("\r\n".join(lines).encode() + b"\r\n")
+    small = tmp_path / "small.log"
+    small.write_bytes(b"\0\0" + fail.format(pid=7, n=7).encode())  # a hole of NULs, no final newline
+    result = run("match", "--json", "--rule", "sshd", str(big), str(small))
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["file"], r["line_no"], r["host"]) for r in records] == [
+        *((str(big), i, f"198.51.100.{i % 250}") for i in numbers), (str(small), 1, "198.51.100.7")]
+    summary = run("match", "--rule", "sshd", str(big), str(small))
+    assert "Lines read: 2501 from 2 file(s)" in summary.stdout and "Failures: 6" in summary.stdout
+
+
 def test_match_one_rule_only(log):
     result = run("match", "--json", "--rule", "postfix", str(log))
     assert [json.loads(x)["rule"] for x in result.stdout.splitlines()] == ["postfix"]

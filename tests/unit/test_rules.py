@@ -276,6 +276,10 @@ def test_a_time_capture_overrides_the_line_start():
 def test_bad_patterns_are_reported_with_the_rule_name():
     with pytest.raises(RuleError, match=r"rule t: patterns\[0\]"):
         Matcher({"t": rule("^fail (<HOST>$")})
+    with pytest.raises(RuleError, match=r"rule t: patterns\[1\]: missing \), unterminated subpattern"):
+        Matcher({"t": rule("^ok <HOST>$", "<NOTE>^fail (<HOST>$")})
+    with pytest.raises(RuleError, match=r"patterns\[1\] captures neither <HOST> nor <PID>"):
+        Matcher({"t": rule("^ok <HOST>$", "^fail$")})
     with pytest.raises(RuleError, match="neither <HOST> nor <PID>"):
         Matcher({"t": rule("^fail$")})
 
