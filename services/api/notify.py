@@ -22,6 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from email.message import EmailMessage
 
 import aiohttp
 import msgspec
@@ -113,8 +114,17 @@ class Email:
             [error] = await asyncio.to_thread(mail.send, self.cfg, self.password,
                                               [mail.digest(self.cfg, notices)])
             return [error] * len(notices)
-        mails = [mail.single(self.cfg, n) for n in notices]
-        return await asyncio.to_thread(mail.send, self.cfg, self.password, mails)
+        # A notice that cannot be written as a mail fails alone (and is given
+        # up after `give_up_after`), without holding back the others.
+        composed: list[EmailMessage | str] = []
+        for n in notices:
+            try:
+                composed.append(mail.single(self.cfg, n))
+            except (ValueError, TypeError) as exc:
+                composed.append(f"cannot write the mail: {exc}")
+        sent = iter(await asyncio.to_thread(mail.send, self.cfg, self.password,
+                                            [m for m in composed if not isinstance(m, str)]))
+        return [m if isinstance(m, str) else next(sent) for m in composed]
 
 
 Channel = Webhook | Email

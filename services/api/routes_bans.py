@@ -57,6 +57,7 @@ async def _prepare(api: state.Api, body: BanRequest | list[BanRequest]) -> list[
         raise FieldError("body", "no bans given (an empty list)")
     if len(wanted) > MAX_BULK:
         raise FieldError("body", f"at most {MAX_BULK} bans per call, got {len(wanted)}")
+    api.whitelist.invalidate()  # an entry another api added a moment ago counts
     whitelist = await api.whitelist.networks()
     own = await api.own.get()
     prepared: dict[str, manual.Wanted] = {}
@@ -96,7 +97,26 @@ async def create_bans(request: web.Request) -> web.Response:
     wanted = await _prepare(api, body)
     await manual.ban_all(api.client, api.keys, api.host, api.geo, wanted)
     logger.info("manual ban", extra={"count": len(wanted), "address": wanted[0].address})
+    await _lift_whitelisted_meanwhile(api, wanted)
     return json(Banned(banned=[w.address for w in wanted], count=len(wanted)), 201)
+
+
+async def _lift_whitelisted_meanwhile(api: state.Api, wanted: list[manual.Wanted]) -> None:
+    """Undo the bans of this call that a whitelist entry added while it ran now covers.
+
+    Adding to the whitelist lifts the bans it finds in force; a ban written
+    after that scan is caught here instead, so one of the two always sees
+    the other.
+    """
+    api.whitelist.invalidate()
+    whitelist = await api.whitelist.networks()
+    late = {w.address: reason for w in wanted
+            if (reason := never_ban_reason(parse_target(w.address), whitelist))}
+    if late:
+        await manual.unban_all(api.client, api.keys, api.host, sorted(late), "whitelisted while being banned")
+        first = min(late)
+        raise FieldError("address", f"{first} must not be banned: {late[first]}, since this call began; "
+                                    f"lifted {len(late)} of its {len(wanted)} ban(s), the others stand", 409)
 
 
 @require_token

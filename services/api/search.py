@@ -53,6 +53,10 @@ def inside(address: str, prefix: Network) -> bool:
     return target.version == prefix.version and target.subnet_of(prefix)
 
 
+# Times are clamped to 1970..9999: stream IDs (milliseconds) must fit in 64 bits.
+LATEST = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
 def parse_time(field: str, text: str) -> float:
     """Epoch seconds from `1767225600`, `2026-01-01`, `2026-01-01T12:00:00Z` (no zone: UTC)."""
     try:
@@ -60,9 +64,9 @@ def parse_time(field: str, text: str) -> float:
     except ValueError:
         pass
     else:
-        if not math.isfinite(value):
+        if value != value or value in (math.inf, -math.inf):
             raise FieldError(field, f"expected a finite time, got {text!r}")
-        return value
+        return min(max(value, 0.0), LATEST)
     # An unencoded "+01:00" in a query string arrives as " 01:00": take it back.
     if m := _SPACED_OFFSET.fullmatch(text):
         text = f"{m.group(1)}+{m.group(2)}"
@@ -72,7 +76,7 @@ def parse_time(field: str, text: str) -> float:
         raise FieldError(field, f'expected ISO 8601 like "2026-01-01T12:00:00Z" or epoch seconds, got {text!r}') from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+    return min(max(moment.timestamp(), 0.0), LATEST)
 
 
 def parse_filter(query) -> Filter:

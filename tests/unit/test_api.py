@@ -103,6 +103,12 @@ def test_a_server_without_a_token_refuses_every_write(redis_url):
     ({"address": "fe80::1"}, 409, "link-local"),
     ({"address": "198.51.100.0/24"}, 409, "whitelisted"),
     ({"address": "198.51.100.200"}, 409, "whitelisted"),
+    # Forms that used to slip past the checks: mapped networks, networks around special ranges, zones.
+    ({"address": "::ffff:127.0.0.1/128"}, 409, "loopback"),
+    ({"address": "::ffff:198.51.100.200/128"}, 409, "whitelisted"),
+    ({"address": "169.0.0.0/8"}, 409, "link-local"),
+    ({"address": "8000::/1"}, 409, "link-local"),
+    ({"address": "2001:db8::2%a\r\nBcc: x@example.org"}, 422, "address"),
 ])
 def test_bad_or_forbidden_bans_are_refused_and_change_nothing(redis_url, body, status, field):
     async def steps(client, redis):
@@ -135,12 +141,46 @@ def test_unban_publishes_a_decision_and_removes_the_ban(redis_url):
     assert [d.action for d in sent] == ["ban", "unban"]
 
 
+def test_a_slash_32_and_its_address_are_one_ban(redis_url):
+    async def steps(client, redis):
+        r = await client.post("/api/v1/bans", json={"address": "198.51.100.7/32"}, headers=AUTH)
+        created = await r.json()
+        r = await client.delete("/api/v1/bans/198.51.100.7", headers=AUTH)
+        return created, await r.json(), await (await client.get("/api/v1/bans")).json()
+    created, unbanned, listed = call(redis_url, steps)
+    assert created["banned"] == ["198.51.100.7"]
+    assert unbanned == {"unbanned": "198.51.100.7", "was_active": True} and listed["bans"] == []
+
+
 def test_no_permissive_cors_headers(redis_url):
     async def steps(client, redis):
         r = await client.get("/api/v1/bans", headers={"Origin": "http://evil.example"})
         return dict(r.headers)
     headers = call(redis_url, steps)
     assert not any(h.lower().startswith("access-control-") for h in headers)
+
+
+def test_a_network_whitelisted_while_a_ban_is_written_lifts_it(redis_url, monkeypatch):
+    """Another api whitelists the network after this call checked the whitelist, before it wrote."""
+    from pyfilter.api import manual
+
+    write = manual.ban_all
+
+    async def whitelisted_meanwhile(client, keys, *args):
+        await client.sadd(keys.whitelist, "198.51.100.0/27")
+        return await write(client, keys, *args)
+    monkeypatch.setattr(manual, "ban_all", whitelisted_meanwhile)
+
+    async def steps(client, redis):
+        r = await client.post("/api/v1/bans", json=[{"address": "198.51.100.10"}, {"address": "198.51.100.60"}],
+                              headers=AUTH)
+        listed = await (await client.get("/api/v1/bans")).json()
+        return r.status, (await r.json())["error"], [b["address"] for b in listed["bans"]], await decisions(redis)
+    status, error, active, sent = call(redis_url, steps)
+    assert status == 409 and "198.51.100.10" in error and "whitelisted (198.51.100.0/27)" in error
+    assert active == ["198.51.100.60"]
+    assert [(d.action, d.address) for d in sent] == [
+        ("ban", "198.51.100.10"), ("ban", "198.51.100.60"), ("unban", "198.51.100.10")]
 
 
 def test_an_address_of_any_protected_host_is_refused(redis_url):

@@ -95,6 +95,7 @@ def test_pagination_pages_through_every_ban_once(redis_url):
     ("limit=0", "limit"), ("limit=1001", "limit"), ("limit=ten", "limit"), ("offset=-1", "offset"),
     ("prefix=198.51.100.1/24", "prefix"), ("address=nope", "address"), ("since=yesterday", "since"),
     ("until=nan", "until"), ("all=maybe", "all"),
+    ("address=fe80::1%25eth0", "address"),
 ])
 def test_bad_search_parameters_are_422_naming_the_field(redis_url, query, field):
     async def steps(client, redis):
@@ -102,6 +103,14 @@ def test_bad_search_parameters_are_422_naming_the_field(redis_url, query, field)
         return r.status, (await r.json())["error"]
     status, error = call(redis_url, steps)
     assert status == 422 and error.startswith(f"{field}:")
+
+
+def test_times_beyond_any_stream_id_are_clamped_not_a_server_error(redis_url):
+    async def steps(client, redis):
+        far = await client.get("/api/v1/bans?since=1e17&all=1")
+        before = await client.get("/api/v1/bans?until=-5&all=1")
+        return far.status, (await far.json())["bans"], before.status, (await before.json())["bans"]
+    assert call(redis_url, steps) == (200, [], 200, [])
 
 
 def test_one_address_shows_why_when_where_and_its_past_bans(redis_url):

@@ -198,6 +198,19 @@ def test_per_address_mode_sends_one_mail_per_ban_and_nothing_for_rules_without_n
     assert "Failed password for root from 198.51.100.7 port 22" in body
 
 
+def test_a_notice_that_cannot_be_mailed_fails_alone(smtp):
+    """A header the mail library refuses (a line break) fails that notice, not the whole batch."""
+    from pyfilter.api.notify import Email
+
+    channel = Email(settings("redis://unused", mail={"port": smtp.port}).config.notify.email, None)
+    def notice(address: str) -> messages.Notice:
+        return messages.Notice(address=address, rule="sshd", host="host-a", origin="detector",
+                               banned_at=time.time(), duration=600)
+    errors = run(channel.deliver([notice("198.51.100.7\r\nBcc: x@example.org"), notice("198.51.100.8")]))
+    assert errors[0].startswith("cannot write the mail:") and errors[1] is None
+    assert [m["Subject"] for m in smtp.mails] == ["[pyfilter] 198.51.100.8 banned by sshd on host-a"]
+
+
 def test_digest_mode_sends_one_mail_listing_every_ban_of_the_interval(redis_url, smtp):
     addresses = [f"198.51.100.{i}" for i in range(1, 8)]
 

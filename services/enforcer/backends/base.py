@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from pyfilter.common.addresses import InvalidAddress, parse_target
+from pyfilter.common.addresses import InvalidAddress, normalize, parse_target
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -35,35 +35,19 @@ Target = Address | Network
 log = logging.getLogger("pyfilter.enforcer.backend")
 
 
-def normalize_target(target: Target) -> Target:
-    """The one form a target is stored and compared in.
-
-    A /32 (or /128) network is the address itself, and an IPv4-mapped IPv6
-    address (::ffff:a.b.c.d) is the IPv4 address: packets from such a client
-    arrive as IPv4, so a ban in the IPv6 set would never match them.
-    """
-    if isinstance(target, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-        if target.prefixlen != target.max_prefixlen:
-            return target
-        target = target.network_address
-    if isinstance(target, ipaddress.IPv6Address) and target.ipv4_mapped:
-        return target.ipv4_mapped
-    return target
-
-
 def target_text(target: Target) -> str:
     """How a target is written by `list()` and read by `sync()`: 198.51.100.7, 2001:db8::/64."""
-    return str(normalize_target(target))
+    return str(normalize(target))
 
 
 def parse_target_text(text: str) -> Target:
     """The inverse of `target_text`; raises InvalidAddress on anything else."""
-    return normalize_target(parse_target(text))
+    return parse_target(text)
 
 
 def as_target(value: Target | str) -> Target:
     """A target given as an ipaddress object or as text."""
-    return parse_target_text(value) if isinstance(value, str) else normalize_target(value)
+    return parse_target_text(value) if isinstance(value, str) else normalize(value)
 
 
 Verdict = Literal["drop", "reject"]
@@ -159,7 +143,7 @@ class Ban:
                 f"Ban.timeout for {self.target} must be a positive whole number of seconds "
                 f"or None (permanent), got {self.timeout!r}"
             )
-        object.__setattr__(self, "target", normalize_target(self.target))
+        object.__setattr__(self, "target", normalize(self.target))
         scope = Scope(tuple(self.ports), self.verdict)  # validates, and sorts the ports
         object.__setattr__(self, "ports", scope.ports)
 
