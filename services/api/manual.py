@@ -9,14 +9,13 @@ record is missing.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import redis.asyncio as redis
 
 from pyfilter.common import messages
-from pyfilter.common.bans import DECISIONS_MAXLEN, HISTORY_MAXLEN
+from pyfilter.common.bans import DECISIONS_MAXLEN, HISTORY_MAXLEN, write_ban
 from pyfilter.common.geo import Geo
 from pyfilter.common.keys import Keys
 
@@ -50,9 +49,7 @@ async def ban_all(client: redis.Redis, keys: Keys, host: str, geo: Geo,
                     action="ban", address=w.address, rule="manual", origin="manual", host=host,
                     created_at=now, duration=w.duration, expires_at=expires, reason=reason)
                 packed = messages.encode(rec)
-                pipe.set(keys.ban(w.address), packed)
-                pipe.zadd(keys.active_bans, {w.address: expires or math.inf})
-                pipe.incr(keys.ban_count(w.address))
+                write_ban(pipe, keys, rec, packed)
                 pipe.xadd(keys.ban_history, {"m": packed}, maxlen=HISTORY_MAXLEN, approximate=True)
                 pipe.xadd(keys.decisions, {"m": messages.encode(decision)},
                           maxlen=DECISIONS_MAXLEN, approximate=True)

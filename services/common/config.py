@@ -75,6 +75,13 @@ class Escalation(msgspec.Struct, forbid_unknown_fields=True):
 
     factor: Annotated[float, msgspec.Meta(ge=1)] = 1.0
     maxtime: Seconds = Seconds(7 * 86400)
+    # How long after its last ban an address's ban count (n above) is kept;
+    # -1 keeps it for ever. Bounds what Redis holds per address ever banned.
+    memory: Seconds = Seconds(30 * 86400)
+
+    def __post_init__(self) -> None:
+        if self.memory == 0 or self.memory < -1:
+            raise ValueError("escalation.memory: expected a duration, or -1 for ever")
 
 
 class Rule(msgspec.Struct, forbid_unknown_fields=True):

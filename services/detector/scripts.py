@@ -14,10 +14,10 @@ RECORD_FAILURES = r"""
 -- the groups packed as one MessagePack array (one C call to unpack, instead
 -- of a protocol argument per field). A group is one rule, address and host
 -- that saw the lines: {rule, address, host, mode, threshold, span, bantime,
--- factor, maxtime, verdict, ports, lines}, where `lines` is a flat array of
+-- factor, maxtime, memory, verdict, ports, lines}, where `lines` is a flat array of
 -- (line id, log time, text, connection, once) for each failure. The recidive
 -- settings are the group's threshold..ports fields as one string:
--- "threshold span bantime factor maxtime verdict ports".
+-- "threshold span bantime factor maxtime memory verdict ports".
 --
 -- `connection` names the connection a failure belongs to (host, source, pid;
 -- "" for none), `once` marks a line that is a failure only if its connection
@@ -33,6 +33,9 @@ local recidive = ARGV[3]
 local groups = cmsgpack.unpack(ARGV[4])
 local MAX_LINES = 10
 local INF = math.huge
+-- A ban record is read while its ban is in force (and by the notifier just
+-- after it); the history stream keeps the past. See common/bans.py.
+local RECORD_GRACE = 86400
 
 local active_key = prefix .. 'bans:active'
 local results = {}
@@ -80,7 +83,9 @@ local function ban(g, trigger, window_key, lines_key)
     local held_duration = held and cmsgpack.unpack(held).duration or 0
     if duration >= 0 and (held_duration < 0 or duration <= held_duration) then return end
   end
-  redis.call('INCR', prefix .. 'bancount:' .. g.address)
+  local count_key = prefix .. 'bancount:' .. g.address
+  redis.call('INCR', count_key)
+  if g.memory >= 0 then redis.call('EXPIRE', count_key, g.memory) else redis.call('PERSIST', count_key) end
 
   local first = redis.call('ZRANGE', window_key, 0, 0, 'WITHSCORES')[2]
   local failures = redis.call('ZCOUNT', window_key, '-inf', trigger)
@@ -103,7 +108,11 @@ local function ban(g, trigger, window_key, lines_key)
     decision.expires_at = expires
   end
   local packed = cmsgpack.pack(record)
-  redis.call('SET', prefix .. 'ban:' .. g.address, packed)
+  if duration >= 0 then
+    redis.call('SET', prefix .. 'ban:' .. g.address, packed, 'EXAT', math.ceil(expires + RECORD_GRACE))
+  else
+    redis.call('SET', prefix .. 'ban:' .. g.address, packed)
+  end
   redis.call('ZADD', active_key, expires == INF and '+inf' or expires, g.address)
   redis.call('XADD', prefix .. 'bans:history', 'MAXLEN', '~', 100000, '*', 'm', packed)
   redis.call('XADD', prefix .. 'decisions', 'MAXLEN', '~', 1000000, '*', 'm', cmsgpack.pack(decision))
@@ -120,7 +129,8 @@ local function count_for_recidive(address, seen_by, rule)
   local g = {
     rule = 'recidive', address = address, seen_by = seen_by, mode = 'sliding',
     threshold = tonumber(f[1]), span = tonumber(f[2]), bantime = tonumber(f[3]),
-    factor = tonumber(f[4]), maxtime = tonumber(f[5]), verdict = f[6], ports = f[7] or '',
+    factor = tonumber(f[4]), maxtime = tonumber(f[5]), memory = tonumber(f[6]), verdict = f[7],
+    ports = f[8] or '',
   }
   local window_key = prefix .. 'window:recidive:' .. address
   local lines_key = prefix .. 'window-lines:recidive:' .. address
@@ -140,9 +150,9 @@ end
 for _, h in ipairs(groups) do
   local g = {
     rule = h[1], address = h[2], seen_by = h[3], mode = h[4], threshold = h[5], span = h[6],
-    bantime = h[7], factor = h[8], maxtime = h[9], verdict = h[10], ports = h[11],
+    bantime = h[7], factor = h[8], maxtime = h[9], memory = h[10], verdict = h[11], ports = h[12],
   }
-  local lines = h[12]
+  local lines = h[13]
 
   local key_tail = g.rule .. ':' .. g.address
   local window_key = prefix .. 'window:' .. key_tail

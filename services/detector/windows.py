@@ -42,7 +42,7 @@ class NewBan:
 
 
 def _thresholds(rule: Rule) -> list[object]:
-    """threshold, span, bantime, factor, maxtime, verdict, ports: as the script reads them."""
+    """threshold, span, bantime, factor, maxtime, memory, verdict, ports: as the script reads them."""
     if rule.mode == "consecutive":
         threshold, span = rule.failed_attempts, rule.request_time
     elif rule.mode == "instant":
@@ -52,7 +52,7 @@ def _thresholds(rule: Rule) -> list[object]:
     ports = ",".join(str(p) for p in rule.ports)
     # Plain numbers (config's `Seconds` is an int subclass MessagePack does not know).
     return [int(threshold), int(span), int(rule.bantime), float(rule.escalation.factor),
-            int(rule.escalation.maxtime), rule.verdict, ports]
+            int(rule.escalation.maxtime), int(rule.escalation.memory), rule.verdict, ports]
 
 
 class Windows:

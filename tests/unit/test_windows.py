@@ -214,6 +214,26 @@ def test_every_window_key_expires(redis_url):
     assert all(ttl > 0 for ttl in found.values()), found
 
 
+def test_ban_record_and_ban_count_expire(redis_url):
+    """A ban record lasts a day past its ban, the count `escalation.memory`: Redis does not
+    keep something for every address ever banned. Permanent bans and memory -1 keep theirs."""
+    rules = {"sshd": make_rule(escalation=Escalation(memory=Seconds(3600))),
+             "forever": make_rule(bantime=Seconds(-1), escalation=Escalation(memory=Seconds(-1)))}
+    run(record(redis_url, rules, [failures(3), failures(3, rule="forever", address="198.51.100.9")]))
+
+    async def expiry() -> dict[str, int]:
+        client = aioredis.from_url(redis_url)
+        found = {k.decode(): await client.expiretime(k) async for k in client.scan_iter("pf:ban*:*")}
+        ttl = await client.ttl(f"pf:bancount:{ATTACKER}")
+        await client.aclose()
+        return found, ttl
+
+    found, count_ttl = run(expiry())
+    assert found[f"pf:ban:{ATTACKER}"] == NOW + 600 + 86400
+    assert 3500 < count_ttl <= 3600
+    assert found["pf:ban:198.51.100.9"] == -1 and found["pf:bancount:198.51.100.9"] == -1
+
+
 def test_one_address_with_thousands_of_failures_in_one_read(redis_url):
     """A flood from one address is one group of one script call: it bans, and the
     ban keeps the last lines as evidence."""
