@@ -38,7 +38,9 @@ Connections are told apart by the `pid` capture, within one source of one
 host (the `host` argument of `match`: where the line comes from). A failure
 pattern without an address takes the connection's address; if none is known
 yet, the failure waits for a later NOTE/CLOSE line of that connection that
-names one. A NOTE or SUCCESS
+names one (for at most 10 minutes of log time, and not from a successful
+login: those are another connection on a reused pid). A
+NOTE or SUCCESS
 for a user other than the ones that already failed on that connection is a
 failure (someone trying user names, fail2ban gh-2070).
 """
@@ -77,6 +79,8 @@ FAIL, NOTE, SUCCESS, CLOSE, ONCE = "fail", "note", "success", "close", "once"
 _TAG = re.compile(r"^<(NOTE|SUCCESS|CLOSE|ONCE)>")
 _GROUP = re.compile(r"\(\?P<(\w+)>")
 _MAX_CONNECTIONS = 20_000
+# Seconds (log time) a failure without an address waits for its connection's.
+_PENDING_FOR = 600
 # A batch block is scanned as one string when a rule's literals occur in at
 # least one line in SPARSE; rarer rules only search the lines holding one.
 _SPARSE = 8
@@ -321,13 +325,14 @@ class _Pattern:
 
 
 class _Connection:
-    __slots__ = ("host", "users", "pending", "failed")
+    __slots__ = ("host", "users", "pending", "failed", "failed_at")
 
     def __init__(self) -> None:
         self.host: str | None = None
         self.users: set[str] = set()
         self.pending: tuple[float | None, str | None, int] | None = None  # (time, user, pattern)
         self.failed = False
+        self.failed_at: float | None = None  # log time of its last failure
 
 
 class _CompiledRule:
@@ -460,7 +465,7 @@ class _CompiledRule:
         return None
 
     def time_of(self, text: str, caps: dict[str, str], now: float | None) -> float | None:
-        return timeparse.find_time(caps.get("time") or text, self.zone, now)
+        return timeparse.parse_time(caps.get("time") or text, self.zone, now)
 
     def decide(self, pat: _Pattern, host: str | None, user: str | None, pid: str,
                when: str | None, text: str, key: tuple, now: float | None) -> Failure | None:
@@ -480,11 +485,12 @@ class _CompiledRule:
             conn = connections[key] = _Connection()
             if len(connections) > _MAX_CONNECTIONS:
                 connections.popitem(last=False)
-        elif host and conn.host and host != conn.host and kind != ONCE:
+        elif host and conn.host and host != conn.host and (kind != ONCE or self._reused(conn, when, text, now)):
             # A connection never changes its address: this pid was reused by
-            # a new connection, and the old one's history must not blame it
-            # (a ONCE line of another address still finds a failed connection
-            # and counts nothing, as before).
+            # a new connection, and the old one's history must not blame it.
+            # A closing (ONCE) line naming another address soon after a
+            # failure still belongs to the failed connection (fail2ban reads
+            # it so); much later, the pid is another connection's.
             conn = connections[key] = _Connection()
             connections.move_to_end(key)
         else:
@@ -500,10 +506,9 @@ class _CompiledRule:
             failure = _new_tuple(Failure, (self.name, conn.host, self.clock(when or text, now), user, pat.index,
                                            connection, kind == ONCE))
         elif kind != ONCE:
-            if conn.pending and conn.host:
-                _, puser, pindex = conn.pending
-                failure = _new_tuple(Failure, (self.name, conn.host, self.clock(when or text, now), puser, pindex,
-                                               connection, False))
+            if conn.pending and conn.host and kind != SUCCESS:
+                failure = self._resolve(conn, self.clock(when or text, now), connection)
+                conn.pending = None
             elif user and conn.host and conn.users and user not in conn.users:
                 failure = _new_tuple(Failure, (self.name, conn.host, self.clock(when or text, now), user, pat.index,
                                                connection, False))
@@ -511,6 +516,7 @@ class _CompiledRule:
             conn.users.add(user)
         if failure is not None:
             conn.failed = True
+            conn.failed_at = failure.time
             conn.pending = None
         if kind == SUCCESS or kind == CLOSE:
             connections.pop(key, None)
@@ -519,6 +525,27 @@ class _CompiledRule:
                 if len(self.closed) > _MAX_CONNECTIONS:
                     self.closed.popitem(last=False)
         return failure
+
+
+    def _resolve(self, conn: _Connection, at: float | None, connection: str) -> Failure | None:
+        """The failure that waited for its connection's address, now known, if still fresh.
+
+        It is dated by the line that completes it, as fail2ban does. Waiting
+        longer than _PENDING_FOR (sshd drops an unauthenticated connection
+        after 2 minutes) means the pid was reused by an unrelated connection:
+        the failure is dropped, not charged to it.
+        """
+        ptime, puser, pindex = conn.pending  # type: ignore[misc]
+        if ptime is not None and at is not None and at - ptime > _PENDING_FOR:
+            return None
+        return _new_tuple(Failure, (self.name, conn.host, at, puser, pindex, connection, False))
+
+    def _reused(self, conn: _Connection, when: str | None, text: str, now: float | None) -> bool:
+        """Whether a line of connection `conn` comes too long after its failure to be the same connection."""
+        if conn.failed_at is None:
+            return not conn.failed
+        at = self.clock(when or text, now)
+        return at is not None and at - conn.failed_at > _PENDING_FOR
 
 
 class _Screen:

@@ -4,7 +4,11 @@ Called only for lines a rule already matched, so it may try several formats;
 the conversions that cost something (calendar and zone arithmetic) are cached,
 because consecutive lines usually share their second.
 
-Supported, at the start of the line or (see `find_time`) anywhere in it:
+Supported at the start of the line (after spaces, '[' or '('); a timestamp
+elsewhere in a line is never searched for, since the rest of a line may hold
+text an attacker chose (a user name, a URL) and a planted old date would make
+failures look too old to count. A rule whose lines carry their time further
+in captures it (`(?P<time>...)`), and that capture is read the same way.
 
     Nov 21 20:19:28              syslog RFC 3164, year-less (resolved against now)
     Fri Jan 19 12:20:33 2007     ctime / Apache 2.2 error log (optionally [..] and .ffffff)
@@ -31,7 +35,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["parse_time", "find_time", "get_zone", "InvalidZone"]
+__all__ = ["parse_time", "get_zone", "InvalidZone", "Clock"]
 
 _MONTHS = {m: i for i, m in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
@@ -39,8 +43,7 @@ _MON = r"(?i:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*"
 _WDAY = r"(?i:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*"
 _OFFSET = r"(?P<off>Z|[+-]\d{2}:?\d{2})"
 
-# Each format: (name, regex). The regexes are tried in order; `parse_time`
-# anchors them at the start of the line, `find_time` searches for them.
+# Each format: (name, regex), tried in order at the start of the line.
 _FORMATS: list[tuple[str, str]] = [
     ("iso", r"(?P<Y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})(?:T| +)(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"
             r"(?:[.,]\d+)?" + "(?: ?" + _OFFSET + ")?(?![\\d:])"),
@@ -65,7 +68,6 @@ def _prefixed(name: str, rx: str) -> str:
 
 _START = re.compile(r"[\s\[(]*(?:<\d{1,3}>\d{1,2} +)?(?:"
                     + "|".join(_prefixed(name, rx) for name, rx in _FORMATS) + ")")
-_ANY = [(name, re.compile(rx)) for name, rx in _FORMATS]
 _FORMAT_NAMES = [name for name, _ in _FORMATS]
 
 
@@ -247,39 +249,19 @@ def parse_time(text: str, tz: str | tzinfo | None = None, now: float | None = No
     return _stamp(m.group(0), zone).at(zone, now)
 
 
-def find_time(text: str, tz: str | tzinfo | None = None, now: float | None = None) -> float | None:
-    """Like `parse_time`, but the first timestamp anywhere in `text` is taken.
-
-    The start of the line is tried first (the timestamp there wins when a line
-    carries two), then the earliest match of any format.
-    """
-    t = parse_time(text, tz, now)
-    if t is not None:
-        return t
-    best: tuple[int, re.Match[str]] | None = None
-    for _, rx in _ANY:
-        m = rx.search(text)
-        if m is not None and (best is None or m.start() < best[0]):
-            best = (m.start(), m)
-    if best is None:
-        return None
-    zone = tz if isinstance(tz, tzinfo) else get_zone(tz)
-    return _convert(best[1].groupdict(), zone, now)
-
-
 # `Clock`'s shortcut: a classic syslog stamp filling the first 15 characters.
 _SYSLOG15 = re.compile(r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ \d]\d \d\d:\d\d:\d\d")
 _NOT_AFTER_STAMP = " 0123456789"  # also "": a line that ends after the stamp
 
 
 class Clock:
-    """`find_time` for one zone, faster on syslog lines: a matcher keeps one per rule.
+    """`parse_time` for one zone, faster on syslog lines: a matcher keeps one per rule.
 
     A line that starts with `Mmm dd hh:mm:ss`, then one space and a character
     that is neither a digit nor a space (the host name, usually), has exactly
-    that stamp as its time (`find_time` reads no year or fraction there), so
+    that stamp as its time (`parse_time` reads no year or fraction there), so
     the answer for those 15 characters is looked up instead of parsed. Any
-    other line goes through `find_time`.
+    other line goes through `parse_time`.
     """
 
     __slots__ = ("zone", "_stamps")
@@ -295,7 +277,7 @@ class Clock:
             if now is not None and entry.lo <= now < entry.hi:
                 return entry.value
             return entry.at(self.zone, now)
-        found = find_time(text, self.zone, now)
+        found = parse_time(text, self.zone, now)
         if text[15:16] == " " and text[16:17] not in _NOT_AFTER_STAMP and _SYSLOG15.fullmatch(key):
             if len(self._stamps) >= _MAX_STAMPS:
                 self._stamps.clear()

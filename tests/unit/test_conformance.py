@@ -123,10 +123,22 @@ def results() -> dict[str, RuleResult]:
     return res
 
 
+# Sample lines where fail2ban expects the address a hostile user name plants:
+# the rule reports the real one instead (docs/conformance.md explains each).
+DELIBERATE = {
+    "sshd": ["Failed password for invalid user test from 127.0.0.1 port 58946 ssh2: from 10.10.1.2 port 55555 ssh2"],
+}
+
+
+def deliberate(rule: str, items: list[str]) -> list[str]:
+    return [item for item in items if any(line in item for line in DELIBERATE.get(rule, ()))]
+
+
 def test_every_default_sshd_check_passes(results):
     sshd = results["sshd"]
     assert sshd.checks > 0
-    assert sshd.passed == sshd.checks, problems({"sshd": sshd})
+    assert deliberate("sshd", sshd.wrong_host) == [item for item in sshd.wrong_host], problems({"sshd": sshd})
+    assert sshd.passed + len(DELIBERATE["sshd"]) == sshd.checks, problems({"sshd": sshd})
 
 
 def test_at_least_95_percent_of_default_checks_pass(results):
@@ -137,8 +149,9 @@ def test_at_least_95_percent_of_default_checks_pass(results):
 
 
 def test_no_rule_reports_a_wrong_address(results):
-    wrong = {name: r.wrong_host for name, r in results.items() if r.wrong_host}
-    assert not wrong
+    wrong = {name: [w for w in r.wrong_host if w not in deliberate(name, r.wrong_host)]
+             for name, r in results.items()}
+    assert not any(wrong.values()), wrong
 
 
 if __name__ == "__main__":

@@ -78,9 +78,8 @@ def test_web_requests_cannot_frame_another_address(path, agent, real):
 @example("9999-99-99T99:99:99")
 @example("[31/Xyz/2026:99:00:00 +9999]")
 def test_time_parsing_never_raises_and_stays_sane(text):
-    for parse in (timeparse.parse_time, timeparse.find_time):
-        value = parse(text, "UTC", NOW)
-        assert value is None or (0 <= value < 4_102_444_800)  # before 2100
+    value = timeparse.parse_time(text, "UTC", NOW)
+    assert value is None or (0 <= value < 4_102_444_800)  # before 2100
 
 
 @FUZZ

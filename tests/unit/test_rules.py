@@ -148,6 +148,29 @@ def test_sshd_injection_in_the_user_name_yields_the_real_address(catalog):
     assert hosts(matcher_for(catalog, "sshd"), line) == [REAL]
 
 
+@pytest.mark.parametrize("line", [
+    # A user name that ends like a whole line, then what looks like auth info.
+    f"Failed password for invalid user x from {INJECTED} port 22 ssh2: y from {REAL} port 5555 ssh2",
+    f"Failed password for invalid user x from {INJECTED} port 22 ssh2: from {REAL} port 5555 ssh2",
+    f"Failed publickey for invalid user x from {INJECTED} port 22 ssh2: RSA SHA256:abc from {REAL} port 5555 ssh2: "
+    "RSA SHA256:def",
+    # The user name comes twice, before the address and in the message after it.
+    f"Disconnecting invalid user x {INJECTED} port 22: Change of username or service not allowed: z {REAL} port 5555: "
+    f"Change of username or service not allowed: (x {INJECTED} port 22,ssh-connection) -> (y,ssh-connection) [preauth]",
+])
+def test_sshd_user_names_that_mimic_the_end_of_a_line_cannot_frame_an_address(catalog, line):
+    m = matcher_for(catalog, "sshd")
+    hosts(m, f"Nov 21 20:19:27 srv sshd[77]: Connection from {REAL} port 5555 on 192.0.2.1 port 22")
+    assert hosts(m, f"Nov 21 20:19:28 srv sshd[77]: {line}") == [REAL]
+
+
+def test_an_existing_account_keeps_whatever_follows_its_address(catalog):
+    """An account's name is one word the attacker cannot choose: the first address is the real one."""
+    line = (f"Nov 21 20:19:28 srv sshd[78]: Failed hostbased for root from {REAL} port 5555 ssh2: RSA-CERT "
+            f"SHA256:abc ID x from {INJECTED} port 22 ssh2 (serial 1) CA RSA SHA256:def")
+    assert hosts(matcher_for(catalog, "sshd"), line) == [REAL]
+
+
 # --- log injection: web servers -----------------------------------------------------
 
 @pytest.mark.parametrize("line", [
@@ -453,6 +476,28 @@ def test_a_reused_pid_does_not_blame_a_later_login_from_another_address(catalog)
     # types the password right: the attacker's user names are not hers.
     assert hosts(m, pam.format(addr=REAL, user="alice")) == []
     assert hosts(m, f"Nov 21 20:19:31 srv sshd[801]: Accepted password for alice from {REAL} port 6 ssh2") == []
+
+
+def test_a_failure_waiting_for_its_address_is_not_charged_to_a_later_connection(catalog):
+    """sshd drops an unauthenticated connection within minutes: hours later the pid is another one's."""
+    m = matcher_for(catalog, "sshd")
+    assert hosts(m, "Nov 17 01:00:00 h sshd[100]: Disconnecting: Too many authentication failures [preauth]") == []
+    assert hosts(m, f"Nov 17 09:00:00 h sshd[100]: Connection closed by {REAL} port 5000 [preauth]") == []
+    # Nor does a successful login complete it, however soon.
+    assert hosts(m, "Nov 17 09:00:01 h sshd[101]: Disconnecting: Too many authentication failures [preauth]") == []
+    assert hosts(m, f"Nov 17 09:00:02 h sshd[101]: Accepted publickey for bob from {REAL} port 5001 ssh2") == []
+    # Soon after, the connection's closing line completes it, dated by that line.
+    assert hosts(m, "Nov 17 09:00:03 h sshd[102]: Disconnecting: Too many authentication failures [preauth]") == []
+    [f] = m.match(f"Nov 17 09:00:04 h sshd[102]: Connection closed by {REAL} port 5002 [preauth]", None, NOW)
+    assert f.host == REAL and f.time == m.match(f"Nov 17 09:00:04 h sshd[9]: Invalid user a from {REAL}", None, NOW)[0].time
+
+
+def test_a_closing_line_on_a_pid_reused_much_later_counts(catalog):
+    m = matcher_for(catalog, "sshd")
+    assert hosts(m, f"Nov 17 01:00:00 h sshd[100]: Failed password for root from {REAL} port 5 ssh2") == [REAL]
+    closing = "Connection closed by authenticating user root {a} port 6 [preauth]"
+    assert hosts(m, "Nov 17 01:00:01 h sshd[100]: " + closing.format(a=REAL)) == []
+    assert hosts(m, "Nov 17 09:00:00 h sshd[100]: " + closing.format(a="198.51.100.40")) == ["198.51.100.40"]
 
 
 @pytest.mark.parametrize("batched", [False, True])
