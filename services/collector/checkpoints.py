@@ -60,11 +60,14 @@ class Committer:
         self.redis, self.keys, self.host, self.maxlen = redis, keys, host, maxlen
         self.length = 0  # stream length seen at the last write (the lag metric)
 
-    async def commit(self, source: str, batch: Batch, stats: Stats) -> None:
-        """Write the batch and its checkpoint atomically; return once they are in Redis."""
+    async def commit(self, source: str, batch: Batch, stats: Stats, tz: str | None = None) -> None:
+        """Write the batch and its checkpoint atomically; return once they are in Redis.
+
+        `tz` is the zone the source writes zone-less timestamps in.
+        """
         payload = None
         if batch.lines:
-            payload = encode(LineBatch(self.host, source, batch.lines, time.time()))
+            payload = encode(LineBatch(self.host, source, batch.lines, time.time(), tz=tz))
         key = self.keys.checkpoint(self.host, source)
 
         async def write() -> list:

@@ -10,10 +10,15 @@ then the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, start_http_server
@@ -24,6 +29,7 @@ from pyfilter.common import health, service
 from pyfilter.common.config import Settings, Source as SourceConfig
 from pyfilter.common.keys import Keys
 from pyfilter.common.redisio import connect
+from pyfilter.detector.timeparse import InvalidZone, get_zone
 
 from . import checkpoints
 from .checkpoints import Committer
@@ -39,18 +45,59 @@ BEAT_EVERY = 2.0  # heartbeat while Redis answers (s)
 async def follow(cfg: SourceConfig, settings: Settings, redis: aioredis.Redis,
                  committer: Committer, stats: Stats, stop: asyncio.Event) -> None:
     keys, host = Keys(settings.config.redis.prefix), settings.host
+    zone = source_zone(cfg)
+    log.info(f"source {cfg.name!r}: timestamps without a zone are read as {zone() or 'UTC'}",
+             extra={"source": cfg.name, "timezone": zone() or "UTC"})
     while not stop.is_set():
         saved = await checkpoints.load(redis, keys, host, cfg.name)
         source = build(cfg, settings.config.collector, saved, stop)
         source.stats = stats
         try:
             async for batch in source.batches():
-                await committer.commit(cfg.name, batch, stats)
+                await committer.commit(cfg.name, batch, stats, zone())
         except Exception:
             stats.errors += 1
             log.exception(f"source {cfg.name!r} failed; restarting it from its checkpoint "
                           f"in {REBUILD_DELAY}s", extra={"source": cfg.name})
             await asyncio.sleep(REBUILD_DELAY)
+
+
+HOST_LOCALTIME = Path("/host/etc/localtime")  # the host's zone file, mounted by compose
+
+
+def source_zone(cfg: SourceConfig) -> Callable[[], str | None]:
+    """The zone a source writes zone-less timestamps in (syslog writes local time), asked per batch.
+
+    In order: the source's `timezone`; TZ; the host's /etc/localtime mounted
+    in the container (its offset now: a zone file has no name); this
+    machine's zone name. None (UTC) when nothing says.
+    """
+    for name in (cfg.timezone, os.environ.get("TZ", "").lstrip(":")):
+        if name and _valid(name):
+            return lambda: name
+    if HOST_LOCALTIME.is_file():
+        with HOST_LOCALTIME.open("rb") as f:
+            zone = ZoneInfo.from_file(f)
+        return lambda: datetime.now(zone).strftime("%z")
+    name = _machine_zone()
+    return lambda: name
+
+
+def _machine_zone() -> str | None:
+    names = []
+    with contextlib.suppress(OSError):
+        names.append(Path("/etc/timezone").read_text().strip())
+    with contextlib.suppress(OSError):
+        names.append(os.readlink("/etc/localtime").partition("zoneinfo/")[2])
+    return next((n for n in names if n and _valid(n)), None)
+
+
+def _valid(name: str) -> bool:
+    try:
+        get_zone(name)
+    except InvalidZone:
+        return False
+    return True
 
 
 async def heartbeat(redis: aioredis.Redis, stop: asyncio.Event) -> None:

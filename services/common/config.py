@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from pyfilter.detector.timeparse import InvalidZone, get_zone
+
 DEFAULT_PATH = "/etc/pyfilter/pyfilter.yaml"
 
 _DURATION = re.compile(r"^\s*(-?\d+)\s*([smhdw]?)\s*$", re.ASCII)
@@ -132,8 +134,17 @@ class Source(msgspec.Struct, forbid_unknown_fields=True):
     # docker: one container by name or id, or every container with a label ("key" or "key=value").
     container: str | None = None
     label: str | None = None
+    # The zone of timestamps that carry none (syslog's `Nov 22 01:59:00`): a
+    # zoneinfo name or +hh:mm. Default: the collector's local zone (TZ,
+    # /etc/timezone), else UTC. A wrong zone makes failures look hours old.
+    timezone: str | None = None
 
     def __post_init__(self) -> None:
+        if self.timezone is not None:
+            try:
+                get_zone(self.timezone)
+            except InvalidZone as exc:
+                raise ValueError(f"source {self.name!r}: timezone: {exc}") from None
         if self.type == "file" and not self.paths:
             raise ValueError(f"source {self.name!r} of type file needs at least one path")
         if self.type == "docker" and not (self.container or self.label):

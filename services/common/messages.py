@@ -35,6 +35,9 @@ class LineBatch(msgspec.Struct, frozen=True, tag="lines"):
     lines: list[Line]
     read_at: float
     v: int = VERSION
+    # The zone the source writes timestamps that carry none in (a zoneinfo
+    # name or +hh:mm); None: the detector's default (UTC).
+    tz: str | None = None
 
 
 Action = Literal["ban", "unban"]

@@ -78,7 +78,8 @@ class Detector:
             self._countable_basis = basis
         found = []
         lines = batch.lines
-        for i, f in self.matcher.match_batch([line.text for line in lines], batch.source, now, batch.host):
+        for i, f in self.matcher.match_batch([line.text for line in lines], batch.source, now, batch.host,
+                                             batch.tz):
             address = self._countable(f.host, own, whitelist)
             if address is not None and f.rule in self.v6_prefix and ":" in address:
                 address = self._prefix_of(address, self.v6_prefix[f.rule], own, whitelist)

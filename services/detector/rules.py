@@ -340,8 +340,12 @@ class _CompiledRule:
         self.name = name
         self.rule = rule
         self.sources = set(rule.sources)
+        # Zone-less timestamps: the rule's zone if it names one, else the
+        # zone of the source the lines come from (`use_zone`), else the default.
+        self.fixed_zone = rule.timezone is not None
         self.zone = timeparse.get_zone(rule.timezone or default_tz)
         self.clock = timeparse.Clock(self.zone)
+        self._clocks = {None: self.clock}
         self.patterns: list[_Pattern] = []
         prefix = expand(rule.prefix)
         alternatives = []
@@ -415,6 +419,19 @@ class _CompiledRule:
                 re.compile(prefix + expand(raw))
             except re.error as exc:
                 raise RuleError(f"rule {self.name}: patterns[{i}]: {exc}: {raw}") from None
+
+    def use_zone(self, tz: str | None) -> None:
+        """Read the next lines' zone-less times in zone `tz` (their source's), unless the rule fixes one."""
+        if self.fixed_zone:
+            return
+        clock = self._clocks.get(tz)
+        if clock is None:
+            try:
+                clock = timeparse.Clock(timeparse.get_zone(tz))
+            except timeparse.InvalidZone:
+                clock = self._clocks[None]  # a collector's typo must not stop matching
+            self._clocks[tz] = clock
+        self.clock, self.zone = clock, clock.zone
 
     def screen(self, text: str) -> bool:
         return not self.prefilter or any(lit in text for lit in self.prefilter)
@@ -589,36 +606,40 @@ class Matcher:
         return screen
 
     def match(self, text: str, source: str | None = None, now: float | None = None,
-              host: str | None = None) -> list[Failure]:
+              host: str | None = None, tz: str | None = None) -> list[Failure]:
         """Failures in one log line: at most one per rule. `source` None = every rule.
 
         `host` is the host the line comes from: connections (sshd's pids) of
-        different hosts are kept apart.
+        different hosts are kept apart. `tz` is the zone the source writes
+        zone-less times in (None: the matcher's default).
         """
         candidates = self._for_source(source).candidates(text)
         if not candidates:
             return []
         failures: list[Failure] = []
         for rule in candidates:
+            rule.use_zone(tz)
             failure = rule.judge_line(text, source, host, now)
             if failure is not None:
                 failures.append(failure)
         return failures
 
     def match_batch(self, texts: Sequence[str], source: str | None = None,
-                    now: float | None = None, host: str | None = None) -> list[tuple[int, Failure]]:
+                    now: float | None = None, host: str | None = None,
+                    tz: str | None = None) -> list[tuple[int, Failure]]:
         """(index in `texts`, failure) for a batch of lines, in line order then rule order.
 
         The same as calling `match` on each line in turn, only faster. `host`
-        is the host the lines come from (see `match`).
+        and `tz` are the host and zone the lines come from (see `match`).
         """
         block = "\n" + "\n".join(texts)
         if block.count("\n") != len(texts):  # a line holds a newline: no block search
-            return [(i, f) for i, text in enumerate(texts) for f in self.match(text, source, now, host)]
+            return [(i, f) for i, text in enumerate(texts) for f in self.match(text, source, now, host, tz)]
         per_rule = []
         for rule, lits in self._for_source(source).gates:
             if lits and not any(lit in block for lit in lits):
                 continue
+            rule.use_zone(tz)
             if rule.block_regex is None or (lits and sum(map(block.count, lits)) * _SPARSE < len(texts)):
                 found = _line_by_line(rule, texts, lits, source, host, now)
             else:

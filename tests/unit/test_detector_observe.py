@@ -108,3 +108,17 @@ def test_connections_that_only_give_up_still_count_at_any_replica(redis_url):
     lines = [sshd_line(200 + n, f"Connection closed by authenticating user root 198.51.100.10 port {6000 + n} "
                                 "[preauth]") for n in range(5)]
     assert replicas_record(redis_url, [lines[:2], lines[2:]], [1, 0]) == ["198.51.100.10"]
+
+
+def test_syslog_times_are_read_in_the_zone_of_their_source(redis_url):
+    """A host writing local time west of UTC: read as UTC its failures would look hours old."""
+    line = "Nov 17 20:00:00 h sshd[1]: Failed password for root from 198.51.100.7 port 22"
+    def observed(tz, **rule):
+        b = messages.LineBatch("h", "auth", [messages.Line("auth:0:0:0", line)], NOW, tz=tz)
+        return [o.time for o in detector(redis_url, **rule).observe(b, NOW, set(), [])]
+    utc = datetime(2026, 11, 17, 20, 0, tzinfo=timezone.utc).timestamp()
+    assert observed(None) == [utc]
+    assert observed("America/New_York") == [utc + 5 * 3600]
+    assert observed("-0500") == [utc + 5 * 3600]
+    assert observed("America/New_York", timezone="UTC") == [utc]  # a rule's own zone wins
+    assert observed("Mars/Olympus") == [utc]  # an unknown zone: the default, matching goes on
