@@ -4,7 +4,8 @@ Each chunk is one MULTI/EXEC holding, per address, exactly what
 `common.bans.publish_ban` writes (record, active set, ban count, history,
 decision): an import of 10,000 addresses is a handful of round trips, and
 every chunk is all-or-nothing, so an enforcer never sees a decision whose
-record is missing.
+record is missing. A Redis failure between chunks leaves the earlier ones
+written (the api answers 503); sending the call again writes the same bans.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ async def remove_whitelist(request: web.Request) -> web.Response:
     if not text:
         raise FieldError("network", "give the CIDR in the path (URL-encoded) or as ?network=")
     network = _network(text)
-    if network in api.whitelist.configured and network not in await whitelist.entries(api.client, api.keys):
+    if network in api.whitelist.configured:  # also when the api holds a copy: it would stay whitelisted
         return error(409, f"network: {network} is whitelisted in the configuration file "
                           f"({api.settings.path}); edit the file to remove it")
     if not await whitelist.remove(api.client, api.keys, network):
