@@ -96,7 +96,12 @@ class Reader:
         return found
 
     async def detail(self, address: str, now: float | None = None) -> BanDetail | None:
-        """One address: its current or latest ban and its history; None if never banned."""
+        """One address: its current or latest ban and its history; None if none is on record.
+
+        The history is only searched when the address has a ban record or a
+        ban count (both expire: docs/decisions.md), so that an address never
+        banned costs no scan of the whole history.
+        """
         now = time.time() if now is None else now
         rec = await bans.record(self.client, self.keys, address)
         expiry = await self.client.zscore(self.keys.active_bans, address)

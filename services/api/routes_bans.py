@@ -46,7 +46,8 @@ async def show_ban(request: web.Request) -> web.Response:
     address = _target(request.match_info["address"])
     detail = await state.of(request).reader.detail(address)
     if detail is None:
-        return error(404, f"{address} was never banned")
+        return error(404, f"{address}: no ban on record (none, or the last ended over "
+                          "escalation.memory ago and left the history)")
     return json(detail)
 
 
