@@ -4,11 +4,17 @@ backend, and the nftables element encoding."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
+import socket
+import struct
 
 import pytest
 
+from pyfilter.enforcer import backends
 from pyfilter.enforcer.backends import make_backend, nft_netlink as nl
+from pyfilter.enforcer.backends.ipset import IpsetBackend
+from pyfilter.enforcer.backends.nftables import NftablesBackend
 from pyfilter.common.addresses import InvalidAddress
 from pyfilter.enforcer.backends.base import Ban, ban_key, parse_ban_key, plan_sync, target_text
 from pyfilter.enforcer.backends.nft_elements import NetworkIndex, interval_elements, networks_from
@@ -203,3 +209,42 @@ def test_network_index_finds_the_covering_network():
     assert index.covering(net("198.51.0.0/16")) is None
     assert index.covering(net("2001:db8:0:5::/64")) == net("2001:db8::/48")
     assert index.covering(net("2001:db8:ff::/64"), strict=True) is None
+
+
+# -- auto ----------------------------------------------------------------------------
+
+
+class _Kernel:
+    """A netfilter netlink socket whose kernel answers the nftables probe with `errno`."""
+
+    def __init__(self, errno: int):
+        self.errno = errno
+
+    def __call__(self, *args):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def settimeout(self, seconds):
+        pass
+
+    def send(self, data: bytes) -> int:
+        return len(data)
+
+    def recv(self, size: int) -> bytes:
+        # nlmsghdr (len, type=ERROR, flags, seq, pid), then the error code (negative errno).
+        return struct.pack("=IHHIIi", 20, backends.NLMSG_ERROR, 0, 1, 0, -self.errno)
+
+
+def test_auto_falls_back_to_iptables_where_the_kernel_has_no_nftables(monkeypatch):
+    """This machine's kernel has nf_tables, so the answer of one without it is played back."""
+    monkeypatch.setattr(socket, "socket", _Kernel(errno.EOPNOTSUPP))
+    assert backends.nftables_available() is False
+    assert isinstance(make_backend("auto"), IpsetBackend)
+    monkeypatch.setattr(socket, "socket", _Kernel(0))  # a bare acknowledgement
+    assert backends.nftables_available() is True
+    assert isinstance(make_backend("auto"), NftablesBackend)
