@@ -180,23 +180,26 @@ LIMITS = """\
 - **fail2ban-regex** spends its time in Python per line: date detection, the prefix regex,
   then every failregex of the filter, and bookkeeping per match (it also keeps every matched
   and missed line, hence its memory).
-- **PyFilter matching** is short of the issue's 20x aim, and this design cannot reach it on
-  the stress log. `python -m bench.match_parts LOG` splits the time (sshd rule, batches of
-  1,000, best of 3). Stress log, two moments of this VM (2026-11-22 ~00:30 and 01:50 UTC,
-  the second about 1.4x slower throughout): start-up (imports, catalog) 0.16 / 0.22 s,
-  reading the file 0.1 / 0.2 s, the rule's multi-line search with nothing done per match
-  0.41 / 0.60 s, a bare regex for just the log's two failure lines (one `finditer` over the
-  whole file) 0.35 / 0.51 s, so the search is close to what Python's `re` can do at all. The
-  Python work per match comes on top: 1.40 / 2.00 s for `match_batch` in all, of which
-  0.53 / 0.92 s is the sshd connection state by pid (375,000 matches: three of the four
-  lines of a login match, the `pam_unix` one because it names the address of the
-  connection). 20x means fail2ban-regex's time / 20 (13.4 s / 20 = 0.67 s in a quiet run),
+- **PyFilter matching** (`pyfilter match`, the detector's batch matcher) is short of the
+  issue's 20x aim, and this design cannot reach it on the stress log.
+  `python -m bench.match_parts LOG` splits the time (sshd rule, batches of 1,000, best of 3;
+  stress log, three moments of this VM on 2026-11-22, 00:30, 01:50 and 02:58 UTC): start-up
+  (interpreter, imports, catalog) 0.16-0.25 s, reading the file 0.1-0.23 s, the rule's
+  multi-line search with nothing done per match 0.41-0.60 s, a bare regex for just the log's
+  two failure lines (one `finditer` over the whole file) 0.32-0.51 s: the search is close to
+  what Python's `re` can do at all. The Python work per match comes on top: `match_batch`
+  takes 1.4-2.0 s in all, a third of it the sshd connection state by pid (375,000 matches:
+  three of the four lines of a login match, the `pam_unix` one because it names the address
+  of the connection). 20x means fail2ban-regex's time / 20 (13.4-19.7 s / 20 = 0.67-0.99 s),
   and start-up, reading and the search alone take about that before a single match is
   handled in Python. Reaching it needs the per-match work out of Python: a compiled matcher
-  (regex engine plus connection state in C), a design decision this project has not taken.
-  Tried and dropped: a per-pattern literal dispatch (one `str.count` per key string of
-  sshd's patterns cost more than the regex work it saved), inlining the connection state
-  code (no measurable gain), dropping the pattern markers (6 % of the search).
+  (regex engine plus connection state in C), which this project (pure Python) has not
+  taken on. Two cores would at best halve the time, and the connection state makes a split
+  file's halves depend on each other. Tried and dropped: a per-pattern literal dispatch (one
+  `str.count` per key string cost more than the regex work it saved), inlining the
+  connection state code (no measurable gain), dropping the pattern markers (6 % of the
+  search), a dict from newline offsets to line numbers instead of counting newlines (within
+  this VM's noise).
 - **fail2ban-server** is bound by its per-line Python filter (as fail2ban-regex), by its
   database writes per ban, and by running the action as a shell command per ban. Its time
   varies more than ours from run to run on this 2-core machine (2026-11-21/22: stress log
