@@ -42,3 +42,11 @@ def redis_url(tmp_path: Path):
     yield url
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    """The shipped rule catalog (config/rules), loaded as the services load it."""
+    from pyfilter.common.config import load_catalog
+
+    return load_catalog(Path(__file__).resolve().parents[1] / "config" / "rules")

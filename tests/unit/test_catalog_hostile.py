@@ -17,22 +17,15 @@ Injected addresses come from 198.51.100.0/24 and 2001:db8::/32.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
-from pyfilter.common.config import Rule, load_catalog
+from pyfilter.common.config import Rule
 from pyfilter.detector.rules import Matcher
 
-CATALOG = Path(__file__).resolve().parents[2] / "config" / "rules"
 REAL = "198.51.100.99"
 FAKE = "198.51.100.7"
 NOW = 1_795_000_000.0  # 2026-11-18
-
-
-@pytest.fixture(scope="module")
-def catalog() -> dict[str, Rule]:
-    return load_catalog(CATALOG)
 
 
 def hosts(catalog: dict[str, Rule], name: str, line: str) -> list[str]:

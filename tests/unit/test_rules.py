@@ -15,18 +15,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pyfilter.common.config import Rule, load_catalog
+from pyfilter.common.config import Rule
 from pyfilter.detector.rules import Matcher, RuleError, _optional_branches, expand, literals, normalize_host
 
-CATALOG = Path(__file__).resolve().parents[2] / "config" / "rules"
 INJECTED = "198.51.100.66"
 REAL = "198.51.100.7"
 NOW = 1_795_000_000.0  # 2026-11-18
-
-
-@pytest.fixture(scope="module")
-def catalog() -> dict[str, Rule]:
-    return load_catalog(CATALOG)
 
 
 def matcher_for(catalog: dict[str, Rule], name: str) -> Matcher:
@@ -322,7 +316,8 @@ def test_literals_are_only_the_required_parts():
 
 # --- batches, connections per host ------------------------------------------------------
 
-CORPUS = Path(os.environ.get("PYFILTER_CORPUS") or CATALOG.parents[1] / ".." / "shared" / "corpus").resolve()
+REPO = Path(__file__).resolve().parents[2]
+CORPUS = Path(os.environ.get("PYFILTER_CORPUS") or REPO / ".." / "shared" / "corpus").resolve()
 CORPUS_NOW = 1124013600.0  # fail2ban's test clock, as in test_conformance
 
 
