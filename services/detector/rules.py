@@ -39,9 +39,8 @@ host (the `host` argument of `match`: where the line comes from). A failure
 pattern without an address takes the connection's address; if none is known
 yet, the failure waits for a later NOTE/CLOSE line of that connection that
 names one (for at most 10 minutes of log time, and not from a successful
-login: those are another connection on a reused pid). A
-NOTE or SUCCESS
-for a user other than the ones that already failed on that connection is a
+login: those are another connection on a reused pid). A NOTE or SUCCESS for
+a user other than the ones that already failed on that connection is a
 failure (someone trying user names, fail2ban gh-2070).
 """
 
