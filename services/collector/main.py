@@ -76,9 +76,14 @@ def source_zone(cfg: SourceConfig) -> Callable[[], str | None]:
         if name and _valid(name):
             return lambda: name
     if HOST_LOCALTIME.is_file():
-        with HOST_LOCALTIME.open("rb") as f:
-            zone = ZoneInfo.from_file(f)
-        return lambda: datetime.now(zone).strftime("%z")
+        try:
+            with HOST_LOCALTIME.open("rb") as f:
+                zone = ZoneInfo.from_file(f)
+        except (OSError, ValueError) as exc:
+            log.warning(f"{HOST_LOCALTIME} is not a readable zone file ({exc}); "
+                        "set `timezone` on the sources whose logs carry local times")
+        else:
+            return lambda: datetime.now(zone).strftime("%z")
     name = _machine_zone()
     return lambda: name
 

@@ -32,3 +32,11 @@ def test_a_bad_zone_is_a_configuration_error(tmp_path: Path):
     file.write_text("collector:\n  sources:\n    - {name: auth, paths: [/x], timezone: Mars/Olympus}\n")
     with pytest.raises(ConfigError, match="source 'auth': timezone: unknown time zone \"Mars/Olympus\""):
         load(file)
+
+
+def test_an_unreadable_host_zone_file_falls_back_to_this_machine(monkeypatch, tmp_path: Path):
+    monkeypatch.delenv("TZ", raising=False)
+    broken = tmp_path / "localtime"
+    broken.write_bytes(b"not a zone file")
+    monkeypatch.setattr(collector, "HOST_LOCALTIME", broken)
+    assert collector.source_zone(Source(name="auth", paths=["/x"]))() == collector._machine_zone()
