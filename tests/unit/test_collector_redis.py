@@ -8,6 +8,7 @@ from pathlib import Path
 import redis
 
 from pyfilter.common.keys import Keys
+from pyfilter.common.messages import decode_batch
 
 from .test_collector_support import (
     Collector, file_source, settle, stream_lines, texts, wait_for, wait_for_lines, write,
@@ -83,3 +84,15 @@ def test_batches_hold_at_most_batch_lines(tmp_path, redis_url):
     client = redis.Redis.from_url(redis_url)
     assert client.xlen(Keys().lines) >= 15
     assert [line.text for line in stream_lines(redis_url)] == [f"l{i}" for i in range(100)]
+
+
+def test_batches_carry_the_zone_their_source_writes_times_in(tmp_path, redis_url):
+    log = tmp_path / "auth.log"
+    log.touch()
+    source = {**file_source("auth", log), "timezone": "America/New_York"}
+    with Collector(tmp_path, redis_url, [source]).start() as c:
+        c.ready("auth")
+        write(log, "Nov 17 20:00:00 h sshd[1]: Failed password for root from 198.51.100.7 port 22")
+        wait_for_lines(redis_url, ["Nov 17 20:00:00 h sshd[1]: Failed password for root from 198.51.100.7 port 22"])
+    client = redis.Redis.from_url(redis_url)
+    assert {decode_batch(fields[b"m"]).tz for _, fields in client.xrange(Keys().lines)} == {"America/New_York"}
