@@ -134,6 +134,17 @@ def test_dashboard_login_ban_search_unban(server, page):
     expect(page.locator("#bans tbody tr")).to_contain_text("198.51.100.41")
     page.click("#search-clear")
 
+    # A search through the history runs once, not on every poll: it costs the api a pass
+    # over every past ban. The rest of the page keeps polling.
+    page.check('#search-form input[name="all"]')
+    page.click("#search-form button[type=submit]")
+    expect(page.locator('#bans tr[data-address="198.51.100.7"]')).to_have_count(1)
+    history, stats = sum("all=1" in r for r in requests), sum(r.endswith("/stats") for r in requests)
+    page.wait_for_timeout(6000)  # longer than one poll (5 s)
+    assert sum("all=1" in r for r in requests) == history
+    assert sum(r.endswith("/stats") for r in requests) > stats
+    page.click("#search-clear")
+
     # Unban.
     page.click('[data-unban="198.51.100.84"]')
     expect(page.locator('#bans tr[data-address="198.51.100.84"]')).to_have_count(0)
