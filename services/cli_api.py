@@ -142,6 +142,8 @@ def cmd_unban(args: argparse.Namespace) -> int:
     else:
         for r in results:
             print(f"{r['unbanned']}: {'unbanned' if r['was_active'] else 'was not banned'}")
+            if r.get("covered_by"):
+                print(f"  still blocked by the ban(s) of {', '.join(r['covered_by'])}")
     return OK if all(r["was_active"] for r in results) else NOT_FOUND
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 import msgspec
@@ -124,10 +125,23 @@ async def _lift_whitelisted_meanwhile(api: state.Api, wanted: list[manual.Wanted
 async def delete_ban(request: web.Request) -> web.Response:
     api = state.of(request)
     address = _target(request.match_info["address"])
-    was_active = address in await bans.active(api.client, api.keys)
+    active = await bans.active(api.client, api.keys)
+    was_active = address in active
     await manual.unban_all(api.client, api.keys, api.host, [address], "manual unban")
     logger.info("manual unban", extra={"address": address, "was_active": was_active})
-    return json(Unbanned(unbanned=address, was_active=was_active))
+    return json(Unbanned(unbanned=address, was_active=was_active, covered_by=_covering(address, active)))
+
+
+def _covering(address: str, active) -> list[str]:
+    """The networks banned now that hold `address` (itself excluded)."""
+    target = ipaddress.ip_network(parse_target(address))
+    found = []
+    for other in active:
+        if "/" in other and other != address:
+            net = ipaddress.ip_network(other)
+            if net.version == target.version and target.subnet_of(net):
+                found.append(other)
+    return sorted(found)
 
 
 def routes() -> list[web.RouteDef]:

@@ -104,6 +104,9 @@ class Banned(msgspec.Struct):
 class Unbanned(msgspec.Struct):
     unbanned: str
     was_active: bool
+    # Bans in force on networks that hold the address (an IPv6 /64, a CIDR):
+    # lifting the address alone does not unblock it; these must be lifted.
+    covered_by: list[str] = []
 
 
 class WhitelistEntry(msgspec.Struct):

@@ -135,7 +135,7 @@ def test_unban_publishes_a_decision_and_removes_the_ban(redis_url):
         missing = await client.get("/api/v1/bans/198.51.100.7")
         return await r.json(), listed, missing.status, await decisions(redis)
     body, listed, after, sent = call(redis_url, steps)
-    assert body == {"unbanned": "198.51.100.7", "was_active": True}
+    assert body == {"unbanned": "198.51.100.7", "was_active": True, "covered_by": []}
     # Gone from the bans in force; its record stays readable as a past ban.
     assert listed["bans"] == [] and after == 200
     assert [d.action for d in sent] == ["ban", "unban"]
@@ -158,7 +158,7 @@ def test_a_slash_32_and_its_address_are_one_ban(redis_url):
         return created, await r.json(), await (await client.get("/api/v1/bans")).json()
     created, unbanned, listed = call(redis_url, steps)
     assert created["banned"] == ["198.51.100.7"]
-    assert unbanned == {"unbanned": "198.51.100.7", "was_active": True} and listed["bans"] == []
+    assert unbanned == {"unbanned": "198.51.100.7", "was_active": True, "covered_by": []} and listed["bans"] == []
 
 
 def test_no_permissive_cors_headers(redis_url):
@@ -222,12 +222,15 @@ def test_permanent_ban_and_network_ban(redis_url):
         assert r.status == 201, await r.text()
         net = await (await client.get("/api/v1/bans/2001:db8:1::%2F64")).json()
         one = await (await client.get("/api/v1/bans/198.51.100.9")).json()
+        inside = await client.delete("/api/v1/bans/2001:db8:1::5", headers=AUTH)
         gone = await client.delete("/api/v1/bans/2001:db8:1::%2F64", headers=AUTH)
-        return net, one, await gone.json(), await decisions(redis)
-    net, one, gone, sent = call(redis_url, steps)
+        return net, one, await inside.json(), await gone.json(), await decisions(redis)
+    net, one, inside, gone, sent = call(redis_url, steps)
     assert net["duration"] == -1 and net["expires_at"] is None and net["active"]
     assert one["expires_at"] - one["banned_at"] == 90
-    assert gone == {"unbanned": "2001:db8:1::/64", "was_active": True}
+    # An address inside a banned network: nothing of its own to lift, and the answer says what blocks it.
+    assert inside == {"unbanned": "2001:db8:1::5", "was_active": False, "covered_by": ["2001:db8:1::/64"]}
+    assert gone == {"unbanned": "2001:db8:1::/64", "was_active": True, "covered_by": []}
     assert [(d.action, d.address) for d in sent][-1] == ("unban", "2001:db8:1::/64")
 
 
