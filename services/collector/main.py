@@ -29,7 +29,7 @@ from pyfilter.common import health, service
 from pyfilter.common.config import Settings, Source as SourceConfig
 from pyfilter.common.keys import Keys
 from pyfilter.common.redisio import connect
-from pyfilter.detector.timeparse import InvalidZone, get_zone
+from pyfilter.common.zones import InvalidZone, get_zone
 
 from . import checkpoints
 from .checkpoints import Committer
@@ -46,8 +46,9 @@ async def follow(cfg: SourceConfig, settings: Settings, redis: aioredis.Redis,
                  committer: Committer, stats: Stats, stop: asyncio.Event) -> None:
     keys, host = Keys(settings.config.redis.prefix), settings.host
     zone = source_zone(cfg)
-    log.info(f"source {cfg.name!r}: timestamps without a zone are read as {zone() or 'UTC'}",
-             extra={"source": cfg.name, "timezone": zone() or "UTC"})
+    shown = zone() or "UTC"
+    log.info(f"source {cfg.name!r}: timestamps without a zone are read as {shown}",
+             extra={"source": cfg.name, "timezone": shown})
     while not stop.is_set():
         saved = await checkpoints.load(redis, keys, host, cfg.name)
         source = build(cfg, settings.config.collector, saved, stop)

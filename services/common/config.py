@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
-from pyfilter.detector.timeparse import InvalidZone, get_zone
+from pyfilter.common.zones import InvalidZone, get_zone
 
 DEFAULT_PATH = "/etc/pyfilter/pyfilter.yaml"
 

@@ -348,6 +348,7 @@ class _CompiledRule:
         self.patterns: list[_Pattern] = []
         prefix = expand(rule.prefix)
         alternatives = []
+        bodies: list[tuple[str, str]] = []  # (pattern without its tag, expanded)
         required: list[str] = []
         for i, raw in enumerate(rule.patterns):
             kind = FAIL
@@ -356,6 +357,7 @@ class _CompiledRule:
                 kind = tag.group(1).lower()
                 raw = raw[tag.end():]
             body = expand(raw)
+            bodies.append((raw, body))
             names = _GROUP.findall(prefix + body)
             renamed = _GROUP.sub(lambda m: f"(?P<{m.group(1)}__{i}>", body)
             # The empty group at the end names the pattern that matched (it is
@@ -377,10 +379,11 @@ class _CompiledRule:
         try:
             self.regex = re.compile(source)
         except re.error as exc:
-            self._blame(prefix)  # raises for the first pattern that does not compile alone
+            self._blame(prefix, bodies)  # raises for the first pattern that does not compile alone
             raise RuleError(f"rule {name}: patterns do not compile together: {exc}") from None
+        groups = set(self.regex.groupindex)
         for i, raw in enumerate(rule.patterns):
-            if not {f"host__{i}", f"pid__{i}", "host", "pid"} & set(self.regex.groupindex):
+            if not {f"host__{i}", f"pid__{i}", "host", "pid"} & groups:
                 raise RuleError(f"rule {name}: patterns[{i}] captures neither <HOST> nor <PID>: {raw}")
         self.by_marker = {f"p__{p.index}": p for p in self.patterns}
         # For batches: the same search over lines joined by newlines (a
@@ -406,16 +409,15 @@ class _CompiledRule:
         # Connections that failed and closed: key -> address (see the module doc).
         self.closed: OrderedDict[tuple[str | None, str | None, str], str] = OrderedDict()
 
-    def _blame(self, prefix: str) -> None:
-        """Raise the error of the first pattern that does not compile on its own.
+    def _blame(self, prefix: str, bodies: list[tuple[str, str]]) -> None:
+        """Raise the error of the first pattern (as written, as expanded) that does not compile alone.
 
         Only called when the combined regex fails: compiling each pattern
         alone costs about as much as the whole rule again.
         """
-        for i, raw in enumerate(self.rule.patterns):
-            raw = raw[tag.end():] if (tag := _TAG.match(raw)) else raw
+        for i, (raw, body) in enumerate(bodies):
             try:
-                re.compile(prefix + expand(raw))
+                re.compile(prefix + body)
             except re.error as exc:
                 raise RuleError(f"rule {self.name}: patterns[{i}]: {exc}: {raw}") from None
 

@@ -16,8 +16,7 @@ RECORD_FAILURES = r"""
 -- that saw the lines: {rule, address, host, mode, threshold, span, bantime,
 -- factor, maxtime, memory, verdict, ports, lines}, where `lines` is a flat array of
 -- (line id, log time, text, connection, once) for each failure. The recidive
--- settings are the group's threshold..ports fields as one string:
--- "threshold span bantime factor maxtime memory verdict ports".
+-- settings are the group's threshold..ports fields, packed the same way.
 --
 -- `connection` names the connection a failure belongs to (host, source, pid;
 -- "" for none), `once` marks a line that is a failure only if its connection
@@ -29,7 +28,7 @@ RECORD_FAILURES = r"""
 -- a connection whose `once` line was counted takes that line's place.
 local prefix = ARGV[1]
 local now = tonumber(ARGV[2])
-local recidive = ARGV[3]
+local recidive = ARGV[3] ~= '' and cmsgpack.unpack(ARGV[3]) or nil
 local groups = cmsgpack.unpack(ARGV[4])
 local MAX_LINES = 10
 local INF = math.huge
@@ -39,6 +38,14 @@ local RECORD_GRACE = 86400
 
 local active_key = prefix .. 'bans:active'
 local results = {}
+
+-- A group's thresholds, from `s` at `i`: threshold, span, bantime, factor,
+-- maxtime, memory, verdict, ports (a group's fields 5-12, recidive's 1-8).
+local function with_thresholds(g, s, i)
+  g.threshold, g.span, g.bantime, g.factor = s[i], s[i + 1], s[i + 2], s[i + 3]
+  g.maxtime, g.memory, g.verdict, g.ports = s[i + 4], s[i + 5], s[i + 6], s[i + 7]
+  return g
+end
 
 local function escalated(bantime, factor, maxtime, count)
   if bantime < 0 then return -1 end
@@ -123,15 +130,9 @@ end
 -- Every ban by another rule is a failure of the recidive rule: repeat
 -- offenders get its (long) ban once they reach its threshold.
 local function count_for_recidive(address, seen_by, rule)
-  if recidive == '' or rule == 'recidive' then return end
-  local f = {}
-  for word in string.gmatch(recidive, '%S+') do f[#f + 1] = word end
-  local g = {
-    rule = 'recidive', address = address, seen_by = seen_by, mode = 'sliding',
-    threshold = tonumber(f[1]), span = tonumber(f[2]), bantime = tonumber(f[3]),
-    factor = tonumber(f[4]), maxtime = tonumber(f[5]), memory = tonumber(f[6]), verdict = f[7],
-    ports = f[8] or '',
-  }
+  if not recidive or rule == 'recidive' then return end
+  local g = with_thresholds({rule = 'recidive', address = address, seen_by = seen_by, mode = 'sliding'},
+                            recidive, 1)
   local window_key = prefix .. 'window:recidive:' .. address
   local lines_key = prefix .. 'window-lines:recidive:' .. address
   redis.call('ZADD', window_key, now, rule .. '@' .. now)
@@ -148,10 +149,7 @@ local function count_for_recidive(address, seen_by, rule)
 end
 
 for _, h in ipairs(groups) do
-  local g = {
-    rule = h[1], address = h[2], seen_by = h[3], mode = h[4], threshold = h[5], span = h[6],
-    bantime = h[7], factor = h[8], maxtime = h[9], memory = h[10], verdict = h[11], ports = h[12],
-  }
+  local g = with_thresholds({rule = h[1], address = h[2], seen_by = h[3], mode = h[4]}, h, 5)
   local lines = h[13]
 
   local key_tail = g.rule .. ':' .. g.address

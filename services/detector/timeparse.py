@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import calendar
 import re
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import datetime, timezone, tzinfo
 from functools import lru_cache
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pyfilter.common.zones import InvalidZone, get_zone
 
 __all__ = ["parse_time", "get_zone", "InvalidZone", "Clock"]
 
@@ -69,26 +70,6 @@ def _prefixed(name: str, rx: str) -> str:
 _START = re.compile(r"[\s\[(]*(?:<\d{1,3}>\d{1,2} +)?(?:"
                     + "|".join(_prefixed(name, rx) for name, rx in _FORMATS) + ")")
 _FORMAT_NAMES = [name for name, _ in _FORMATS]
-
-
-class InvalidZone(ValueError):
-    pass
-
-
-@lru_cache(maxsize=64)
-def get_zone(name: str | None) -> tzinfo:
-    """A tzinfo for a zoneinfo name ("Europe/Zurich"), "UTC", or an offset ("+01:00")."""
-    if not name or name.upper() in ("UTC", "Z", "GMT"):
-        return timezone.utc
-    m = re.fullmatch(r"(?:UTC)?([+-])(\d{1,2}):?(\d{2})?", name)
-    if m:
-        delta = timedelta(hours=int(m.group(2)), minutes=int(m.group(3) or 0))
-        return timezone(-delta if m.group(1) == "-" else delta)
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidZone(f'unknown time zone "{name}": expected a zone name like '
-                          '"Europe/Zurich", "UTC" or an offset like "+01:00"') from None
 
 
 @lru_cache(maxsize=4096)

@@ -65,8 +65,8 @@ class Windows:
         # Per rule, the group fields after rule, address and host: mode, then thresholds.
         self._settings = {name: [rule.mode, *_thresholds(rule)] for name, rule in rules.items()}
         recidive = rules.get("recidive")
-        self._recidive = " ".join(map(str, _thresholds(recidive))).strip() if recidive else ""
         self._encode = msgspec.msgpack.Encoder().encode
+        self._recidive = self._encode(_thresholds(recidive)) if recidive else b""
 
     async def record(self, observed: list[Observed], now: float) -> list[NewBan]:
         """Apply the failures; every script call goes to Redis in one round trip."""
