@@ -200,6 +200,11 @@ LIMITS = """\
   connection state code (no measurable gain), dropping the pattern markers (6 % of the
   search), a dict from newline offsets to line numbers instead of counting newlines (within
   this VM's noise).
+- **Hostile lines** (`python -m bench.hostile_lines`, whole catalog, one `Matcher.match` per
+  line, best of 3, 2026-11-22 03:50 UTC): an 8,000-slash request path takes 2.8 ms in the
+  access log and 2.7 ms in the error log; with the nginx-botsearch patterns before commit
+  b692394 (`--catalog` pointed at a copy of them) the same lines took 6.2 s and 5.8 s of
+  backtracking each. Lines reach the detector cut at 16 KB (`collector.max_line_bytes`).
 - **fail2ban-server** is bound by its per-line Python filter (as fail2ban-regex), by its
   database writes per ban, and by running the action as a shell command per ban. Its time
   varies more than ours from run to run on this 2-core machine (2026-11-21/22: stress log
