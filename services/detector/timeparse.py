@@ -14,6 +14,11 @@ in captures it (`(?P<time>...)`), and that capture is read the same way.
     PDT Apr 16 21:05:29          also after a zone abbreviation (Monit)
     apr 15, 2013 8:34:08 PM      Java's java.util.logging
     2014:07:02-00:17:45          DirectAdmin
+    2011.11.21 14:29:16          stunnel
+    11-06-2013 02:09:40 +0300    3proxy (day first)
+    L 01/01/2014 - 01:25:17      Half-Life servers; 06/27/2014 17:51:19 (month first)
+    13/7/14@00:58:09             xinetd's own log
+    12-31 17:39:54.767815        FreeSWITCH (year-less, month first)
     20:19:28.551 x               a time of day alone (logback): today, or yesterday if later than now
     Oct 27 2015 09:24:46         syslog with a year (macOS)
     Fri Jan 19 12:20:33 2007     ctime / Apache 2.2 error log (optionally [..] and .ffffff)
@@ -60,6 +65,12 @@ _FORMATS: list[tuple[str, str]] = [
     ("java", r"(?P<b>" + _MON + r") (?P<d>\d{1,2}), (?P<Y>\d{4}) (?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2}) "
              r"(?P<ampm>[AaPp][Mm])"),
     ("colons", r"(?P<Y>\d{4}):(?P<m>\d{2}):(?P<d>\d{2})-(?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"),
+    ("dotted", r"(?P<Y>\d{4})\.(?P<m>\d{2})\.(?P<d>\d{2}) (?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"),
+    ("dmy_num", r"(?P<d>\d{2})-(?P<m>\d{2})-(?P<Y>\d{4}) (?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"
+                r"(?:[.,]\d+)?(?: " + _OFFSET + ")?"),
+    ("mdy", r"(?:L )?(?P<m>\d{2})/(?P<d>\d{2})/(?P<Y>\d{4})(?: -)? (?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"),
+    ("ymd_at", r"(?P<y>\d{2})/(?P<m>\d{1,2})/(?P<d>\d{1,2})@(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"),
+    ("md_num", r"(?P<m>\d{2})-(?P<d>\d{2}) (?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})(?:\.\d+)?(?![\d:])"),
     ("clf", r"(?P<d>\d{1,2})/(?P<b>" + _MON + r")/(?P<Y>\d{4}):(?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"
             r"(?:\.\d+)?(?: *" + _OFFSET + ")?"),
     ("slash", r"(?P<Y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})[ T](?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})(?:[.,]\d+)?"),

@@ -154,6 +154,11 @@ def test_clock_reads_lines_like_parse_time(zone):
     ("Apr 16, 2013 12:02:13 AM x", "2013-04-16T00:02:13+00:00"),
     # DirectAdmin's login.log
     ("2014:07:02-00:17:45: '198.51.100.7' 2 failed login attempts", "2014-07-02T00:17:45+00:00"),
+    ("2011.11.21 14:29:16 LOG3[28228:1]: SSL_accept", "2011-11-21T14:29:16+00:00"),  # stunnel
+    ("11-06-2013 02:09:40 +0300 PROXY.3128 00004", "2013-06-10T23:09:40+00:00"),  # 3proxy
+    ("L 01/01/2014 - 01:25:17: Bad Rcon", "2014-01-01T01:25:17+00:00"),  # Half-Life servers
+    ("13/7/14@00:58:09: FAIL: ssh", "2013-07-14T00:58:09+00:00"),  # xinetd's own log
+    ("08-14 09:58:00.767815 [WARNING] sofia_reg.c", "2005-08-14T09:58:00+00:00"),  # FreeSWITCH
     # a time of day alone (logback): today, or yesterday when that is later than now
     ("09:58:00.123 [main] WARN x", "2005-08-14T09:58:00+00:00"),
     ("23:58:00 x", "2005-08-13T23:58:00+00:00"),
