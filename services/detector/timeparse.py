@@ -89,7 +89,7 @@ def _prefixed(name: str, rx: str) -> str:
     return rx.replace("(?P<", f"(?P<{name}_") + f"(?P<{name}>)"
 
 
-_START = re.compile(r"[\s\[(]*(?:<\d{1,3}>\d{1,2} +)?(?:"
+_START = re.compile(r"[\s\[(]*(?:<\d{1,3}>\d{1,2} +|=[A-Z]+ REPORT=+ )?(?:"
                     + "|".join(_prefixed(name, rx) for name, rx in _FORMATS) + ")")
 _FORMAT_NAMES = [name for name, _ in _FORMATS]
 
@@ -258,7 +258,8 @@ def _year_start(year: int, zone: tzinfo) -> float:
 def parse_time(text: str, tz: str | tzinfo | None = None, now: float | None = None) -> float | None:
     """Epoch seconds of the timestamp at the start of `text`, or None.
 
-    Leading spaces, '[', '(' and an RFC 5424 '<PRI>VERSION ' header are skipped.
+    Leading spaces, '[', '(', an RFC 5424 '<PRI>VERSION ' header and an Erlang
+    report's `=INFO REPORT==== ` are skipped.
     """
     m = _START.match(text)
     if m is None:

@@ -526,3 +526,16 @@ def test_optional_groups_become_branches_with_the_same_matches():
         for text in texts:
             m1, m2 = before.search(text), after.search(text)
             assert (m1 and (m1.span(), m1.groupdict())) == (m2 and (m2.span(), m2.groupdict())), (pattern, text)
+
+
+def test_a_failure_on_a_line_without_time_takes_the_time_of_the_record_before_it():
+    """Java's and Erlang's loggers write the time on a record's first line only."""
+    m = Matcher({"t": rule(r"WARNING: attempt from <HOST> failed$", programs=["app"])}, default_tz="UTC")
+    lines = ["apr 15, 2013 8:34:08 PM org.example.Auth warn", "WARNING: attempt from 198.51.100.7 failed"]
+    [(i, f)] = m.match_batch(lines, now=NOW)
+    assert (i, f.time) == (1, datetime(2013, 4, 15, 20, 34, 8, tzinfo=timezone.utc).timestamp())
+    # the same across batches of one source (the detector's batches, `pyfilter match` line by line)
+    m = Matcher({"t": rule(r"WARNING: attempt from <HOST> failed$", programs=["app"])}, default_tz="UTC")
+    assert m.match(lines[0], "s", NOW) == []
+    [f] = m.match(lines[1], "s", NOW)
+    assert f.time == datetime(2013, 4, 15, 20, 34, 8, tzinfo=timezone.utc).timestamp()
