@@ -15,8 +15,8 @@ in captures it (`(?P<time>...)`), and that capture is read the same way.
     apr 15, 2013 8:34:08 PM      Java's java.util.logging
     2014:07:02-00:17:45          DirectAdmin
     2011.11.21 14:29:16          stunnel
-    11-06-2013 02:09:40 +0300    3proxy (day first)
-    L 01/01/2014 - 01:25:17      Half-Life servers; 06/27/2014 17:51:19 (month first)
+    11-06-2013 02:09:40 +0300    3proxy, Domino (day first; also 22.06.2014)
+    L 01/01/2014 - 01:25:17      Half-Life servers; 06/27/2014 17:51:19 (month first, maybe PM)
     13/7/14@00:58:09             xinetd's own log
     12-31 17:39:54.767815        FreeSWITCH (year-less, month first)
     20:19:28.551 x               a time of day alone (logback): today, or yesterday if later than now
@@ -25,7 +25,9 @@ in captures it (`(?P<time>...)`), and that capture is read the same way.
     2026-11-21T20:19:28.551+00:00   ISO 8601 / RFC 3339 (also ' ' for T, ',' for '.',
     2015-10-07  8:25:38             space-padded hours, Z, +hh:mm, +hhmm)
     <38>1 2019-07-08T17:40:16-04:00 RFC 5424 header
-    21/Nov/2026:20:19:28 +0100   Apache / nginx access log
+    21/Nov/2026:20:19:28 +0100   Apache / nginx access log (also Jetty's 02/sept./2015, Kerio's
+                                 [17/Jun/2011 17:00:45])
+    Apr-07-13 07:08:36           ASSP
     2026/11/21 20:19:28          nginx error log
     11-Aug-2013 03:36:11.372     BIND; [22-Jan-2013 22:28:21 +0200] roundcube
     130324  0:04:00              MySQL 5.x (YYMMDD)
@@ -52,13 +54,18 @@ __all__ = ["parse_time", "get_zone", "InvalidZone", "Clock"]
 _MONTHS = {m: i for i, m in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
 _MON = r"(?i:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*"
+# Month names in the server's language, as Java and PHP servers write them
+# (Jetty's French "sept."), in the access-log format only.
+_LOCAL_MONTHS = {"janv": 1, "févr": 2, "fevr": 2, "mars": 3, "avr": 4, "mai": 5, "juin": 6, "juil": 7,
+                 "août": 8, "aout": 8, "sept": 9, "déc": 12, "mär": 3, "mrz": 3, "okt": 10, "dez": 12}
+_MON_ANY = r"(?:" + _MON + r"|(?i:" + "|".join(sorted(_LOCAL_MONTHS, key=len, reverse=True)) + r"))\.?"
 _WDAY = r"(?i:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*"
 _OFFSET = r"(?P<off>Z|[+-]\d{2}:?\d{2})"
 
 # Each format: (name, regex), tried in order at the start of the line.
 _FORMATS: list[tuple[str, str]] = [
     ("iso", r"(?P<Y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})(?:T| +)(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"
-            r"(?:[.,]\d+)?" + "(?: ?" + _OFFSET + ")?(?![\\d:])"),
+            r"(?:[.,]\d+)?" + "(?: ?" + _OFFSET + ")?(?!\\d|:\\d)"),
     ("syslog", r"(?:(?P<abbr>[A-Z]{2,5}) +(?=" + _MON + r" ))?(?:" + _WDAY + r" +)?(?P<b>" + _MON
                + r") +(?P<d>\d{1,2}) +(?:(?P<Y2>\d{4}) +)?(?P<H>\d{1,2}):"
                r"(?P<M>\d{2}):(?P<S>\d{2})(?:\.\d+)?(?: +(?P<Y>\d{4})(?![\d:.]))?"),
@@ -66,12 +73,15 @@ _FORMATS: list[tuple[str, str]] = [
              r"(?P<ampm>[AaPp][Mm])"),
     ("colons", r"(?P<Y>\d{4}):(?P<m>\d{2}):(?P<d>\d{2})-(?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"),
     ("dotted", r"(?P<Y>\d{4})\.(?P<m>\d{2})\.(?P<d>\d{2}) (?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"),
-    ("dmy_num", r"(?P<d>\d{2})-(?P<m>\d{2})-(?P<Y>\d{4}) (?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"
+    # numeric dates: with "-" or "." day first, with "/" month first
+    ("dmy_num", r"(?P<d>\d{2})[-.](?P<m>\d{2})[-.](?P<Y>\d{4}) +(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"
                 r"(?:[.,]\d+)?(?: " + _OFFSET + ")?"),
-    ("mdy", r"(?:L )?(?P<m>\d{2})/(?P<d>\d{2})/(?P<Y>\d{4})(?: -)? (?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"),
+    ("mdy", r"(?:L )?(?P<m>\d{2})/(?P<d>\d{2})/(?P<Y>\d{4})(?: -)? +(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"
+            r"(?: (?P<ampm>[AaPp][Mm]))?"),
+    ("mon_dd_yy", r"(?P<b>" + _MON + r")-(?P<d>\d{2})-(?P<y>\d{2}) (?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"),
     ("ymd_at", r"(?P<y>\d{2})/(?P<m>\d{1,2})/(?P<d>\d{1,2})@(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"),
     ("md_num", r"(?P<m>\d{2})-(?P<d>\d{2}) (?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})(?:\.\d+)?(?![\d:])"),
-    ("clf", r"(?P<d>\d{1,2})/(?P<b>" + _MON + r")/(?P<Y>\d{4}):(?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"
+    ("clf", r"(?P<d>\d{1,2})/(?P<b>" + _MON_ANY + r")/(?P<Y>\d{4})[: ](?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"
             r"(?:\.\d+)?(?: *" + _OFFSET + ")?"),
     ("slash", r"(?P<Y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})[ T](?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})(?:[.,]\d+)?"),
     ("dmy", r"(?P<d>\d{1,2})-(?P<b>" + _MON + r")-(?P<Y>\d{4})[ :](?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"
@@ -116,6 +126,11 @@ def _offset_seconds(off: str) -> int:
     return sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
 
 
+def _month(name: str) -> int:
+    name = name.rstrip(".").lower()
+    return _LOCAL_MONTHS.get(name) or _MONTHS[name[:3]]
+
+
 def _fixed(f: dict[str, str | None], zone: tzinfo) -> float | None | tuple[int, ...]:
     """The epoch, or (month, day, h, m, s) when the year has to come from "now"."""
     if f.get("tai"):
@@ -128,7 +143,7 @@ def _fixed(f: dict[str, str | None], zone: tzinfo) -> float | None | tuple[int, 
     if f.get("d") is None:
         return (h, mi, s)  # a time of day: the date comes from "now"
     d = int(f["d"])  # type: ignore[arg-type]
-    mo = _MONTHS[f["b"][:3].lower()] if f.get("b") else int(f["m"])  # type: ignore[arg-type,index]
+    mo = _month(f["b"]) if f.get("b") else int(f["m"])  # type: ignore[arg-type]
     off = f.get("off") or _ABBREVIATIONS.get(f.get("abbr") or "")
     if f.get("Y") or f.get("Y2"):
         y = int(f.get("Y") or f["Y2"])  # type: ignore[arg-type]

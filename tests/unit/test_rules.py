@@ -536,6 +536,6 @@ def test_a_failure_on_a_line_without_time_takes_the_time_of_the_record_before_it
     assert (i, f.time) == (1, datetime(2013, 4, 15, 20, 34, 8, tzinfo=timezone.utc).timestamp())
     # the same across batches of one source (the detector's batches, `pyfilter match` line by line)
     m = Matcher({"t": rule(r"WARNING: attempt from <HOST> failed$", programs=["app"])}, default_tz="UTC")
-    assert m.match(lines[0], "s", NOW) == []
-    [f] = m.match(lines[1], "s", NOW)
+    assert m.match(lines[0], "test", NOW) == []
+    [f] = m.match(lines[1], "test", NOW)
     assert f.time == datetime(2013, 4, 15, 20, 34, 8, tzinfo=timezone.utc).timestamp()

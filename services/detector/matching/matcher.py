@@ -35,8 +35,8 @@ class Matcher:
         self._message_rules = [r for r in self.rules if r.reads_messages]
         self._line_rules = [r for r in self.rules if not r.reads_messages]
         self._by_program: dict[str | None, list[CompiledRule]] = {None: self._message_rules}
-        # The last line of the previous batch of each (source, host), for `_dated`.
-        self._last_line: dict[tuple[str | None, str | None], str] = {}
+        # The last lines of the previous batches of each (source, host), for `_dated`.
+        self._last_lines: dict[tuple[str | None, str | None], tuple[str, ...]] = {}
 
     def reset(self) -> None:
         """Forget every connection's state (what the lines so far said of each pid)."""
@@ -96,7 +96,8 @@ class Matcher:
                 if found:
                     per_rule.append(self._dated(rule, texts, found, source, host, now))
         if texts:
-            self._last_line[(source, host)] = texts[-1]
+            key = (source, host)
+            self._last_lines[key] = (self._last_lines.get(key, ()) + tuple(texts[-CARRY:]))[-CARRY:]
         if len(per_rule) == 1:
             return per_rule[0]
         # Stable sort: within a line, failures keep the order of the rules.
@@ -109,7 +110,7 @@ class Matcher:
         Some daemons write one record over several lines, the time on the
         first (Java's and Erlang's loggers: `apr 15, 2013 8:34:08 PM org.x` then
         `WARNING: Authentication attempt from ...`). Up to CARRY lines back are
-        read, the previous batch's last line included; none: no time (the
+        read, over the end of the previous batch too; none: no time (the
         detector then uses the arrival time).
         """
         if all(f.time is not None for _, f in found):
@@ -118,8 +119,8 @@ class Matcher:
         for i, f in found:
             if f.time is None:
                 before = [texts[j] for j in range(i - 1, max(i - CARRY, 0) - 1, -1)]
-                if i < CARRY and (last := self._last_line.get((source, host))) is not None:
-                    before.append(last)
+                if i < CARRY:
+                    before += reversed(self._last_lines.get((source, host), ())[i - CARRY:])
                 for text in before:
                     when = timeparse.parse_time(text, rule.zone, now)
                     if when is not None:
