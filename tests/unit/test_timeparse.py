@@ -143,3 +143,20 @@ def test_clock_reads_lines_like_parse_time(zone):
     for now in (NOW, NOW + 86400 * 200, None):
         for line in lines + lines[::-1]:
             assert clock(line, now) == parse_time(line, zone, now), (line, now)
+
+
+@pytest.mark.parametrize("line, expected", [
+    # Monit: a zone abbreviation before a year-less date
+    ("[PDT Apr 16 21:05:29] error : x", "2005-04-17T04:05:29+00:00"),
+    ("[CEST Aug  6 10:14:52] error : x", "2005-08-06T08:14:52+00:00"),
+    # java.util.logging's SimpleFormatter (Guacamole 0.8)
+    ("apr 15, 2013 8:34:08 PM org.slf4j.impl.JCLLoggerAdapter warn", "2013-04-15T20:34:08+00:00"),
+    ("Apr 16, 2013 12:02:13 AM x", "2013-04-16T00:02:13+00:00"),
+    # DirectAdmin's login.log
+    ("2014:07:02-00:17:45: '198.51.100.7' 2 failed login attempts", "2014-07-02T00:17:45+00:00"),
+    # a time of day alone (logback): today, or yesterday when that is later than now
+    ("09:58:00.123 [main] WARN x", "2005-08-14T09:58:00+00:00"),
+    ("23:58:00 x", "2005-08-13T23:58:00+00:00"),
+])
+def test_more_daemons_own_stamps(line, expected):
+    assert parse_time(line, "UTC", NOW) == datetime.fromisoformat(expected).timestamp()
