@@ -35,10 +35,14 @@ CORPUS = Path(os.environ.get("PYFILTER_CORPUS") or REPO / ".." / "shared" / "cor
 CATALOG = REPO / "config" / "rules"
 TEST_ZONE = "Europe/Zurich"  # = the corpus' CET-01CEST-02 except the autumn switch hour
 
-# Sample files that are not a service's log: fail2ban's own examples and a listing.
+# Sample files without a rule, and why (docs/conformance.md says more).
 NOT_APPLICABLE = {
     "zzz-generic-example": "fail2ban's example of its own filter syntax, not a service",
     "zzz-sshd-obsolete-multiline": "an empty example of fail2ban's obsolete multi-line sshd filter",
+    "bsd": "not a log: a listing of a folder of fail2ban's date-detection tests",
+    "apache-fakegooglebot": "tells a fake Googlebot from Google's only by a reverse DNS lookup, and a "
+                            "detector never resolves names an attacker controls: the line alone is the same",
+    "apache-pass": "marks an address to allow (port knocking), not one to ban",
 }
 # Sample lines where fail2ban expects the address a hostile user name plants:
 # the rule reports the real one instead (docs/conformance.md explains each).
