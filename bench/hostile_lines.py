@@ -13,7 +13,7 @@ import sys
 import time
 
 from pyfilter.cli import load_rules
-from pyfilter.detector.rules import Matcher
+from pyfilter.detector.matching import Matcher
 
 ACCESS = '198.51.100.5 - - [22/Nov/2026:01:59:00 +0000] "GET {} HTTP/1.1" 404 153 "-" "curl/8.0"'
 ERROR = ('2026/11/22 01:59:00 [error] 1#1: *1 open() "/usr/share/nginx/html/x" failed (2: No such file or '

@@ -29,7 +29,7 @@ from pyfilter.detector import rules as matcher_module
 
 BARE = re.compile(r"^(\w{3} [ \d]\d \d\d:\d\d:\d\d) \S+ sshd\[(\d+)\]: (?:Failed \S+ for (?:invalid user )?(.*) "
                   r"from (\S+) port \d+ ssh2|error: PAM: Authentication failure for (.*) from (\S+))$", re.M)
-STARTUP = ("from pyfilter.cli import load_rules; from pyfilter.detector.rules import Matcher; "
+STARTUP = ("from pyfilter.cli import load_rules; from pyfilter.detector.matching import Matcher; "
            "Matcher(load_rules(None, {rule!r}))")
 
 

@@ -1,7 +1,7 @@
 """The `pyfilter` command. One function per subcommand; `build_parser` wires them.
 
-    pyfilter match [--rule NAME] [--tz ZONE] [--now ISO8601] [--json] [--catalog DIR] FILE...
-    pyfilter explain [--rule NAME] [--tz ZONE] [--now ISO8601] [--catalog DIR] LINE
+    pyfilter match [--rule NAME] [--program NAME] [--tz ZONE] [--now ISO8601] [--json] [--catalog DIR] FILE...
+    pyfilter explain [--rule NAME] [--program NAME] [--tz ZONE] [--now ISO8601] [--catalog DIR] LINE
 
 plus the commands that talk to the API (ban, unban, list, show, stats,
 whitelist), which live in `cli_api.py` with their exit codes.
@@ -25,7 +25,7 @@ from typing import Iterator
 
 from pyfilter import cli_api
 from pyfilter.common.config import ConfigError, Rule, load_catalog
-from pyfilter.detector.rules import Matcher, RuleError
+from pyfilter.detector.matching import Matcher, RuleError, closest, explain
 from pyfilter.detector.timeparse import InvalidZone, get_zone
 
 INSTALLED_CATALOG = Path("/etc/pyfilter/rules")
@@ -141,15 +141,18 @@ def cmd_match(args: argparse.Namespace) -> int:
     for path in args.files:
         first = 1  # line number of the batch's first line in this file
         for batch in read_batches(path):
-            found = match_batch(batch, None, now)
+            found = match_batch(batch, None, now, None, None, args.program)
             lines += len(batch)
-            per_pattern.update((f.rule, f.pattern) for _, f in found)
+            for _, f in found:
+                per_pattern[(f.rule, f.pattern)] += f.count
             if args.json:
                 for i, f in found:
-                    record = {"rule": f.rule, "host": f.host, "time": iso(f.time, args.tz),
+                    record = {"rule": f.rule, "host": f.address, "time": iso(f.time, args.tz),
                               "line_no": first + i, "file": path}
                     if f.user is not None:
                         record["user"] = f.user
+                    if f.count != 1:
+                        record["count"] = f.count
                     out.write(json.dumps(record) + "\n")
             first += len(batch)
     for (rule, _), count in per_pattern.items():
@@ -172,21 +175,30 @@ def cmd_explain(args: argparse.Namespace) -> int:
     get_zone(args.tz)
     matcher = make_matcher(load_rules(args.catalog, args.rule), args.tz)
     now = parse_now(args.now, args.tz)
-    results = matcher.explain(args.line, now=now)
-    matched = [e for e in results if e.pattern is not None]
+    env, results = explain(matcher, args.line, now=now, program=args.program, rule=args.rule)
     out = sys.stdout
+    stamp = f", time {env.stamp!r}" if env.stamp else ""
+    pid = f", pid {env.pid}" if env.pid else ""
+    repeat = f", stands for {env.repeat} lines (message repeated)" if env.repeat != 1 else ""
+    out.write(f"envelope: {env.format}, program {env.program or '(none)'}{pid}{stamp}{repeat}\n")
+    out.write(f"message: {env.message(args.line)}\n")
+    matched = [e for e in results if e.pattern is not None]
     for e in matched:
         out.write(f"{e.rule}: {e.outcome} (pattern {e.pattern}): {e.reason}\n")
         for key, value in sorted(e.captures.items()):
             out.write(f"  {key}: {value}\n")
         out.write(f"  time: {iso(e.time, args.tz) or 'none found (arrival time is used)'}\n")
     if not matched:
-        out.write("no rule matched\n")
+        out.write("no rule matched\n" if results else "no rule reads this program's lines\n")
+        near = closest(matcher, args.line, program=args.program, rule=args.rule)
+        if near is not None:
+            out.write(f"closest: {near.rule} pattern {near.pattern} matched {near.matched!r}, "
+                      f"then expected {near.expected!r}\n")
     if args.rule is not None or not matched:
         for e in results:
             if e.pattern is None and (args.rule is not None or args.verbose):
                 out.write(f"{e.rule}: {e.outcome}: {e.reason}\n")
-        if not matched and not args.verbose and args.rule is None:
+        if not matched and results and not args.verbose and args.rule is None:
             misses = Counter(e.outcome for e in results)
             out.write(", ".join(f"{n} rule(s): {what}" for what, n in sorted(misses.items()))
                       + " (-v lists them)\n")
@@ -195,6 +207,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rule", metavar="NAME", help="only this rule of the catalog")
+    p.add_argument("--program", metavar="NAME",
+                   help="the program whose own log this is, for lines without a syslog header (e.g. nginx)")
     p.add_argument("--tz", default="UTC", metavar="ZONE",
                    help="zone of timestamps that carry none (zoneinfo name or +hh:mm; default UTC)")
     p.add_argument("--now", metavar="ISO8601", help='"now" for year-less dates (default: the current time)')

@@ -60,14 +60,16 @@ class Committer:
         self.redis, self.keys, self.host, self.maxlen = redis, keys, host, maxlen
         self.length = 0  # stream length seen at the last write (the lag metric)
 
-    async def commit(self, source: str, batch: Batch, stats: Stats, tz: str | None = None) -> None:
+    async def commit(self, source: str, batch: Batch, stats: Stats, tz: str | None = None,
+                     program: str | None = None) -> None:
         """Write the batch and its checkpoint atomically; return once they are in Redis.
 
-        `tz` is the zone the source writes zone-less timestamps in.
+        `tz` is the zone the source writes zone-less timestamps in, `program`
+        the program whose own log it is (if the source says).
         """
         payload = None
         if batch.lines:
-            payload = encode(LineBatch(self.host, source, batch.lines, time.time(), tz=tz))
+            payload = encode(LineBatch(self.host, source, batch.lines, time.time(), tz=tz, program=program))
         key = self.keys.checkpoint(self.host, source)
 
         async def write() -> list:

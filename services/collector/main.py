@@ -55,7 +55,7 @@ async def follow(cfg: SourceConfig, settings: Settings, redis: aioredis.Redis,
         source.stats = stats
         try:
             async for batch in source.batches():
-                await committer.commit(cfg.name, batch, stats, zone())
+                await committer.commit(cfg.name, batch, stats, zone(), cfg.program)
         except Exception:
             stats.errors += 1
             log.exception(f"source {cfg.name!r} failed; restarting it from its checkpoint "

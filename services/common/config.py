@@ -86,21 +86,40 @@ class Escalation(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("escalation.memory: expected a duration, or -1 for ever")
 
 
+WINDOWS = ("sliding", "consecutive", "instant")
+
+
+class Pattern(msgspec.Struct, forbid_unknown_fields=True):
+    """A pattern active in some of the rule's modes only (`{re: ..., modes: [aggressive]}`)."""
+
+    re: str
+    modes: list[str]
+
+
 class Rule(msgspec.Struct, forbid_unknown_fields=True):
-    """A detection rule: which lines are failures, and when to ban."""
+    """A detection rule: which lines are failures, and when to ban (docs/rules.md)."""
 
     service: str
-    sources: list[str]
-    patterns: list[str]
-    # Regex prepended to every pattern (placeholders allowed), e.g. the syslog
-    # header `<SYSLOG>sshd\[<PID>\]: `; keeps catalog files short and lets the
-    # matcher read the shared part of a line once.
+    patterns: list[str | Pattern]
+    # Syslog identifiers (program names, globs allowed) whose messages the
+    # rule reads; its patterns then match the message after the envelope.
+    # None: the rule matches whole lines, as rules did before envelopes.
+    programs: list[str] = []
+    # Collector sources the rule is restricted to; none: any source.
+    sources: list[str] = []
+    # Regex matched before every pattern (placeholders allowed): a daemon's
+    # own file header, words common to all its messages.
     prefix: str = ""
     ignore: list[str] = []
     prefilter: list[str] = []
     time_format: str | None = None
     timezone: str | None = None
-    mode: Literal["sliding", "consecutive", "instant"] = "sliding"
+    # The modes the patterns name (fail2ban's normal, ddos, aggressive...);
+    # `mode` picks one, by default the first. For older files, `mode` may
+    # still name the window kind (sliding, consecutive, instant).
+    modes: list[str] = []
+    mode: str | None = None
+    window: Literal["sliding", "consecutive", "instant"] = "sliding"
     maxretry: Annotated[int, msgspec.Meta(ge=1)] = 5
     findtime: Seconds = Seconds(600)
     request_time: Seconds = Seconds(5)
@@ -112,12 +131,31 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
     ipv6_prefix: Annotated[int, msgspec.Meta(ge=1, le=128)] = 128
     enabled: bool = True
     description: str = ""
+    # Where the line forms come from (the daemon's source, real logs).
+    forms: str = ""
     # Send its bans to the channels of the `notify:` section.
     notify: bool = False
 
     def __post_init__(self) -> None:
         if not self.patterns:
             raise ValueError("a rule needs at least one pattern")
+        if self.mode in WINDOWS:  # an older file: `mode` named the window kind
+            self.window, self.mode = self.mode, None  # type: ignore[assignment]
+        if self.mode is None:
+            self.mode = self.modes[0] if self.modes else None
+        elif self.mode not in self.modes:
+            known = ", ".join(self.modes) if self.modes else "none (the rule has one mode)"
+            raise ValueError(f"mode: expected one of the rule's modes ({known}), got {self.mode!r}")
+        for i, p in enumerate(self.patterns):
+            if isinstance(p, Pattern):
+                unknown = set(p.modes) - set(self.modes)
+                if unknown:
+                    raise ValueError(f"patterns[{i}].modes: {sorted(unknown)} not among the rule's modes {self.modes}")
+
+    def active_patterns(self) -> list[tuple[int, str]]:
+        """(index in `patterns`, regex) of the patterns active in the rule's mode."""
+        return [(i, p) if isinstance(p, str) else (i, p.re) for i, p in enumerate(self.patterns)
+                if isinstance(p, str) or self.mode in p.modes]
 
 
 class Source(msgspec.Struct, forbid_unknown_fields=True):
@@ -134,6 +172,9 @@ class Source(msgspec.Struct, forbid_unknown_fields=True):
     # docker: one container by name or id, or every container with a label ("key" or "key=value").
     container: str | None = None
     label: str | None = None
+    # The program whose own log this is, for lines without a syslog header
+    # naming one (nginx's error log: "nginx"); rules are chosen by program.
+    program: str | None = None
     # The zone of timestamps that carry none (syslog's `Nov 22 01:59:00`): a
     # zoneinfo name or +hh:mm. Default: the collector's local zone (TZ,
     # /etc/timezone), else UTC. A wrong zone makes failures look hours old.

@@ -38,6 +38,9 @@ class LineBatch(msgspec.Struct, frozen=True, tag="lines"):
     # The zone the source writes timestamps that carry none in (a zoneinfo
     # name or +hh:mm); None: the detector's default (UTC).
     tz: str | None = None
+    # The program whose own log the source is (its lines have no syslog
+    # header naming one), e.g. "nginx"; None: unknown.
+    program: str | None = None
 
 
 Action = Literal["ban", "unban"]

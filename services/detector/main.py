@@ -29,7 +29,7 @@ from pyfilter.common.metrics import serve as serve_metrics
 from pyfilter.common.redisio import TRANSIENT, connect, ensure_group, wait_for_redis
 from pyfilter.common.whitelist import Whitelist
 from pyfilter.detector import metrics
-from pyfilter.detector.rules import Matcher
+from pyfilter.detector.matching import Matcher
 from pyfilter.detector.windows import Observed, Windows
 
 logger = logging.getLogger("pyfilter.detector")
@@ -79,8 +79,8 @@ class Detector:
         found = []
         lines = batch.lines
         for i, f in self.matcher.match_batch([line.text for line in lines], batch.source, now, batch.host,
-                                             batch.tz):
-            address = self._countable(f.host, own, whitelist)
+                                             batch.tz, batch.program):
+            address = self._countable(f.address, own, whitelist)
             if address is not None and f.rule in self.v6_prefix and ":" in address:
                 address = self._prefix_of(address, self.v6_prefix[f.rule], own, whitelist)
             if address is not None:
@@ -88,6 +88,10 @@ class Detector:
                 connection = f"{batch.host}:{batch.source}:{f.connection}" if f.connection else ""
                 found.append(Observed(f.rule, address, batch.host, f.time or batch.read_at,
                                       line.id, line.text, connection, f.once))
+                # rsyslog's "message repeated N times": N failures, each with
+                # its own stable id, so a redelivery still counts each once.
+                found += [Observed(f.rule, address, batch.host, f.time or batch.read_at, f"{line.id}#{n}",
+                                   line.text, connection, f.once) for n in range(2, f.count + 1)]
         return found
 
     @staticmethod

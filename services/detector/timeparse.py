@@ -11,6 +11,7 @@ failures look too old to count. A rule whose lines carry their time further
 in captures it (`(?P<time>...)`), and that capture is read the same way.
 
     Nov 21 20:19:28              syslog RFC 3164, year-less (resolved against now)
+    Oct 27 2015 09:24:46         syslog with a year (macOS)
     Fri Jan 19 12:20:33 2007     ctime / Apache 2.2 error log (optionally [..] and .ffffff)
     2026-11-21T20:19:28.551+00:00   ISO 8601 / RFC 3339 (also ' ' for T, ',' for '.',
     2015-10-07  8:25:38             space-padded hours, Z, +hh:mm, +hhmm)
@@ -20,7 +21,8 @@ in captures it (`(?P<time>...)`), and that capture is read the same way.
     11-Aug-2013 03:36:11.372     BIND; [22-Jan-2013 22:28:21 +0200] roundcube
     130324  0:04:00              MySQL 5.x (YYMMDD)
     @400000004c91b044077a9e94    TAI64N (daemontools, multilog)
-    audit(1373330716.415:4063)   epoch seconds (also [1373330716] and [1373330716.415])
+    audit(1373330716.415:4063)   epoch seconds (also [1373330716], [1373330716.415] and bare
+    1373330716.415                 ten digits, as squid and caddy write them)
 
 A timestamp without an offset is read in the zone `tz` (a zoneinfo name such
 as "Europe/Zurich", "UTC", or a fixed offset "+01:00"). Fractions of a second
@@ -48,8 +50,8 @@ _OFFSET = r"(?P<off>Z|[+-]\d{2}:?\d{2})"
 _FORMATS: list[tuple[str, str]] = [
     ("iso", r"(?P<Y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})(?:T| +)(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"
             r"(?:[.,]\d+)?" + "(?: ?" + _OFFSET + ")?(?![\\d:])"),
-    ("syslog", r"(?:" + _WDAY + r" +)?(?P<b>" + _MON + r") +(?P<d>\d{1,2}) +(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"
-               r"(?:\.\d+)?(?: +(?P<Y>\d{4})(?![\d:.]))?"),
+    ("syslog", r"(?:" + _WDAY + r" +)?(?P<b>" + _MON + r") +(?P<d>\d{1,2}) +(?:(?P<Y2>\d{4}) +)?(?P<H>\d{1,2}):"
+               r"(?P<M>\d{2}):(?P<S>\d{2})(?:\.\d+)?(?: +(?P<Y>\d{4})(?![\d:.]))?"),
     ("clf", r"(?P<d>\d{1,2})/(?P<b>" + _MON + r")/(?P<Y>\d{4}):(?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"
             r"(?:\.\d+)?(?: *" + _OFFSET + ")?"),
     ("slash", r"(?P<Y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})[ T](?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})(?:[.,]\d+)?"),
@@ -57,7 +59,7 @@ _FORMATS: list[tuple[str, str]] = [
             r"(?:\.\d+)?(?: *" + _OFFSET + ")?"),
     ("mysql", r"(?P<y>\d{2})(?P<m>\d{2})(?P<d>\d{2}) +(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"),
     ("tai64n", r"@(?P<tai>4000000[0-9a-fA-F]{9})[0-9a-fA-F]{8}"),
-    ("epoch", r"(?:audit\(|\[)(?P<epoch>1\d{9}|[2-9]\d{9})(?:\.\d+)?[:\]]"),
+    ("epoch", r"(?:audit\(|\[)?(?P<epoch>1\d{9}|[2-9]\d{9})(?:\.\d+)?(?:[:\]]|(?![\d:]))"),
 ]
 
 def _prefixed(name: str, rx: str) -> str:
@@ -94,18 +96,6 @@ def _offset_seconds(off: str) -> int:
     return sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
 
 
-def _fields(m: re.Match[str], fmt: str, prefix: str) -> dict[str, str | None]:
-    g = m.groupdict()
-    return {k[len(prefix):]: v for k, v in g.items() if k.startswith(prefix)}
-
-
-def _convert(f: dict[str, str | None], zone: tzinfo, now: float | None) -> float | None:
-    fixed = _fixed(f, zone)
-    if isinstance(fixed, tuple):
-        return _yearless(*fixed, zone, now)
-    return fixed
-
-
 def _fixed(f: dict[str, str | None], zone: tzinfo) -> float | None | tuple[int, int, int, int, int]:
     """The epoch, or (month, day, h, m, s) when the year has to come from "now"."""
     if f.get("tai"):
@@ -116,8 +106,8 @@ def _fixed(f: dict[str, str | None], zone: tzinfo) -> float | None | tuple[int, 
     d = int(f["d"])  # type: ignore[arg-type]
     mo = _MONTHS[f["b"][:3].lower()] if f.get("b") else int(f["m"])  # type: ignore[arg-type,index]
     off = f.get("off")
-    if f.get("Y"):
-        y = int(f["Y"])  # type: ignore[arg-type]
+    if f.get("Y") or f.get("Y2"):
+        y = int(f.get("Y") or f["Y2"])  # type: ignore[arg-type]
     elif f.get("y"):
         y = 2000 + int(f["y"])  # type: ignore[arg-type]
     else:
@@ -129,7 +119,7 @@ def _fixed(f: dict[str, str | None], zone: tzinfo) -> float | None | tuple[int, 
     return _local_epoch(y, mo, d, h, mi, s, zone)
 
 
-_FIELDS = ("tai", "epoch", "H", "M", "S", "d", "b", "m", "off", "Y", "y")
+_FIELDS = ("tai", "epoch", "H", "M", "S", "d", "b", "m", "off", "Y", "Y2", "y")
 _GROUPS = {name: [(f, f"{name}_{f}") for f in _FIELDS if f"{name}_{f}" in _START.groupindex]
            for name in _FORMAT_NAMES}
 
@@ -190,12 +180,6 @@ def _year_of(ref: float, zone: tzinfo) -> int:
     return _last_year[2]
 
 
-def _yearless(mo: int, d: int, h: int, mi: int, s: int, zone: tzinfo, now: float | None) -> float | None:
-    """The latest year in which the date is at most a day after `now`."""
-    ref = now if now is not None else datetime.now(timezone.utc).timestamp()
-    return _yearless_span(mo, d, h, mi, s, zone, ref)[0]
-
-
 def _yearless_span(mo: int, d: int, h: int, mi: int, s: int, zone: tzinfo,
                    ref: float) -> tuple[float | None, float, float]:
     """`_yearless` at `ref`, and the span [lo, hi) of `ref` over which the answer stays."""
@@ -245,11 +229,29 @@ class Clock:
     other line goes through `parse_time`.
     """
 
-    __slots__ = ("zone", "_stamps")
+    __slots__ = ("zone", "_stamps", "_envelope_stamps")
 
     def __init__(self, zone: tzinfo) -> None:
         self.zone = zone
         self._stamps: dict[str, _Stamp] = {}
+        self._envelope_stamps: dict[str, _Stamp] = {}
+
+    def stamp(self, stamp: str, now: float | None) -> float | None:
+        """The time of an envelope's timestamp (`stamp` is exactly the timestamp, nothing after it).
+
+        Cached per stamp; RFC 3339 stamps per second (their fractions would
+        make every line a new entry, and times are truncated to seconds).
+        """
+        if len(stamp) > 20 and stamp[19] in ".,":
+            stamp = stamp[:19] + stamp[20:].lstrip("0123456789")
+        entry = self._envelope_stamps.get(stamp)
+        if entry is None:
+            if len(self._envelope_stamps) >= _MAX_STAMPS:
+                self._envelope_stamps.clear()
+            entry = self._envelope_stamps[stamp] = _stamp(stamp, self.zone)
+        if now is not None and entry.lo <= now < entry.hi:
+            return entry.value
+        return entry.at(self.zone, now)
 
     def __call__(self, text: str, now: float | None) -> float | None:
         key = text[:15]

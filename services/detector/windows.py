@@ -43,9 +43,9 @@ class NewBan:
 
 def _thresholds(rule: Rule) -> list[object]:
     """threshold, span, bantime, factor, maxtime, memory, verdict, ports: as the script reads them."""
-    if rule.mode == "consecutive":
+    if rule.window == "consecutive":
         threshold, span = rule.failed_attempts, rule.request_time
-    elif rule.mode == "instant":
+    elif rule.window == "instant":
         threshold, span = 1, rule.findtime
     else:
         threshold, span = rule.maxretry, rule.findtime
@@ -62,8 +62,8 @@ class Windows:
         self._client = client
         self._script = client.register_script(RECORD_FAILURES)
         self._prefix = prefix
-        # Per rule, the group fields after rule, address and host: mode, then thresholds.
-        self._settings = {name: [rule.mode, *_thresholds(rule)] for name, rule in rules.items()}
+        # Per rule, the group fields after rule, address and host: window kind, then thresholds.
+        self._settings = {name: [rule.window, *_thresholds(rule)] for name, rule in rules.items()}
         recidive = rules.get("recidive")
         self._encode = msgspec.msgpack.Encoder().encode
         self._recidive = self._encode(_thresholds(recidive)) if recidive else b""

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 import pytest
 
 from pyfilter.common.config import Rule
-from pyfilter.detector.rules import Matcher
+from pyfilter.detector.matching import Matcher
 
 REAL = "198.51.100.99"
 FAKE = "198.51.100.7"
@@ -29,7 +29,7 @@ NOW = 1_795_000_000.0  # 2026-11-18
 
 
 def hosts(catalog: dict[str, Rule], name: str, line: str) -> list[str]:
-    return [f.host for f in Matcher({name: catalog[name]}).match(line, None, NOW)]
+    return [f.address for f in Matcher({name: catalog[name]}).match(line, None, NOW)]
 
 
 # --- dovecot ---------------------------------------------------------------------------
@@ -86,7 +86,7 @@ AT = datetime(2026, 11, 22, 1, 59, tzinfo=timezone.utc).timestamp()
 ])
 def test_nginx_botsearch_judges_an_8_kb_path_like_a_short_one(catalog, line, expected):
     m = Matcher({"nginx-botsearch": catalog["nginx-botsearch"]}, default_tz="UTC")
-    assert [(f.host, f.time) for f in m.match(line, None, NOW)] == expected
+    assert [(f.address, f.time) for f in m.match(line, None, NOW)] == expected
 
 
 def test_nginx_botsearch_time_comes_from_the_log_not_the_user_name(catalog):
@@ -94,7 +94,7 @@ def test_nginx_botsearch_time_comes_from_the_log_not_the_user_name(catalog):
     line = ('198.51.100.5 - x [01/Jan/2000:00:00:00 +0000] [22/Nov/2026:01:59:00 +0000] '
             '"GET /phpmyadmin/ HTTP/1.1" 404 153 "-" "-"')
     m = Matcher({"nginx-botsearch": catalog["nginx-botsearch"]}, default_tz="UTC")
-    assert [(f.host, f.time) for f in m.match(line, None, NOW)] == [("198.51.100.5", AT)]
+    assert [(f.address, f.time) for f in m.match(line, None, NOW)] == [("198.51.100.5", AT)]
 
 
 # --- postfix: what a client writes cannot make a rejection look like greylisting --------
@@ -260,7 +260,7 @@ def test_batches_read_hostile_lines_as_single_lines_do(catalog):
         "Relay access denied; from=<greylist@x.example> to=<a@b> proto=ESMTP helo=<x>",
     ]
     single = Matcher(catalog)
-    one_by_one = [(i, f.rule, f.host) for i, line in enumerate(lines) for f in single.match(line, None, NOW)]
-    batch = [(i, f.rule, f.host) for i, f in Matcher(catalog).match_batch(lines, None, NOW)]
+    one_by_one = [(i, f.rule, f.address) for i, line in enumerate(lines) for f in single.match(line, None, NOW)]
+    batch = [(i, f.rule, f.address) for i, f in Matcher(catalog).match_batch(lines, None, NOW)]
     assert batch == one_by_one == [(0, "dovecot", REAL), (2, "asterisk", REAL), (3, "roundcube-auth", REAL),
                                    (4, "postfix", "198.51.100.5")]

@@ -98,7 +98,8 @@ def test_explain_says_why_nothing_matched():
     assert "no rule matched" in result.stdout
     assert "sshd: no match: no pattern matched" in result.stdout
     result = run("explain", "--rule", "sshd", "Nov 21 20:19:28 srv cron[1]: hello")
-    assert "prefilter miss" in result.stdout
+    assert "envelope: rfc3164, program cron, pid 1" in result.stdout
+    assert "sshd: no match: the rule reads programs ['sshd', 'sshd-session', 'sshd-auth'], not 'cron'" in result.stdout
 
 
 def test_unknown_rule_is_a_usage_error(log):

@@ -1,44 +1,75 @@
 """The catalog against fail2ban's own annotated sample logs (the conformance corpus).
 
-Every catalog rule that has a sample file of the same name is run over it, in
-file order, with fail2ban's test clock (now = 2005-08-14 10:00 UTC) and zone
-(CET/CEST, here Europe/Zurich), using the checks fail2ban makes under the
-filter's stock configuration (`expected.py --default-only`).
+Every sample file (`../shared/corpus/fail2ban-logs`, or `$PYFILTER_CORPUS`)
+is run through the catalog rule of the same name (fail2ban's filter name;
+sshd-journal is sshd's), in file order, with fail2ban's test clock (now =
+2005-08-14 10:00 UTC, for year-less dates) and zone (CET/CEST, here
+Europe/Zurich), as a collector source of the rule's program would feed it.
+Each option set of the file (fail2ban's modes, journal input) gets its own
+matcher, as fail2ban's runner does. A check passes when a line that must
+fail gives exactly one failure with the expected address and time (epoch,
+whole seconds), and a line that must not fail gives none. A sample file
+without a rule counts every check as failed.
 
-Run with `-s` to see the per-rule table; `python -m tests.unit.test_conformance`
-prints it as Markdown (that is how docs/conformance.md is made).
+    python -m tests.unit.test_conformance              # the table (docs/conformance.md)
+    python -m tests.unit.test_conformance --rule sshd  # one rule, with every problem
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from pyfilter.common.config import load_catalog
-from pyfilter.detector.rules import Matcher
+from pyfilter.common.config import Rule, load_catalog
+from pyfilter.detector.matching import Matcher
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = Path(os.environ.get("PYFILTER_CORPUS") or REPO / ".." / "shared" / "corpus").resolve()
 CATALOG = REPO / "config" / "rules"
 TEST_ZONE = "Europe/Zurich"  # = the corpus' CET-01CEST-02 except the autumn switch hour
 
+# Sample files that are not a service's log: fail2ban's own examples and a listing.
+NOT_APPLICABLE = {
+    "zzz-generic-example": "fail2ban's example of its own filter syntax, not a service",
+    "zzz-sshd-obsolete-multiline": "an empty example of fail2ban's obsolete multi-line sshd filter",
+}
+# Sample lines where fail2ban expects the address a hostile user name plants:
+# the rule reports the real one instead (docs/conformance.md explains each).
+DELIBERATE = {
+    "sshd": ["Failed password for invalid user test from 127.0.0.1 port 58946 ssh2: from 10.10.1.2 port 55555 ssh2"],
+}
+DEFAULT = "default"
+
 
 @dataclass
-class RuleResult:
+class Result:
+    """The checks of one rule in one mode (DEFAULT: the filter's stock configuration)."""
+
     rule: str
+    mode: str
     checks: int = 0
     passed: int = 0
-    expected_matches: int = 0
-    found: int = 0
     missed: list[str] = field(default_factory=list)
     wrong_host: list[str] = field(default_factory=list)
     wrong_time: list[str] = field(default_factory=list)
     false_matches: list[str] = field(default_factory=list)
+    no_mode: list[str] = field(default_factory=list)  # the rule lacks fail2ban's mode
+    no_rule: list[str] = field(default_factory=list)  # no catalog rule for the sample file
+
+    def problems(self) -> list[str]:
+        out = []
+        for label, items in (("no rule", self.no_rule), ("mode not provided", self.no_mode),
+                             ("missed", self.missed), ("wrong address", self.wrong_host),
+                             ("wrong time", self.wrong_time), ("false match", self.false_matches)):
+            out += [f"- {self.rule} [{self.mode}] {label}: {item}" for item in items]
+        return out
 
 
 def load_expected():
@@ -49,113 +80,163 @@ def load_expected():
     return module
 
 
-def run_conformance() -> dict[str, RuleResult]:
+def sample_files() -> list[Path]:
     expected = load_expected()
-    catalog = load_catalog(CATALOG)
-    results: dict[str, RuleResult] = {}
-    for name, rule in sorted(catalog.items()):
-        sample = CORPUS / "fail2ban-logs" / name
-        if not sample.exists():
+    return [Path(p) for p in expected.expand_paths([str(CORPUS / "fail2ban-logs")])
+            if Path(p).name not in NOT_APPLICABLE]
+
+
+def run_sample(path: Path, name: str, rule: Rule | None, default_only: bool) -> dict[str, Result]:
+    """Results per mode of one sample file (`name`: the rule it belongs to)."""
+    expected = load_expected()
+    records = expected.parse_file(str(path), expand=True, default_only=default_only)
+    results: dict[str, Result] = {}
+    matchers: dict[str, Matcher | None] = {}
+    program = rule.programs[0] if rule is not None and rule.programs else None
+    for rec in records:
+        variant = rec["variant"]
+        options = variant["options"]
+        default = expected.is_default_variant(name, options)
+        mode = DEFAULT if default else options.get("mode", DEFAULT)
+        label = DEFAULT if default else ", ".join(
+            [mode] + [f"{k}={v}" for k, v in sorted(options.items()) if k != "mode"])
+        res = results.setdefault(label, Result(name, label))
+        res.checks += 1
+        where = f"{path.name}:{rec['line_no']}: {rec['line'][:150]}"
+        if rule is None:
+            res.no_rule.append(where)
             continue
-        res = results[name] = RuleResult(name)
-        matcher = Matcher({name: rule}, default_tz=TEST_ZONE)
-        for rec in expected.parse_file(str(sample), default_only=True):
-            where = f"line {rec['line_no']}: {rec['line'][:150]}"
-            failures = [f for f in matcher.match(rec["line"], None, expected.TEST_NOW_EPOCH)]
-            res.checks += 1
-            if not rec["match"]:
-                if failures:
-                    res.false_matches.append(f"{where} -> {failures[0].host}")
-                else:
-                    res.passed += 1
-                continue
-            res.expected_matches += 1
-            if len(failures) != 1:
-                res.missed.append(where)
-                continue
-            res.found += 1
-            got = failures[0]
-            if rec["host"] is not None and got.host != rec["host"]:
-                res.wrong_host.append(f"{where} -> {got.host}, expected {rec['host']}")
-            elif rec["epoch"] is not None and (got.time is None or int(got.time) != int(rec["epoch"])):
-                res.wrong_time.append(f"{where} -> {got.time}, expected {rec['time']}")
+        if variant["key"] not in matchers:
+            matchers[variant["key"]] = _matcher(name, rule, None if mode == DEFAULT else mode)
+        matcher = matchers[variant["key"]]
+        if matcher is None:
+            res.no_mode.append(where)
+            continue
+        line = (variant["prefix_line"] or "") + rec["line"]
+        failures = matcher.match(line, None, expected.TEST_NOW_EPOCH, None, None, program)
+        if not rec["match"]:
+            if failures:
+                res.false_matches.append(f"{where} -> {failures[0].address}")
             else:
                 res.passed += 1
+            continue
+        if len(failures) != 1:
+            res.missed.append(where)
+            continue
+        got = failures[0]
+        if rec["host"] is not None and got.address != rec["host"]:
+            res.wrong_host.append(f"{where} -> {got.address}, expected {rec['host']}")
+        elif rec["epoch"] is not None and (got.time is None or int(got.time) != int(rec["epoch"])):
+            res.wrong_time.append(f"{where} -> {got.time}, expected {rec['time']}")
+        else:
+            res.passed += 1
     return results
 
 
-def table(results: dict[str, RuleResult]) -> str:
-    rows = ["| rule | checks | passed | expected matches | found | missed | wrong address | wrong time | false matches |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    total = RuleResult("**total**")
-    for r in results.values():
-        rows.append(f"| {r.rule} | {r.checks} | {r.passed} | {r.expected_matches} | {r.found} | {len(r.missed)} "
-                    f"| {len(r.wrong_host)} | {len(r.wrong_time)} | {len(r.false_matches)} |")
-        total.checks += r.checks
-        total.passed += r.passed
-        total.expected_matches += r.expected_matches
-        total.found += r.found
-        for attr in ("missed", "wrong_host", "wrong_time", "false_matches"):
-            getattr(total, attr).extend(getattr(r, attr))
-    rows.append(f"| **total** | {total.checks} | {total.passed} | {total.expected_matches} | {total.found} "
-                f"| {len(total.missed)} | {len(total.wrong_host)} | {len(total.wrong_time)} "
-                f"| {len(total.false_matches)} |")
-    pct = 100.0 * total.passed / total.checks if total.checks else 0.0
-    rows.append(f"\nPassed {total.passed} of {total.checks} default-mode checks ({pct:.1f} %).")
+def _matcher(name: str, rule: Rule, mode: str | None) -> Matcher | None:
+    if mode is not None and mode != rule.mode:
+        if mode not in rule.modes:
+            return None
+        rule = msgspec.structs.replace(rule, mode=mode)
+    return Matcher({name: rule}, default_tz=TEST_ZONE)
+
+
+def run_conformance(default_only: bool = True, only: str | None = None) -> dict[str, dict[str, Result]]:
+    """Per rule (fail2ban's filter name), its results per mode."""
+    expected = load_expected()
+    catalog = load_catalog(CATALOG)
+    out: dict[str, dict[str, Result]] = {}
+    for path in sample_files():
+        name = expected.default_name(str(path))
+        if only is not None and name != only:
+            continue
+        per_mode = run_sample(path, name, catalog.get(name), default_only)
+        merged = out.setdefault(name, {})
+        for mode, res in per_mode.items():
+            if mode in merged:
+                _add(merged[mode], res)
+            else:
+                merged[mode] = res
+    return out
+
+
+def _add(into: Result, more: Result) -> None:
+    into.checks += more.checks
+    into.passed += more.passed
+    for attr in ("missed", "wrong_host", "wrong_time", "false_matches", "no_mode", "no_rule"):
+        getattr(into, attr).extend(getattr(more, attr))
+
+
+def totals(results: dict[str, dict[str, Result]], mode: str | None = DEFAULT) -> tuple[int, int]:
+    """(passed, checks) over every rule, in one mode (None: every mode)."""
+    picked = [r for modes in results.values() for m, r in modes.items() if mode is None or m == mode]
+    return sum(r.passed for r in picked), sum(r.checks for r in picked)
+
+
+def table(results: dict[str, dict[str, Result]]) -> str:
+    rows = ["| rule | mode | checks | passed | % | missed | wrong address | wrong time | false matches |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, modes in sorted(results.items()):
+        for mode, r in sorted(modes.items(), key=lambda kv: (kv[0] != DEFAULT, kv[0])):
+            pct = 100.0 * r.passed / r.checks if r.checks else 0.0
+            missed = len(r.missed) + len(r.no_mode) + len(r.no_rule)
+            note = " (no rule)" if r.no_rule else " (mode not provided)" if r.no_mode else ""
+            rows.append(f"| {name}{note} | {mode} | {r.checks} | {r.passed} | {pct:.0f} | {missed} "
+                        f"| {len(r.wrong_host)} | {len(r.wrong_time)} | {len(r.false_matches)} |")
+    passed, checks = totals(results)
+    pct = 100.0 * passed / checks if checks else 0.0
+    rows.append(f"\nDefault mode: passed {passed} of {checks} checks ({pct:.1f} %).")
+    passed, checks = totals(results, None)
+    pct = 100.0 * passed / checks if checks else 0.0
+    rows.append(f"All modes and journal input: passed {passed} of {checks} checks ({pct:.1f} %).")
     return "\n".join(rows)
 
 
-def problems(results: dict[str, RuleResult]) -> str:
-    lines = []
-    for r in results.values():
-        for label, items in (("missed", r.missed), ("wrong address", r.wrong_host),
-                             ("wrong time", r.wrong_time), ("false match", r.false_matches)):
-            lines.extend(f"- {r.rule} {label}: {item}" for item in items)
-    return "\n".join(lines)
-
-
-@pytest.fixture(scope="module")
-def results() -> dict[str, RuleResult]:
-    if not (CORPUS / "expected.py").exists() or not (CORPUS / "fail2ban-logs").is_dir():
-        pytest.skip(f"conformance corpus not found at {CORPUS} (set PYFILTER_CORPUS)")
-    res = run_conformance()
-    print("\n" + table(res) + "\n" + problems(res))
-    return res
-
-
-# Sample lines where fail2ban expects the address a hostile user name plants:
-# the rule reports the real one instead (docs/conformance.md explains each).
-DELIBERATE = {
-    "sshd": ["Failed password for invalid user test from 127.0.0.1 port 58946 ssh2: from 10.10.1.2 port 55555 ssh2"],
-}
+def problems(results: dict[str, dict[str, Result]]) -> str:
+    return "\n".join(p for modes in results.values() for r in modes.values() for p in r.problems())
 
 
 def deliberate(rule: str, items: list[str]) -> list[str]:
     return [item for item in items if any(line in item for line in DELIBERATE.get(rule, ()))]
 
 
+@pytest.fixture(scope="module")
+def results() -> dict[str, dict[str, Result]]:
+    if not (CORPUS / "expected.py").exists() or not (CORPUS / "fail2ban-logs").is_dir():
+        pytest.skip(f"conformance corpus not found at {CORPUS} (set PYFILTER_CORPUS)")
+    return run_conformance(default_only=False)
+
+
 def test_every_default_sshd_check_passes(results):
-    sshd = results["sshd"]
-    assert sshd.checks > 0
-    assert deliberate("sshd", sshd.wrong_host) == [item for item in sshd.wrong_host], problems({"sshd": sshd})
-    assert sshd.passed + len(DELIBERATE["sshd"]) == sshd.checks, problems({"sshd": sshd})
+    sshd = results["sshd"][DEFAULT]
+    assert sshd.checks > 100
+    assert deliberate("sshd", sshd.wrong_host) == sshd.wrong_host, "\n".join(sshd.problems())
+    assert sshd.passed + len(DELIBERATE["sshd"]) == sshd.checks, "\n".join(sshd.problems())
 
 
 def test_at_least_95_percent_of_default_checks_pass(results):
-    checks = sum(r.checks for r in results.values())
-    passed = sum(r.passed for r in results.values())
-    assert checks > 400, f"only {checks} checks: are the catalog files named like fail2ban's filters?"
+    passed, checks = totals(results)
+    assert checks > 850, f"only {checks} checks: are all the sample files there?"
     assert passed >= 0.95 * checks, table(results) + "\n" + problems(results)
 
 
 def test_no_rule_reports_a_wrong_address(results):
-    wrong = {name: [w for w in r.wrong_host if w not in deliberate(name, r.wrong_host)]
-             for name, r in results.items()}
-    assert not any(wrong.values()), wrong
+    wrong = {f"{name} [{mode}]": [w for w in r.wrong_host if w not in deliberate(name, r.wrong_host)]
+             for name, modes in results.items() for mode, r in modes.items()}
+    assert not any(wrong.values()), {k: v for k, v in wrong.items() if v}
 
 
-if __name__ == "__main__":
-    res = run_conformance()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rule", metavar="NAME", help="one rule, with every problem listed")
+    parser.add_argument("--default-only", action="store_true", help="the stock configuration's checks only")
+    args = parser.parse_args(argv)
+    res = run_conformance(default_only=args.default_only, only=args.rule)
     print(table(res))
     print()
     print(problems(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pyfilter.common import messages
 from pyfilter.common.config import ConfigError, load, load_catalog
 from pyfilter.detector import timeparse
-from pyfilter.detector.rules import Matcher
+from pyfilter.detector.matching import Matcher
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(REPO / "config" / "rules")
@@ -48,8 +48,8 @@ hostile = st.one_of(
 @example("2026-11-21T20:19:28+00:00 h sshd[1]: Failed password for x from 999.1.1.1 port 1 ssh2")
 def test_any_text_is_matched_without_error_and_hosts_come_from_the_line(text):
     for failure in MATCHER.match(text, now=NOW):
-        assert failure.host and failure.host in text or failure.host.lower() in text.lower() \
-            or ("::ffff:" + failure.host) in text
+        assert failure.address and failure.address in text or failure.address.lower() in text.lower() \
+            or ("::ffff:" + failure.address) in text
 
 
 @FUZZ
@@ -57,7 +57,7 @@ def test_any_text_is_matched_without_error_and_hosts_come_from_the_line(text):
 @example(user="x from 198.51.100.66 port 22 ssh2", real="198.51.100.7", port=22)
 def test_sshd_user_names_cannot_frame_another_address(user, real, port):
     line = f"2026-11-21T20:19:28+00:00 host sshd[42]: Failed password for invalid user {user} from {real} port {port} ssh2"
-    hosts = {f.host for f in MATCHER.match(line, source="auth", now=NOW)}
+    hosts = {f.address for f in MATCHER.match(line, source="auth", now=NOW)}
     assert hosts <= {real}
 
 
@@ -68,7 +68,7 @@ def test_web_requests_cannot_frame_another_address(path, agent, real):
     agent = agent.replace('"', "%22")
     line = (f'{real} - - [21/Nov/2026:20:19:28 +0000] "GET /{path} HTTP/1.1" 404 153 "-" "{agent}"')
     for source in ("nginx-access", "apache-access"):
-        hosts = {f.host for f in MATCHER.match(line, source=source, now=NOW)}
+        hosts = {f.address for f in MATCHER.match(line, source=source, now=NOW)}
         assert hosts <= {real}
 
 

@@ -1,0 +1,236 @@
+"""One catalog rule compiled: its patterns joined into one regex, and what a match means.
+
+All patterns active in the rule's mode are joined into one alternation (the
+prefix read once), tried in order: the first pattern that matches decides,
+so a message yields at most one failure per rule. A rule with `programs`
+matches messages from their first character; a rule without (an older
+file) matches whole lines, searched anywhere unless its pattern starts with `^`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
+
+from pyfilter.common.config import Rule
+from pyfilter.detector import timeparse
+from pyfilter.detector.matching.connections import (
+    CLOSE, FAIL, NOTE, ONCE, SUCCESS, Connections, Failure, new_failure,
+)
+from pyfilter.detector.matching.placeholders import expand, normalize_host
+from pyfilter.detector.matching.regex import anchored, for_block, literals, optional_branches
+
+if TYPE_CHECKING:
+    from pyfilter.detector.matching.scan import Lines
+
+__all__ = ["CompiledRule", "Pattern", "RuleError"]
+
+_TAG = re.compile(r"^<(NOTE|SUCCESS|CLOSE|ONCE)>")
+_GROUP = re.compile(r"\(\?P<(\w+)>")
+_KINDS = {"NOTE": NOTE, "SUCCESS": SUCCESS, "CLOSE": CLOSE, "ONCE": ONCE}
+
+
+class RuleError(ValueError):
+    """A rule that cannot be compiled; the message names the rule and the pattern."""
+
+
+@dataclass
+class Pattern:
+    index: int  # in the rule file's `patterns`
+    kind: str
+    groups: list[tuple[str, str]]  # (name in the combined regex, capture name)
+    has_host: bool
+    # For the hot path: every group name in one tuple (one `Match.group` call),
+    # their capture names, and whether a capture name repeats (then the
+    # slower, last-one-wins dict is built instead).
+    full_names: tuple[str, ...] = ()
+    short_names: tuple[str, ...] = ()
+    repeats: bool = False
+    # The groups of (host, user, ruser, pid, time); a capture the pattern
+    # lacks reads its end marker instead, which is always "" (no value).
+    pick: tuple[str, ...] = ()
+    ends: bool = False  # SUCCESS or CLOSE: the end of a connection
+
+    def __post_init__(self) -> None:
+        self.ends = self.kind in (SUCCESS, CLOSE)
+        self.full_names = tuple(full for full, _ in self.groups)
+        self.short_names = tuple(short for _, short in self.groups)
+        self.repeats = len(set(self.short_names)) != len(self.short_names)
+        names = dict(zip(self.short_names, self.full_names))
+        marker = f"p__{self.index}"
+        self.pick = tuple(names.get(k, marker) for k in ("host", "user", "ruser", "pid", "time"))
+
+    def captures(self, m: re.Match[str]) -> dict[str, str]:
+        if self.repeats or len(self.full_names) < 2:
+            return {short: v for full, short in self.groups if (v := m.group(full)) is not None}
+        return {short: v for short, v in zip(self.short_names, m.group(*self.full_names)) if v is not None}
+
+
+class CompiledRule:
+    def __init__(self, name: str, rule: Rule, default_tz: str) -> None:
+        self.name = name
+        self.rule = rule
+        self.sources = set(rule.sources)
+        self.programs = tuple(p.lower() for p in rule.programs)
+        self.reads_messages = bool(rule.programs)
+        # Zone-less timestamps: the rule's zone if it names one, else the
+        # zone of the source the lines come from (`use_zone`), else the default.
+        self.fixed_zone = rule.timezone is not None
+        self.zone = timeparse.get_zone(rule.timezone or default_tz)
+        self.clock = timeparse.Clock(self.zone)
+        self._clocks = {None: self.clock}
+        self.patterns: list[Pattern] = []
+        prefix = expand(rule.prefix)
+        alternatives = []
+        bodies: list[tuple[int, str, str]] = []  # (index, pattern without its tag, expanded)
+        required: list[str] = []
+        for i, raw in rule.active_patterns():
+            kind = FAIL
+            tag = _TAG.match(raw)
+            if tag:
+                kind = _KINDS[tag.group(1)]
+                raw = raw[tag.end():]
+            body = expand(raw)
+            bodies.append((i, raw, body))
+            names = _GROUP.findall(prefix + body)
+            renamed = _GROUP.sub(lambda m: f"(?P<{m.group(1)}__{i}>", body)
+            # The empty group at the end names the pattern that matched (it is
+            # the last group closed: `lastgroup`). Wrapping the pattern in a
+            # group instead would hide its first literal from the regex
+            # engine, which then could not skip non-matching alternatives at
+            # a glance; that costs about half the search time.
+            alternatives.append(f"{renamed}(?P<p__{i}>)")
+            self.patterns.append(Pattern(
+                i, kind,
+                [(f"{g}__{i}", g) for g in _GROUP.findall(body)] + [(g, g) for g in _GROUP.findall(prefix)],
+                "host" in names,
+            ))
+            found = literals(raw)
+            required.append(max(found, key=len) if found else "")
+        # Literals one of which a line must hold: the rule's own, always
+        # applied; else found in the patterns, applied where routing by
+        # program did not already choose the rule (plain lines of no program).
+        self.gate = tuple(rule.prefilter)
+        self.prefilter = list(rule.prefilter) or ([] if "" in required else sorted(set(required)))
+        start = "^" if self.reads_messages else ""
+        source = optional_branches(start + prefix + "(?:" + "|".join(alternatives) + ")")
+        try:
+            self.regex = re.compile(source)
+        except re.error as exc:
+            self._blame(start + prefix, bodies)  # raises for the first pattern that does not compile alone
+            raise RuleError(f"rule {name}: patterns do not compile together: {exc}") from None
+        groups = set(self.regex.groupindex)
+        for i, raw, _ in bodies:
+            # A message's connection may come from its envelope's pid; a
+            # whole line's only from a capture.
+            if not self.reads_messages and not {f"host__{i}", f"pid__{i}", "host", "pid"} & groups:
+                raise RuleError(f"rule {name}: patterns[{i}] captures neither <HOST> nor <PID>: {raw}")
+        self.by_marker = {f"p__{p.index}": p for p in self.patterns}
+        # For batches: the same search over lines joined by newlines (a
+        # leading newline included). A rule anchored at the line start reads
+        # that newline instead of `^`: the engine then jumps from newline to
+        # newline at C speed instead of trying every character of a line.
+        self.anchored = anchored(source)
+        block = for_block(source[1:] if self.anchored else source)
+        self.block_regex = None if block is None else re.compile("\n" + block if self.anchored else block,
+                                                                  re.MULTILINE)
+        self.ignore = []
+        for j, raw in enumerate(rule.ignore):
+            try:
+                # Anchored like the patterns for a rule that reads messages:
+                # client text later in the message cannot veto a failure.
+                self.ignore.append(re.compile(start + prefix + expand(raw) if self.reads_messages else expand(raw)))
+            except re.error as exc:
+                raise RuleError(f"rule {name}: ignore[{j}]: {exc}: {raw}") from None
+        self.stateful = any(p.kind != FAIL or not p.has_host for p in self.patterns)
+        self.connections = Connections(name, any(p.kind == ONCE for p in self.patterns))
+
+    def _blame(self, prefix: str, bodies: list[tuple[int, str, str]]) -> None:
+        """Raise the error of the first pattern (as written, as expanded) that does not compile alone.
+
+        Only called when the combined regex fails: compiling each pattern
+        alone costs about as much as the whole rule again.
+        """
+        for i, raw, body in bodies:
+            try:
+                re.compile(prefix + body)
+            except re.error as exc:
+                raise RuleError(f"rule {self.name}: patterns[{i}]: {exc}: {raw}") from None
+
+    def reads(self, program: str) -> bool:
+        """Whether the rule reads messages of `program` (lower case)."""
+        return any(fnmatchcase(program, p) for p in self.programs)
+
+    def use_zone(self, tz: str | None) -> None:
+        """Read the next lines' zone-less times in zone `tz` (their source's), unless the rule fixes one."""
+        if self.fixed_zone:
+            return
+        clock = self._clocks.get(tz)
+        if clock is None:
+            try:
+                clock = timeparse.Clock(timeparse.get_zone(tz))
+            except timeparse.InvalidZone:
+                clock = self._clocks[None]  # a collector's typo must not stop matching
+            self._clocks[tz] = clock
+        self.clock, self.zone = clock, clock.zone
+
+    def screen(self, text: str) -> bool:
+        return not self.prefilter or any(lit in text for lit in self.prefilter)
+
+    def search(self, text: str) -> tuple[Pattern, dict[str, str]] | None:
+        m = self.regex.search(text)
+        if m is None:
+            return None
+        pat = self.by_marker[m.lastgroup]  # type: ignore[index]
+        return pat, pat.captures(m)
+
+    def judge(self, m: re.Match[str], text: str, k: int, lines: Lines) -> Failure | None:
+        """The failure a match in message `text`, message `k` of `lines`, is, if any
+        (ignore patterns and connection state applied).
+
+        The log time is worked out only when needed: most matches of a
+        stateful rule are notes of a connection, which need none.
+        """
+        if self.ignore and self.ignored(text) is not None:
+            return None
+        pat = self.by_marker[m.lastgroup]  # type: ignore[index]
+        if pat.repeats:
+            caps = pat.captures(m)
+            host, user, ruser = caps.get("host"), caps.get("user"), caps.get("ruser")
+            pid, when = caps.get("pid"), caps.get("time")
+        else:
+            host, user, ruser, pid, when = m.group(*pat.pick)
+        if host:
+            if host[0] in "[:" or "%" in host:
+                host = normalize_host(host)
+        else:
+            host = None
+        user = user or ruser or None
+        if self.stateful and not pid:
+            pid = lines.pids[k]
+        if not pid or not self.stateful:
+            if host and (pat.kind == FAIL or pat.kind == ONCE):
+                return new_failure((self.name, host, self.time_of(when, lines, k, text), user, pat.index,
+                                    "", False, 1))
+            return None
+        key = (lines.source, lines.origin, pid)
+        if pat.ends and key not in self.connections.open:
+            return None  # the end of a connection nothing is known about (most of them)
+        return self.connections.decide(pat, host, user, pid, key, self, when, lines, k, text)
+
+    def time_of(self, when: str | None, lines: Lines, k: int, text: str) -> float | None:
+        """Message k's log time: a `time` capture, else its envelope's stamp, else the message's start."""
+        if when:
+            return timeparse.parse_time(when, self.zone, lines.now)
+        stamp = lines.stamps[k]
+        if stamp:
+            return self.clock.stamp(stamp, lines.now)
+        return self.clock(text, lines.now)
+
+    def ignored(self, text: str) -> int | None:
+        for j, rx in enumerate(self.ignore):
+            if rx.search(text):
+                return j
+        return None

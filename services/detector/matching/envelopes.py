@@ -1,0 +1,188 @@
+"""Envelopes: what wraps a log message, read once per line before any rule runs.
+
+A syslog daemon, the journal or a container runtime wraps each message in a
+header that says when, where and which program wrote it. Rules never see that
+header: they are chosen by the program it names and match the message only.
+
+    Nov 21 20:19:28 web1 sshd[4242]: Failed password for ...           RFC 3164
+    <38>Nov 21 20:19:28 sshd[4242]: ...                                  (priority, no host)
+    Oct 27 2015 09:24:46.123 web1 sshd[4242]: ...                        (year, fraction: macOS)
+    2020-03-23 06:47:42.801612-0700  web1 sshd[3186]: ...                 (macOS `log show`)
+    2026-11-21T20:19:28.551146+00:00 web1 sshd-session[65]: ...           rsyslog precise, our journal lines
+    <38>1 2022-01-19T14:23:55+00:00 fw1 sshd 44255 - [meta x="1"] ...     RFC 5424
+    web1 sshd[4242]: ...                                                  journal export, no time
+    Jun 17 14:37:39 <mail.notice> robin sm-mta[2794]: ...                 BSD syslogd's facility.level
+    ... sshd[4242]: [ID 800047 auth.info] ...                             Solaris message id
+    ... sshd[4242]: kernel: [  970.699397] ...                            a kernel clock in the message
+    ... vsftpd(pam_unix)[15522]: ...   [sshd]: ...   sogod [26818]: ...   proftpd[1] host (...)
+
+rsyslog's `message repeated 5 times: [ msg]` is unwrapped: the message is
+`msg` and it stands for 5 lines. A line with none of these headers is *plain*:
+a daemon's own file (nginx's error log, an access log); its message is the
+whole line, and its program is the one its source declares, if any.
+
+`read_batch` does the work for a batch with one regex search over the joined
+lines (C speed), which is why the header grammar lives in one expression.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple, Sequence
+
+from pyfilter.detector.matching.regex import optional_branches
+
+__all__ = ["Envelope", "BatchEnvelopes", "read", "read_batch", "PLAIN"]
+
+PLAIN = "plain"
+
+# Timestamps a syslog header starts with. Year-less RFC 3164 (one- or
+# two-digit day, space padded or not, maybe a year before the time, maybe a
+# fraction); RFC 3339 as rsyslog's precise format and our journal lines write
+# it, also with a space for the T (macOS: `2020-03-23 06:47:42.801612-0700  host`).
+_STAMP_3164 = r"[A-Z][a-z]{2} {1,2}\d{1,2}(?: \d{4})? \d\d:\d\d:\d\d(?:\.\d+)?"
+_STAMP_3339 = r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z| ?[+-]\d\d:?\d\d)?"
+_HOSTNAME = r"[\w.\-]++"
+_PROGRAM = r"[A-Za-z_][\w.\-/@]*+"
+
+# The RFC 3164 family. Groups: 1 the whole header (the message starts after
+# it), 2 the stamp, 3 the stamp if RFC 3164, 4 host, 5 bracketed program
+# (`[sshd]: `), 6 program, 7 pid, 8 repeat count.
+# - A program is followed by ": ", or where a host precedes it by its pid and
+#   a space (`host proftpd[12345] name`: without the host, asterisk's own
+#   `[stamp] NOTICE[1638] ` would read as a program).
+# - A bracketed program by ": ", or after an RFC 3164 stamp by a space alone
+#   (metalog's `Jun 25 23:53:34 [sshd] User`): after other stamps, `[conn1] `
+#   or `[Note] ` is a daemon's own file.
+# - Without a stamp (journal export), the program must have a pid
+#   (`web1 sshd[4242]: `), or every `word: text` line would read as a header.
+_HEADER = (
+    r"((?:<\d{1,3}>)?"
+    r"(?:\[?((" + _STAMP_3164 + r")|" + _STAMP_3339 + r")\]? +(?:<[\w.]+> +)?"
+    r"|(?=(?:" + _HOSTNAME + r" +)?" + _PROGRAM + r"(?:\([^()\s]*\))? ?\[\d+\]))"
+    r"(?:(" + _HOSTNAME + r") +)?"
+    r"(?:\[(" + _PROGRAM + r")\](?(3):? |: )"
+    r"|(" + _PROGRAM + r")(?:\([^()\s]*\))?(?: ?\[(\d+)\])?(?:: |(?<=\])(?(4):? |: )))"
+    r"(?:\[ID \d+ [\w.]+\] |kernel: ?\[ *\d+\.\d+\]:? )?"
+    r"(?:message repeated (\d+) times: \[ ?)?)"
+)
+_LINE = re.compile(optional_branches(_HEADER))
+
+# The batch form: the common headers only, with three groups (stamp,
+# program, pid), so that `split` over the joined lines returns, per line,
+# its stamp, program, pid and message in one flat list (C speed, no Python
+# per line). A line it finds no header in is read again by `read` (the
+# forms above it leaves out: RFC 5424, colon-less programs, repeats).
+# (Optional groups are written as branches with an empty alternative: the
+# same matches, faster in Python's engine.)
+_BATCH = re.compile(optional_branches(
+    r"\n(?:(?:<\d{1,3}>)?"
+    r"(?:\[?(" + _STAMP_3164 + r"|" + _STAMP_3339 + r")\]? +(?:<[\w.]+> +)?"
+    r"|(?=(?:" + _HOSTNAME + r" +)?" + _PROGRAM + r"(?:\([^()\s]*\))? ?\[\d+\]))"
+    r"(?:" + _HOSTNAME + r" +)?"
+    r"\[?(" + _PROGRAM + r")(?:\([^()\s]*\))?\]?(?: ?\[(\d+)\])?: "
+    r"(?:\[ID \d+ [\w.]+\] |kernel: ?\[ *\d+\.\d+\]:? )?|)"
+))
+
+# RFC 5424: <PRI>1 TIMESTAMP HOST APP PROCID MSGID STRUCTURED-DATA MSG.
+_RFC5424 = re.compile(
+    r"<\d{1,3}>1 (-|\S+) (-|\S+) (-|\S+) (-|\S+) (?:-|\S+) "
+    r"(?:-|(?:\[(?:[^\]\"\\]|\\.|\"(?:[^\"\\]|\\.)*\")*\])+)(?: (?:\ufeff)?|$)"
+    r"(?:message repeated (\d+) times: \[ ?)?"
+)
+
+
+class Envelope(NamedTuple):
+    """One line's envelope. `start`: where the message begins in the line."""
+
+    format: str  # "rfc3164", "rfc3339", "rfc5424", "no-time" or PLAIN
+    program: str | None
+    pid: str | None
+    stamp: str | None  # the timestamp text, as written
+    host: str | None
+    start: int
+    repeat: int  # how many lines the message stands for (rsyslog's "message repeated")
+    end: int | None = None  # where the message ends, if not at the line end (a repeat's "]")
+
+    def message(self, text: str) -> str:
+        return text[self.start:self.end]
+
+
+def _repeat_end(text: str, repeat: str) -> int | None:
+    return (len(text) - 1 if text.endswith("]") else None) if repeat else None
+
+
+def read(text: str, program: str | None = None) -> Envelope:
+    """The envelope of one line (`program`: what a plain line's source declares)."""
+    m = _LINE.match(text)
+    if m is not None:
+        head, stamp, rfc3164, host, bracketed, prog, pid, repeat = m.groups()
+        fmt = "rfc3164" if rfc3164 else "rfc3339" if stamp else "no-time"
+        return Envelope(fmt, prog or bracketed, pid, stamp, host, len(head), int(repeat or 1),
+                        _repeat_end(text, repeat))
+    if text.startswith("<"):
+        m = _RFC5424.match(text)
+        if m is not None:
+            stamp, host, app, pid, repeat = m.groups()
+            return Envelope("rfc5424", None if app == "-" else app, None if pid == "-" else pid,
+                            None if stamp == "-" else stamp, None if host == "-" else host, m.end(),
+                            int(repeat or 1), _repeat_end(text, repeat))
+    return Envelope(PLAIN, program, None, None, None, 0, 1)
+
+
+_MONTHS = {"Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"}
+
+
+class BatchEnvelopes:
+    """The envelopes of a batch of lines, as parallel lists (the hot path's form).
+
+    A plain line's program is None (`declared` is the one its source
+    declares, if any), and so are its stamp and pid. `repeats`: line -> how many
+    lines it stands for, where that is not one.
+    """
+
+    __slots__ = ("messages", "programs", "stamps", "pids", "declared", "repeats")
+
+    def __init__(self, messages: list[str], programs: list[str | None], stamps: list[str | None],
+                 pids: list[str | None], declared: str | None, repeats: dict[int, int]) -> None:
+        self.messages = messages
+        self.programs = programs
+        self.stamps = stamps
+        self.pids = pids
+        self.declared = declared
+        self.repeats = repeats
+
+    def make_plain(self, i: int, text: str) -> None:
+        """Read line `i` as a plain line after all (see matcher.py)."""
+        self.messages[i] = text
+        self.programs[i] = self.stamps[i] = self.pids[i] = None
+        self.repeats.pop(i, None)
+
+
+def read_batch(texts: Sequence[str], program: str | None = None) -> BatchEnvelopes:
+    """`read` for every line of a batch: one `split` over the joined lines.
+
+    Lines the batch regex finds no header in are read again one by one where
+    they may hold a rarer header (they start like one: "<", "[" or a month),
+    and so are repeats.
+    """
+    block = "\n" + "\n".join(texts)
+    if block.count("\n") != len(texts):  # a line holds a newline: one by one
+        parts = [""] + [x for text in texts for x in (None, None, None, text)]
+    else:
+        parts = _BATCH.split(block)
+    stamps, programs, pids, messages = parts[1::4], parts[2::4], parts[3::4], parts[4::4]
+    repeats: dict[int, int] = {}
+    if None in programs or "message repeated " in block:
+        for i, prog in enumerate(programs):
+            text = texts[i]
+            if (prog is None and (text[:1] in "<[" or text[:3] in _MONTHS)) or "message repeated " in text:
+                env = read(text, program)
+                if env.format == PLAIN and prog is None:
+                    continue
+                messages[i] = env.message(text)
+                programs[i] = None if env.format == PLAIN else env.program
+                stamps[i], pids[i] = env.stamp, env.pid
+                if env.repeat != 1:
+                    repeats[i] = env.repeat
+    return BatchEnvelopes(messages, programs, stamps, pids, program, repeats)

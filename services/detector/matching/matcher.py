@@ -1,0 +1,125 @@
+"""The compiled catalog: which rules read a line, and the failures they find.
+
+Each line's envelope is read once (`envelopes`), then it goes to the rules
+whose `programs` name its program, which match its message. A plain line
+(a daemon's own file) goes to the rules of the program its source declares,
+or, where none is declared, to every rule (their literals screen it first).
+A line whose header names a program no rule reads, from a source that
+declares its program, is read as a plain line of that program: daemons'
+own files sometimes look like syslog (`[2012-02-13 17:21:54] NOTICE[1638] ...`).
+Rules without `programs` (older files) match whole lines, as before.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from pyfilter.common.config import Rule
+from pyfilter.detector.matching import envelopes
+from pyfilter.detector.matching.compiled import CompiledRule
+from pyfilter.detector.matching.connections import Failure
+from pyfilter.detector.matching.scan import Lines, scan
+
+__all__ = ["Matcher"]
+
+
+class Matcher:
+    """The compiled catalog. `match_batch` is the hot path; `explain` (explain.py) is for people."""
+
+    def __init__(self, rules: dict[str, Rule], default_tz: str = "UTC") -> None:
+        self.default_tz = default_tz
+        self.rules = [CompiledRule(name, rule, default_tz) for name, rule in rules.items() if rule.enabled]
+        self._message_rules = [r for r in self.rules if r.reads_messages]
+        self._line_rules = [r for r in self.rules if not r.reads_messages]
+        self._by_program: dict[str | None, list[CompiledRule]] = {None: self._message_rules}
+
+    def reset(self) -> None:
+        """Forget every connection's state (what the lines so far said of each pid)."""
+        for rule in self.rules:
+            rule.connections.clear()
+
+    def rules_for(self, program: str | None) -> list[CompiledRule]:
+        """The rules that read messages of `program` (None: a plain line of no known program: all)."""
+        found = self._by_program.get(program)
+        if found is None:
+            name = program.lower()  # type: ignore[union-attr]
+            found = self._by_program[program] = [r for r in self._message_rules if r.reads(name)]
+        return found
+
+    def match(self, text: str, source: str | None = None, now: float | None = None,
+              host: str | None = None, tz: str | None = None, program: str | None = None) -> list[Failure]:
+        """Failures in one log line: at most one per rule. See `match_batch`."""
+        return [f for _, f in self.match_batch([text], source, now, host, tz, program)]
+
+    def match_batch(self, texts: Sequence[str], source: str | None = None, now: float | None = None,
+                    host: str | None = None, tz: str | None = None,
+                    program: str | None = None) -> list[tuple[int, Failure]]:
+        """(index in `texts`, failure) for a batch of lines, in line order then rule order.
+
+        `source` is the collector source the lines come from (None: any;
+        rules restricted to sources then all apply), `host` the host whose log
+        holds them (connections of different hosts are kept apart), `tz` the
+        zone its zone-less times are written in (None: the matcher's
+        default), `program` the program its plain lines come from, if known.
+        """
+        per_rule: list[list[tuple[int, Failure]]] = []
+        if self._message_rules:
+            env = envelopes.read_batch(texts, program)
+            for rule, lines, unrouted in self._route(texts, env, program):
+                if rule.sources and source is not None and source not in rule.sources:
+                    continue
+                rule.use_zone(tz)
+                lits = tuple(rule.prefilter) if unrouted else rule.gate
+                if lines is None:  # every line of the batch
+                    found = scan(rule, Lines(env.messages, env.stamps, env.pids, source, host, now), lits)
+                else:
+                    messages, stamps, pids = env.messages, env.stamps, env.pids
+                    found = scan(rule, Lines([messages[i] for i in lines], [stamps[i] for i in lines],
+                                             [pids[i] for i in lines], source, host, now), lits)
+                    found = [(lines[k], f) for k, f in found]
+                if env.repeats:
+                    found = [(i, f._replace(count=env.repeats[i]) if i in env.repeats else f) for i, f in found]
+                if found:
+                    per_rule.append(found)
+        if self._line_rules:
+            for rule in self._line_rules:
+                if rule.sources and source is not None and source not in rule.sources:
+                    continue
+                rule.use_zone(tz)
+                none = [None] * len(texts)
+                found = scan(rule, Lines(texts, none, none, source, host, now), tuple(rule.prefilter))
+                if found:
+                    per_rule.append(found)
+        if len(per_rule) == 1:
+            return per_rule[0]
+        # Stable sort: within a line, failures keep the order of the rules.
+        return sorted((pair for found in per_rule for pair in found), key=lambda pair: pair[0])
+
+    def _route(self, texts: Sequence[str], env: envelopes.BatchEnvelopes,
+               program: str | None) -> list[tuple[CompiledRule, list[int] | None, bool]]:
+        """Each rule that reads some of the lines, in catalog order: with their indices (None: all
+        of them), and whether some are plain lines of no known program (every rule's to screen)."""
+        programs = env.programs
+        present = set(programs)
+        if program is not None and self.rules_for(program):
+            # Lines whose header names a program no rule reads are plain lines of `program`.
+            for p in [p for p in present if p is not None and not self.rules_for(p)]:
+                for i in [i for i, q in enumerate(programs) if q == p]:
+                    env.make_plain(i, texts[i])
+                present.discard(p)
+                present.add(None)
+        # A plain line (None) belongs to the source's program, or to no known program (every rule's).
+        chosen = {p: self.rules_for(program if p is None else p) for p in present}
+        if len(present) == 1:
+            (p,) = present
+            return [(rule, None, p is None and program is None) for rule in chosen[p]]
+        lines: dict[CompiledRule, list[int]] = {}
+        for p in present:
+            if not chosen[p]:
+                continue
+            group = [i for i, q in enumerate(programs) if q == p]
+            for rule in chosen[p]:
+                lines[rule] = sorted(lines[rule] + group) if rule in lines else group
+        unrouted = set(chosen[None]) if None in present and program is None else set()
+        order = {rule: n for n, rule in enumerate(self._message_rules)}
+        return [(rule, found, rule in unrouted) for rule, found in sorted(lines.items(), key=lambda p: order[p[0]])]

@@ -1,0 +1,58 @@
+"""The placeholders a rule's patterns are written with, and the address forms they capture.
+
+    <HOST>    an IPv4 or IPv6 address or a host name, captured as `host`
+              (a leading `::ffff:` of an IPv4-mapped address is not captured;
+              `[...]` around an address and an IPv6 zone `%eth0` are taken off)
+    <ADDR>    the same, IP addresses only
+    <USER>    any text, as little as possible, captured as `user`
+    <PID>     a process or connection id, captured as `pid` (the connection key)
+    <SYSLOG>  a whole syslog header, for rules without `programs` (which match
+              whole lines, as before envelopes existed): `^`, an optional
+              timestamp, an optional host name
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["PLACEHOLDERS", "expand", "normalize_host", "strip_placeholders"]
+
+_IPV4 = r"\d{1,3}(?:\.\d{1,3}){3}"
+_IPV6 = (r"(?:[0-9A-Fa-f]{1,4}:|:)(?:[0-9A-Fa-f]{0,4}:){1,6}(?:" + _IPV4 + r"|[0-9A-Fa-f]{1,4})?"
+         r"(?:%[\w.\-]{1,32})?")
+_HOSTNAME = r"(?=[\w.-]*[A-Za-z])[A-Za-z0-9_](?:[\w-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9_](?:[\w-]*[A-Za-z0-9])?)*"
+_TIMESTAMP = (
+    r"(?:(?:<\d{1,3}>\d{1,2} )?\d{4}-\d{2}-\d{2}[T ]\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?"
+    r"|\w{3} +\d{1,2} +\d{1,2}:\d{2}:\d{2}(?:\.\d+)?"
+    r"|\d{1,2}-\w{3}-\d{4} \d{1,2}:\d{2}:\d{2}(?:\.\d+)?"
+    r"|@[0-9a-fA-F]{24})"
+)
+PLACEHOLDERS = {
+    "<HOST>": rf"(?:::ffff:)?(?P<host>{_IPV4}|{_IPV6}|{_HOSTNAME})",
+    "<ADDR>": rf"(?:::ffff:)?(?P<host>{_IPV4}|{_IPV6})",
+    "<USER>": r"(?P<user>.*?)",
+    "<PID>": r"(?P<pid>\d+)",
+    "<SYSLOG>": rf"^\s*(?:{_TIMESTAMP} +)?(?:[^\s\[\]]+ +)??",
+}
+_PLACEHOLDER = re.compile("|".join(re.escape(k) for k in PLACEHOLDERS))
+
+
+def expand(pattern: str) -> str:
+    """Replace the placeholders of a catalog pattern by their regular expressions."""
+    return _PLACEHOLDER.sub(lambda m: PLACEHOLDERS[m.group(0)], pattern)
+
+
+def strip_placeholders(pattern: str) -> str:
+    """The pattern with each placeholder replaced by an empty group (for literal extraction)."""
+    return _PLACEHOLDER.sub("(?:)", pattern)
+
+
+def normalize_host(host: str) -> str:
+    """`::ffff:a.b.c.d` -> `a.b.c.d`; `[2001:db8::1]` -> `2001:db8::1`; `fe80::1%eth0` -> `fe80::1`."""
+    if host.startswith("["):
+        host = host.strip("[]")
+    if "%" in host:
+        host = host.partition("%")[0]
+    if host[:7].lower() == "::ffff:" and "." in host:
+        return host[7:]
+    return host
