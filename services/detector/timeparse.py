@@ -13,7 +13,7 @@ in captures it (`(?P<time>...)`), and that capture is read the same way.
     Nov 21 20:19:28              syslog RFC 3164, year-less (resolved against now);
     PDT Apr 16 21:05:29          also after a zone abbreviation (Monit)
     apr 15, 2013 8:34:08 PM      Java's java.util.logging
-    2014:07:02-00:17:45          DirectAdmin
+    2014:07:02-00:17:45          DirectAdmin; [20220407-12:11:06] xrdp
     2011.11.21 14:29:16          stunnel
     11-06-2013 02:09:40 +0300    3proxy, Domino (day first; also 22.06.2014)
     L 01/01/2014 - 01:25:17      Half-Life servers; 06/27/2014 17:51:19 (month first, maybe PM)
@@ -71,6 +71,7 @@ _FORMATS: list[tuple[str, str]] = [
                r"(?P<M>\d{2}):(?P<S>\d{2})(?:\.\d+)?(?: +(?P<Y>\d{4})(?![\d:.]))?"),
     ("java", r"(?P<b>" + _MON + r") (?P<d>\d{1,2}), (?P<Y>\d{4}) (?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2}) "
              r"(?P<ampm>[AaPp][Mm])"),
+    ("compact", r"(?P<Y>\d{4})(?P<m>\d{2})(?P<d>\d{2})-(?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"),
     ("colons", r"(?P<Y>\d{4}):(?P<m>\d{2}):(?P<d>\d{2})-(?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"),
     ("dotted", r"(?P<Y>\d{4})\.(?P<m>\d{2})\.(?P<d>\d{2}) (?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"),
     # numeric dates: with "-" or "." day first, with "/" month first

@@ -83,7 +83,8 @@ class Matcher:
                                              [pids[i] for i in lines], source, host, now), lits)
                     found = [(lines[k], f) for k, f in found]
                 if env.repeats:
-                    found = [(i, f._replace(count=env.repeats[i]) if i in env.repeats else f) for i, f in found]
+                    found = [(i, f._replace(count=f.count * env.repeats[i]) if i in env.repeats else f)
+                             for i, f in found]
                 if found:
                     per_rule.append(self._dated(rule, texts, found, source, host, now))
         if self._line_rules:
