@@ -26,14 +26,14 @@ import subprocess
 import sys
 import time
 
-from pyfilter.cli import load_rules, read_batches
+from pyfilter.cli.matching import load_rules, read_batches
 from pyfilter.detector.matching import Matcher, envelopes
 from pyfilter.detector.matching.compiled import CompiledRule
 from pyfilter.detector.matching.connections import Connections
 
 BARE = re.compile(r"^(\w{3} [ \d]\d \d\d:\d\d:\d\d) \S+ sshd\[(\d+)\]: (?:Failed \S+ for (?:invalid user )?(.*) "
                   r"from (\S+) port \d+ ssh2|error: PAM: Authentication failure for (.*) from (\S+))$", re.M)
-STARTUP = ("from pyfilter.cli import load_rules; from pyfilter.detector.matching import Matcher; "
+STARTUP = ("from pyfilter.cli.matching import load_rules; from pyfilter.detector.matching import Matcher; "
            "Matcher(load_rules(None, {rule!r}))")
 
 

@@ -72,7 +72,7 @@ def ours_match(path: Path, rule: str | None, before: Path | None = None) -> dict
 
 
 def rule_count() -> int:
-    from pyfilter.cli import load_rules  # after `prerequisites` checked that it imports
+    from pyfilter.cli.matching import load_rules  # after `prerequisites` checked that it imports
     return sum(rule.enabled for rule in load_rules(None, None).values())
 
 
