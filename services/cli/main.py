@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyfilter.cli import api, matching
+from pyfilter.cli import api, import_fail2ban, matching
 from pyfilter.detector.timeparse import InvalidZone
 
 
@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     matching.add_commands(sub)
     api.add_commands(sub)
+    imports = sub.add_parser("import", help="another tool's configuration as PyFilter's")
+    import_fail2ban.add_commands(imports.add_subparsers(dest="source", required=True, metavar="SOURCE"))
     return parser
 
 
