@@ -27,12 +27,9 @@ from dataclasses import dataclass, field
 import msgspec
 
 from pyfilter.cli.fail2ban_filter import PREFIX, Filter
+from pyfilter.cli.fail2ban_forms import Dates, Untranslatable, daemon_globs, dates, with_date
 from pyfilter.common.config import Rule
 from pyfilter.detector.matching import Matcher, RuleError
-
-
-class Untranslatable(Exception):
-    """A filter feature PyFilter lacks; the message says which and why."""
 
 
 @dataclass
@@ -41,23 +38,8 @@ class Translation:
     notes: list[str] = field(default_factory=list)
 
 
-# fail2ban's date templates, for a date at the start of a daemon's own line
-# (`{^LN-BEG}` or no datepattern): ISO 8601, syslog, ctime, nginx/Apache
-# error and access logs, epoch seconds and TAI64N.
-ANY_DATE = (r"(?:\d{4}[-/.]\d\d?[-/.]\d\d?[T ] ?\d\d?:\d\d:\d\d(?:[.,]\d+)?(?:\s*(?:Z|[+-]\d\d:?\d\d))?"
-            r"|(?:[A-Z][a-z]{2} )?[A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d(?:\.\d+)?(?: \d{4})?"
-            r"|\d\d?/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d(?: [+-]\d{4})?"
-            r"|\d{10}(?:\.\d+)?|@[0-9a-fA-F]{24})")
-_DIRECTIVES = {
-    "Y": r"\d{4}", "ExY": r"\d{4}", "y": r"\d\d", "Exy": r"\d\d", "m": r"\d\d?", "Exm": r"\d\d?",
-    "d": r"\d\d?", "Exd": r"\d\d?", "e": r" ?\d\d?", "H": r"\d\d?", "ExH": r"\d\d?", "I": r"\d\d?",
-    "M": r"\d\d", "ExM": r"\d\d", "S": r"\d\d", "ExS": r"\d\d", "f": r"\d+", "z": r"(?:Z|[+-]\d\d:?\d\d)",
-    "Z": r"\w+", "b": r"[A-Za-z]{3,}\.?", "Exb": r"[A-Za-z]{3,}\.?", "B": r"[A-Za-z]{3,}",
-    "a": r"[A-Za-z]{3,}", "A": r"[A-Za-z]{3,}", "p": r"[AaPp][Mm]", "j": r"\d{1,3}", "%": "%",
-}
-_SPECIAL_DATES = {"epoch": r"\d{10}(?:\.\d+)?", "tai64n": r"@[0-9a-fA-F]{24}", "iso8601": ANY_DATE.split("|")[0] + ")"}
 _F_TAG = re.compile(r"<(/?)F-([A-Za-z0-9_]+)>")
-_OURS = re.compile(r"<(USER|PID|SYSLOG|NOTE|SUCCESS|CLOSE|ONCE)>")
+_OURS = re.compile(r"(?<!\?P)<(USER|PID|SYSLOG|NOTE|SUCCESS|CLOSE|ONCE)>")
 _FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")
 UNSUPPORTED_TAGS = {
     "<DNS>": "matches host names only, and PyFilter never resolves a name an attacker controls",
@@ -65,45 +47,6 @@ UNSUPPORTED_TAGS = {
     "<SUBNET>": "bans networks, which PyFilter's rules do not (ipv6_prefix aside)",
     "<SKIPLINES>": "matches across lines (maxlines), which PyFilter's rules do not",
 }
-
-
-def date_regex(datepattern: str | None) -> str | None:
-    """A regex for the date at the start of a line, or None when the pattern puts it elsewhere."""
-    text = (datepattern or "{^LN-BEG}").strip()
-    text = text.replace("{^LN-BEG}", "^").replace("{UNB}", "")
-    if text in ("^", "{DEFAULT}", "^{DEFAULT}"):
-        return ANY_DATE
-    if not text.startswith("^"):
-        return None
-    body = text[1:]
-    if body.lower() in _SPECIAL_DATES:
-        return _SPECIAL_DATES[body.lower()]
-    if "(" in body.replace("(?:", "").replace("(?P<", "").replace("(?=", ""):
-        return None  # a group: fail2ban cuts only the group, the rest of the match stays
-    out, i = [], 0
-    while i < len(body):
-        if body.startswith("{DATE}", i):
-            out.append(ANY_DATE)
-            i += 6
-        elif body[i] == "%":
-            m = re.match(r"%(Ex[YymdHMSb]|[A-Za-z%])", body[i:])
-            if m is None or m.group(1) not in _DIRECTIVES:
-                raise Untranslatable(f"datepattern {datepattern!r}: unknown directive {body[i:i + 4]!r}")
-            out.append(_DIRECTIVES[m.group(1)])
-            i += m.end()
-        else:
-            out.append(body[i])
-            i += 1
-    return "".join(out)
-
-
-def with_date(rx: str, date: str) -> str:
-    """`rx` (matched after fail2ban cut the date) reading the date itself, where it was cut."""
-    for empty in (r"\[\]", "(?:\\[\\])?", r"\[\]?"):
-        if rx.startswith(empty):
-            optional = empty != r"\[\]"
-            return (r"(?:\[" + date + r"\])" + ("?" if optional else "")) + rx[len(empty):]
-    return f"(?:{date})?" + rx
 
 
 def _group_end(rx: str, start: int) -> int:
@@ -189,6 +132,9 @@ def convert(rx: str, *, failure: bool) -> tuple[str, list[str]]:
     out = _F_TAG.sub(tag, rx)
     if stack:
         raise Untranslatable(f"<F-{stack[-1]}> is never closed")
+    # fail2ban's (?P<USER>...) is our user capture; other names of ours are not to be expanded
+    out = out.replace("(?P<USER>", "(?P<user>").replace("(?P=USER)", "(?P=user)")
+    out = re.sub(r"\(\?P([<=])(PID|SYSLOG|HOST|ADDR)\b", r"(?P\1f2b_\2", out)
     out = _OURS.sub(lambda m: "\\" + m.group(0), out)  # our own tags, written literally by fail2ban's
     out = out.replace("<IP4>", r"(?=\d{1,3}\.\d)<ADDR>").replace("<IP6>", r"(?=[0-9A-Fa-f]{0,4}:)<ADDR>")
     return kind + scoped_flags(out), notes
@@ -196,22 +142,20 @@ def convert(rx: str, *, failure: bool) -> tuple[str, list[str]]:
 
 def strip_start(rx: str, syslog: bool) -> tuple[str, bool]:
     """(`rx` without the syslog prefix mark and leading `^`, whether fail2ban anchored it)."""
-    for head in ("^<F-MLFID>" + PREFIX + "</F-MLFID>", "^" + PREFIX, "^"):
-        if rx.startswith(head):
-            rx = rx[len(head):]
-            break
-    else:
-        if rx.startswith(PREFIX):
-            rx = rx[len(PREFIX):]  # searched, but the prefix reads from the start
-        else:
-            return _no_prefix(rx), False
-    return _no_prefix(rx), True
-
-
-def _no_prefix(rx: str) -> str:
+    anchored = rx.startswith("^")
+    rx = rx.lstrip("^")
+    if rx.startswith("<F-MLFID>" + PREFIX):
+        # The connection id is the prefix (and what follows it up to </F-MLFID>):
+        # our connections are the envelope's pid.
+        rest = rx[len("<F-MLFID>" + PREFIX):]
+        end = rest.find("</F-MLFID>")
+        rx = rest if end < 0 else "(?:" + rest[:end] + ")" + rest[end + len("</F-MLFID>"):]
+        anchored = True
+    elif rx.startswith(PREFIX):
+        rx, anchored = rx[len(PREFIX):], True  # searched or not, the prefix reads from the start
     if PREFIX in rx:
         raise Untranslatable("the syslog prefix (%(__prefix_line)s) inside a pattern, not at its start")
-    return rx
+    return rx, anchored
 
 
 def split_prefregex(prefregex: str, syslog: bool) -> tuple[str, bool]:
@@ -219,9 +163,11 @@ def split_prefregex(prefregex: str, syslog: bool) -> tuple[str, bool]:
     if not prefregex:
         return "", False
     rx, anchored = strip_start(prefregex, syslog)
-    m = re.search(r"<F-CONTENT>(?:\.\+|\.\*)</F-CONTENT>\$?$", rx)
+    m = re.search(r"<F-CONTENT>(.*)</F-CONTENT>\$?$", rx)
     if m is not None:
         head, content = rx[:m.start()], True
+        if m.group(1) not in (".+", ".*"):  # the content must also match its own regex, to the end
+            head += f"(?=(?:{m.group(1)})$)"
     elif "<F-CONTENT>" in rx:
         raise Untranslatable("prefregex has text after its <F-CONTENT>: the content is not the message's end")
     else:
@@ -230,65 +176,6 @@ def split_prefregex(prefregex: str, syslog: bool) -> tuple[str, bool]:
     if not anchored:
         head = ".*?" + head
     return (head if content else f"(?={head})"), content
-
-
-_GLOB_ATOMS = {r"\S+": "*", r"\S*": "*", r"\w+": "*", r"\w*": "*", ".+": "*", ".*": "*", r"\d+": "*",
-               r"[^/]+": "*", r"[^\s]+": "*"}
-
-
-def daemon_globs(rx: str | None, limit: int = 32) -> list[str] | None:
-    """fail2ban's `_daemon` regex as program globs (`postfix(-\\w+)?/\\w+` -> postfix/*, postfix-*/*);
-    None when it is more than literals, wildcards, optional parts and alternatives."""
-    if rx is None:
-        return ["*"]
-
-    def alternatives(i: int) -> tuple[list[str], int]:
-        options, current = [], [""]
-        while i < len(rx) and rx[i] != ")":
-            if rx[i] == "|":
-                options += current
-                current, i = [""], i + 1
-                continue
-            piece, i = atom(i)
-            if i < len(rx) and rx[i] == "?":
-                piece, i = piece + [""], i + 1
-            current = [a + b for a in current for b in piece]
-            if len(current) > limit:
-                raise ValueError
-        return options + current, i
-
-    def atom(i: int) -> tuple[list[str], int]:
-        for text, glob in _GLOB_ATOMS.items():
-            if rx.startswith(text, i):
-                return [glob], i + len(text)
-        c = rx[i]
-        if c == "(":
-            j = i + 3 if rx.startswith("(?:", i) else i + 1
-            found, k = alternatives(j)
-            if k >= len(rx):
-                raise ValueError
-            return found, k + 1
-        if c == "[":
-            k = rx.index("]", i + 2)
-            body = rx[i + 1:k]
-            if "\\" in body:
-                raise ValueError
-            return ["[!" + body[1:] + "]" if body.startswith("^") else f"[{body}]"], k + 1
-        if c == "\\":
-            if rx[i + 1].isalnum():
-                raise ValueError
-            return [rx[i + 1]], i + 2
-        if c in "+*{}^$.":
-            raise ValueError
-        return [c], i + 1
-
-    try:
-        found, end = alternatives(0)
-    except (ValueError, IndexError):
-        return None
-    if end != len(rx):
-        return None
-    return sorted(set(g.replace("**", "*") for g in found if g)) or None
 
 
 def translate(flt: Filter, name: str, service: str) -> Translation:
@@ -300,11 +187,12 @@ def translate(flt: Filter, name: str, service: str) -> Translation:
     prefix, content = split_prefregex(flt.prefregex, syslog)
     date = None
     if not syslog:
-        date = date_regex(flt.datepattern)
-        if date is None:
-            raise Untranslatable(f"datepattern {flt.datepattern!r} does not put the date at the line start")
+        date = dates(flt.datepattern)
         if not flt.datepattern:
             notes.append("no datepattern: fail2ban finds the date anywhere; translated for a date at the start")
+        if date.inner:
+            notes.append("the date is inside the line: patterns read it where fail2ban's leave its empty "
+                         "brackets [], or span it")
         if flt.prefregex:
             prefix = with_date(prefix, date)
 
@@ -315,10 +203,10 @@ def translate(flt: Filter, name: str, service: str) -> Translation:
         kind = re.match(r"<(?:NOTE|SUCCESS|CLOSE)>", rx)
         tag = kind.group(0) if kind else ""
         rx = rx[len(tag):]
+        if date and not flt.prefregex:
+            rx = with_date(rx, date) if anchored else with_date(rx, Dates(inner=date.inner))
         if not anchored:
             rx = ".*?" + rx
-        elif date and not flt.prefregex:
-            rx = with_date(rx, date)
         return tag + rx
 
     patterns, ignore, skipped = [], [], []

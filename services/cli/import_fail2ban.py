@@ -26,7 +26,8 @@ from pyfilter.cli.fail2ban_filter import Filter, load_filter
 from pyfilter.cli.fail2ban_ini import Fail2banError
 from pyfilter.cli.fail2ban_jails import Jail, load_jail, networks, ports, read_jails, seconds
 from pyfilter.cli.fail2ban_output import Sources, write_config
-from pyfilter.cli.fail2ban_translate import Untranslatable, translate
+from pyfilter.cli.fail2ban_forms import Untranslatable
+from pyfilter.cli.fail2ban_translate import translate
 from pyfilter.common.config import Rule, load_catalog
 
 # Jail and filter names (older fail2ban releases' too) that are another catalog rule's.
@@ -148,7 +149,7 @@ def decide(jail: Jail, flt: Filter, catalog: dict[str, Rule], used: set[str]) ->
             why_not = [f"the catalog rule {target} has no mode {flt.mode!r}"]
         else:
             name = target if target not in used else jail.name
-            if rule.modes and flt.mode != rule.modes[0]:
+            if rule.modes and flt.mode and flt.mode != rule.modes[0]:
                 settings = {"mode": flt.mode, **settings}
             mode = f", mode {flt.mode}" if rule.modes else ""
             return Outcome(jail.name, "mapped", f"mapped onto the catalog rule {target}{mode}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from pyfilter.cli.fail2ban_forms import daemon_globs, dates, with_date
 from pyfilter.cli.fail2ban_ini import Fail2banError, Ini
 from pyfilter.cli.fail2ban_jails import seconds
 from pyfilter.cli.fail2ban_stock import STOCK_FILTERS, STOCK_RELEASE, table
@@ -365,3 +367,34 @@ def test_an_unanchored_failregex_is_searched_and_the_report_warns(tmp_path, caps
                                            program="loose")
     assert [f.address for f in found] == ["198.51.100.60"]
     assert rule.ports == []
+
+
+@pytest.mark.parametrize("daemon, programs", [
+    ("sshd", ["sshd"]),
+    (r"postfix(-\w+)?/\w+(?:/smtp[ds])?", ["postfix-*/*", "postfix-*/*/smtp[ds]", "postfix/*", "postfix/*/smtp[ds]"]),
+    (r"(?:dovecot(?:-auth)?|auth)", ["auth", "dovecot", "dovecot-auth"]),
+    (r"\S*", ["*"]),
+    (r"sshd{1,2}", None),
+])
+def test_daemon_regex_as_program_globs(daemon, programs):
+    assert daemon_globs(daemon) == programs
+
+
+@pytest.mark.parametrize("datepattern, line", [
+    ("^%Y-%m-%d %H:%M:%S", "2026-11-21 20:19:28"),
+    ("{^LN-BEG}", "2026/11/21 20:19:28"),
+    ("{^LN-BEG}Epoch", "1795292368.123"),
+    ("^%b %d, %ExY %I:%M:%S %p", "Nov 21, 2026 8:19:28 PM"),
+])
+def test_a_date_at_the_line_start_is_read_back_where_fail2ban_cut_it(datepattern, line):
+    date = dates(datepattern)
+    assert date.start and not date.inner
+    assert re.fullmatch(with_date(r" denied", date), line + " denied")
+    assert re.fullmatch(with_date(r" denied", date), " denied")  # fail2ban takes lines without a date too
+
+
+def test_a_date_inside_the_line_goes_back_into_the_brackets_fail2ban_leaves():
+    date = dates(r"^[^\[]*\[({DATE})")
+    assert date.inner and not date.start
+    rx = with_date(r"<HOST> - - \[\] \"GET", date).replace("<HOST>", r"\S+")
+    assert re.match(rx, '198.51.100.7 - - [21/Nov/2026:20:19:28 +0000] "GET / HTTP/1.1" 401')
