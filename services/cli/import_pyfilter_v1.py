@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from pyfilter.api.schemas import MAX_DURATION
 from pyfilter.cli import api, matching
 from pyfilter.cli import pyfilter_v1_bans as bans
 from pyfilter.cli import pyfilter_v1_format as v1
@@ -52,6 +53,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         bantime = parse_duration(args.bantime)
     except ValueError as exc:
         raise api.CommandError(api.USAGE, f"--bantime: {exc}") from None
+    if bantime == 0 or bantime > MAX_DURATION:
+        raise api.CommandError(api.USAGE, "--bantime: expected from 1s to 10 years, or -1 for ever")
     path = Path(args.config)
     try:
         config, rules = v1.load(path)
@@ -125,6 +128,7 @@ def _configuration(args: argparse.Namespace, config: v1.V1Config, rules: list[v1
               + ("reject" if deny == "REJECT" else "drop" + ("" if deny == "DROP" else
                  " (not an iptables target the original could use: its bans failed)")),
               *NOT_MAPPED]
+    whitelist = list(dict.fromkeys([*base.get("whitelist", []), *whitelist]))
     text = _render(base, plan, redis, host, whitelist, path)
     with tempfile.TemporaryDirectory(prefix="pyfilter-import-") as tmp:
         staged = Path(tmp)
@@ -198,22 +202,20 @@ def _render(base: dict[str, Any], plan: mapping.Plan, redis: dict[str, Any], hos
 
 def _bans(args: argparse.Namespace, config: v1.V1Config, path: Path, whitelist: list[str],
           bantime: int) -> list[str]:
-    try:
-        if config.settings.database == "sqlite":
-            where = _sqlite_file(args.database, config.sqlite.database, path)
-            old = bans.read_sqlite(where)
-        else:
-            where = args.from_redis or _redis_url(config.redis)
+    if config.settings.database == "sqlite":
+        where = _sqlite_file(args.database, config.sqlite.database, path)
+        old = bans.read_sqlite(where)
+    else:
+        where = args.from_redis or _redis_url(config.redis)
+        try:
             zone = get_zone(args.timezone) if args.timezone else None
-            old = bans.read_redis(where, zone)
-        outcome = bans.Outcome([], [], [], [], 0)
-        wanted = bans.prepare(old, bantime, time.time(), [ipaddress.ip_network(n) for n in whitelist], outcome)
-        client = api.client_for(args, write=True)
-        bans.post(client, wanted, outcome)
-    except InvalidZone as exc:
-        raise api.CommandError(api.USAGE, f"--timezone: {exc}") from None
-    except bans.BansError as exc:
-        raise api.CommandError(api.UNREACHABLE, str(exc)) from None
+        except InvalidZone as exc:
+            raise api.CommandError(api.USAGE, f"--timezone: {exc}") from None
+        old = bans.read_redis(where, zone)
+    outcome = bans.Outcome([], [], [], [], 0)
+    wanted = bans.prepare(old, bantime, time.time(), [ipaddress.ip_network(n) for n in whitelist], outcome)
+    client = api.client_for(args, write=True)
+    bans.post(client, wanted, outcome)
     shown = bans.redact(str(where))
     lines = [f"bans: {len(old)} read from {shown}; {len(outcome.posted)} banned through {client.base} "
              f"for what is left of {args.bantime} after each original ban; {len(outcome.expired)} "

@@ -23,6 +23,7 @@ API refuses is reported and left out; the others are still banned.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import re
@@ -32,16 +33,13 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 
 from pyfilter.api.client import Client, Unreachable
+from pyfilter.api.schemas import MAX_REASON
+from pyfilter.cli.api import REFUSED, UNREACHABLE, USAGE, CommandError
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_address
 
 CHUNK = 1000  # bans per API call (it takes up to 10,000)
-MAX_REASON = 1000  # the API's limit
 V1_TIME = "%Y-%m-%d %H:%M:%S"
 _REFUSED = re.compile(r"^\[(\d+)\]\.(\w+): (.*)$", re.DOTALL)
-
-
-class BansError(Exception):
-    """The ban list cannot be read, or the API could not take it."""
 
 
 @dataclass
@@ -65,19 +63,25 @@ class Outcome:
 
 def read_sqlite(path: Path) -> list[OldBan]:
     if not path.is_file():
-        raise BansError(f"{path}: no such SQLite file (the original's sqlite.database; use --database PATH)")
+        raise CommandError(USAGE, f"{path}: no such file (the original's sqlite.database; use --database FILE)")
     try:
         # Read-only: the import changes nothing of the original's.
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        with contextlib.closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)) as db:
             columns = {row[1] for row in db.execute("PRAGMA table_info(banned_ip)")}
             if "ip" not in columns:
-                raise BansError(f"{path}: no table banned_ip with an ip column: not the original's database")
+                raise CommandError(USAGE, f"{path}: no table banned_ip with an ip column: not the original's database")
             wanted = [c if c in columns else "NULL" for c in ("ip", "time_banned", "server_name", "log_msg")]
             rows = db.execute(f"SELECT {', '.join(wanted)} FROM banned_ip ORDER BY rowid").fetchall()
     except sqlite3.Error as exc:
-        raise BansError(f"{path}: cannot read: {exc}") from None
-    return [OldBan(str(ip), float(t) if isinstance(t, (int, float)) else None, str(server or ""), str(msg or ""))
-            for ip, t, server, msg in rows if ip]
+        raise CommandError(USAGE, f"{path}: cannot read it as SQLite: {exc}") from None
+    return [OldBan(str(ip), _epoch(t), str(server or ""), str(msg or "")) for ip, t, server, msg in rows if ip]
+
+
+def _epoch(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
 
 def read_redis(url: str, zone: tzinfo | None) -> list[OldBan]:
@@ -85,31 +89,33 @@ def read_redis(url: str, zone: tzinfo | None) -> list[OldBan]:
     import redis
 
     try:
-        client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=30)
+        # Bytes, not decoded: a Redis shared with other programs may hold keys that are not UTF-8.
+        client = redis.Redis.from_url(url, socket_timeout=30)
         keys = [k for k in client.scan_iter(count=1000) if _is_address(k)]
         with client.pipeline(transaction=False) as pipe:
             for k in keys:
                 pipe.type(k)
             kinds = pipe.execute()
-        hashes = [k for k, kind in zip(keys, kinds) if kind == "hash"]
+        hashes = [k for k, kind in zip(keys, kinds) if kind == b"hash"]
         with client.pipeline(transaction=False) as pipe:
             for k in hashes:
                 pipe.hgetall(k)
             fields = pipe.execute()
-    except redis.RedisError as exc:
-        raise BansError(f"the original's Redis at {redact(url)}: {exc}") from None
-    bans = [OldBan(k, None, "", "") for k, kind in zip(keys, kinds) if kind == "string"]
-    for key, f in zip(hashes, fields):
+    except (redis.RedisError, ValueError) as exc:
+        raise CommandError(UNREACHABLE, f"the original's Redis at {redact(url)}: {exc}") from None
+    bans = [OldBan(k.decode(), None, "", "") for k, kind in zip(keys, kinds) if kind == b"string"]
+    for key, raw in zip(hashes, fields):
+        f = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
         server = f.get("banned_server", "")
-        bans.append(OldBan(key, _local_time(f.get(server), zone), server, f.get("reason", "")))
+        bans.append(OldBan(key.decode(), _local_time(f.get(server), zone), server, f.get("reason", "")))
     return bans
 
 
-def _is_address(key: str) -> bool:
+def _is_address(key: bytes) -> bool:
     try:
-        ipaddress.ip_address(key)
+        ipaddress.ip_address(key.decode("ascii"))
         return True
-    except ValueError:
+    except (UnicodeDecodeError, ValueError):
         return False
 
 
@@ -162,7 +168,8 @@ def prepare(bans: list[OldBan], bantime: int, now: float, ignored: list[ipaddres
 
 
 def _reason(ban: OldBan) -> str:
-    when = datetime.fromtimestamp(ban.banned_at).astimezone().isoformat() if ban.banned_at else "at an unknown time"
+    when = (datetime.fromtimestamp(ban.banned_at).astimezone().isoformat(timespec="seconds")
+            if ban.banned_at else "at an unknown time")
     server = f" on {ban.server}" if ban.server else ""
     text = f"PyFilter v1 ban{server}, {when}" + (f": {ban.reason.strip()}" if ban.reason.strip() else "")
     return text[:MAX_REASON]
@@ -176,14 +183,14 @@ def post(client: Client, wanted: list[dict], outcome: Outcome) -> None:
             try:
                 status, data = client.request("POST", "/bans", chunk)
             except Unreachable as exc:
-                raise BansError(f"{exc}; {len(outcome.posted)} ban(s) were posted before") from None
+                raise CommandError(UNREACHABLE, f"{exc}; {len(outcome.posted)} ban(s) were posted before") from None
             if status < 300:
                 outcome.posted += data["banned"]
                 break
             message = data.get("error", "") if isinstance(data, dict) else str(data)
             refused = _REFUSED.match(message)
             if status == 401 or refused is None or not int(refused.group(1)) < len(chunk):
-                raise BansError(f"the API refused ({status}): {message}; "
-                                f"{len(outcome.posted)} ban(s) were posted before")
+                raise CommandError(REFUSED, f"the API refused ({status}): {message}; "
+                                            f"{len(outcome.posted)} ban(s) were posted before")
             entry = chunk.pop(int(refused.group(1)))
             outcome.refused.append((entry["address"], refused.group(3)))

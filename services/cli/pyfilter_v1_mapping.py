@@ -212,6 +212,9 @@ def _catalog(ctx: Context, plan: Plan, v1: V1Rule, name: str) -> None:
     cases = ctx.catalog_dir / f"{name}.cases"
     lines = sample_lines(cases) if cases.is_file() else []
     compared = compare(name, rule, lines, v1.patterns) if lines else Compared(rule.mode, {}, {})
+    if not lines:
+        plan.report.append(f"{v1.name}: {name} has no sample lines ({cases.name}) to compare the original's "
+                           f"patterns with: its default mode is kept")
     greedy = [p.index for p in v1.patterns if unsafe_reason(v1, p)]
     overrides = {**({"mode": compared.mode} if rule.modes else {}), **thresholds(ctx)}
     plan.copies.append(name)
@@ -251,7 +254,7 @@ def _instant_companion(ctx: Context, plan: Plan, v1: V1Rule, name: str, rule: Ru
                   "description": f"The patterns of {name} that the original PyFilter's rule {v1.name!r} "
                                  f"banned on at the first match (its `[pattern, true]`): {name}'s patterns "
                                  f"{_list(ours)}, with a window of their own, instant."}
-    for key in ("programs", "sources", "prefix"):
+    for key in ("programs", "sources", "prefix", "ignore", "timezone"):
         if getattr(rule, key):
             body[key] = getattr(rule, key)
     body["patterns"] = texts
