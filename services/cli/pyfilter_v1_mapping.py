@@ -26,12 +26,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import msgspec
-
 from pyfilter.cli.pyfilter_v1_format import V1Config, V1Pattern, V1Rule, group_spans, unsafe_reason
-from pyfilter.common.config import Pattern, Rule, Source
+from pyfilter.cli.pyfilter_v1_samples import Compared, compare, sample_lines
+from pyfilter.common.config import Rule, Source
 from pyfilter.detector import timeparse
-from pyfilter.detector.matching import Matcher
 
 # The original's usual rule names for services our catalog knows by another name.
 CATALOG_NAMES = {"ssh": "sshd", "openssh": "sshd", "mysql": "mysqld-auth", "mysqld": "mysqld-auth",
@@ -46,7 +44,6 @@ CLF_HEAD = (r'^(?:[\w.-]+:\d+ )?<ADDR> \S+ (?P<user>(?:[^"\\]|\\.)*?) '
             r'\[(?P<time>\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4})\] ')
 _REQUEST = re.compile(r'"\(?((?:[A-Z]+\|)*[A-Z]+)\)? (\S*?)\(\{\}\)')  # "POST ({}) or "POST /({})
 _PATH = re.compile(r"(?:[\w/~-]|\\[./-])*")  # literal path text before the `({})`
-_CLIENT_TEXT = re.compile(r"\{\{(?:word:|quoted:)?(.*?)\}\}")
 
 
 @dataclass
@@ -87,10 +84,25 @@ def plan_rules(ctx: Context) -> Plan:
         else:
             _translate(ctx, plan, v1)
     if "recidive" in ctx.catalog:
+        plan.rules["recidive"], plan.comments["recidive"] = {}, ["added: repeat offenders get a long ban"]
         plan.copies.append("recidive")
-        plan.rules["recidive"] = {}
-        plan.comments["recidive"] = ["added: repeat offenders get a long ban (the original banned for ever)"]
     return plan
+
+
+def _add(ctx: Context, plan: Plan, v1: V1Rule, name: str, body: dict | None, overrides: dict,
+         said: list[str]) -> None:
+    """Enable rule `name` with its overrides (and write its file, unless it is a catalog copy)."""
+    if body is None:
+        plan.copies.append(name)
+    else:
+        plan.files[name] = _rule_file(ctx, v1, body)
+    plan.rules[name] = overrides
+    plan.comments[name] = said
+    plan.report += said
+
+
+def instant_overrides(ctx: Context) -> dict:
+    return {k: v for k, v in thresholds(ctx).items() if k in ("bantime", "verdict")}
 
 
 def thresholds(ctx: Context) -> dict:
@@ -144,68 +156,6 @@ def _source(ctx: Context, plan: Plan, v1: V1Rule, wanted: list[str] | None = Non
 
 # Catalog rules ----------------------------------------------------------------
 
-@dataclass
-class Compared:
-    mode: str | None
-    counted: dict[int, tuple[int, int]]  # original pattern index -> (sample lines it matches, ours counts)
-    instant: dict[int, list[int]]  # original instant pattern index -> our patterns that fail there
-
-
-def sample_lines(cases: Path) -> list[tuple[str, str | None, bool]]:
-    """(line, program, forget connections first) of a catalog cases file, client-text marks removed."""
-    out = []
-    program, reset = None, False
-    for raw in cases.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", "=>")):
-            continue
-        if line.startswith("@"):
-            word, _, value = line[1:].partition(" ")
-            if word == "program":
-                program = value.strip() or None
-            reset = reset or word == "reset"
-            continue
-        out.append((_CLIENT_TEXT.sub(r"\1", raw), program, reset))
-        reset = False
-    return out
-
-
-def compare(name: str, rule: Rule, lines: list[tuple[str, str | None, bool]],
-            patterns: list[V1Pattern]) -> Compared:
-    """Run the original's patterns and ours (in each mode) over the same sample lines."""
-    hits = {p.index: [i for i, (line, _, _) in enumerate(lines) if re.search(p.regex, line)] for p in patterns}
-    found: dict[str | None, list[set[int]]] = {}
-    for mode in rule.modes or [rule.mode]:
-        matcher = Matcher({name: msgspec.structs.replace(rule, mode=mode)})
-        per_line = []
-        for line, program, reset in lines:
-            if reset:
-                matcher.reset()
-            per_line.append({f.pattern for f in matcher.match(line, program=program)})
-        found[mode] = per_line
-    counted_in = {m: {p.index: sum(1 for i in hits[p.index] if per[i]) for p in patterns}
-                  for m, per in found.items()}
-    # The first mode (the default comes first) that counts most of what the original counted.
-    mode = max(found, key=lambda m: sum(n for i, n in counted_in[m].items()
-                                        if not _by_index(patterns, i).instant))
-    instant = {}
-    for p in (p for p in patterns if p.instant):
-        ours = sorted({k for i in hits[p.index] for k in found[mode][i]}
-                      or {k for per in found.values() for i in hits[p.index] for k in per[i]})
-        instant[p.index] = [k for k in ours if _plain_failure(rule.patterns[k])]
-    return Compared(mode, {p.index: (len(hits[p.index]), counted_in[mode][p.index]) for p in patterns}, instant)
-
-
-def _by_index(patterns: list[V1Pattern], index: int) -> V1Pattern:
-    return next(p for p in patterns if p.index == index)
-
-
-def _plain_failure(pattern: str | Pattern) -> bool:
-    """A pattern that is a failure alone (no connection-state tag), with its address."""
-    text = pattern if isinstance(pattern, str) else pattern.re
-    return not text.startswith("<") and ("<HOST>" in text or "<ADDR>" in text)
-
-
 def _catalog(ctx: Context, plan: Plan, v1: V1Rule, name: str) -> None:
     rule = ctx.catalog[name]
     source = _source(ctx, plan, v1, wanted=rule.sources or None)
@@ -217,8 +167,6 @@ def _catalog(ctx: Context, plan: Plan, v1: V1Rule, name: str) -> None:
                            f"patterns with: its default mode is kept")
     greedy = [p.index for p in v1.patterns if unsafe_reason(v1, p)]
     overrides = {**({"mode": compared.mode} if rule.modes else {}), **thresholds(ctx)}
-    plan.copies.append(name)
-    plan.rules[name] = overrides
     said = [f"{v1.name}: mapped onto catalog rule {name}" + (f" (mode {compared.mode})" if rule.modes else "")
             + f", reading source {source}"]
     if greedy:
@@ -232,8 +180,7 @@ def _catalog(ctx: Context, plan: Plan, v1: V1Rule, name: str) -> None:
         elif not matched:
             said.append(f"{v1.name}: pattern {i} matches none of {name}'s sample lines: check that "
                         f"{name} covers what it was written for")
-    plan.comments[name] = said
-    plan.report += said
+    _add(ctx, plan, v1, name, None, overrides, said)
     instant = [p for p in v1.patterns if p.instant]
     if instant:
         _instant_companion(ctx, plan, v1, name, rule, instant, compared)
@@ -259,11 +206,9 @@ def _instant_companion(ctx: Context, plan: Plan, v1: V1Rule, name: str, rule: Ru
             body[key] = getattr(rule, key)
     body["patterns"] = texts
     body["window"] = "instant"
-    plan.files[companion] = _rule_file(ctx, v1, body)
-    plan.rules[companion] = {k: v for k, v in thresholds(ctx).items() if k in ("bantime", "verdict")}
-    plan.comments[companion] = [f"{v1.name}: its instant pattern(s) {_list([p.index for p in instant])}: "
-                                f"{name}'s patterns {_list(ours)} in a rule of their own that bans at once"]
-    plan.report += plan.comments[companion]
+    _add(ctx, plan, v1, companion, body, instant_overrides(ctx),
+         [f"{v1.name}: its instant pattern(s) {_list([p.index for p in instant])}: {name}'s patterns "
+          f"{_list(ours)} in a rule of their own that bans at once"])
 
 
 # Translations -----------------------------------------------------------------
@@ -296,12 +241,9 @@ def _web(ctx: Context, plan: Plan, v1: V1Rule) -> None:
                            "log (Common or Combined Log Format). The address is read at the start of the "
                            "line, before any client text; the original read it with a greedy group.",
             "sources": [source], "patterns": list(dict.fromkeys(patterns))}
-    plan.files[name] = _rule_file(ctx, v1, body)
-    plan.rules[name] = thresholds(ctx)
-    plan.comments[name] = [f"{v1.name}: translated into {name} (rules/{name}.yaml): its urls and "
-                           f"http_status_blocks, with the address read where the client cannot reach; "
-                           "the original's greedy pattern is not kept"]
-    plan.report += plan.comments[name]
+    _add(ctx, plan, v1, name, body, thresholds(ctx),
+         [f"{v1.name}: translated into {name} (rules/{name}.yaml): its urls and http_status_blocks, with "
+          "the address read where the client cannot reach; the original's greedy pattern is not kept"])
 
 
 def _translate(ctx: Context, plan: Plan, v1: V1Rule) -> None:
@@ -331,12 +273,9 @@ def _translate(ctx: Context, plan: Plan, v1: V1Rule) -> None:
                 "sources": [source], "patterns": patterns}
         if instant:
             body["window"] = "instant"
-        plan.files[name] = _rule_file(ctx, v1, body)
-        plan.rules[name] = (thresholds(ctx) if not instant else
-                            {k: v for k, v in thresholds(ctx).items() if k in ("bantime", "verdict")})
-        plan.comments[name] = [f"{v1.name}: translated into {name} (rules/{name}.yaml), patterns "
-                               f"{_list([p.index for p, _ in kept if p.instant == instant])}"]
-        plan.report += plan.comments[name]
+        _add(ctx, plan, v1, name, body, instant_overrides(ctx) if instant else thresholds(ctx),
+             [f"{v1.name}: translated into {name} (rules/{name}.yaml), patterns "
+              f"{_list([p.index for p, _ in kept if p.instant == instant])}"])
 
 
 def _named(regex: str, v1: V1Rule, with_time: bool) -> str:
