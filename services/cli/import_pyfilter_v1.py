@@ -202,9 +202,11 @@ def _render(base: dict[str, Any], plan: mapping.Plan, redis: dict[str, Any], hos
 
 def _bans(args: argparse.Namespace, config: v1.V1Config, path: Path, whitelist: list[str],
           bantime: int) -> list[str]:
-    if config.settings.database == "sqlite":
-        where = _sqlite_file(args.database, config.sqlite.database, path)
-        old = bans.read_sqlite(where)
+    if args.database and args.from_redis:
+        raise api.CommandError(api.USAGE, "--database and --from-redis name two ban lists: give one")
+    if args.database or (config.settings.database == "sqlite" and not args.from_redis):
+        where: Path | str = _sqlite_file(args.database, config.sqlite.database, path)
+        old = bans.read_sqlite(Path(where))
     else:
         where = args.from_redis or _redis_url(config.redis)
         try:
@@ -264,9 +266,11 @@ def add_command(kinds) -> None:
                    help="the rule catalog to map onto (default: the configuration's catalog_dir)")
     p.add_argument("--bans", action="store_true", help="post the original's ban list to our API")
     p.add_argument("--database", metavar="FILE",
-                   help="the original's SQLite file (default: sqlite.database, from the folder it ran in)")
+                   help="read the bans from this SQLite file of the original's (default: the storage "
+                        "settings.database names; sqlite.database, from the folder the original ran in)")
     p.add_argument("--from-redis", metavar="URL",
-                   help="the original's Redis (default: redis://HOST:6379/DATABASE of config.json)")
+                   help="read the bans from this Redis of the original's (default for database redis: "
+                        "redis://HOST:6379/DATABASE of config.json)")
     p.add_argument("--timezone", metavar="ZONE",
                    help="zone of the ban times in the original's Redis (default: this host's)")
     p.add_argument("--url", help=f"our API (default: $PYFILTER_API_URL or {api.DEFAULT_URL})")

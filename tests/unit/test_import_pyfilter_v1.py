@@ -355,6 +355,16 @@ def test_bans_from_sqlite_keep_their_remaining_time(tmp_path, capsys, api_server
     assert f"refused {whitelisted}: {whitelisted} must not be banned: whitelisted" in out
     assert f"left out {IGNORED}" in out and "left out not-an-address" in out
 
+    legacy = tmp_path / "first-version.db"  # the first versions kept the address alone
+    with sqlite3.connect(legacy) as db:
+        db.execute("CREATE TABLE banned_ip (ip text PRIMARY KEY)")
+        db.execute("INSERT INTO banned_ip VALUES ('198.51.100.23')")
+    code, out, err = run(capsys, "import", "pyfilter-v1", str(path), "--bans", "--database", str(legacy),
+                         "--url", api_server.url, "--token", api_server.token)
+    assert code == 0, err
+    assert api_bans(api_server.url)["198.51.100.23"]["expires_at"] == pytest.approx(time.time() + 86400, abs=60)
+    assert "1 had no recorded time" in out
+
 
 def test_bans_from_redis_keep_their_remaining_time(tmp_path, capsys, api_server):
     config = original_config(database="redis")
