@@ -122,11 +122,12 @@ def _configuration(args: argparse.Namespace, config: v1.V1Config, rules: list[v1
     deny = config.settings.deny_type.strip().upper()
     report = [*report, *said, *plan.report,
               f"settings: failed_attempts {config.settings.failed_attempts}, request_time "
-              f"{config.settings.request_time:g} s -> window: consecutive on every rule; bans last "
-              f"{args.bantime} (the original's lasted for ever)",
+              f"{config.settings.request_time:g} s -> window: consecutive on every rule (a burst bans one "
+              f"failure sooner than the original, a gap starts the count again); bans last {args.bantime} "
+              "(the original's lasted for ever)",
               f"deny_type {config.settings.deny_type} -> verdict "
               + ("reject" if deny == "REJECT" else "drop" + ("" if deny == "DROP" else
-                 " (not an iptables target the original could use: its bans failed)")),
+                 f" ({config.settings.deny_type} is neither DROP nor REJECT: the original's rules did not block)")),
               *NOT_MAPPED]
     whitelist = list(dict.fromkeys([*base.get("whitelist", []), *whitelist]))
     text = _render(base, plan, redis, host, whitelist, path)
