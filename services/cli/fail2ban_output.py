@@ -1,8 +1,8 @@
 """Writing an imported fail2ban configuration: collector sources, pyfilter.yaml, rules/.
 
 fail2ban reads host paths; the collector sees the host's log folder
-(PYFILTER_LOG_DIR, default /var/log) at /host/log, so /var/log/X becomes
-/host/log/X. Each log file is one source however many jails read it (a line
+(PYFILTER_LOG_DIR, default /var/log; the import's --log-dir) at /host/log, so
+/var/log/X becomes /host/log/X. Each log file is one source however many jails read it (a line
 read twice would count twice). A journal source per journalmatch, with no
 paths: the system journal, as fail2ban's systemd backend reads.
 """
@@ -47,15 +47,16 @@ class Source:
         return out
 
 
-def collector_path(path: str) -> str:
-    if path == HOST_LOG_DIR or path.startswith(HOST_LOG_DIR + "/"):
-        return COLLECTOR_LOG_DIR + path[len(HOST_LOG_DIR):]
-    return path
-
-
 class Sources:
-    def __init__(self) -> None:
+    def __init__(self, log_dir: str = HOST_LOG_DIR) -> None:
         self.all: list[Source] = []
+        self.log_dir = log_dir.rstrip("/") or "/"
+
+    def collector_path(self, path: str) -> str:
+        """Where the collector sees a host path: the log folder (PYFILTER_LOG_DIR) is /host/log."""
+        if path == self.log_dir or path.startswith(self.log_dir + "/"):
+            return COLLECTOR_LOG_DIR + path[len(self.log_dir):]
+        return path
 
     def _name(self, wanted: str) -> str:
         names = {s.name for s in self.all}
@@ -66,8 +67,8 @@ class Sources:
 
     def file(self, host_path: str, program: str | None, jail: str) -> tuple[Source, str]:
         """The source of one log file (or glob), shared by every jail that reads it; and a note."""
-        path = collector_path(host_path)
-        note = "" if path != host_path else f"outside {HOST_LOG_DIR}: mount it into the collector"
+        path = self.collector_path(host_path)
+        note = "" if path != host_path else f"outside {self.log_dir}: mount it into the collector"
         for src in self.all:
             if src.type == "file" and src.paths == [path]:
                 if src.program != program:
@@ -86,7 +87,7 @@ class Sources:
             if src.type == "journal" and src.match == match and src.paths == paths:
                 src.jails.append(jail)
                 return src
-        src = Source(self._name(f"journal-{jail}"), "journal", [collector_path(p) for p in paths], match, jails=[jail])
+        src = Source(self._name(f"journal-{jail}"), "journal", [self.collector_path(p) for p in paths], match, jails=[jail])
         self.all.append(src)
         return src
 

@@ -6,14 +6,15 @@ Each enabled jail is, and the report and the written file say which:
   carried over, the rule file copied;
 - translated from the user's filter (custom or changed) into rules/NAME.yaml;
 - not imported, with the reason (no ban action, a filter feature we lack...).
-OUTDIR gets pyfilter.yaml and rules/ (the translated rules and copies of the
-catalog rules it enables), a complete /etc/pyfilter: check it with
+OUTDIR gets pyfilter.yaml, rules/ (the translated rules and copies of the
+catalog rules it enables) and import-report.txt (what it prints), a complete /etc/pyfilter: check it with
 `pyfilter config check OUTDIR/pyfilter.yaml`, then copy it into config/ or mount it.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import shutil
 import sys
@@ -188,14 +189,14 @@ def sources_for(jail: Jail, flt: Filter, outcome: Outcome, rule: Rule | dict, so
         outcome.notes.append(f"reads {path} (source {src.name})" + (f"; {note}" if note else ""))
 
 
-def run(confdir: Path, catalog_dir: Path) -> tuple[list[Outcome], list[str], Sources, list[str], list[str]]:
+def run(confdir: Path, catalog_dir: Path, log_dir: str = "/var/log") -> tuple[list[Outcome], list[str], Sources, list[str], list[str]]:
     """(outcomes of the enabled jails, disabled jails, sources, whitelist, notes on it)."""
     if not confdir.is_dir():
         raise Fail2banError(f"{confdir}: no such folder (the fail2ban configuration, /etc/fail2ban by default)")
     catalog = load_catalog(catalog_dir)
     ini, names = read_jails(confdir)
     outcomes, disabled, used = [], [], set()
-    sources = Sources()
+    sources = Sources(log_dir)
     for name in names:
         jail = load_jail(ini, name)
         if not jail.enabled:
@@ -246,20 +247,23 @@ def cmd_import_fail2ban(args: argparse.Namespace) -> int:
     base = matching.settings(args.config)
     catalog_dir = Path(args.catalog) if args.catalog else (Path(base.path).parent / base.config.catalog_dir).resolve()
     try:
-        outcomes, disabled, sources, whitelist, notes = run(confdir, catalog_dir)
+        outcomes, disabled, sources, whitelist, notes = run(confdir, catalog_dir, args.log_dir)
     except Fail2banError as exc:
         raise matching.UsageError(str(exc)) from None
     staging = Path(tempfile.mkdtemp(prefix=".pyfilter-import-", dir=out.parent if out.parent.is_dir() else None))
     try:
         write_config(staging, confdir, base.path, catalog_dir, outcomes, disabled, sources, whitelist, notes)
         matching.make_matcher(matching.settings(staging / "pyfilter.yaml").rules, "UTC")  # valid, or our bug
+        text = io.StringIO()
+        report(text, confdir, out, outcomes, disabled, notes)
+        (staging / "import-report.txt").write_text(text.getvalue(), encoding="utf-8")
         out.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out / "rules", ignore_errors=True)
-        shutil.move(str(staging / "rules"), out / "rules")
-        shutil.move(str(staging / "pyfilter.yaml"), out / "pyfilter.yaml")
+        for name in ("rules", "pyfilter.yaml", "import-report.txt"):
+            shutil.move(str(staging / name), out / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    report(sys.stdout, confdir, out, outcomes, disabled, notes)
+    sys.stdout.write(text.getvalue())
     return 0
 
 
@@ -275,17 +279,19 @@ def report(stream, confdir: Path, out: Path, outcomes: list[Outcome], disabled: 
         stream.write(f"  {note}\n")
     if disabled:
         stream.write(f"  not enabled in fail2ban, not imported ({len(disabled)}): {', '.join(disabled)}\n")
-    stream.write(f"wrote {out / 'pyfilter.yaml'} and {out / 'rules'}/ "
+    stream.write(f"wrote {out / 'pyfilter.yaml'}, {out / 'rules'}/ and {out / 'import-report.txt'} "
                  f"(check: pyfilter config check {out / 'pyfilter.yaml'})\n")
 
 
-def add_commands(imports) -> None:
+def add_command(imports) -> None:
     p = imports.add_parser("fail2ban", help="a fail2ban configuration (jails, filters) as PyFilter's")
     p.add_argument("dir", nargs="?", default="/etc/fail2ban", metavar="DIR",
                    help="fail2ban's configuration folder (default /etc/fail2ban)")
-    p.add_argument("--out", required=True, metavar="OUTDIR", help="where pyfilter.yaml and rules/ are written")
-    p.add_argument("--force", action="store_true", help="replace OUTDIR's pyfilter.yaml and rules/")
+    p.add_argument("--out", required=True, metavar="OUTDIR", help="where pyfilter.yaml, rules/ and import-report.txt are written")
+    p.add_argument("--force", action="store_true", help="replace OUTDIR's pyfilter.yaml, rules/ and import-report.txt")
     p.add_argument("--config", metavar="FILE", help="the configuration whose other settings and catalog to start "
                                                     "from (default: as `pyfilter match`)")
     p.add_argument("--catalog", metavar="DIR", help="the rule catalog to map jails onto (default: the configuration's)")
+    p.add_argument("--log-dir", default="/var/log", metavar="DIR",
+                   help="the host folder mounted into the collector as /host/log (PYFILTER_LOG_DIR; default /var/log)")
     p.set_defaults(func=cmd_import_fail2ban)
