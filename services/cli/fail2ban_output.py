@@ -112,8 +112,8 @@ def write_config(folder: Path, confdir: Path, base_path: str, catalog_dir: Path,
     rules = folder / "rules"
     rules.mkdir()
     for o in outcomes:
-        if o.copy_of is not None:
-            shutil.copyfile(catalog_dir / f"{o.copy_of}.yaml", rules / f"{o.rule}.yaml")
+        if o.catalog is not None:
+            shutil.copyfile(catalog_dir / f"{o.catalog}.yaml", rules / f"{o.rule}.yaml")
         elif o.text is not None:
             (rules / f"{o.rule}.yaml").write_text(
                 _comment(f"Translated by `pyfilter import fail2ban` from {confdir} on {date.today()}.")

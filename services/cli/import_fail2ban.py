@@ -59,7 +59,7 @@ class Outcome:
     rule: str | None = None
     settings: dict = field(default_factory=dict)  # the rule's entry in pyfilter.yaml
     text: dict | None = None  # a translated rule's file
-    copy_of: Path | None = None  # a mapped rule's catalog file
+    catalog: str | None = None  # a mapped rule: the catalog rule it copies
     notes: list[str] = field(default_factory=list)
     ignoreip: list[str] = field(default_factory=list)
 
@@ -155,7 +155,7 @@ def decide(jail: Jail, flt: Filter, catalog: dict[str, Rule], used: set[str]) ->
             mode = f", mode {flt.mode}" if rule.modes else ""
             return Outcome(jail.name, "mapped", f"mapped onto the catalog rule {target}{mode}"
                            + (f" (as {name}: {target} is taken by another jail)" if name != target else ""),
-                           name, settings, copy_of=Path(target), notes=notes)
+                           name, settings, catalog=target, notes=notes)
     try:
         done = translate(flt, jail.name, jail.name)
     except Untranslatable as exc:
@@ -214,7 +214,7 @@ def run(confdir: Path, catalog_dir: Path, log_dir: str = "/var/log") -> tuple[li
         outcome.ignoreip = jail.ignoreip
         if outcome.rule:
             used.add(outcome.rule)
-            rule = catalog[str(outcome.copy_of)] if outcome.copy_of else outcome.text
+            rule = catalog[outcome.catalog] if outcome.catalog else outcome.text
             sources_for(jail, flt, outcome, rule, sources)
             if not jail.ignoreself:
                 outcome.notes.append("ignoreself = false: PyFilter never bans the host's own addresses")
