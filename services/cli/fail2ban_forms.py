@@ -20,12 +20,15 @@ class Untranslatable(Exception):
 
 
 # fail2ban's date templates, for a date at the start of a daemon's own line
-# (`{^LN-BEG}` or no datepattern): ISO 8601, syslog, ctime, nginx/Apache
-# error and access logs, epoch seconds and TAI64N.
+# (`{^LN-BEG}` or no datepattern): ISO 8601, numeric day or month first,
+# syslog, ctime, nginx/Apache error and access logs, BIND, ASSP, MySQL 5,
+# epoch seconds and TAI64N.
 ANY_DATE = (r"(?:\d{4}[-/.]\d\d?[-/.]\d\d?[T ] ?\d\d?:\d\d:\d\d(?:[.,]\d+)?(?:\s*(?:Z|[+-]\d\d:?\d\d))?"
+            r"|\d\d?[-/.]\d\d?[-/.]\d{2,4}[ T]\d\d?:\d\d:\d\d(?:[.,]\d+)?(?: [+-]\d{4})?"
             r"|(?:[A-Z][a-z]{2} )?[A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d(?:\.\d+)?(?: \d{4})?"
             r"|\d\d?/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d(?: [+-]\d{4})?"
-            r"|\d{10}(?:\.\d+)?|@[0-9a-fA-F]{24})")
+            r"|\d\d?-[A-Z][a-z]{2}-\d{4} \d\d:\d\d:\d\d(?:\.\d+)?|[A-Z][a-z]{2}-\d\d-\d\d(?:\d\d)? \d\d:\d\d:\d\d"
+            r"|\d{6} +\d\d?:\d\d:\d\d|\d{10}(?:\.\d+)?|@[0-9a-fA-F]{24})")
 _DIRECTIVES = {
     "Y": r"\d{4}", "ExY": r"\d{4}", "y": r"\d\d", "Exy": r"\d\d", "m": r"\d\d?", "Exm": r"\d\d?",
     "d": r"\d\d?", "Exd": r"\d\d?", "e": r" ?\d\d?", "H": r"\d\d?", "ExH": r"\d\d?", "I": r"\d\d?",

@@ -38,6 +38,7 @@ class Translation:
     notes: list[str] = field(default_factory=list)
 
 
+MARK = "\x00lead\x00"  # where the date a syslog prefix allows goes, once the pattern is converted
 _F_TAG = re.compile(r"<(/?)F-([A-Za-z0-9_]+)>")
 _OURS = re.compile(r"(?<!\?P)<(USER|PID|SYSLOG|NOTE|SUCCESS|CLOSE|ONCE)>")
 _FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")
@@ -94,7 +95,8 @@ def convert(rx: str, *, failure: bool) -> tuple[str, list[str]]:
         raise Untranslatable("a conditional group (?(name)...): patterns are joined, which renames groups")
     kind = ""
     if failure:
-        lead = re.match(r"(?:<F-(?:NOFAIL|MLFFORGET|MLFGAINED)>)+", rx)
+        skip = len(MARK) if rx.startswith(MARK) else 0
+        lead = re.match(r"(?:<F-(?:NOFAIL|MLFFORGET|MLFGAINED)>)+", rx[skip:])
         opened = set(re.findall(r"<F-(\w+)>", lead.group(0))) if lead else set()
         if "MLFGAINED" in opened:
             kind = "<SUCCESS>"
@@ -102,7 +104,7 @@ def convert(rx: str, *, failure: bool) -> tuple[str, list[str]]:
             kind = "<CLOSE>"
         elif "NOFAIL" in opened:
             kind = "<NOTE>"
-        if "<F-NOFAIL>" in rx[len(lead.group(0)) if lead else 0:]:
+        if "<F-NOFAIL>" in rx[skip + (len(lead.group(0)) if lead else 0):]:
             raise Untranslatable("<F-NOFAIL> inside the pattern (a failure or not by branch)")
     if "<F-MLFID>" in rx:
         raise Untranslatable("<F-MLFID> (a multi-line failure id) other than the syslog prefix")
@@ -140,8 +142,12 @@ def convert(rx: str, *, failure: bool) -> tuple[str, list[str]]:
     return kind + scoped_flags(out), notes
 
 
-def strip_start(rx: str, syslog: bool) -> tuple[str, bool]:
-    """(`rx` without the syslog prefix mark and leading `^`, whether fail2ban anchored it)."""
+def strip_start(rx: str, lead: str = "") -> tuple[str, bool]:
+    """(`rx` with `lead` for the syslog prefix mark and no leading `^`, whether fail2ban anchored it).
+
+    The envelope reads a syslog header; what is left of the prefix for a
+    daemon's own file (fail2ban's `__prefix_line` is all optional parts) is its
+    date, which `lead` reads."""
     anchored = rx.startswith("^")
     rx = rx.lstrip("^")
     if rx.startswith("<F-MLFID>" + PREFIX):
@@ -149,20 +155,20 @@ def strip_start(rx: str, syslog: bool) -> tuple[str, bool]:
         # our connections are the envelope's pid.
         rest = rx[len("<F-MLFID>" + PREFIX):]
         end = rest.find("</F-MLFID>")
-        rx = rest if end < 0 else "(?:" + rest[:end] + ")" + rest[end + len("</F-MLFID>"):]
+        rx = lead + (rest if end < 0 else "(?:" + rest[:end] + ")" + rest[end + len("</F-MLFID>"):])
         anchored = True
     elif rx.startswith(PREFIX):
-        rx, anchored = rx[len(PREFIX):], True  # searched or not, the prefix reads from the start
+        rx, anchored = lead + rx[len(PREFIX):], True  # searched or not, the prefix reads from the start
     if PREFIX in rx:
         raise Untranslatable("the syslog prefix (%(__prefix_line)s) inside a pattern, not at its start")
     return rx, anchored
 
 
-def split_prefregex(prefregex: str, syslog: bool) -> tuple[str, bool]:
+def split_prefregex(prefregex: str, lead: str) -> tuple[str, bool]:
     """(our `prefix` from fail2ban's prefregex, whether failregexes see only its <F-CONTENT>)."""
     if not prefregex:
         return "", False
-    rx, anchored = strip_start(prefregex, syslog)
+    rx, anchored = strip_start(prefregex, MARK)
     m = re.search(r"<F-CONTENT>(.*)</F-CONTENT>\$?$", rx)
     if m is not None:
         head, content = rx[:m.start()], True
@@ -173,6 +179,7 @@ def split_prefregex(prefregex: str, syslog: bool) -> tuple[str, bool]:
     else:
         head, content = rx, False
     head, _ = convert(head, failure=False)
+    head = head.replace(MARK, lead)  # after convert: the lead is ours, not fail2ban's syntax
     if not anchored:
         head = ".*?" + head
     return (head if content else f"(?={head})"), content
@@ -184,7 +191,9 @@ def translate(flt: Filter, name: str, service: str) -> Translation:
     if flt.maxlines > 1:
         raise Untranslatable(f"maxlines = {flt.maxlines}: matches across lines, which PyFilter's rules do not")
     syslog = flt.syslog
-    prefix, content = split_prefregex(flt.prefregex, syslog)
+    start = dates(flt.datepattern).start or dates(None).start
+    lead = rf"(?:\[(?:{start})\]\s*|(?:{start})\s*)?" if syslog else ""
+    prefix, content = split_prefregex(flt.prefregex, lead)
     date = None
     if not syslog:
         date = dates(flt.datepattern)
@@ -197,8 +206,9 @@ def translate(flt: Filter, name: str, service: str) -> Translation:
             prefix = with_date(prefix, date)
 
     def pattern(raw: str, failure: bool) -> str:
-        rx, anchored = strip_start(raw, syslog)
+        rx, anchored = strip_start(raw, MARK)
         rx, found = convert(rx, failure=failure)
+        rx = rx.replace(MARK, lead)
         notes.extend(found)
         kind = re.match(r"<(?:NOTE|SUCCESS|CLOSE)>", rx)
         tag = kind.group(0) if kind else ""

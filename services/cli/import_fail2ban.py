@@ -178,12 +178,16 @@ def sources_for(jail: Jail, flt: Filter, outcome: Outcome, rule: Rule | dict, so
                              f" (source {src.name})")
         return
     programs = rule.programs if isinstance(rule, Rule) else rule["programs"]
-    program = programs[0] if not flt.syslog and programs and "*" not in programs[0] else None
+    # A daemon's own file names no program in its lines: its source does. (A
+    # filter with the syslog prefix may read one too: the prefix is optional.)
+    own = programs and not re.search(r"[*?\[]", programs[0])
     if not jail.logpaths:
         outcome.notes.append("no logpath: no source added")
     for path in jail.logpaths:
+        syslog_file = Path(path).name in SYSLOG_FILES
+        program = programs[0] if own and not (flt.syslog and syslog_file) else None
         src, note = sources.file(path, program, jail.name)
-        if flt.syslog and Path(path).name in SYSLOG_FILES:
+        if flt.syslog and syslog_file:
             note = (f"{note}; " if note else "") + ("a syslog daemon's file: hosts without one (Debian 12 and later, "
                                                     "Fedora, Arch) have these lines in the journal only")
         outcome.notes.append(f"reads {path} (source {src.name})" + (f"; {note}" if note else ""))

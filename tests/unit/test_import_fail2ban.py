@@ -169,7 +169,7 @@ def fail2ban_regex(conf: Path, log: Path, spec: str) -> Counter[str]:
     env = {**os.environ, "PYTHONPATH": str(package / "usr" / "lib" / "python3" / "dist-packages"), "TZ": "UTC"}
     if not script.is_file():  # an installed fail2ban's folder
         script, env = Path("/usr/bin/fail2ban-regex"), {**os.environ, "TZ": "UTC"}
-    done = subprocess.run([sys.executable, str(script), "-c", str(conf), "-o", "ip", str(log), spec],
+    done = subprocess.run([sys.executable, str(script), "-c", str(conf), "-r", "-o", "ip", str(log), spec],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     return Counter(line.strip() for line in done.stdout.splitlines() if line.strip())
