@@ -68,19 +68,20 @@ _HEADER = (
 )
 _LINE = re.compile(optional_branches(_HEADER))
 
-# The batch form: the common headers only, with three groups (stamp,
+# The batch form: the common headers only, with four groups (stamp, host,
 # program, pid), so that `split` over the joined lines returns, per line,
-# its stamp, program, pid and message in one flat list (C speed, no Python
-# per line). A line it finds no header in is read again by `read` (the
-# forms above it leaves out: RFC 5424, colon-less programs, repeats).
+# its stamp, host, program, pid and message in one flat list (C speed, no
+# Python per line). Without a colon only `host prog[pid] ` is a header. A
+# line it finds no header in is read again by `read` where it starts like
+# one (the forms it leaves out: RFC 5424, metalog's `[prog] `, repeats).
 # (Optional groups are written as branches with an empty alternative: the
 # same matches, faster in Python's engine.)
 _BATCH = re.compile(optional_branches(
     r"\n(?:(?:<\d{1,3}>)?"
     r"(?:\[?(" + _STAMP_3164 + r"|" + _STAMP_3339 + r")\]? +(?:<[\w.]+> +)?"
     r"|(?=(?:" + _HOSTNAME + r" +)?" + _PROGRAM + r"(?:\([^()\s]*\))? ?\[\d+\]))"
-    r"(?:" + _HOSTNAME + r" +)?"
-    r"\[?(" + _PROGRAM + r")(?:\([^()\s]*\))?\]?(?: ?\[(\d+)\])?: "
+    r"(?:(" + _HOSTNAME + r") +)?"
+    r"\[?(" + _PROGRAM + r")(?:\([^()\s]*\))?\]?(?: ?\[(\d+)\])?(?:: |(?<=\d\])(?(2) |(?!)))"
     r"(?:\[ID \d+ [\w.]+\] |kernel: ?\[ *\d+\.\d+\]:? )?|)"
 ))
 
@@ -168,10 +169,10 @@ def read_batch(texts: Sequence[str], program: str | None = None) -> BatchEnvelop
     """
     block = "\n" + "\n".join(texts)
     if block.count("\n") != len(texts):  # a line holds a newline: one by one
-        parts = [""] + [x for text in texts for x in (None, None, None, text)]
+        parts = [""] + [x for text in texts for x in (None, None, None, None, text)]
     else:
         parts = _BATCH.split(block)
-    stamps, programs, pids, messages = parts[1::4], parts[2::4], parts[3::4], parts[4::4]
+    stamps, programs, pids, messages = parts[1::5], parts[3::5], parts[4::5], parts[5::5]
     repeats: dict[int, int] = {}
     if None in programs or "message repeated " in block:
         for i, prog in enumerate(programs):
