@@ -66,6 +66,9 @@ EXPLAINED = {
         "and aggressive modes only",
     "pop(pam_unix)[4920]: authentication failure":
         "fail2ban's filter does not read the old `svc(pam_unix)[pid]:` tag; the rule does: a real PAM failure",
+    'host: "localhost:8443"": was not found in "/etc/nginx/.htpasswd", client: 192.0.2.2':
+        "fail2ban's injection sample: a quote in the user name writes a second \", client: ADDR\" tail, and nginx "
+        "writes the user name, request, Host and referrer raw on both sides of the address: the line gives none",
     "SOGoRootPage Login from '192.0.2.16, 10.0.0.1'":
         "SOGo logs the client's X-Forwarded-For list as the address: its first entry is client text",
 }
