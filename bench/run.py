@@ -5,7 +5,8 @@
 
 1. Writes the two logs (see bench/logs.py), dated so that they end now.
 2. Matching: `fail2ban-regex LOG sshd.conf` against `pyfilter match --rule
-   sshd` (the detector's batch matcher), and for reference the whole catalog.
+   sshd` (the detector's batch matcher), and for reference the whole catalog;
+   beside them, the same two runs of the matcher before envelopes (bench/baseline.py).
 3. End to end: `fail2ban-server` (one jail, an action that only records the
    address) against Redis + collector + 1 and 3 detectors, each timed from
    its start until every address that must be banned is banned.
@@ -25,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import fail2ban, logs, pipeline, report
+from bench import baseline, fail2ban, logs, pipeline, report
 from bench.procs import Usage, finish
 
 MAXRETRY, FINDTIME, BANTIME = logs.MAXRETRY, 3600, 3600
@@ -38,17 +39,17 @@ PIPELINE_TIMEOUT = 300.0
 def prerequisites() -> list[str]:
     problems = [p for p in (fail2ban.missing(), pipeline.missing()) if p]
     try:
-        import pyfilter.detector.rules  # noqa: F401
+        import pyfilter.detector.matching  # noqa: F401
     except ImportError as exc:
         problems.append(f"pyfilter is not importable ({exc}): run `make dev` first")
     return problems
 
 
-def _process(argv: list[str]) -> tuple[Usage, str]:
+def _process(argv: list[str], env: dict[str, str] | None = None) -> tuple[Usage, str]:
     """Run to its end; its usage comes from `finish` (wait4), so no `communicate`."""
     with tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO, env=env)
         out = proc.stdout.read()  # type: ignore[union-attr]
         usage = finish(proc, started)
         if proc.returncode != 0:
@@ -57,27 +58,36 @@ def _process(argv: list[str]) -> tuple[Usage, str]:
     return usage, out
 
 
-def ours_match(path: Path, rule: str | None) -> dict:
-    """`pyfilter match` over the file: failures from its summary, usage of the whole process."""
-    cli = Path(sys.executable).with_name("pyfilter")
-    usage, out = _process([str(cli), "match", str(path)] + (["--rule", rule] if rule else []))
+def ours_match(path: Path, rule: str | None, before: Path | None = None) -> dict:
+    """`pyfilter match` over the file (or the baseline's, unpacked at `before`): failures from
+    its summary, usage of the whole process."""
+    if before is None:
+        cli = Path(sys.executable).with_name("pyfilter")
+        argv, env = [str(cli), "match", str(path)] + (["--rule", rule] if rule else []), None
+    else:
+        argv, env = baseline.command(before, path, rule)
+    usage, out = _process(argv, env)
     failures = int(next(line for line in out.splitlines() if line.startswith("Failures:")).split()[1])
     return {"usage": usage, "failures": failures}
 
 
 def rule_count() -> int:
-    from pyfilter.cli import load_rules  # after `prerequisites` checked that it imports
+    from pyfilter.cli.matching import load_rules  # after `prerequisites` checked that it imports
     return sum(rule.enabled for rule in load_rules(None, None).values())
 
 
-def run_matching(log: logs.LogFile) -> dict:
+def run_matching(log: logs.LogFile, before: Path | None) -> dict:
     print("  fail2ban-regex ...", flush=True)
     f2b = fail2ban.run_regex(log.path)
     print(f"    {f2b.usage.wall:.2f} s, {f2b.matched:,} matched, {f2b.usage.peak_mb:.0f} MB", flush=True)
     rows = {"fail2ban-regex (sshd.conf)": {"usage": f2b.usage, "failures": f2b.matched}}
-    for name, rule in ((report.OURS, "sshd"), (f"PyFilter, `pyfilter match` (all {rule_count()} rules)", None)):
+    runs = [(report.OURS, "sshd", None), (f"PyFilter, `pyfilter match` (all {rule_count()} rules)", None, None)]
+    if before is not None:  # today's matcher against the one before envelopes, on the same file
+        runs += [(f"before envelopes ({baseline.SHORT}), `--rule sshd`", "sshd", before),
+                 (f"before envelopes ({baseline.SHORT}), all 23 rules", None, before)]
+    for name, rule, code in runs:
         print(f"  {name} ...", flush=True)
-        rows[name] = r = ours_match(log.path, rule)
+        rows[name] = r = ours_match(log.path, rule, code)
         print(f"    {r['usage'].wall:.2f} s, {r['failures']:,} failures, {r['usage'].peak_mb:.0f} MB, "
               f"{f2b.usage.wall / r['usage'].wall:.1f}x fail2ban-regex", flush=True)
     return rows
@@ -130,10 +140,16 @@ def main(argv: list[str] | None = None) -> int:
             files[name] = LOGS[name](work / f"{name}.log")
             print(f"{name}: {files[name].lines:,} lines, {files[name].failures:,} failures, "
                   f"{len(files[name].banned):,} addresses to ban", flush=True)
+        before = None
+        if "matching" in parts:
+            if why := baseline.missing():
+                print(f"bench: {why}", file=sys.stderr)
+            else:
+                before = baseline.unpack(work)
         for name, log in files.items():
             if "matching" in parts:
                 print(f"[{name}] matching", flush=True)
-                run.matching[name] = run_matching(log)
+                run.matching[name] = run_matching(log, before)
         for name, log in files.items():
             if "pipeline" in parts:
                 print(f"[{name}] end to end", flush=True)

@@ -112,7 +112,6 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
     prefix: str = ""
     ignore: list[str] = []
     prefilter: list[str] = []
-    time_format: str | None = None
     timezone: str | None = None
     # The modes the patterns name (fail2ban's normal, ddos, aggressive...);
     # `mode` picks one, by default the first. For older files, `mode` may

@@ -10,13 +10,24 @@ text an attacker chose (a user name, a URL) and a planted old date would make
 failures look too old to count. A rule whose lines carry their time further
 in captures it (`(?P<time>...)`), and that capture is read the same way.
 
-    Nov 21 20:19:28              syslog RFC 3164, year-less (resolved against now)
+    Nov 21 20:19:28              syslog RFC 3164, year-less (resolved against now);
+    PDT Apr 16 21:05:29          also after a zone abbreviation (Monit)
+    apr 15, 2013 8:34:08 PM      Java's java.util.logging
+    2014:07:02-00:17:45          DirectAdmin; [20220407-12:11:06] xrdp
+    2011.11.21 14:29:16          stunnel
+    11-06-2013 02:09:40 +0300    3proxy, Domino (day first; also 22.06.2014)
+    L 01/01/2014 - 01:25:17      Half-Life servers; 06/27/2014 17:51:19 (month first, maybe PM)
+    13/7/14@00:58:09             xinetd's own log
+    12-31 17:39:54.767815        FreeSWITCH (year-less, month first)
+    20:19:28.551 x               a time of day alone (logback): today, or yesterday if later than now
     Oct 27 2015 09:24:46         syslog with a year (macOS)
     Fri Jan 19 12:20:33 2007     ctime / Apache 2.2 error log (optionally [..] and .ffffff)
     2026-11-21T20:19:28.551+00:00   ISO 8601 / RFC 3339 (also ' ' for T, ',' for '.',
     2015-10-07  8:25:38             space-padded hours, Z, +hh:mm, +hhmm)
     <38>1 2019-07-08T17:40:16-04:00 RFC 5424 header
-    21/Nov/2026:20:19:28 +0100   Apache / nginx access log
+    21/Nov/2026:20:19:28 +0100   Apache / nginx access log (also Jetty's 02/sept./2015, Kerio's
+                                 [17/Jun/2011 17:00:45])
+    Apr-07-13 07:08:36           ASSP
     2026/11/21 20:19:28          nginx error log
     11-Aug-2013 03:36:11.372     BIND; [22-Jan-2013 22:28:21 +0200] roundcube
     130324  0:04:00              MySQL 5.x (YYMMDD)
@@ -33,7 +44,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from datetime import datetime, timezone, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 
 from pyfilter.common.zones import InvalidZone, get_zone
@@ -43,22 +54,42 @@ __all__ = ["parse_time", "get_zone", "InvalidZone", "Clock"]
 _MONTHS = {m: i for i, m in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
 _MON = r"(?i:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*"
+# Month names in the server's language, as Java and PHP servers write them
+# (Jetty's French "sept."), in the access-log format only.
+_LOCAL_MONTHS = {"janv": 1, "févr": 2, "fevr": 2, "mars": 3, "avr": 4, "mai": 5, "juin": 6, "juil": 7,
+                 "août": 8, "aout": 8, "sept": 9, "déc": 12, "mär": 3, "mrz": 3, "okt": 10, "dez": 12}
+_MON_ANY = r"(?:" + _MON + r"|(?i:" + "|".join(sorted(_LOCAL_MONTHS, key=len, reverse=True)) + r"))\.?"
 _WDAY = r"(?i:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*"
 _OFFSET = r"(?P<off>Z|[+-]\d{2}:?\d{2})"
 
 # Each format: (name, regex), tried in order at the start of the line.
 _FORMATS: list[tuple[str, str]] = [
     ("iso", r"(?P<Y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})(?:T| +)(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"
-            r"(?:[.,]\d+)?" + "(?: ?" + _OFFSET + ")?(?![\\d:])"),
-    ("syslog", r"(?:" + _WDAY + r" +)?(?P<b>" + _MON + r") +(?P<d>\d{1,2}) +(?:(?P<Y2>\d{4}) +)?(?P<H>\d{1,2}):"
+            r"(?:[.,]\d+)?" + "(?: ?" + _OFFSET + ")?(?!\\d|:\\d)"),
+    ("syslog", r"(?:(?P<abbr>[A-Z]{2,5}) +(?=" + _MON + r" ))?(?:" + _WDAY + r" +)?(?P<b>" + _MON
+               + r") +(?P<d>\d{1,2}) +(?:(?P<Y2>\d{4}) +)?(?P<H>\d{1,2}):"
                r"(?P<M>\d{2}):(?P<S>\d{2})(?:\.\d+)?(?: +(?P<Y>\d{4})(?![\d:.]))?"),
-    ("clf", r"(?P<d>\d{1,2})/(?P<b>" + _MON + r")/(?P<Y>\d{4}):(?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"
+    ("java", r"(?P<b>" + _MON + r") (?P<d>\d{1,2}), (?P<Y>\d{4}) (?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2}) "
+             r"(?P<ampm>[AaPp][Mm])"),
+    ("compact", r"(?P<Y>\d{4})(?P<m>\d{2})(?P<d>\d{2})-(?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"),
+    ("colons", r"(?P<Y>\d{4}):(?P<m>\d{2}):(?P<d>\d{2})-(?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"),
+    ("dotted", r"(?P<Y>\d{4})\.(?P<m>\d{2})\.(?P<d>\d{2}) (?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"),
+    # numeric dates: with "-" or "." day first, with "/" month first
+    ("dmy_num", r"(?P<d>\d{2})[-.](?P<m>\d{2})[-.](?P<Y>\d{4}) +(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"
+                r"(?:[.,]\d+)?(?: " + _OFFSET + ")?"),
+    ("mdy", r"(?:L )?(?P<m>\d{2})/(?P<d>\d{2})/(?P<Y>\d{4})(?: -)? +(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"
+            r"(?: (?P<ampm>[AaPp][Mm]))?"),
+    ("mon_dd_yy", r"(?P<b>" + _MON + r")-(?P<d>\d{2})-(?P<y>\d{2}) (?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"),
+    ("ymd_at", r"(?P<y>\d{2})/(?P<m>\d{1,2})/(?P<d>\d{1,2})@(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"),
+    ("md_num", r"(?P<m>\d{2})-(?P<d>\d{2}) (?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})(?:\.\d+)?(?![\d:])"),
+    ("clf", r"(?P<d>\d{1,2})/(?P<b>" + _MON_ANY + r")/(?P<Y>\d{4})[: ](?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})"
             r"(?:\.\d+)?(?: *" + _OFFSET + ")?"),
     ("slash", r"(?P<Y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})[ T](?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})(?:[.,]\d+)?"),
     ("dmy", r"(?P<d>\d{1,2})-(?P<b>" + _MON + r")-(?P<Y>\d{4})[ :](?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"
             r"(?:\.\d+)?(?: *" + _OFFSET + ")?"),
     ("mysql", r"(?P<y>\d{2})(?P<m>\d{2})(?P<d>\d{2}) +(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"),
     ("tai64n", r"@(?P<tai>4000000[0-9a-fA-F]{9})[0-9a-fA-F]{8}"),
+    ("tod", r"(?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})(?:[.,]\d+)?(?![\d:])"),
     ("epoch", r"(?:audit\(|\[)?(?P<epoch>1\d{9}|[2-9]\d{9})(?:\.\d+)?(?:[:\]]|(?![\d:]))"),
 ]
 
@@ -69,7 +100,7 @@ def _prefixed(name: str, rx: str) -> str:
     return rx.replace("(?P<", f"(?P<{name}_") + f"(?P<{name}>)"
 
 
-_START = re.compile(r"[\s\[(]*(?:<\d{1,3}>\d{1,2} +)?(?:"
+_START = re.compile(r"[\s\[(]*(?:<\d{1,3}>\d{1,2} +|=[A-Z]+ REPORT=+ )?(?:"
                     + "|".join(_prefixed(name, rx) for name, rx in _FORMATS) + ")")
 _FORMAT_NAMES = [name for name, _ in _FORMATS]
 
@@ -96,20 +127,31 @@ def _offset_seconds(off: str) -> int:
     return sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
 
 
-def _fixed(f: dict[str, str | None], zone: tzinfo) -> float | None | tuple[int, int, int, int, int]:
+def _month(name: str) -> int:
+    name = name.rstrip(".").lower()
+    return _LOCAL_MONTHS.get(name) or _MONTHS[name[:3]]
+
+
+def _fixed(f: dict[str, str | None], zone: tzinfo) -> float | None | tuple[int, ...]:
     """The epoch, or (month, day, h, m, s) when the year has to come from "now"."""
     if f.get("tai"):
         return float(int(f["tai"], 16) - (1 << 62))  # type: ignore[arg-type]
     if f.get("epoch"):
         return float(int(f["epoch"]))  # type: ignore[arg-type]
     h, mi, s = int(f["H"]), int(f["M"]), int(f["S"])  # type: ignore[arg-type]
+    if f.get("ampm"):
+        h = h % 12 + (12 if f["ampm"].lower() == "pm" else 0)  # type: ignore[union-attr]
+    if f.get("d") is None:
+        return (h, mi, s)  # a time of day: the date comes from "now"
     d = int(f["d"])  # type: ignore[arg-type]
-    mo = _MONTHS[f["b"][:3].lower()] if f.get("b") else int(f["m"])  # type: ignore[arg-type,index]
-    off = f.get("off")
+    mo = _month(f["b"]) if f.get("b") else int(f["m"])  # type: ignore[arg-type]
+    off = f.get("off") or _ABBREVIATIONS.get(f.get("abbr") or "")
     if f.get("Y") or f.get("Y2"):
         y = int(f.get("Y") or f["Y2"])  # type: ignore[arg-type]
     elif f.get("y"):
         y = 2000 + int(f["y"])  # type: ignore[arg-type]
+    elif off is not None:  # a year-less date in a named zone
+        return (mo, d, h, mi, s, timezone(timedelta(seconds=_offset_seconds(off))))
     else:
         return (mo, d, h, mi, s)
     if off is not None:
@@ -119,12 +161,21 @@ def _fixed(f: dict[str, str | None], zone: tzinfo) -> float | None | tuple[int, 
     return _local_epoch(y, mo, d, h, mi, s, zone)
 
 
-_FIELDS = ("tai", "epoch", "H", "M", "S", "d", "b", "m", "off", "Y", "Y2", "y")
+_FIELDS = ("tai", "epoch", "H", "M", "S", "d", "b", "m", "off", "Y", "Y2", "y", "abbr", "ampm")
+# Zone abbreviations a log may write before its time, and their offsets. Only
+# the unambiguous common ones: IST, CST, AST... name different zones.
+_ABBREVIATIONS = {
+    "UTC": "+0000", "GMT": "+0000", "Z": "+0000", "WET": "+0000", "WEST": "+0100", "BST": "+0100",
+    "CET": "+0100", "CEST": "+0200", "MET": "+0100", "MEST": "+0200", "EET": "+0200", "EEST": "+0300",
+    "MSK": "+0300", "JST": "+0900", "KST": "+0900", "AEST": "+1000", "AEDT": "+1100", "NZST": "+1200",
+    "NZDT": "+1300", "HST": "-1000", "AKST": "-0900", "AKDT": "-0800", "PST": "-0800", "PDT": "-0700",
+    "MST": "-0700", "MDT": "-0600", "EST": "-0500", "EDT": "-0400",
+}
 _GROUPS = {name: [(f, f"{name}_{f}") for f in _FIELDS if f"{name}_{f}" in _START.groupindex]
            for name in _FORMAT_NAMES}
 
 
-def _start_fixed(stamp: str, zone: tzinfo) -> float | None | tuple[int, int, int, int, int]:
+def _start_fixed(stamp: str, zone: tzinfo) -> float | None | tuple[int, ...]:
     m = _START.match(stamp)
     if m is None or m.lastgroup not in _GROUPS:  # pragma: no cover - matched before
         return None
@@ -142,7 +193,7 @@ class _Stamp:
 
     __slots__ = ("fixed", "lo", "hi", "value")
 
-    def __init__(self, fixed: float | None | tuple[int, int, int, int, int]) -> None:
+    def __init__(self, fixed: float | None | tuple[int, ...]) -> None:
         self.fixed = fixed
         self.lo = self.hi = 0.0  # an empty span: computed at first use
         self.value: float | None = None
@@ -153,7 +204,12 @@ class _Stamp:
             return fixed
         ref = now if now is not None else datetime.now(timezone.utc).timestamp()
         if not self.lo <= ref < self.hi:
-            self.value, self.lo, self.hi = _yearless_span(*fixed, zone, ref)
+            if len(fixed) == 3:
+                self.value, self.lo, self.hi = _time_of_day_span(*fixed, zone, ref)
+            elif len(fixed) == 6:  # the date's own zone
+                self.value, self.lo, self.hi = _yearless_span(*fixed[:5], fixed[5], ref)
+            else:
+                self.value, self.lo, self.hi = _yearless_span(*fixed, zone, ref)
         return self.value
 
 
@@ -197,6 +253,19 @@ def _yearless_span(mo: int, d: int, h: int, mi: int, s: int, zone: tzinfo,
     return None, lo, hi
 
 
+def _time_of_day_span(h: int, mi: int, s: int, zone: tzinfo, ref: float) -> tuple[float | None, float, float]:
+    """A time of day alone: today's, or yesterday's if today's is later than `ref` (as fail2ban reads
+    it); computed anew for every "now" (an empty span)."""
+    today = datetime.fromtimestamp(ref, zone)
+    if not (h < 24 and mi < 60 and s < 61):
+        return None, 0.0, 0.0
+    t = _local_epoch(today.year, today.month, today.day, h, mi, s, zone)
+    if t is not None and t > ref + 60:
+        yesterday = datetime.fromtimestamp(ref - 86400, zone)
+        t = _local_epoch(yesterday.year, yesterday.month, yesterday.day, h, mi, s, zone)
+    return t, 0.0, 0.0
+
+
 @lru_cache(maxsize=64)
 def _year_start(year: int, zone: tzinfo) -> float:
     return datetime(year, 1, 1, tzinfo=zone).timestamp()
@@ -205,7 +274,8 @@ def _year_start(year: int, zone: tzinfo) -> float:
 def parse_time(text: str, tz: str | tzinfo | None = None, now: float | None = None) -> float | None:
     """Epoch seconds of the timestamp at the start of `text`, or None.
 
-    Leading spaces, '[', '(' and an RFC 5424 '<PRI>VERSION ' header are skipped.
+    Leading spaces, '[', '(', an RFC 5424 '<PRI>VERSION ' header and an Erlang
+    report's `=INFO REPORT==== ` are skipped.
     """
     m = _START.match(text)
     if m is None:

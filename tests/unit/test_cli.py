@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 PYFILTER = Path(sys.executable).with_name("pyfilter")
+REPO = Path(__file__).resolve().parents[2]
 LOG = """\
 Nov 21 20:19:28 srv sshd[100]: Failed password for invalid user admin from 198.51.100.7 port 50000 ssh2
 Nov 21 20:19:29 srv sshd[100]: pam_unix(sshd:session): session opened for user alice by (uid=0)
@@ -131,3 +132,26 @@ def test_catalog_from_environment_and_bad_catalog(log, tmp_path):
 
 def test_no_subcommand_is_a_usage_error():
     assert run().returncode == 2
+
+
+def test_config_check_validates_as_the_services_would(tmp_path):
+    result = run("config", "check", str(REPO / "config" / "pyfilter.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout and "sshd" in result.stdout
+    bad = tmp_path / "pyfilter.yaml"
+    bad.write_text(f"catalog_dir: {REPO / 'config' / 'rules'}\nrules:\n  sshd: {{findtime: ten}}\n")
+    result = run("config", "check", str(bad))
+    assert result.returncode == 2
+    assert 'rules.sshd.findtime: expected a duration like "10m", got "ten"' in result.stderr
+    bad.write_text(f"catalog_dir: {REPO / 'config' / 'rules'}\nrules:\n  mine: {{service: x, programs: [x], "
+                   f"patterns: ['fail (<HOST>']}}\n")
+    result = run("config", "check", str(bad))
+    assert result.returncode == 2 and "rule mine" in result.stderr
+
+
+def test_match_with_a_configuration_runs_its_rules_as_configured(log, tmp_path):
+    conf = tmp_path / "pyfilter.yaml"
+    conf.write_text(f"catalog_dir: {REPO / 'config' / 'rules'}\nrules:\n  postfix: {{}}\n")
+    result = run("match", "--json", "--config", str(conf), str(log))
+    assert result.returncode == 0, result.stderr
+    assert {json.loads(x)["rule"] for x in result.stdout.splitlines()} == {"postfix"}

@@ -7,7 +7,7 @@ import json
 import pytest
 import redis
 
-from pyfilter import cli, cli_api
+from pyfilter.cli import api as cli_api, main as cli
 from pyfilter.common import messages
 from pyfilter.common.keys import Keys
 from tests.unit.apiserver import api_server  # noqa: F401  (fixture)

@@ -11,7 +11,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from pyfilter.common import messages
-from pyfilter.cli import load_rules
+from pyfilter.cli.matching import load_rules
 from pyfilter.common.config import Config, Rule, Seconds, Settings
 from pyfilter.detector.main import Detector
 

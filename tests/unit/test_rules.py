@@ -431,7 +431,10 @@ def test_batches_match_like_single_lines_on_a_mixed_sshd_log(catalog):
     found = batch_and_lines_agree({"sshd": catalog["sshd"]}, lines, NOW, sizes=(1000, 1, 37), source="auth",
                                   host="srv")
     assert found > 1000
-    assert batch_and_lines_agree(catalog, lines, NOW, sizes=(250,)) == found
+    # No other rule counts sshd's lines, but pam-generic: a catch-all for every program's PAM
+    # failures (sshd's pam_unix lines too), off by default, an alternative to the service rules.
+    others = {name: rule for name, rule in catalog.items() if name != "pam-generic"}
+    assert batch_and_lines_agree(others, lines, NOW, sizes=(250,)) == found
 
 
 def test_a_failed_connection_that_closes_counts_once(catalog):
@@ -526,3 +529,32 @@ def test_optional_groups_become_branches_with_the_same_matches():
         for text in texts:
             m1, m2 = before.search(text), after.search(text)
             assert (m1 and (m1.span(), m1.groupdict())) == (m2 and (m2.span(), m2.groupdict())), (pattern, text)
+
+
+def test_a_failure_on_a_line_without_time_takes_the_time_of_the_record_before_it():
+    """Java's and Erlang's loggers write the time on a record's first line only."""
+    m = Matcher({"t": rule(r"WARNING: attempt from <HOST> failed$", programs=["app"])}, default_tz="UTC")
+    lines = ["apr 15, 2013 8:34:08 PM org.example.Auth warn", "WARNING: attempt from 198.51.100.7 failed"]
+    [(i, f)] = m.match_batch(lines, now=NOW)
+    assert (i, f.time) == (1, datetime(2013, 4, 15, 20, 34, 8, tzinfo=timezone.utc).timestamp())
+    # the same across batches of one source (the detector's batches, `pyfilter match` line by line)
+    m = Matcher({"t": rule(r"WARNING: attempt from <HOST> failed$", programs=["app"])}, default_tz="UTC")
+    assert m.match(lines[0], "test", NOW) == []
+    [f] = m.match(lines[1], "test", NOW)
+    assert f.time == datetime(2013, 4, 15, 20, 34, 8, tzinfo=timezone.utc).timestamp()
+
+
+def test_a_back_reference_names_a_group_of_its_own_pattern():
+    m = Matcher({"t": rule(r"nothing (?P<user>\w+) here <HOST>$",
+                           r"user (?P<user>\w+) from <HOST> again (?P=user)$", programs=["app"])})
+    assert [f.address for f in m.match("user bob from 198.51.100.7 again bob")] == [REAL]
+    assert m.match("user bob from 198.51.100.7 again eve") == []
+
+
+def test_a_count_capture_says_how_many_failures_the_line_stands_for():
+    m = Matcher({"t": rule(r"PAM (?P<count>\d+) more authentication failures; rhost=<HOST>$", programs=["app"])})
+    [f] = m.match("PAM 2 more authentication failures; rhost=198.51.100.7")
+    assert (f.address, f.count) == (REAL, 2)
+    [f] = m.match("Nov 21 20:19:28 h app[1]: message repeated 3 times: [ PAM 2 more authentication failures; "
+                  "rhost=198.51.100.7]", program=None)
+    assert f.count == 6

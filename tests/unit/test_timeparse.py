@@ -143,3 +143,33 @@ def test_clock_reads_lines_like_parse_time(zone):
     for now in (NOW, NOW + 86400 * 200, None):
         for line in lines + lines[::-1]:
             assert clock(line, now) == parse_time(line, zone, now), (line, now)
+
+
+@pytest.mark.parametrize("line, expected", [
+    # Monit: a zone abbreviation before a year-less date
+    ("[PDT Apr 16 21:05:29] error : x", "2005-04-17T04:05:29+00:00"),
+    ("[CEST Aug  6 10:14:52] error : x", "2005-08-06T08:14:52+00:00"),
+    # java.util.logging's SimpleFormatter (Guacamole 0.8)
+    ("apr 15, 2013 8:34:08 PM org.slf4j.impl.JCLLoggerAdapter warn", "2013-04-15T20:34:08+00:00"),
+    ("Apr 16, 2013 12:02:13 AM x", "2013-04-16T00:02:13+00:00"),
+    # DirectAdmin's login.log
+    ("2014:07:02-00:17:45: '198.51.100.7' 2 failed login attempts", "2014-07-02T00:17:45+00:00"),
+    ("2011.11.21 14:29:16 LOG3[28228:1]: SSL_accept", "2011-11-21T14:29:16+00:00"),  # stunnel
+    ("[17/Jun/2011 17:00:45] Attempt to deliver", "2011-06-17T17:00:45+00:00"),  # Kerio
+    ("[02/sept./2015:00:11:31 +0200] x", "2015-09-01T22:11:31+00:00"),  # Jetty, in French
+    ("Apr-07-13 07:08:36 [SSL-out]", "2013-04-07T07:08:36+00:00"),  # ASSP
+    ("10/06/2013 15:50:41 [LOGIN_ERROR]", "2013-10-06T15:50:41+00:00"),  # Squirrel Logger
+    ("03/07/2005 11:07:20 PM   SMTP Server", "2005-03-07T23:07:20+00:00"),  # Domino, US
+    ("22.06.2014 09:56:12   smtp: x", "2014-06-22T09:56:12+00:00"),  # Domino, Europe
+    ("2023-08-19 10:44:02: (mod_auth.c.853)", "2023-08-19T10:44:02+00:00"),  # lighttpd
+    ("2020-04-09T14:04:00.667Z: Failed Login", "2020-04-09T14:04:00+00:00"),  # GitLab: the Z counts
+    ("11-06-2013 02:09:40 +0300 PROXY.3128 00004", "2013-06-10T23:09:40+00:00"),  # 3proxy
+    ("L 01/01/2014 - 01:25:17: Bad Rcon", "2014-01-01T01:25:17+00:00"),  # Half-Life servers
+    ("13/7/14@00:58:09: FAIL: ssh", "2013-07-14T00:58:09+00:00"),  # xinetd's own log
+    ("08-14 09:58:00.767815 [WARNING] sofia_reg.c", "2005-08-14T09:58:00+00:00"),  # FreeSWITCH
+    # a time of day alone (logback): today, or yesterday when that is later than now
+    ("09:58:00.123 [main] WARN x", "2005-08-14T09:58:00+00:00"),
+    ("23:58:00 x", "2005-08-13T23:58:00+00:00"),
+])
+def test_more_daemons_own_stamps(line, expected):
+    assert parse_time(line, "UTC", NOW) == datetime.fromisoformat(expected).timestamp()

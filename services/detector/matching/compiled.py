@@ -29,6 +29,7 @@ __all__ = ["CompiledRule", "Pattern", "RuleError"]
 
 _TAG = re.compile(r"^<(NOTE|SUCCESS|CLOSE|ONCE)>")
 _GROUP = re.compile(r"\(\?P<(\w+)>")
+_REFERENCE = re.compile(r"\(\?P=(\w+)\)")
 _KINDS = {"NOTE": NOTE, "SUCCESS": SUCCESS, "CLOSE": CLOSE, "ONCE": ONCE}
 
 
@@ -52,6 +53,7 @@ class Pattern:
     # lacks reads its end marker instead, which is always "" (no value).
     pick: tuple[str, ...] = ()
     ends: bool = False  # SUCCESS or CLOSE: the end of a connection
+    counted: str | None = None  # the group of a `count` capture (the failures a line stands for)
 
     def __post_init__(self) -> None:
         self.ends = self.kind in (SUCCESS, CLOSE)
@@ -61,6 +63,7 @@ class Pattern:
         names = dict(zip(self.short_names, self.full_names))
         marker = f"p__{self.index}"
         self.pick = tuple(names.get(k, marker) for k in ("host", "user", "ruser", "pid", "time"))
+        self.counted = names.get("count")
 
     def captures(self, m: re.Match[str]) -> dict[str, str]:
         if self.repeats or len(self.full_names) < 2:
@@ -95,7 +98,9 @@ class CompiledRule:
             body = expand(raw)
             bodies.append((i, raw, body))
             names = _GROUP.findall(prefix + body)
-            renamed = _GROUP.sub(lambda m: f"(?P<{m.group(1)}__{i}>", body)
+            own = set(_GROUP.findall(body))  # named in the pattern (the prefix's keep their names)
+            renamed = _REFERENCE.sub(lambda m: f"(?P={m.group(1)}__{i})" if m.group(1) in own else m.group(0),
+                                     _GROUP.sub(lambda m: f"(?P<{m.group(1)}__{i}>", body))
             # The empty group at the end names the pattern that matched (it is
             # the last group closed: `lastgroup`). Wrapping the pattern in a
             # group instead would hide its first literal from the regex
@@ -212,13 +217,17 @@ class CompiledRule:
             pid = lines.pids[k]
         if not pid or not self.stateful:
             if host and (pat.kind == FAIL or pat.kind == ONCE):
+                count = int(m.group(pat.counted) or 1) if pat.counted else 1
                 return new_failure((self.name, host, self.time_of(when, lines, k, text), user, pat.index,
-                                    "", False, 1))
+                                    "", False, count))
             return None
         key = (lines.source, lines.origin, pid)
         if pat.ends and key not in self.connections.open:
             return None  # the end of a connection nothing is known about (most of them)
-        return self.connections.decide(pat, host, user, pid, key, self, when, lines, k, text)
+        failure = self.connections.decide(pat, host, user, pid, key, self, when, lines, k, text)
+        if failure is not None and pat.counted and (count := m.group(pat.counted)):
+            failure = failure._replace(count=int(count))
+        return failure
 
     def time_of(self, when: str | None, lines: Lines, k: int, text: str) -> float | None:
         """Message k's log time: a `time` capture, else its envelope's stamp, else the message's start."""

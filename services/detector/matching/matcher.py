@@ -15,12 +15,15 @@ from __future__ import annotations
 from typing import Sequence
 
 from pyfilter.common.config import Rule
+from pyfilter.detector import timeparse
 from pyfilter.detector.matching import envelopes
 from pyfilter.detector.matching.compiled import CompiledRule
 from pyfilter.detector.matching.connections import Failure
 from pyfilter.detector.matching.scan import Lines, scan
 
 __all__ = ["Matcher"]
+
+CARRY = 3  # lines back a failure without a time looks for one (see `_dated`)
 
 
 class Matcher:
@@ -32,6 +35,8 @@ class Matcher:
         self._message_rules = [r for r in self.rules if r.reads_messages]
         self._line_rules = [r for r in self.rules if not r.reads_messages]
         self._by_program: dict[str | None, list[CompiledRule]] = {None: self._message_rules}
+        # The last lines of the previous batches of each (source, host), for `_dated`.
+        self._last_lines: dict[tuple[str | None, str | None], tuple[str, ...]] = {}
 
     def reset(self) -> None:
         """Forget every connection's state (what the lines so far said of each pid)."""
@@ -78,9 +83,10 @@ class Matcher:
                                              [pids[i] for i in lines], source, host, now), lits)
                     found = [(lines[k], f) for k, f in found]
                 if env.repeats:
-                    found = [(i, f._replace(count=env.repeats[i]) if i in env.repeats else f) for i, f in found]
+                    found = [(i, f._replace(count=f.count * env.repeats[i]) if i in env.repeats else f)
+                             for i, f in found]
                 if found:
-                    per_rule.append(found)
+                    per_rule.append(self._dated(rule, texts, found, source, host, now))
         if self._line_rules:
             for rule in self._line_rules:
                 if rule.sources and source is not None and source not in rule.sources:
@@ -89,11 +95,40 @@ class Matcher:
                 none = [None] * len(texts)
                 found = scan(rule, Lines(texts, none, none, source, host, now), tuple(rule.prefilter))
                 if found:
-                    per_rule.append(found)
+                    per_rule.append(self._dated(rule, texts, found, source, host, now))
+        if texts:
+            key = (source, host)
+            self._last_lines[key] = (self._last_lines.get(key, ()) + tuple(texts[-CARRY:]))[-CARRY:]
         if len(per_rule) == 1:
             return per_rule[0]
         # Stable sort: within a line, failures keep the order of the rules.
         return sorted((pair for found in per_rule for pair in found), key=lambda pair: pair[0])
+
+    def _dated(self, rule: CompiledRule, texts: Sequence[str], found: list[tuple[int, Failure]],
+               source: str | None, host: str | None, now: float | None) -> list[tuple[int, Failure]]:
+        """`found`, a failure whose line has no time taking the time of a line just before it.
+
+        Some daemons write one record over several lines, the time on the
+        first (Java's and Erlang's loggers: `apr 15, 2013 8:34:08 PM org.x` then
+        `WARNING: Authentication attempt from ...`). Up to CARRY lines back are
+        read, over the end of the previous batch too; none: no time (the
+        detector then uses the arrival time).
+        """
+        if all(f.time is not None for _, f in found):
+            return found
+        out = []
+        for i, f in found:
+            if f.time is None:
+                before = [texts[j] for j in range(i - 1, max(i - CARRY, 0) - 1, -1)]
+                if i < CARRY:
+                    before += reversed(self._last_lines.get((source, host), ())[i - CARRY:])
+                for text in before:
+                    when = timeparse.parse_time(text, rule.zone, now)
+                    if when is not None:
+                        f = f._replace(time=when)
+                        break
+            out.append((i, f))
+        return out
 
     def _route(self, texts: Sequence[str], env: envelopes.BatchEnvelopes,
                program: str | None) -> list[tuple[CompiledRule, list[int] | None, bool]]:

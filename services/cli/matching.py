@@ -1,14 +1,14 @@
-"""The `pyfilter` command. One function per subcommand; `build_parser` wires them.
+"""`pyfilter match`, `explain` and `config check`: the catalog offline, no Redis needed.
 
-    pyfilter match [--rule NAME] [--program NAME] [--tz ZONE] [--now ISO8601] [--json] [--catalog DIR] FILE...
-    pyfilter explain [--rule NAME] [--program NAME] [--tz ZONE] [--now ISO8601] [--catalog DIR] LINE
+    pyfilter match [--config FILE | --catalog DIR] [--rule NAME] [--program NAME] [--tz ZONE]
+                   [--now ISO8601] [--json] FILE...
+    pyfilter explain [same options] LINE
+    pyfilter config check [FILE]
 
-plus the commands that talk to the API (ban, unban, list, show, stats,
-whitelist), which live in `cli_api.py` with their exit codes.
-
-Exit codes: 0 ok, 2 usage or configuration error (with a message on stderr);
-the API commands add 1 (not found, nothing to do), 3 (the API refused) and
-4 (the API unreachable).
+Without --config they run every rule of the catalog the configuration names
+(`catalog_dir` of $PYFILTER_CONFIG, else of a checkout's config/pyfilter.yaml,
+else of /etc/pyfilter/pyfilter.yaml); with --config FILE, the rules that
+configuration enables, with its overrides, as the detector would run them.
 """
 
 from __future__ import annotations
@@ -23,38 +23,58 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
-from pyfilter import cli_api
+from pyfilter.common import config as configuration
 from pyfilter.common.config import ConfigError, Rule, load_catalog
 from pyfilter.detector.matching import Matcher, RuleError, closest, explain
 from pyfilter.detector.timeparse import InvalidZone, get_zone
 
-INSTALLED_CATALOG = Path("/etc/pyfilter/rules")
-CHECKOUT_CATALOG = Path(__file__).resolve().parents[1] / "config" / "rules"
+CHECKOUT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "pyfilter.yaml"
 
 
 class UsageError(Exception):
     """Bad arguments or configuration; printed without a traceback, exit code 2."""
 
 
-def default_catalog() -> Path:
-    if env := os.environ.get("PYFILTER_CATALOG"):
+def default_config() -> Path:
+    """The configuration the services would read here: $PYFILTER_CONFIG, a checkout's, the installed one."""
+    if env := os.environ.get("PYFILTER_CONFIG"):
         return Path(env)
-    return CHECKOUT_CATALOG if CHECKOUT_CATALOG.is_dir() else INSTALLED_CATALOG
+    return CHECKOUT_CONFIG if CHECKOUT_CONFIG.is_file() else Path(configuration.DEFAULT_PATH)
 
 
-def load_rules(catalog: str | None, only: str | None) -> dict[str, Rule]:
-    folder = Path(catalog) if catalog else default_catalog()
-    if not folder.is_dir():
-        raise UsageError(f"rule catalog {folder} is not a folder (use --catalog DIR or PYFILTER_CATALOG)")
+def settings(path: str | Path | None) -> configuration.Settings:
     try:
-        rules = load_catalog(folder)
+        return configuration.load(path or default_config())
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+
+
+def load_rules(catalog: str | None, only: str | None, config: str | None = None) -> dict[str, Rule]:
+    """The rules to run: a configuration's enabled ones (`config`), or every rule of a catalog
+    folder (`catalog`, $PYFILTER_CATALOG, or the default configuration's `catalog_dir`)."""
+    if config is not None:
+        loaded = settings(config)
+        rules, where = loaded.rules, f"the rules {config} enables"
+    else:
+        if catalog or os.environ.get("PYFILTER_CATALOG"):
+            folder = Path(catalog or os.environ["PYFILTER_CATALOG"])
+        else:
+            loaded = settings(None)
+            folder = (Path(loaded.path).parent / loaded.config.catalog_dir).resolve()
+        if not folder.is_dir():
+            raise UsageError(f"rule catalog {folder} is not a folder (use --catalog DIR or --config FILE)")
+        try:
+            rules = load_catalog(folder)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        where = str(folder)
+        if not rules:
+            raise UsageError(f"rule catalog {folder} holds no *.yaml rules")
     if not rules:
-        raise UsageError(f"rule catalog {folder} holds no *.yaml rules")
+        raise UsageError(f"{where}: none")
     if only is not None:
         if only not in rules:
-            raise UsageError(f"no rule {only!r} in {folder}; rules: {', '.join(sorted(rules))}")
+            raise UsageError(f"no rule {only!r} in {where}; rules: {', '.join(sorted(rules))}")
         rules = {only: rules[only]}
     return rules
 
@@ -125,7 +145,7 @@ def _lines(data: bytes) -> list[str]:
 
 def cmd_match(args: argparse.Namespace) -> int:
     get_zone(args.tz)  # fail early on a bad zone
-    matcher = make_matcher(load_rules(args.catalog, args.rule), args.tz)
+    matcher = make_matcher(load_rules(args.catalog, args.rule, args.config), args.tz)
     now = parse_now(args.now, args.tz)
     if now is None:
         now = time.time()
@@ -173,7 +193,7 @@ def cmd_match(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     get_zone(args.tz)
-    matcher = make_matcher(load_rules(args.catalog, args.rule), args.tz)
+    matcher = make_matcher(load_rules(args.catalog, args.rule, args.config), args.tz)
     now = parse_now(args.now, args.tz)
     env, results = explain(matcher, args.line, now=now, program=args.program, rule=args.rule)
     out = sys.stdout
@@ -205,51 +225,45 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rule", metavar="NAME", help="only this rule of the catalog")
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Validate a configuration and its rules as the services would at start."""
+    loaded = settings(args.file)
+    make_matcher(loaded.rules, "UTC")  # every enabled rule's patterns compile
+    sources = loaded.config.collector.sources
+    print(f"{loaded.path}: valid; {len(loaded.rules)} rule(s) enabled ({', '.join(sorted(loaded.rules))}), "
+          f"{len(sources)} source(s)")
+    return 0
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rule", metavar="NAME", help="only this rule")
     p.add_argument("--program", metavar="NAME",
                    help="the program whose own log this is, for lines without a syslog header (e.g. nginx)")
     p.add_argument("--tz", default="UTC", metavar="ZONE",
                    help="zone of timestamps that carry none (zoneinfo name or +hh:mm; default UTC)")
     p.add_argument("--now", metavar="ISO8601", help='"now" for year-less dates (default: the current time)')
-    p.add_argument("--catalog", metavar="DIR",
-                   help="rule folder (default: $PYFILTER_CATALOG, config/rules of a checkout, /etc/pyfilter/rules)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--config", metavar="FILE", help="run the rules this configuration enables, as configured")
+    which.add_argument("--catalog", metavar="DIR",
+                       help="run every rule of this folder (default: the configuration's catalog_dir)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyfilter", description="Log-driven intrusion prevention.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_commands(sub) -> None:
     p = sub.add_parser("match", help="run the rule catalog over log files, offline (like fail2ban-regex)")
-    _common(p)
+    add_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object per failure instead of a summary")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_match)
 
     p = sub.add_parser("explain", help="show which rule and pattern match a log line, or why none does")
-    _common(p)
+    add_options(p)
     p.add_argument("-v", "--verbose", action="store_true", help="also list the rules that did not match")
     p.add_argument("line", metavar="LINE")
     p.set_defaults(func=cmd_explain)
 
-    cli_api.add_commands(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (UsageError, InvalidZone) as exc:
-        print(f"pyfilter {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except cli_api.CommandError as exc:
-        print(f"pyfilter {args.command}: {exc}", file=sys.stderr)
-        return exc.code
-    except BrokenPipeError:
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    p = sub.add_parser("config", help="check a configuration")
+    checks = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = checks.add_parser("check", help="validate a configuration and its rules as the services would at start")
+    c.add_argument("file", nargs="?", metavar="FILE",
+                   help="the configuration (default: $PYFILTER_CONFIG, a checkout's, /etc/pyfilter/pyfilter.yaml)")
+    c.set_defaults(func=cmd_config_check)

@@ -31,7 +31,7 @@ from typing import Any
 from pyfilter.api.client import DEFAULT_URL, Client, Unreachable, quote
 
 OK, NOT_FOUND, USAGE, REFUSED, UNREACHABLE = 0, 1, 2, 3, 4
-CHECKOUT_ENV = Path(__file__).resolve().parents[1] / "compose" / ".env"
+CHECKOUT_ENV = Path(__file__).resolve().parents[2] / "compose" / ".env"
 
 
 class CommandError(Exception):

@@ -1,0 +1,5 @@
+import sys
+
+from pyfilter.cli.main import main
+
+sys.exit(main())

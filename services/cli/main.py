@@ -1,0 +1,41 @@
+"""The `pyfilter` command: one subcommand per function, wired here.
+
+Exit codes: 0 ok, 2 usage or configuration error (with a message on stderr);
+the API commands add 1 (not found, nothing to do), 3 (the API refused) and
+4 (the API unreachable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pyfilter.cli import api, matching
+from pyfilter.detector.timeparse import InvalidZone
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyfilter", description="Log-driven intrusion prevention.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    matching.add_commands(sub)
+    api.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (matching.UsageError, InvalidZone) as exc:
+        print(f"pyfilter {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except api.CommandError as exc:
+        print(f"pyfilter {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
