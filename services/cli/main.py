@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyfilter.cli import api, import_fail2ban, import_pyfilter_v1, matching
+from pyfilter.cli import api, matching
+from pyfilter.cli.imports import fail2ban as import_fail2ban, pyfilter_v1 as import_pyfilter_v1
 from pyfilter.detector.timeparse import InvalidZone
 
 

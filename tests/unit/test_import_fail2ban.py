@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from pyfilter.cli.fail2ban_forms import daemon_globs, dates, with_date
-from pyfilter.cli.fail2ban_ini import Fail2banError, Ini
-from pyfilter.cli.fail2ban_jails import seconds
-from pyfilter.cli.fail2ban_stock import STOCK_FILTERS, STOCK_RELEASE, table
+from pyfilter.cli.imports.fail2ban_forms import daemon_globs, dates, with_date
+from pyfilter.cli.imports.fail2ban_ini import Fail2banError, Ini
+from pyfilter.cli.imports.fail2ban_jails import seconds
+from pyfilter.cli.imports.fail2ban_stock import STOCK_FILTERS, STOCK_RELEASE, table
 from pyfilter.cli.main import main
 from pyfilter.common import config as configuration
 from pyfilter.detector.matching import Matcher

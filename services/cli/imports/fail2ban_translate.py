@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from pyfilter.cli.fail2ban_filter import PREFIX, Filter
-from pyfilter.cli.fail2ban_forms import Dates, Untranslatable, daemon_globs, dates, with_date
+from pyfilter.cli.imports.fail2ban_filter import PREFIX, Filter
+from pyfilter.cli.imports.fail2ban_forms import Dates, Untranslatable, daemon_globs, dates, with_date
 from pyfilter.common.config import Rule
 from pyfilter.detector.matching import Matcher, RuleError
 

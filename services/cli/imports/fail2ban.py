@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyfilter.cli import matching
-from pyfilter.cli.fail2ban_filter import Filter, load_filter
-from pyfilter.cli.fail2ban_ini import Fail2banError
-from pyfilter.cli.fail2ban_jails import Jail, load_jail, networks, ports, read_jails, seconds
-from pyfilter.cli.fail2ban_output import Sources, write_config
-from pyfilter.cli.fail2ban_forms import Untranslatable
-from pyfilter.cli.fail2ban_translate import translate
+from pyfilter.cli.imports.fail2ban_filter import Filter, load_filter
+from pyfilter.cli.imports.fail2ban_ini import Fail2banError
+from pyfilter.cli.imports.fail2ban_jails import Jail, load_jail, networks, ports, read_jails, seconds
+from pyfilter.cli.imports.fail2ban_output import Sources, write_config
+from pyfilter.cli.imports.fail2ban_forms import Untranslatable
+from pyfilter.cli.imports.fail2ban_translate import translate
 from pyfilter.common.config import Rule, load_catalog
 
 # Jail and filter names (older fail2ban releases' too) that are another catalog rule's.

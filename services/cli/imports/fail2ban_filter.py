@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyfilter.cli.fail2ban_ini import MAX_DEPTH, Definition, Fail2banError, Ini, Scope
-from pyfilter.cli.fail2ban_stock import STOCK_FILTERS, STOCK_RELEASE
+from pyfilter.cli.imports.fail2ban_ini import MAX_DEPTH, Definition, Fail2banError, Ini, Scope
+from pyfilter.cli.imports.fail2ban_stock import STOCK_FILTERS, STOCK_RELEASE
 
 PREFIX = "\x00syslog-prefix\x00"
 COMMON = {"common.conf", "common.local"}

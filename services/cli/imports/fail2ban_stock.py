@@ -3,7 +3,7 @@
 A filter whose files all hash as listed is fail2ban's own: a jail using it maps
 onto the catalog rule of that name. Only hashes are kept here, never the
 filters (they are GPL). Print the table for an extracted package with
-    python -m pyfilter.cli.fail2ban_stock /path/to/etc/fail2ban
+    python -m pyfilter.cli.imports.fail2ban_stock /path/to/etc/fail2ban
 (tests/unit/test_import_fail2ban.py checks it against Debian's package).
 """
 

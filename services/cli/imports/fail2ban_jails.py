@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyfilter.cli.fail2ban_filter import split_spec
-from pyfilter.cli.fail2ban_ini import DEFAULT, Definition, Fail2banError, Ini, Scope
+from pyfilter.cli.imports.fail2ban_filter import split_spec
+from pyfilter.cli.imports.fail2ban_ini import DEFAULT, Definition, Fail2banError, Ini, Scope
 
 _UNITS = [  # longest alternatives first: "mo" is a month, "m" a minute
     ("years?|yea?|yy?", 365 * 86400), ("months?|mon?", 30 * 86400), ("weeks?|wee?|ww?", 7 * 86400),

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 if TYPE_CHECKING:
-    from pyfilter.cli.import_fail2ban import Outcome
+    from pyfilter.cli.imports.fail2ban import Outcome
 
 HOST_LOG_DIR, COLLECTOR_LOG_DIR = "/var/log", "/host/log"
 IMPORTED = ("catalog_dir", "whitelist", "rules")  # sections the import writes; the others come from the base
