@@ -79,6 +79,13 @@ _LINE = re.compile(optional_branches(_HEADER))
 # Headers that name no program: socklog's `2015-05-27T04:31:27.46667 auth.info: `, s6-log's
 # `2018-06-26 13:22:02.108781500 ` (nine digits) and multilog's `@4000000063a8...` (TAI64N).
 # The message after them is a daemon's own text, routed as a plain line's.
+# The commonest header of all, `Mmm dd hh:mm:ss host prog[pid]: `, alone: a first pass
+# with it costs about half the full grammar's. It takes a line only where the full
+# grammar would read it the same (no Solaris id, kernel clock or repeat after it);
+# the lines it leaves go through `_BATCH`.
+_COMMON = re.compile(
+    r"\n(?:(" + _STAMP_3164 + r") " + _HOSTNAME + r" (" + _PROGRAM_NAME + r")(?:\[(\d+)\])?: "
+    r"(?!\[ID \d|kernel: ?\[|message repeated )|)")
 _IS_PRIORITY = re.compile(_PRIORITY)
 _NO_PROGRAM = re.compile(r"(?:(" + _STAMP_3339 + r") " + _PRIORITY + r": |(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d\.\d{9}"
                          r"|@4000000[0-9a-fA-F]{17}) )")
@@ -182,18 +189,25 @@ class BatchEnvelopes:
 
 
 def read_batch(texts: Sequence[str], program: str | None = None) -> BatchEnvelopes:
-    """`read` for every line of a batch: one `split` over the joined lines.
+    """`read` for every line of a batch: `split`s over the joined lines (`_COMMON`, then
+    `_BATCH` for the lines it leaves).
 
-    Lines the batch regex finds no header in are read again one by one where
+    Lines the batch regexes find no header in are read again one by one where
     they may hold a rarer header (they start like one: "<", "[", "@", a month,
     or a year where the source declares no program), and so are repeats.
     """
     block = "\n" + "\n".join(texts)
     if block.count("\n") != len(texts):  # a line holds a newline: one by one
-        parts = [""] + [x for text in texts for x in (None, None, None, None, text)]
+        parts = [""] + [x for text in texts for x in (None, None, None, text)]
     else:
-        parts = _BATCH.split(block)
-    stamps, programs, pids, messages = parts[1::5], parts[3::5], parts[4::5], parts[5::5]
+        parts = _COMMON.split(block)
+    stamps, programs, pids, messages = parts[1::4], parts[2::4], parts[3::4], parts[4::4]
+    if None in programs:  # the other headers: the full grammar over those lines
+        rest = [i for i, prog in enumerate(programs) if prog is None]
+        full = _BATCH.split("\n" + "\n".join([texts[i] for i in rest]))
+        for k, i in enumerate(rest):
+            stamps[i], programs[i], pids[i], messages[i] = full[5 * k + 1], full[5 * k + 3], full[5 * k + 4], \
+                full[5 * k + 5]
     repeats: dict[int, int] = {}
     if socklog := {p for p in set(programs) if p and _IS_PRIORITY.fullmatch(p)}:
         for i, prog in enumerate(programs):
