@@ -128,7 +128,10 @@ class DockerSource:
                         more = tail.read()
                     except OSError as exc:
                         self._problem(followed.path, f"read failed: {exc.strerror}")
-                        self._close(followed)
+                        # Opened again at the next look, from where it stopped.
+                        self.saved[tail.key] = msgspec.json.decode(tail.position(), type=Position)
+                        tail.close()
+                        followed.tail = None
                         break
                     while True:
                         raw: list[Line] = []
