@@ -24,7 +24,7 @@ import docker
 import pytest
 
 from tests.integration import sshd_images
-from tests.integration.stack import TEST_OVERRIDE, Stack, compose_files, make_log_dir, running, wait_for
+from tests.integration.stack import ROOT, TEST_OVERRIDE, Stack, compose_files, make_log_dir, running, wait_for
 
 ATTACKER, NGINX_FOR_ATTACKER = "198.51.100.194", "198.51.100.193"
 CLIENT, NGINX_FOR_CLIENT = "198.51.100.198", "198.51.100.197"
@@ -35,8 +35,22 @@ CONTAINERS_OVERRIDE = Path(__file__).with_name("compose.containers.yml")
 pytestmark = pytest.mark.integration
 
 
+def require_the_rule_to_read_container_lines() -> None:
+    """Fail at once, not after a 30 s wait, when the shipped configuration cannot ban this."""
+    from pyfilter.common.config import load
+    from pyfilter.detector.matching import Matcher
+
+    line = ('2026/11/21 20:19:28 [error] 7#7: *1 user "alice": password mismatch, client: 198.51.100.7, '
+            'server: localhost, request: "GET / HTTP/1.1", host: "web"')
+    found = Matcher(load(ROOT / "config/pyfilter.yaml").rules).match(line, source="containers", program="nginx")
+    if not any(f.rule == "nginx-http-auth" for f in found):
+        pytest.fail("the shipped nginx-http-auth rule does not read nginx's lines from a container "
+                    "(source 'containers', program nginx): check its `programs` and `sources`")
+
+
 @pytest.fixture(scope="module")
 def stack():
+    require_the_rule_to_read_container_lines()
     engine = docker.from_env()
     image = sshd_images.build(engine, "nginx")
     files = [f for f in compose_files() if f != TEST_OVERRIDE] + [CONTAINERS_OVERRIDE]
