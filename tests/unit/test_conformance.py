@@ -120,7 +120,7 @@ def run_sample(path: Path, name: str, rule: Rule | None, default_only: bool) -> 
     records = expected.parse_file(str(path), expand=True, default_only=default_only)
     results: dict[str, Result] = {}
     matchers: dict[str, Matcher | None] = {}
-    program = rule.programs[0] if rule is not None and rule.programs else None
+    program = None  # as `pyfilter match FILE` reads it: no source declares a program
     for rec in records:
         variant = rec["variant"]
         options = variant["options"]
