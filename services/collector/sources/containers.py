@@ -35,26 +35,42 @@ DEFAULT_IMAGES: tuple[tuple[str, str], ...] = (
     ("*openresty*", "nginx"),
     ("httpd", "apache2"),
     ("*/httpd", "apache2"),
-    ("*apache*", "apache2"),  # bitnami/apache
+    ("bitnami/apache", "apache2"),  # not *apache*: the Apache foundation's images (apache/kafka...)
+    ("*/apache2", "apache2"),
     ("*traefik*", "traefik"),
     ("*caddy*", "caddy"),
+    ("*haproxy*", "haproxy"),
+    ("*lighttpd*", "lighttpd"),
     ("*gitea*", "gitea"),
     ("*forgejo*", "gitea"),
     ("*vaultwarden*", "vaultwarden"),
     ("bitwardenrs/*", "vaultwarden"),
+    ("bitwarden/*", "bitwarden"),
     ("*postfix*", "postfix/smtpd"),  # syslog-style lines name their own program
     ("*mailserver*", "postfix/smtpd"),  # docker-mailserver: postfix and dovecot, headers name each
     ("*dovecot*", "dovecot"),
     ("*exim*", "exim"),
-    ("*haproxy*", "haproxy"),
-    ("*lighttpd*", "lighttpd"),
+    ("*roundcube*", "roundcube"),
+    ("*sogo*", "sogod"),
+    ("*vsftpd*", "vsftpd"),
+    ("*proftpd*", "proftpd"),
+    ("*pure-ftpd*", "pure-ftpd"),
+    ("*openssh*", "sshd"),  # linuxserver/openssh-server
+    ("mysql", "mysqld"),
+    ("*/mysql", "mysqld"),
+    ("*mariadb*", "mysqld"),
+    ("*mongo*", "mongod"),
     ("*grafana*", "grafana"),
     ("*home-assistant*", "homeassistant"),
     ("*gitlab*", "gitlab"),
+    ("*guacamole*", "guacamole"),
     ("*squid*", "squid"),
-    ("*openssh*", "sshd"),  # linuxserver/openssh-server
-    ("*mongo*", "mongod"),
     ("*openvpn*", "openvpn"),
+    ("*asterisk*", "asterisk"),
+    ("*ejabberd*", "ejabberd"),
+    ("*mumble*", "murmurd"),
+    ("*murmur*", "murmurd"),
+    ("*znc*", "znc"),
 )
 
 
