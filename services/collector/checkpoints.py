@@ -22,6 +22,7 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from pyfilter.common import hosts
 from pyfilter.common.keys import Keys
 from pyfilter.common.messages import LineBatch, encode
 
@@ -65,11 +66,15 @@ class Committer:
         """Write the batch and its checkpoint atomically; return once they are in Redis.
 
         `tz` is the zone the source writes zone-less timestamps in, `program`
-        the program whose own log it is (if the source says).
+        the program whose own log it is (if the source says; the batch's own
+        `program` wins). The addresses the batch says the source owns are
+        published with it.
         """
         payload = None
         if batch.lines:
-            payload = encode(LineBatch(self.host, source, batch.lines, time.time(), tz=tz, program=program))
+            payload = encode(LineBatch(self.host, source, batch.lines, time.time(), tz=tz,
+                                       program=batch.program or program, rules=batch.rules,
+                                       container=batch.container))
         key = self.keys.checkpoint(self.host, source)
 
         async def write() -> list:
@@ -81,6 +86,8 @@ class Committer:
                     tx.hset(key, mapping=batch.checkpoint)
                 if batch.forget:
                     tx.hdel(key, *batch.forget)
+                if batch.own is not None:
+                    tx.hset(self.keys.own_addresses, hosts.field(self.host, source), " ".join(batch.own))
                 tx.xlen(self.keys.lines)
                 return await tx.execute()
 

@@ -31,7 +31,7 @@ from pyfilter.common.keys import Keys
 from pyfilter.common.redisio import connect
 from pyfilter.common.zones import InvalidZone, get_zone
 
-from . import checkpoints
+from . import checkpoints, privsep
 from .checkpoints import Committer
 from .sources import Stats, build
 
@@ -181,6 +181,7 @@ async def run(settings: Settings) -> int:
 
 
 def main() -> int:
+    privsep.split()  # started as root: leave the helper that lists Docker's folder, drop root
     return service.run("collector", run)
 
 

@@ -73,14 +73,15 @@ def normalize(target: Address | Network) -> Address | Network:
 def never_ban_reason(
     target: Address | Network,
     whitelist: Iterable[Network] = (),
-    own: Iterable[Address] = (),
+    own: Iterable[Address | Network] = (),
 ) -> str | None:
     """Why `target` must not be banned, or None if it may be.
 
     Loopback, link-local, unspecified and multicast addresses are never
-    banned; nor is anything that overlaps a whitelisted network or contains
+    banned; nor is anything that overlaps a whitelisted network, contains
     one of the host's own addresses (its interfaces, gateways and resolvers:
-    behind NAT every client can appear to come from the gateway).
+    behind NAT every client can appear to come from the gateway; its
+    containers) or overlaps one of its own networks (its containers').
     """
     net = ipaddress.ip_network(target) if not isinstance(target, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else target
     # Overlaps, not just the first address: 169.0.0.0/8 holds the link-local
@@ -91,9 +92,14 @@ def never_ban_reason(
     for allowed in whitelist:
         if allowed.version == net.version and allowed.overlaps(net):
             return f"whitelisted ({allowed})"
-    for addr in own:
-        if addr.version == net.version and addr in net:
-            return f"an address of this host ({addr})"
+    for item in own:
+        if item.version != net.version:
+            continue
+        if isinstance(item, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            if item.overlaps(net):
+                return f"a network of this host ({item})"
+        elif item in net:
+            return f"an address of this host ({item})"
     return None
 
 

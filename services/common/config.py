@@ -167,14 +167,21 @@ class Source(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     type: Literal["file", "journal", "docker"] = "file"
     # file: files or globs of live files. journal: journal files or folders
-    # (none: the system journal).
+    # (none: the system journal). docker: Docker's containers folder
+    # (default /host/docker/containers, where compose mounts it).
     paths: list[str] = []
     from_start: bool = False
     # journal: journalctl matches, e.g. ["_SYSTEMD_UNIT=ssh.service", "+", "SYSLOG_IDENTIFIER=sshd"].
     match: list[str] = []
-    # docker: one container by name or id, or every container with a label ("key" or "key=value").
+    # docker: one container by name or id, or every container with a label
+    # ("key" or "key=value"); neither: every container whose image or
+    # `pyfilter.rules` label says which rules read it.
     container: str | None = None
     label: str | None = None
+    # docker: image globs -> the program whose log the container holds
+    # ("*/myproxy*": nginx), tried before the built-in ones (an empty program
+    # leaves matching containers unread).
+    images: dict[str, str] = {}
     # The program whose own log this is, for lines without a syslog header
     # naming one (nginx's error log: "nginx"); rules are chosen by program.
     program: str | None = None
@@ -191,8 +198,10 @@ class Source(msgspec.Struct, forbid_unknown_fields=True):
                 raise ValueError(f"source {self.name!r}: timezone: {exc}") from None
         if self.type == "file" and not self.paths:
             raise ValueError(f"source {self.name!r} of type file needs at least one path")
-        if self.type == "docker" and not (self.container or self.label):
-            raise ValueError(f"source {self.name!r} of type docker needs a container or a label")
+        if self.type == "docker" and len(self.paths) > 1:
+            raise ValueError(f"source {self.name!r} of type docker takes one path: Docker's containers folder")
+        if self.images and self.type != "docker":
+            raise ValueError(f"source {self.name!r}: `images` is for sources of type docker")
 
 
 class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -75,7 +75,8 @@ class Keys:
 
     @property
     def own_addresses(self) -> str:
-        """Hash: host -> its own addresses, space-separated (published by its enforcer)."""
+        """Hash: host -> its own addresses, space-separated (published by its enforcer);
+        host/source -> the addresses and networks of the containers a collector source reads."""
         return f"{self.prefix}own-addresses"
 
     # Notifications (the api's notifier)

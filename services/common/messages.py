@@ -21,10 +21,15 @@ class Line(msgspec.Struct, array_like=True, frozen=True):
     (device and inode) and the byte offset of the line's start. A line read
     twice (after a crash, before its checkpoint was written) has the same id,
     which is how the detector recognises a redelivery.
+
+    `time` is when the line was written, for sources that know it exactly
+    (a container's stream time, epoch seconds); it wins over any time the
+    text holds. None: read the time from the text.
     """
 
     id: str
     text: str
+    time: float | None = None
 
 
 class LineBatch(msgspec.Struct, frozen=True, tag="lines"):
@@ -41,6 +46,12 @@ class LineBatch(msgspec.Struct, frozen=True, tag="lines"):
     # The program whose own log the source is (its lines have no syslog
     # header naming one), e.g. "nginx"; None: unknown.
     program: str | None = None
+    # The only rules that read these lines, whatever their programs and
+    # sources (a container's `pyfilter.rules` label); None: chosen by program.
+    rules: list[str] | None = None
+    # The container whose log holds the lines, if any: connections (pids) of
+    # different containers are kept apart.
+    container: str | None = None
 
 
 Action = Literal["ban", "unban"]

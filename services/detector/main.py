@@ -56,6 +56,7 @@ class Detector:
         # What the cache was made with: the host addresses and whitelist.
         self._countable_basis: tuple = ()
         self.own = hosts.OwnAddresses(self.client, self.keys)
+        self._unknown_rules: set[str] = set()  # named by a container's label, not enabled (said once)
         # A container's hostname is unique per replica and stable across its
         # restarts, so a restarted replica finds its own unfinished batches at
         # once (`resume`). Sharing a name by mistake is harmless: batches are
@@ -76,23 +77,37 @@ class Detector:
         if basis != self._countable_basis:  # addresses or whitelist changed: judge afresh
             self._countable_cache.clear()
             self._countable_basis = basis
+        if batch.rules:
+            self._warn_unknown_rules(batch)
         found = []
         lines = batch.lines
-        for i, f in self.matcher.match_batch([line.text for line in lines], batch.source, now, batch.host,
-                                             batch.tz, batch.program):
+        # Containers of one host each have their own pids: their connections are kept apart.
+        origin = f"{batch.host}/{batch.container}" if batch.container else batch.host
+        for i, f in self.matcher.match_batch([line.text for line in lines], batch.source, now, origin,
+                                             batch.tz, batch.program, batch.rules):
             address = self._countable(f.address, own, whitelist)
             if address is not None and f.rule in self.v6_prefix and ":" in address:
                 address = self._prefix_of(address, self.v6_prefix[f.rule], own, whitelist)
             if address is not None:
                 line = lines[i]
-                connection = f"{batch.host}:{batch.source}:{f.connection}" if f.connection else ""
-                found.append(Observed(f.rule, address, batch.host, f.time or batch.read_at,
-                                      line.id, line.text, connection, f.once))
+                connection = f"{origin}:{batch.source}:{f.connection}" if f.connection else ""
+                # A time the source knows exactly (a container's stream time) wins over the text's.
+                when = line.time or f.time or batch.read_at
+                found.append(Observed(f.rule, address, batch.host, when, line.id, line.text, connection, f.once))
                 # rsyslog's "message repeated N times": N failures, each with
                 # its own stable id, so a redelivery still counts each once.
-                found += [Observed(f.rule, address, batch.host, f.time or batch.read_at, f"{line.id}#{n}",
+                found += [Observed(f.rule, address, batch.host, when, f"{line.id}#{n}",
                                    line.text, connection, f.once) for n in range(2, f.count + 1)]
         return found
+
+    def _warn_unknown_rules(self, batch: messages.LineBatch) -> None:
+        """Say once which rules a container's label names that this detector does not run."""
+        unknown = set(batch.rules or ()) - set(self.settings.rules) - self._unknown_rules
+        if unknown:
+            self._unknown_rules |= unknown
+            logger.warning(f"container {batch.container!r} names rules that are not enabled: "
+                           f"{', '.join(sorted(unknown))}; enable them in pyfilter.yaml to read its lines with them",
+                           extra={"container": batch.container, "host": batch.host})
 
     @staticmethod
     def _prefix_of(address: str, prefix: int, own: set, whitelist: list) -> str:

@@ -55,6 +55,8 @@ class Enforcer:
         self.whitelist = Whitelist(self.client, self.keys, cfg.whitelist)
         self.networks: list = []  # the whitelist as last read
         self.own: set = set()  # filled from the kernel at start and each reconcile
+        # Every protected host's own addresses and networks (its containers'), from Redis.
+        self.published: set = set()
         self.stopping = asyncio.Event()
         self.next_reconcile = 0.0
         self.scopes: dict[str, Scope] = {}  # address -> scope of its ban, when not the default
@@ -62,7 +64,7 @@ class Enforcer:
                             for name, r in settings.rules.items() if r.ports or r.verdict != "drop"}
 
     def refusal(self, target) -> str | None:
-        return never_ban_reason(target, self.networks, self.own)
+        return never_ban_reason(target, self.networks, self.own | self.published)
 
     async def apply(self, decisions: list[messages.Decision], redelivered: bool = False) -> None:
         """Apply decisions in order; consecutive bans go to the kernel as one batch.
@@ -119,6 +121,7 @@ class Enforcer:
         # Addresses change (DHCP, a new resolver): read them again each time.
         self.own = await own_addresses()
         await hosts.publish(self.client, self.keys, self.settings.host, self.own)
+        self.published = await hosts.load(self.client, self.keys)
         self.networks = await self.whitelist.networks()
         now = time.time()
         wanted: dict[str, float | None] = {}

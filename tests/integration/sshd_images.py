@@ -1,4 +1,4 @@
-"""Build the images of the SSH end-to-end test: an OpenSSH server and a client.
+"""Build the images of the end-to-end tests: an OpenSSH server, an SSH client, nginx.
 
 Their Dockerfiles live in `images/`; apt runs inside the build with the
 host's network, so the air-gapped base (PYFILTER_AIRGAPPED=1) works with no

@@ -55,11 +55,19 @@ class Stack:
     api_port: int = field(default_factory=free_port)
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     redis_password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    # Docker's containers folder as the collector sees it. By default an empty
+    # one: the tests' attackers are containers of this machine, and the
+    # addresses of a host's containers are never banned.
+    docker_dir: Path | None = None
 
     def __post_init__(self) -> None:
         self.docker = docker.from_env()
+        self.own_docker_dir = self.docker_dir is None
+        if self.docker_dir is None:
+            self.docker_dir = Path(tempfile.mkdtemp(prefix="pyfilter-it-containers-"))
         self.env = {
             **os.environ,
+            "PYFILTER_DOCKER_DIR": str(self.docker_dir),
             "PYFILTER_LOG_DIR": str(self.log_dir),
             "PYFILTER_API_PORT": str(self.api_port),
             "PYFILTER_API_TOKEN": self.token,
@@ -154,5 +162,7 @@ def running(stack: Stack) -> Iterator[Stack]:
         yield stack
     finally:
         stack.down()
+        if stack.own_docker_dir:
+            shutil.rmtree(stack.docker_dir, ignore_errors=True)
         if not os.environ.get("PYFILTER_KEEP_LOGS"):
             shutil.rmtree(stack.log_dir, ignore_errors=True)

@@ -60,3 +60,10 @@ def test_a_whitelist_entry_in_mapped_form_protects_the_ipv4_addresses():
     whitelist = [parse_network("::ffff:198.51.100.0/120")]
     assert "whitelisted" in never_ban_reason(parse_target("198.51.100.3"), whitelist)
     assert "whitelisted" in never_ban_reason(parse_target("::ffff:198.51.100.3"), whitelist)
+
+
+def test_a_network_of_this_hosts_containers_is_never_banned():
+    own = [ipaddress.ip_network("172.18.0.0/16"), ipaddress.ip_address("172.18.0.5")]
+    assert "this host" in never_ban_reason(parse_target("172.18.3.4"), [], own)
+    assert "this host" in never_ban_reason(parse_target("172.16.0.0/12"), [], own)
+    assert never_ban_reason(parse_target("172.19.0.1"), [], own) is None

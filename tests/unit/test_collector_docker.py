@@ -1,122 +1,413 @@
-"""The collector follows container logs through the Docker engine, across a crash.
+"""The collector reads container logs from Docker's own files, never through the engine.
 
-No registry is reachable here, so the test builds its own image when none is
-there: one statically linked program (compiled with gcc) in an otherwise
-empty image, imported with `docker import`. It takes about a second.
+Each test writes a containers folder the way Docker 20.10+ does: one folder
+per container with `config.v2.json`, `hostconfig.json` and the json-file log
+`ID-json.log` (one JSON object per line), rotated as json-file rotates it.
+The real collector runs against it and the real Redis receives its lines.
 """
 
 from __future__ import annotations
 
-import io
+import json
+import os
+import secrets
 import shutil
-import subprocess
-import tarfile
-import uuid
+import time
+from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
+import redis
 
-from .test_collector_support import Collector, settle, stream_lines, wait_for
+from pyfilter.common import hosts
+from pyfilter.common.addresses import parse_address, parse_network
+from pyfilter.common.keys import Keys
+from pyfilter.collector.sources import containers
+from pyfilter.collector.sources.docker import first_line_at
+from pyfilter.common.messages import decode_batch
 
-docker = pytest.importorskip("docker")
-
-IMAGE = "pyfilter-test-logger:1"
-
-# Prints "<tag> <n>" lines, waits, prints more, then sleeps until stopped.
-LOGGER_C = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <unistd.h>
-int main(int argc, char **argv) {
-    int count = atoi(argv[1]), pause_ms = atoi(argv[2]);
-    for (int i = 0; i < count; i++) printf("first %d\n", i);
-    fflush(stdout);
-    usleep(pause_ms * 1000);
-    for (int i = 0; i < count; i++) printf("second %d\n", i);
-    fflush(stdout);
-    for (;;) pause();
-}
-"""
+from .test_collector_support import HOST, Collector, settle, stream_lines, wait_for, wait_for_lines
 
 
-@pytest.fixture(scope="module")
-def client():
-    try:
-        engine = docker.from_env()
-        engine.ping()
-    except docker.errors.DockerException as exc:
-        pytest.skip(f"no Docker engine: {exc}")
-    yield engine
-    engine.close()
+class DockerFolder:
+    """Docker's containers folder (/var/lib/docker/containers), written as the engine writes it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(mode=0o710)
+        self.clock = 0.0
+
+    def create(self, name: str, image: str, labels: dict[str, str] | None = None,
+               address: str | None = "172.18.0.5", prefix: int = 16, running: bool = True,
+               driver: str = "json-file") -> str:
+        cid = secrets.token_hex(32)
+        folder = self.root / cid
+        folder.mkdir(mode=0o710)
+        networks = {"web_default": {
+            "IPAMConfig": None, "Links": None, "Aliases": [name], "NetworkID": secrets.token_hex(32),
+            "EndpointID": secrets.token_hex(32) if running else "",
+            "Gateway": "172.18.0.1" if running else "", "IPAddress": address if running and address else "",
+            "IPPrefixLen": prefix if running and address else 0, "IPv6Gateway": "",
+            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+            "MacAddress": "02:42:ac:12:00:05" if running else "", "DriverOpts": None}}
+        config = {
+            "StreamConfig": {}, "State": {"Running": running, "Paused": False, "Restarting": False,
+                                          "OOMKilled": False, "Dead": False, "Pid": 4242 if running else 0,
+                                          "ExitCode": 0, "Error": "", "StartedAt": "2026-11-21T20:19:20Z",
+                                          "FinishedAt": "0001-01-01T00:00:00Z", "Health": None},
+            "ID": cid, "Created": "2026-11-21T20:19:19Z", "Managed": False, "Path": "/docker-entrypoint.sh",
+            "Args": [], "Config": {"Hostname": cid[:12], "Env": ["SECRET_TOKEN=never-read"], "Image": image,
+                                   "Labels": labels or {}, "Cmd": ["nginx", "-g", "daemon off;"]},
+            "Image": "sha256:" + secrets.token_hex(32),
+            "NetworkSettings": {"Bridge": "", "SandboxID": "", "Ports": {}, "Networks": networks},
+            "LogPath": str(folder / f"{cid}-json.log"), "Name": f"/{name}", "Driver": "overlay2",
+            "OS": "linux", "RestartCount": 0, "HasBeenStartedBefore": True,
+        }
+        self._write(folder / "config.v2.json", json.dumps(config), 0o600)
+        self._write(folder / "hostconfig.json", json.dumps(
+            {"LogConfig": {"Type": driver, "Config": {"max-size": "10m", "max-file": "3"}},
+             "NetworkMode": "web_default"}), 0o644)
+        if driver == "json-file":
+            self._write(self.log_path(cid), "", 0o640)
+        return cid
+
+    def log_path(self, cid: str) -> Path:
+        return self.root / cid / f"{cid}-json.log"
+
+    def log(self, cid: str, *texts: str, stream: str = "stdout", at: float | None = None) -> list[float]:
+        """Append lines as Docker's json-file driver does; return their times."""
+        times = []
+        with open(self.log_path(cid), "a") as f:
+            for text in texts:
+                when = at if at is not None else self.tick()
+                times.append(when)
+                f.write(json.dumps({"log": text if text.endswith("\n") or not text else text + "\n",
+                                    "stream": stream, "time": stamp(when)}, separators=(",", ":")) + "\n")
+        return times
+
+    def log_raw(self, cid: str, piece: str, stream: str = "stdout") -> None:
+        """One piece of a line Docker cut (no newline at the end of `log`)."""
+        with open(self.log_path(cid), "a") as f:
+            f.write(json.dumps({"log": piece, "stream": stream, "time": stamp(self.tick())},
+                               separators=(",", ":")) + "\n")
+
+    def tick(self) -> float:
+        """Now, as Docker stamps lines; strictly after the line before."""
+        self.clock = max(time.time(), self.clock + 1e-6)
+        return self.clock
+
+    def rotate(self, cid: str, max_file: int = 3) -> None:
+        """json-file's rotation at max-size: .1 -> .2 ..., the log -> .1, a new empty log."""
+        live = self.log_path(cid)
+        oldest = Path(f"{live}.{max_file - 1}")
+        if oldest.exists():
+            oldest.unlink()
+        for n in range(max_file - 2, 0, -1):
+            if Path(f"{live}.{n}").exists():
+                os.rename(f"{live}.{n}", f"{live}.{n + 1}")
+        os.rename(live, f"{live}.1")
+        self._write(live, "", 0o640)
+
+    def truncate(self, cid: str) -> None:
+        """json-file with max-file 1: the log is emptied in place."""
+        with open(self.log_path(cid), "r+") as f:
+            f.truncate(0)
+
+    def remove(self, cid: str) -> None:
+        shutil.rmtree(self.root / cid)
+
+    @staticmethod
+    def _write(path: Path, text: str, mode: int) -> None:
+        path.write_text(text)
+        path.chmod(mode)
 
 
-@pytest.fixture(scope="module")
-def image(client, tmp_path_factory):
-    try:
-        client.images.get(IMAGE)
-        return IMAGE
-    except docker.errors.ImageNotFound:
-        pass
-    if shutil.which("gcc") is None:
-        pytest.skip("no local image to run and no gcc to build the tiny test image")
-    folder = tmp_path_factory.mktemp("logger")
-    (folder / "logger.c").write_text(LOGGER_C)
-    built = subprocess.run(["gcc", "-static", "-O2", "-o", str(folder / "logger"), str(folder / "logger.c")],
-                           capture_output=True, text=True)
-    if built.returncode:
-        pytest.skip(f"cannot build the static test program (libc6-dev missing?): {built.stderr[-300:]}")
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w") as tar:
-        tar.add(folder / "logger", arcname="logger")
-    repository, tag = IMAGE.split(":")
-    client.api.import_image_from_data(data.getvalue(), repository=repository, tag=tag,
-                                      changes=['ENTRYPOINT ["/logger"]'])
-    return IMAGE
+def stamp(when: float) -> str:
+    """Docker's time: RFC 3339 in UTC with nanoseconds, trailing zeros dropped."""
+    whole = datetime.fromtimestamp(int(when), timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    nanos = f"{round((when - int(when)) * 1e9):09d}".rstrip("0")
+    return f"{whole}.{nanos}Z" if nanos else f"{whole}Z"
 
 
 @pytest.fixture
-def run(client, image):
-    started = []
-
-    def start(*args: str, **options):
-        container = client.containers.run(image, list(args), detach=True, **options)
-        started.append(container)
-        return container
-
-    yield start
-    for container in started:
-        container.remove(force=True)
+def docker(tmp_path) -> DockerFolder:
+    return DockerFolder(tmp_path / "containers")
 
 
-def test_container_logs_arrive_once_across_a_crash(tmp_path, redis_url, run):
-    label = f"pyfilter.test={uuid.uuid4().hex}"
-    collector = Collector(tmp_path, redis_url, [{"name": "app", "type": "docker", "label": label}],
-                          batch_lines=10)
-    first = {f"first {i}" for i in range(25)}
-    second = {f"second {i}" for i in range(25)}
-    with collector.start() as c:
-        c.first_run_recorded("app")
-        container = run("25", "4000", labels=dict([label.split("=")]))
-        wait_for(lambda: first <= {line.text for line in stream_lines(redis_url)}, 15, "the first lines")
-        c.kill()
-    # The container logs its second lines while the collector is down.
-    wait_for(lambda: b"second 24" in container.logs(), 15, "the container's second lines")
-    with collector.start():
-        wait_for(lambda: second <= {line.text for line in stream_lines(redis_url)}, 15, "the second lines")
-        settle(1.0)
-    lines = stream_lines(redis_url)
-    assert {line.text for line in lines} == first | second
-    assert len(lines) == 50, "lines sent twice after the restart"
-    assert all(line.id.startswith(container.id + ":") for line in lines)
-    assert len({line.id for line in lines}) == 50
+def containers_source(docker: DockerFolder, **options) -> dict:
+    return {"name": "containers", "type": "docker", "paths": [str(docker.root)], **options}
 
 
-def test_container_followed_by_name_from_its_start(tmp_path, redis_url, run):
-    name = f"pyfilter-test-{uuid.uuid4().hex[:8]}"
-    container = run("5", "0", name=name)
-    wait_for(lambda: b"second 4" in container.logs(), 15, "the container's lines")
-    source = {"name": "app", "type": "docker", "container": name, "from_start": True}
+def batches(redis_url: str) -> list:
+    client = redis.Redis.from_url(redis_url)
+    return [decode_batch(fields[b"m"]) for _, fields in client.xrange(Keys().lines)]
+
+
+def published(redis_url: str) -> str | None:
+    value = redis.Redis.from_url(redis_url).hget(Keys().own_addresses, hosts.field(HOST, "containers"))
+    return None if value is None else value.decode()
+
+
+def started(redis_url: str, source: str = "containers") -> None:
+    client = redis.Redis.from_url(redis_url)
+    wait_for(lambda: client.hexists(Keys().checkpoint(HOST, source), "seen"), 10, "the source's first look")
+
+
+# --- what goes out -----------------------------------------------------------
+
+def test_lines_carry_their_container_program_and_stream_time(tmp_path, docker, redis_url):
+    web = docker.create("web", "docker.io/library/nginx:1.25")
+    with Collector(tmp_path, redis_url, [containers_source(docker)]).start():
+        started(redis_url)
+        out = docker.log(web, '198.51.100.7 - alice [21/Nov/2026:20:19:28 +0000] "GET / HTTP/1.1" 401 179')
+        err = docker.log(web, '2026/11/21 20:19:28 [error] 29#29: *1 user "alice": password mismatch, '
+                              'client: 198.51.100.7, server: localhost, request: "GET / HTTP/1.1", '
+                              'host: "web"', stream="stderr")
+        wait_for(lambda: len(stream_lines(redis_url)) == 2, 10, "both lines")
+    (batch,) = [b for b in batches(redis_url) if b.lines]
+    assert (batch.source, batch.program, batch.container, batch.rules) == ("containers", "nginx", "web", None)
+    assert [line.time for line in batch.lines] == pytest.approx(out + err, abs=1e-6)
+    assert batch.lines[1].text.startswith('2026/11/21 20:19:28 [error] 29#29: *1 user "alice"')
+    st = os.stat(docker.log_path(web))
+    assert batch.lines[0].id == f"containers:{st.st_dev}:{st.st_ino}:0"
+
+
+def test_label_names_the_rules_that_read_a_container(tmp_path, docker, redis_url):
+    app = docker.create("app", "registry.example:5000/team/app:3",
+                        labels={"pyfilter.rules": "nginx-http-auth, http-auth-401,"})
+    with Collector(tmp_path, redis_url, [containers_source(docker)]).start():
+        started(redis_url)
+        docker.log(app, "hello")
+        wait_for_lines(redis_url, ["hello"])
+    (batch,) = [b for b in batches(redis_url) if b.lines]
+    assert batch.rules == ["nginx-http-auth", "http-auth-401"]
+    assert batch.program is None and batch.container == "app"
+
+
+def test_image_mapping_of_the_source_comes_before_the_built_in_one(tmp_path, docker, redis_url):
+    proxy = docker.create("proxy", "example/edge-router:2")
+    ignored = docker.create("cache", "nginx:1.25")
+    source = containers_source(docker, images={"example/edge-*": "traefik", "nginx": ""})
     with Collector(tmp_path, redis_url, [source]).start():
-        wait_for(lambda: len(stream_lines(redis_url)) >= 10, 15, "the lines")
+        started(redis_url)
+        docker.log(ignored, "not read")
+        docker.log(proxy, "read")
+        wait_for_lines(redis_url, ["read"])
         settle()
-    assert [line.text for line in stream_lines(redis_url)] == (
-        [f"first {i}" for i in range(5)] + [f"second {i}" for i in range(5)])
+    assert [(b.program, [line.text for line in b.lines]) for b in batches(redis_url) if b.lines] == \
+        [("traefik", ["read"])]
+
+
+def test_container_no_rule_reads_is_not_read_but_its_addresses_are_never_banned(tmp_path, docker, redis_url):
+    db = docker.create("db", "postgres:16", address="172.18.0.9")
+    docker.create("web", "nginx", address="172.19.0.3", prefix=24)
+    docker.create("old", "nginx", running=False)
+    with Collector(tmp_path, redis_url, [containers_source(docker)]).start():
+        started(redis_url)
+        docker.log(db, "FATAL:  password authentication failed for user \"postgres\"")
+        settle()
+    assert stream_lines(redis_url) == []
+    assert published(redis_url) == "172.18.0.0/16 172.18.0.9 172.19.0.0/24 172.19.0.3"
+
+    async def load():
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            return await hosts.load(client, Keys())
+        finally:
+            await client.aclose()
+
+    import asyncio
+    assert asyncio.run(load()) == {parse_network("172.18.0.0/16"), parse_address("172.18.0.9"),
+                                   parse_network("172.19.0.0/24"), parse_address("172.19.0.3")}
+
+
+def test_only_the_selected_containers_are_read(tmp_path, docker, redis_url):
+    chosen = docker.create("worker-1", "example/worker", labels={"role": "worker"})
+    other = docker.create("worker-2", "example/worker", labels={"role": "batch"})
+    source = containers_source(docker, label="role=worker", program="myapp")
+    with Collector(tmp_path, redis_url, [source]).start():
+        started(redis_url)
+        docker.log(other, "other")
+        docker.log(chosen, "chosen")
+        wait_for_lines(redis_url, ["chosen"])
+        settle()
+    assert [(b.program, b.container, [line.text for line in b.lines]) for b in batches(redis_url) if b.lines] == \
+        [("myapp", "worker-1", ["chosen"])]
+
+
+def test_pieces_of_a_cut_line_never_read_as_lines_of_their_own(tmp_path, docker, redis_url):
+    web = docker.create("web", "nginx")
+    forged = "Nov 21 20:19:28 web sshd[1]: Failed password for root from 198.51.100.99 port 22 ssh2\n"
+    with Collector(tmp_path, redis_url, [containers_source(docker)]).start():
+        started(redis_url)
+        docker.log_raw(web, "GET /" + "a" * 16379)  # Docker cuts at 16 KB
+        docker.log_raw(web, forged)  # the rest of that line, wherever the client's text put it
+        docker.log(web, "next line")
+        wait_for_lines(redis_url, ["next line"])
+    lines = [line.text for line in stream_lines(redis_url)]
+    assert len(lines) == 2 and lines[0].startswith("GET /aaa") and lines[1] == "next line"
+
+
+def test_a_driver_other_than_json_file_is_said_and_skipped(tmp_path, docker, redis_url):
+    docker.create("web", "nginx", driver="journald")
+    with Collector(tmp_path, redis_url, [containers_source(docker)]).start() as c:
+        started(redis_url)
+        wait_for(lambda: "logs with the journald driver" in c.logs(), 10, "the collector to say so")
+
+
+# --- containers coming and going --------------------------------------------
+
+def test_existing_log_is_read_from_its_end_at_the_first_start(tmp_path, docker, redis_url):
+    web = docker.create("web", "nginx")
+    docker.log(web, "old 1", "old 2")
+    with Collector(tmp_path, redis_url, [containers_source(docker)]).start():
+        started(redis_url)
+        docker.log(web, "new 1")
+        wait_for_lines(redis_url, ["new 1"])
+    assert [line.text for line in stream_lines(redis_url)] == ["new 1"]
+
+
+def test_new_container_is_read_from_its_first_line_and_a_removed_one_dropped(tmp_path, docker, redis_url):
+    checkpoint = Keys().checkpoint(HOST, "containers")
+    client = redis.Redis.from_url(redis_url)
+    with Collector(tmp_path, redis_url, [containers_source(docker)]).start():
+        started(redis_url)
+        web = docker.create("web", "nginx", address="172.20.0.2")
+        docker.log(web, "first", "second")
+        wait_for_lines(redis_url, ["first", "second"])
+        wait_for(lambda: "172.20.0.2" in (published(redis_url) or ""), 10, "the new container's address")
+        fields = set(client.hkeys(checkpoint)) - {b"started", b"seen"}
+        assert len(fields) == 1
+        docker.log(web, "last words")
+        docker.remove(web)
+        wait_for_lines(redis_url, ["last words"])
+        wait_for(lambda: not fields & set(client.hkeys(checkpoint)), 10, "its checkpoint to be forgotten")
+        wait_for(lambda: published(redis_url) == "", 10, "its address to leave the never-ban list")
+    assert [line.text for line in stream_lines(redis_url)] == ["first", "second", "last words"]
+
+
+def test_container_created_while_the_collector_was_down_is_read_whole(tmp_path, docker, redis_url):
+    collector = Collector(tmp_path, redis_url, [containers_source(docker)])
+    with collector.start():
+        started(redis_url)
+        assert collector.stop() == 0
+    web = docker.create("web", "nginx")
+    docker.log(web, "while down 1", "while down 2")
+    with collector.start():
+        wait_for_lines(redis_url, ["while down 1", "while down 2"])
+
+
+# --- rotation and restarts ---------------------------------------------------
+
+def test_rotation_loses_no_line_and_sends_none_twice(tmp_path, docker, redis_url):
+    web = docker.create("web", "nginx")
+    expected = []
+    with Collector(tmp_path, redis_url, [containers_source(docker)], batch_lines=50).start():
+        started(redis_url)
+        for round_ in range(4):
+            # Rotated twice in a row, faster than the collector looks: a file
+            # it never saw at the live name sits between the one it reads
+            # and the new one. max-file 4 keeps all three.
+            for part in ("a", "b"):
+                texts = [f"round {round_}{part} line {i}" for i in range(120)]
+                docker.log(web, *texts)
+                docker.rotate(web, max_file=4)
+                expected += texts
+            wait_for_lines(redis_url, expected)
+        docker.log(web, "after")
+        expected.append("after")
+        wait_for_lines(redis_url, expected)
+    assert [line.text for line in stream_lines(redis_url)] == expected
+
+
+def test_restart_resumes_where_it_stopped_across_a_rotation(tmp_path, docker, redis_url):
+    web = docker.create("web", "nginx")
+    collector = Collector(tmp_path, redis_url, [containers_source(docker)])
+    with collector.start():
+        started(redis_url)
+        docker.log(web, "before 1", "before 2")
+        wait_for_lines(redis_url, ["before 1", "before 2"])
+        collector.kill()
+    docker.log(web, "while down 1")
+    docker.rotate(web)
+    docker.log(web, "while down 2")
+    with collector.start():
+        wait_for_lines(redis_url, ["while down 2"])
+        settle()
+    assert [line.text for line in stream_lines(redis_url)] == ["before 1", "before 2", "while down 1",
+                                                               "while down 2"]
+
+
+def test_truncated_log_is_read_again_from_its_start(tmp_path, docker, redis_url):
+    web = docker.create("web", "nginx")
+    with Collector(tmp_path, redis_url, [containers_source(docker)]).start():
+        started(redis_url)
+        docker.log(web, "a fairly long line before the truncation", "and another one")
+        wait_for_lines(redis_url, ["and another one"])
+        docker.truncate(web)
+        docker.log(web, "after")
+        wait_for_lines(redis_url, ["after"])
+    assert [line.text for line in stream_lines(redis_url)][-1] == "after"
+    assert len(stream_lines(redis_url)) == 3
+
+
+# --- what Docker's files say (no collector needed) -------------------------
+
+@pytest.mark.parametrize("image, name", [
+    ("nginx", "nginx"), ("nginx:1.25-alpine", "nginx"), ("docker.io/library/nginx:1.25", "nginx"),
+    ("ghcr.io/owner/app:1.2@sha256:" + "0" * 64, "owner/app"), ("localhost:5000/team/web:2", "team/web"),
+    ("vaultwarden/server:latest", "vaultwarden/server"), ("Traefik:v3", "traefik"),
+])
+def test_image_names_leave_out_registry_tag_and_digest(image, name):
+    assert containers.image_name(image) == name
+
+
+@pytest.mark.parametrize("image, program", [
+    ("nginx:1.25", "nginx"), ("nginxinc/nginx-unprivileged", "nginx"), ("httpd:2.4", "apache2"),
+    ("traefik:v3.1", "traefik"), ("caddy", "caddy"), ("gitea/gitea:1.22", "gitea"),
+    ("codeberg.org/forgejo/forgejo:9", "gitea"), ("vaultwarden/server", "vaultwarden"),
+    ("boky/postfix", "postfix/smtpd"), ("dovecot/dovecot", "dovecot"), ("mariadb:11", "mysqld"),
+    ("bitwarden/identity", "bitwarden"), ("bitwardenrs/server", "vaultwarden"), ("redis:7", None),
+])
+def test_the_image_says_whose_log_a_container_holds(image, program):
+    assert containers.program_for(image, {}) == program
+
+
+def test_every_built_in_image_program_is_read_by_a_rule_of_its_own(catalog):
+    from pyfilter.detector.matching import Matcher
+
+    matcher = Matcher(catalog)
+    unread = [program for _, program in containers.DEFAULT_IMAGES
+              if not [r for r in matcher.rules_for(program) if "*" not in r.rule.programs]]
+    assert unread == []
+
+
+def test_the_rules_label_is_a_comma_separated_list():
+    assert containers.label_rules({"pyfilter.rules": " sshd,, nginx-http-auth "}) == ["sshd", "nginx-http-auth"]
+    assert containers.label_rules({}) is None
+
+
+def test_the_first_line_since_a_time_is_found_without_reading_the_log(tmp_path):
+    log = tmp_path / "c-json.log"
+    base = 1_795_000_000.0
+    log.write_text("".join(json.dumps({"log": f"line {i}\n", "stream": "stdout", "time": stamp(base + i)}) + "\n"
+                           for i in range(1000)))
+    starts = [0]
+    for row in log.read_bytes().splitlines(keepends=True):
+        starts.append(starts[-1] + len(row))
+    fd = os.open(log, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        for since, line in [(base - 5, 0), (base, 0), (base + 0.5, 1), (base + 500, 500),
+                            (base + 999, 999), (base + 1000, 1000)]:
+            assert first_line_at(fd, size, since) == starts[line], since
+    finally:
+        os.close(fd)
+
+
+def test_container_files_give_name_image_labels_and_addresses_never_environment(docker):
+    cid = docker.create("web", "nginx:1.25", labels={"a": "b"}, address="172.18.0.5")
+    (found,) = containers.Folder(str(docker.root)).containers()
+    assert (found.id, found.name, found.image, found.labels, found.addresses, found.networks) == \
+        (cid, "web", "nginx:1.25", {"a": "b"}, ("172.18.0.5",), ("172.18.0.0/16",))
+    assert "never-read" not in repr(found)

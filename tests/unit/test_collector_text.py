@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pyfilter.collector.sources.base import Stats, to_text
-from pyfilter.collector.sources.docker import Mark, parse_timestamp
+from pyfilter.collector.sources.containers import decode_entry, parse_time
 from pyfilter.collector.sources.journal import Entry, format_entry
 
 
@@ -33,8 +33,13 @@ def test_journal_binary_message_is_decoded_with_replacement():
     assert format_entry(entry, 1000, Stats()).endswith(" x: hi\ufffd")
 
 
-def test_docker_timestamps_keep_nanoseconds_and_order():
-    a = parse_timestamp("2024-05-01T10:00:00.000000001Z")
-    b = parse_timestamp("2024-05-01T10:00:00.1Z")
-    assert b - a == 99_999_999
-    assert Mark(a, 1) > Mark(a, 0) and Mark(b, 0) > Mark(a, 5)
+def test_docker_times_are_utc_with_up_to_nine_fraction_digits():
+    assert parse_time("2024-05-01T10:00:00Z") == 1714557600.0
+    assert parse_time("2024-05-01T10:00:00.5Z") == 1714557600.5
+    assert abs(parse_time("2024-05-01T10:00:00.123456789Z") - 1714557600.123456789) < 1e-6
+    assert parse_time("2024-05-01 10:00:00") is None
+
+
+def test_a_json_file_line_that_is_not_json_is_refused_not_fatal():
+    assert decode_entry('{"log":"hi\\n","stream":"stdout","time":"2024-05-01T10:00:00Z"}').log == "hi\n"
+    assert decode_entry('{"log":"cut by a cra') is None

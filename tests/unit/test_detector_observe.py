@@ -122,3 +122,38 @@ def test_syslog_times_are_read_in_the_zone_of_their_source(redis_url):
     assert observed("-0500") == [utc + 5 * 3600]
     assert observed("America/New_York", timezone="UTC") == [utc]  # a rule's own zone wins
     assert observed("Mars/Olympus") == [utc]  # an unknown zone: the default, matching goes on
+
+
+# Container logs: lines carry their stream time, a label names the rules.
+
+def container_batch(*lines: messages.Line, **fields) -> messages.LineBatch:
+    return messages.LineBatch(host="h", source="containers", lines=list(lines), read_at=NOW, **fields)
+
+
+def test_a_lines_stream_time_wins_over_the_time_its_text_holds(redis_url):
+    written = NOW - 30.5
+    line = messages.Line("containers:0:0:0", "Nov 21 01:59:00 web sshd[1]: Failed password for root "
+                         "from 198.51.100.7 port 22", written)
+    (found,) = detector(redis_url, sources=[]).observe(container_batch(line), NOW, set(), [])
+    assert found.time == written
+
+
+def test_a_container_label_names_the_rules_that_read_its_lines(redis_url):
+    rules = {"sshd": msgspec.structs.replace(load_rules(None, "sshd")["sshd"], sources=["auth"])}
+    config = Config(host="h")
+    config.redis.url = redis_url
+    d = Detector(Settings(config=config, rules=rules, path="t"))
+    text = "Failed password for root from 198.51.100.7 port 22 ssh2"
+    lines = [messages.Line("containers:0:0:0", text)]
+    # A plain line of an app whose program no rule reads, from a source the rule is not
+    # restricted to: nothing, unless the container's label names the rule.
+    assert d.observe(container_batch(*lines, program="myapp"), NOW, set(), []) == []
+    found = d.observe(container_batch(*lines, program="myapp", rules=["sshd", "not-enabled"],
+                                      container="app"), NOW, set(), [])
+    assert [(o.rule, o.address) for o in found] == [("sshd", "198.51.100.7")]
+
+
+def test_addresses_of_the_hosts_containers_are_not_counted(redis_url):
+    own = {ipaddress.ip_network("172.18.0.0/16")}
+    found = detector(redis_url).observe(batch("172.18.0.9", "198.51.100.7"), NOW, own, [])
+    assert [o.address for o in found] == ["198.51.100.7"]

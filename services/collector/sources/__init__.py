@@ -14,7 +14,7 @@ __all__ = ["Batch", "Source", "Stats", "build"]
 def build(cfg: SourceConfig, opts: CollectorConfig, saved: dict[str, bytes],
           stop: asyncio.Event) -> Source:
     """The source a config entry describes, resuming from its saved checkpoint."""
-    # Imported here so a host without the docker SDK can still follow files.
+    # Imported here: a collector loads only the kinds it is configured with.
     if cfg.type == "file":
         from .file import FileSource as kind
     elif cfg.type == "journal":

@@ -13,6 +13,12 @@ yields `Batch` objects:
   checkpoint hash (`Keys.checkpoint(host, source)`). Only the source reads
   them back (it is built with what the hash held at start), so each source
   chooses its own encoding.
+- `batch.program`, `batch.rules`, `batch.container`: whose lines these are,
+  when a source holds several programs' logs (containers); None: the
+  source's configured `program`.
+- `batch.own`: when not None, the addresses and networks on this host that
+  belong to what the source reads (its containers), published with the
+  batch for the never-ban list in place of what the source published before.
 - The consumer commits a batch before it asks for the next one, so a source
   may treat "my iterator was resumed" as "the previous batch is durable". It
   never commits anything itself.
@@ -44,6 +50,10 @@ class Batch:
     lines: list[Line]
     checkpoint: dict[str, bytes] = field(default_factory=dict)
     forget: list[str] = field(default_factory=list)
+    program: str | None = None
+    rules: list[str] | None = None
+    container: str | None = None
+    own: list[str] | None = None
 
 
 @dataclass

@@ -62,13 +62,14 @@ class Matcher:
         return found
 
     def match(self, text: str, source: str | None = None, now: float | None = None,
-              host: str | None = None, tz: str | None = None, program: str | None = None) -> list[Failure]:
+              host: str | None = None, tz: str | None = None, program: str | None = None,
+              rules: Sequence[str] | None = None) -> list[Failure]:
         """Failures in one log line: at most one per rule. See `match_batch`."""
-        return [f for _, f in self.match_batch([text], source, now, host, tz, program)]
+        return [f for _, f in self.match_batch([text], source, now, host, tz, program, rules)]
 
     def match_batch(self, texts: Sequence[str], source: str | None = None, now: float | None = None,
-                    host: str | None = None, tz: str | None = None,
-                    program: str | None = None) -> list[tuple[int, Failure]]:
+                    host: str | None = None, tz: str | None = None, program: str | None = None,
+                    rules: Sequence[str] | None = None) -> list[tuple[int, Failure]]:
         """(index in `texts`, failure) for a batch of lines, in line order then rule order.
 
         `source` is the collector source the lines come from (None: any;
@@ -76,12 +77,20 @@ class Matcher:
         holds them (connections of different hosts are kept apart), `tz` the
         zone its zone-less times are written in (None: the matcher's
         default), `program` the program its plain lines come from, if known.
+        `rules` names the only rules that read the lines, whatever their
+        programs and sources (a container's `pyfilter.rules` label); names of
+        rules not in the catalog are ignored.
         """
         per_rule: list[list[tuple[int, Failure]]] = []
+        named = None if rules is None else set(rules)
         if self._message_rules:
             env = envelopes.read_batch(texts, program)
-            for rule, lines, unrouted in self._route(texts, env, program):
-                if rule.sources and source is not None and source not in rule.sources:
+            if named is None:
+                routes = self._route(texts, env, program)
+            else:
+                routes = [(rule, None, False) for rule in self._message_rules if rule.name in named]
+            for rule, lines, unrouted in routes:
+                if named is None and rule.sources and source is not None and source not in rule.sources:
                     continue
                 rule.use_zone(tz)
                 lits = tuple(rule.prefilter) if unrouted else rule.gate
@@ -99,7 +108,10 @@ class Matcher:
                     per_rule.append(self._dated(rule, texts, found, source, host, now))
         if self._line_rules:
             for rule in self._line_rules:
-                if rule.sources and source is not None and source not in rule.sources:
+                if named is not None:
+                    if rule.name not in named:
+                        continue
+                elif rule.sources and source is not None and source not in rule.sources:
                     continue
                 rule.use_zone(tz)
                 none = [None] * len(texts)
