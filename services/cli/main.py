@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from pyfilter.cli import api, matching
-from pyfilter.detector.timeparse import InvalidZone
+from pyfilter.common.timeparse import InvalidZone
 
 
 def build_parser() -> argparse.ArgumentParser:

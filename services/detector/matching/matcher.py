@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from pyfilter.common.config import Rule
-from pyfilter.detector import timeparse
+from pyfilter.common import timeparse
 from pyfilter.detector.matching import envelopes
 from pyfilter.detector.matching.compiled import CompiledRule
 from pyfilter.detector.matching.connections import Failure
