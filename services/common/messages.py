@@ -41,6 +41,9 @@ class LineBatch(msgspec.Struct, frozen=True, tag="lines"):
     # The program whose own log the source is (its lines have no syslog
     # header naming one), e.g. "nginx"; None: unknown.
     program: str | None = None
+    # Rules these lines must not feed: a syslog file's copies of lines the
+    # collector reads from the journal (collector/plan.py).
+    skip: tuple[str, ...] = ()
 
 
 Action = Literal["ban", "unban"]

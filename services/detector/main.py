@@ -79,7 +79,7 @@ class Detector:
         found = []
         lines = batch.lines
         for i, f in self.matcher.match_batch([line.text for line in lines], batch.source, now, batch.host,
-                                             batch.tz, batch.program):
+                                             batch.tz, batch.program, batch.skip):
             address = self._countable(f.address, own, whitelist)
             if address is not None and f.rule in self.v6_prefix and ":" in address:
                 address = self._prefix_of(address, self.v6_prefix[f.rule], own, whitelist)

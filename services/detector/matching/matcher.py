@@ -12,7 +12,7 @@ Rules without `programs` (older files) match whole lines, as before.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Collection, Sequence
 
 from pyfilter.common.config import Rule
 from pyfilter.common import timeparse
@@ -58,20 +58,22 @@ class Matcher:
 
     def match_batch(self, texts: Sequence[str], source: str | None = None, now: float | None = None,
                     host: str | None = None, tz: str | None = None,
-                    program: str | None = None) -> list[tuple[int, Failure]]:
+                    program: str | None = None, skip: Collection[str] = ()) -> list[tuple[int, Failure]]:
         """(index in `texts`, failure) for a batch of lines, in line order then rule order.
 
         `source` is the collector source the lines come from (None: any;
         rules restricted to sources then all apply), `host` the host whose log
         holds them (connections of different hosts are kept apart), `tz` the
         zone its zone-less times are written in (None: the matcher's
-        default), `program` the program its plain lines come from, if known.
+        default), `program` the program its plain lines come from, if known,
+        `skip` rules these lines must not feed (copies of lines another
+        source delivers, as the collector decided).
         """
         per_rule: list[list[tuple[int, Failure]]] = []
         if self._message_rules:
             env = envelopes.read_batch(texts, program)
             for rule, lines, unrouted in self._route(texts, env, program):
-                if rule.sources and source is not None and source not in rule.sources:
+                if rule.sources and source is not None and source not in rule.sources or rule.name in skip:
                     continue
                 rule.use_zone(tz)
                 lits = tuple(rule.prefilter) if unrouted else rule.gate
@@ -89,7 +91,7 @@ class Matcher:
                     per_rule.append(self._dated(rule, texts, found, source, host, now))
         if self._line_rules:
             for rule in self._line_rules:
-                if rule.sources and source is not None and source not in rule.sources:
+                if rule.sources and source is not None and source not in rule.sources or rule.name in skip:
                     continue
                 rule.use_zone(tz)
                 none = [None] * len(texts)
