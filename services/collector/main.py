@@ -151,15 +151,15 @@ def make_plan(settings: Settings) -> plan.Plan:
     """Choose the source of every enabled rule's lines, and say so (collector/plan.py)."""
     sources = settings.config.collector.sources
     chosen = plan.make(settings.rules, sources, {s.name: plan.probe(s) for s in sources})
+    kinds = {s.name: s.type for s in sources}
     for c in chosen.rules:
         extra = {"rule": c.rule, "sources": c.carriers, "left_out": c.left_out}
         if c.problem:
             log.warning(c.problem, extra=extra)
-        elif c.journal:
-            copies = f"; its copies in {', '.join(c.left_out)} are left out" if c.left_out else ""
-            log.info(f"{c.rule}: lines from {', '.join(c.carriers)} (the journal){copies}", extra=extra)
         elif c.carriers:
-            log.info(f"{c.rule}: lines from {', '.join(c.carriers)}", extra=extra)
+            names = ", ".join(f"the journal ({n})" if kinds[n] == "journal" else n for n in c.carriers)
+            copies = f"; their copies in {', '.join(c.left_out)} are left out" if c.left_out else ""
+            log.info(f"{c.rule}: lines from {names}{copies}", extra=extra)
     for s in sources:
         if s.name not in chosen.sources:
             log.info(f"source {s.name!r}: no enabled rule reads its lines here; not followed",

@@ -83,7 +83,7 @@ def test_an_attack_in_the_journal_and_in_auth_log_counts_once(tmp_path, redis_ur
     assert client.zcard(keys.window("app", APP_ATTACKER)) == 3
     # Every sshd failure counted is a journal entry (its id a cursor), none a line of auth.log.
     assert all(member.startswith(b"s=") for member in client.zrange(keys.window("sshd", SSHD_ATTACKER), 0, -1))
-    assert "its copies in auth are left out" in collector.logs()
+    assert "sshd: lines from the journal (journal); their copies in auth are left out" in collector.logs()
 
 
 def drained(client: redis.Redis, keys: Keys) -> bool:

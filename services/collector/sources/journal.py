@@ -3,7 +3,7 @@
 `paths` name journal folders or files (none: the system journal). A folder
 is read as journald lays it out: its `.journal` files and those of its
 subfolder named by the host's machine id (`/etc/machine-id`, mounted by
-compose; without it, every subfolder). The files are listed again every
+compose; without it, or with no such subfolder, every subfolder). The files are listed again every
 RESCAN seconds, and journalctl restarted from where it was when the set
 changes: journald rotates its files, a folder may appear after us, and
 `journalctl --file` follows only the files it was given.
@@ -107,9 +107,9 @@ def journal_files(paths: list[str], machine: str | None) -> list[str]:
                 found.append(path)
             continue
         folders = [path]
-        if machine:
+        if machine and os.path.isdir(os.path.join(path, machine)):
             folders.append(os.path.join(path, machine))
-        else:
+        else:  # no machine id to go by (or not this folder's): every subfolder
             folders += sorted(f.path for f in os.scandir(path) if f.is_dir())
         for folder in folders:
             for pattern in ("*.journal", "*.journal~"):
