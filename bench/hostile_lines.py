@@ -45,11 +45,12 @@ def measure(catalog_dir: Path) -> list[tuple[str, int, float, str]]:
             matcher = matchers.get(case.mode)
             if matcher is None:
                 matcher = matchers[case.mode] = Matcher({name: rulecases.rule_with_mode(rule, case.mode)})
-            for index in range(len(case.fields())):
+            for group in case.field_groups():
+                index = group[0]
                 for value in rulecases.hostile_values(case, index, fragments):
                     if len(value) < rulecases.LONG:
                         continue
-                    line = rulecases.render(case.template, {index: value})
+                    line = rulecases.render(case.template, {n: value for n in group})
                     best = min(_once(matcher, line, case) for _ in range(3))
                     count += 1
                     if best > worst:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyfilter.cli import api, matching
+from pyfilter.cli import api, import_pyfilter_v1, matching
 from pyfilter.common.timeparse import InvalidZone
 
 
@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     matching.add_commands(sub)
     api.add_commands(sub)
+    imports = sub.add_parser("import", help="import another tool's configuration (and ban list)")
+    kinds = imports.add_subparsers(dest="kind", required=True, metavar="KIND")
+    import_pyfilter_v1.add_command(kinds)
     return parser
 
 

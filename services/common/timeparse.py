@@ -101,7 +101,7 @@ def _prefixed(name: str, rx: str) -> str:
     return rx.replace("(?P<", f"(?P<{name}_") + f"(?P<{name}>)"
 
 
-_START = re.compile(r"[\s\[(]*(?:<\d{1,3}>\d{1,2} +|=[A-Z]+ REPORT=+ )?(?:"
+_START = re.compile(r"[\s\[(]*+(?:<\d{1,3}>\d{1,2} +|=[A-Z]+ REPORT=+ )?(?:"
                     + "|".join(_prefixed(name, rx) for name, rx in _FORMATS) + ")")
 _FORMAT_NAMES = [name for name, _ in _FORMATS]
 

@@ -20,7 +20,9 @@ from pyfilter.detector.matching import Failure, Matcher
 
 CATALOG = Path(__file__).resolve().parents[2] / "config" / "rules"
 DEFAULT_NOW = "2026-11-21T20:30:00Z"
-_FIELD = re.compile(r"\{\{(?:(word|quoted):)?(.*?)\}\}")
+# {{text}}, {{word:text}}, {{quoted:text}}, and with a link {{#u:text}}, {{word#u:text}}: fields
+# with the same link are one value the daemon writes twice (the hostile test fills them together).
+_FIELD = re.compile(r"\{\{(?:(word|quoted)?(?:#(\w+))?:(?=.))?(.*?)\}\}")
 _KEYS = ("user", "time", "count")
 _DIRECTIVES = ("mode", "program", "now", "tz", "reset")
 
@@ -56,6 +58,13 @@ class Case:
     def fields(self) -> list[re.Match[str]]:
         return list(_FIELD.finditer(self.template))
 
+    def field_groups(self) -> list[list[int]]:
+        """The fields to fill together: each alone, but linked ones ({{#u:...}}) as one."""
+        groups: dict[str, list[int]] = {}
+        for n, m in enumerate(self.fields()):
+            groups.setdefault(m.group(2) or f"#{n}", []).append(n)
+        return list(groups.values())
+
     def where(self, path: Path) -> str:
         return f"{path.name}:{self.line_no}"
 
@@ -79,7 +88,7 @@ def render(template: str, replace: dict[int, str] | None = None) -> str:
         count += 1
         if replace is not None and count in replace:
             return replace[count]
-        return m.group(2)
+        return m.group(3)
     return _FIELD.sub(one, template)
 
 
@@ -221,7 +230,7 @@ def hostile_values(case: Case, index: int, fragments: list[str]) -> list[str]:
     """What a client could write in field `index` of `case`: other addresses, copies of the
     line's own text around its address with another address in it, and 16 KB runs."""
     m = case.fields()[index]
-    kind, default = m.group(1) or "raw", m.group(2)
+    kind, default = m.group(1) or "raw", m.group(3)
     real = case.expected.address or ""
     line = render(case.template, {index: "\0"})
     before, _, after = line.partition("\0")

@@ -58,10 +58,10 @@ def test_on_a_journal_only_host_the_journal_carries_the_syslog_rules(tmp_path):
     p = make_plan(tmp_path, {"sshd": {}, "postfix": {}, "nginx-http-auth": {}})
     assert chosen(p)["sshd"] == (["journal"], ["auth", "mail"])
     assert chosen(p)["postfix"] == (["journal"], ["auth", "mail"])
-    assert chosen(p)["nginx-http-auth"] == (["nginx-error"], [])  # its own file, never a copy
+    # nginx's own file is never a copy: read beside the journal.
+    assert chosen(p)["nginx-http-auth"] == (["journal", "nginx-error"], ["auth", "mail"])
     assert set(p.sources) == {"journal", "nginx-error"}  # auth and mail feed nothing: not read
-    assert p.sources["journal"].programs == sorted(
-        {"sshd", "sshd-session", "sshd-auth", "postfix*/smtpd", "postfix*/postscreen"})
+    assert {"sshd", "sshd-session", "sshd-auth", "postfix*/smtpd", "nginx"} <= set(p.sources["journal"].programs)
     assert not any(c.problem for c in p.rules)
 
 
@@ -118,7 +118,8 @@ def test_each_source_looks_back_over_the_longest_window_it_feeds(tmp_path):
 
 
 def test_a_rule_no_source_carries_is_said_in_plain_words(tmp_path):
-    p = make_plan(tmp_path, {"sshd": {}, "mysqld-auth": {}, "recidive": {}},
+    own_file = {"service": "mysql", "sources": ["mysql-error"], "patterns": ["Access denied .*@'<HOST>'"]}
+    p = make_plan(tmp_path, {"sshd": {}, "mysql": own_file, "recidive": {}},
                   host_sources(tmp_path) + [{"name": "mysql-error", "paths": [str(tmp_path / "mysql.err")],
                                              "program": "mysqld"}])
     problems = {c.rule: c.problem for c in p.rules}
@@ -126,8 +127,7 @@ def test_a_rule_no_source_carries_is_said_in_plain_words(tmp_path):
         f"sshd is enabled but no source carries sshd lines: {tmp_path}/auth.log, {tmp_path}/secure and "
         f"{tmp_path}/mail.log do not exist; the journal ({tmp_path}/journal, {tmp_path}/run-journal) "
         "is not mounted or holds no files")
-    assert problems["mysqld-auth"] == (
-        f"mysqld-auth is enabled but no source carries mysql lines: {tmp_path}/mysql.err does not exist")
+    assert problems["mysql"] == f"mysql is enabled but no source carries mysql lines: {tmp_path}/mysql.err does not exist"
     assert problems["recidive"] is None  # fed by the detector's own bans
 
 

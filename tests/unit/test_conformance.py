@@ -44,10 +44,33 @@ NOT_APPLICABLE = {
                             "detector never resolves names an attacker controls: the line alone is the same",
     "apache-pass": "marks an address to allow (port knocking), not one to ban",
 }
-# Sample lines where fail2ban expects the address a hostile user name plants:
-# the rule reports the real one instead (docs/conformance.md explains each).
-DELIBERATE = {
-    "sshd": ["Failed password for invalid user test from 127.0.0.1 port 58946 ssh2: from 10.10.1.2 port 55555 ssh2"],
+# Sample lines a rule fails on purpose, or for a reason outside the rule: a fragment of the
+# line (unique in the corpus) -> why. docs/conformance.md lists them.
+EXPLAINED = {
+    "Failed password for invalid user test from 127.0.0.1 port 58946 ssh2: from 10.10.1.2 port 55555 ssh2":
+        "fail2ban expects the address a hostile user name plants (`test from 127.0.0.1 port 58946 ssh2:`); "
+        "the rule reports the last address, the one sshd wrote",
+    "PROXY.3128 00508 - 1.2.3.4:28938":
+        "3proxy's code 00508 (closed before any request) counts in the aggressive mode only: browsers' "
+        "pre-opened connections close so too",
+    "11-06-2013 02:09:40 +0300 PROXY.3128 00004": "fail2ban's sample ignores the +0300 offset the line "
+                                                  "states; the rule reads it",
+    "11-06-2013 02:09:43 +0300 PROXY.3128 00005": "fail2ban's sample ignores the +0300 offset the line "
+                                                  "states; the rule reads it",
+    '"timestamp":"2026-08-13T00:00:34.803989Z"': "fail2ban's sample reads cowrie's UTC time (…Z) as local time; "
+                                                 "the rule reads the zone the line states",
+    '"timestamp":"2026-08-13T00:05:00.000000Z"': "fail2ban's sample reads cowrie's UTC time (…Z) as local time; "
+                                                 "the rule reads the zone the line states",
+    "SIP auth challenge (INVITE) on sofia profile 'internal' for [011448708752617@192.168.2.51]":
+        "a SIP auth challenge comes before every registration of a legitimate phone: it counts in the ddos "
+        "and aggressive modes only",
+    "pop(pam_unix)[4920]: authentication failure":
+        "fail2ban's filter does not read the old `svc(pam_unix)[pid]:` tag; the rule does: a real PAM failure",
+    'host: "localhost:8443"": was not found in "/etc/nginx/.htpasswd", client: 192.0.2.2':
+        "fail2ban's injection sample: a quote in the user name writes a second \", client: ADDR\" tail, and nginx "
+        "writes the user name, request, Host and referrer raw on both sides of the address: the line gives none",
+    "SOGoRootPage Login from '192.0.2.16, 10.0.0.1'":
+        "SOGo logs the client's X-Forwarded-For list as the address: its first entry is client text",
 }
 DEFAULT = "default"
 
@@ -72,7 +95,7 @@ class Result:
         for label, items in (("no rule", self.no_rule), ("mode not provided", self.no_mode),
                              ("missed", self.missed), ("wrong address", self.wrong_host),
                              ("wrong time", self.wrong_time), ("false match", self.false_matches)):
-            out += [f"- {self.rule} [{self.mode}] {label}: {item}" for item in items]
+            out += [f"- {self.rule} [{self.mode}] {label}: {item[:300]}" for item in items]
         return out
 
 
@@ -97,7 +120,7 @@ def run_sample(path: Path, name: str, rule: Rule | None, default_only: bool) -> 
     records = expected.parse_file(str(path), expand=True, default_only=default_only)
     results: dict[str, Result] = {}
     matchers: dict[str, Matcher | None] = {}
-    program = rule.programs[0] if rule is not None and rule.programs else None
+    program = None  # as `pyfilter match FILE` reads it: no source declares a program
     for rec in records:
         variant = rec["variant"]
         options = variant["options"]
@@ -107,7 +130,7 @@ def run_sample(path: Path, name: str, rule: Rule | None, default_only: bool) -> 
             [mode] + [f"{k}={v}" for k, v in sorted(options.items()) if k != "mode"])
         res = results.setdefault(label, Result(name, label))
         res.checks += 1
-        where = f"{path.name}:{rec['line_no']}: {rec['line'][:150]}"
+        where = f"{path.name}:{rec['line_no']}: {rec['line']}"
         if rule is None:
             res.no_rule.append(where)
             continue
@@ -202,8 +225,14 @@ def problems(results: dict[str, dict[str, Result]]) -> str:
     return "\n".join(p for modes in results.values() for r in modes.values() for p in r.problems())
 
 
-def deliberate(rule: str, items: list[str]) -> list[str]:
-    return [item for item in items if any(line in item for line in DELIBERATE.get(rule, ()))]
+def reason(item: str) -> str | None:
+    """Why a failed check fails, if EXPLAINED says."""
+    return next((why for fragment, why in EXPLAINED.items() if fragment in item), None)
+
+
+def unexplained(res: Result) -> list[str]:
+    items = res.missed + res.wrong_host + res.wrong_time + res.false_matches + res.no_mode
+    return [item for item in items if reason(item) is None] + ([] if res.rule in NOT_APPLICABLE else res.no_rule)
 
 
 @pytest.fixture(scope="module")
@@ -213,11 +242,10 @@ def results() -> dict[str, dict[str, Result]]:
     return run_conformance(default_only=False)
 
 
-def test_every_default_sshd_check_passes(results):
+def test_every_default_sshd_check_passes_but_the_explained_ones(results):
     sshd = results["sshd"][DEFAULT]
     assert sshd.checks > 100
-    assert deliberate("sshd", sshd.wrong_host) == sshd.wrong_host, "\n".join(sshd.problems())
-    assert sshd.passed + len(DELIBERATE["sshd"]) == sshd.checks, "\n".join(sshd.problems())
+    assert not unexplained(sshd), "\n".join(sshd.problems())
 
 
 def test_at_least_95_percent_of_default_checks_pass(results):
@@ -227,17 +255,64 @@ def test_at_least_95_percent_of_default_checks_pass(results):
 
 
 def test_no_rule_reports_a_wrong_address(results):
-    wrong = {f"{name} [{mode}]": [w for w in r.wrong_host if w not in deliberate(name, r.wrong_host)]
+    wrong = {f"{name} [{mode}]": [w for w in r.wrong_host if reason(w) is None]
              for name, modes in results.items() for mode, r in modes.items()}
     assert not any(wrong.values()), {k: v for k, v in wrong.items() if v}
+
+
+def test_every_rule_passes_90_percent_in_each_mode_or_explains_each_miss(results):
+    short = {f"{name} [{mode}] {r.passed}/{r.checks}": unexplained(r)
+             for name, modes in results.items() for mode, r in modes.items()
+             if r.passed < 0.9 * r.checks and unexplained(r)}
+    assert not short, short
+
+
+START, END = "<!-- generated: start -->", "<!-- generated: end -->"
+
+
+def document(results: dict[str, dict[str, Result]]) -> str:
+    """The generated part of docs/conformance.md: the table, the explained failures, the may-miss cases."""
+    from tests.unit import rulecases
+
+    out = [table(results), "", "### Checks a rule fails, and why", ""]
+    by_reason: dict[str, list[str]] = {}
+    for modes in results.values():
+        for r in modes.values():
+            for item in r.missed + r.wrong_host + r.wrong_time + r.false_matches + r.no_mode:
+                by_reason.setdefault(reason(item) or "not explained yet", []).append(
+                    f"{r.rule} [{r.mode}]: `{item.split(': ', 1)[-1][:110]}`")
+    for why, items in sorted(by_reason.items()):
+        out.append(f"- {why}:")
+        out += [f"  - {item}" for item in sorted(set(items))]
+    out += ["", "### Lines that may match nothing when a client fills its fields", "",
+            "Cases marked `may-miss:` in the rules' cases files: the daemon writes client text on both sides",
+            "of the address, so a line whose client text repeats the daemon's own words around it matches",
+            "nothing (never another address). The hostile test holds every other case to the real address.", ""]
+    for name, path in rulecases.catalog_cases():
+        for case in rulecases.read(path).cases:
+            if case.expected.may_miss:
+                out.append(f"- {name} ({path.name}:{case.line_no}): {case.expected.may_miss}")
+    return "\n".join(out)
+
+
+def write_document(path: Path, results: dict[str, dict[str, Result]]) -> None:
+    text = path.read_text(encoding="utf-8")
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    path.write_text(f"{head}{START}\n{document(results)}\n{END}{tail}", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rule", metavar="NAME", help="one rule, with every problem listed")
     parser.add_argument("--default-only", action="store_true", help="the stock configuration's checks only")
+    parser.add_argument("--doc", metavar="FILE", help="rewrite the generated part of this file (docs/conformance.md)")
     args = parser.parse_args(argv)
     res = run_conformance(default_only=args.default_only, only=args.rule)
+    if args.doc:
+        write_document(Path(args.doc), res)
+        print(f"written to {args.doc}")
+        return 0
     print(table(res))
     print()
     print(problems(res))

@@ -35,3 +35,25 @@ def test_every_mode_of_the_rule_has_cases(catalog, name, path):
 
 def test_the_catalog_has_cases():
     assert len(CASES) >= 1
+
+
+def test_every_rule_finds_its_cases_in_the_whole_catalog(catalog):
+    """Routing among all rules (programs, catch-alls like pam-generic, plain lines) leaves each
+    rule the lines its own matcher finds: the cases of the default mode, through one matcher
+    of the whole catalog."""
+    from pyfilter.detector.matching import Matcher
+
+    matcher = Matcher(catalog)
+    lost = []
+    for name, path in CASES:
+        matcher.reset()
+        for case in rulecases.read(path).cases:
+            if case.mode not in (None, catalog[name].mode):
+                continue
+            if case.reset:
+                matcher.reset()
+            found = [f.address for f in matcher.match(case.text, None, case.now, "test-host", case.tz, case.program)
+                     if f.rule == name]
+            if case.expected.address is not None and found != [case.expected.address]:
+                lost.append(f"{case.where(path)}: {found}, expected {case.expected.address}\n    {case.text[:200]}")
+    assert not lost, "\n".join(lost)

@@ -168,6 +168,10 @@ class CompiledRule:
         """Whether the rule reads messages of `program` (lower case)."""
         return any(fnmatchcase(program, p) for p in self.programs)
 
+    def names(self, program: str) -> bool:
+        """Whether the rule reads `program` other than as a catch-all (`programs: ['*']`)."""
+        return any(p != "*" and fnmatchcase(program, p) for p in self.programs)
+
     def use_zone(self, tz: str | None) -> None:
         """Read the next lines' zone-less times in zone `tz` (their source's), unless the rule fixes one."""
         if self.fixed_zone:

@@ -14,6 +14,9 @@ header: they are chosen by the program it names and match the message only.
     Jun 17 14:37:39 <mail.notice> robin sm-mta[2794]: ...                 BSD syslogd's facility.level
     ... sshd[4242]: [ID 800047 auth.info] ...                             Solaris message id
     ... sshd[4242]: kernel: [  970.699397] ...                            a kernel clock in the message
+    Jun 20 02:18:39 vps auth.info sshd[13482]: ...                        syslog-ng/BusyBox priority
+    2015-05-27T04:31:27.46667 auth.info: Invalid user ...                 socklog: no program
+    2018-06-26 13:22:02.108781500 Failed password ...   @4000...         s6-log, multilog: no program
     ... vsftpd(pam_unix)[15522]: ...   [sshd]: ...   sogod [26818]: ...   proftpd[1] host (...)
 
 rsyslog's `message repeated 5 times: [ msg]` is unwrapped: the message is
@@ -43,7 +46,11 @@ PLAIN = "plain"
 _STAMP_3164 = r"[A-Z][a-z]{2} {1,2}\d{1,2}(?: \d{4})? \d\d:\d\d:\d\d(?:\.\d+)?"
 _STAMP_3339 = r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z| ?[+-]\d\d:?\d\d)?"
 _HOSTNAME = r"[\w.\-]++"
-_PROGRAM = r"[A-Za-z_][\w.\-/@]*+"
+# A syslog priority written as text: syslog-ng's and BusyBox's `host auth.info sshd[1]:`,
+# socklog's `stamp auth.info: message`.
+_PROGRAM_NAME = r"[A-Za-z_][\w.\-/@]*+"
+_PRIORITY = r"(?:auth|authpriv|cron|daemon|ftp|kern|lpr|mail|news|syslog|user|uucp|local\d)\.(?:emerg|alert|crit|err|warn|warning|notice|info|debug)"
+_PROGRAM = r"(?!" + _PRIORITY + r": )" + _PROGRAM_NAME
 
 # The RFC 3164 family. Groups: 1 the whole header (the message starts after
 # it), 2 the stamp, 3 the stamp if RFC 3164, 4 host, 5 bracketed program
@@ -60,13 +67,18 @@ _HEADER = (
     r"((?:<\d{1,3}>)?"
     r"(?:\[?((" + _STAMP_3164 + r")|" + _STAMP_3339 + r")\]? +(?:<[\w.]+> +)?"
     r"|(?=(?:" + _HOSTNAME + r" +)?" + _PROGRAM + r"(?:\([^()\s]*\))? ?\[\d+\]))"
-    r"(?:(" + _HOSTNAME + r") +)?"
+    r"(?:(" + _HOSTNAME + r") +)?(?:" + _PRIORITY + r" +)?"
     r"(?:\[(" + _PROGRAM + r")\](?(3):? |: )"
     r"|(" + _PROGRAM + r")(?:\([^()\s]*\))?(?: ?\[(\d+)\])?(?:: |(?<=\])(?(4):? |: )))"
     r"(?:\[ID \d+ [\w.]+\] |kernel: ?\[ *\d+\.\d+\]:? )?"
     r"(?:message repeated (\d+) times: \[ ?)?)"
 )
 _LINE = re.compile(optional_branches(_HEADER))
+# Headers that name no program: socklog's `2015-05-27T04:31:27.46667 auth.info: `, s6-log's
+# `2018-06-26 13:22:02.108781500 ` (nine digits) and multilog's `@4000000063a8...` (TAI64N).
+# The message after them is a daemon's own text, routed as a plain line's.
+_NO_PROGRAM = re.compile(r"(?:(" + _STAMP_3339 + r") " + _PRIORITY + r": |(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d\.\d{9}"
+                         r"|@4000000[0-9a-fA-F]{17}) )")
 
 # The batch form: the common headers only, with four groups (stamp, host,
 # program, pid), so that `split` over the joined lines returns, per line,
@@ -80,7 +92,7 @@ _BATCH = re.compile(optional_branches(
     r"\n(?:(?:<\d{1,3}>)?"
     r"(?:\[?(" + _STAMP_3164 + r"|" + _STAMP_3339 + r")\]? +(?:<[\w.]+> +)?"
     r"|(?=(?:" + _HOSTNAME + r" +)?" + _PROGRAM + r"(?:\([^()\s]*\))? ?\[\d+\]))"
-    r"(?:(" + _HOSTNAME + r") +)?"
+    r"(?:(" + _HOSTNAME + r") +)?(?:" + _PRIORITY + r" +)?"
     r"\[?(" + _PROGRAM + r")(?:\([^()\s]*\))?\]?(?: ?\[(\d+)\])?(?:: |(?<=\d\])(?(2) |(?!)))"
     r"(?:\[ID \d+ [\w.]+\] |kernel: ?\[ *\d+\.\d+\]:? )?|)"
 ))
@@ -96,7 +108,7 @@ _RFC5424 = re.compile(
 class Envelope(NamedTuple):
     """One line's envelope. `start`: where the message begins in the line."""
 
-    format: str  # "rfc3164", "rfc3339", "rfc5424", "no-time" or PLAIN
+    format: str  # "rfc3164", "rfc3339", "rfc5424", "no-time", "no-program" or PLAIN
     program: str | None
     pid: str | None
     stamp: str | None  # the timestamp text, as written
@@ -121,6 +133,9 @@ def read(text: str, program: str | None = None) -> Envelope:
         fmt = "rfc3164" if rfc3164 else "rfc3339" if stamp else "no-time"
         return Envelope(fmt, prog or bracketed, pid, stamp, host, len(head), int(repeat or 1),
                         _repeat_end(text, repeat))
+    m = _NO_PROGRAM.match(text)
+    if m is not None:
+        return Envelope("no-program", None, None, m.group(1) or m.group(2), None, m.end(), 1)
     if text.startswith("<"):
         m = _RFC5424.match(text)
         if m is not None:
@@ -132,6 +147,9 @@ def read(text: str, program: str | None = None) -> Envelope:
 
 
 _MONTHS = {"Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"}
+# An ISO stamp may start a header without a program (socklog, s6-log); only where the
+# source declares none: a daemon's own file starting with a date is read as it is.
+_CENTURIES = {"19", "20"}
 
 
 class BatchEnvelopes:
@@ -164,8 +182,8 @@ def read_batch(texts: Sequence[str], program: str | None = None) -> BatchEnvelop
     """`read` for every line of a batch: one `split` over the joined lines.
 
     Lines the batch regex finds no header in are read again one by one where
-    they may hold a rarer header (they start like one: "<", "[" or a month),
-    and so are repeats.
+    they may hold a rarer header (they start like one: "<", "[", "@", a month,
+    or a year where the source declares no program), and so are repeats.
     """
     block = "\n" + "\n".join(texts)
     if block.count("\n") != len(texts):  # a line holds a newline: one by one
@@ -177,12 +195,14 @@ def read_batch(texts: Sequence[str], program: str | None = None) -> BatchEnvelop
     if None in programs or "message repeated " in block:
         for i, prog in enumerate(programs):
             text = texts[i]
-            if (prog is None and (text[:1] in "<[" or text[:3] in _MONTHS)) or "message repeated " in text:
+            if (prog is None and (text[:1] in "<[@" or text[:3] in _MONTHS
+                                  or (program is None and text[:2] in _CENTURIES))) \
+                    or "message repeated " in text:
                 env = read(text, program)
                 if env.format == PLAIN and prog is None:
                     continue
                 messages[i] = env.message(text)
-                programs[i] = None if env.format == PLAIN else env.program
+                programs[i] = env.program if env.format not in (PLAIN, "no-program") else None
                 stamps[i], pids[i] = env.stamp, env.pid
                 if env.repeat != 1:
                     repeats[i] = env.repeat

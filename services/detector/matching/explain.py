@@ -56,7 +56,7 @@ def explain(matcher: Matcher, text: str, now: float | None = None, program: str 
             rule: str | None = None) -> tuple[envelopes.Envelope, list[Explanation]]:
     """The line's envelope and, per rule that reads it (or `rule` alone), what it makes of the line."""
     env = envelopes.read(text, program)
-    if env.format != envelopes.PLAIN and program is not None and not matcher.rules_for(env.program) \
+    if env.program is not None and program is not None and not matcher.knows(env.program) \
             and matcher.rules_for(program):
         env = envelopes.Envelope(envelopes.PLAIN, program, None, None, None, 0, 1)  # as match_batch reads it
     message = env.message(text)

@@ -4,9 +4,10 @@ Each line's envelope is read once (`envelopes`), then it goes to the rules
 whose `programs` name its program, which match its message. A plain line
 (a daemon's own file) goes to the rules of the program its source declares,
 or, where none is declared, to every rule (their literals screen it first).
-A line whose header names a program no rule reads, from a source that
-declares its program, is read as a plain line of that program: daemons'
-own files sometimes look like syslog (`[2012-02-13 17:21:54] NOTICE[1638] ...`).
+A line whose header names a program no rule reads by name (a catch-all
+like pam-generic's `'*'` aside), from a source that declares its program,
+is read as a plain line of that program: daemons' own files sometimes look
+like syslog (`[2012-02-13 17:21:54] NOTICE[1638] ...`).
 Rules without `programs` (older files) match whole lines, as before.
 """
 
@@ -35,8 +36,17 @@ class Matcher:
         self._message_rules = [r for r in self.rules if r.reads_messages]
         self._line_rules = [r for r in self.rules if not r.reads_messages]
         self._by_program: dict[str | None, list[CompiledRule]] = {None: self._message_rules}
+        self._by_name: dict[str, bool] = {}
         # The last lines of the previous batches of each (source, host), for `_dated`.
         self._last_lines: dict[tuple[str | None, str | None], tuple[str, ...]] = {}
+
+    def knows(self, program: str) -> bool:
+        """Whether some rule reads `program` by name (not only a catch-all like pam-generic)."""
+        known = self._by_name.get(program)
+        if known is None:
+            name = program.lower()
+            known = self._by_name[program] = any(r.names(name) for r in self._message_rules)
+        return known
 
     def reset(self) -> None:
         """Forget every connection's state (what the lines so far said of each pid)."""
@@ -139,8 +149,9 @@ class Matcher:
         programs = env.programs
         present = set(programs)
         if program is not None and self.rules_for(program):
-            # Lines whose header names a program no rule reads are plain lines of `program`.
-            for p in [p for p in present if p is not None and not self.rules_for(p)]:
+            # Lines whose header names a program no rule reads (a catch-all aside) are plain
+            # lines of `program`.
+            for p in [p for p in present if p is not None and not self.knows(p)]:
                 for i in [i for i, q in enumerate(programs) if q == p]:
                     env.make_plain(i, texts[i])
                 present.discard(p)
