@@ -99,7 +99,8 @@ def machine_id() -> str | None:
 
 
 def journal_files(paths: list[str], machine: str | None) -> list[str]:
-    """The journal files the paths hold now (readable or not), sorted."""
+    """The journal files the paths hold now (readable or not; a folder that
+    cannot be listed stands for its files), sorted."""
     found: list[str] = []
     for path in paths:
         if not os.path.isdir(path):
@@ -110,7 +111,11 @@ def journal_files(paths: list[str], machine: str | None) -> list[str]:
         if machine and os.path.isdir(os.path.join(path, machine)):
             folders.append(os.path.join(path, machine))
         else:  # no machine id to go by (or not this folder's): every subfolder
-            folders += sorted(f.path for f in os.scandir(path) if f.is_dir())
+            try:
+                folders += sorted(f.path for f in os.scandir(path) if f.is_dir())
+            except OSError:
+                found.append(path)  # a folder we may not list: reported as unreadable
+                continue
         for folder in folders:
             for pattern in ("*.journal", "*.journal~"):
                 found += glob.glob(os.path.join(glob.escape(folder), pattern))
