@@ -16,7 +16,7 @@ COMPOSE_FILES += -f compose/airgapped.yml
 endif
 COMPOSE := docker compose $(COMPOSE_FILES)
 
-.PHONY: help up down server agent images airgapped-images dev test unit integration bench logs
+.PHONY: help up down server agent images airgapped-images dev test unit integration bench logs fail2ban-config
 
 help:
 	@echo "make up      start the stack on this host (healthy when it returns); DETECTORS=3 scales"
@@ -75,14 +75,29 @@ $(VENV)/.installed: pyproject.toml
 
 dev: $(VENV)/.installed
 
-unit: dev
+# Debian's fail2ban package, extracted but not installed (its service would
+# touch this machine's firewall): the import tests read its /etc/fail2ban
+# (tests/unit/test_import_fail2ban.py, $$PYFILTER_FAIL2BAN_CONFIG). Its
+# filters are GPL: read at test time, never copied into the repository.
+FAIL2BAN_CONFIG := .cache/fail2ban/etc/fail2ban
+fail2ban-config: $(FAIL2BAN_CONFIG)/jail.conf
+
+$(FAIL2BAN_CONFIG)/jail.conf:
+	@if ! command -v apt-get >/dev/null; then \
+	  echo "no apt-get: the fail2ban import tests will be skipped"; exit 0; fi; \
+	rm -rf .cache/fail2ban .cache/fail2ban-deb && mkdir -p .cache/fail2ban-deb && \
+	(cd .cache/fail2ban-deb && apt-get download -q fail2ban 2>&1 | { grep -v '^W: Download is performed unsandboxed' || true; }) && \
+	dpkg-deb -x .cache/fail2ban-deb/fail2ban_*.deb .cache/fail2ban && \
+	echo "extracted $$(basename .cache/fail2ban-deb/fail2ban_*.deb) into .cache/fail2ban"
+
+unit: dev fail2ban-config
 	$(VENV)/bin/pytest tests/unit -q
 
 integration: dev images
 	PYFILTER_AIRGAPPED=$(AIRGAPPED) $(VENV)/bin/pytest tests/integration -q -p no:cacheprovider
 
 # pytest exits 5 when it collects nothing: that is a failure here, not a pass.
-test: dev images
+test: dev images fail2ban-config
 	PYFILTER_AIRGAPPED=$(AIRGAPPED) $(VENV)/bin/pytest tests -q -rs
 
 # Side by side with fail2ban (docs/benchmarks.md), then the kernel side in a

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyfilter.cli import api, import_pyfilter_v1, matching
+from pyfilter.cli import api, matching
+from pyfilter.cli.imports import fail2ban as import_fail2ban, pyfilter_v1 as import_pyfilter_v1
 from pyfilter.common.timeparse import InvalidZone
 
 
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_commands(sub)
     imports = sub.add_parser("import", help="import another tool's configuration (and ban list)")
     kinds = imports.add_subparsers(dest="kind", required=True, metavar="KIND")
+    import_fail2ban.add_command(kinds)
     import_pyfilter_v1.add_command(kinds)
     return parser
 

@@ -64,7 +64,10 @@ def load_rules(catalog: str | None, only: str | None, config: str | None = None)
         if not folder.is_dir():
             raise UsageError(f"rule catalog {folder} is not a folder (use --catalog DIR or --config FILE)")
         try:
-            rules = load_catalog(folder)
+            if only is not None and (folder / f"{only}.yaml").is_file():
+                rules = {only: configuration.load_rule(folder / f"{only}.yaml", only)}  # just the one
+            else:
+                rules = load_catalog(folder)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
         where = str(folder)

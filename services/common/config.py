@@ -20,6 +20,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+# libyaml's parser where the system has it (Debian's python3-yaml, PyPI's wheels): the
+# catalog's hundred files load in a third of the time. Both load only plain data.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 from pyfilter.common.zones import InvalidZone, get_zone
 
 DEFAULT_PATH = "/etc/pyfilter/pyfilter.yaml"
@@ -330,7 +334,7 @@ def _read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        return yaml.safe_load(text) or {}
+        return yaml.load(text, Loader=_LOADER) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 

@@ -50,7 +50,9 @@ _HOSTNAME = r"[\w.\-]++"
 # socklog's `stamp auth.info: message`.
 _PROGRAM_NAME = r"[A-Za-z_][\w.\-/@]*+"
 _PRIORITY = r"(?:auth|authpriv|cron|daemon|ftp|kern|lpr|mail|news|syslog|user|uucp|local\d)\.(?:emerg|alert|crit|err|warn|warning|notice|info|debug)"
-_PROGRAM = r"(?!" + _PRIORITY + r": )" + _PROGRAM_NAME
+_PROGRAM = _PROGRAM_NAME
+# The batch form checks the shape of a priority only (cheaper than naming them).
+_PRIORITY_SHAPE = r"[a-z]++\d?\.[a-z]++"
 
 # The RFC 3164 family. Groups: 1 the whole header (the message starts after
 # it), 2 the stamp, 3 the stamp if RFC 3164, 4 host, 5 bracketed program
@@ -77,6 +79,7 @@ _LINE = re.compile(optional_branches(_HEADER))
 # Headers that name no program: socklog's `2015-05-27T04:31:27.46667 auth.info: `, s6-log's
 # `2018-06-26 13:22:02.108781500 ` (nine digits) and multilog's `@4000000063a8...` (TAI64N).
 # The message after them is a daemon's own text, routed as a plain line's.
+_IS_PRIORITY = re.compile(_PRIORITY)
 _NO_PROGRAM = re.compile(r"(?:(" + _STAMP_3339 + r") " + _PRIORITY + r": |(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d\.\d{9}"
                          r"|@4000000[0-9a-fA-F]{17}) )")
 
@@ -92,7 +95,7 @@ _BATCH = re.compile(optional_branches(
     r"\n(?:(?:<\d{1,3}>)?"
     r"(?:\[?(" + _STAMP_3164 + r"|" + _STAMP_3339 + r")\]? +(?:<[\w.]+> +)?"
     r"|(?=(?:" + _HOSTNAME + r" +)?" + _PROGRAM + r"(?:\([^()\s]*\))? ?\[\d+\]))"
-    r"(?:(" + _HOSTNAME + r") +)?(?:" + _PRIORITY + r" +)?"
+    r"(?:(" + _HOSTNAME + r") +)?(?:" + _PRIORITY_SHAPE + r" +)?"
     r"\[?(" + _PROGRAM + r")(?:\([^()\s]*\))?\]?(?: ?\[(\d+)\])?(?:: |(?<=\d\])(?(2) |(?!)))"
     r"(?:\[ID \d+ [\w.]+\] |kernel: ?\[ *\d+\.\d+\]:? )?|)"
 ))
@@ -127,15 +130,15 @@ def _repeat_end(text: str, repeat: str) -> int | None:
 
 def read(text: str, program: str | None = None) -> Envelope:
     """The envelope of one line (`program`: what a plain line's source declares)."""
+    m = _NO_PROGRAM.match(text)
+    if m is not None:
+        return Envelope("no-program", None, None, m.group(1) or m.group(2), None, m.end(), 1)
     m = _LINE.match(text)
     if m is not None:
         head, stamp, rfc3164, host, bracketed, prog, pid, repeat = m.groups()
         fmt = "rfc3164" if rfc3164 else "rfc3339" if stamp else "no-time"
         return Envelope(fmt, prog or bracketed, pid, stamp, host, len(head), int(repeat or 1),
                         _repeat_end(text, repeat))
-    m = _NO_PROGRAM.match(text)
-    if m is not None:
-        return Envelope("no-program", None, None, m.group(1) or m.group(2), None, m.end(), 1)
     if text.startswith("<"):
         m = _RFC5424.match(text)
         if m is not None:
@@ -192,6 +195,10 @@ def read_batch(texts: Sequence[str], program: str | None = None) -> BatchEnvelop
         parts = _BATCH.split(block)
     stamps, programs, pids, messages = parts[1::5], parts[3::5], parts[4::5], parts[5::5]
     repeats: dict[int, int] = {}
+    if socklog := {p for p in set(programs) if p and _IS_PRIORITY.fullmatch(p)}:
+        for i, prog in enumerate(programs):
+            if prog in socklog:
+                programs[i] = None  # read below, as a header that names no program
     if None in programs or "message repeated " in block:
         for i, prog in enumerate(programs):
             text = texts[i]

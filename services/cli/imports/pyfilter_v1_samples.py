@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from pyfilter.cli.pyfilter_v1_format import V1Pattern
+from pyfilter.cli.imports.pyfilter_v1_format import V1Pattern
 from pyfilter.common.config import Pattern, Rule
 from pyfilter.detector.matching import Matcher
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pyfilter.cli.pyfilter_v1_format import V1Config, V1Pattern, V1Rule, group_spans, unsafe_reason
-from pyfilter.cli.pyfilter_v1_samples import Compared, compare, sample_lines
+from pyfilter.cli.imports.pyfilter_v1_format import V1Config, V1Pattern, V1Rule, group_spans, unsafe_reason
+from pyfilter.cli.imports.pyfilter_v1_samples import Compared, compare, sample_lines
 from pyfilter.common.config import Rule, Source
 from pyfilter.common import timeparse
 

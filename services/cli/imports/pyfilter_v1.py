@@ -27,9 +27,9 @@ import yaml
 
 from pyfilter.api.schemas import MAX_DURATION
 from pyfilter.cli import api, matching
-from pyfilter.cli import pyfilter_v1_bans as bans
-from pyfilter.cli import pyfilter_v1_format as v1
-from pyfilter.cli import pyfilter_v1_mapping as mapping
+from pyfilter.cli.imports import pyfilter_v1_bans as bans
+from pyfilter.cli.imports import pyfilter_v1_format as v1
+from pyfilter.cli.imports import pyfilter_v1_mapping as mapping
 from pyfilter.common import config as configuration
 from pyfilter.common.config import ConfigError, load_catalog, parse_duration
 from pyfilter.common.zones import InvalidZone, get_zone
