@@ -2,7 +2,7 @@
 #
 # Real users build it as is (python:3.12-slim from a registry, packages from
 # PyPI). Air-gapped builds (no registry; how `make up` builds here) pass
-#   BASE_IMAGE=pyfilter-base:bookworm-3  PIP_NO_INDEX=1  PIP_FIND_LINKS=/wheels
+#   BASE_IMAGE=pyfilter-base:bookworm-4  PIP_NO_INDEX=1  PIP_FIND_LINKS=/wheels
 # with the wheelhouse in docker/wheels (see docker/build-base.sh and
 # docker/build-wheels.sh). No BuildKit features: the legacy builder must do.
 ARG BASE_IMAGE=python:3.12-slim
@@ -37,9 +37,10 @@ RUN cd /build && apt-get update -q && apt-get download -q tor-geoipdb \
 
 FROM ${BASE_IMAGE}
 # The enforcer's iptables backend installs its rules with iptables-restore
-# (nft is handy for operators); the air-gapped base already has both.
-RUN if ! command -v nft >/dev/null || ! command -v iptables >/dev/null; then \
-        apt-get update && apt-get install -y --no-install-recommends nftables iptables \
+# (nft is handy for operators); the collector reads the journal with
+# journalctl (package systemd). The air-gapped base already has all three.
+RUN if ! command -v nft >/dev/null || ! command -v iptables >/dev/null || ! command -v journalctl >/dev/null; then \
+        apt-get update && apt-get install -y --no-install-recommends nftables iptables systemd \
         && rm -rf /var/lib/apt/lists/*; \
     fi \
     && (getent passwd pyfilter >/dev/null || useradd --system --uid 10001 --no-create-home pyfilter)

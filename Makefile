@@ -45,9 +45,13 @@ DETECTORS ?= 1
 
 # compose/.env also tells a plain `docker compose` run in compose/ which
 # files to use, so `docker compose up --scale detector=3` works there too.
+# The journal's group, found on this host, lets the collector read the journal.
+JOURNAL_GID = $(shell compose/journal-gid.sh "$${PYFILTER_LOG_DIR:-/var/log}")
+
 up: compose/.env images
-	@sed -i '/^COMPOSE_FILE=/d' compose/.env
+	@sed -i '/^COMPOSE_FILE=/d; /^PYFILTER_JOURNAL_GID=/d' compose/.env
 	@$(if $(filter 1,$(AIRGAPPED)),echo "COMPOSE_FILE=docker-compose.yml:airgapped.yml" >> compose/.env)
+	@$(if $(JOURNAL_GID),echo "PYFILTER_JOURNAL_GID=$(JOURNAL_GID)" >> compose/.env)
 	$(COMPOSE) up -d --wait --scale detector=$(DETECTORS)
 	@echo "PyFilter is up: API on http://127.0.0.1:$${PYFILTER_API_PORT:-8470} (token in compose/.env)"
 
@@ -59,7 +63,7 @@ server: images
 	docker compose -f compose/server.yml $(if $(filter 1,$(AIRGAPPED)),-f compose/airgapped.yml) up -d --wait --scale detector=$(DETECTORS)
 
 agent: images
-	docker compose -f compose/agent.yml up -d --wait
+	PYFILTER_JOURNAL_GID=$(JOURNAL_GID) docker compose -f compose/agent.yml up -d --wait
 
 logs:
 	$(COMPOSE) logs -f --tail=50

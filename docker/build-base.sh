@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Build the air-gapped base image from Debian packages: no container registry
 # needed, only the Debian mirror this machine's apt already uses.
-# Usage: docker/build-base.sh [IMAGE]   (default pyfilter-base:bookworm-3; bump the
+# Usage: docker/build-base.sh [IMAGE]   (default pyfilter-base:bookworm-4; bump the
 # suffix whenever the packages or the layout below change, so hosts rebuild it)
 set -euo pipefail
-image=${1:-pyfilter-base:bookworm-3}
+image=${1:-pyfilter-base:bookworm-4}
 if docker image inspect "$image" >/dev/null 2>&1; then
     echo "$image: present"
     exit 0
@@ -18,7 +18,8 @@ mirror=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' 
 
 rootfs=$(mktemp -d)
 trap 'rm -rf "$rootfs"' EXIT
-packages=python3,python3-venv,ca-certificates,nftables,iptables,iproute2,redis-server,procps
+# systemd: journalctl, with which the collector reads the host's journal.
+packages=python3,python3-venv,ca-certificates,nftables,iptables,iproute2,redis-server,procps,systemd
 echo "debootstrap bookworm from $mirror (about a minute)"
 debootstrap --variant=minbase --include="$packages" bookworm "$rootfs" "$mirror" >/dev/null
 # Redis keeps its append-only file in /data; a named volume mounted there

@@ -12,7 +12,7 @@ import sys
 
 from pyfilter.cli import api, matching
 from pyfilter.cli.imports import fail2ban as import_fail2ban, pyfilter_v1 as import_pyfilter_v1
-from pyfilter.detector.timeparse import InvalidZone
+from pyfilter.common.timeparse import InvalidZone
 
 
 def build_parser() -> argparse.ArgumentParser:

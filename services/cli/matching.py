@@ -26,7 +26,7 @@ from typing import Iterator
 from pyfilter.common import config as configuration
 from pyfilter.common.config import ConfigError, Rule, load_catalog
 from pyfilter.detector.matching import Matcher, RuleError, closest, explain
-from pyfilter.detector.timeparse import InvalidZone, get_zone
+from pyfilter.common.timeparse import InvalidZone, get_zone
 
 CHECKOUT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "pyfilter.yaml"
 

@@ -62,19 +62,20 @@ class Committer:
         self.length = 0  # stream length seen at the last write (the lag metric)
 
     async def commit(self, source: str, batch: Batch, stats: Stats, tz: str | None = None,
-                     program: str | None = None) -> None:
+                     program: str | None = None, skip: tuple[str, ...] = ()) -> None:
         """Write the batch and its checkpoint atomically; return once they are in Redis.
 
         `tz` is the zone the source writes zone-less timestamps in, `program`
         the program whose own log it is (if the source says; the batch's own
-        `program` wins). The addresses the batch says the source owns are
+        `program` wins), `skip` the rules its lines must not feed
+        (collector/plan.py). The addresses the batch says the source owns are
         published with it.
         """
         payload = None
         if batch.lines:
             payload = encode(LineBatch(self.host, source, batch.lines, time.time(), tz=tz,
                                        program=batch.program or program, rules=batch.rules,
-                                       container=batch.container))
+                                       container=batch.container, skip=skip))
         key = self.keys.checkpoint(self.host, source)
 
         async def write() -> list:

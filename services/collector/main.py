@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -31,9 +32,9 @@ from pyfilter.common.keys import Keys
 from pyfilter.common.redisio import connect
 from pyfilter.common.zones import InvalidZone, get_zone
 
-from . import checkpoints, privsep
+from . import checkpoints, plan, privsep
 from .checkpoints import Committer
-from .sources import Stats, build
+from .sources import SourcePlan, Stats, build
 
 log = logging.getLogger("pyfilter.collector")
 
@@ -43,7 +44,7 @@ BEAT_EVERY = 2.0  # heartbeat while Redis answers (s)
 
 
 async def follow(cfg: SourceConfig, settings: Settings, redis: aioredis.Redis,
-                 committer: Committer, stats: Stats, stop: asyncio.Event) -> None:
+                 committer: Committer, stats: Stats, stop: asyncio.Event, todo: SourcePlan) -> None:
     keys, host = Keys(settings.config.redis.prefix), settings.host
     zone = source_zone(cfg)
     shown = zone() or "UTC"
@@ -51,11 +52,11 @@ async def follow(cfg: SourceConfig, settings: Settings, redis: aioredis.Redis,
              extra={"source": cfg.name, "timezone": shown})
     while not stop.is_set():
         saved = await checkpoints.load(redis, keys, host, cfg.name)
-        source = build(cfg, settings.config.collector, saved, stop)
+        source = build(cfg, settings.config.collector, saved, stop, replace(todo, tz=zone()))
         source.stats = stats
         try:
             async for batch in source.batches():
-                await committer.commit(cfg.name, batch, stats, zone(), cfg.program)
+                await committer.commit(cfg.name, batch, stats, zone(), cfg.program, todo.skip)
         except Exception:
             stats.errors += 1
             log.exception(f"source {cfg.name!r} failed; restarting it from its checkpoint "
@@ -146,27 +147,50 @@ class Exporter:
                                 value=self.committer.length)
 
 
+def make_plan(settings: Settings) -> plan.Plan:
+    """Choose the source of every enabled rule's lines, and say so (collector/plan.py)."""
+    sources = settings.config.collector.sources
+    chosen = plan.make(settings.rules, sources, {s.name: plan.probe(s) for s in sources})
+    kinds = {s.name: s.type for s in sources}
+    for c in chosen.rules:
+        extra = {"rule": c.rule, "sources": c.carriers, "left_out": c.left_out}
+        if c.problem:
+            log.warning(c.problem, extra=extra)
+        elif c.carriers:
+            names = ", ".join(f"the journal ({n})" if kinds[n] == "journal" else n for n in c.carriers)
+            copies = f"; their copies in {', '.join(c.left_out)} are left out" if c.left_out else ""
+            log.info(f"{c.rule}: lines from {names}{copies}", extra=extra)
+    for s in sources:
+        if s.name not in chosen.sources:
+            log.info(f"source {s.name!r}: no enabled rule reads its lines here; not followed",
+                     extra={"source": s.name})
+    return chosen
+
+
 async def run(settings: Settings) -> int:
     if not settings.config.collector.sources:
         log.warning("no sources configured; nothing to collect")
     cfg = settings.config
+    todo = make_plan(settings).sources
+    followed = [s for s in cfg.collector.sources if s.name in todo]
     redis = connect(cfg.redis, socket_timeout=30)
     committer = Committer(redis, Keys(cfg.redis.prefix), settings.host, cfg.redis.lines_maxlen)
     stop = asyncio.Event()
     service.stop_on_signals(stop)
 
-    stats = {source.name: Stats() for source in cfg.collector.sources}
+    stats = {source.name: Stats() for source in followed}
     port = int(os.environ.get("PYFILTER_METRICS_PORT", "9101"))
     if port:
         registry = CollectorRegistry()
         registry.register(Exporter(stats, committer))
         start_http_server(port, registry=registry)
 
-    tasks = [asyncio.create_task(follow(source, settings, redis, committer, stats[source.name], stop))
-             for source in cfg.collector.sources]
+    tasks = [asyncio.create_task(follow(source, settings, redis, committer, stats[source.name], stop,
+                                        todo[source.name]))
+             for source in followed]
     tasks.append(asyncio.create_task(heartbeat(redis, stop)))
     log.info("collector started", extra={"host": settings.host,
-                                         "sources": [s.name for s in cfg.collector.sources]})
+                                         "sources": [s.name for s in followed]})
     await stop.wait()
     started = time.monotonic()
     _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)

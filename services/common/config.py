@@ -171,7 +171,8 @@ class Source(msgspec.Struct, forbid_unknown_fields=True):
     # (default /host/docker/containers, where compose mounts it).
     paths: list[str] = []
     from_start: bool = False
-    # journal: journalctl matches, e.g. ["_SYSTEMD_UNIT=ssh.service", "+", "SYSLOG_IDENTIFIER=sshd"].
+    # journal: journalctl matches, e.g. ["_SYSTEMD_UNIT=ssh.service", "+", "SYSLOG_IDENTIFIER=sshd"],
+    # read instead of the identifiers of the rules the journal carries.
     match: list[str] = []
     # docker: one container by name or id, or every container with a label
     # ("key" or "key=value"); neither: every container whose image or

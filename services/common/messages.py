@@ -52,6 +52,9 @@ class LineBatch(msgspec.Struct, frozen=True, tag="lines"):
     # The container whose log holds the lines, if any: connections (pids) of
     # different containers are kept apart.
     container: str | None = None
+    # Rules these lines must not feed: a syslog file's copies of lines the
+    # collector reads from the journal (collector/plan.py).
+    skip: tuple[str, ...] = ()
 
 
 Action = Literal["ban", "unban"]

@@ -84,7 +84,7 @@ class Detector:
         # Containers of one host each have their own pids: their connections are kept apart.
         origin = f"{batch.host}/{batch.container}" if batch.container else batch.host
         for i, f in self.matcher.match_batch([line.text for line in lines], batch.source, now, origin,
-                                             batch.tz, batch.program, batch.rules):
+                                             batch.tz, batch.program, batch.rules, batch.skip):
             address = self._countable(f.address, own, whitelist)
             if address is not None and f.rule in self.v6_prefix and ":" in address:
                 address = self._prefix_of(address, self.v6_prefix[f.rule], own, whitelist)

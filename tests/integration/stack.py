@@ -27,6 +27,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_OVERRIDE = Path(__file__).with_name("compose.test.yml")
+ISOLATED = Path(__file__).with_name("compose.isolated.yml")
 
 
 def free_port() -> int:
@@ -36,7 +37,7 @@ def free_port() -> int:
 
 
 AIRGAPPED = os.environ.get("PYFILTER_AIRGAPPED") == "1"
-BASE_IMAGE = "pyfilter-base:bookworm-3"
+BASE_IMAGE = "pyfilter-base:bookworm-4"
 
 
 def compose_files(*extra: Path) -> list[Path]:
@@ -44,7 +45,7 @@ def compose_files(*extra: Path) -> list[Path]:
     files = [ROOT / "compose/docker-compose.yml"]
     if AIRGAPPED:
         files.append(ROOT / "compose/airgapped.yml")
-    return [*files, TEST_OVERRIDE, *extra]
+    return [*files, ISOLATED, TEST_OVERRIDE, *extra]
 
 
 @dataclass
@@ -73,6 +74,9 @@ class Stack:
             "PYFILTER_API_TOKEN": self.token,
             "PYFILTER_REDIS_PASSWORD": self.redis_password,
             "PYFILTER_HOST": "target-host",
+            # The journal's group, found as `make up` finds it.
+            "PYFILTER_JOURNAL_GID": subprocess.run(
+                [ROOT / "compose/journal-gid.sh", self.log_dir], capture_output=True, text=True).stdout.strip(),
         }
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:

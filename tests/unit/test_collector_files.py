@@ -43,8 +43,8 @@ def test_existing_file_is_read_from_its_start_with_from_start(tmp_path, logs, re
 
 
 def test_file_that_appears_later_is_read_from_its_start(tmp_path, logs, redis_url):
-    with Collector(tmp_path, redis_url, [file_source("web", logs / "*.log")]).start():
-        settle()
+    with Collector(tmp_path, redis_url, [file_source("web", logs / "*.log")]).start() as c:
+        c.ready("web")
         write(logs / "access.log", "first", "second")
         wait_for_lines(redis_url, ["first", "second"])
 
@@ -263,5 +263,5 @@ def test_unreadable_file_is_logged_and_retried(tmp_path, logs, redis_url):
 
 def test_sigterm_exits_zero(tmp_path, logs, redis_url):
     with Collector(tmp_path, redis_url, [file_source("app", logs / "app.log")]).start() as c:
-        settle()
+        c.ready()  # running, past its start
         assert c.stop() == 0

@@ -22,10 +22,18 @@ from pyfilter.common.messages import Line, decode_batch
 HOST = "testhost"
 
 
-class Collector:
-    """`python -m pyfilter.collector` as a subprocess, with a config file of its own."""
+CATALOG = Path(__file__).resolve().parents[2] / "config" / "rules"
 
-    def __init__(self, tmp: Path, redis_url: str, sources: list[dict], **collector):
+
+class Collector:
+    """`python -m pyfilter.collector` as a subprocess, with a config file of its own.
+
+    `rules` enables catalog rules (with overrides) as in pyfilter.yaml; without
+    them the collector follows every source as configured, from its end.
+    """
+
+    def __init__(self, tmp: Path, redis_url: str, sources: list[dict], rules: dict | None = None,
+                 **collector):
         self.tmp, self.redis_url = tmp, redis_url
         self.sources = [source["name"] for source in sources]
         self.config = tmp / "pyfilter.yaml"
@@ -34,6 +42,8 @@ class Collector:
         self.config.write_text(yaml.safe_dump({
             "redis": {"url": redis_url, "lines_maxlen": self.maxlen},
             "collector": settings,
+            "catalog_dir": str(CATALOG),
+            "rules": rules or {},
         }))
         self.log = tmp / "collector.log"
         self.proc: subprocess.Popen | None = None

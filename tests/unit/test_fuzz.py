@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from pyfilter.common import messages
 from pyfilter.common.config import ConfigError, load, load_catalog
-from pyfilter.detector import timeparse
+from pyfilter.common import timeparse
 from pyfilter.detector.matching import Matcher
 
 REPO = Path(__file__).resolve().parents[2]

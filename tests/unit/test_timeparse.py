@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from pyfilter.detector.timeparse import Clock, InvalidZone, get_zone, parse_time
+from pyfilter.common.timeparse import Clock, InvalidZone, get_zone, parse_time
 
 ZURICH = "Europe/Zurich"
 NOW = datetime(2005, 8, 14, 10, 0, tzinfo=timezone.utc).timestamp()  # fail2ban's test "now"

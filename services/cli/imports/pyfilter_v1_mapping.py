@@ -29,7 +29,7 @@ from pathlib import Path
 from pyfilter.cli.imports.pyfilter_v1_format import V1Config, V1Pattern, V1Rule, group_spans, unsafe_reason
 from pyfilter.cli.imports.pyfilter_v1_samples import Compared, compare, sample_lines
 from pyfilter.common.config import Rule, Source
-from pyfilter.detector import timeparse
+from pyfilter.common import timeparse
 
 # The original's usual rule names for services our catalog knows by another name.
 CATALOG_NAMES = {"ssh": "sshd", "openssh": "sshd", "mysql": "mysqld-auth", "mysqld": "mysqld-auth",

@@ -6,21 +6,25 @@ import asyncio
 
 from pyfilter.common.config import CollectorConfig, Source as SourceConfig
 
-from .base import Batch, Source, Stats
+from .base import Batch, Source, SourcePlan, Stats
 
-__all__ = ["Batch", "Source", "Stats", "build"]
+__all__ = ["Batch", "Source", "SourcePlan", "Stats", "build"]
 
 
 def build(cfg: SourceConfig, opts: CollectorConfig, saved: dict[str, bytes],
-          stop: asyncio.Event) -> Source:
+          stop: asyncio.Event, plan: SourcePlan) -> Source:
     """The source a config entry describes, resuming from its saved checkpoint."""
     # Imported here: a collector loads only the kinds it is configured with.
     if cfg.type == "file":
-        from .file import FileSource as kind
-    elif cfg.type == "journal":
-        from .journal import JournalSource as kind
-    elif cfg.type == "docker":
-        from .docker import DockerSource as kind
-    else:
-        raise ValueError(f"source {cfg.name!r}: unknown type {cfg.type!r}")
-    return kind(cfg, opts, saved, stop)
+        from .file import FileSource
+
+        return FileSource(cfg, opts, saved, stop, plan)
+    if cfg.type == "journal":
+        from .journal import JournalSource
+
+        return JournalSource(cfg, opts, saved, stop, plan)
+    if cfg.type == "docker":
+        from .docker import DockerSource
+
+        return DockerSource(cfg, opts, saved, stop)
+    raise ValueError(f"source {cfg.name!r}: unknown type {cfg.type!r}")

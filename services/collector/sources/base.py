@@ -24,7 +24,8 @@ yields `Batch` objects:
   never commits anything itself.
 - A source is built as `Kind(cfg, opts, saved, stop)`: its config entry, the
   collector settings, what its checkpoint hash held at start, and an
-  asyncio.Event. Once `stop` is set the iterator ends soon (within about a
+  asyncio.Event; files and the journal also take the `SourcePlan` the
+  collector made for them at start (collector/plan.py). Once `stop` is set the iterator ends soon (within about a
   poll interval), without yielding what it has not finished; that is safe,
   since the checkpoint has not moved past it. Cancelling it is safe too.
 - Problems with the input (a file gone, journalctl exiting, the Docker engine
@@ -54,6 +55,22 @@ class Batch:
     rules: list[str] | None = None
     container: str | None = None
     own: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """What the collector decided for one source at start, from the enabled rules."""
+
+    # A log met for the first time is read from its first line this many
+    # seconds old (the longest window of the rules it feeds); 0: from its end.
+    lookback: int = 0
+    # journal: the identifiers (globs allowed) of the rules it carries; None:
+    # every entry (the collector enables no rule).
+    programs: list[str] | None = None
+    # Rules its lines must not feed: copies of lines another source delivers.
+    skip: tuple[str, ...] = ()
+    # The zone its zone-less times are in, to read line times when seeking.
+    tz: str | None = None
 
 
 @dataclass

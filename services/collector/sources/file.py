@@ -14,6 +14,11 @@ identity and rescans the watched paths every `poll_interval`:
   same bytes);
 - a watched path that appears later is read from its start.
 
+A file there before the source first started is read from its first line
+inside the plan's `lookback` (the longest window of the rules it feeds, found
+by the lines' times: `seek.py`), so failures written just before the start
+count; with no lookback (or `from_start`), from its end (or its start).
+
 Checkpoint hash fields: `"{dev}:{ino}"` -> `Position` (JSON, readable with
 HGETALL), plus STARTED and SEEN. On restart a file resumes at its position if
 its identity and first bytes (`fp`, which guards against inode reuse) match.
@@ -38,7 +43,8 @@ import msgspec
 from pyfilter.common.config import CollectorConfig, Source as SourceConfig
 from pyfilter.common.messages import Line
 
-from .base import STARTED, Batch, Stats
+from .base import STARTED, Batch, SourcePlan, Stats
+from .seek import end_of_last_line, recent_start
 from .tail import Position, Tail, head_is
 
 log = logging.getLogger("pyfilter.collector.file")
@@ -53,8 +59,9 @@ ROTATED_NAME = re.compile(r"(\.\d+|-\d{8}(\d{2})?)$")
 
 class FileSource:
     def __init__(self, cfg: SourceConfig, opts: CollectorConfig, saved: dict[str, bytes],
-                 stop: asyncio.Event):
+                 stop: asyncio.Event, plan: SourcePlan | None = None):
         self.name, self.cfg, self.opts, self.stop = cfg.name, cfg, opts, stop
+        self.plan = plan or SourcePlan()
         self.stats = Stats()
         self.started = saved.get(STARTED)
         self.seen = float(saved.get(SEEN, 0))
@@ -122,21 +129,10 @@ class FileSource:
 
     # ---- watching paths ----
 
-    def _paths(self) -> list[str]:
-        paths: list[str] = []
-        for pattern in self.cfg.paths:
-            if glob.has_magic(pattern):
-                # A glob names live files: never pick up rotated or compressed ones.
-                paths += sorted(p for p in glob.glob(pattern) if not ROTATED_NAME.search(p)
-                                and not p.lower().endswith(COMPRESSED))
-            else:
-                paths.append(pattern)
-        return list(dict.fromkeys(paths))
-
     def _scan(self) -> None:
         previous, self.scanned_at = self.scanned_at, time.time()
         found: dict[str, tuple[str, os.stat_result]] = {}
-        for path in self._paths():
+        for path in watched_paths(self.cfg.paths):
             try:
                 st = os.stat(path)
             except FileNotFoundError:
@@ -192,14 +188,19 @@ class FileSource:
             return True
         # First sight of a file that was there before us (a new source, or a
         # path added to the config: unchanged since our last look) starts at
-        # its end unless from_start; one that appeared later is read whole.
+        # its first line inside the lookback unless from_start; one that
+        # appeared later is read whole.
         old = not self.started or st.st_mtime < self.seen - SEEN_MARGIN
-        if self.first_scan and old and not self.cfg.from_start:
-            start = _last_line_start(fd, st.st_size)
-        else:
+        if not (self.first_scan and old and not self.cfg.from_start):
             start = 0
+        elif self.plan.lookback:
+            now = time.time()
+            start = recent_start(fd, st.st_size, now - self.plan.lookback, self.plan.tz, now)
+        else:
+            start = end_of_last_line(fd, st.st_size)
         self.tails[key] = Tail(self.name, path, fd, st, start)
-        log.info("following file", extra={"source": self.name, "path": path, "offset": start})
+        log.info("following file", extra={"source": self.name, "path": path, "offset": start,
+                                           "size": st.st_size})
         return True
 
     def _truncated(self, tail: Tail, st: os.stat_result) -> bool:
@@ -307,14 +308,17 @@ class FileSource:
                       extra={"source": self.name, "path": path})
 
 
-def _last_line_start(fd: int, size: int) -> int:
-    """Where reading "from the end" starts: after the last complete line."""
-    window = min(size, 65536)
-    data = os.pread(fd, window, size - window)
-    cut = data.rfind(b"\n")
-    if cut < 0:
-        return 0 if window == size else size
-    return size - window + cut + 1
+def watched_paths(patterns: list[str]) -> list[str]:
+    """The paths a file source watches: its paths, globs expanded to live files."""
+    paths: list[str] = []
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            # A glob names live files: never pick up rotated or compressed ones.
+            paths += sorted(p for p in glob.glob(pattern) if not ROTATED_NAME.search(p)
+                            and not p.lower().endswith(COMPRESSED))
+        else:
+            paths.append(pattern)
+    return list(dict.fromkeys(paths))
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

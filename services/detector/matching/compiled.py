@@ -15,7 +15,7 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
 from pyfilter.common.config import Rule
-from pyfilter.detector import timeparse
+from pyfilter.common import timeparse
 from pyfilter.detector.matching.connections import (
     CLOSE, FAIL, NOTE, ONCE, SUCCESS, Connections, Failure, new_failure,
 )

@@ -13,10 +13,10 @@ Rules without `programs` (older files) match whole lines, as before.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Collection, Sequence
 
 from pyfilter.common.config import Rule
-from pyfilter.detector import timeparse
+from pyfilter.common import timeparse
 from pyfilter.detector.matching import envelopes
 from pyfilter.detector.matching.compiled import CompiledRule
 from pyfilter.detector.matching.connections import Failure
@@ -69,7 +69,7 @@ class Matcher:
 
     def match_batch(self, texts: Sequence[str], source: str | None = None, now: float | None = None,
                     host: str | None = None, tz: str | None = None, program: str | None = None,
-                    rules: Sequence[str] | None = None) -> list[tuple[int, Failure]]:
+                    rules: Sequence[str] | None = None, skip: Collection[str] = ()) -> list[tuple[int, Failure]]:
         """(index in `texts`, failure) for a batch of lines, in line order then rule order.
 
         `source` is the collector source the lines come from (None: any;
@@ -79,7 +79,9 @@ class Matcher:
         default), `program` the program its plain lines come from, if known.
         `rules` names the only rules that read the lines, whatever their
         programs and sources (a container's `pyfilter.rules` label); names of
-        rules not in the catalog are ignored.
+        rules not in the catalog are ignored. `skip` names rules these lines
+        must not feed (copies of lines another source delivers, as the
+        collector decided).
         """
         per_rule: list[list[tuple[int, Failure]]] = []
         named = None if rules is None else set(rules)
@@ -90,6 +92,8 @@ class Matcher:
             else:
                 routes = [(rule, None, False) for rule in self._message_rules if rule.name in named]
             for rule, lines, unrouted in routes:
+                if rule.name in skip:
+                    continue
                 if named is None and rule.sources and source is not None and source not in rule.sources:
                     continue
                 rule.use_zone(tz)
@@ -108,6 +112,8 @@ class Matcher:
                     per_rule.append(self._dated(rule, texts, found, source, host, now))
         if self._line_rules:
             for rule in self._line_rules:
+                if rule.name in skip:
+                    continue
                 if named is not None:
                     if rule.name not in named:
                         continue

@@ -1,6 +1,7 @@
 """Find and parse the timestamp of a log line: pure functions, epoch seconds out.
 
-Called only for lines a rule already matched, so it may try several formats;
+The detector calls it for lines a rule matched, the collector to find where a
+log's recent part begins (sources/seek.py); so it may try several formats;
 the conversions that cost something (calendar and zone arithmetic) are cached,
 because consecutive lines usually share their second.
 
