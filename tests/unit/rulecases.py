@@ -239,7 +239,8 @@ def hostile_values(case: Case, index: int, fragments: list[str]) -> list[str]:
         tail = after.replace(real, form) if real else after
         head = before.replace(real, form) if real else before
         values += [default + tail, f"{default}{tail} {head}", f"{head}{default}"]
-    values += [" " * LONG, "\t" * LONG, (after.replace(real, FAKE4) + " ") * (LONG // max(len(after) + 1, 1))]
+    tail = after.replace(real, FAKE4) if real else after
+    values += [" " * LONG, "\t" * LONG, ((tail + " ") * (LONG // (len(tail) + 1)))[:LONG]]
     values += [(fragment * (LONG // len(fragment) + 1))[:LONG] for fragment in fragments if fragment.strip()]
     if kind == "word":
         values = [v for v in values if not any(c.isspace() for c in v)] + ["a" * LONG]
