@@ -13,10 +13,11 @@ import contextlib
 import logging
 import os
 import time
+from fnmatch import fnmatchcase
 
 from redis.exceptions import RedisError
 
-from pyfilter.common.config import Settings, Source as SourceConfig
+from pyfilter.common.config import Rule, Settings, Source as SourceConfig
 from pyfilter.common.messages import CollectorStatus, RuleSources, SourceStatus
 from pyfilter.common.status import Publisher
 
@@ -32,7 +33,8 @@ def make(settings: Settings, chosen: plan.Plan, live: dict, started_at: float) -
     sources = settings.config.collector.sources
     found = {s.name: plan.probe(s) for s in sources}
     fresh = {c.rule: c for c in plan.make(settings.rules, sources, found).rules}
-    rules = [_rule(c, fresh.get(c.rule), chosen) for c in chosen.rules]
+    rules = [_rule(c, fresh.get(c.rule), chosen, _in_containers(c, settings.rules[c.rule], live))
+             for c in chosen.rules]
     carried = {n for c in chosen.rules for n in c.left_out}
     return CollectorStatus(
         host=settings.host, at=time.time(), started_at=started_at,
@@ -41,8 +43,25 @@ def make(settings: Settings, chosen: plan.Plan, live: dict, started_at: float) -
         rules=rules)
 
 
-def _rule(start: plan.Choice, now: plan.Choice | None, chosen: plan.Plan) -> RuleSources:
+def _in_containers(choice: plan.Choice, rule: Rule, live: dict) -> bool:
+    """Whether a container source among the rule's carriers follows a container whose lines
+    it reads (by the container's `pyfilter.rules` label, else its program), as the detector routes them."""
+    for name in choice.carriers:
+        for f in getattr(live.get(name), "followed", {}).values():
+            if f.gone:
+                continue
+            if f.rules is not None:
+                if choice.rule in f.rules:
+                    return True
+            elif f.program and any(fnmatchcase(f.program.lower(), p.lower()) for p in rule.programs):
+                return True
+    return False
+
+
+def _rule(start: plan.Choice, now: plan.Choice | None, chosen: plan.Plan, in_containers: bool) -> RuleSources:
     problem = now.problem if now is not None else start.problem
+    if in_containers:  # the plan cannot see into containers; the running source can
+        problem = None
     if start.problem and now is not None and not now.problem:
         # Something appeared since the start. Files are followed from the
         # start even while missing; a journal that had no files is not.
