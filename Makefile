@@ -100,11 +100,13 @@ integration: dev images
 test: dev images fail2ban-config
 	PYFILTER_AIRGAPPED=$(AIRGAPPED) $(VENV)/bin/pytest tests -q -rs
 
-# Side by side with fail2ban (docs/benchmarks.md), then the kernel side in a
-# throwaway network namespace (docs/enforcer-bench.md), the collector, and the
-# latency from a log line to the kernel (docs/latency.md).
+# Side by side with fail2ban (docs/benchmarks.md), every rule over hostile 16 KB
+# lines (docs/hostile-lines.md), then the kernel side in a throwaway network
+# namespace (docs/enforcer-bench.md), the collector, and the latency from a log
+# line to the kernel (docs/latency.md).
 bench: dev
 	$(VENV)/bin/python -m bench.run
+	$(VENV)/bin/python -m bench.hostile_lines --write docs/hostile-lines.md
 	$(VENV)/bin/python bench/enforcer_bans.py --write docs/enforcer-bench.md
 	$(VENV)/bin/python bench/collector_throughput.py
 	$(VENV)/bin/python bench/latency.py --runs 50 --write docs/latency.md
