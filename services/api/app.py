@@ -1,7 +1,7 @@
 """HTTP API and web admin: wiring, health, and the process entry point.
 
 Routes live in their own modules (`routes_bans`, `routes_whitelist`,
-`stats`, `openapi`, `webadmin`). Manual bans and unbans are published as
+`stats`, `status`, `openapi`, `webadmin`). Manual bans and unbans are published as
 decisions, exactly like the detector's, so every host's enforcer applies them.
 """
 
@@ -13,7 +13,7 @@ import logging
 
 from aiohttp import web
 
-from pyfilter.api import metrics, openapi, routes_bans, routes_whitelist, state, stats, webadmin
+from pyfilter.api import metrics, openapi, routes_bans, routes_whitelist, state, stats, status, webadmin
 from pyfilter.api.auth import TOKEN, require_token
 from pyfilter.api.notify import start_notifier
 from pyfilter.api.responses import FieldError, error, json
@@ -80,7 +80,7 @@ def build(api: Api) -> web.Application:
     if api.settings.config.api.token:
         app[TOKEN] = api.settings.config.api.token
     app.add_routes([web.get("/healthz", healthz), web.get("/api/v1/auth", check_token)])
-    for module in (routes_bans, routes_whitelist, stats, openapi, metrics):
+    for module in (routes_bans, routes_whitelist, stats, status, openapi, metrics):
         app.add_routes(module.routes())
     webadmin.setup(app)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyfilter.cli import api, matching
+from pyfilter.cli import api, matching, status
 from pyfilter.cli.imports import fail2ban as import_fail2ban, pyfilter_v1 as import_pyfilter_v1
 from pyfilter.common.timeparse import InvalidZone
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     matching.add_commands(sub)
     api.add_commands(sub)
+    status.add_command(sub)
     imports = sub.add_parser("import", help="import another tool's configuration (and ban list)")
     kinds = imports.add_subparsers(dest="kind", required=True, metavar="KIND")
     import_fail2ban.add_command(kinds)

@@ -29,10 +29,11 @@ from redis.exceptions import RedisError
 from pyfilter.common import health, service
 from pyfilter.common.config import Settings, Source as SourceConfig
 from pyfilter.common.keys import Keys
+from pyfilter.common.status import Publisher
 from pyfilter.common.redisio import connect
 from pyfilter.common.zones import InvalidZone, get_zone
 
-from . import checkpoints, plan, privsep
+from . import checkpoints, plan, privsep, report
 from .checkpoints import Committer
 from .sources import SourcePlan, Stats, build
 
@@ -44,7 +45,8 @@ BEAT_EVERY = 2.0  # heartbeat while Redis answers (s)
 
 
 async def follow(cfg: SourceConfig, settings: Settings, redis: aioredis.Redis,
-                 committer: Committer, stats: Stats, stop: asyncio.Event, todo: SourcePlan) -> None:
+                 committer: Committer, stats: Stats, stop: asyncio.Event, todo: SourcePlan,
+                 live: dict | None = None) -> None:
     keys, host = Keys(settings.config.redis.prefix), settings.host
     zone = source_zone(cfg)
     shown = zone() or "UTC"
@@ -54,6 +56,8 @@ async def follow(cfg: SourceConfig, settings: Settings, redis: aioredis.Redis,
         saved = await checkpoints.load(redis, keys, host, cfg.name)
         source = build(cfg, settings.config.collector, saved, stop, replace(todo, tz=zone()))
         source.stats = stats
+        if live is not None:
+            live[cfg.name] = source  # for the status report
         try:
             async for batch in source.batches():
                 await committer.commit(cfg.name, batch, stats, zone(), cfg.program, todo.skip)
@@ -171,7 +175,8 @@ async def run(settings: Settings) -> int:
     if not settings.config.collector.sources:
         log.warning("no sources configured; nothing to collect")
     cfg = settings.config
-    todo = make_plan(settings).sources
+    chosen = make_plan(settings)
+    todo = chosen.sources
     followed = [s for s in cfg.collector.sources if s.name in todo]
     redis = connect(cfg.redis, socket_timeout=30)
     committer = Committer(redis, Keys(cfg.redis.prefix), settings.host, cfg.redis.lines_maxlen)
@@ -185,10 +190,13 @@ async def run(settings: Settings) -> int:
         registry.register(Exporter(stats, committer))
         start_http_server(port, registry=registry)
 
+    live: dict = {}
     tasks = [asyncio.create_task(follow(source, settings, redis, committer, stats[source.name], stop,
-                                        todo[source.name]))
+                                        todo[source.name], live))
              for source in followed]
     tasks.append(asyncio.create_task(heartbeat(redis, stop)))
+    publisher = Publisher(redis, Keys(cfg.redis.prefix), "collector", settings.host)
+    tasks.append(asyncio.create_task(report.publish_until(settings, chosen, live, publisher, stop)))
     log.info("collector started", extra={"host": settings.host,
                                          "sources": [s.name for s in followed]})
     await stop.wait()

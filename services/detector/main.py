@@ -21,7 +21,7 @@ from collections import Counter
 
 import msgspec
 
-from pyfilter.common import health, hosts, messages, service
+from pyfilter.common import health, hosts, messages, service, status
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_address
 from pyfilter.common.config import Settings
 from pyfilter.common.keys import DETECT_GROUP, Keys
@@ -138,23 +138,26 @@ class Detector:
         await self.finish(*await self.prepare(entries))
 
     async def prepare(self, entries: list[tuple[bytes, dict[bytes, bytes]]]
-                      ) -> tuple[list[Observed], list[bytes], float]:
-        """Decode and match a read: the failures it holds and the entries to acknowledge."""
+                      ) -> tuple[list[Observed], list[bytes], float, Counter]:
+        """Decode and match a read: the failures it holds, the entries to acknowledge, when,
+        and its lines by (host, source)."""
         now = time.time()
         own = await self.own.get()
         whitelist = await self.whitelist.networks()
         # Matching is CPU work: in a thread, so that the event loop meanwhile
         # sends the next read and the previous read's window update to Redis.
-        observed, undecodable = await asyncio.to_thread(self.match_entries, entries, now, own, whitelist)
+        observed, undecodable, lines = await asyncio.to_thread(self.match_entries, entries, now, own, whitelist)
         for fields in undecodable:
             await self.client.xadd(f"{self.keys.lines}:dead", fields)
-        return observed, [entry_id for entry_id, _ in entries], now
+        return observed, [entry_id for entry_id, _ in entries], now, lines
 
     def match_entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]], now: float, own: set,
-                      whitelist: list) -> tuple[list[Observed], list[dict[bytes, bytes]]]:
-        """The failures in a read's entries, and the entries that do not decode."""
+                      whitelist: list) -> tuple[list[Observed], list[dict[bytes, bytes]], Counter]:
+        """The failures in a read's entries, the entries that do not decode, and the
+        lines read by (host, source)."""
         observed: list[Observed] = []
         undecodable = []
+        lines: Counter = Counter()
         for entry_id, fields in entries:
             if fields is None:  # deleted while pending: nothing left to do
                 continue
@@ -168,10 +171,13 @@ class Detector:
                 continue
             observed += self.observe(batch, now, own, whitelist)
             metrics.LINES.labels(batch.source).inc(len(batch.lines))
-        return observed, undecodable
+            lines[batch.host, batch.source] += len(batch.lines)
+        return observed, undecodable, lines
 
-    async def finish(self, observed: list[Observed], ids: list[bytes], now: float) -> None:
-        """Count the failures into the windows, then acknowledge their entries."""
+    async def finish(self, observed: list[Observed], ids: list[bytes], now: float,
+                     lines: Counter | None = None) -> None:
+        """Count the failures into the windows, then acknowledge their entries
+        (with this minute's counts for `pyfilter status`, in the same round trip)."""
         for rule, count in Counter(o.rule for o in observed).items():
             metrics.FAILURES.labels(rule).inc(count)
         for ban in await self.windows.record(observed, now):
@@ -181,6 +187,7 @@ class Detector:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.xack(self.keys.lines, DETECT_GROUP, *ids)
             pipe.xdel(self.keys.lines, *ids)
+            status.count(pipe, self.keys, now, lines or Counter(), Counter((o.host, o.rule) for o in observed))
             await pipe.execute()
         metrics.BATCHES.inc(len(ids))
 

@@ -22,7 +22,7 @@ import time
 
 import msgspec
 
-from pyfilter.common import bans, health, hosts, messages, service
+from pyfilter.common import bans, health, hosts, messages, service, status
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_target
 from pyfilter.common.config import Settings
 from pyfilter.common.keys import Keys
@@ -59,6 +59,9 @@ class Enforcer:
         self.published: set = set()
         self.stopping = asyncio.Event()
         self.next_reconcile = 0.0
+        self.next_status = 0.0
+        self.started_at = time.time()
+        self.publisher = status.Publisher(self.client, self.keys, "enforcer", settings.host)
         self.scopes: dict[str, Scope] = {}  # address -> scope of its ban, when not the default
         self.rule_scopes = {name: _scope_or_default(r.ports, r.verdict, name)
                             for name, r in settings.rules.items() if r.ports or r.verdict != "drop"}
@@ -155,6 +158,23 @@ class Enforcer:
                 if scope := self.rule_scopes.get(record.rule):
                     self.scopes[record.address] = scope
 
+    async def publish_status(self) -> None:
+        """What this host's firewall holds, for `pyfilter status` (every REFRESH seconds)."""
+        self.next_status = time.monotonic() + status.REFRESH
+        try:
+            seen = await self.backend.inspect()
+        except Exception as exc:  # a report that says so beats none
+            logger.warning("could not inspect the firewall", extra={"error": str(exc)})
+            problems, seen = [f"the enforcer could not read its firewall: {exc}"], None
+        else:
+            problems = seen.problems
+        await self.publisher.publish(messages.EnforcerStatus(
+            host=self.settings.host, at=time.time(), started_at=self.started_at, backend=self.backend.name,
+            table=seen.table if seen else None, table_present=bool(seen and seen.present),
+            hooks=seen.hooks if seen else [], docker_covered=bool(seen and seen.docker_covered),
+            sets=[messages.SetStatus(n, c) for n, c in (seen.sets if seen else {}).items()],
+            problems=problems))
+
     async def consume(self, start: str) -> int:
         """Read and apply one round of decisions; `start` "0" replays our pending ones."""
         reply = await self.client.xreadgroup(
@@ -194,6 +214,8 @@ class Enforcer:
                 await self.consume(">")
                 if time.monotonic() >= self.next_reconcile:
                     await self.reconcile()
+                if time.monotonic() >= self.next_status:
+                    await self.publish_status()
             except TRANSIENT as exc:
                 metrics.ERRORS.labels("redis").inc()
                 logger.warning("redis error, retrying", extra={"error": str(exc)})

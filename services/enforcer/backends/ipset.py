@@ -39,7 +39,7 @@ from pyroute2.netlink.nfnetlink.ipset import IPSET_CMD_ADD, IPSET_CMD_DEL
 
 from pyfilter.common.addresses import InvalidAddress
 from pyfilter.enforcer.backends import ipset_netlink as nl
-from pyfilter.enforcer.backends.base import DEFAULT_SCOPE, Backend, Ban, Scope, Target, ban_key
+from pyfilter.enforcer.backends.base import DEFAULT_SCOPE, Backend, Ban, Inspection, Scope, Target, ban_key
 from pyfilter.enforcer.backends.xtables import Xtables, XtablesError, comment_of, match_set_of
 
 log = logging.getLogger("pyfilter.enforcer.ipset")
@@ -266,6 +266,32 @@ class IpsetBackend(Backend):
                 continue
             bans.update((ban_key(e.target, spec.scope), e.remaining) for e in elements)
         return bans
+
+    async def _inspect(self) -> Inspection:
+        existing = set(await self._guard("list sets", nl.set_names(self._sock)))
+        sets = {}
+        for spec in (*DEFAULT_SETS, *self._scoped.values()):
+            if spec.name in existing:
+                sets[spec.name] = len(await self._guard(f"list set {spec.name}",
+                                                        nl.list_elements(self._sock, spec.name, spec.interval)))
+        hooks, covered, problems = [], True, []
+        for xt in self._xt.values():
+            jumps, forwarded = await xt.hooked()
+            hooks += [f"{xt.binary} {c}" for c in jumps]
+            covered &= forwarded
+            if not await xt.rules():
+                problems.append(f"{xt.binary}: chain pyfilter is missing or empty: restart the enforcer")
+            if "INPUT" not in jumps:
+                problems.append(f"{xt.binary}: INPUT does not jump to chain pyfilter (traffic to this host "
+                                "is not checked against the bans): restart the enforcer")
+            if not forwarded:
+                problems.append(f"{xt.binary}: DOCKER-USER (or FORWARD) does not jump to chain pyfilter "
+                                "(traffic to ports Docker publishes is not checked): the next sync adds it")
+        missing = [s.name for s in DEFAULT_SETS if s.name not in existing]
+        if missing:
+            problems.append(f"ipset sets {', '.join(missing)} are missing: restart the enforcer")
+        return Inspection("ipset pyfilter* + iptables chain pyfilter", not missing, hooks, covered, sets,
+                          problems)
 
     async def _guard(self, what: str, coro):
         try:

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from pyfilter.enforcer.backends.base import Backend, Ban, Target, parse_ban_key, target_text
+from pyfilter.enforcer.backends.base import Backend, Ban, Inspection, Target, parse_ban_key, target_text
 
 log = logging.getLogger("pyfilter.enforcer.log_only")
 
@@ -29,6 +29,11 @@ class LogOnlyBackend(Backend):
 
     async def _init(self) -> None:
         log.info("log-only backend: no firewall is changed; bans are only logged")
+
+    async def _inspect(self) -> Inspection:
+        return Inspection(None, False, [], False, {"(memory)": sum(1 for d in self._deadlines.values() if d is None or d > self._clock())},
+                          ["the enforcer runs log-only: bans are logged, nothing is blocked "
+                           "(set enforcer.backend to nftables or iptables)"])
 
     async def _ban(self, bans: Sequence[Ban]) -> None:
         now = self._clock()

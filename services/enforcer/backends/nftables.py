@@ -45,13 +45,15 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
 )
 
 from pyfilter.enforcer.backends import nft_netlink as nl
-from pyfilter.enforcer.backends.base import Backend, Ban, Network, Target, ban_key
+from pyfilter.enforcer.backends.base import Backend, Ban, Inspection, Network, Target, ban_key
 from pyfilter.enforcer.backends.nft_elements import NetworkIndex, interval_elements, networks_from, remaining
 from pyfilter.enforcer.backends.nft_layout import (
+    HOOKS,
     SETS,
     TABLE,
     SetSpec,
     parse_spec,
+    chain_matches,
     plan_layout,
     scope_messages,
     scoped_spec,
@@ -278,6 +280,34 @@ class NftablesBackend(Backend):
                             spec.name, TABLE)
                 return []
             raise _error(f"list set {spec.name}", exc) from None
+
+    # -- inspect ---------------------------------------------------------------
+
+    async def _inspect(self) -> Inspection:
+        chains = {m.get_attr("NFTA_CHAIN_NAME"): m
+                  for m in await self._dump(nft_chain_msg, NFT_MSG_GETCHAIN, "NFTA_CHAIN_TABLE")}
+        ours: dict[str, set] = {}  # chain -> comments of its rules
+        for rule in await self._dump(nft_rule_msg, NFT_MSG_GETRULE, "NFTA_RULE_TABLE"):
+            ours.setdefault(rule.get_attr("NFTA_RULE_CHAIN"), set()).add(rule.get_attr("NFTA_RULE_USERDATA"))
+        fixed = {c for spec in SETS for c in spec.rule_comments}
+        hooks = [c for c in HOOKS if c in chains and chain_matches(chains[c], c) and fixed <= ours.get(c, set())]
+        sets = {}
+        for spec in (*SETS, *self._scoped.values()):
+            if spec.interval:
+                sets[spec.name] = len(await self._networks(spec))
+            else:
+                sets[spec.name] = sum(1 for e in await self._elements(spec) if remaining(e) != 0.0)
+        problems = []
+        if not chains:
+            problems.append(f"table inet {TABLE} is missing (removed by a firewall reload?): "
+                            "restart the enforcer to set it up again")
+        else:
+            for chain in HOOKS:
+                if chain not in hooks:
+                    problems.append(f"chain {chain} of table inet {TABLE} is missing or lacks its rules "
+                                    f"({'traffic to this host' if chain == 'input' else 'traffic to ports Docker publishes'}"
+                                    " is not checked against the bans): restart the enforcer to set it up again")
+        return Inspection(f"inet {TABLE}", bool(chains), hooks, "forward" in hooks, sets, problems)
 
     # -- netlink ---------------------------------------------------------------
 

@@ -93,6 +93,14 @@ class Xtables:
             log.info("%s: jump to chain %s added to %s", self.binary, CHAIN, ", ".join(added))
         return added
 
+    async def hooked(self) -> tuple[list[str], bool]:
+        """(the chains that jump to ours, whether forwarded traffic does: through
+        DOCKER-USER when Docker made it, else FORWARD)."""
+        docker = await self.chain_exists(DOCKER_CHAIN)
+        chains = ["INPUT", DOCKER_CHAIN if docker else "FORWARD"]
+        jumps = [c for c in chains if await self.succeeds("-C", c, "-j", CHAIN)]
+        return jumps, chains[1] in jumps
+
 
 def comment_of(rule: str) -> str | None:
     """The `--comment` of a rule as `iptables -S` prints it."""
