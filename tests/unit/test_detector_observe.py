@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import msgspec
 import redis.asyncio as aioredis
 
-from pyfilter.common import messages
+from pyfilter.common import messages, status
 from pyfilter.cli.matching import load_rules
 from pyfilter.common.config import Config, Rule, Seconds, Settings
 from pyfilter.detector.main import Detector
@@ -157,3 +157,22 @@ def test_addresses_of_the_hosts_containers_are_not_counted(redis_url):
     own = {ipaddress.ip_network("172.18.0.0/16")}
     found = detector(redis_url).observe(batch("172.18.0.9", "198.51.100.7"), NOW, own, [])
     assert [o.address for o in found] == ["198.51.100.7"]
+
+
+def test_an_undecodable_lines_entry_is_moved_aside_and_the_rest_counted(redis_url):
+    """The one dead-letter policy (common/streams.py), seen from a detector."""
+    async def go():
+        d = detector(redis_url)
+        await d.lines.ensure_group()
+        bad = await d.client.xadd(d.keys.lines, {"m": b"not msgpack"})
+        await d.client.xadd(d.keys.lines, {"m": messages.encode(batch("198.51.100.7"))})
+        await d.handle(await d.lines.new())
+        dead = await d.client.xrange(d.keys.lines + ":dead")
+        left = await d.client.xlen(d.keys.lines)
+        lines, _ = await status.last_hour(d.client, d.keys, "h")
+        await d.client.aclose()
+        return dead, bad, left, lines
+    dead, bad, left, lines = asyncio.run(go())
+    assert [(f[b"m"], f[b"from"], f[b"group"]) for _, f in dead] == [(b"not msgpack", bad, b"detect")]
+    assert left == 0  # both acknowledged and deleted
+    assert lines == {"auth": 1}  # the good batch was read
