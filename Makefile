@@ -21,7 +21,7 @@ COMPOSE := docker compose $(COMPOSE_FILES)
 help:
 	@echo "make up      start the stack on this host (healthy when it returns); DETECTORS=3 scales"
 	@echo "make down    stop it (volumes, hence bans and history, are kept)"
-	@echo "make server  many hosts: Redis, detectors and api (PYFILTER_REDIS_PASSWORD required)"
+	@echo "make server  many hosts: Redis, detectors, notifier and api (PYFILTER_REDIS_PASSWORD required)"
 	@echo "make agent   many hosts: collector and enforcer (PYFILTER_REDIS_URL required)"
 	@echo "make test    the whole suite: unit tests and the real stack in containers"
 	@echo "make dev     .venv with the project and its test tools (CLI: .venv/bin/pyfilter)"
@@ -101,12 +101,14 @@ integration: dev images
 test: dev images fail2ban-config
 	PYFILTER_AIRGAPPED=$(AIRGAPPED) $(VENV)/bin/pytest tests -q -rs
 
-# Side by side with fail2ban (docs/benchmarks.md), then the kernel side in a
-# throwaway network namespace (docs/enforcer-bench.md), the collector, the
-# latency from a log line to the kernel (docs/latency.md), and what the idle
-# stack costs (docs/benchmarks.md, "Idle cost").
+# Side by side with fail2ban (docs/benchmarks.md), every rule over hostile 16 KB
+# lines (docs/hostile-lines.md), then the kernel side in a throwaway network
+# namespace (docs/enforcer-bench.md), the collector, the latency from a log
+# line to the kernel (docs/latency.md), and what the idle stack costs
+# (docs/benchmarks.md, "Idle cost").
 bench: dev images
 	$(VENV)/bin/python -m bench.run
+	$(VENV)/bin/python -m bench.hostile_lines --write docs/hostile-lines.md
 	$(VENV)/bin/python bench/enforcer_bans.py --write docs/enforcer-bench.md
 	$(VENV)/bin/python bench/collector_throughput.py
 	$(VENV)/bin/python bench/latency.py --runs 50 --write docs/latency.md

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from pyfilter.common.config import load_catalog
 from pyfilter.detector.matching import Matcher
-from pyfilter.detector.matching.regex import literals
 from tests.unit import rulecases
 
 AIM_MS = 5.0
@@ -36,25 +35,14 @@ def measure(catalog_dir: Path) -> list[tuple[str, int, float, str]]:
         if not path.exists():
             continue
         cases = rulecases.read(path)
-        fragments = sorted({lit for _, raw in rule.active_patterns() for lit in literals(raw)})
-        matchers: dict[str | None, Matcher] = {}
         count, worst, what = 0, 0.0, ""
-        for case in cases.cases:
-            if not case.fields():
+        for case, index, value, matcher, line in rulecases.hostile_lines(name, rule, cases):
+            if len(value) < rulecases.LONG:
                 continue
-            matcher = matchers.get(case.mode)
-            if matcher is None:
-                matcher = matchers[case.mode] = Matcher({name: rulecases.rule_with_mode(rule, case.mode)})
-            for group in case.field_groups():
-                index = group[0]
-                for value in rulecases.hostile_values(case, index, fragments):
-                    if len(value) < rulecases.LONG:
-                        continue
-                    line = rulecases.render(case.template, {n: value for n in group})
-                    best = min(_once(matcher, line, case) for _ in range(3))
-                    count += 1
-                    if best > worst:
-                        worst, what = best, f"{path.name}:{case.line_no} field {index}: {value[:24]!r}..."
+            best = min(_once(matcher, line, case) for _ in range(3))
+            count += 1
+            if best > worst:
+                worst, what = best, f"{path.name}:{case.line_no} field {index}: {value[:24]!r}..."
         out.append((name, count, worst * 1000, what))
     return out
 

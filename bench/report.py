@@ -210,7 +210,25 @@ LIMITS = """\
   connection state code (no measurable gain), dropping the pattern markers (6 % of the
   search), a dict from newline offsets to line numbers instead of counting newlines (within
   this VM's noise).
-- **Hostile lines** (`python -m bench.hostile_lines`, whole catalog, one `Matcher.match` per
+- **Envelopes and the whole catalog** (the rows "before envelopes": the matcher of commit
+  3537ff7, whose 23 rules each carried the syslog header in their patterns, unpacked by
+  bench/baseline.py and run on the same files in the same run). Each line's header is now
+  read once for all rules (envelopes.read_batch: one `split` of the batch) and the line goes
+  only to the rules of its program, so 104 rules cost about what 23 did: on the mixed log
+  the two whole-catalog rows are within a few percent of each other, of which about 0.4 s is
+  compiling 81 more rules at start-up (0.5 s for 104). The sshd rule alone pays for the
+  header reading that its own pattern used to do in passing: counted in instructions, which
+  this machine's load does not change (callgrind, `PYTHONHASHSEED=0`, 100,000 lines of the
+  mixed log, start-up left out, 2026-12-06), 3.00 G instructions against 2.80 G before
+  (+7 %): reading the headers costs 0.67 G (0.52 G of it the `split`), the rule's search
+  0.2 G less than when its pattern held the header, and the Python work per match
+  (`judge` 0.42 G, connection state 0.46 G) is unchanged. In wall time the difference
+  is within this machine's noise (three alternating runs each, 1,000,000 lines: 5.16-5.47 s
+  before, 5.30-5.39 s now). Tried and dropped: a map of the messages by program instead of
+  index lists (slower). Not tried: reading only the headers of lines that hold a rule's
+  literal (most lines of an sshd log hold one, so little would be left out). Kept: `\\d` read as `[0-9]` in every pattern and header
+  (Python checks `\\d` by a Unicode lookup per character), 1.5 % of the instructions.
+- **Hostile lines** (`python -m bench.hostile_lines`, per rule in docs/hostile-lines.md; whole catalog, one `Matcher.match` per
   line, best of 3, 2026-11-22 03:50 UTC): an 8,000-slash request path takes 2.8 ms in the
   access log and 2.7 ms in the error log; with the nginx-botsearch patterns before commit
   b692394 (`--catalog` pointed at a copy of them) the same lines took 6.2 s and 5.8 s of

@@ -16,7 +16,7 @@ from pyfilter.api import schemas as s
 
 REF = "#/components/schemas/{name}"
 MODELS = [s.Ban, s.BanDetail, s.BanList, s.BanRequest, s.Banned, s.Unbanned, s.WhitelistEntry,
-          s.WhitelistList, s.WhitelistRequest, s.WhitelistAdded, s.WhitelistRemoved, s.Stats,
+          s.WhitelistList, s.WhitelistRequest, s.WhitelistAdded, s.WhitelistRemoved, s.Stats, s.StatusReport,
           s.Health, s.AuthCheck, s.Error]
 
 
@@ -133,6 +133,11 @@ def _paths() -> dict:
             "get": {"summary": "Dashboard numbers and pipeline lag", "operationId": "stats",
                     "parameters": [_query("days", _number(1, 366, 10), "days covered, today included")],
                     "responses": {"200": _body(_ref(s.Stats), "statistics"), **_errors(422)}},
+        },
+        "/api/v1/status": {
+            "get": {"summary": "What is protected: per host, each rule's sources, counts and bans, "
+                               "the firewall, and problems in words", "operationId": "status",
+                    "responses": {"200": _body(_ref(s.StatusReport), "the report")}},
         },
         "/api/v1/auth": {
             "get": {"summary": "Check a bearer token (the web page's login)", "operationId": "checkToken",

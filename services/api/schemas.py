@@ -173,6 +173,57 @@ class Stats(msgspec.Struct):
     pipeline: Pipeline
 
 
+class SourceView(messages.SourceStatus, kw_only=True):
+    """A collector source (see messages.SourceStatus) and the lines it gave in the last hour."""
+
+    lines_last_hour: int = 0
+
+
+class CollectorView(msgspec.Struct):
+    reporting: bool  # its report is fresh (written within the last few minutes)
+    last_report: float | None  # epoch seconds; null: never reported
+    started_at: float | None = None
+    sources: list[SourceView] = []
+
+
+class EnforcerView(msgspec.Struct):
+    reporting: bool
+    last_report: float | None
+    started_at: float | None = None
+    backend: str | None = None  # nftables, iptables, log-only
+    table: str | None = None  # e.g. "inet pyfilter"
+    table_present: bool = False
+    hooks: list[str] = []  # e.g. ["input", "forward"]
+    docker_covered: bool = False  # traffic to ports Docker publishes meets the bans
+    sets: list[messages.SetStatus] = []  # elements per set
+
+
+class RuleView(msgspec.Struct):
+    rule: str
+    sources: list[str]  # the sources that carry its lines on this host
+    journal: bool  # carried by the journal; its copies in syslog files left out
+    left_out: list[str]
+    lines_last_hour: int  # lines read from those sources
+    failures_last_hour: int  # failures counted for this rule from this host's lines
+    bans_active: int  # bans in force decided from this host's lines by this rule
+    bans_last_hour: int
+    problem: str | None  # why no source carries it, in words
+
+
+class HostStatus(msgspec.Struct):
+    host: str
+    collector: CollectorView
+    enforcer: EnforcerView
+    rules: list[RuleView]
+    problems: list[str]  # what is wrong on this host, in words, with what to do
+
+
+class StatusReport(msgspec.Struct):
+    at: float
+    hosts: list[HostStatus]  # one per host whose collector or enforcer reported in the last week
+    problems: list[str]  # every host's problems ("host: ..."), and the deployment's
+
+
 class Health(msgspec.Struct):
     status: str
 

@@ -250,7 +250,7 @@ def cmd_whitelist(args: argparse.Namespace) -> int:
 
 # Wiring -------------------------------------------------------------------
 
-def _connection(p: argparse.ArgumentParser) -> None:
+def connection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help=f"API address (default: $PYFILTER_API_URL or {DEFAULT_URL})")
     p.add_argument("--token", help="write token (default: $PYFILTER_API_TOKEN, or compose/.env of a checkout)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the API (default 30)")
@@ -263,12 +263,12 @@ def add_commands(sub) -> None:
     p.add_argument("--duration", default="1d", help='how long: "10m", "1h", "2d", seconds, or -1 for ever (default 1d)')
     p.add_argument("--reason", default="", help="why (shown in the ban record)")
     p.add_argument("--file", metavar="FILE", help="also ban the addresses in FILE, one per line (- for stdin)")
-    _connection(p)
+    connection_options(p)
     p.set_defaults(func=cmd_ban)
 
     p = sub.add_parser("unban", help="lift bans, on every host")
     p.add_argument("addresses", nargs="+", metavar="ADDR")
-    _connection(p)
+    connection_options(p)
     p.set_defaults(func=cmd_unban)
 
     p = sub.add_parser("list", help="list and search bans (in force; --all for history)")
@@ -281,22 +281,22 @@ def add_commands(sub) -> None:
         p.add_argument(f"--{name}", help=text)
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50, max 1000)")
     p.add_argument("--offset", type=int, default=0, help="skip this many")
-    _connection(p)
+    connection_options(p)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("show", help="one address: why, when, where, and its past bans")
     p.add_argument("address", metavar="ADDR")
-    _connection(p)
+    connection_options(p)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("stats", help="ban statistics and pipeline lag")
     p.add_argument("--days", type=int, default=10, help="days covered (default 10)")
-    _connection(p)
+    connection_options(p)
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("whitelist", help="list, add or remove whitelisted networks")
     p.add_argument("action", nargs="?", choices=["list", "add", "remove"], default="list")
     p.add_argument("network", nargs="?", metavar="NET")
     p.add_argument("--reason", default="", help="why (for add)")
-    _connection(p)
+    connection_options(p)
     p.set_defaults(func=cmd_whitelist)

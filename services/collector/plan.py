@@ -183,7 +183,9 @@ def _why_none(name: str, rule: Rule, may: list[SourceConfig], found: dict[str, F
             parts.append(f"the journal files in {', '.join(s.paths)} are not readable by the collector "
                          "(it needs their group: PYFILTER_JOURNAL_GID, which `make up` sets)")
         else:
-            parts.append(f"the journal ({', '.join(s.paths) or 'system'}) is not mounted or holds no files")
+            parts.append(f"the journal ({', '.join(s.paths) or 'system'}) is not mounted or holds no files "
+                         f"(if this host's {rule.service} logs to the journal, mount the host's /var/log/journal "
+                         "and /run/log/journal: compose mounts $PYFILTER_LOG_DIR/journal and /run/log/journal)")
     if rule.programs and not journals:
         parts.append("no journal source is configured (if this host's "
                      f"{rule.service} logs to the journal, add one)")

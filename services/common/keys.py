@@ -92,6 +92,20 @@ class Keys:
         """A digest channel's "not before": set while a mail is out or after it failed."""
         return f"{self.prefix}notify:hold:{channel}"
 
+    # Status reports (common/status.py)
+    def status(self, service: str, host: str) -> str:
+        """A host's collector or enforcer status report (MessagePack), with a TTL: a dead host's ages out."""
+        return f"{self.prefix}status:{service}:{host}"
+
+    @property
+    def status_seen(self) -> str:
+        """Hash: "service:host" -> when that report was last written (kept after the report expires)."""
+        return f"{self.prefix}status-seen"
+
+    def counts(self, host: str, minute: int) -> str:
+        """Hash of one minute's counters of a host ("lines:SOURCE", "failures:RULE" -> count), expiring."""
+        return f"{self.prefix}counts:{host}:{minute}"
+
     # Health
     def heartbeat(self, service: str, host: str) -> str:
         return f"{self.prefix}heartbeat:{service}:{host}"

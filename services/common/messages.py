@@ -139,6 +139,62 @@ class Outgoing(msgspec.Struct, tag="outgoing"):
     v: int = VERSION
 
 
+class SourceStatus(msgspec.Struct, frozen=True):
+    """One collector source as its host sees it (collector/report.py)."""
+
+    name: str
+    type: str  # file, journal, docker
+    state: Literal["found", "missing", "unreadable"]
+    followed: bool  # False: no enabled rule reads its lines on this host (the journal carries them)
+    readable: list[str] = []  # paths (files, journal files) the collector reads
+    unreadable: list[str] = []  # paths there that it may not read
+    missing: list[str] = []  # configured paths with nothing there
+    containers: list[str] = []  # docker: the containers followed, "name (program)"
+    note: str = ""  # what is wrong with it, in words (docker: why the folder cannot be listed)
+
+
+class RuleSources(msgspec.Struct, frozen=True):
+    """Where one enabled rule's lines come from on a host (collector/plan.py's choice)."""
+
+    rule: str
+    sources: list[str]  # the sources that carry its lines
+    journal: bool  # carried by the journal; its copies in syslog files left out
+    left_out: list[str] = []
+    problem: str | None = None  # why no source carries it, in words
+
+
+class CollectorStatus(msgspec.Struct, frozen=True, tag="collector-status"):
+    """What a host's collector reads, published to Redis at start and when it changes."""
+
+    host: str
+    at: float  # when written (epoch seconds)
+    started_at: float
+    sources: list[SourceStatus]
+    rules: list[RuleSources]
+    v: int = VERSION
+
+
+class SetStatus(msgspec.Struct, frozen=True):
+    name: str
+    elements: int
+
+
+class EnforcerStatus(msgspec.Struct, frozen=True, tag="enforcer-status"):
+    """What a host's enforcer has in its kernel firewall (backends' `inspect()`)."""
+
+    host: str
+    at: float
+    started_at: float
+    backend: str  # nftables, iptables, log-only
+    table: str | None  # "inet pyfilter", "ipset pyfilter*"; None: no firewall (log-only)
+    table_present: bool
+    hooks: list[str]  # where traffic meets our sets: "input", "forward"; "INPUT", "DOCKER-USER"
+    docker_covered: bool  # ports Docker publishes (DNAT, then forward) are checked too
+    sets: list[SetStatus]
+    problems: list[str] = []  # in words, with what to do
+    v: int = VERSION
+
+
 _encoder = msgspec.msgpack.Encoder()
 encode = _encoder.encode
 
@@ -146,6 +202,7 @@ _batch_decoder = msgspec.msgpack.Decoder(LineBatch)
 _decision_decoder = msgspec.msgpack.Decoder(Decision)
 _record_decoder = msgspec.msgpack.Decoder(BanRecord)
 _outgoing_decoder = msgspec.msgpack.Decoder(Outgoing)
+_status_decoder = msgspec.msgpack.Decoder(CollectorStatus | EnforcerStatus)
 
 
 def decode_batch(data: bytes) -> LineBatch:
@@ -162,3 +219,7 @@ def decode_record(data: bytes) -> BanRecord:
 
 def decode_outgoing(data: bytes) -> Outgoing:
     return _outgoing_decoder.decode(data)
+
+
+def decode_status(data: bytes) -> CollectorStatus | EnforcerStatus:
+    return _status_decoder.decode(data)

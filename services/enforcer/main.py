@@ -20,14 +20,13 @@ import logging
 import math
 import time
 
-import msgspec
-
-from pyfilter.common import bans, health, hosts, messages, service
+from pyfilter.common import bans, health, hosts, messages, service, status
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_target
 from pyfilter.common.config import Settings
 from pyfilter.common.keys import Keys
 from pyfilter.common.metrics import serve as serve_metrics
-from pyfilter.common.redisio import TRANSIENT, connect, ensure_group, wait_for_redis
+from pyfilter.common.redisio import TRANSIENT, connect, wait_for_redis
+from pyfilter.common.streams import Consumer
 from pyfilter.common.whitelist import Whitelist
 from pyfilter.enforcer import metrics
 from pyfilter.enforcer.backends import make_backend
@@ -50,8 +49,8 @@ class Enforcer:
         self.backend = backend
         self.keys = Keys(cfg.redis.prefix)
         self.client = connect(cfg.redis)
-        self.group = self.keys.enforce_group(settings.host)
-        self.consumer = settings.host
+        self.decisions = Consumer(self.client, self.keys.decisions, self.keys.enforce_group(settings.host),
+                                  settings.host, messages.decode_decision, DECISIONS_PER_READ, metrics.ERRORS)
         self.whitelist = Whitelist(self.client, self.keys, cfg.whitelist)
         self.networks: list = []  # the whitelist as last read
         self.own: set = set()  # filled from the kernel at start and each reconcile
@@ -59,6 +58,9 @@ class Enforcer:
         self.published: set = set()
         self.stopping = asyncio.Event()
         self.next_reconcile = 0.0
+        self.next_status = 0.0
+        self.started_at = time.time()
+        self.publisher = status.Publisher(self.client, self.keys, "enforcer", settings.host)
         self.scopes: dict[str, Scope] = {}  # address -> scope of its ban, when not the default
         self.rule_scopes = {name: _scope_or_default(r.ports, r.verdict, name)
                             for name, r in settings.rules.items() if r.ports or r.verdict != "drop"}
@@ -155,30 +157,39 @@ class Enforcer:
                 if scope := self.rule_scopes.get(record.rule):
                     self.scopes[record.address] = scope
 
-    async def consume(self, start: str) -> int:
-        """Read and apply one round of decisions; `start` "0" replays our pending ones."""
-        reply = await self.client.xreadgroup(
-            self.group, self.consumer, {self.keys.decisions: start},
-            count=DECISIONS_PER_READ, block=None if start == "0" else 1000)
-        entries = [e for _, stream_entries in reply for e in stream_entries]
-        decisions = []
-        for entry_id, fields in entries:
-            try:
-                decisions.append(messages.decode_decision(fields[b"m"]))
-            except (KeyError, TypeError, msgspec.DecodeError) as exc:
-                logger.error("undecodable decision skipped",
-                             extra={"entry": entry_id.decode(), "error": str(exc)})
-        await self.apply(decisions, redelivered=start == "0")
-        if entries:
-            await self.client.xack(self.keys.decisions, self.group, *[e[0] for e in entries])
+    async def publish_status(self) -> None:
+        """What this host's firewall holds, for `pyfilter status` (every REFRESH seconds)."""
+        self.next_status = time.monotonic() + status.REFRESH
+        try:
+            seen = await self.backend.inspect()
+        except Exception as exc:  # a report that says so beats none
+            logger.warning("could not inspect the firewall", extra={"error": str(exc)})
+            problems, seen = [f"the enforcer could not read its firewall: {exc}"], None
+        else:
+            problems = seen.problems
+        await self.publisher.publish(messages.EnforcerStatus(
+            host=self.settings.host, at=time.time(), started_at=self.started_at, backend=self.backend.name,
+            table=seen.table if seen else None, table_present=bool(seen and seen.present),
+            hooks=seen.hooks if seen else [], docker_covered=bool(seen and seen.docker_covered),
+            sets=[messages.SetStatus(n, c) for n, c in (seen.sets if seen else {}).items()],
+            problems=problems))
+
+    async def consume(self, pending: bool = False) -> int:
+        """Read and apply one round of decisions: new ones, or with `pending` our own
+        read before a crash or a lost connection."""
+        entries = await (self.decisions.pending() if pending else self.decisions.new())
+        read = self.decisions.decode(entries)
+        await self.apply([d for _, d in read.messages], redelivered=pending)
+        await self.decisions.dead_letter(read)
+        await self.decisions.ack(read.ids)
         return len(entries)
 
     async def start(self) -> None:
         await wait_for_redis(self.client, "enforcer")
         # The group starts at "$": what came before is in the active bans,
         # which the reconcile right after creating it applies.
-        await ensure_group(self.client, self.keys.decisions, self.group, start="$")
-        while await self.consume("0"):
+        await self.decisions.ensure_group(start="$")
+        while await self.consume(pending=True):
             pass
         await self.reconcile()
 
@@ -191,9 +202,11 @@ class Enforcer:
         while not self.stopping.is_set():
             health.beat()
             try:
-                await self.consume(">")
+                await self.consume()
                 if time.monotonic() >= self.next_reconcile:
                     await self.reconcile()
+                if time.monotonic() >= self.next_status:
+                    await self.publish_status()
             except TRANSIENT as exc:
                 metrics.ERRORS.labels("redis").inc()
                 logger.warning("redis error, retrying", extra={"error": str(exc)})

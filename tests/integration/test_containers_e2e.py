@@ -122,6 +122,23 @@ def test_password_guesser_is_banned_from_the_containers_log(stack):
     assert active_ban(stack, CLIENT) is None
 
 
+def test_status_shows_the_nginx_container_followed_and_its_rules_counts(stack):
+    def containers_source():
+        status, body = stack.api("GET", "/api/v1/status")
+        assert status == 200, body
+        host = next(h for h in body["hosts"] if h["host"] == "target-host")
+        source = next(s for s in host["collector"]["sources"] if s["name"] == "containers")
+        return (host, source) if source["containers"] else None
+
+    host, source = wait_for(containers_source, 30, "the containers source's report with nginx followed")
+    assert source["state"] == "found" and source["readable"] == ["/host/docker/containers"]
+    assert [c for c in source["containers"] if c.endswith("-nginx-1 (nginx)")], source["containers"]
+    rule = next(r for r in host["rules"] if r["rule"] == "nginx-http-auth")
+    assert "containers" in rule["sources"] and rule["problem"] is None
+    assert rule["failures_last_hour"] == MAXRETRY and rule["bans_last_hour"] == 1
+    assert source["lines_last_hour"] >= MAXRETRY
+
+
 def test_the_address_of_a_container_of_this_machine_is_never_banned(stack):
     redis = stack.container("redis").attrs["NetworkSettings"]["Networks"]
     (address,) = [n["IPAddress"] for n in redis.values() if n["IPAddress"]]

@@ -115,3 +115,41 @@ def test_sshd_attack_in_the_journal_gets_the_attacker_dropped(stack):
     wait_for(lambda: ATTACKER in stack.kernel_set("ban4"), 30, "the address in the kernel set")
     assert not stack.tcp_connects("attacker", TARGET, PORT), "banned attacker still connects"
     assert stack.tcp_connects("bystander", TARGET, PORT), "an innocent bystander was cut off"
+
+
+def test_pyfilter_status_says_what_is_read_what_is_missing_and_what_the_firewall_holds(stack):
+    def report():
+        code, out = stack.exec("api", "pyfilter", "status", "--json")
+        assert code == 0, out
+        body = json.loads(out)
+        host = next((h for h in body["hosts"] if h["host"] == "target-host"), None)
+        return host if host and host["collector"]["reporting"] and host["enforcer"]["reporting"] else None
+
+    host = wait_for(report, 30, "the collector's and the enforcer's status reports")
+    assert host["problems"] == []
+    sources = {s["name"]: s for s in host["collector"]["sources"]}
+    machine = stack.journal.parent.name
+    assert (sources["journal"]["state"], sources["journal"]["followed"]) == ("found", True)
+    assert f"/host/log/journal/{machine}" in sources["journal"]["readable"]  # (and this machine's /run/log/journal)
+    assert (sources["containers"]["state"], sources["containers"]["followed"]) == ("found", True)
+    assert sources["containers"]["readable"] == ["/host/docker/containers"]
+    # nginx's own log is read wherever it is: configured, not there.
+    assert (sources["nginx-access"]["state"], sources["nginx-access"]["followed"]) == ("missing", True)
+    assert sources["nginx-access"]["missing"] == ["/host/log/nginx/access.log"]
+    # auth.log would hold copies of the journal's lines: not there, and not read either way.
+    assert (sources["auth"]["state"], sources["auth"]["followed"]) == ("missing", False)
+    sshd = next(r for r in host["rules"] if r["rule"] == "sshd")
+    assert sshd["sources"] == ["journal", "containers"] and sshd["journal"] and sshd["problem"] is None
+    # The attack of the test before: its lines, failures and ban, counted for this host.
+    assert sshd["failures_last_hour"] >= 6 and sshd["lines_last_hour"] >= 6
+    assert sshd["bans_active"] == 1 and sshd["bans_last_hour"] == 1
+    firewall = host["enforcer"]
+    assert (firewall["backend"], firewall["table"], firewall["table_present"]) == ("nftables", "inet pyfilter", True)
+    assert firewall["hooks"] == ["input", "forward"] and firewall["docker_covered"]
+    assert {"ban4", "ban6", "ban4net", "ban6net"} <= {s["name"] for s in firewall["sets"]}
+
+    code, text = stack.exec("api", "pyfilter", "status")
+    assert code == 0, text
+    assert "host target-host: collector reporting" in text and "problems: none" in text
+    assert ("firewall: nftables, table inet pyfilter in place, hooks: input, forward; "
+            "Docker-published ports covered") in text

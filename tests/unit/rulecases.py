@@ -14,9 +14,11 @@ import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from pyfilter.common.config import Rule
 from pyfilter.detector.matching import Failure, Matcher
+from pyfilter.detector.matching.regex import literals
 
 CATALOG = Path(__file__).resolve().parents[2] / "config" / "rules"
 DEFAULT_NOW = "2026-11-21T20:30:00Z"
@@ -247,6 +249,23 @@ def hostile_values(case: Case, index: int, fragments: list[str]) -> list[str]:
     elif kind == "quoted":
         values = [escape(v) for v in values]
     return list(dict.fromkeys(values))
+
+
+def hostile_lines(name: str, rule: Rule, cases: CasesFile) -> Iterator[tuple[Case, int, str, Matcher, str]]:
+    """Every case line with client text, one field (and its copies) at a time filled with each
+    of `hostile_values`: (case, field index, value, a matcher of the case's mode, the line)."""
+    fragments = sorted({lit for _, raw in rule.active_patterns() for lit in literals(raw)})
+    matchers: dict[str | None, Matcher] = {}
+    for case in cases.cases:
+        if not case.fields():
+            continue
+        matcher = matchers.get(case.mode)
+        if matcher is None:
+            matcher = matchers[case.mode] = Matcher({name: rule_with_mode(rule, case.mode)})
+        for group in case.field_groups():
+            index = group[0]
+            for value in hostile_values(case, index, fragments):
+                yield case, index, value, matcher, render(case.template, {n: value for n in group})
 
 
 def escape(text: str) -> str:

@@ -126,7 +126,8 @@ def test_a_rule_no_source_carries_is_said_in_plain_words(tmp_path):
     assert problems["sshd"] == (
         f"sshd is enabled but no source carries sshd lines: {tmp_path}/auth.log, {tmp_path}/secure and "
         f"{tmp_path}/mail.log do not exist; the journal ({tmp_path}/journal, {tmp_path}/run-journal) "
-        "is not mounted or holds no files")
+        "is not mounted or holds no files (if this host's sshd logs to the journal, mount the host's "
+        "/var/log/journal and /run/log/journal: compose mounts $PYFILTER_LOG_DIR/journal and /run/log/journal)")
     assert problems["mysql"] == f"mysql is enabled but no source carries mysql lines: {tmp_path}/mysql.err does not exist"
     assert problems["recidive"] is None  # fed by the detector's own bans
 

@@ -134,6 +134,26 @@ def test_init_hooks_docker_user_when_docker_made_it_and_sync_notices_it_later(fi
     assert firewall.chain("DOCKER-USER", 6) == ["-A DOCKER-USER -j pyfilter"]
 
 
+def test_inspect_reports_sets_hooks_and_whether_docker_user_is_covered(firewall):
+    async def scenario(backend):
+        await backend.ban([Ban(ip("198.51.100.7"), 600), Ban(ipaddress.ip_network("198.51.100.64/26"))])
+        return await backend.inspect()
+
+    seen = firewall.run(scenario)
+    assert seen.present and seen.problems == [] and seen.docker_covered
+    assert seen.hooks == [f"{b} {c}" for b in firewall.binaries for c in ("INPUT", "FORWARD")]
+    assert seen.sets == {"pyfilter4": 1, "pyfilter4net": 1, "pyfilter6": 0, "pyfilter6net": 0}
+
+    async def docker_starts(backend):  # after us: DOCKER-USER is hooked at the next sync
+        firewall.iptables("-N", "DOCKER-USER")
+        return await backend.inspect()
+
+    seen = firewall.run(docker_starts)
+    assert not seen.docker_covered
+    assert seen.problems == [f"{firewall.binaries[0]}: DOCKER-USER (or FORWARD) does not jump to chain pyfilter "
+                             "(traffic to ports Docker publishes is not checked): the next sync adds it"]
+
+
 def test_init_never_touches_other_chains_and_sets(firewall):
     firewall.exec("ipset", "create", "other", "hash:ip")
     firewall.exec("ipset", "add", "other", "198.51.100.9")

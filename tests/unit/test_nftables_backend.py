@@ -135,6 +135,35 @@ def test_init_repairs_our_table_when_it_was_changed_by_hand(firewall):
     assert "198.51.100.7" in firewall.kernel_set("ban4")  # the sets kept their bans
 
 
+async def _ban_then_inspect(backend, bans):
+    await backend.ban(bans)
+    return await backend.inspect()
+
+
+def test_inspect_reports_the_table_its_hooks_and_elements_per_set(firewall):
+    seen = firewall.run(lambda backend: _ban_then_inspect(backend, [
+        Ban(ip("198.51.100.7"), 600), Ban(ip("198.51.100.8")), Ban(net("198.51.100.64/26"), 600),
+        Ban(ip("198.51.100.9"), 600, (22,), "reject")]))
+    assert (seen.table, seen.present, seen.hooks, seen.docker_covered) == ("inet pyfilter", True,
+                                                                          ["input", "forward"], True)
+    assert seen.sets == {"ban4": 2, "ban6": 0, "ban4net": 1, "ban6net": 0, "ban4_p22_reject": 1}
+    assert seen.problems == []
+
+
+def test_inspect_says_when_the_forward_hook_is_gone_and_when_the_table_is(firewall):
+    firewall.run(lambda backend: backend.init())
+    firewall.nft("flush chain inet pyfilter forward")
+    seen = firewall.run(lambda backend: backend.inspect(), init=False)
+    assert seen.hooks == ["input"] and not seen.docker_covered
+    assert seen.problems == ["chain forward of table inet pyfilter is missing or lacks its rules (traffic to "
+                             "ports Docker publishes is not checked against the bans): restart the enforcer "
+                             "to set it up again"]
+    firewall.nft("delete table inet pyfilter")
+    seen = firewall.run(lambda backend: backend.inspect(), init=False)
+    assert not seen.present and seen.hooks == [] and seen.sets == {"ban4": 0, "ban6": 0, "ban4net": 0, "ban6net": 0}
+    assert seen.problems[0].startswith("table inet pyfilter is missing")
+
+
 def test_init_recreates_a_set_and_a_chain_of_an_older_layout(firewall):
     firewall.nft(
         "add table inet pyfilter;"

@@ -17,7 +17,7 @@ import pytest
 
 from pyfilter.common.config import Rule
 from pyfilter.detector.matching import Matcher, RuleError, expand, explain, normalize_host
-from pyfilter.detector.matching.regex import literals, optional_branches as _optional_branches
+from pyfilter.detector.matching.regex import ascii_digits, literals, optional_branches as _optional_branches
 
 INJECTED = "198.51.100.66"
 REAL = "198.51.100.7"
@@ -529,6 +529,27 @@ def test_optional_groups_become_branches_with_the_same_matches():
         for text in texts:
             m1, m2 = before.search(text), after.search(text)
             assert (m1 and (m1.span(), m1.groupdict())) == (m2 and (m2.span(), m2.groupdict())), (pattern, text)
+
+
+def test_digits_in_patterns_are_ascii_digits():
+    """`\\d` is read as [0-9] (a range test, not a Unicode lookup per character)."""
+    for pattern, texts in [
+        (r"port \d+ x", ["port 22 x", "port \u0662\u0662 x", "port  x"]),
+        (r"[\d.:]+$", ["198.51.100.7", "1\u0663.2", "a"]),
+        (r"[^\d\s]+", ["ab12", "\u0663 x"]),
+        (r"\D+\d", ["ab1", "a\u06631"]),
+        (r"\\d[\\d]", ["\\d\\", "1\\"]),
+    ]:
+        ascii_only = re.compile(pattern, re.ASCII)
+        after = re.compile(ascii_digits(pattern))
+        assert "\\d" not in after.pattern.replace("\\\\", "") or "[\\D" in pattern, pattern
+        for text in texts:
+            m1, m2 = ascii_only.search(text), after.search(text)
+            # ASCII digits and the rest classify alike (\s and \w keep their Unicode sense)
+            if not any(ch.isspace() and not ch.isascii() for ch in text):
+                assert (m1 and m1.span()) == (m2 and m2.span()), (pattern, text)
+    assert ascii_digits(r"[\D\d]") == r"[\D\d]"  # a class with \D is left alone
+    assert ascii_digits(r"a\d{1,3}\D") == r"a[0-9]{1,3}[^0-9]"
 
 
 def test_a_failure_on_a_line_without_time_takes_the_time_of_the_record_before_it():

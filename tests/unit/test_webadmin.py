@@ -174,3 +174,38 @@ def test_dashboard_login_ban_search_unban(server, page):
     expected = ("status of 401", "status of 409")
     assert [p for p in problems if not any(e in p for e in expected)] == []
     assert all(r.startswith(url) for r in requests), [r for r in requests if not r.startswith(url)]
+
+
+def test_the_protection_panel_shows_each_hosts_rules_firewall_and_problems(server, page):
+    url, redis_url = server
+    now = time.time()
+    collector = messages.CollectorStatus(
+        host="web-1", at=now, started_at=now - 60,
+        sources=[messages.SourceStatus("journal", "journal", "found", True, ["/host/log/journal/abc"]),
+                 messages.SourceStatus("nginx-error", "file", "missing", True,
+                                       missing=["/host/log/nginx/error.log"])],
+        rules=[messages.RuleSources("sshd", ["journal"], True, ["auth"]),
+               messages.RuleSources("nginx-http-auth", [], False, [],
+                                    "nginx-http-auth is enabled but no source carries nginx lines: "
+                                    "/host/log/nginx/error.log does not exist")])
+    enforcer = messages.EnforcerStatus(host="web-1", at=now, started_at=now - 60, backend="nftables",
+                                       table="inet pyfilter", table_present=True, hooks=["input", "forward"],
+                                       docker_covered=True, sets=[messages.SetStatus("ban4", 2)])
+    keys = Keys(PREFIX)
+    client = redis.Redis.from_url(redis_url)
+    for service, report in (("collector", collector), ("enforcer", enforcer)):
+        client.set(keys.status(service, "web-1"), messages.encode(report))
+        client.hset(keys.status_seen, f"{service}:web-1", repr(now))
+    client.hset(keys.status_seen, "enforcer:mail-1", repr(now - 3600))  # its report expired
+
+    page.goto(url + "/")
+    web1, mail1 = page.locator('#protection [data-host="web-1"]'), page.locator('#protection [data-host="mail-1"]')
+    expect(web1.locator('tr[data-rule="sshd"]')).to_contain_text("journal")
+    expect(web1.locator('tr[data-rule="nginx-http-auth"]')).to_have_class("bad")
+    expect(web1).to_contain_text("Firewall: nftables, table inet pyfilter in place, hooks: input, forward; "
+                                 "Docker-published ports covered; elements: ban4 2")
+    expect(web1).to_contain_text("nginx-error: missing")
+    expect(web1.locator(".problems li")).to_have_text([
+        "nginx-http-auth is enabled but no source carries nginx lines: /host/log/nginx/error.log does not exist"])
+    expect(mail1).to_contain_text("enforcer NOT reporting since")
+    expect(mail1.locator(".problems li").first).to_contain_text("no collector reports from this host")

@@ -148,6 +148,50 @@ function renderStats(s) {
     `enforcers: ${enforcers.join("; ") || "none seen"}`;
 }
 
+function reporting(part) {
+  if (part.reporting) return `reporting, up since ${when(part.started_at)}`;
+  return part.last_report == null ? "never reported" : `NOT reporting since ${when(part.last_report)}`;
+}
+
+// What is protected (GET /status): per host, its rules, sources, firewall and problems.
+function renderProtection(report) {
+  const box = $("protection");
+  box.className = "";
+  box.replaceChildren();
+  if (!report.hosts.length) box.append(el("p", { class: "bad" }, report.problems.join(" ")));
+  for (const h of report.hosts) {
+    const section = el("div", { class: "host", "data-host": h.host },
+      el("h3", {}, h.host),
+      el("p", { class: "muted" }, `collector ${reporting(h.collector)}; enforcer ${reporting(h.enforcer)}`));
+    const rules = el("table", { class: "rules" }, el("thead", {}, el("tr", {},
+      ...["Rule", "Sources", "Lines (1 h)", "Failures (1 h)", "Bans (1 h)", "Active bans"].map((t) => el("th", {}, t)))));
+    const body = el("tbody");
+    for (const r of h.rules) {
+      body.append(el("tr", { "data-rule": r.rule, class: r.problem ? "bad" : "" },
+        el("td", {}, r.rule), el("td", {}, r.sources.join(", ") || "none"), el("td", {}, String(r.lines_last_hour)),
+        el("td", {}, String(r.failures_last_hour)), el("td", {}, String(r.bans_last_hour)),
+        el("td", {}, String(r.bans_active))));
+    }
+    rules.append(body);
+    section.append(rules);
+    const sources = h.collector.sources.map((s) => `${s.name}: ${s.state}${s.followed ? "" : " (not read)"}` +
+      (s.containers.length ? ` [${s.containers.join(", ")}]` : ""));
+    if (sources.length) section.append(el("p", {}, `Sources: ${sources.join("; ")}`));
+    const e = h.enforcer;
+    if (e.backend) {
+      const sets = e.sets.map((s) => `${s.name} ${s.elements}`).join(", ");
+      section.append(el("p", {}, `Firewall: ${e.backend}` +
+        (e.table ? `, table ${e.table} ${e.table_present ? "in place" : "MISSING"}` : "") +
+        `, hooks: ${e.hooks.join(", ") || "none"}; Docker-published ports ${e.docker_covered ? "covered" : "NOT covered"}` +
+        (sets ? `; elements: ${sets}` : "")));
+    }
+    const problems = el("ul", { class: "problems" });
+    for (const p of h.problems) problems.append(el("li", { class: "bad" }, p));
+    section.append(h.problems.length ? problems : el("p", { class: "muted" }, "No problems."));
+    box.append(section);
+  }
+}
+
 function details(b) {
   const facts = [
     ["why", b.reason], ["origin", b.origin], ["failures", b.failures],
@@ -199,10 +243,12 @@ function renderWhitelist(entries) {
 async function refresh(withBans = true) {
   const query = new URLSearchParams({ ...state.search, limit: "100" });
   try {
-    const [stats, bans, whitelist] = await Promise.all([
+    const [stats, bans, whitelist, status] = await Promise.all([
       api("GET", "/stats"), withBans ? api("GET", `/bans?${query}`) : null, api("GET", "/whitelist"),
+      api("GET", "/status"),
     ]);
     if (stats.ok) renderStats(stats.data);
+    if (status.ok) renderProtection(status.data);
     if (bans && bans.ok) renderBans(bans.data); else if (bans) say(bans.data.error, true);
     if (whitelist.ok) renderWhitelist(whitelist.data.entries);
     $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;

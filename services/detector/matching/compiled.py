@@ -20,7 +20,7 @@ from pyfilter.detector.matching.connections import (
     CLOSE, FAIL, NOTE, ONCE, SUCCESS, Connections, Failure, new_failure,
 )
 from pyfilter.detector.matching.placeholders import expand, normalize_host
-from pyfilter.detector.matching.regex import anchored, for_block, literals, optional_branches
+from pyfilter.detector.matching.regex import anchored, ascii_digits, for_block, literals, optional_branches
 
 if TYPE_CHECKING:
     from pyfilter.detector.matching.scan import Lines
@@ -120,7 +120,7 @@ class CompiledRule:
         self.gate = tuple(rule.prefilter)
         self.prefilter = list(rule.prefilter) or ([] if "" in required else sorted(set(required)))
         start = "^" if self.reads_messages else ""
-        source = optional_branches(start + prefix + "(?:" + "|".join(alternatives) + ")")
+        source = ascii_digits(optional_branches(start + prefix + "(?:" + "|".join(alternatives) + ")"))
         try:
             self.regex = re.compile(source)
         except re.error as exc:
@@ -146,7 +146,8 @@ class CompiledRule:
             try:
                 # Anchored like the patterns for a rule that reads messages:
                 # client text later in the message cannot veto a failure.
-                self.ignore.append(re.compile(start + prefix + expand(raw) if self.reads_messages else expand(raw)))
+                self.ignore.append(re.compile(ascii_digits(start + prefix + expand(raw) if self.reads_messages
+                                                           else expand(raw))))
             except re.error as exc:
                 raise RuleError(f"rule {name}: ignore[{j}]: {exc}: {raw}") from None
         self.stateful = any(p.kind != FAIL or not p.has_host for p in self.patterns)
@@ -184,9 +185,6 @@ class CompiledRule:
                 clock = self._clocks[None]  # a collector's typo must not stop matching
             self._clocks[tz] = clock
         self.clock, self.zone = clock, clock.zone
-
-    def screen(self, text: str) -> bool:
-        return not self.prefilter or any(lit in text for lit in self.prefilter)
 
     def search(self, text: str) -> tuple[Pattern, dict[str, str]] | None:
         m = self.regex.search(text)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple, Sequence
 
-from pyfilter.detector.matching.regex import optional_branches
+from pyfilter.detector.matching.regex import ascii_digits, optional_branches
 
 __all__ = ["Envelope", "BatchEnvelopes", "read", "read_batch", "PLAIN"]
 
@@ -53,6 +53,12 @@ _PRIORITY = r"(?:auth|authpriv|cron|daemon|ftp|kern|lpr|mail|news|syslog|user|uu
 _PROGRAM = _PROGRAM_NAME
 # The batch form checks the shape of a priority only (cheaper than naming them).
 _PRIORITY_SHAPE = r"[a-z]++\d?\.[a-z]++"
+
+def _compile(source: str, flags: int = 0) -> re.Pattern[str]:
+    # Optional groups as branches with an empty alternative, digits as [0-9]:
+    # the same matches on real headers, faster in Python's engine (regex.py).
+    return re.compile(ascii_digits(optional_branches(source)), flags)
+
 
 # The RFC 3164 family. Groups: 1 the whole header (the message starts after
 # it), 2 the stamp, 3 the stamp if RFC 3164, 4 host, 5 bracketed program
@@ -75,19 +81,20 @@ _HEADER = (
     r"(?:\[ID \d+ [\w.]+\] |kernel: ?\[ *\d+\.\d+\]:? )?"
     r"(?:message repeated (\d+) times: \[ ?)?)"
 )
-_LINE = re.compile(optional_branches(_HEADER))
+_LINE = _compile(_HEADER)
 # Headers that name no program: socklog's `2015-05-27T04:31:27.46667 auth.info: `, s6-log's
 # `2018-06-26 13:22:02.108781500 ` (nine digits) and multilog's `@4000000063a8...` (TAI64N).
 # The message after them is a daemon's own text, routed as a plain line's.
 # The commonest header of all, `Mmm dd hh:mm:ss host prog[pid]: `, alone: a first pass
 # with it costs about half the full grammar's. It takes a line only where the full
 # grammar would read it the same (no Solaris id, kernel clock or repeat after it);
-# the lines it leaves go through `_BATCH`.
-_COMMON = re.compile(
+# the lines it leaves go through `_BATCH`. ASCII names only (cheaper to check): a host
+# or program named in other letters is read by the full grammar too.
+_COMMON = _compile(
     r"\n(?:(" + _STAMP_3164 + r") " + _HOSTNAME + r" (" + _PROGRAM_NAME + r")(?:\[(\d+)\])?: "
-    r"(?!\[ID \d|kernel: ?\[|message repeated )|)")
-_IS_PRIORITY = re.compile(_PRIORITY)
-_NO_PROGRAM = re.compile(r"(?:(" + _STAMP_3339 + r") " + _PRIORITY + r": |(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d\.\d{9}"
+    r"(?!\[ID \d|kernel: ?\[|message repeated )|)", re.ASCII)
+_IS_PRIORITY = _compile(_PRIORITY)
+_NO_PROGRAM = _compile(r"(?:(" + _STAMP_3339 + r") " + _PRIORITY + r": |(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d\.\d{9}"
                          r"|@4000000[0-9a-fA-F]{17}) )")
 
 # The batch form: the common headers only, with four groups (stamp, host,
@@ -96,19 +103,17 @@ _NO_PROGRAM = re.compile(r"(?:(" + _STAMP_3339 + r") " + _PRIORITY + r": |(\d{4}
 # Python per line). Without a colon only `host prog[pid] ` is a header. A
 # line it finds no header in is read again by `read` where it starts like
 # one (the forms it leaves out: RFC 5424, metalog's `[prog] `, repeats).
-# (Optional groups are written as branches with an empty alternative: the
-# same matches, faster in Python's engine.)
-_BATCH = re.compile(optional_branches(
+_BATCH = _compile(
     r"\n(?:(?:<\d{1,3}>)?"
     r"(?:\[?(" + _STAMP_3164 + r"|" + _STAMP_3339 + r")\]? +(?:<[\w.]+> +)?"
     r"|(?=(?:" + _HOSTNAME + r" +)?" + _PROGRAM + r"(?:\([^()\s]*\))? ?\[\d+\]))"
     r"(?:(" + _HOSTNAME + r") +)?(?:" + _PRIORITY_SHAPE + r" +)?"
     r"\[?(" + _PROGRAM + r")(?:\([^()\s]*\))?\]?(?: ?\[(\d+)\])?(?:: |(?<=\d\])(?(2) |(?!)))"
     r"(?:\[ID \d+ [\w.]+\] |kernel: ?\[ *\d+\.\d+\]:? )?|)"
-))
+)
 
 # RFC 5424: <PRI>1 TIMESTAMP HOST APP PROCID MSGID STRUCTURED-DATA MSG.
-_RFC5424 = re.compile(
+_RFC5424 = _compile(
     r"<\d{1,3}>1 (-|\S+) (-|\S+) (-|\S+) (-|\S+) (?:-|\S+) "
     r"(?:-|(?:\[(?:[^\]\"\\]|\\.|\"(?:[^\"\\]|\\.)*\")*\])+)(?: (?:\ufeff)?|$)"
     r"(?:message repeated (\d+) times: \[ ?)?"

@@ -12,7 +12,7 @@ import re
 
 from pyfilter.detector.matching.placeholders import strip_placeholders
 
-__all__ = ["literals", "optional_branches", "for_block", "anchored", "tokens"]
+__all__ = ["literals", "optional_branches", "ascii_digits", "for_block", "anchored", "tokens"]
 
 
 def literals(pattern: str) -> list[str]:
@@ -99,6 +99,37 @@ def optional_branches(source: str) -> str:
                 i += 2 if lazy else 1
         i += 1
     return "".join(out)
+
+
+def ascii_digits(source: str) -> str:
+    """`\\d` -> `[0-9]`, also inside classes, and `\\D` -> `[^0-9]` outside them.
+
+    For a str pattern Python's `\\d` is any Unicode decimal digit, which
+    the engine checks by a function call per character; `[0-9]` is a range
+    test. Logs write ports, pids, addresses and times in ASCII digits; a
+    line with other digits there is no daemon's. (A class holding `\\D`
+    is left as it is.)
+    """
+    out = []
+    for tok in tokens(source):
+        if tok == "\\d":
+            tok = "[0-9]"
+        elif tok == "\\D":
+            tok = "[^0-9]"
+        elif tok.startswith("[") and "\\d" in tok and "\\D" not in tok:
+            tok = "".join("0-9" if t == "\\d" else t for t in _class_items(tok))
+        out.append(tok)
+    return "".join(out)
+
+
+def _class_items(token: str) -> list[str]:
+    """A class token cut into escapes and single characters (its brackets included)."""
+    items, i = [], 0
+    while i < len(token):
+        step = 2 if token[i] == "\\" else 1
+        items.append(token[i:i + step])
+        i += step
+    return items
 
 
 def tokens(source: str) -> list[str]:

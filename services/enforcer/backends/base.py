@@ -148,6 +148,18 @@ class Ban:
         object.__setattr__(self, "ports", scope.ports)
 
 
+@dataclass(frozen=True)
+class Inspection:
+    """What a backend finds of its own place in the kernel, for the status report."""
+
+    table: str | None  # what it owns, e.g. "inet pyfilter"; None: nothing (log-only)
+    present: bool
+    hooks: list[str]  # where traffic meets its sets
+    docker_covered: bool  # forwarded traffic (ports Docker publishes) meets them too
+    sets: dict[str, int]  # set -> elements
+    problems: list[str]  # in words, with what to do
+
+
 class Backend(abc.ABC):
     """A kernel firewall the enforcer drives.
 
@@ -200,6 +212,11 @@ class Backend(abc.ABC):
                 await self._ban(to_add)
         return [b.key for b in to_add], [b.key for b in to_remove]
 
+    async def inspect(self) -> Inspection:
+        """Look at what is in the kernel: table, hooks, elements per set."""
+        async with self._lock:
+            return await self._inspect()
+
     async def close(self) -> None:
         """Release resources. Bans stay in the kernel and keep expiring there."""
 
@@ -218,6 +235,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def _list(self) -> dict[str, float | None]: ...
+
+    async def _inspect(self) -> Inspection:
+        return Inspection(None, False, [], False, {}, [])
 
     async def _before_sync(self) -> None:
         """A hook for backends that re-check their surroundings at each sync."""
@@ -244,7 +264,7 @@ def plan_sync(
         try:
             target, scope = parse_ban_key(text)
         except InvalidAddress as exc:
-            log.warning("sync: skipping wanted entry: %s", exc, extra={"address": text})
+            log.warning("sync: skipping a wanted entry", extra={"address": text, "error": str(exc)})
             continue
         key = ban_key(target, scope)
         if key in current:

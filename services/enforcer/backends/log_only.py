@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from pyfilter.enforcer.backends.base import Backend, Ban, Target, parse_ban_key, target_text
+from pyfilter.enforcer.backends.base import Backend, Ban, Inspection, Target, parse_ban_key, target_text
 
 log = logging.getLogger("pyfilter.enforcer.log_only")
 
@@ -30,16 +30,22 @@ class LogOnlyBackend(Backend):
     async def _init(self) -> None:
         log.info("log-only backend: no firewall is changed; bans are only logged")
 
+    async def _inspect(self) -> Inspection:
+        return Inspection(None, False, [], False, {"(memory)": sum(1 for d in self._deadlines.values() if d is None or d > self._clock())},
+                          ["the enforcer runs log-only: bans are logged, nothing is blocked "
+                           "(set enforcer.backend to nftables or iptables)"])
+
     async def _ban(self, bans: Sequence[Ban]) -> None:
         now = self._clock()
         for ban in bans:
             text = ban.key
             self._deadlines[text] = None if ban.timeout is None else now + ban.timeout
             if len(bans) <= _DETAIL_LIMIT:
+                # The dry run's own output: the message reads as the action would.
                 log.info("would ban %s for %s", text, _duration(ban.timeout),
-                         extra={"address": target_text(ban.target)})
+                         extra={"address": target_text(ban.target), "timeout": ban.timeout})
         if len(bans) > _DETAIL_LIMIT:
-            log.info("would ban %d targets", len(bans))
+            log.info("would ban many targets", extra={"targets": len(bans)})
 
     async def _unban(self, targets: Sequence[Target]) -> None:
         # Every scope the targets are banned in.
@@ -59,7 +65,7 @@ class LogOnlyBackend(Backend):
                 if len(entries) <= _DETAIL_LIMIT:
                     log.info("would unban %s", text, extra={"address": target_text(ban.target)})
         if len(entries) > _DETAIL_LIMIT:
-            log.info("would unban %d targets", len(entries))
+            log.info("would unban many targets", extra={"targets": len(entries)})
 
     async def _list(self) -> dict[str, float | None]:
         now = self._clock()

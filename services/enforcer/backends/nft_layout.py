@@ -120,8 +120,6 @@ SETS = (
     SetSpec("ban4net", 4, True),
     SetSpec("ban6net", 6, True),
 )
-ADDRESS_SET = {4: SETS[0], 6: SETS[1]}
-NETWORK_SET = {4: SETS[2], 6: SETS[3]}
 
 
 # -- building the table ----------------------------------------------------------
@@ -141,7 +139,7 @@ def plan_layout(sets: dict, chains: dict, rule_comments: dict[str, list]) -> tup
     scoped = sorted((s for s in map(parse_spec, sets) if s is not None), key=lambda s: s.name)
     specs = [*SETS, *scoped]
     stale_sets = [s for s in specs if s.name in sets and not _set_matches(sets[s.name], s)]
-    stale_chains = [c for c in HOOKS if c in chains and not _chain_matches(chains[c], c)]
+    stale_chains = [c for c in HOOKS if c in chains and not chain_matches(chains[c], c)]
     fixed = [c for s in SETS for c in s.rule_comments]
     extra = sorted(c for s in scoped for c in s.rule_comments)
     rebuild_rules = bool(stale_sets or stale_chains or any(
@@ -317,7 +315,7 @@ def _set_matches(msg, spec: SetSpec) -> bool:
     )
 
 
-def _chain_matches(msg, name: str) -> bool:
+def chain_matches(msg, name: str) -> bool:
     hook = msg.get_attr("NFTA_CHAIN_HOOK")
     return (
         hook is not None

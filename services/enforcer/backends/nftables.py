@@ -45,13 +45,15 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
 )
 
 from pyfilter.enforcer.backends import nft_netlink as nl
-from pyfilter.enforcer.backends.base import Backend, Ban, Network, Target, ban_key
+from pyfilter.enforcer.backends.base import Backend, Ban, Inspection, Network, Target, ban_key
 from pyfilter.enforcer.backends.nft_elements import NetworkIndex, interval_elements, networks_from, remaining
 from pyfilter.enforcer.backends.nft_layout import (
+    HOOKS,
     SETS,
     TABLE,
     SetSpec,
     parse_spec,
+    chain_matches,
     plan_layout,
     scope_messages,
     scoped_spec,
@@ -93,11 +95,11 @@ class NftablesBackend(Backend):
             comments.setdefault(chain, []).append(rule.get_attr("NFTA_RULE_USERDATA"))
         plan, recreated = plan_layout(sets, chains, comments)
         for name in recreated:
-            log.warning("nftables: set %s has another type or flags than expected; recreating it "
-                        "(its bans return at the next sync)", name)
+            log.warning("nftables: a set has another type or flags than expected; recreating it "
+                        "(its bans return at the next sync)", extra={"set": name})
         if plan:
             await self._transact(f"set up table inet {TABLE}", plan)
-            log.info("nftables: table inet %s set up (%d changes)", TABLE, len(plan) - 1)
+            log.info("nftables: table set up", extra={"table": f"inet {TABLE}", "changes": len(plan) - 1})
         self._scoped = {s.name: s for s in map(parse_spec, sets) if s is not None}
         self._ports_sets = {n for n in sets if n.startswith("ports_")}
         self._ports_sets |= {s.ports_set for s in self._scoped.values() if s.ports_set}
@@ -110,7 +112,7 @@ class NftablesBackend(Backend):
                                  scope_messages(new, self._ports_sets))
             self._scoped.update((s.name, s) for s in new)
             self._ports_sets |= {s.ports_set for s in new if s.ports_set}
-            log.info("nftables: added sets %s for bans with a scope", ", ".join(s.name for s in new))
+            log.info("nftables: added sets for bans with a scope", extra={"sets": [s.name for s in new]})
 
     def _specs(self, version: int, interval: bool) -> list[SetSpec]:
         """Every set, default and scoped, a target of this family and kind may be in."""
@@ -139,7 +141,8 @@ class NftablesBackend(Backend):
         except NftablesError as exc:
             if exc.code != errno.ENOENT:
                 raise
-            log.warning("%s; checking table inet %s and retrying once", exc, TABLE)
+            log.warning("nftables: checking the table and retrying once",
+                        extra={"table": f"inet {TABLE}", "error": str(exc)})
             await self._init()
             await apply(items)
 
@@ -203,8 +206,8 @@ class NftablesBackend(Backend):
                 kept.append(net)
                 kept_index.add(net)
             else:
-                log.info("nftables: %s is already covered by the ban of %s", net, wider,
-                         extra={"address": str(net)})
+                log.info("nftables: already covered by a wider ban",
+                         extra={"address": str(net), "covered_by": str(wider)})
 
         chunk: list[Network] = []
         size = 0
@@ -274,10 +277,38 @@ class NftablesBackend(Backend):
             return await nl.dump_elements(self._sock, TABLE, spec.name)
         except NetlinkError as exc:
             if exc.code == errno.ENOENT:
-                log.warning("nftables: set %s of table inet %s is missing; init() creates it",
-                            spec.name, TABLE)
+                log.warning("nftables: a set is missing; init() creates it",
+                            extra={"set": spec.name, "table": f"inet {TABLE}"})
                 return []
             raise _error(f"list set {spec.name}", exc) from None
+
+    # -- inspect ---------------------------------------------------------------
+
+    async def _inspect(self) -> Inspection:
+        chains = {m.get_attr("NFTA_CHAIN_NAME"): m
+                  for m in await self._dump(nft_chain_msg, NFT_MSG_GETCHAIN, "NFTA_CHAIN_TABLE")}
+        ours: dict[str, set] = {}  # chain -> comments of its rules
+        for rule in await self._dump(nft_rule_msg, NFT_MSG_GETRULE, "NFTA_RULE_TABLE"):
+            ours.setdefault(rule.get_attr("NFTA_RULE_CHAIN"), set()).add(rule.get_attr("NFTA_RULE_USERDATA"))
+        fixed = {c for spec in SETS for c in spec.rule_comments}
+        hooks = [c for c in HOOKS if c in chains and chain_matches(chains[c], c) and fixed <= ours.get(c, set())]
+        sets = {}
+        for spec in (*SETS, *self._scoped.values()):
+            if spec.interval:
+                sets[spec.name] = len(await self._networks(spec))
+            else:
+                sets[spec.name] = sum(1 for e in await self._elements(spec) if remaining(e) != 0.0)
+        problems = []
+        if not chains:
+            problems.append(f"table inet {TABLE} is missing (removed by a firewall reload?): "
+                            "restart the enforcer to set it up again")
+        else:
+            for chain in HOOKS:
+                if chain not in hooks:
+                    problems.append(f"chain {chain} of table inet {TABLE} is missing or lacks its rules "
+                                    f"({'traffic to this host' if chain == 'input' else 'traffic to ports Docker publishes'}"
+                                    " is not checked against the bans): restart the enforcer to set it up again")
+        return Inspection(f"inet {TABLE}", bool(chains), hooks, "forward" in hooks, sets, problems)
 
     # -- netlink ---------------------------------------------------------------
 

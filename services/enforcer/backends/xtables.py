@@ -90,8 +90,16 @@ class Xtables:
                 await self.run("-I", chain, "1", "-j", CHAIN)
                 added.append(chain)
         if added:
-            log.info("%s: jump to chain %s added to %s", self.binary, CHAIN, ", ".join(added))
+            log.info("jump to our chain added", extra={"binary": self.binary, "chain": CHAIN, "to": added})
         return added
+
+    async def hooked(self) -> tuple[list[str], bool]:
+        """(the chains that jump to ours, whether forwarded traffic does: through
+        DOCKER-USER when Docker made it, else FORWARD)."""
+        docker = await self.chain_exists(DOCKER_CHAIN)
+        chains = ["INPUT", DOCKER_CHAIN if docker else "FORWARD"]
+        jumps = [c for c in chains if await self.succeeds("-C", c, "-j", CHAIN)]
+        return jumps, chains[1] in jumps
 
 
 def comment_of(rule: str) -> str | None:
