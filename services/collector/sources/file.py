@@ -50,7 +50,7 @@ from .wake import Wake, folders_of
 
 log = logging.getLogger("pyfilter.collector.file")
 
-RESCAN = 2.0  # with inotify (wake.py): look at the paths at least this often, or poll_interval (s)
+RESCAN = 5.0  # with inotify (wake.py): look at the paths at least this often, or poll_interval (s)
 DRAIN_IDLE = 5.0  # keep reading a rotated-away file until quiet this long (s)
 SEEN = "seen"  # checkpoint field: wall time of the scan behind the last batch
 SEEN_MARGIN = 1.0  # clock slack when judging "modified after SEEN" (s)
