@@ -2,7 +2,8 @@
 
 A file is known by its identity (device, inode), not its name: that is what
 survives a rename. Each open file is a `Tail` (`tail.py`); the source keeps one per
-identity and rescans the watched paths every `poll_interval`:
+identity and looks at the watched paths again when inotify says they changed
+(wake.py) and every RESCAN seconds, or every `poll_interval` without inotify:
 
 - a path now naming another file (logrotate `create`, delete + re-create):
   the old file is read to its end and kept open until it has been quiet for
