@@ -11,7 +11,7 @@ import ipaddress
 import logging
 from pathlib import Path
 
-from pyroute2 import AsyncIPRoute
+from pyroute2.iproute import AsyncIPRoute
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
