@@ -19,7 +19,7 @@ from pyfilter.api.notify import start_notifier
 from pyfilter.api.responses import FieldError, error, json
 from pyfilter.api.schemas import AuthCheck, Health
 from pyfilter.api.state import API, Api
-from pyfilter.common import bans, log
+from pyfilter.common import log
 from pyfilter.common.config import ConfigError, load
 from pyfilter.common.redisio import TRANSIENT
 
@@ -66,7 +66,7 @@ async def prune_until(api: Api, stop: asyncio.Event) -> None:
     """Forget expired bans every 30 s until `stop` is set."""
     while not stop.is_set():
         try:
-            await bans.prune_expired(api.client, api.keys)
+            await api.ledger.prune()
         except Exception as exc:  # keep pruning on the next round
             logger.warning("pruning expired bans failed", extra={"error": str(exc)})
         with contextlib.suppress(asyncio.TimeoutError):

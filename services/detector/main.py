@@ -22,6 +22,7 @@ from collections import Counter
 import msgspec
 
 from pyfilter.common import health, hosts, messages, service, status
+from pyfilter.common.ledger import Ledger
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_address
 from pyfilter.common.config import Settings
 from pyfilter.common.keys import DETECT_GROUP, Keys
@@ -148,7 +149,7 @@ class Detector:
         # sends the next read and the previous read's window update to Redis.
         observed, undecodable, lines = await asyncio.to_thread(self.match_entries, entries, now, own, whitelist)
         for fields in undecodable:
-            await self.client.xadd(f"{self.keys.lines}:dead", fields)
+            await self.client.xadd(self.keys.dead_letters(self.keys.lines), fields)
         return observed, [entry_id for entry_id, _ in entries], now, lines
 
     def match_entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]], now: float, own: set,
@@ -204,6 +205,7 @@ class Detector:
     async def resume(self) -> None:
         """Finish the batches this consumer took before a crash or a lost connection."""
         await wait_for_redis(self.client, "detector")
+        await Ledger(self.client, self.keys).load()
         await ensure_group(self.client, self.keys.lines, DETECT_GROUP)
         while True:
             reply = await self.client.xreadgroup(
