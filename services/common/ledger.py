@@ -30,7 +30,7 @@ import msgspec
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
-from pyfilter.common import messages
+from pyfilter.common import bans, messages
 from pyfilter.common.config import Escalation
 from pyfilter.common.keys import Keys
 
@@ -109,11 +109,46 @@ class Ledger:
         self.client = client
         self.keys = keys
 
-    async def load(self) -> None:
-        """Load the library unless Redis already holds this very code."""
+    async def load(self, rule_scopes: dict[str, messages.BanScope] | None = None) -> None:
+        """Load the library unless Redis already holds this very code; the first
+        load into a Redis that has bans from before the ledger upgrades them
+        (`rule_scopes`: the scope of each rule that does not ban every port with drop)."""
         listed = await self.client.function_list(library=LIBRARY, withcode=True)
         if not any(_code_of(e) in (CODE, CODE.encode()) for e in listed):
             await self.client.function_load(CODE, replace=True)
+            if not listed:
+                await self.upgrade(rule_scopes or {})
+
+    async def upgrade(self, rule_scopes: dict[str, messages.BanScope]) -> int:
+        """Give the ban records and counts of versions before the ledger their hash tag.
+
+        They were `PREFIX ban:ADDRESS` and `PREFIX bancount:ADDRESS`; records and
+        counts outlive an upgrade (a day past the ban, `escalation.memory`), so they
+        are renamed, keeping their expiry. Windows are left to expire (minutes): an
+        upgrade forgets the failures of windows under way. Renaming twice (two
+        services starting at once) is harmless: the second finds nothing to rename.
+        The bans in force get their scope from their rule's (`rule_scopes`), as
+        enforcers found it before. Returns how many keys it renamed.
+        """
+        renamed = 0
+        templates = {"ban:": self.keys.ban, "bancount:": self.keys.ban_count}
+        for kind, template in templates.items():
+            old = f"{self.keys.prefix}{kind}"
+            async for key in self.client.scan_iter(match=f"{old}*", count=1000):
+                address = key.decode()[len(old):]
+                if address.startswith("{"):
+                    continue  # already tagged
+                try:
+                    renamed += bool(await self.client.renamenx(key, template(address)))
+                except ResponseError:  # gone meanwhile: renamed by another service
+                    continue
+        if rule_scopes:
+            in_force = list(await bans.active(self.client, self.keys))
+            for i in range(0, len(in_force), CHUNK):
+                for rec in await bans.records(self.client, self.keys, in_force[i:i + CHUNK]):
+                    if scope := rule_scopes.get(rec.rule):
+                        await self.client.hsetnx(self.keys.ban_scopes, rec.address, messages.encode(scope))
+        return renamed
 
     async def _calls(self, calls: Sequence[tuple[str, list, list]]) -> list:
         """Run (function, KEYS, ARGV) calls in one round trip; each is atomic on its own."""

@@ -205,7 +205,9 @@ class Detector:
     async def resume(self) -> None:
         """Finish the batches this consumer took before a crash or a lost connection."""
         await wait_for_redis(self.client, "detector")
-        await Ledger(self.client, self.keys).load()
+        await Ledger(self.client, self.keys).load(
+            {name: messages.BanScope([int(p) for p in rule.ports], rule.verdict)
+             for name, rule in self.settings.rules.items() if rule.ports or rule.verdict != "drop"})
         await ensure_group(self.client, self.keys.lines, DETECT_GROUP)
         while True:
             reply = await self.client.xreadgroup(
