@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyfilter.cli import api, matching, status
-from pyfilter.cli.imports import fail2ban as import_fail2ban, pyfilter_v1 as import_pyfilter_v1
+from pyfilter.cli import api, imports as importers, matching, status
 from pyfilter.common.timeparse import InvalidZone
 
 
@@ -23,8 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_command(sub)
     imports = sub.add_parser("import", help="import another tool's configuration (and ban list)")
     kinds = imports.add_subparsers(dest="kind", required=True, metavar="KIND")
-    import_fail2ban.add_command(kinds)
-    import_pyfilter_v1.add_command(kinds)
+    importers.add_commands(kinds)
     return parser
 
 

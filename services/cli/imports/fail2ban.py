@@ -285,17 +285,3 @@ def report(stream, confdir: Path, out: Path, outcomes: list[Outcome], disabled: 
         stream.write(f"  not enabled in fail2ban, not imported ({len(disabled)}): {', '.join(disabled)}\n")
     stream.write(f"wrote {out / 'pyfilter.yaml'}, {out / 'rules'}/ and {out / 'import-report.txt'} "
                  f"(check: pyfilter config check {out / 'pyfilter.yaml'})\n")
-
-
-def add_command(imports) -> None:
-    p = imports.add_parser("fail2ban", help="a fail2ban configuration (jails, filters) as PyFilter's")
-    p.add_argument("dir", nargs="?", default="/etc/fail2ban", metavar="DIR",
-                   help="fail2ban's configuration folder (default /etc/fail2ban)")
-    p.add_argument("--out", required=True, metavar="OUTDIR", help="where pyfilter.yaml, rules/ and import-report.txt are written")
-    p.add_argument("--force", action="store_true", help="replace OUTDIR's pyfilter.yaml, rules/ and import-report.txt")
-    p.add_argument("--config", metavar="FILE", help="the configuration whose other settings and catalog to start "
-                                                    "from (default: as `pyfilter match`)")
-    p.add_argument("--catalog", metavar="DIR", help="the rule catalog to map jails onto (default: the configuration's)")
-    p.add_argument("--log-dir", default="/var/log", metavar="DIR",
-                   help="the host folder mounted into the collector as /host/log (PYFILTER_LOG_DIR; default /var/log)")
-    p.set_defaults(func=cmd_import_fail2ban)

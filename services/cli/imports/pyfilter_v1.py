@@ -248,33 +248,3 @@ def _redis_url(r: v1.V1Redis) -> str:
     auth = f":{urllib.parse.quote(r.password, safe='')}@" if r.password else ""
     host = f"[{r.host}]" if ":" in r.host else r.host
     return f"redis://{auth}{host}:6379/{r.database}"  # the original always used port 6379
-
-
-# Wiring -------------------------------------------------------------------------
-
-def add_command(kinds) -> None:
-    """`pyfilter import pyfilter-v1`, under the `import` command's KIND choices."""
-    p = kinds.add_parser("pyfilter-v1", help="the original PyFilter's config.json, and with --bans its ban list")
-    p.add_argument("config", metavar="CONFIG.json", help="the original's Config/config.json")
-    p.add_argument("--out", metavar="OUTDIR", help="write pyfilter.yaml, rules/ and import-report.txt here")
-    p.add_argument("--force", action="store_true", help="write into an OUTDIR that holds files already")
-    p.add_argument("--bantime", default="1d",
-                   help='how long bans last, counted from each original ban: "1d", "1w", seconds, or -1 '
-                        "for ever as in the original (default 1d)")
-    p.add_argument("--log-dir", default="/var/log", metavar="DIR",
-                   help="the host folder mounted into the collector as /host/log (PYFILTER_LOG_DIR; default /var/log)")
-    p.add_argument("--catalog", metavar="DIR",
-                   help="the rule catalog to map onto (default: the configuration's catalog_dir)")
-    p.add_argument("--bans", action="store_true", help="post the original's ban list to our API")
-    p.add_argument("--database", metavar="FILE",
-                   help="read the bans from this SQLite file of the original's (default: the storage "
-                        "settings.database names; sqlite.database, from the folder the original ran in)")
-    p.add_argument("--from-redis", metavar="URL",
-                   help="read the bans from this Redis of the original's (default for database redis: "
-                        "redis://HOST:6379/DATABASE of config.json)")
-    p.add_argument("--timezone", metavar="ZONE",
-                   help="zone of the ban times in the original's Redis (default: this host's)")
-    p.add_argument("--url", help=f"our API (default: $PYFILTER_API_URL or {api.DEFAULT_URL})")
-    p.add_argument("--token", help="write token (default: $PYFILTER_API_TOKEN, or compose/.env of a checkout)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the API (default 30)")
-    p.set_defaults(func=cmd_import)
