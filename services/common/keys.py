@@ -51,12 +51,10 @@ class Keys:
         """The window's last lines (list), copied into the ban record."""
         return f"{self.prefix}window-lines:{rule}:{_tag(address)}"
 
-    def window_reset(self, rule: str, address: str) -> str:
-        """Log time of the failure that last triggered a ban (older ones no longer count)."""
-        return f"{self.prefix}window-reset:{rule}:{_tag(address)}"
-
     def window_state(self, rule: str, address: str) -> str:
-        """A consecutive window's hash: last failure's time and the count so far."""
+        """A window's hash: `reset`, the log time of the failure that last triggered a
+        ban (older ones no longer count); a consecutive window's `last` failure's
+        time and its `count` so far."""
         return f"{self.prefix}window-state:{rule}:{_tag(address)}"
 
     def window_conns(self, rule: str, address: str) -> str:
@@ -135,3 +133,14 @@ class Keys:
 def _tag(address: str) -> str:
     """An address as a hash tag: its keys share one Redis Cluster slot."""
     return f"{{{address}}}"
+
+
+def around_address(key: str) -> tuple[str, str]:
+    """What comes before and after the address in a key of one address, given
+    that key made for the address "" (`Keys.ban("")`). The ledger passes
+    thousands of such keys per call and joins each address between these two
+    (ledger.py); the templates stay here."""
+    head, tag, tail = key.rpartition(_tag(""))
+    if not tag:
+        raise ValueError(f"not a key of one address: {key!r}")
+    return head + "{", "}" + tail

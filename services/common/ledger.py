@@ -32,7 +32,7 @@ from redis.exceptions import ResponseError
 
 from pyfilter.common import bans, messages
 from pyfilter.common.config import Escalation
-from pyfilter.common.keys import Keys
+from pyfilter.common.keys import Keys, around_address
 
 # Bump when a function's KEYS, ARGV or effect changes.
 LIBRARY_VERSION = 1
@@ -94,6 +94,29 @@ CODE = library_code()
 _encode = msgspec.msgpack.Encoder().encode
 
 
+# The calls are packed here, not by redis-py: a detector's call passes thousands
+# of KEYS (6 per failure in a flood), and redis-py's packer, a Python loop over
+# its arguments, made the detector's CPU 40% higher (bench/scaling.py; see
+# docs/decisions.md, "Ledger"). Arguments are encoded as redis-py encodes them.
+def _bulk(value: bytes | str | int | float) -> bytes:
+    """One argument in the Redis protocol."""
+    if isinstance(value, str):
+        value = value.encode()
+    elif not isinstance(value, bytes):
+        value = repr(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _bulks(values: Iterable[bytes | str | int | float]) -> bytes:
+    return b"".join(map(_bulk, values))
+
+
+def _fcall(name: str, key_count: int, keys: bytes, args: Sequence[bytes | str | int | float]) -> bytes:
+    """FCALL of one of our functions as sent: `keys`, `key_count` of them, come packed."""
+    return b"*%d\r\n%s%s%s" % (3 + key_count + len(args), _bulks((b"FCALL", FUNCTION_PREFIX + name, key_count)),
+                                 keys, _bulks(args))
+
+
 def _is_missing(exc: ResponseError) -> bool:
     return "function not found" in str(exc).lower()
 
@@ -108,6 +131,9 @@ class Ledger:
     def __init__(self, client: redis.Redis, keys: Keys):
         self.client = client
         self.keys = keys
+        # record_failures' KEYS of a group, packed, cut where its address goes:
+        # per (rule, recidive on, address length), see _group_layout.
+        self._group_layouts: dict[tuple[str, bool, int], list[bytes]] = {}
 
     async def load(self, rule_scopes: dict[str, messages.BanScope] | None = None) -> None:
         """Load the library unless Redis already holds this very code; the first
@@ -150,14 +176,11 @@ class Ledger:
                         await self.client.hsetnx(self.keys.ban_scopes, rec.address, messages.encode(scope))
         return renamed
 
-    async def _calls(self, calls: Sequence[tuple[str, list, list]]) -> list:
-        """Run (function, KEYS, ARGV) calls in one round trip; each is atomic on its own."""
+    async def _calls(self, calls: Sequence[bytes]) -> list:
+        """Run packed calls (`_fcall`) in one round trip; each is atomic on its own."""
         for attempt in (1, 2):
             try:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for name, keys, args in calls:
-                        pipe.fcall(FUNCTION_PREFIX + name, len(keys), *keys, *args)
-                    return await pipe.execute()
+                return await self._send(calls)
             except ResponseError as exc:
                 # Redis lost the library (restarted empty): load it and call again,
                 # which is harmless, since nothing ran.
@@ -166,8 +189,34 @@ class Ledger:
                 await self.load()
         raise AssertionError("unreachable")
 
+    async def _send(self, calls: Sequence[bytes]) -> list:
+        """What a redis-py pipeline does with commands it packed: one write, every
+        reply read (so the connection stays in step), the first error raised,
+        retried on a new connection as the client's retry policy says."""
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()
+
+        async def exchange() -> list:
+            await conn.send_packed_command(calls)
+            replies = []
+            for _ in calls:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+
+        try:
+            replies = await conn.retry.call_with_retry(exchange, lambda _error: conn.disconnect())
+        finally:
+            await pool.release(conn)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
     async def _call(self, name: str, keys: list, args: list):
-        [reply] = await self._calls([(name, keys, args)])
+        [reply] = await self._calls([_fcall(name, len(keys), _bulks(keys), args)])
         return reply
 
     def _shared(self) -> list[str]:
@@ -176,25 +225,46 @@ class Ledger:
 
     # The detector
 
-    def _group_keys(self, rule: str, address: str) -> list[str]:
-        k = self.keys
-        return [k.window(rule, address), k.window_lines(rule, address), k.window_reset(rule, address),
-                k.window_state(rule, address), k.window_conns(rule, address), k.ban(address),
-                k.ban_count(address), k.window("recidive", address), k.window_lines("recidive", address)]
+    def _group_layout(self, rule: str, recidive: bool, length: int) -> list[bytes]:
+        """The KEYS of one group, packed and cut where its address goes (an address
+        of `length` bytes): its window, window-lines, window-state, window-conns,
+        the address's ban record and ban count, and when the recidive rule is
+        on, the address's recidive window and window-lines.
+        A detector passes these for every failure of a flood (one group per
+        failure when every address fails once per batch): each group's are then
+        one join of this layout by its address."""
+        layout = self._group_layouts.get((rule, recidive, length))
+        if layout is None:
+            k = self.keys
+            keys = [k.window(rule, ""), k.window_lines(rule, ""), k.window_state(rule, ""),
+                    k.window_conns(rule, ""), k.ban(""), k.ban_count("")]
+            if recidive:
+                keys += [k.window("recidive", ""), k.window_lines("recidive", "")]
+            layout = [b""]
+            for key in keys:
+                before, after = (part.encode() for part in around_address(key))
+                layout[-1] += b"$%d\r\n%s" % (len(before) + length + len(after), before)
+                layout.append(after + b"\r\n")
+            self._group_layouts[(rule, recidive, length)] = layout
+        return layout
 
     async def record_failures(self, calls: Iterable[list[list[object]]], now: float,
                               recidive: bytes) -> list[bytes]:
         """Count groups of failures into their windows (one function call per list of
         groups; ledger.lua's record_failures says what a group holds). Returns
         "address rule duration" for each ban they caused."""
+        shared = self._shared()
         planned = []
         for groups in calls:
-            keys = self._shared()
+            keys, count = [_bulks(shared)], len(shared)
             for group in groups:
-                keys += self._group_keys(group[0], group[1])
+                address = group[1].encode()
+                layout = self._group_layout(group[0], bool(recidive), len(address))
+                keys.append(address.join(layout))
+                count += len(layout) - 1
             # The groups go as one MessagePack argument: a protocol argument
             # per field cost the detector more CPU than matching.
-            planned.append(("record_failures", keys, [now, recidive, _encode(groups)]))
+            planned.append(_fcall("record_failures", count, b"".join(keys), [now, recidive, _encode(groups)]))
         replies = await self._calls(planned) if planned else []
         return [r for reply in replies for r in reply]
 
@@ -210,7 +280,7 @@ class Ledger:
             keys = self._shared()
             for b in chunk:
                 keys += [self.keys.ban(b.record.address), self.keys.ban_count(b.record.address)]
-            calls.append(("ban", keys, [memory, _encode(chunk)]))
+            calls.append(_fcall("ban", len(keys), _bulks(keys), [memory, _encode(chunk)]))
         replies = await self._calls(calls) if calls else []
         return [messages.decode_record(r) for reply in replies for r in reply]
 
@@ -223,7 +293,7 @@ class Ledger:
             chunk = list(addresses[i:i + CHUNK])
             keys = [self.keys.active_bans, self.keys.ban_scopes, self.keys.decisions,
                     *(self.keys.ban(a) for a in chunk)]
-            calls.append(("unban", keys, [now, host, rule, origin, reason, *chunk]))
+            calls.append(_fcall("unban", len(keys), _bulks(keys), [now, host, rule, origin, reason, *chunk]))
         if calls:
             await self._calls(calls)
 

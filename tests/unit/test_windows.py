@@ -211,7 +211,7 @@ def test_every_window_key_expires(redis_url):
 
     found = run(ttls())
     kinds = {k.split(":")[1] for k in found}
-    assert {"window", "window-lines", "window-reset", "window-state", "window-conns"} <= kinds, found
+    assert {"window", "window-lines", "window-state", "window-conns"} <= kinds, found
     assert all(ttl > 0 for ttl in found.values()), found
 
 
