@@ -21,7 +21,7 @@ COMPOSE := docker compose $(COMPOSE_FILES)
 help:
 	@echo "make up      start the stack on this host (healthy when it returns); DETECTORS=3 scales"
 	@echo "make down    stop it (volumes, hence bans and history, are kept)"
-	@echo "make server  many hosts: Redis, detectors and api (PYFILTER_REDIS_PASSWORD required)"
+	@echo "make server  many hosts: Redis, detectors, notifier and api (PYFILTER_REDIS_PASSWORD required)"
 	@echo "make agent   many hosts: collector and enforcer (PYFILTER_REDIS_URL required)"
 	@echo "make test    the whole suite: unit tests and the real stack in containers"
 	@echo "make dev     .venv with the project and its test tools (CLI: .venv/bin/pyfilter)"

@@ -3,24 +3,23 @@
 Routes live in their own modules (`routes_bans`, `routes_whitelist`,
 `stats`, `status`, `openapi`, `webadmin`). Manual bans and unbans are published as
 decisions, exactly like the detector's, so every host's enforcer applies them.
+Notifications and the pruning of expired bans are the notifier's (services/notifier).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from aiohttp import web
 
 from pyfilter.api import metrics, openapi, routes_bans, routes_whitelist, state, stats, status, webadmin
 from pyfilter.api.auth import TOKEN, require_token
-from pyfilter.api.notify import start_notifier
 from pyfilter.api.responses import FieldError, error, json
 from pyfilter.api.schemas import AuthCheck, Health
 from pyfilter.api.state import API, Api
-from pyfilter.common import log
-from pyfilter.common.config import ConfigError, load
+from pyfilter.common import service
+from pyfilter.common.config import Settings
 from pyfilter.common.redisio import TRANSIENT
 
 logger = logging.getLogger("pyfilter.api")
@@ -62,17 +61,6 @@ async def check_token(request: web.Request) -> web.Response:
     return json(AuthCheck(ok=True))
 
 
-async def prune_until(api: Api, stop: asyncio.Event) -> None:
-    """Forget expired bans every 30 s until `stop` is set."""
-    while not stop.is_set():
-        try:
-            await api.ledger.prune()
-        except Exception as exc:  # keep pruning on the next round
-            logger.warning("pruning expired bans failed", extra={"error": str(exc)})
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), 30)
-
-
 def build(api: Api) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024,
                           middlewares=[metrics.count_requests, errors])
@@ -84,33 +72,30 @@ def build(api: Api) -> web.Application:
         app.add_routes(module.routes())
     webadmin.setup(app)
 
-    async def background(app: web.Application):
-        stop = asyncio.Event()
-        pruning = asyncio.create_task(prune_until(api, stop))
-        stop_notifier = start_notifier(api.settings, api.client)
-        yield
-        # Let what uses the Redis client finish its command before closing it:
-        # cancelling a redis-py command midway can leave a task hanging.
-        stop.set()
-        await pruning
-        await stop_notifier()
+    async def close(app: web.Application) -> None:
         await api.client.aclose()
         api.geo.close()
 
-    app.cleanup_ctx.append(background)
+    app.on_cleanup.append(close)
     return app
 
 
-def main() -> int:
-    log.setup("api")
-    try:
-        settings = load()
-    except ConfigError as exc:
-        logger.error(str(exc))
-        return 2
+async def serve(settings: Settings) -> None:
+    """Answer HTTP until SIGTERM or SIGINT; requests under way then finish."""
     cfg = settings.config.api
     if not cfg.token:
         logger.warning("no API token configured: writes (ban, unban, whitelist) are refused")
-    web.run_app(build(Api(settings)), host=cfg.listen, port=cfg.port, print=None,
-                access_log=None, reuse_address=True)
-    return 0
+    runner = web.AppRunner(build(Api(settings)), access_log=None)
+    await runner.setup()
+    stopping = asyncio.Event()
+    service.stop_on_signals(stopping)
+    try:
+        await web.TCPSite(runner, cfg.listen, cfg.port, reuse_address=True).start()
+        logger.info("api started", extra={"listen": cfg.listen, "port": cfg.port})
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main() -> int:
+    return service.run("api", serve)

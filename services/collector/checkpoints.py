@@ -9,8 +9,8 @@ ids let the detector drop the copy.
 
 The stream is never trimmed here. While it holds more than `lines_maxlen`
 entries the committer waits for the detectors to drain it; lines wait on
-disk, not in memory. Redis errors are retried with backoff, forever: the
-batch in hand is kept until it is written.
+disk, not in memory. Transient Redis errors (`redisio.TRANSIENT`) are retried
+with backoff, forever: the batch in hand is kept until it is written.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import logging
 import time
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from pyfilter.common import hosts
 from pyfilter.common.keys import Keys
 from pyfilter.common.messages import LineBatch, encode
+from pyfilter.common.redisio import TRANSIENT
 
 from .sources.base import Batch, Stats
 
@@ -37,21 +37,22 @@ BACKOFF_MAX = 5.0  # longest wait between two tries of a failed write (s)
 async def load(redis: aioredis.Redis, keys: Keys, host: str, source: str) -> dict[str, bytes]:
     """What the source's checkpoint hash holds (empty on the first run)."""
     raw = await retry(lambda: redis.hgetall(keys.checkpoint(host, source)),
-                      f"reading the checkpoint of source {source!r}")
+                      "Redis failed while reading a checkpoint; retrying", source)
     return {k.decode(): v for k, v in raw.items()}
 
 
-async def retry(call, what: str, stats: Stats | None = None):
-    """Await `call()` until it succeeds, backing off while Redis fails."""
+async def retry(call, failed: str, source: str, stats: Stats | None = None):
+    """Await `call()` until it succeeds, backing off while Redis fails (logged as `failed`)."""
     delay = 0.1
     while True:
         try:
             return await call()
-        except (RedisError, OSError) as exc:
+        except TRANSIENT as exc:
             if stats is not None:
                 stats.errors += 1
-            log.warning(f"Redis failed while {what}: {exc}; retrying in {delay:.1f}s",
-                        extra={"error_type": type(exc).__name__})
+            log.warning(failed, extra={
+                "source": source, "error": str(exc),
+                "error_type": type(exc).__name__, "retry_in": round(delay, 1)})
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
 
@@ -92,7 +93,7 @@ class Committer:
                 tx.xlen(self.keys.lines)
                 return await tx.execute()
 
-        replies = await retry(write, f"writing a batch of source {source!r}", stats)
+        replies = await retry(write, "Redis failed while writing a batch; retrying", source, stats)
         self.length = replies[-1]
         if payload is not None:
             stats.lines += len(batch.lines)

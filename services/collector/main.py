@@ -22,15 +22,13 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from redis.exceptions import RedisError
 
-from pyfilter.common import health, service
+from pyfilter.common import health, metrics, service
 from pyfilter.common.config import Settings, Source as SourceConfig
 from pyfilter.common.keys import Keys
+from pyfilter.common.redisio import TRANSIENT, connect
 from pyfilter.common.status import Publisher
-from pyfilter.common.redisio import connect
 from pyfilter.common.zones import InvalidZone, get_zone
 
 from . import checkpoints, plan, privsep, report
@@ -50,7 +48,7 @@ async def follow(cfg: SourceConfig, settings: Settings, redis: aioredis.Redis,
     keys, host = Keys(settings.config.redis.prefix), settings.host
     zone = source_zone(cfg)
     shown = zone() or "UTC"
-    log.info(f"source {cfg.name!r}: timestamps without a zone are read as {shown}",
+    log.info("timestamps without a zone read in the source's zone",
              extra={"source": cfg.name, "timezone": shown})
     while not stop.is_set():
         saved = await checkpoints.load(redis, keys, host, cfg.name)
@@ -63,8 +61,8 @@ async def follow(cfg: SourceConfig, settings: Settings, redis: aioredis.Redis,
                 await committer.commit(cfg.name, batch, stats, zone(), cfg.program, todo.skip)
         except Exception:
             stats.errors += 1
-            log.exception(f"source {cfg.name!r} failed; restarting it from its checkpoint "
-                          f"in {REBUILD_DELAY}s", extra={"source": cfg.name})
+            log.exception("source failed; restarting it from its checkpoint",
+                          extra={"source": cfg.name, "retry_in": REBUILD_DELAY})
             await asyncio.sleep(REBUILD_DELAY)
 
 
@@ -86,8 +84,8 @@ def source_zone(cfg: SourceConfig) -> Callable[[], str | None]:
             with HOST_LOCALTIME.open("rb") as f:
                 zone = ZoneInfo.from_file(f)
         except (OSError, ValueError) as exc:
-            log.warning(f"{HOST_LOCALTIME} is not a readable zone file ({exc}); "
-                        "set `timezone` on the sources whose logs carry local times")
+            log.warning("the host's zone file is not readable; set `timezone` on the sources "
+                        "whose logs carry local times", extra={"path": str(HOST_LOCALTIME), "error": str(exc)})
         else:
             return lambda: datetime.now(zone).strftime("%z")
     name = _machine_zone()
@@ -118,7 +116,7 @@ async def heartbeat(redis: aioredis.Redis, stop: asyncio.Event) -> None:
         try:
             await redis.ping()
             health.beat()
-        except (RedisError, OSError):
+        except TRANSIENT:
             pass
         try:
             await asyncio.wait_for(stop.wait(), BEAT_EVERY)
@@ -166,7 +164,7 @@ def make_plan(settings: Settings) -> plan.Plan:
             log.info(f"{c.rule}: lines from {names}{copies}", extra=extra)
     for s in sources:
         if s.name not in chosen.sources:
-            log.info(f"source {s.name!r}: no enabled rule reads its lines here; not followed",
+            log.info("no enabled rule reads the source's lines here; not followed",
                      extra={"source": s.name})
     return chosen
 
@@ -184,11 +182,7 @@ async def run(settings: Settings) -> int:
     service.stop_on_signals(stop)
 
     stats = {source.name: Stats() for source in followed}
-    port = int(os.environ.get("PYFILTER_METRICS_PORT", "9101"))
-    if port:
-        registry = CollectorRegistry()
-        registry.register(Exporter(stats, committer))
-        start_http_server(port, registry=registry)
+    metrics.serve("collector", Exporter(stats, committer))
 
     live: dict = {}
     tasks = [asyncio.create_task(follow(source, settings, redis, committer, stats[source.name], stop,

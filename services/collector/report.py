@@ -15,10 +15,9 @@ import os
 import time
 from fnmatch import fnmatchcase
 
-from redis.exceptions import RedisError
-
 from pyfilter.common.config import Rule, Settings, Source as SourceConfig
 from pyfilter.common.messages import CollectorStatus, RuleSources, SourceStatus
+from pyfilter.common.redisio import TRANSIENT
 from pyfilter.common.status import Publisher
 
 from . import plan
@@ -122,7 +121,7 @@ async def publish_until(settings: Settings, chosen: plan.Plan, live: dict, publi
         try:
             # In the loop, not a thread: it reads the running sources' state.
             await publisher.publish(make(settings, chosen, live, started_at))
-        except (RedisError, OSError) as exc:  # the heartbeat says when Redis is away
+        except TRANSIENT as exc:  # the heartbeat says when Redis is away
             log.debug("status report not written", extra={"error": str(exc)})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), CHECK_EVERY)

@@ -29,7 +29,8 @@ class Keys:
         """Ban and unban decisions, detectors/api -> every enforcer."""
         return f"{self.prefix}decisions"
 
-    def dead_letters(self, stream: str) -> str:
+    @staticmethod
+    def dead_letters(stream: str) -> str:
         """Entries of `stream` that could not be decoded, moved aside for a person to read."""
         return f"{stream}:dead"
 

@@ -7,16 +7,21 @@ import logging
 
 import redis.asyncio as redis
 
-from pyfilter.common.config import RedisConfig
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pyfilter.common.config import RedisConfig
 
 log = logging.getLogger("pyfilter.redis")
 
-# Errors after which a service waits and tries again (Redis restarting,
-# network blip); anything else is a bug and should surface.
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+# The one definition of the Redis errors after which a service waits and tries
+# again: Redis out of reach or restarting (connection, timeout, LOADING, which
+# redis-py raises as a connection error), or refusing writes for now (OOM under
+# `noeviction` until the detectors drain the streams, READONLY or MASTERDOWN
+# during a failover, TRYAGAIN). Anything else is a bug and should surface.
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError,
+             MasterDownError, TryAgainError, OSError)
 
 
 def connect(cfg: RedisConfig, **extra) -> redis.Redis:

@@ -19,15 +19,14 @@ import socket
 import time
 from collections import Counter
 
-import msgspec
-
 from pyfilter.common import health, hosts, messages, service, status
-from pyfilter.common.ledger import Ledger
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_address
 from pyfilter.common.config import Settings
 from pyfilter.common.keys import DETECT_GROUP, Keys
+from pyfilter.common.ledger import Ledger
 from pyfilter.common.metrics import serve as serve_metrics
-from pyfilter.common.redisio import TRANSIENT, connect, ensure_group, wait_for_redis
+from pyfilter.common.redisio import TRANSIENT, connect, wait_for_redis
+from pyfilter.common.streams import Consumer, Entry
 from pyfilter.common.whitelist import Whitelist
 from pyfilter.detector import metrics
 from pyfilter.detector.matching import Matcher
@@ -63,6 +62,8 @@ class Detector:
         # once (`resume`). Sharing a name by mistake is harmless: batches are
         # idempotent.
         self.consumer = os.environ.get("PYFILTER_CONSUMER") or socket.gethostname()
+        self.lines = Consumer(self.client, self.keys.lines, DETECT_GROUP, self.consumer,
+                              messages.decode_batch, BATCHES_PER_READ, metrics.ERRORS)
         self.stopping = asyncio.Event()
         self.next_claim = 0.0
         self.next_lag = 0.0
@@ -106,9 +107,9 @@ class Detector:
         unknown = set(batch.rules or ()) - set(self.settings.rules) - self._unknown_rules
         if unknown:
             self._unknown_rules |= unknown
-            logger.warning(f"container {batch.container!r} names rules that are not enabled: "
-                           f"{', '.join(sorted(unknown))}; enable them in pyfilter.yaml to read its lines with them",
-                           extra={"container": batch.container, "host": batch.host})
+            logger.warning("a container names rules that are not enabled; enable them in pyfilter.yaml "
+                           "to read its lines with them",
+                           extra={"container": batch.container, "host": batch.host, "rules": sorted(unknown)})
 
     @staticmethod
     def _prefix_of(address: str, prefix: int, own: set, whitelist: list) -> str:
@@ -135,11 +136,10 @@ class Detector:
             return None
         return str(addr)
 
-    async def handle(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    async def handle(self, entries: list[Entry]) -> None:
         await self.finish(*await self.prepare(entries))
 
-    async def prepare(self, entries: list[tuple[bytes, dict[bytes, bytes]]]
-                      ) -> tuple[list[Observed], list[bytes], float, Counter]:
+    async def prepare(self, entries: list[Entry]) -> tuple[list[Observed], list[bytes], float, Counter]:
         """Decode and match a read: the failures it holds, the entries to acknowledge, when,
         and its lines by (host, source)."""
         now = time.time()
@@ -147,33 +147,21 @@ class Detector:
         whitelist = await self.whitelist.networks()
         # Matching is CPU work: in a thread, so that the event loop meanwhile
         # sends the next read and the previous read's window update to Redis.
-        observed, undecodable, lines = await asyncio.to_thread(self.match_entries, entries, now, own, whitelist)
-        for fields in undecodable:
-            await self.client.xadd(self.keys.dead_letters(self.keys.lines), fields)
-        return observed, [entry_id for entry_id, _ in entries], now, lines
+        read, observed, lines = await asyncio.to_thread(self.match_entries, entries, now, own, whitelist)
+        await self.lines.dead_letter(read)
+        return observed, read.ids, now, lines
 
-    def match_entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]], now: float, own: set,
-                      whitelist: list) -> tuple[list[Observed], list[dict[bytes, bytes]], Counter]:
-        """The failures in a read's entries, the entries that do not decode, and the
-        lines read by (host, source)."""
+    def match_entries(self, entries: list[Entry], now: float, own: set, whitelist: list):
+        """A read decoded (with its undecodable entries), the failures in it, and
+        its lines by (host, source)."""
+        read = self.lines.decode(entries)
         observed: list[Observed] = []
-        undecodable = []
         lines: Counter = Counter()
-        for entry_id, fields in entries:
-            if fields is None:  # deleted while pending: nothing left to do
-                continue
-            try:
-                batch = messages.decode_batch(fields[b"m"])
-            except (KeyError, msgspec.DecodeError) as exc:
-                logger.error("undecodable lines entry, moved aside",
-                             extra={"entry": entry_id.decode(), "error": str(exc)})
-                metrics.ERRORS.labels("undecodable").inc()
-                undecodable.append(fields)
-                continue
+        for _, batch in read.messages:
             observed += self.observe(batch, now, own, whitelist)
             metrics.LINES.labels(batch.source).inc(len(batch.lines))
             lines[batch.host, batch.source] += len(batch.lines)
-        return observed, undecodable, lines
+        return read, observed, lines
 
     async def finish(self, observed: list[Observed], ids: list[bytes], now: float,
                      lines: Counter | None = None) -> None:
@@ -186,7 +174,7 @@ class Detector:
             logger.info("ban decided", extra={"address": ban.address, "rule": ban.rule,
                                               "duration": ban.duration})
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.xack(self.keys.lines, DETECT_GROUP, *ids)
+            self.lines.ack_on(pipe, ids)
             pipe.xdel(self.keys.lines, *ids)
             status.count(pipe, self.keys, now, lines or Counter(), Counter((o.host, o.rule) for o in observed))
             await pipe.execute()
@@ -208,13 +196,8 @@ class Detector:
         await Ledger(self.client, self.keys).load(
             {name: messages.BanScope([int(p) for p in rule.ports], rule.verdict)
              for name, rule in self.settings.rules.items() if rule.ports or rule.verdict != "drop"})
-        await ensure_group(self.client, self.keys.lines, DETECT_GROUP)
-        while True:
-            reply = await self.client.xreadgroup(
-                DETECT_GROUP, self.consumer, {self.keys.lines: "0"}, count=BATCHES_PER_READ)
-            entries = [e for _, stream_entries in reply for e in stream_entries]
-            if not entries:
-                return
+        await self.lines.ensure_group()
+        while entries := await self.lines.pending():
             await self.handle(entries)
 
     async def run(self) -> None:
@@ -233,16 +216,14 @@ class Detector:
                 # this consumer: resume redoes them.
                 with contextlib.suppress(Exception):
                     await self.settle()
-                with contextlib.suppress(BaseException):
-                    await self.forget_read()
+                await self.forget_read()
                 await asyncio.sleep(1)
                 await self.resume()
         # A read already on its way is finished before stopping, not left pending.
         task, self.reading = self.reading, None
-        if task is not None:
-            for _, entries in await task:
-                await self.settle()
-                await self.handle(entries)
+        if task is not None and (entries := await task):
+            await self.settle()
+            await self.handle(entries)
         await self.settle()
         await self.client.aclose()
 
@@ -253,39 +234,41 @@ class Detector:
             await task
 
     async def forget_read(self) -> None:
-        """Drop the read ahead, if any (its entries stay pending for `resume`)."""
+        """Drop the read ahead, if any (its entries stay pending for `resume`).
+
+        Waits for it to end without raising what ended it (its cancellation,
+        or the Redis error that brought us here), so a cancellation of the
+        detector itself still goes through."""
         task, self.reading = self.reading, None
         if task is not None:
             task.cancel()
-            await task
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved: the error was logged by the caller
 
     def read(self) -> asyncio.Future:
-        return asyncio.ensure_future(self.client.xreadgroup(
-            DETECT_GROUP, self.consumer, {self.keys.lines: ">"}, count=BATCHES_PER_READ, block=1000))
+        return asyncio.ensure_future(self.lines.new(block_ms=1000))
 
-    async def next_read(self) -> list:
+    async def next_read(self) -> list[Entry]:
         """New entries for this consumer. While a busy stream's read is
         matched, the next one is already on its way (Redis answers it between
         window updates, so it is ready when matching ends)."""
         task, self.reading = self.reading, None
-        reply = await (task or self.read())
-        if reply:
+        entries = await (task or self.read())
+        if entries:
             self.reading = self.read()
-        return reply
+        return entries
 
     async def step(self) -> None:
         # Entries a dead replica left pending come first.
         if time.monotonic() >= self.next_claim:
-            _, claimed, _ = await self.client.xautoclaim(
-                self.keys.lines, DETECT_GROUP, self.consumer,
-                self.settings.config.detector.claim_idle * 1000, "0-0",
-                count=BATCHES_PER_READ)
+            claimed = await self.lines.claim(self.settings.config.detector.claim_idle * 1000)
             if claimed:
                 await self.settle()
                 await self.handle(claimed)
                 return
             self.next_claim = time.monotonic() + CLAIM_EVERY_S
-        for _, entries in await self.next_read():
+        if entries := await self.next_read():
             # Match this read while Redis runs the previous read's window
             # script; updates still reach Redis one after the other, in order.
             work = await self.prepare(entries)

@@ -31,7 +31,8 @@ async def own_addresses(resolv_conf: Path = RESOLV_CONF) -> set[Address]:
     try:
         found |= parse_resolv_conf(resolv_conf.read_text())
     except OSError as exc:
-        log.warning("cannot read %s (%s): resolvers are not on the never-ban list", resolv_conf, exc)
+        log.warning("cannot read resolv.conf: resolvers are not on the never-ban list",
+                    extra={"path": str(resolv_conf), "error": str(exc)})
     return found
 
 
@@ -51,7 +52,8 @@ def parse_resolv_conf(text: str) -> set[Address]:
         try:
             found.add(_plain(ipaddress.ip_address(value)))
         except ValueError:
-            log.warning("resolv.conf line %d: nameserver %r is not an IP address; ignored", number, fields[1])
+            log.warning("resolv.conf: a nameserver that is not an IP address, ignored",
+                        extra={"line": number, "nameserver": fields[1]})
     return found
 
 

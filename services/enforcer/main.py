@@ -19,14 +19,13 @@ import logging
 import math
 import time
 
-import msgspec
-
 from pyfilter.common import bans, health, hosts, messages, service, status
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_target
 from pyfilter.common.config import Settings
 from pyfilter.common.keys import Keys
 from pyfilter.common.metrics import serve as serve_metrics
-from pyfilter.common.redisio import TRANSIENT, connect, ensure_group, wait_for_redis
+from pyfilter.common.redisio import TRANSIENT, connect, wait_for_redis
+from pyfilter.common.streams import Consumer
 from pyfilter.common.whitelist import Whitelist
 from pyfilter.enforcer import metrics
 from pyfilter.enforcer.backends import make_backend
@@ -48,8 +47,8 @@ class Enforcer:
         self.backend = backend
         self.keys = Keys(cfg.redis.prefix)
         self.client = connect(cfg.redis)
-        self.group = self.keys.enforce_group(settings.host)
-        self.consumer = settings.host
+        self.decisions = Consumer(self.client, self.keys.decisions, self.keys.enforce_group(settings.host),
+                                  settings.host, messages.decode_decision, DECISIONS_PER_READ, metrics.ERRORS)
         self.whitelist = Whitelist(self.client, self.keys, cfg.whitelist)
         self.networks: list = []  # the whitelist as last read
         self.own: set = set()  # filled from the kernel at start and each reconcile
@@ -155,30 +154,22 @@ class Enforcer:
             sets=[messages.SetStatus(n, c) for n, c in (seen.sets if seen else {}).items()],
             problems=problems))
 
-    async def consume(self, start: str) -> int:
-        """Read and apply one round of decisions; `start` "0" replays our pending ones."""
-        reply = await self.client.xreadgroup(
-            self.group, self.consumer, {self.keys.decisions: start},
-            count=DECISIONS_PER_READ, block=None if start == "0" else 1000)
-        entries = [e for _, stream_entries in reply for e in stream_entries]
-        decisions = []
-        for entry_id, fields in entries:
-            try:
-                decisions.append(messages.decode_decision(fields[b"m"]))
-            except (KeyError, TypeError, msgspec.DecodeError) as exc:
-                logger.error("undecodable decision skipped",
-                             extra={"entry": entry_id.decode(), "error": str(exc)})
-        await self.apply(decisions, redelivered=start == "0")
-        if entries:
-            await self.client.xack(self.keys.decisions, self.group, *[e[0] for e in entries])
+    async def consume(self, pending: bool = False) -> int:
+        """Read and apply one round of decisions: new ones, or with `pending` our own
+        read before a crash or a lost connection."""
+        entries = await (self.decisions.pending() if pending else self.decisions.new())
+        read = self.decisions.decode(entries)
+        await self.apply([d for _, d in read.messages], redelivered=pending)
+        await self.decisions.dead_letter(read)
+        await self.decisions.ack(read.ids)
         return len(entries)
 
     async def start(self) -> None:
         await wait_for_redis(self.client, "enforcer")
         # The group starts at "$": what came before is in the active bans,
         # which the reconcile right after creating it applies.
-        await ensure_group(self.client, self.keys.decisions, self.group, start="$")
-        while await self.consume("0"):
+        await self.decisions.ensure_group(start="$")
+        while await self.consume(pending=True):
             pass
         await self.reconcile()
 
@@ -191,7 +182,7 @@ class Enforcer:
         while not self.stopping.is_set():
             health.beat()
             try:
-                await self.consume(">")
+                await self.consume()
                 if time.monotonic() >= self.next_reconcile:
                     await self.reconcile()
                 if time.monotonic() >= self.next_status:

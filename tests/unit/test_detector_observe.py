@@ -8,9 +8,10 @@ import time
 from datetime import datetime, timezone
 
 import msgspec
+import pytest
 import redis.asyncio as aioredis
 
-from pyfilter.common import messages
+from pyfilter.common import messages, status
 from pyfilter.cli.matching import load_rules
 from pyfilter.common.config import Config, Rule, Seconds, Settings
 from pyfilter.detector.main import Detector
@@ -157,3 +158,52 @@ def test_addresses_of_the_hosts_containers_are_not_counted(redis_url):
     own = {ipaddress.ip_network("172.18.0.0/16")}
     found = detector(redis_url).observe(batch("172.18.0.9", "198.51.100.7"), NOW, own, [])
     assert [o.address for o in found] == ["198.51.100.7"]
+
+
+def test_an_undecodable_lines_entry_is_moved_aside_and_the_rest_counted(redis_url):
+    """The one dead-letter policy (common/streams.py), seen from a detector."""
+    async def go():
+        d = detector(redis_url)
+        await d.lines.ensure_group()
+        bad = await d.client.xadd(d.keys.lines, {"m": b"not msgpack"})
+        await d.client.xadd(d.keys.lines, {"m": messages.encode(batch("198.51.100.7"))})
+        await d.handle(await d.lines.new())
+        dead = await d.client.xrange(d.keys.lines + ":dead")
+        left = await d.client.xlen(d.keys.lines)
+        lines, _ = await status.last_hour(d.client, d.keys, "h")
+        await d.client.aclose()
+        return dead, bad, left, lines
+    dead, bad, left, lines = asyncio.run(go())
+    assert [(f[b"m"], f[b"from"], f[b"group"]) for _, f in dead] == [(b"not msgpack", bad, b"detect")]
+    assert left == 0  # both acknowledged and deleted
+    assert lines == {"auth": 1}  # the good batch was read
+
+
+def test_forgetting_a_failed_read_ahead_raises_nothing_but_a_cancelled_detector_stops(redis_url):
+    """After a Redis error the detector drops its read ahead; that must not swallow its own cancellation."""
+    async def go():
+        d = detector(redis_url)
+
+        async def failed_read():
+            raise ConnectionError("redis went away")
+        d.reading = asyncio.ensure_future(failed_read())
+        await asyncio.sleep(0)
+        await d.forget_read()  # the read's error is the caller's, already logged: not raised again
+
+        release = asyncio.Event()
+
+        async def stubborn_read():  # a read that outlives its cancellation for a while
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                await release.wait()
+        d.reading = asyncio.ensure_future(stubborn_read())
+        await asyncio.sleep(0)
+        forgetting = asyncio.ensure_future(d.forget_read())
+        await asyncio.sleep(0)
+        forgetting.cancel()  # the detector is being stopped meanwhile
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await forgetting
+        await d.client.aclose()
+    asyncio.run(go())

@@ -252,3 +252,23 @@ def test_operator_whitelist_in_redis_is_honoured(redis_url):
         await client.aclose()
         return state
     assert set(asyncio.run(go())) == {"2001:db8:bb::5"}
+
+
+def test_an_undecodable_decision_is_moved_aside_and_the_next_applied(redis_url):
+    """The one dead-letter policy (common/streams.py), seen from an enforcer."""
+    async def go():
+        client = aioredis.from_url(redis_url)
+        kernel = LogOnlyBackend()
+        async with Running(redis_url, kernel):
+            # The group starts at "$": the entry must come after it.
+            await until(lambda: client.exists(KEYS.decisions))
+            bad = await client.xadd(KEYS.decisions, {"m": b"not msgpack"})
+            await publish(client, "ban", "198.51.100.7")
+            await until(lambda: _has(kernel, "198.51.100.7"))
+        dead = await client.xrange(KEYS.decisions + ":dead")
+        assert [(f[b"m"], f[b"from"], f[b"group"]) for _, f in dead] == \
+            [(b"not msgpack", bad, KEYS.enforce_group("host-b").encode())]
+        [group] = await client.xinfo_groups(KEYS.decisions)
+        assert group["pending"] == 0
+        await client.aclose()
+    asyncio.run(go())

@@ -9,8 +9,13 @@ from __future__ import annotations
 import asyncio
 import email
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,7 +26,7 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from pyfilter.api.notify import run_notifier
+from pyfilter.notifier.notify import run_notifier
 from pyfilter.common import messages
 from pyfilter.common.config import (
     Config,
@@ -132,7 +137,7 @@ async def ban(client, address: str, rule: str = "sshd") -> None:
 
 @asynccontextmanager
 async def notifier(s: Settings):
-    """A running notifier, as the api runs it: a task that stops when told."""
+    """A running notifier, as its service runs it: a task that stops when told."""
     client = aioredis.from_url(s.config.redis.url)
     stop = asyncio.Event()
     task = asyncio.create_task(run_notifier(s, client, stop))
@@ -196,7 +201,7 @@ def test_per_address_mode_sends_one_mail_per_ban_and_nothing_for_rules_without_n
 
 def test_a_notice_that_cannot_be_mailed_fails_alone(smtp):
     """A header the mail library refuses (a line break) fails that notice, not the whole batch."""
-    from pyfilter.api.notify import Email
+    from pyfilter.notifier.notify import Email
 
     channel = Email(settings("redis://unused", mail={"port": smtp.port}).config.notify.email, None)
     def notice(address: str) -> messages.Notice:
@@ -402,15 +407,62 @@ def test_notice_json_is_the_documented_shape():
         "country", "failures", "first_failure", "last_failure", "ban_count", "lines", "event", "v"}
 
 
-def test_api_starts_and_stops_the_notifier_in_two_lines(redis_url, smtp):
-    from pyfilter.api.notify import start_notifier
+def test_notifier_service_announces_bans_forgets_expired_ones_and_stops_cleanly(redis_url, smtp, tmp_path):
+    """`python -m pyfilter.notifier`, as compose runs it: the api no longer does this."""
+    metrics_port = free_port()
+    config = tmp_path / "pyfilter.yaml"
+    config.write_text(
+        f"host: notifier-host\nredis: {{url: '{redis_url}', prefix: 't:'}}\n"
+        f"notify: {{email: {{host: 127.0.0.1, port: {smtp.port}, from: pyfilter@example.org, "
+        "to: [ops@example.org]}, retry_initial: 0.1}\n"
+        "rules:\n  sshd: {service: ssh, sources: [auth], patterns: ['x <HOST>'], notify: true}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYFILTER_")}
+    env.update(PYFILTER_CONFIG=str(config), PYFILTER_METRICS_PORT=str(metrics_port),
+               PYFILTER_HEARTBEAT=str(tmp_path / "beat"))
+    log = tmp_path / "notifier.log"
 
     async def go():
         client = aioredis.from_url(redis_url)
-        stop_notifier = start_notifier(settings(redis_url, mail={"port": smtp.port}), client)
-        await until(lambda: _has_group(client))
-        await ban(client, "198.51.100.7")
-        await until(lambda: smtp.mails)
-        await asyncio.wait_for(stop_notifier(), 5)
+        now = time.time()
+        await client.zadd(KEYS.active_bans, {"198.51.100.20": now - 60, "198.51.100.21": now + 600})
+        with log.open("wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "pyfilter.notifier"], env=env,
+                                    stdout=out, stderr=out)
+        try:
+            await until(lambda: _has_group(client), lambda: proc.poll() is None or pytest.fail(log.read_text()))
+            await ban(client, "198.51.100.7")
+            await until(lambda: smtp.mails)
+            await until(lambda: (tmp_path / "beat").exists())
+            # The expired ban is forgotten, the one in force kept.
+            await until(lambda: _active_is(client, {b"198.51.100.21", b"198.51.100.7"}))
+            scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
+            assert b'pyfilter_notifier_notices_total{channel="email",outcome="sent"} 1.0' in scrape
+            assert b"pyfilter_notifier_pruned_total 1.0" in scrape
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, 15)
+            await client.aclose()
+        assert code == 0, log.read_text()
+        assert smtp.mails[0]["To"] == "ops@example.org"
+    run(go())
+
+
+async def _active_is(client, addresses: set[bytes]) -> bool:
+    return set(await client.zrange(KEYS.active_bans, 0, -1)) == addresses
+
+
+def test_an_undecodable_decision_is_moved_aside_and_does_not_stop_the_next(redis_url, smtp):
+    """The one dead-letter policy (common/streams.py), seen from the notifier."""
+    async def go():
+        client = aioredis.from_url(redis_url)
+        async with notifier(settings(redis_url, mail={"port": smtp.port})):
+            bad = await client.xadd(KEYS.decisions, {"m": b"not msgpack"})
+            await ban(client, "198.51.100.7")
+            await until(lambda: smtp.mails)
+            dead = await client.xrange(KEYS.decisions + ":dead")
+            assert [(f[b"m"], f[b"from"], f[b"group"]) for _, f in dead] == \
+                [(b"not msgpack", bad, NOTIFY_GROUP.encode())]
+            groups = {g["name"]: g for g in await client.xinfo_groups(KEYS.decisions)}
+            assert groups[NOTIFY_GROUP.encode()]["pending"] == 0
         await client.aclose()
     run(go())

@@ -403,7 +403,8 @@ class DockerSource:
         if self.problems.get(path) != what:
             self.problems[path] = what
             self.stats.errors += 1
-            log.error(f"{path}: {what}; retrying every {DISCOVER_EVERY:g}s", extra={"source": self.name})
+            log.error("cannot read a path of the source; retrying", extra={
+                "source": self.name, "path": path, "problem": what, "retry_every": DISCOVER_EVERY})
 
 
 def _key(st: os.stat_result) -> str:

@@ -226,7 +226,7 @@ class FileSource:
             elif tail.pos > tail.offset:
                 log.warning("file truncated before it was read to its end; no copy found next to it",
                             extra={"source": self.name, "path": tail.path, "offset": tail.offset})
-        log.info(f"file {why}; reading it from the start", extra={"source": self.name, "path": tail.path})
+        log.info("reading the file from the start", extra={"source": self.name, "path": tail.path, "why": why})
         tail.reset(0)
 
     def _recover_rotated(self, found: dict) -> None:
@@ -304,8 +304,8 @@ class FileSource:
         if self.problems.get(path) != what:
             self.problems[path] = what
             self.stats.errors += 1
-            log.error(f"{path}: {what}; retrying every {self.opts.poll_interval}s",
-                      extra={"source": self.name, "path": path})
+            log.error("cannot read a path of the source; retrying", extra={
+                "source": self.name, "path": path, "problem": what, "retry_every": self.opts.poll_interval})
 
 
 def watched_paths(patterns: list[str]) -> list[str]:

@@ -153,9 +153,9 @@ class JournalSource:
             self.unreadable = bad
             if bad:
                 self.stats.errors += 1
-                log.error(f"journal files the collector may not read (permission denied): "
-                          f"{', '.join(bad[:5])}; it reads them once it runs with their group "
-                          "(PYFILTER_JOURNAL_GID, set by `make up`)", extra={"source": self.name})
+                log.error("journal files the collector may not read (permission denied); it reads them "
+                          "once it runs with their group (PYFILTER_JOURNAL_GID, set by `make up`)",
+                          extra={"source": self.name, "files": bad[:5], "unreadable": len(bad)})
         return ok
 
     async def matches(self, files: list[str] | None) -> list[str] | None:
@@ -244,8 +244,8 @@ class JournalSource:
                         entry = _decode(raw)
                     except msgspec.DecodeError as exc:
                         self.stats.errors += 1
-                        log.error(f"journalctl printed something that is not an entry: {exc}",
-                                  extra={"source": self.name})
+                        log.error("journalctl printed something that is not an entry",
+                                  extra={"source": self.name, "error": str(exc)})
                         continue
                     text = format_entry(entry, self.opts.max_line_bytes, self.stats)
                     await queue.put(Line(entry.cursor, text))
@@ -260,8 +260,9 @@ class JournalSource:
                 continue  # stopped by us: the files or identifiers changed
             err = (await proc.stderr.read()).decode(errors="replace").strip()
             self.stats.errors += 1
-            log.error(f"journalctl exited with status {proc.returncode}: {err or 'no message'}; "
-                      f"running it again in {RESTART_DELAY}s", extra={"source": self.name})
+            log.error("journalctl exited; running it again", extra={
+                "source": self.name, "status": proc.returncode, "error": err or "no message",
+                "retry_in": RESTART_DELAY})
             await asyncio.sleep(RESTART_DELAY)
 
     async def _watch(self, proc: asyncio.subprocess.Process, files: list[str] | None,

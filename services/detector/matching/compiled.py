@@ -186,9 +186,6 @@ class CompiledRule:
             self._clocks[tz] = clock
         self.clock, self.zone = clock, clock.zone
 
-    def screen(self, text: str) -> bool:
-        return not self.prefilter or any(lit in text for lit in self.prefilter)
-
     def search(self, text: str) -> tuple[Pattern, dict[str, str]] | None:
         m = self.regex.search(text)
         if m is None:

@@ -31,7 +31,7 @@ def make_backend(name: str, **options: Any) -> Backend:
     """The backend called `name`; `options` go to its constructor."""
     if name == "auto":
         name = "nftables" if nftables_available() else "iptables"
-        log.info("firewall backend: %s (auto)", name)
+        log.info("firewall backend chosen", extra={"backend": name})
     # Imported here so that a log-only enforcer never needs nftables support.
     if name == "nftables":
         from pyfilter.enforcer.backends.nftables import NftablesBackend
@@ -73,9 +73,9 @@ def nftables_available() -> bool:
                     return True  # the generation itself (its ack follows)
                 code = -struct.unpack_from("=i", reply, 16)[0]
                 if code:
-                    log.info("nftables not available: %s", os.strerror(code))
+                    log.info("nftables not available", extra={"error": os.strerror(code)})
                     return False
                 return True  # a bare ack
         except OSError as exc:
-            log.info("nftables not available: %s", exc)
+            log.info("nftables not available", extra={"error": str(exc)})
             return False

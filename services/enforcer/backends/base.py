@@ -264,7 +264,7 @@ def plan_sync(
         try:
             target, scope = parse_ban_key(text)
         except InvalidAddress as exc:
-            log.warning("sync: skipping wanted entry: %s", exc, extra={"address": text})
+            log.warning("sync: skipping a wanted entry", extra={"address": text, "error": str(exc)})
             continue
         key = ban_key(target, scope)
         if key in current:

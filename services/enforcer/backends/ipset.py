@@ -145,8 +145,8 @@ class IpsetBackend(Backend):
         if stale:
             # Rules refer to sets by name, so a set of another kind (made by
             # hand, or an older layout) can only go once our rules are gone.
-            log.warning("ipset: sets %s have another type or no timeouts; recreating them "
-                        "(their bans return at the next sync)", ", ".join(s.name for s in stale))
+            log.warning("ipset: sets of another type or without timeouts; recreating them "
+                        "(their bans return at the next sync)", extra={"sets": [s.name for s in stale]})
             for xt in self._xt.values():
                 await xt.write_chain([])
             rules = {4: [], 6: []}
@@ -160,7 +160,7 @@ class IpsetBackend(Backend):
             wanted = [r for s in self._specs(version) for r in s.rules()]
             if [comment_of(r) for r in rules[version]] != [comment_of(r) for r in wanted]:
                 await xt.write_chain(wanted)
-                log.info("%s: chain pyfilter written (%d rules)", xt.binary, len(wanted))
+                log.info("chain pyfilter written", extra={"binary": xt.binary, "rules": len(wanted)})
             await xt.hook()
         # Scoped sets left without rules (a crash between creating one and
         # writing its rules) block nothing: they are ours to remove.
@@ -189,9 +189,10 @@ class IpsetBackend(Backend):
     async def _destroy_orphan(self, name: str) -> None:
         try:
             await self._sock.destroy(name)
-            log.info("ipset: removed set %s, which no rule used", name)
+            log.info("ipset: removed a set no rule used", extra={"set": name})
         except NetlinkError as exc:  # referenced by someone's rule: leave it
-            log.warning("ipset: set %s has no rule of ours but cannot be removed (%s)", name, exc)
+            log.warning("ipset: a set with no rule of ours cannot be removed",
+                        extra={"set": name, "error": str(exc)})
 
     async def _ensure_sets(self, specs: set[SetSpec]) -> None:
         """Create scoped sets first used now, then rewrite the chain with their rules."""
@@ -202,7 +203,7 @@ class IpsetBackend(Backend):
             self._scoped.update((s.name, s) for s in new if s.version == version)
             await self._xt[version].write_chain([r for s in self._specs(version) for r in s.rules()])
         if new:
-            log.info("ipset: added sets %s for bans with a scope", ", ".join(s.name for s in new))
+            log.info("ipset: added sets for bans with a scope", extra={"sets": [s.name for s in new]})
 
     # -- ban / unban / list --------------------------------------------------------
 
@@ -225,7 +226,7 @@ class IpsetBackend(Backend):
         except IpsetError as exc:
             if exc.code != errno.ENOENT:
                 raise
-            log.warning("%s; setting up sets and rules again and retrying once", exc)
+            log.warning("ipset: setting up sets and rules again and retrying once", extra={"error": str(exc)})
             await self._init()
             await apply(items)
 
@@ -233,8 +234,8 @@ class IpsetBackend(Backend):
         by_set: dict[SetSpec, dict[Target, int | None]] = {}
         for ban in bans:
             if _is_network(ban.target) and ban.target.prefixlen == 0:
-                log.error("ipset: cannot ban %s: hash:net sets hold prefixes of length 1 or more",
-                          ban.target, extra={"address": str(ban.target)})
+                log.error("ipset: cannot ban a /0: hash:net sets hold prefixes of length 1 or more",
+                          extra={"address": str(ban.target)})
                 continue
             spec = SetSpec(ban.target.version, _is_network(ban.target), ban.scope)
             by_set.setdefault(spec, {})[ban.target] = ban.timeout  # a later duplicate wins
@@ -262,7 +263,7 @@ class IpsetBackend(Backend):
                 elements = await self._guard(f"list set {spec.name}",
                                              nl.list_elements(self._sock, spec.name, spec.interval))
             except IpsetError as exc:
-                log.warning("%s; init() creates it", exc)
+                log.warning("ipset: a set is missing; init() creates it", extra={"error": str(exc)})
                 continue
             bans.update((ban_key(e.target, spec.scope), e.remaining) for e in elements)
         return bans

@@ -41,10 +41,11 @@ class LogOnlyBackend(Backend):
             text = ban.key
             self._deadlines[text] = None if ban.timeout is None else now + ban.timeout
             if len(bans) <= _DETAIL_LIMIT:
+                # The dry run's own output: the message reads as the action would.
                 log.info("would ban %s for %s", text, _duration(ban.timeout),
-                         extra={"address": target_text(ban.target)})
+                         extra={"address": target_text(ban.target), "timeout": ban.timeout})
         if len(bans) > _DETAIL_LIMIT:
-            log.info("would ban %d targets", len(bans))
+            log.info("would ban many targets", extra={"targets": len(bans)})
 
     async def _unban(self, targets: Sequence[Target]) -> None:
         # Every scope the targets are banned in.
@@ -64,7 +65,7 @@ class LogOnlyBackend(Backend):
                 if len(entries) <= _DETAIL_LIMIT:
                     log.info("would unban %s", text, extra={"address": target_text(ban.target)})
         if len(entries) > _DETAIL_LIMIT:
-            log.info("would unban %d targets", len(entries))
+            log.info("would unban many targets", extra={"targets": len(entries)})
 
     async def _list(self) -> dict[str, float | None]:
         now = self._clock()

@@ -120,8 +120,6 @@ SETS = (
     SetSpec("ban4net", 4, True),
     SetSpec("ban6net", 6, True),
 )
-ADDRESS_SET = {4: SETS[0], 6: SETS[1]}
-NETWORK_SET = {4: SETS[2], 6: SETS[3]}
 
 
 # -- building the table ----------------------------------------------------------

@@ -247,6 +247,6 @@ async def dump_elements(sock: NftSocket, table: str, set_name: str, attempts: in
         if len({(e.key, e.interval_end) for e in elements}) == len(elements):
             return elements
         await asyncio.sleep(0.05 * attempt)
-    log.warning("set %s kept changing order while being read; %d elements read, some may be missing",
-                set_name, len(elements))
+    log.warning("a set kept changing order while being read; some elements may be missing",
+                extra={"set": set_name, "elements": len(elements)})
     return list({(e.key, e.interval_end): e for e in elements}.values())

@@ -95,11 +95,11 @@ class NftablesBackend(Backend):
             comments.setdefault(chain, []).append(rule.get_attr("NFTA_RULE_USERDATA"))
         plan, recreated = plan_layout(sets, chains, comments)
         for name in recreated:
-            log.warning("nftables: set %s has another type or flags than expected; recreating it "
-                        "(its bans return at the next sync)", name)
+            log.warning("nftables: a set has another type or flags than expected; recreating it "
+                        "(its bans return at the next sync)", extra={"set": name})
         if plan:
             await self._transact(f"set up table inet {TABLE}", plan)
-            log.info("nftables: table inet %s set up (%d changes)", TABLE, len(plan) - 1)
+            log.info("nftables: table set up", extra={"table": f"inet {TABLE}", "changes": len(plan) - 1})
         self._scoped = {s.name: s for s in map(parse_spec, sets) if s is not None}
         self._ports_sets = {n for n in sets if n.startswith("ports_")}
         self._ports_sets |= {s.ports_set for s in self._scoped.values() if s.ports_set}
@@ -112,7 +112,7 @@ class NftablesBackend(Backend):
                                  scope_messages(new, self._ports_sets))
             self._scoped.update((s.name, s) for s in new)
             self._ports_sets |= {s.ports_set for s in new if s.ports_set}
-            log.info("nftables: added sets %s for bans with a scope", ", ".join(s.name for s in new))
+            log.info("nftables: added sets for bans with a scope", extra={"sets": [s.name for s in new]})
 
     def _specs(self, version: int, interval: bool) -> list[SetSpec]:
         """Every set, default and scoped, a target of this family and kind may be in."""
@@ -141,7 +141,8 @@ class NftablesBackend(Backend):
         except NftablesError as exc:
             if exc.code != errno.ENOENT:
                 raise
-            log.warning("%s; checking table inet %s and retrying once", exc, TABLE)
+            log.warning("nftables: checking the table and retrying once",
+                        extra={"table": f"inet {TABLE}", "error": str(exc)})
             await self._init()
             await apply(items)
 
@@ -205,8 +206,8 @@ class NftablesBackend(Backend):
                 kept.append(net)
                 kept_index.add(net)
             else:
-                log.info("nftables: %s is already covered by the ban of %s", net, wider,
-                         extra={"address": str(net)})
+                log.info("nftables: already covered by a wider ban",
+                         extra={"address": str(net), "covered_by": str(wider)})
 
         chunk: list[Network] = []
         size = 0
@@ -276,8 +277,8 @@ class NftablesBackend(Backend):
             return await nl.dump_elements(self._sock, TABLE, spec.name)
         except NetlinkError as exc:
             if exc.code == errno.ENOENT:
-                log.warning("nftables: set %s of table inet %s is missing; init() creates it",
-                            spec.name, TABLE)
+                log.warning("nftables: a set is missing; init() creates it",
+                            extra={"set": spec.name, "table": f"inet {TABLE}"})
                 return []
             raise _error(f"list set {spec.name}", exc) from None
 

@@ -90,7 +90,7 @@ class Xtables:
                 await self.run("-I", chain, "1", "-j", CHAIN)
                 added.append(chain)
         if added:
-            log.info("%s: jump to chain %s added to %s", self.binary, CHAIN, ", ".join(added))
+            log.info("jump to our chain added", extra={"binary": self.binary, "chain": CHAIN, "to": added})
         return added
 
     async def hooked(self) -> tuple[list[str], bool]:

@@ -1,17 +1,17 @@
 """Ban notifications: mail (one per ban, or a digest) and a JSON webhook.
 
-The notifier reads the decisions stream with a consumer group of its own
+The notifier service (notifier/main.py) runs them. It reads the decisions stream with a consumer group of its own
 ("notify"), beside the enforcers' groups: banning never waits for it. Each
 ban of a rule with `notify: true` goes into one queue per channel in Redis,
 in the same transaction that acknowledges the stream entry, and is
 delivered from there. A failed delivery stays queued with a later due time
 (exponential backoff, capped), so a receiver that is down, or a restart of
-the api, loses nothing. Delivery is at least once: a crash between sending
+the notifier, loses nothing. Delivery is at least once: a crash between sending
 and dequeuing sends that notice again.
 
 Queue members are the decisions' stream entry ids, which makes queueing a
-redelivered entry a no-op. Several api processes may run notifiers: a
-notice is claimed (leased) before it is sent, so only one of them sends it.
+redelivered entry a no-op. Several notifiers may run (one per server
+profile, say): a notice is claimed (leased) before it is sent, so only one of them sends it.
 """
 
 from __future__ import annotations
@@ -21,20 +21,20 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 
 import aiohttp
 import msgspec
 import redis.asyncio as redis
 
-from pyfilter.api import notify_mail as mail
 from pyfilter.common import bans, messages
 from pyfilter.common.config import EmailConfig, NotifyConfig, Settings, WebhookConfig
 from pyfilter.common.geo import Geo
 from pyfilter.common.keys import NOTIFY_GROUP, Keys
 from pyfilter.common.ledger import Ledger
-from pyfilter.common.redisio import TRANSIENT, ensure_group
+from pyfilter.common.redisio import TRANSIENT
+from pyfilter.common.streams import Consumer
+from pyfilter.notifier import mail, metrics
 
 logger = logging.getLogger("pyfilter.notify")
 
@@ -44,7 +44,6 @@ POLL = 0.5  # seconds between looks at a queue with nothing due
 # A claimed notice whose sender died (no success, no failure written) is due
 # again after this long; long enough for the slowest SMTP batch to finish.
 LEASE = 300.0
-STOP_TIMEOUT = 60.0  # longest wait for deliveries under way at shutdown
 ORPHAN_IDLE_MS = 60_000  # stream entries another consumer took and left this long are ours
 
 class Webhook:
@@ -111,7 +110,8 @@ class Notifier:
         self.cfg: NotifyConfig = settings.config.notify
         self.client = client
         self.keys = Keys(settings.config.redis.prefix)
-        self.consumer = settings.host
+        self.decisions = Consumer(client, self.keys.decisions, NOTIFY_GROUP, settings.host,
+                                  messages.decode_decision, READ_COUNT, metrics.ERRORS)
         self.rules = {name for name, rule in settings.rules.items() if rule.notify}
         if self.cfg.manual:
             self.rules.add("manual")
@@ -123,8 +123,8 @@ class Notifier:
         if email := self.cfg.email:
             password = os.environ.get(email.password_env) if email.password_env else None
             if email.password_env and password is None:
-                logger.error("notify.email.password_env: environment variable %s is not set; "
-                             "mail notifications are off", email.password_env)
+                logger.error("notify.email.password_env names an environment variable that is not set; "
+                             "mail notifications are off", extra={"variable": email.password_env})
             else:
                 self.channels.append(Email(email, password))
         self.ledger = Ledger(client, self.keys)
@@ -133,30 +133,22 @@ class Notifier:
 
     async def start(self) -> None:
         # "$": notices are about bans from now on, not the whole history.
-        await ensure_group(self.client, self.keys.decisions, NOTIFY_GROUP, start="$")
+        await self.decisions.ensure_group(start="$")
         # Entries a notifier that is gone had read but not queued become ours...
-        await self.client.xautoclaim(self.keys.decisions, NOTIFY_GROUP, self.consumer,
-                                     ORPHAN_IDLE_MS, count=READ_COUNT)
+        await self.decisions.claim(ORPHAN_IDLE_MS)
         # ...and so are our own from before a restart: queue them first.
-        while await self.consume("0"):
+        while await self.consume(pending=True):
             pass
 
-    async def consume(self, start: str) -> int:
-        reply = await self.client.xreadgroup(NOTIFY_GROUP, self.consumer,
-                                             {self.keys.decisions: start},
-                                             count=READ_COUNT, block=None if start == "0" else 1000)
-        entries = [e for _, stream_entries in reply for e in stream_entries]
+    async def consume(self, pending: bool = False) -> int:
+        entries = await (self.decisions.pending() if pending else self.decisions.new())
         if not entries:
             return 0
-        wanted: list[tuple[bytes, messages.Decision]] = []
-        for entry_id, fields in entries:
-            try:
-                decision = messages.decode_decision(fields[b"m"])
-            except (KeyError, TypeError, msgspec.DecodeError):
-                continue  # the enforcers log undecodable decisions; nothing to announce
-            if decision.action == "ban" and decision.rule in self.rules:
-                wanted.append((entry_id, decision))
+        read = self.decisions.decode(entries)
+        wanted = [(entry_id, d) for entry_id, d in read.messages
+                  if d.action == "ban" and d.rule in self.rules]
         notices = await self.notices([d for _, d in wanted])
+        await self.decisions.dead_letter(read)
         now = time.time()
         async with self.client.pipeline(transaction=True) as pipe:
             for (entry_id, _), notice in zip(wanted, notices, strict=True):
@@ -165,7 +157,7 @@ class Notifier:
                     pipe.hset(self.keys.notify_items(channel.name), entry_id, packed)
                     pipe.zadd(self.keys.notify_queue(channel.name), {entry_id: now + channel.delay},
                               nx=True)
-            pipe.xack(self.keys.decisions, NOTIFY_GROUP, *[e[0] for e in entries])
+            self.decisions.ack_on(pipe, read.ids)
             await pipe.execute()
         return len(entries)
 
@@ -191,11 +183,13 @@ class Notifier:
     async def read_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                await self.consume(">")
+                await self.consume()
             except Exception as exc:  # Redis away, or back empty (NOGROUP), or a bug
                 if isinstance(exc, TRANSIENT):
+                    metrics.ERRORS.labels("redis").inc()
                     logger.warning("redis error, retrying", extra={"error": str(exc)})
                 else:
+                    metrics.ERRORS.labels("read").inc()
                     logger.exception("reading decisions failed")
                 await _nap(stop, 1.0)
                 with contextlib.suppress(Exception):
@@ -251,12 +245,14 @@ class Notifier:
         if error is None:
             pipe.zrem(queue, entry_id)
             pipe.hdel(items, entry_id)
+            metrics.NOTICES.labels(channel.name, "sent").inc()
             logger.info("notification sent", extra=where)
             return False
         out.attempts += 1
         if now - out.queued_at > self.cfg.give_up_after:
             pipe.zrem(queue, entry_id)
             pipe.hdel(items, entry_id)
+            metrics.NOTICES.labels(channel.name, "dropped").inc()
             logger.error("notification dropped after retrying too long",
                          extra={**where, "attempts": out.attempts, "error": error})
             return False
@@ -264,6 +260,7 @@ class Notifier:
         pipe.hset(items, entry_id, messages.encode(out))
         if not channel.digest:
             pipe.zadd(queue, {entry_id: now + delay}, xx=True)
+        metrics.NOTICES.labels(channel.name, "failed").inc()
         logger.warning("notification failed, will retry",
                        extra={**where, "attempts": out.attempts, "retry_in": delay, "error": error})
         return True
@@ -279,15 +276,17 @@ class Notifier:
                 if await self.deliver_once(channel):
                     continue
             except TRANSIENT as exc:
+                metrics.ERRORS.labels("redis").inc()
                 logger.warning("redis error, retrying", extra={"channel": channel.name,
                                                                "error": str(exc)})
-            except Exception:  # a bug must not end notifications for the api's lifetime
+            except Exception:  # a bug must not end notifications for the notifier's lifetime
+                metrics.ERRORS.labels("delivery").inc()
                 logger.exception("notification round failed", extra={"channel": channel.name})
             await _nap(stop, POLL)
 
     async def run(self, stop: asyncio.Event) -> None:
         delay = 0.5
-        while True:  # the api may start before Redis does
+        while True:  # Redis may be away at the start, or go away and come back
             try:
                 await self.start()
                 break
@@ -297,7 +296,7 @@ class Notifier:
                 delay = min(delay * 2, 10.0)
                 if stop.is_set():
                     return
-        logger.info("notifier started", extra={"channels": [c.name for c in self.channels],
+        logger.info("notifications on", extra={"channels": [c.name for c in self.channels],
                                                "rules": sorted(self.rules)})
         reader = asyncio.create_task(self.read_loop(stop))
         await asyncio.gather(*(self.deliver_loop(c, stop) for c in self.channels))
@@ -322,19 +321,3 @@ async def run_notifier(settings: Settings, client: redis.Redis, stop: asyncio.Ev
         notifier = Notifier(settings, client, session)
         if notifier.channels:
             await notifier.run(stop)
-
-
-def start_notifier(settings: Settings, client: redis.Redis) -> Callable[[], Awaitable[None]]:
-    """Run the notifier as a background task; returns what stops it (await it on shutdown)."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_notifier(settings, client, stop))
-
-    async def stop_notifier() -> None:
-        stop.set()
-        try:
-            # Deliveries under way finish first, each bounded by its timeout.
-            await asyncio.wait_for(task, STOP_TIMEOUT)
-        except Exception:  # shutting down: say what went wrong, don't stop the shutdown
-            logger.exception("notifier stopped with an error")
-
-    return stop_notifier

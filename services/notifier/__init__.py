@@ -1,0 +1,1 @@
+"""The notifier: announces bans (mail, webhook) and forgets expired ones."""

@@ -1,0 +1,5 @@
+import sys
+
+from pyfilter.notifier.main import main
+
+sys.exit(main())
