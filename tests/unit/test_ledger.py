@@ -141,7 +141,7 @@ def test_a_decision_of_the_previous_version_is_still_applied(redis_url):
         kernel = LogOnlyBackend()
         async with Running(redis_url, kernel) as enforcer:
             # Straight onto the stream (no active ban): it reaches the kernel as a decision.
-            await until(lambda: _reading(client, enforcer.group))
+            await until(lambda: _reading(client, enforcer.decisions.group))
             for decision in (old, oldest):
                 await client.xadd(KEYS.decisions, {"m": msgspec.msgpack.encode(decision)})
             await until(lambda: _has(kernel, "198.51.100.20|22|reject"))
