@@ -45,6 +45,14 @@ RUN if ! command -v nft >/dev/null || ! command -v iptables >/dev/null || ! comm
     fi \
     && (getent passwd pyfilter >/dev/null || useradd --system --uid 10001 --no-create-home pyfilter)
 COPY --from=build /opt/pyfilter /opt/pyfilter
+# The collector, detector and enforcer run `python -OO` (no docstrings: ~2 MB
+# less each, docs/benchmarks.md "Idle cost"); without these compiled files
+# each start would compile every module again, and hold more. The files
+# excluded are the ones CPython's own install leaves out (test data that is
+# not valid Python on purpose).
+RUN /opt/pyfilter/bin/python -OO -m compileall -q -j0 -x 'bad_coding|badsyntax|lib2to3/tests/data' \
+        "$(/opt/pyfilter/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')" \
+        /opt/pyfilter/lib >/dev/null
 COPY --from=geoip /geoip /usr/share/pyfilter/geoip
 COPY config /etc/pyfilter
 ENV PATH=/opt/pyfilter/bin:$PATH \

@@ -16,7 +16,7 @@ COMPOSE_FILES += -f compose/airgapped.yml
 endif
 COMPOSE := docker compose $(COMPOSE_FILES)
 
-.PHONY: help up down server agent images airgapped-images dev test unit integration bench logs fail2ban-config
+.PHONY: help up down server agent images airgapped-images dev test unit integration bench bench-idle logs fail2ban-config
 
 help:
 	@echo "make up      start the stack on this host (healthy when it returns); DETECTORS=3 scales"
@@ -26,6 +26,7 @@ help:
 	@echo "make test    the whole suite: unit tests and the real stack in containers"
 	@echo "make dev     .venv with the project and its test tools (CLI: .venv/bin/pyfilter)"
 	@echo "make bench   benchmarks, side by side with fail2ban"
+	@echo "make bench-idle  CPU and memory of the idle stack (docs/benchmarks.md)"
 
 compose/.env:
 	@umask 077; { \
@@ -102,11 +103,18 @@ test: dev images fail2ban-config
 
 # Side by side with fail2ban (docs/benchmarks.md), every rule over hostile 16 KB
 # lines (docs/hostile-lines.md), then the kernel side in a throwaway network
-# namespace (docs/enforcer-bench.md), the collector, and the latency from a log
-# line to the kernel (docs/latency.md).
-bench: dev
+# namespace (docs/enforcer-bench.md), the collector, the latency from a log
+# line to the kernel (docs/latency.md), and what the idle stack costs
+# (docs/benchmarks.md, "Idle cost").
+bench: dev images
 	$(VENV)/bin/python -m bench.run
 	$(VENV)/bin/python -m bench.hostile_lines --write docs/hostile-lines.md
 	$(VENV)/bin/python bench/enforcer_bans.py --write docs/enforcer-bench.md
 	$(VENV)/bin/python bench/collector_throughput.py
 	$(VENV)/bin/python bench/latency.py --runs 50 --write docs/latency.md
+	$(MAKE) bench-idle
+
+# The default stack brought up on its own, sent nothing, measured for a minute
+# from its containers' cgroups (about 2.5 minutes in all).
+bench-idle: dev images
+	PYFILTER_AIRGAPPED=$(AIRGAPPED) $(VENV)/bin/python bench/idle.py --write docs/benchmarks.md

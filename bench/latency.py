@@ -299,11 +299,12 @@ process's own start (~10 ms), not the kernel's time.
 
 ## What the latency is made of
 
-1. **Collector poll interval** ({poll} s here, the collector's default is 0.05 s):
-   the file source reads to the end, then sleeps `poll_interval` when nothing
-   was new. A line waits on average half the interval, up to all of it, before
-   it is read and sent as one `XADD` to the lines stream. This is the largest
-   part and the spread between median and max.
+1. **Collector wake-up**: the file source sleeps until inotify says the file
+   changed (services/collector/sources/wake.py), reads to the end and sends
+   the new lines as one `XADD` to the lines stream: well under a millisecond
+   after the write on an idle machine. `poll_interval` ({poll} s here) only
+   counts where inotify cannot see the writes (NFS, some FUSE mounts): then
+   the source polls, and a line waits half the interval on average.
 2. **Detector block read**: the detector waits in `XREADGROUP ... BLOCK 1000`,
    so Redis hands it the entry as soon as it is added (no polling delay);
    then the sshd rule matches the 5 lines (prefilter, regexes) — well under 1 ms.
@@ -317,12 +318,12 @@ process's own start (~10 ms), not the kernel's time.
    over pyroute2; not in "to enforcer log", only in the upper bound (which
    also counts the nft process's own start, so it does not isolate this step).
 
-So on an idle stack everything after the collector is a few milliseconds of
-push-based work; the collector's `poll_interval` decides whether the median
-is under 100 ms: with the former default of 0.2 s the wait alone had a median
-of about 100 ms (measured: 100.8 ms to the enforcer's log line), hence the
-default of 0.05 s. Lowering `collector.poll_interval` further trades a little
-idle CPU (one `stat()` and `read()` per file per interval) for lower latency.
+So on an idle stack everything is a few milliseconds of push-based work.
+Before the collector waited on inotify (branch idle, 2026-12-06) it polled
+every `poll_interval` (0.05 s) and the median to the enforcer's log line was
+27.3 ms, most of it that wait (with the earlier default of 0.2 s: 100.8 ms);
+polling is also what kept an idle collector busy (docs/benchmarks.md, "Idle
+cost").
 """)
 
 

@@ -207,7 +207,7 @@ async def run(settings: Settings) -> int:
 
 
 def main() -> int:
-    privsep.split()  # started as root: leave the helper that lists Docker's folder, drop root
+    # Run as root, `privsep.split()` has already left the helper (__main__.py).
     return service.run("collector", run)
 
 

@@ -219,8 +219,10 @@ class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
 class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True):
     sources: list[Source] = []
     batch_lines: Annotated[int, msgspec.Meta(ge=1)] = 1000
-    # How often files are checked for new lines: half of it, on average, is
-    # added to the time from a log line to its ban (docs/latency.md).
+    # How often files are checked for new lines where inotify cannot tell
+    # (half of it, on average, is then added to the time from a log line to
+    # its ban: docs/latency.md). With inotify, files are read as soon as they
+    # change, and looked at anyway every max(poll_interval, 5 s).
     poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.05
     max_line_bytes: Annotated[int, msgspec.Meta(ge=256)] = 16384
 

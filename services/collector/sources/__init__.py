@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from pyfilter.common.config import CollectorConfig, Source as SourceConfig
+from typing import TYPE_CHECKING
 
 from .base import Batch, Source, SourcePlan, Stats
+
+if TYPE_CHECKING:  # not imported at run time: the root helper (privsep.py) stays small
+    import asyncio
+
+    from pyfilter.common.config import CollectorConfig, Source as SourceConfig
 
 __all__ = ["Batch", "Source", "SourcePlan", "Stats", "build"]
 

@@ -49,6 +49,7 @@ from .base import STARTED, Batch, Stats, to_text
 from .containers import LOG_DRIVER, Container, Folder, decode_entry, label_matches, label_rules, \
     parse_time, program_for
 from .tail import Position, Tail
+from .wake import Wake
 
 log = logging.getLogger("pyfilter.collector.docker")
 
@@ -108,6 +109,15 @@ class DockerSource:
     # ---- the Source interface ----
 
     async def batches(self) -> AsyncIterator[Batch]:
+        wake = Wake.open()  # None: no inotify here, poll every poll_interval
+        try:
+            async for batch in self._follow(wake):
+                yield batch
+        finally:
+            if wake:
+                wake.close()
+
+    async def _follow(self, wake: Wake | None) -> AsyncIterator[Batch]:
         if self.first_start:
             self.started = repr(time.time()).encode()
         limit = self.opts.batch_lines
@@ -151,7 +161,11 @@ class DockerSource:
                     self._at_end(followed)
             for batch in self._batches(taken, idle=not progressed):
                 yield batch
-            if not progressed:
+            if not progressed and wake:
+                # The logs' folders are root's: each log is watched itself.
+                wake.watch(files=[f.path for f in self.followed.values() if f.tail is not None])
+                await wake.wait(self.stop, max(0.0, next_look - time.monotonic()))
+            elif not progressed:
                 # A plain sleep: the loop looks at `stop` each round, and waiting on
                 # the event would cost a task per round (a third of the idle CPU).
                 await asyncio.sleep(self.opts.poll_interval)

@@ -2,7 +2,8 @@
 
 A file is known by its identity (device, inode), not its name: that is what
 survives a rename. Each open file is a `Tail` (`tail.py`); the source keeps one per
-identity and rescans the watched paths every `poll_interval`:
+identity and looks at the watched paths again when inotify says they changed
+(wake.py) and every RESCAN seconds, or every `poll_interval` without inotify:
 
 - a path now naming another file (logrotate `create`, delete + re-create):
   the old file is read to its end and kept open until it has been quiet for
@@ -46,9 +47,11 @@ from pyfilter.common.messages import Line
 from .base import STARTED, Batch, SourcePlan, Stats
 from .seek import end_of_last_line, recent_start
 from .tail import Position, Tail, head_is
+from .wake import Wake, folders_of
 
 log = logging.getLogger("pyfilter.collector.file")
 
+RESCAN = 5.0  # with inotify (wake.py): look at the paths at least this often, or poll_interval (s)
 DRAIN_IDLE = 5.0  # keep reading a rotated-away file until quiet this long (s)
 SEEN = "seen"  # checkpoint field: wall time of the scan behind the last batch
 SEEN_MARGIN = 1.0  # clock slack when judging "modified after SEEN" (s)
@@ -81,11 +84,22 @@ class FileSource:
     # ---- the Source interface ----
 
     async def batches(self) -> AsyncIterator[Batch]:
+        wake = Wake.open()  # None: no inotify here, poll every poll_interval
+        try:
+            async for batch in self._follow(wake):
+                yield batch
+        finally:
+            if wake:
+                wake.close()
+
+    async def _follow(self, wake: Wake | None) -> AsyncIterator[Batch]:
         lines: list[Line] = []
         limit, max_bytes = self.opts.batch_lines, self.opts.max_line_bytes
         next_scan = 0.0
         while not self.stop.is_set():
             if time.monotonic() >= next_scan:
+                if wake:  # before the scan: a change right after it still wakes us
+                    wake.watch(folders_of([*self.cfg.paths, *(t.path for t in self.tails.values())]))
                 self._scan()
                 next_scan = time.monotonic() + self.opts.poll_interval
             progressed = False
@@ -113,7 +127,10 @@ class FileSource:
             if lines or self.forget or not self.started or any(t.dirty for t in self.tails.values()):
                 yield self._batch(lines)
                 lines = []
-            if not progressed:
+            if not progressed and wake:
+                await wake.wait(self.stop, max(RESCAN, self.opts.poll_interval))
+                next_scan = 0.0  # a rename or a new file shows in the paths
+            elif not progressed:
                 await _sleep_unless(self.stop, self.opts.poll_interval)
 
     def _batch(self, lines: list[Line]) -> Batch:

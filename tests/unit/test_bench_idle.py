@@ -1,0 +1,34 @@
+"""bench/idle.py: what it reads from cgroups, and where its table goes in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bench import idle, report
+
+
+def test_this_process_cgroup_gives_cpu_time_and_memory():
+    try:
+        cgroup = idle.Cgroup.of(os.getpid())
+        cpu, memory = cgroup.cpu_seconds(), cgroup.memory_bytes()
+    except (OSError, KeyError) as exc:  # e.g. the root cgroup of v2, which has no memory.current
+        pytest.skip(f"this process's cgroup has no CPU or memory accounting: {exc}")
+    assert cpu > 0 and memory > 0
+
+
+def test_idle_table_replaces_its_own_part_and_survives_the_main_benchmark(tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## What limits each number\n\nnoise\n")
+    idle.write_doc(doc, ["| first run |"])
+    # Prose written around the generated table by hand stays as it is.
+    doc.write_text(doc.read_text().replace("## Idle cost\n", "## Idle cost\n\nbefore and after\n"))
+    idle.write_doc(doc, ["| second run |"])
+    text = doc.read_text()
+    assert "| first run |" not in text and "| second run |" in text and "before and after" in text
+    assert text.startswith("# Benchmarks\n\n## What limits each number\n\nnoise\n")
+    # bench/run.py rewrites the rest of the doc and puts the section back.
+    section = report.idle_section(doc)
+    assert section.startswith("\n## Idle cost\n\nbefore and after\n") and "| second run |" in section
+    assert report.idle_section(tmp_path / "missing.md") == ""
