@@ -1,6 +1,9 @@
 """Every Redis key name, built in one place from the deployment's prefix.
 
-Two deployments can share one Redis by using different prefixes.
+Two deployments can share one Redis by using different prefixes. The keys of
+one address carry it as a hash tag (`{198.51.100.7}`), so on Redis Cluster
+they share a slot and one ledger function may touch them all (ledger.py;
+docs/decisions.md, "Ledger", says what Cluster needs beyond that).
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ class Keys:
         """Ban and unban decisions, detectors/api -> every enforcer."""
         return f"{self.prefix}decisions"
 
+    @staticmethod
+    def dead_letters(stream: str) -> str:
+        """Entries of `stream` that could not be decoded, moved aside for a person to read."""
+        return f"{stream}:dead"
+
     def enforce_group(self, host: str) -> str:
         """Each host's enforcer reads decisions with its own group (own position)."""
         return f"enforce:{host}"
@@ -35,24 +43,40 @@ class Keys:
         """Read positions of one source on one host (hash: file identity -> offset)."""
         return f"{self.prefix}checkpoint:{host}:{source}"
 
-    # Detector
+    # Detector: one window per rule and address, changed only by the ledger's record_failures
     def window(self, rule: str, address: str) -> str:
         """Failures of one address under one rule: sorted set, line id -> log time."""
-        return f"{self.prefix}window:{rule}:{address}"
+        return f"{self.prefix}window:{rule}:{_tag(address)}"
 
-    def window_reset(self, rule: str, address: str) -> str:
-        """Log time of the failure that last triggered a ban (older ones no longer count)."""
-        return f"{self.prefix}window-reset:{rule}:{address}"
+    def window_lines(self, rule: str, address: str) -> str:
+        """The window's last lines (list), copied into the ban record."""
+        return f"{self.prefix}window-lines:{rule}:{_tag(address)}"
+
+    def window_state(self, rule: str, address: str) -> str:
+        """A window's hash: `reset`, the log time of the failure that last triggered a
+        ban (older ones no longer count); a consecutive window's `last` failure's
+        time and its `count` so far."""
+        return f"{self.prefix}window-state:{rule}:{_tag(address)}"
+
+    def window_conns(self, rule: str, address: str) -> str:
+        """Hash: connection -> what the window counted of it ("!", or the id of its `once` line)."""
+        return f"{self.prefix}window-conns:{rule}:{_tag(address)}"
 
     # Bans
     def ban(self, address: str) -> str:
         """The current ban record of an address (MessagePack BanRecord)."""
-        return f"{self.prefix}ban:{address}"
+        return f"{self.prefix}ban:{_tag(address)}"
 
     @property
     def active_bans(self) -> str:
         """Sorted set: address -> expiry (epoch seconds; +inf for permanent)."""
         return f"{self.prefix}bans:active"
+
+    @property
+    def ban_scopes(self) -> str:
+        """Hash: banned address -> its scope (MessagePack BanScope), for bans not on every
+        port with drop; with `active_bans`, what an enforcer reconciles from."""
+        return f"{self.prefix}bans:scopes"
 
     @property
     def ban_history(self) -> str:
@@ -61,7 +85,7 @@ class Keys:
 
     def ban_count(self, address: str) -> str:
         """How many times an address was banned (escalation)."""
-        return f"{self.prefix}bancount:{address}"
+        return f"{self.prefix}bancount:{_tag(address)}"
 
     @property
     def whitelist(self) -> str:
@@ -106,6 +130,18 @@ class Keys:
         """Hash of one minute's counters of a host ("lines:SOURCE", "failures:RULE" -> count), expiring."""
         return f"{self.prefix}counts:{host}:{minute}"
 
-    # Health
-    def heartbeat(self, service: str, host: str) -> str:
-        return f"{self.prefix}heartbeat:{service}:{host}"
+
+def _tag(address: str) -> str:
+    """An address as a hash tag: its keys share one Redis Cluster slot."""
+    return f"{{{address}}}"
+
+
+def around_address(key: str) -> tuple[str, str]:
+    """What comes before and after the address in a key of one address, given
+    that key made for the address "" (`Keys.ban("")`). The ledger passes
+    thousands of such keys per call and joins each address between these two
+    (ledger.py); the templates stay here."""
+    head, tag, tail = key.rpartition(_tag(""))
+    if not tag:
+        raise ValueError(f"not a key of one address: {key!r}")
+    return head + "{", "}" + tail

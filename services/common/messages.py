@@ -104,6 +104,15 @@ class BanRecord(msgspec.Struct):
     v: int = VERSION
 
 
+class BanScope(msgspec.Struct, frozen=True):
+    """What a ban blocks when not every port with drop: kept beside the active bans
+    (`Keys.ban_scopes`) so an enforcer reconciles a ban's scope without the rules."""
+
+    ports: list[int] = []
+    verdict: Literal["drop", "reject"] = "drop"
+    v: int = VERSION
+
+
 class Notice(msgspec.Struct, frozen=True):
     """What a ban notification says: the webhook's JSON body, one line of a digest.
 
@@ -201,6 +210,7 @@ encode = _encoder.encode
 _batch_decoder = msgspec.msgpack.Decoder(LineBatch)
 _decision_decoder = msgspec.msgpack.Decoder(Decision)
 _record_decoder = msgspec.msgpack.Decoder(BanRecord)
+_scope_decoder = msgspec.msgpack.Decoder(BanScope)
 _outgoing_decoder = msgspec.msgpack.Decoder(Outgoing)
 _status_decoder = msgspec.msgpack.Decoder(CollectorStatus | EnforcerStatus)
 
@@ -215,6 +225,10 @@ def decode_decision(data: bytes) -> Decision:
 
 def decode_record(data: bytes) -> BanRecord:
     return _record_decoder.decode(data)
+
+
+def decode_scope(data: bytes) -> BanScope:
+    return _scope_decoder.decode(data)
 
 
 def decode_outgoing(data: bytes) -> Outgoing:

@@ -29,6 +29,7 @@ import msgspec
 import redis.asyncio as redis
 from prometheus_client import Counter
 
+from pyfilter.common.keys import Keys
 from pyfilter.common.redisio import ensure_group
 
 log = logging.getLogger("pyfilter.streams")
@@ -36,7 +37,6 @@ log = logging.getLogger("pyfilter.streams")
 T = TypeVar("T")
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 
-DEAD_SUFFIX = ":dead"
 DEAD_MAXLEN = 10_000  # dead letters are for a person to look at, not an archive
 
 
@@ -59,7 +59,7 @@ class Consumer(Generic[T]):
 
     @property
     def dead(self) -> str:
-        return self.stream + DEAD_SUFFIX
+        return Keys.dead_letters(self.stream)
 
     async def ensure_group(self, start: str = "0") -> None:
         await ensure_group(self.client, self.stream, self.group, start)

@@ -23,6 +23,7 @@ from pyfilter.common import health, hosts, messages, service, status
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_address
 from pyfilter.common.config import Settings
 from pyfilter.common.keys import DETECT_GROUP, Keys
+from pyfilter.common.ledger import Ledger
 from pyfilter.common.metrics import serve as serve_metrics
 from pyfilter.common.redisio import TRANSIENT, connect, wait_for_redis
 from pyfilter.common.streams import Consumer, Entry
@@ -192,6 +193,9 @@ class Detector:
     async def resume(self) -> None:
         """Finish the batches this consumer took before a crash or a lost connection."""
         await wait_for_redis(self.client, "detector")
+        await Ledger(self.client, self.keys).load(
+            {name: messages.BanScope([int(p) for p in rule.ports], rule.verdict)
+             for name, rule in self.settings.rules.items() if rule.ports or rule.verdict != "drop"})
         await self.lines.ensure_group()
         while entries := await self.lines.pending():
             await self.handle(entries)

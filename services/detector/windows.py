@@ -1,4 +1,4 @@
-"""Failure windows in Redis: packing a batch's failures for the window script."""
+"""Failure windows in Redis: a batch's failures, grouped for the ledger's record_failures."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import msgspec
 import redis.asyncio as redis
 
 from pyfilter.common.config import Rule
-from pyfilter.detector.scripts import RECORD_FAILURES
+from pyfilter.common.keys import Keys
+from pyfilter.common.ledger import Ledger
 
 
-# Failures per script call: a call runs alone in Redis, so a big batch would
+# Failures per function call: a call runs alone in Redis, so a big batch would
 # stall every other client (about 26 µs of Redis CPU per failure, docs/scaling.md).
 FAILURES_PER_CALL = 1000
 FIELDS = 5  # per failure in a call: line id, log time, text, connection, once
@@ -42,7 +43,7 @@ class NewBan:
 
 
 def _thresholds(rule: Rule) -> list[object]:
-    """threshold, span, bantime, factor, maxtime, memory, verdict, ports: as the script reads them."""
+    """threshold, span, bantime, factor, maxtime, memory, verdict, ports: as record_failures reads them."""
     if rule.window == "consecutive":
         threshold, span = rule.failed_attempts, rule.request_time
     elif rule.window == "instant":
@@ -59,31 +60,20 @@ class Windows:
     """Applies observed failures to the windows; returns the bans they caused."""
 
     def __init__(self, client: redis.Redis, prefix: str, rules: dict[str, Rule]):
-        self._client = client
-        self._script = client.register_script(RECORD_FAILURES)
-        self._prefix = prefix
+        self._ledger = Ledger(client, Keys(prefix))
         # Per rule, the group fields after rule, address and host: window kind, then thresholds.
         self._settings = {name: [rule.window, *_thresholds(rule)] for name, rule in rules.items()}
         recidive = rules.get("recidive")
-        self._encode = msgspec.msgpack.Encoder().encode
-        self._recidive = self._encode(_thresholds(recidive)) if recidive else b""
+        self._recidive = msgspec.msgpack.encode(_thresholds(recidive)) if recidive else b""
 
     async def record(self, observed: list[Observed], now: float) -> list[NewBan]:
-        """Apply the failures; every script call goes to Redis in one round trip."""
-        calls = self._calls(observed)
-        if not calls:
-            return []
-        async with self._client.pipeline(transaction=False) as pipe:
-            for groups in calls:
-                # The groups go as one MessagePack argument: a protocol
-                # argument per field cost the detector more CPU than matching.
-                await self._script(keys=[], args=[self._prefix, now, self._recidive, self._encode(groups)],
-                                   client=pipe)
-            replies = await pipe.execute()  # raises if any call failed: nothing is acknowledged
-        return [_parse_ban(r) for reply in replies for r in reply]
+        """Apply the failures; every function call goes to Redis in one round trip,
+        and raises if any call failed: nothing is acknowledged then."""
+        replies = await self._ledger.record_failures(self._calls(observed), now, self._recidive)
+        return [_parse_ban(r) for r in replies]
 
     def _calls(self, observed: list[Observed]) -> list[list[list[object]]]:
-        """The failures grouped by (rule, address, host), cut into script calls."""
+        """The failures grouped by (rule, address, host), cut into function calls."""
         groups: dict[tuple[str, str, str], list[object]] = defaultdict(list)
         for o in observed:
             groups[(o.rule, o.address, o.host)] += (o.line_id, o.time, o.text, o.connection, o.once)

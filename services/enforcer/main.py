@@ -7,10 +7,9 @@ acknowledged only after the kernel has it. On start and every
 (remaining time, expired ones gone, manual unbans applied). On shutdown the
 bans stay in the kernel: their timeouts run there.
 
-A ban's scope (ports, drop or reject) comes with its decision. The active
-bans in Redis hold only address -> expiry, so a reconcile takes each scope
-from what this enforcer applied, and otherwise from the configured rule
-named in the ban record; records are read only when some rule has a scope.
+A ban's scope (ports, drop or reject) comes with its decision, and the
+active bans keep it beside each ban's expiry (`bans.scopes`), so the
+enforcer needs no rules: a reconcile gives every ban the scope it was made with.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ DECISIONS_PER_READ = 1000
 # Kernel timeouts are milliseconds in 64 bits; no sensible ban is longer than
 # ten years (the api refuses longer ones; -1 is the way to say forever).
 MAX_TIMEOUT = 10 * 365 * 86400
-RECORDS_PER_READ = 1000
 
 
 class Enforcer:
@@ -61,9 +59,6 @@ class Enforcer:
         self.next_status = 0.0
         self.started_at = time.time()
         self.publisher = status.Publisher(self.client, self.keys, "enforcer", settings.host)
-        self.scopes: dict[str, Scope] = {}  # address -> scope of its ban, when not the default
-        self.rule_scopes = {name: _scope_or_default(r.ports, r.verdict, name)
-                            for name, r in settings.rules.items() if r.ports or r.verdict != "drop"}
 
     def refusal(self, target) -> str | None:
         return never_ban_reason(target, self.networks, self.own | self.published)
@@ -92,7 +87,6 @@ class Enforcer:
                     pending = []
                 await self.backend.unban([target])
                 metrics.APPLIED.labels("unban").inc()
-                self.scopes.pop(d.address, None)
                 logger.info("unbanned", extra={"address": d.address, "origin": d.origin})
                 continue
             if reason := self.refusal(target):
@@ -103,11 +97,7 @@ class Enforcer:
             timeout = None if d.expires_at is None else min(math.ceil(d.expires_at - now), MAX_TIMEOUT)
             if timeout is not None and timeout <= 0:
                 continue  # ran out before it reached us
-            scope = _scope_or_default(d.ports, d.verdict, d.rule)
-            if scope.is_default:
-                self.scopes.pop(d.address, None)
-            else:
-                self.scopes[d.address] = scope
+            scope = _scope_or_default(d.ports, d.verdict, d.address)
             ban = Ban(target, timeout, scope.ports, scope.verdict)
             if ban_key(ban.target, scope) in in_kernel:
                 logger.info("already in the kernel", extra={"address": d.address, "rule": d.rule})
@@ -128,14 +118,15 @@ class Enforcer:
         now = time.time()
         wanted: dict[str, float | None] = {}
         active = await bans.active(self.client, self.keys, now)
-        await self.learn_scopes(active)
+        scopes = await bans.scopes(self.client, self.keys)
         for address, expires in active.items():
             try:
                 target = parse_target(address)
             except InvalidAddress:
                 continue
             if self.refusal(target) is None:
-                scope = self.scopes.get(address, DEFAULT_SCOPE)
+                s = scopes.get(address)
+                scope = _scope_or_default(s.ports, s.verdict, address) if s else DEFAULT_SCOPE
                 wanted[ban_key(target, scope)] = None if expires is None else expires - now
         added, removed = await self.backend.sync(wanted)
         metrics.RECONCILES.inc()
@@ -145,17 +136,6 @@ class Enforcer:
         logger.info("reconciled", extra={"active": len(wanted), "added": len(added),
                                          "removed": len(removed)})
         self.next_reconcile = time.monotonic() + self.settings.config.enforcer.reconcile_interval
-
-    async def learn_scopes(self, active: dict[str, float | None]) -> None:
-        """Keep `self.scopes` to the active bans, filling in those not seen in a decision."""
-        self.scopes = {a: s for a, s in self.scopes.items() if a in active}
-        if not self.rule_scopes:
-            return  # every configured rule bans all ports with drop: no record to read
-        unknown = [a for a in active if a not in self.scopes]
-        for i in range(0, len(unknown), RECORDS_PER_READ):
-            for record in await bans.records(self.client, self.keys, unknown[i:i + RECORDS_PER_READ]):
-                if scope := self.rule_scopes.get(record.rule):
-                    self.scopes[record.address] = scope
 
     async def publish_status(self) -> None:
         """What this host's firewall holds, for `pyfilter status` (every REFRESH seconds)."""
@@ -216,12 +196,12 @@ class Enforcer:
         await self.client.aclose()
 
 
-def _scope_or_default(ports, verdict: str, rule: str) -> Scope:
-    """The scope of a decision or rule; a malformed one bans all ports rather than nothing."""
+def _scope_or_default(ports, verdict: str, address: str) -> Scope:
+    """The scope of a decision or an active ban; a malformed one bans all ports rather than nothing."""
     try:
         return Scope(tuple(ports), verdict)  # type: ignore[arg-type]
     except ValueError as exc:
-        logger.error("bad ban scope, banning all ports instead", extra={"rule": rule, "error": str(exc)})
+        logger.error("bad ban scope, banning all ports instead", extra={"address": address, "error": str(exc)})
         return DEFAULT_SCOPE
 
 

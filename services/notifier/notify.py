@@ -31,6 +31,7 @@ from pyfilter.common import bans, messages
 from pyfilter.common.config import EmailConfig, NotifyConfig, Settings, WebhookConfig
 from pyfilter.common.geo import Geo
 from pyfilter.common.keys import NOTIFY_GROUP, Keys
+from pyfilter.common.ledger import Ledger
 from pyfilter.common.redisio import TRANSIENT
 from pyfilter.common.streams import Consumer
 from pyfilter.notifier import mail, metrics
@@ -44,31 +45,6 @@ POLL = 0.5  # seconds between looks at a queue with nothing due
 # again after this long; long enough for the slowest SMTP batch to finish.
 LEASE = 300.0
 ORPHAN_IDLE_MS = 60_000  # stream entries another consumer took and left this long are ours
-
-# Take what is due and push it a lease into the future, in one step, so two
-# notifiers never both send it.
-CLAIM_DUE = """
-local queue = KEYS[1]
-local now, lease, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local due = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'LIMIT', 0, count)
-for _, id in ipairs(due) do redis.call('ZADD', queue, 'XX', now + lease, id) end
-return due
-"""
-
-# A digest is due when its oldest notice has waited the interval, or when
-# max_batch notices wait. The hold key (a lease while sending, the backoff
-# after a failure) keeps it to one mail at a time and paces retries.
-CLAIM_DIGEST = """
-local queue, hold = KEYS[1], KEYS[2]
-local now, lease, max_batch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if redis.call('EXISTS', hold) == 1 then return {} end
-local oldest = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
-if #oldest == 0 then return {} end
-if tonumber(oldest[2]) > now and redis.call('ZCARD', queue) < max_batch then return {} end
-redis.call('SET', hold, 'sending', 'PX', math.floor(lease * 1000))
-return redis.call('ZRANGE', queue, 0, max_batch - 1)
-"""
-
 
 class Webhook:
     """POST each notice as JSON (the fields of `messages.Notice`); any 2xx is delivered."""
@@ -151,8 +127,7 @@ class Notifier:
                              "mail notifications are off", extra={"variable": email.password_env})
             else:
                 self.channels.append(Email(email, password))
-        self.claim_due = client.register_script(CLAIM_DUE)
-        self.claim_digest = client.register_script(CLAIM_DIGEST)
+        self.ledger = Ledger(client, self.keys)
 
     # Reading decisions into the queues
 
@@ -223,12 +198,11 @@ class Notifier:
     # Delivering from the queues
 
     async def claim(self, channel: Channel) -> list[bytes]:
+        """Lease what is due (the ledger's claims: two notifiers never both send a notice)."""
         now = time.time()
         if channel.digest:
-            keys = [self.keys.notify_queue(channel.name), self.keys.notify_hold(channel.name)]
-            return await self.claim_digest(keys=keys, args=[now, LEASE, channel.cfg.max_batch])
-        return await self.claim_due(keys=[self.keys.notify_queue(channel.name)],
-                                    args=[now, LEASE, BATCH])
+            return await self.ledger.claim_digest(channel.name, now, LEASE, channel.cfg.max_batch)
+        return await self.ledger.claim_due(channel.name, now, LEASE, BATCH)
 
     async def deliver_once(self, channel: Channel) -> int:
         """Send what is due on a channel; record each outcome. Returns how many were due."""

@@ -2,8 +2,8 @@
 
 The active set (`Keys.active_bans`) only grows from the writers' side; every
 reader already skips what has expired (`bans.active`), and the kernel dropped
-those bans by itself. Removing them keeps the set, and every reconcile that
-reads it, the size of the bans in force.
+those bans by itself. Removing them (and their scopes, through the ledger)
+keeps the set, and every reconcile that reads it, the size of the bans in force.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import logging
 
 import redis.asyncio as redis
 
-from pyfilter.common import bans
 from pyfilter.common.keys import Keys
+from pyfilter.common.ledger import Ledger
 from pyfilter.common.redisio import TRANSIENT
 from pyfilter.notifier import metrics
 
@@ -26,9 +26,10 @@ PRUNE_EVERY = 30.0  # (s)
 
 async def prune_until(client: redis.Redis, keys: Keys, stop: asyncio.Event) -> None:
     """Forget expired bans every PRUNE_EVERY seconds until `stop` is set."""
+    ledger = Ledger(client, keys)
     while not stop.is_set():
         try:
-            metrics.PRUNED.inc(await bans.prune_expired(client, keys))
+            metrics.PRUNED.inc(await ledger.prune())
         except TRANSIENT as exc:  # Redis away: the next round prunes what this one did not
             metrics.ERRORS.labels("redis").inc()
             log.warning("pruning expired bans failed", extra={"error": str(exc)})

@@ -144,7 +144,8 @@ def test_unban_publishes_a_decision_and_removes_the_ban(redis_url):
 def test_a_manual_ban_record_and_count_expire(redis_url):
     async def steps(client, redis):
         await client.post("/api/v1/bans", json={"address": "198.51.100.7", "duration": "1h"}, headers=AUTH)
-        return await redis.ttl("t:ban:198.51.100.7"), await redis.ttl("t:bancount:198.51.100.7")
+        keys = Keys("t:")
+        return await redis.ttl(keys.ban("198.51.100.7")), await redis.ttl(keys.ban_count("198.51.100.7"))
     record_ttl, count_ttl = call(redis_url, steps)
     assert 3600 + 86400 - 10 < record_ttl <= 3600 + 86400 + 1
     assert 30 * 86400 - 10 < count_ttl <= 30 * 86400

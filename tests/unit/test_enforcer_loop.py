@@ -12,9 +12,10 @@ import time
 
 import redis.asyncio as aioredis
 
-from pyfilter.common import bans, messages
+from pyfilter.common import messages
 from pyfilter.common.config import Config, Rule, Settings
 from pyfilter.common.keys import Keys
+from pyfilter.common.ledger import Ledger, NewBan
 from pyfilter.enforcer.backends.log_only import LogOnlyBackend
 from pyfilter.enforcer.main import Enforcer
 
@@ -32,15 +33,13 @@ async def publish(client, action: str, address: str, duration: int = 600, rule: 
                   ports: list[int] | None = None, verdict: str = "drop") -> None:
     now = time.time()
     expires = now + duration if duration >= 0 else None
-    decision = messages.Decision(action=action, address=address, rule=rule, origin="detector",
-                                 host="host-a", created_at=now, duration=duration, expires_at=expires,
-                                 ports=ports or [], verdict=verdict)
+    ledger = Ledger(client, KEYS)
     if action == "ban":
         rec = messages.BanRecord(address=address, rule=rule, host="host-a", origin="detector",
                                  banned_at=now, duration=duration, expires_at=expires)
-        await bans.publish_ban(client, KEYS, rec, decision)
+        await ledger.ban([NewBan(rec, ports=ports or [], verdict=verdict)])
     else:
-        await bans.publish_unban(client, KEYS, decision)
+        await ledger.unban([address], "host-a", "", rule=rule, origin="detector", now=now)
 
 
 async def until(predicate, timeout: float = 10.0):
@@ -142,7 +141,7 @@ def test_expired_decision_is_not_applied(redis_url):
 
 def test_a_decision_scope_reaches_the_kernel_and_a_restarted_enforcer_keeps_it(redis_url):
     """Ports and verdict travel with the decision; after a restart (nothing in memory) the
-    reconcile finds the scope through the ban record's rule, so it neither widens the ban to
+    reconcile finds the scope kept with the active bans, so it neither widens the ban to
     every port nor removes it."""
     rules = {"sshd": Rule(service="ssh", sources=["auth"], patterns=["x"], ports=[22, 2222], verdict="reject")}
 

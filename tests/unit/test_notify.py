@@ -27,7 +27,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from pyfilter.notifier.notify import run_notifier
-from pyfilter.common import bans, messages
+from pyfilter.common import messages
 from pyfilter.common.config import (
     Config,
     ConfigError,
@@ -39,6 +39,7 @@ from pyfilter.common.config import (
     load,
 )
 from pyfilter.common.keys import NOTIFY_GROUP, Keys
+from pyfilter.common.ledger import Ledger, NewBan
 
 KEYS = Keys("t:")
 RULES = {
@@ -131,10 +132,7 @@ async def ban(client, address: str, rule: str = "sshd") -> None:
                              first_failure=now - 30, last_failure=now - 1, failures=5,
                              lines=[f"sshd[1]: Failed password for root from {address} port 22 ssh2"],
                              country="NL", reason="5 failures in 600s")
-    decision = messages.Decision(action="ban", address=address, rule=rule, origin="detector",
-                                 host="host-a", created_at=now, duration=600,
-                                 expires_at=now + 600, reason="5 failures in 600s")
-    await bans.publish_ban(client, KEYS, rec, decision)
+    await Ledger(client, KEYS).ban([NewBan(rec)])
 
 
 @asynccontextmanager
@@ -184,9 +182,7 @@ def test_per_address_mode_sends_one_mail_per_ban_and_nothing_for_rules_without_n
         async with notifier(settings(redis_url, mail={"port": smtp.port})):
             await ban(client, "198.51.100.7")
             await ban(client, "198.51.100.99", rule="nginx-botsearch")  # notify off
-            await bans.publish_unban(client, KEYS, messages.Decision(
-                action="unban", address="198.51.100.7", rule="manual", origin="manual",
-                host="host-a", created_at=time.time()))
+            await Ledger(client, KEYS).unban(["198.51.100.7"], "host-a", "")
             await ban(client, "2001:db8::66")
             await until(lambda: len(smtp.mails) >= 2)
             await asyncio.sleep(0.5)  # room for a wrong extra mail to arrive
