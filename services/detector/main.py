@@ -159,7 +159,6 @@ class Detector:
         lines: Counter = Counter()
         for _, batch in read.messages:
             observed += self.observe(batch, now, own, whitelist)
-            metrics.LINES.labels(batch.source).inc(len(batch.lines))
             lines[batch.host, batch.source] += len(batch.lines)
         return read, observed, lines
 
@@ -173,11 +172,19 @@ class Detector:
             metrics.BANS.labels(ban.rule).inc()
             logger.info("ban decided", extra={"address": ban.address, "rule": ban.rule,
                                               "duration": ban.duration})
+        lines = lines or Counter()
         async with self.client.pipeline(transaction=True) as pipe:
             self.lines.ack_on(pipe, ids)
             pipe.xdel(self.keys.lines, *ids)
-            status.count(pipe, self.keys, now, lines or Counter(), Counter((o.host, o.rule) for o in observed))
-            await pipe.execute()
+            status.count(pipe, self.keys, now, lines, Counter((o.host, o.rule) for o in observed))
+            acked = (await pipe.execute())[0] if ids else 0
+        # Lines are counted by the replica that acknowledges them: a read that
+        # reached this one after another claimed its entries (a frozen or slow
+        # replica) was matched again, harmlessly (windows count a line id once),
+        # but is not counted twice.
+        if acked:
+            for (_, source), n in lines.items():
+                metrics.LINES.labels(source).inc(n)
         metrics.BATCHES.inc(len(ids))
 
     async def measure_lag(self) -> None:
