@@ -16,7 +16,7 @@ COMPOSE_FILES += -f compose/airgapped.yml
 endif
 COMPOSE := docker compose $(COMPOSE_FILES)
 
-.PHONY: help up down server agent images airgapped-images dev test unit integration bench bench-idle logs fail2ban-config
+.PHONY: help up down server agent images airgapped-images dev lint test unit integration bench bench-idle logs fail2ban-config
 
 help:
 	@echo "make up      start the stack on this host (healthy when it returns); DETECTORS=3 scales"
@@ -25,6 +25,7 @@ help:
 	@echo "make agent   many hosts: collector and enforcer (PYFILTER_REDIS_URL required)"
 	@echo "make test    the whole suite: unit tests and the real stack in containers"
 	@echo "make dev     .venv with the project and its test tools (CLI: .venv/bin/pyfilter)"
+	@echo "make lint    ruff and the import contracts (also run by make test)"
 	@echo "make bench   benchmarks, side by side with fail2ban"
 	@echo "make bench-idle  CPU and memory of the idle stack (docs/benchmarks.md)"
 
@@ -97,8 +98,14 @@ unit: dev fail2ban-config
 integration: dev images
 	PYFILTER_AIRGAPPED=$(AIRGAPPED) $(VENV)/bin/pytest tests/integration -q -p no:cacheprovider
 
+# The linter's rules and the import contracts (no service imports another):
+# pyproject.toml, [tool.ruff] and [tool.importlinter].
+lint: dev
+	$(VENV)/bin/ruff check services tests bench
+	$(VENV)/bin/lint-imports
+
 # pytest exits 5 when it collects nothing: that is a failure here, not a pass.
-test: dev images fail2ban-config
+test: lint dev images fail2ban-config
 	PYFILTER_AIRGAPPED=$(AIRGAPPED) $(VENV)/bin/pytest tests -q -rs
 
 # Side by side with fail2ban (docs/benchmarks.md), every rule over hostile 16 KB

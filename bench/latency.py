@@ -233,7 +233,7 @@ def measure(runs: int, poll: float) -> tuple[list[dict], int]:
                     results.append(r)
         client.close()
     finally:
-        for name, (proc, started) in sorted(procs.items(), key=lambda kv: kv[0] == "redis"):
+        for _name, (proc, started) in sorted(procs.items(), key=lambda kv: kv[0] == "redis"):
             stop(proc, started)
         subprocess.run(["ip", "netns", "del", ns], check=False)
     if not missed:

@@ -31,7 +31,7 @@ from pyfilter.common.redisio import TRANSIENT, connect
 from pyfilter.common.status import Publisher
 from pyfilter.common.zones import InvalidZone, get_zone
 
-from . import checkpoints, plan, privsep, report
+from . import checkpoints, plan, report
 from .checkpoints import Committer
 from .sources import SourcePlan, Stats, build
 

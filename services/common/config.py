@@ -387,8 +387,11 @@ def load_catalog(catalog_dir: Path) -> dict[str, Rule]:
     return {p.stem: load_rule(p, p.stem) for p in sorted(catalog_dir.glob("*.yaml"))}
 
 
-def load(path: str | os.PathLike[str] | None = None) -> Settings:
-    """Read and validate the configuration file; raise ConfigError if bad."""
+def load(path: str | os.PathLike[str] | None = None, rules: bool = True) -> Settings:
+    """Read and validate the configuration file; raise ConfigError if bad.
+
+    `rules=False`: leave the rule catalog unread (`Settings.rules` empty), for
+    the enforcer, which acts on decisions that carry their scope."""
     file = Path(path or os.environ.get("PYFILTER_CONFIG", DEFAULT_PATH))
     raw = _read_yaml(file)
     try:
@@ -397,8 +400,8 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         raise _explain(file, exc) from None
 
     catalog_dir = (file.parent / config.catalog_dir).resolve()
-    rules: dict[str, Rule] = {}
-    for name, overrides in config.rules.items():
+    enabled: dict[str, Rule] = {}
+    for name, overrides in config.rules.items() if rules else ():
         catalog_file = catalog_dir / f"{name}.yaml"
         if not catalog_file.exists() and "patterns" not in overrides:
             raise ConfigError(
@@ -407,10 +410,10 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
             )
         rule = load_rule(catalog_file, name, overrides, file)
         if rule.enabled:
-            rules[name] = rule
+            enabled[name] = rule
 
     _apply_environment(config)
-    return Settings(config=config, rules=rules, path=str(file))
+    return Settings(config=config, rules=enabled, path=str(file))
 
 
 # In containers the hostname is the container's id; compose mounts the host's

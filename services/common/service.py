@@ -17,11 +17,12 @@ def stop_on_signals(stopping: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stopping.set)
 
 
-def run(service: str, main: Callable[[Settings], Awaitable[int | None]]) -> int:
-    """Load the configuration and run `main`; exit 2 with the config's error if it is bad."""
+def run(service: str, main: Callable[[Settings], Awaitable[int | None]], rules: bool = True) -> int:
+    """Load the configuration (`rules=False`: without the rule catalog) and run
+    `main`; exit 2 with the config's error if it is bad."""
     logger = log.setup(service)
     try:
-        settings = load()
+        settings = load(rules=rules)
     except ConfigError as exc:
         logger.error(str(exc))
         return 2

@@ -214,4 +214,4 @@ async def main_async(settings: Settings) -> None:
 
 
 def main() -> int:
-    return service.run("enforcer", main_async)
+    return service.run("enforcer", main_async, rules=False)

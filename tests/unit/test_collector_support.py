@@ -136,7 +136,7 @@ def stream_lines(redis_url: str) -> list[Line]:
             entries = entries[1:]
         if not entries:
             return lines
-        for entry_id, fields in entries:
+        for _entry_id, fields in entries:
             assert list(fields) == [b"m"], f"stream entry with fields {list(fields)}"
             lines += decode_batch(fields[b"m"]).lines
         last = entries[-1][0]

@@ -46,6 +46,17 @@ def test_bad_file_names_the_field_and_what_was_expected(tmp_path, text, message)
     assert str(tmp_path / "pyfilter.yaml") in str(err.value)
 
 
+def test_the_enforcer_loads_the_configuration_without_the_catalog(tmp_path):
+    """Decisions carry their scope: the enforcer (rules=False) reads no rule file,
+    so neither a rule's settings nor the catalog's state can stop it."""
+    path = write(tmp_path, "rules:\n  sshd: {maxretry: 3}\n  nosuch: {}\nenforcer: {backend: iptables}\n")
+    with pytest.raises(ConfigError, match="no rule 'nosuch'"):
+        load(path)
+    settings = load(path, rules=False)
+    assert settings.rules == {}
+    assert settings.config.enforcer.backend == "iptables"
+
+
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "absent.yaml")

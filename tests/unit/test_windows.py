@@ -282,7 +282,7 @@ def test_the_crossing_check_agrees_with_its_definition_on_random_windows(redis_u
     async def check() -> list[tuple]:
         client = aioredis.from_url(redis_url)
         wrong = []
-        for i, (address, span, threshold, earlier, fresh) in enumerate(cases):
+        for address, span, threshold, earlier, fresh in cases:
             await client.flushall()
             rule = make_rule(maxretry=threshold, findtime=Seconds(span))
             windows = Windows(client, "pf:", {"sshd": rule})

@@ -36,9 +36,14 @@ yields `Batch` objects:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, Protocol
 
 from pyfilter.common.messages import Line
+
+if TYPE_CHECKING:  # the root helper (privsep.py) imports this module: keep it small
+    import asyncio
+
+    from pyfilter.common.config import CollectorConfig, Source as SourceConfig
 
 # Checkpoint field holding when the source was first started (epoch seconds).
 # Its presence means "this source ran before": a file without a checkpoint was
@@ -89,6 +94,19 @@ class Source(Protocol):
     stats: Stats
 
     def batches(self) -> AsyncIterator[Batch]: ...
+
+
+class Reader:
+    """What every kind of source keeps: its configuration, the collector's
+    options, the stop flag, the collector's plan for it, its counters, and
+    when it first ran (None: this is its first start)."""
+
+    def __init__(self, cfg: SourceConfig, opts: CollectorConfig, saved: dict[str, bytes],
+                 stop: asyncio.Event, plan: SourcePlan | None = None):
+        self.name, self.cfg, self.opts, self.stop = cfg.name, cfg, opts, stop
+        self.plan = plan or SourcePlan()
+        self.stats = Stats()
+        self.started = saved.get(STARTED)
 
 
 def to_text(raw: bytes, max_bytes: int, stats: Stats) -> str:

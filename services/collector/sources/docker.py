@@ -45,11 +45,11 @@ from pyfilter.common.config import CollectorConfig, Source as SourceConfig
 from pyfilter.common.messages import Line
 
 from .. import privsep
-from .base import STARTED, Batch, Stats, to_text
+from .base import STARTED, Batch, Reader, to_text
 from .containers import LOG_DRIVER, Container, Folder, decode_entry, label_matches, label_rules, \
     parse_time, program_for
-from .tail import Position, Tail
-from .wake import Wake
+from .tail import Position, Tail, saved_positions
+from .wake import Wake, woken
 
 log = logging.getLogger("pyfilter.collector.docker")
 
@@ -79,24 +79,16 @@ class Followed:
         return self.container.name
 
 
-class DockerSource:
+class DockerSource(Reader):
     def __init__(self, cfg: SourceConfig, opts: CollectorConfig, saved: dict[str, bytes],
                  stop: asyncio.Event):
-        self.name, self.cfg, self.opts, self.stop = cfg.name, cfg, opts, stop
-        self.stats = Stats()
+        super().__init__(cfg, opts, saved, stop)
         self.folder = cfg.paths[0] if cfg.paths else FOLDER
-        self.started = saved.get(STARTED)
         self.first_start = self.started is None
         # Wall time of the previous look: a container first seen now was not there then.
         self.seen = float(saved.get(SEEN, 0)) or time.time()
         self.seen_sent = 0.0  # monotonic time SEEN was last written
-        self.saved: dict[str, Position] = {}
-        for key, value in saved.items():
-            if key not in (STARTED, SEEN):
-                try:
-                    self.saved[key] = msgspec.json.decode(value, type=Position)
-                except msgspec.DecodeError:
-                    log.warning("ignoring unreadable checkpoint", extra={"source": self.name, "field": key})
+        self.saved = saved_positions(saved, self.name, (STARTED, SEEN))
         self.followed: dict[str, Followed] = {}  # container id -> its log
         self.skipped: set[str] = set()  # containers not followed (said once)
         self.forget: list[str] = []
@@ -109,13 +101,9 @@ class DockerSource:
     # ---- the Source interface ----
 
     async def batches(self) -> AsyncIterator[Batch]:
-        wake = Wake.open()  # None: no inotify here, poll every poll_interval
-        try:
+        with woken() as wake:  # None: no inotify here, poll every poll_interval
             async for batch in self._follow(wake):
                 yield batch
-        finally:
-            if wake:
-                wake.close()
 
     async def _follow(self, wake: Wake | None) -> AsyncIterator[Batch]:
         if self.first_start:

@@ -39,15 +39,14 @@ import stat
 import time
 from typing import AsyncIterator
 
-import msgspec
 
 from pyfilter.common.config import CollectorConfig, Source as SourceConfig
 from pyfilter.common.messages import Line
 
-from .base import STARTED, Batch, SourcePlan, Stats
+from .base import STARTED, Batch, Reader, SourcePlan
 from .seek import end_of_last_line, recent_start
-from .tail import Position, Tail, head_is
-from .wake import Wake, folders_of
+from .tail import Tail, head_is, saved_positions
+from .wake import Wake, folders_of, woken
 
 log = logging.getLogger("pyfilter.collector.file")
 
@@ -60,21 +59,12 @@ COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".z", ".zip")
 ROTATED_NAME = re.compile(r"(\.\d+|-\d{8}(\d{2})?)$")
 
 
-class FileSource:
+class FileSource(Reader):
     def __init__(self, cfg: SourceConfig, opts: CollectorConfig, saved: dict[str, bytes],
                  stop: asyncio.Event, plan: SourcePlan | None = None):
-        self.name, self.cfg, self.opts, self.stop = cfg.name, cfg, opts, stop
-        self.plan = plan or SourcePlan()
-        self.stats = Stats()
-        self.started = saved.get(STARTED)
+        super().__init__(cfg, opts, saved, stop, plan)
         self.seen = float(saved.get(SEEN, 0))
-        self.saved: dict[str, Position] = {}
-        for key, value in saved.items():
-            if key not in (STARTED, SEEN):
-                try:
-                    self.saved[key] = msgspec.json.decode(value, type=Position)
-                except msgspec.DecodeError:
-                    log.warning("ignoring unreadable checkpoint", extra={"source": self.name, "field": key})
+        self.saved = saved_positions(saved, self.name, (STARTED, SEEN))
         self.tails: dict[str, Tail] = {}
         self.forget: list[str] = []
         self.problems: dict[str, str] = {}  # path -> what is wrong (logged once)
@@ -84,13 +74,9 @@ class FileSource:
     # ---- the Source interface ----
 
     async def batches(self) -> AsyncIterator[Batch]:
-        wake = Wake.open()  # None: no inotify here, poll every poll_interval
-        try:
+        with woken() as wake:  # None: no inotify here, poll every poll_interval
             async for batch in self._follow(wake):
                 yield batch
-        finally:
-            if wake:
-                wake.close()
 
     async def _follow(self, wake: Wake | None) -> AsyncIterator[Batch]:
         lines: list[Line] = []

@@ -52,7 +52,7 @@ import msgspec
 from pyfilter.common.config import CollectorConfig, Source as SourceConfig
 from pyfilter.common.messages import Line
 
-from .base import STARTED, Batch, SourcePlan, Stats, to_text
+from .base import STARTED, Batch, Reader, SourcePlan, Stats, to_text
 
 log = logging.getLogger("pyfilter.collector.journal")
 
@@ -128,13 +128,10 @@ def readable(files: list[str]) -> tuple[list[str], list[str]]:
     return ok, [f for f in files if f not in ok]
 
 
-class JournalSource:
+class JournalSource(Reader):
     def __init__(self, cfg: SourceConfig, opts: CollectorConfig, saved: dict[str, bytes],
                  stop: asyncio.Event, plan: SourcePlan | None = None):
-        self.name, self.cfg, self.opts, self.stop = cfg.name, cfg, opts, stop
-        self.plan = plan or SourcePlan()
-        self.stats = Stats()
-        self.started = saved.get(STARTED)
+        super().__init__(cfg, opts, saved, stop, plan)
         cursor = saved.get(CURSOR)
         self.cursor = cursor.decode() if cursor else None  # last entry handed to the reader queue
         self.machine = machine_id()

@@ -11,6 +11,7 @@ through rotation is `file.FileSource`'s job.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 
@@ -21,6 +22,8 @@ from pyfilter.common.messages import Line
 from .base import Stats, to_text
 
 CHUNK = 1 << 20  # bytes per read
+log = logging.getLogger("pyfilter.collector")
+
 HEAD = 1024  # bytes of a file's start that fingerprint it
 PARTIAL_TIMEOUT = 5.0  # emit a last line without newline after this long (s)
 
@@ -30,6 +33,19 @@ class Position(msgspec.Struct):
     offset: int  # start of the next line to send (always a line boundary)
     head: int = 0  # length of the file start that `fp` fingerprints
     fp: str = ""
+
+
+def saved_positions(saved: dict[str, bytes], source: str, other_fields: tuple[str, ...]) -> dict[str, Position]:
+    """A source's checkpoint fields that are file positions (all but `other_fields`);
+    one that does not decode is logged and left out (that file is met anew)."""
+    positions = {}
+    for key, value in saved.items():
+        if key not in other_fields:
+            try:
+                positions[key] = msgspec.json.decode(value, type=Position)
+            except msgspec.DecodeError:
+                log.warning("ignoring unreadable checkpoint", extra={"source": source, "field": key})
+    return positions
 
 
 def fingerprint(data: bytes) -> str:

@@ -19,11 +19,12 @@ cannot be read (Docker's container folders).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import fnmatch
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
@@ -133,4 +134,15 @@ def folders_of(paths: Iterable[str]) -> dict[str, set[str]]:
         if folder and not any(c in folder for c in "*?["):
             found.setdefault(folder, set()).add(name)
     return found
+
+
+@contextlib.contextmanager
+def woken() -> Iterator[Wake | None]:
+    """A source loop's Wake (None where there is no inotify: the loop polls), closed after it."""
+    wake = Wake.open()
+    try:
+        yield wake
+    finally:
+        if wake:
+            wake.close()
 
