@@ -207,8 +207,10 @@ def read_batch(texts: Sequence[str], program: str | None = None) -> BatchEnvelop
     else:
         parts = _COMMON.split(block)
     stamps, programs, pids, messages = parts[1::4], parts[2::4], parts[3::4], parts[4::4]
-    if None in programs:  # the other headers: the full grammar over those lines
-        rest = [i for i, prog in enumerate(programs) if prog is None]
+    # The lines the common header did not take (it leaves repeats and the rarer
+    # headers to the others): only they can need more than the common reading.
+    rest = [i for i, prog in enumerate(programs) if prog is None] if None in programs else []
+    if rest:  # the other headers: the full grammar over those lines
         full = _BATCH.split("\n" + "\n".join([texts[i] for i in rest]))
         for k, i in enumerate(rest):
             stamps[i], programs[i], pids[i], messages[i] = full[5 * k + 1], full[5 * k + 3], full[5 * k + 4], \
@@ -218,18 +220,18 @@ def read_batch(texts: Sequence[str], program: str | None = None) -> BatchEnvelop
         for i, prog in enumerate(programs):
             if prog in socklog:
                 programs[i] = None  # read below, as a header that names no program
-    if None in programs or "message repeated " in block:
-        for i, prog in enumerate(programs):
-            text = texts[i]
-            if (prog is None and (text[:1] in "<[@" or text[:3] in _MONTHS
-                                  or (program is None and text[:2] in _CENTURIES))) \
-                    or "message repeated " in text:
-                env = read(text, program)
-                if env.format == PLAIN and prog is None:
-                    continue
-                messages[i] = env.message(text)
-                programs[i] = env.program if env.format not in (PLAIN, "no-program") else None
-                stamps[i], pids[i] = env.stamp, env.pid
-                if env.repeat != 1:
-                    repeats[i] = env.repeat
+        rest = range(len(programs))  # (rare) every line is looked at again
+    for i in rest:
+        prog, text = programs[i], texts[i]
+        if (prog is None and (text[:1] in "<[@" or text[:3] in _MONTHS
+                              or (program is None and text[:2] in _CENTURIES))) \
+                or "message repeated " in text:
+            env = read(text, program)
+            if env.format == PLAIN and prog is None:
+                continue
+            messages[i] = env.message(text)
+            programs[i] = env.program if env.format not in (PLAIN, "no-program") else None
+            stamps[i], pids[i] = env.stamp, env.pid
+            if env.repeat != 1:
+                repeats[i] = env.repeat
     return BatchEnvelopes(messages, programs, stamps, pids, program, repeats)
