@@ -222,9 +222,9 @@ LIMITS = """\
   mixed log, start-up left out, 2026-12-06), 3.00 G instructions against 2.80 G before
   (+7 %): reading the headers costs 0.67 G (0.52 G of it the `split`), the rule's search
   0.2 G less than when its pattern held the header, and the Python work per match
-  (`judge` 0.42 G, connection state 0.46 G) is unchanged. In wall time the difference
-  is within this machine's noise (three alternating runs each, 1,000,000 lines: 5.16-5.47 s
-  before, 5.30-5.39 s now). Tried and dropped: a map of the messages by program instead of
+  (`judge` 0.42 G, connection state 0.46 G) is unchanged. In wall time the sshd rule alone
+  is 3-12 % slower than before (this run's rows; three alternating runs each, 1,000,000
+  lines, the same night: 5.13-5.51 s before, 5.30-5.56 s now): not yet as fast as before. Tried and dropped: a map of the messages by program instead of
   index lists (slower). Not tried: reading only the headers of lines that hold a rule's
   literal (most lines of an sshd log hold one, so little would be left out). Kept: `\\d` read as `[0-9]` in every pattern and header
   (Python checks `\\d` by a Unicode lookup per character), 1.5 % of the instructions.
