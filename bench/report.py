@@ -228,6 +228,22 @@ LIMITS = """\
   index lists (slower). Not tried: reading only the headers of lines that hold a rule's
   literal (most lines of an sshd log hold one, so little would be left out). Kept: `\\d` read as `[0-9]` in every pattern and header
   (Python checks `\\d` by a Unicode lookup per character), 1.5 % of the instructions.
+- **Start-up of `pyfilter`** (`python -X importtime -m pyfilter.cli match --rule sshd EMPTY_FILE`,
+  the cumulative time of `pyfilter.cli.main`, three runs, 2026-12-06): 102-108 ms of imports
+  now, 170-247 ms before the importers were loaded only when `pyfilter import` runs (commit
+  2b6f5a4; the old tree run with `PYTHONPATH` at a `pyfilter` link to its services/).
+- **The ledger's per-address keys** (issue 14: one address's keys passed in KEYS with a hash
+  tag). `python -m bench.scaling --failures 80000 --addresses 20000 --detectors 1 --clients 1`,
+  the worst case for it (every batch holds one failure per address), six alternating runs of
+  main before the ledger and of the ledger branch after its performance pass, 2026-12-06,
+  CPU seconds (the machine was shared, so not wall time): detector 3.38 s before, 3.63 s
+  after (+7 %); Redis CPU per failure in the pipeline 45.3 µs, 48.8 µs (+8 %); the window
+  script alone, client CPU 0.40 s, 0.49 s, Redis 37.3 µs, 40.6 µs per failure (+9 %).
+  Counted in instructions (callgrind on redis-server, best of 3): 206.2k per failure before,
+  218.7k after (+6 %), about 2 points of it the Lua check that refuses a field the msgspec
+  structs lack. Before the pass (9 keys a group packed by redis-py) the detector took 4.2-4.5 s.
+  The end-to-end rows above stay within this machine's noise of the previous runs (mixed log,
+  1 detector: 11.26 s now, 10.56 s on 2026-11-22).
 - **Hostile lines** (`python -m bench.hostile_lines`, per rule in docs/hostile-lines.md; whole catalog, one `Matcher.match` per
   line, best of 3, 2026-11-22 03:50 UTC): an 8,000-slash request path takes 2.8 ms in the
   access log and 2.7 ms in the error log; with the nginx-botsearch patterns before commit
