@@ -9,7 +9,6 @@ from pyfilter.common import hosts
 from pyfilter.common.config import Settings
 from pyfilter.common.geo import Geo
 from pyfilter.common.keys import Keys
-from pyfilter.common.ledger import Ledger
 from pyfilter.common.redisio import connect
 from pyfilter.common.whitelist import Whitelist
 
@@ -20,7 +19,6 @@ class Api:
         self.settings = settings
         self.keys = Keys(cfg.redis.prefix)
         self.client = connect(cfg.redis)
-        self.ledger = Ledger(self.client, self.keys)
         self.whitelist = Whitelist(self.client, self.keys, cfg.whitelist)
         self.own = hosts.OwnAddresses(self.client, self.keys)
         self.geo = geo or Geo(cfg.geoip.country_db, cfg.geoip.asn_db)

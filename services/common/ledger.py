@@ -2,8 +2,8 @@
 
 Who calls what (docs/decisions.md, "Ledger", has the whole map):
 - the detector's windows: `record_failures` (windows, and the bans they cause);
-- the api: `ban` and `unban` (manual bans, imports), `prune` (expired bans);
-- the notifier: `claim_due`, `claim_digest`.
+- the api: `ban` and `unban` (manual bans, imports);
+- the notifier: `prune` (expired bans), `claim_due`, `claim_digest`.
 Enforcers only read (`bans.active`, `bans.scopes`) and apply decisions.
 
 The functions live in ledger.lua. What both languages must agree on is
