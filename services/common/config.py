@@ -213,6 +213,9 @@ class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
     # TLS: the CA that signed the server's certificate (rediss:// URLs).
     tls_ca_file: str | None = None
     prefix: str = "pyfilter:"
+    # Redis Cluster: `url` names one node (redis://host:port), the others are
+    # found from it. Windows spread over the primaries by address (docs/scaling.md).
+    cluster: bool = False
     lines_maxlen: Annotated[int, msgspec.Meta(ge=1000)] = 1_000_000
 
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError, ResponseError, TryAgainError
@@ -24,15 +25,26 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnly
              MasterDownError, TryAgainError, OSError)
 
 
-def connect(cfg: RedisConfig, **extra) -> redis.Redis:
-    """A client for the configured Redis (TCP, TLS with rediss://, or a unix socket)."""
+def connect(cfg: RedisConfig, **extra) -> redis.Redis | RedisCluster:
+    """A client for the configured Redis (TCP, TLS with rediss://, or a unix socket),
+    or Redis Cluster."""
     options: dict = {"socket_connect_timeout": 5, "health_check_interval": 15,
                      "retry_on_timeout": True, **extra}
     if cfg.password:
         options["password"] = cfg.password
     if cfg.url.startswith("rediss://") and cfg.tls_ca_file:
         options["ssl_ca_certs"] = cfg.tls_ca_file
+    if cfg.cluster:
+        return connect_cluster(cfg.url, options)
     return redis.Redis.from_url(cfg.url, **options)
+
+
+def connect_cluster(url: str, options: dict) -> RedisCluster:
+    """A Redis Cluster client from one node's URL. Each command goes to the primary
+    of its key's slot (every command a service sends names keys of one slot: keys.py);
+    on a failover or resharding the client learns the new layout and sends it again."""
+    options.pop("retry_on_timeout", None)  # the cluster client retries itself
+    return RedisCluster.from_url(url, **options)
 
 
 async def ensure_group(client: redis.Redis, stream: str, group: str, start: str = "0") -> None:
