@@ -440,6 +440,8 @@ def _apply_environment(config: Config) -> None:
         config.redis.password = password
     if ca := os.environ.get("PYFILTER_REDIS_CA"):
         config.redis.tls_ca_file = ca
+    if cluster := os.environ.get("PYFILTER_REDIS_CLUSTER"):
+        config.redis.cluster = cluster.lower() in ("1", "yes", "true")
     if token := os.environ.get("PYFILTER_API_TOKEN"):
         config.api.token = token
     if listen := os.environ.get("PYFILTER_API_LISTEN"):

@@ -154,6 +154,44 @@ def test_address_banned_repeatedly_by_any_rule_gets_the_recidive_ban(redis_url):
         ("sshd", 600), ("postfix", 600), ("sshd", 600), ("recidive", 604800)]
 
 
+class Died(Exception):
+    """A detector killed between two of the ledger's calls."""
+
+
+@pytest.mark.parametrize("dies_before", ["_ban_crossings", "_confirm_crossings"])
+def test_a_detector_dying_between_window_and_ban_loses_no_ban(redis_url, dies_before):
+    """The window call keeps its crossing pending until the ban is confirmed: a detector
+    that dies after counting the failures (or after writing the ban) and before the
+    next call hands nothing over, yet the redelivered lines, though dropped as
+    duplicates, bring the ban out exactly once, and recidive counts it once."""
+    rules = {"sshd": make_rule(), "recidive": make_rule(maxretry=2, findtime=Seconds(86400),
+                                                         bantime=Seconds(604800))}
+
+    async def go():
+        client = aclient(redis_url)
+        found = []
+        now = NOW
+        for round_ in range(2):
+            batch = failures(3, start=now - 5, tag=f"r{round_}")
+            dying = Windows(client, "pf:", rules)
+
+            async def die(*_args, **_kw):
+                raise Died()
+            setattr(dying._ledger, dies_before, die)
+            with pytest.raises(Died):
+                await dying.record(batch, now)
+            # Another replica claims the batch and finds every line counted already.
+            found += await Windows(client, "pf:", rules).record(batch, now + 30)
+            found += await Windows(client, "pf:", rules).record(batch, now + 31)  # and again: nothing more
+            now += 700  # the previous ban ran out
+        decisions = [messages.decode_decision(d[b"m"]) for _, d in await client.xrange(KEYS.decisions)]
+        await client.aclose()
+        return found, decisions
+    found, decisions = run(go())
+    assert [(b.rule, b.duration) for b in found] == [("sshd", 600), ("sshd", 600), ("recidive", 604800)]
+    assert [(d.rule, d.duration) for d in decisions] == [("sshd", 600), ("sshd", 600), ("recidive", 604800)]
+
+
 def test_recidive_off_means_no_recidive_bans(redis_url):
     async def go():
         client = aclient(redis_url)
