@@ -263,7 +263,7 @@ class Ledger:
         """The calls of each node in one round trip, all nodes at once."""
         await self.client.initialize()  # learns the slots at first use (then does nothing)
         by_node: dict = {}
-        for i, (slot, call) in enumerate(calls):
+        for i, (slot, _) in enumerate(calls):
             node = self.client.nodes_manager.get_node_from_slot(slot)
             by_node.setdefault(node, []).append(i)
         replies: list = [None] * len(calls)

@@ -18,7 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import redis
-import redis.asyncio as aioredis
 
 from pyfilter.common import messages, whitelist
 from pyfilter.common.addresses import parse_network
