@@ -49,7 +49,7 @@ class Durability:
         """Raise NotReplicated unless `confirmed` (WAIT's reply) is enough."""
         if confirmed < self.replicas:
             raise NotReplicated(f"written to the primary but confirmed by {confirmed} of "
-                                f"{self.replicas} replica(s) within {self.timeout_ms} ms; writing again")
+                                f"{self.replicas} replica(s) within {self.timeout_ms} ms, so not done")
 
 
 SINGLE = Durability()
