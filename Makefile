@@ -53,10 +53,12 @@ DETECTORS ?= 1
 # The journal's group, found on this host, lets the collector read the journal.
 JOURNAL_GID = $(shell compose/journal-gid.sh "$${PYFILTER_LOG_DIR:-/var/log}")
 
+# The notifier runs only when the configuration names a channel (compose/profiles.sh).
 up: compose/.env images
-	@sed -i '/^COMPOSE_FILE=/d; /^PYFILTER_JOURNAL_GID=/d' compose/.env
+	@sed -i '/^COMPOSE_FILE=/d; /^PYFILTER_JOURNAL_GID=/d; /^COMPOSE_PROFILES=/d' compose/.env
 	@$(if $(filter 1,$(AIRGAPPED)),echo "COMPOSE_FILE=docker-compose.yml:airgapped.yml" >> compose/.env)
 	@$(if $(JOURNAL_GID),echo "PYFILTER_JOURNAL_GID=$(JOURNAL_GID)" >> compose/.env)
+	@profiles=$$(compose/profiles.sh) && echo "COMPOSE_PROFILES=$$profiles" >> compose/.env
 	$(COMPOSE) up -d --wait --scale detector=$(DETECTORS)
 	@echo "PyFilter is up: API on http://127.0.0.1:$${PYFILTER_API_PORT:-8470} (token in compose/.env)"
 
@@ -68,6 +70,7 @@ down:
 # air-gapped, its new nodes run the local base image, as `redis` does.
 server: images
 	$(if $(filter 1,$(AIRGAPPED)),$(if $(filter 1,$(HA)),PYFILTER_REDIS_IMAGE=$(BASE_IMAGE))) \
+	COMPOSE_PROFILES=$$(compose/profiles.sh) \
 	docker compose -f compose/server.yml $(if $(filter 1,$(HA)),-f compose/server-ha.yml) \
 	  $(if $(filter 1,$(AIRGAPPED)),-f compose/airgapped.yml) up -d --wait --scale detector=$(DETECTORS)
 
