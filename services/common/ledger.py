@@ -4,7 +4,8 @@ Who calls what (docs/decisions.md, "Ledger", has the whole map):
 - the detector's windows: `record_failures` (windows; then, for the thresholds
   they crossed, `ban_crossings` and `confirm_crossings`: ledger.lua says why three);
 - the api: `ban` and `unban` (manual bans, imports);
-- the notifier: `prune` (expired bans), `claim_due`, `claim_digest`.
+- every detector's pruner: `prune` (expired bans);
+- the notifier: `claim_due`, `claim_digest`.
 Enforcers only read (`bans.active`, `bans.scopes`) and apply decisions.
 
 The functions live in ledger.lua. What both languages must agree on is
