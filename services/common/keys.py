@@ -165,10 +165,12 @@ BAN_SIDE_SLOT = key_slot(BAN_SIDE_TAG[1:-1].encode())
 
 def around_address(key: str) -> tuple[str, str]:
     """What comes before and after the address in a key of one address, given
-    that key made for the address "" (`Keys.ban("")`). The ledger passes
+    that key made for the address "" (`Keys.window_state(rule, "")`, `Keys.ban("")`). The ledger passes
     thousands of such keys per call and joins each address between these two
     (ledger.py); the templates stay here."""
     head, tag, tail = key.rpartition(_tag(""))
-    if not tag:
-        raise ValueError(f"not a key of one address: {key!r}")
-    return head + "{", "}" + tail
+    if tag:  # an address's own key: the address is its hash tag
+        return head + "{", "}" + tail
+    if BAN_SIDE_TAG in key and key.endswith(":"):  # the ban side's: the address ends it
+        return key, ""
+    raise ValueError(f"not a key of one address: {key!r}")

@@ -141,9 +141,13 @@ end
 -- member named by its line id, and failures at or before the last ban are
 -- ignored.
 --
--- A window lives in its address's slot and a ban on the ban side (keys.py),
--- which on Redis Cluster are different slots, so a crossed threshold becomes
--- a ban in three calls, each atomic and each harmless to repeat:
+-- On a single Redis, record_and_ban counts a read's failures and writes the
+-- bans they cause in one call: a crash can never leave a crossed window
+-- without its ban.
+--
+-- On Redis Cluster a window lives in its address's slot and a ban on the
+-- ban side (keys.py), different slots, so a crossed threshold becomes a ban
+-- in three calls, each atomic and each harmless to repeat:
 -- 1. record_failures (the address's slot) counts failures; a window that
 --    crosses its threshold keeps the crossing as `pending` in its state and
 --    returns it, and every later call on that window (the redelivered
@@ -156,11 +160,17 @@ end
 --    which may cross in its turn (2 and 3 again).
 -- A detector that dies between two calls loses nothing: the crossing stays
 -- pending in the window until a later call hands it back.
+-- Both ways count, judge and ban with the same functions below; only what
+-- happens to a crossing between judging and banning differs.
 
--- The keys of one group in record_failures: where each is from the group's
--- start `at`; the recidive window's state only when that rule is on. (Read
--- where used: a table of them per group cost Redis 3% more CPU per failure.)
-local WINDOW, LINES, STATE, CONNS, RECIDIVE_STATE = 1, 2, 3, 4, 5
+-- The keys of one group in both window calls: where each is from the
+-- group's start `at`. record_failures then has the recidive window's state
+-- (when that rule is on); record_and_ban has the address's ban record and
+-- count, then the recidive window's state, window and lines. (Read where
+-- used: a table of them per group cost Redis 3% more CPU per failure.)
+local WINDOW, LINES, STATE, CONNS = 1, 2, 3, 4
+local RECIDIVE_STATE = 5  -- record_failures
+local BAN, COUNT, BANNING_RECIDIVE_STATE, RECIDIVE_WINDOW, RECIDIVE_LINES = 5, 6, 7, 8, 9  -- record_and_ban
 
 -- A group's thresholds, from `s` at `i`: threshold, span, bantime, factor,
 -- maxtime, memory, verdict, ports (a group's fields 5-12, recidive's 1-8).
@@ -199,24 +209,44 @@ local function crossing(window_key, fresh, span, threshold)
   return trigger
 end
 
--- A window `g` crossed its threshold at `trigger` (the call's time `now`):
--- the crossing, packed, with all its ban needs, kept as the window's pending
--- one until confirmed. Returns it.
-local function keep_crossing(g, now, trigger, window_key, lines_key, state_key)
-  local packed = cmsgpack.pack({
+-- Window `g` crossed its threshold at `trigger`, in the call at `now`: the
+-- crossing, with what its ban needs but what the window holds (with_details).
+local function crossing_of(g, now, trigger)
+  return {
     address = g.address, rule = g.rule, host = g.seen_by, trigger = trigger, at = now,
-    first = tonumber(redis.call('ZRANGE', window_key, 0, 0, 'WITHSCORES')[2]),
-    failures = redis.call('ZCOUNT', window_key, '-inf', trigger),
-    lines = redis.call('LRANGE', lines_key, 0, -1),
     bantime = g.bantime, factor = g.factor, maxtime = g.maxtime, memory = g.memory,
     verdict = g.verdict, ports = g.ports,
-  })
+  }
+end
+
+-- What the ban record tells of the window that crossed: its first failure,
+-- the failures up to the trigger, its last lines. Read before the window is
+-- reset; on a single Redis only when the crossing bans.
+local function with_details(c, window_key, lines_key)
+  c.first = tonumber(redis.call('ZRANGE', window_key, 0, 0, 'WITHSCORES')[2])
+  c.failures = redis.call('ZCOUNT', window_key, '-inf', c.trigger)
+  c.lines = redis.call('LRANGE', lines_key, 0, -1)
+  return c
+end
+
+-- A crossing `c`, packed, kept as the pending one of the window whose state
+-- is `state_key` until confirmed. Returns it.
+local function keep(state_key, c)
+  local packed = cmsgpack.pack(c)
   redis.call('HSET', state_key, 'pending', packed)
   return packed
 end
 
--- One group's failures into its window; appends to `results` its pending
--- crossing, if any (a new one, or one still waiting for its ban).
+-- On Redis Cluster, what record_failures does with a crossing: keeps it.
+local function keep_crossing(_, c, window_key, lines_key, state_key)
+  return keep(state_key, with_details(c, window_key, lines_key))
+end
+
+-- One group's failures into its window. A crossing goes to
+-- `on_crossing(at, crossing, window_key, lines_key, state_key)` while the
+-- window still holds its failures; what that returns becomes the window's
+-- pending crossing. Returns the pending crossing, if any (a new one, or one
+-- still waiting for its ban).
 --
 -- `connection` names the connection a failure belongs to (host, source, pid;
 -- "" for none), `once` marks a line that is a failure only if its connection
@@ -226,7 +256,7 @@ end
 -- before or after. So the window keeps, per connection, what it counted: a
 -- `once` line of a connection already counted is dropped, and a failure of
 -- a connection whose `once` line was counted takes that line's place.
-local function record_group(keys, at, g, lines, now, recidive, results)
+local function record_group(keys, at, g, lines, now, on_crossing)
   local window_key, lines_key, state_key, conns_key = keys[at + WINDOW], keys[at + LINES], keys[at + STATE],
                                                       keys[at + CONNS]
   local state = redis.call('HMGET', state_key, 'reset', 'pending')
@@ -282,9 +312,9 @@ local function record_group(keys, at, g, lines, now, recidive, results)
       redis.call('EXPIRE', state_key, ttl)
     end
     if trigger then
-      -- A crossing not yet confirmed gives way to this later one: the ban
+      -- A crossing not yet confirmed gives way to a later one kept: the ban
       -- it would add is at most the same ban, decided again.
-      pending = keep_crossing(g, now, trigger, window_key, lines_key, state_key)
+      pending = on_crossing(at, crossing_of(g, now, trigger), window_key, lines_key, state_key) or pending
       -- Failures before the trigger no longer count; `ttl` after the ban
       -- they are out of the window anyway, so the reset can expire then
       -- (or later, with a consecutive window's state: it changes nothing).
@@ -304,39 +334,14 @@ local function record_group(keys, at, g, lines, now, recidive, results)
     -- Kept until confirmed, however short the window (a day: as long as
     -- the ban side remembers what it judged, `crossed`).
     redis.call('EXPIRE', state_key, RECORD_GRACE)
-    results[#results + 1] = pending
   end
-  if recidive then
-    results[#results + 1] = redis.call('HGET', keys[at + RECIDIVE_STATE], 'pending') or nil
-  end
-end
-
--- KEYS: per group its window, window-lines, window-state, window-conns, and
--- when the recidive rule is on, the address's recidive window-state (one
--- address's keys, so on Redis Cluster a call holds the groups of one slot).
--- ARGV: now, recidive settings (empty when that rule is off), then the
--- groups packed as one MessagePack array (one C call to unpack, instead of
--- a protocol argument per field). A group is one rule, address and host
--- that saw the lines: {rule, address, host, mode, threshold, span, bantime,
--- factor, maxtime, memory, verdict, ports, lines}, where `lines` is a flat
--- array of (line id, log time, text, connection, once) for each failure.
--- Returns the pending crossings of these windows (packed; for ban_crossings).
-local function record_failures(keys, args)
-  local now = tonumber(args[1])
-  local recidive = args[2] ~= ''
-  local groups = cmsgpack.unpack(args[3])
-  local per_group = recidive and RECIDIVE_STATE or CONNS
-  local results = {}
-  for i, h in ipairs(groups) do
-    local g = with_thresholds({rule = h[1], address = h[2], seen_by = h[3], mode = h[4]}, h, 5)
-    record_group(keys, (i - 1) * per_group, g, h[13], now, recidive, results)
-  end
-  return results
+  return pending or nil  -- (HMGET's missing field is false, which a table would keep)
 end
 
 -- A crossing, judged: ban, unless a ban at least as long is in force.
--- Returns the ban's duration, or nil if it did not ban.
-local function ban_from_crossing(s, ban_key, count_key, c, now)
+-- `window_key`, `lines_key`: the window that crossed, when `c` has not read
+-- it yet (with_details). Returns the ban's duration, or nil if it did not ban.
+local function ban_from_crossing(s, ban_key, count_key, c, now, window_key, lines_key)
   local count = tonumber(redis.call('GET', count_key) or '0') + 1
   local duration = escalated(c.bantime, c.factor, c.maxtime, count)
   -- While a ban is in force, crossing a threshold again decides nothing,
@@ -348,6 +353,7 @@ local function ban_from_crossing(s, ban_key, count_key, c, now)
     local held_duration = held and cmsgpack.unpack(held).duration or 0
     if duration >= 0 and (held_duration < 0 or duration <= held_duration) then return end
   end
+  if window_key then with_details(c, window_key, lines_key) end
   local ports = {}
   for p in string.gmatch(c.ports, '%d+') do ports[#ports + 1] = tonumber(p) end
   local rec = {
@@ -360,6 +366,98 @@ local function ban_from_crossing(s, ban_key, count_key, c, now)
   return duration
 end
 
+-- Every ban by another rule is a failure of the recidive rule: repeat
+-- offenders get its (long) ban once they reach its threshold. `c` banned;
+-- its failure in the recidive window is named by its rule and time, so
+-- counting it again adds nothing. Returns the recidive window's crossing
+-- (details read), if this made one.
+local function count_for_recidive(window_key, lines_key, recidive, c)
+  local g = with_thresholds({rule = 'recidive', address = c.address, seen_by = c.host}, recidive, 1)
+  local now = c.at
+  redis.call('ZADD', window_key, 'NX', now, c.rule .. '@' .. string.format('%.17g', now))
+  redis.call('RPUSH', lines_key, 'banned by ' .. c.rule)
+  redis.call('LTRIM', lines_key, -MAX_LINES, -1)
+  redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. (now - g.span))
+  if redis.call('ZCOUNT', window_key, now - g.span, now) >= g.threshold then
+    local again = with_details(crossing_of(g, now, now), window_key, lines_key)
+    redis.call('DEL', window_key, lines_key)
+    return again
+  end
+  redis.call('EXPIRE', window_key, math.ceil(g.span) + 60)
+  redis.call('EXPIRE', lines_key, math.ceil(g.span) + 60)
+end
+
+-- A window call's ARGV (both take the same): now, the recidive settings
+-- (nil when that rule is off), the groups.
+local function window_call(args)
+  return tonumber(args[1]), args[2] ~= '' and cmsgpack.unpack(args[2]) or nil, cmsgpack.unpack(args[3])
+end
+
+-- A group's rule, address, host that saw its lines, window kind, thresholds.
+local function group_of(h)
+  return with_thresholds({rule = h[1], address = h[2], seen_by = h[3], mode = h[4]}, h, 5)
+end
+
+-- Redis Cluster, step 1.
+-- KEYS: per group its window, window-lines, window-state, window-conns, and
+-- when the recidive rule is on, the address's recidive window-state (one
+-- address's keys, so on Redis Cluster a call holds the groups of one slot).
+-- ARGV: now, recidive settings (empty when that rule is off), then the
+-- groups packed as one MessagePack array (one C call to unpack, instead of
+-- a protocol argument per field). A group is one rule, address and host
+-- that saw the lines: {rule, address, host, mode, threshold, span, bantime,
+-- factor, maxtime, memory, verdict, ports, lines}, where `lines` is a flat
+-- array of (line id, log time, text, connection, once) for each failure.
+-- The recidive settings are a group's threshold..ports, packed the same way.
+-- Returns the pending crossings of these windows (packed; for ban_crossings).
+local function record_failures(keys, args)
+  local now, recidive, groups = window_call(args)
+  local per_group = recidive and RECIDIVE_STATE or CONNS
+  local results = {}
+  for i, h in ipairs(groups) do
+    local at = (i - 1) * per_group
+    results[#results + 1] = record_group(keys, at, group_of(h), h[13], now, keep_crossing)
+    if recidive then
+      results[#results + 1] = redis.call('HGET', keys[at + RECIDIVE_STATE], 'pending') or nil
+    end
+  end
+  return results
+end
+
+-- A single Redis: steps 1, 2 and 3 in one call, nothing kept in between.
+-- KEYS: active, scopes, history, decisions, then per group its window,
+-- window-lines, window-state, window-conns, the address's ban record and
+-- ban count, and when the recidive rule is on, the address's recidive
+-- window-state, window and window-lines. ARGV: as record_failures.
+-- Returns {bans, pending}: "address rule duration" for each ban written,
+-- and the pending crossings found in these windows (packed), which only
+-- the three calls leave (a detector of the version before this function,
+-- stopped between two of them): they go on through ban_crossings.
+local function record_and_ban(keys, args)
+  local s = shared(keys)
+  local now, recidive, groups = window_call(args)
+  local banned, pending = {}, {}
+  local function ban_now(at, c, window_key, lines_key)
+    local duration = ban_from_crossing(s, keys[at + BAN], keys[at + COUNT], c, now, window_key, lines_key)
+    if not duration then return end
+    banned[#banned + 1] = c.address .. ' ' .. c.rule .. ' ' .. duration
+    if recidive and c.rule ~= 'recidive' then
+      local again = count_for_recidive(keys[at + RECIDIVE_WINDOW], keys[at + RECIDIVE_LINES], recidive, c)
+      if again then ban_now(at, again) end
+    end
+  end
+  local per_group = recidive and RECIDIVE_LINES or COUNT
+  for i, h in ipairs(groups) do
+    local at = SHARED + (i - 1) * per_group
+    pending[#pending + 1] = record_group(keys, at, group_of(h), h[13], now, ban_now)
+    if recidive then
+      pending[#pending + 1] = redis.call('HGET', keys[at + BANNING_RECIDIVE_STATE], 'pending') or nil
+    end
+  end
+  return {banned, pending}
+end
+
+-- Redis Cluster, step 2.
 -- KEYS: active, scopes, history, decisions, then per crossing its address's
 -- ban record, ban count and crossed (the ban side: one slot).
 -- ARGV: now, then the crossings as record_failures returned them.
@@ -389,28 +487,7 @@ local function ban_crossings(keys, args)
   return results
 end
 
--- Every ban by another rule is a failure of the recidive rule: repeat
--- offenders get its (long) ban once they reach its threshold. `c` banned;
--- its failure in the recidive window is named by its rule and time, so
--- counting it again adds nothing.
-local function count_for_recidive(keys, at, recidive, c, results)
-  local window_key, lines_key, state_key = keys[at + 2], keys[at + 3], keys[at + 4]
-  local g = with_thresholds({rule = 'recidive', address = c.address, seen_by = c.host}, recidive, 1)
-  local now = c.at
-  redis.call('ZADD', window_key, 'NX', now, c.rule .. '@' .. string.format('%.17g', now))
-  redis.call('RPUSH', lines_key, 'banned by ' .. c.rule)
-  redis.call('LTRIM', lines_key, -MAX_LINES, -1)
-  redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. (now - g.span))
-  if redis.call('ZCOUNT', window_key, now - g.span, now) >= g.threshold then
-    results[#results + 1] = keep_crossing(g, now, now, window_key, lines_key, state_key)
-    redis.call('EXPIRE', state_key, RECORD_GRACE)
-    redis.call('DEL', window_key, lines_key)
-  else
-    redis.call('EXPIRE', window_key, math.ceil(g.span) + 60)
-    redis.call('EXPIRE', lines_key, math.ceil(g.span) + 60)
-  end
-end
-
+-- Redis Cluster, step 3.
 -- KEYS: per crossing its window-state, and when the recidive rule is on,
 -- the address's recidive window, window-lines and window-state.
 -- ARGV: recidive settings (empty when that rule is off), then per crossing:
@@ -430,7 +507,11 @@ local function confirm_crossings(keys, args)
       redis.call('HDEL', state_key, 'pending')
       local c = cmsgpack.unpack(packed)
       if duration ~= '' and recidive and c.rule ~= 'recidive' then
-        count_for_recidive(keys, at, recidive, c, results)
+        local again = count_for_recidive(keys[at + 2], keys[at + 3], recidive, c)
+        if again then
+          results[#results + 1] = keep(keys[at + 4], again)
+          redis.call('EXPIRE', keys[at + 4], RECORD_GRACE)
+        end
       end
     end
   end
@@ -438,6 +519,7 @@ local function confirm_crossings(keys, args)
 end
 
 -- (Only `redis` exists while a library loads: no pairs, no math, here.)
+redis.register_function(FUNCTION_PREFIX .. 'record_and_ban', record_and_ban)
 redis.register_function(FUNCTION_PREFIX .. 'record_failures', record_failures)
 redis.register_function(FUNCTION_PREFIX .. 'ban_crossings', ban_crossings)
 redis.register_function(FUNCTION_PREFIX .. 'confirm_crossings', confirm_crossings)

@@ -1,8 +1,10 @@
 """The ledger: every write to the shared ban state, through one Redis Function library.
 
 Who calls what (docs/decisions.md, "Ledger", has the whole map):
-- the detector's windows: `record_failures` (windows; then, for the thresholds
-  they crossed, `ban_crossings` and `confirm_crossings`: ledger.lua says why three);
+- the detector's windows: on a single Redis `record_and_ban` (windows and the
+  bans they cause, in one call); on Cluster `record_failures` (windows; then, for
+  the thresholds they crossed, `ban_crossings` and `confirm_crossings`: ledger.lua
+  says why three);
 - the api: `ban` and `unban` (manual bans, imports);
 - every detector's pruner: `prune` (expired bans);
 - the notifier: `claim_due`, `claim_digest`.
@@ -165,12 +167,14 @@ class Ledger:
         self.client = client
         self.keys = keys
         self.cluster = isinstance(client, RedisCluster)
-        # Whether window calls are cut by slot: needed on Cluster; a single
-        # Redis takes a read's windows in fewer, larger calls.
-        self.by_slot = self.cluster
-        # record_failures' KEYS of a group, packed, cut where its address goes:
-        # per (rule, recidive on, address length), see _group_layout.
-        self._group_layouts: dict[tuple[str, bool, int], list[bytes]] = {}
+        # Whether a crossed threshold bans in three calls, each in one slot (the
+        # windows' calls cut by slot): needed on Cluster. A single Redis counts
+        # a read's failures and writes their bans in one call (record_and_ban).
+        # Tests set it on a single Redis to run the three calls there too.
+        self.split = self.cluster
+        # A window call's KEYS of a group, packed, cut where its address goes:
+        # per (rule, recidive on, address length, split), see _group_layout.
+        self._group_layouts: dict[tuple[str, bool, int, bool], list[bytes]] = {}
 
     async def _on_primaries(self, *command) -> list:
         """A command run on every primary (one: a single Redis), with its replies."""
@@ -338,44 +342,68 @@ class Ledger:
 
     def _group_layout(self, rule: str, recidive: bool, length: int) -> list[bytes]:
         """The KEYS of one group, packed and cut where its address goes (an address
-        of `length` bytes): its window, window-lines, window-state, window-conns,
-        and when the recidive rule is on, the address's recidive window-state.
+        of `length` bytes): its window, window-lines, window-state, window-conns;
+        then for record_failures (`split`), when the recidive rule is on, the
+        address's recidive window-state; for record_and_ban, the address's ban
+        record and ban count, and when the recidive rule is on, its recidive
+        window-state, window and window-lines.
         A detector passes these for every failure of a flood (one group per
         failure when every address fails once per batch): each group's are then
         one join of this layout by its address."""
-        layout = self._group_layouts.get((rule, recidive, length))
+        layout = self._group_layouts.get((rule, recidive, length, self.split))
         if layout is None:
             k = self.keys
             keys = [k.window(rule, ""), k.window_lines(rule, ""), k.window_state(rule, ""),
                     k.window_conns(rule, "")]
+            if not self.split:
+                keys += [k.ban(""), k.ban_count("")]
             if recidive:
                 keys.append(k.window_state("recidive", ""))
+                if not self.split:
+                    keys += [k.window("recidive", ""), k.window_lines("recidive", "")]
             layout = [b""]
             for key in keys:
                 before, after = (part.encode() for part in around_address(key))
                 layout[-1] += b"$%d\r\n%s" % (len(before) + length + len(after), before)
                 layout.append(after + b"\r\n")
-            self._group_layouts[(rule, recidive, length)] = layout
+            self._group_layouts[(rule, recidive, length, self.split)] = layout
         return layout
 
     def _slot(self, address: str) -> int:
         """Where an address's windows are: on a single Redis, all in one (one call
         holds many addresses); on Cluster, the slot of its hash tag."""
-        return address_slot(address) if self.by_slot else 0
+        return address_slot(address) if self.split else 0
 
     async def record_failures(self, groups: Sequence[list[object]], now: float,
                               recidive: bytes) -> list[tuple[str, str, int]]:
         """Count groups of failures into their windows (ledger.lua's record_failures
-        says what a group holds), then ban for the thresholds they crossed.
-        Returns (address, rule, duration) for each ban they caused.
+        says what a group holds), then ban for the thresholds they crossed: in the
+        same call on a single Redis, in two more on Cluster (`split`).
+        Returns (address, rule, duration) for each ban they caused."""
+        planned = self._window_calls(groups, now, recidive)
+        replies = await self._calls(planned) if planned else []
+        if self.split:
+            return await self._ban_crossed([c for reply in replies for c in reply], now, recidive)
+        banned = []
+        for written, _ in replies:
+            for ban in written:
+                address, rule, duration = ban.decode().split(" ")
+                banned.append((address, rule, int(duration)))
+        # Crossings the three calls left pending (a detector of the version
+        # before record_and_ban, stopped between two of them) go on as there.
+        left = [c for _, pending in replies for c in pending]
+        return banned + (await self._ban_crossed(left, now, recidive) if left else [])
 
-        Groups go one call per slot, and per FAILURES_PER_CALL failures."""
+    def _window_calls(self, groups: Sequence[list[object]], now: float, recidive: bytes) -> list[Call]:
+        """The window calls of these groups: one per slot (single Redis: one slot),
+        and per FAILURES_PER_CALL failures."""
+        name, shared = ("record_failures", []) if self.split else ("record_and_ban", self._shared())
         by_slot: dict[int, list[list[object]]] = {}
         for group in groups:
             by_slot.setdefault(self._slot(group[1]), []).append(group)
         planned = []
         for slot, slot_groups in by_slot.items():
-            cut, keys, count, failures = [], [], 0, 0
+            cut, keys, count, failures = [], [_bulks(shared)], len(shared), 0
             for group in slot_groups:
                 address = group[1].encode()
                 layout = self._group_layout(group[0], bool(recidive), len(address))
@@ -386,11 +414,9 @@ class Ledger:
                 if failures >= FAILURES_PER_CALL or group is slot_groups[-1]:
                     # The groups go as one MessagePack argument: a protocol
                     # argument per field cost the detector more CPU than matching.
-                    planned.append((slot, _fcall("record_failures", count, b"".join(keys),
-                                                 [now, recidive, _encode(cut)])))
-                    cut, keys, count, failures = [], [], 0, 0
-        replies = await self._calls(planned) if planned else []
-        return await self._ban_crossed([c for reply in replies for c in reply], now, recidive)
+                    planned.append((slot, _fcall(name, count, b"".join(keys), [now, recidive, _encode(cut)])))
+                    cut, keys, count, failures = [], [_bulks(shared)], len(shared), 0
+        return planned
 
     async def _ban_crossed(self, crossings: list[bytes], now: float,
                            recidive: bytes) -> list[tuple[str, str, int]]:
