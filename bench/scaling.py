@@ -1,8 +1,12 @@
 """How far one Redis goes: failures/s and decisions/s with 1, 2 and 3 detectors.
 
     python -m bench.scaling [--failures 200000] [--addresses 50000] [--detectors 1,2,3]
+                            [--clients 1,2,3] [--shards 0,1,3]
 
-A private `redis-server` on a unix socket (no persistence), and an attack
+A private `redis-server` on a unix socket (no persistence), or with
+`--shards N` a private Redis Cluster of N primaries on loopback TCP (no
+replicas, no persistence; the detectors in cluster mode, `PYFILTER_REDIS_CLUSTER`:
+windows hashed by address, three calls per crossing), and an attack
 where every line is a failure: `--failures` sshd `Failed password` lines from
 `--addresses` addresses (all of 198.51.100.0/24, the rest from 2001:db8::/32),
 each address failing exactly `maxretry` times, interleaved the way parallel
@@ -14,14 +18,17 @@ consumer name each) wait on the lines stream; the whole log, encoded
 beforehand as `LineBatch` entries of 1,000 lines (what the collector writes),
 is added in one go, and the clock runs until every address is banned and
 every entry is acknowledged. Measured: failures/s, decisions/s, CPU seconds
-of Redis and of the detectors (utime + stime from /proc/PID/stat over the
-run), and Redis commands/s (`total_commands_processed` of INFO stats, which
+of Redis (every primary) and of the detectors (utime + stime from
+/proc/PID/stat over the run), and Redis commands/s (`total_commands_processed` of INFO stats, which
 counts the commands a script runs).
 
 Script runs: the window script alone, `Windows.record` in a tight loop over
 the same failures (1,000 a call, already matched, no stream), from 1, 2 and 3
 client processes at once: the ceiling of one Redis for this work, and its
 cost per failure in Redis CPU time.
+
+`--shards` is a list: 0 is the single Redis, N a cluster of N primaries;
+every run above is made on each.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -104,24 +112,95 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # fields 14 and 15 of proc(5)
 
 
-def start_redis(work: Path) -> tuple[subprocess.Popen, redis.Redis]:
-    sock = work / "redis.sock"
-    server = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
-         "--dir", str(work)], stdout=open(work / "redis.log", "w"))
-    client = redis.Redis(unix_socket_path=str(sock))
-    if not wait_until(lambda: ping(client), 10):
-        raise RuntimeError(f"redis-server did not start; see {work}/redis.log")
-    return server, client
+class Servers:
+    """The Redis of one run: one redis-server on a unix socket (`shards` 0), or a
+    Redis Cluster of `shards` primaries on loopback TCP; either without persistence."""
+
+    def __init__(self, work: Path, shards: int):
+        self.shards = shards
+        self.procs: list[subprocess.Popen] = []
+        common = ["--save", "", "--appendonly", "no"]
+        if not shards:
+            sock = work / "redis.sock"
+            self.url = f"unix://{sock}"
+            self._start(work, ["--port", "0", "--unixsocket", str(sock), *common])
+            self.nodes = [redis.Redis(unix_socket_path=str(sock))]
+        else:
+            ports = free_ports(shards)
+            self.url = f"redis://127.0.0.1:{ports[0]}"
+            for port in ports:
+                node = work / f"node-{port}"
+                node.mkdir(parents=True, exist_ok=True)
+                self._start(node, ["--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                                   "--cluster-config-file", str(node / "nodes.conf"), *common])
+            self.nodes = [redis.Redis(port=port) for port in ports]
+        for node in self.nodes:
+            if not wait_until(lambda: ping(node), 10):
+                raise RuntimeError(f"redis-server did not start; see {work}/**/redis.log")
+        if shards:
+            self._form_cluster(ports)
+
+    def _start(self, work: Path, args: list[str]) -> None:
+        self.procs.append(subprocess.Popen(["redis-server", *args, "--dir", str(work)],
+                                           stdout=open(work / "redis.log", "w")))
+
+    def _form_cluster(self, ports: list[int]) -> None:
+        """Each primary takes an equal share of the slots, then they meet. (By hand:
+        `redis-cli --cluster create` wants three primaries at least.)"""
+        for i, node in enumerate(self.nodes):
+            node.execute_command("CLUSTER ADDSLOTSRANGE", i * 16384 // len(ports), (i + 1) * 16384 // len(ports) - 1)
+            node.execute_command("CLUSTER SET-CONFIG-EPOCH", i + 1)
+        for port in ports[1:]:
+            self.nodes[0].execute_command("CLUSTER MEET", "127.0.0.1", port)
+        if not wait_until(lambda: all(n.cluster("info")["cluster_state"] == "ok"
+                                      and int(n.cluster("info")["cluster_known_nodes"]) == len(ports)
+                                      for n in self.nodes), 30):
+            raise RuntimeError(f"the {len(ports)}-primary cluster did not reach cluster_state:ok")
+
+    @property
+    def name(self) -> str:
+        return f"cluster of {self.shards}" if self.shards else "one, unix socket"
+
+    def client(self) -> redis.Redis | redis.RedisCluster:
+        return redis.RedisCluster.from_url(self.url) if self.shards else redis.Redis.from_url(self.url)
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.procs)
+
+    def commands(self) -> int:
+        """Commands run so far, on every primary (counting those a script runs)."""
+        return sum(int(n.info("stats")["total_commands_processed"]) for n in self.nodes)
+
+    def peak_mb(self) -> float:
+        return sum(n.info("memory")["used_memory_peak"] for n in self.nodes) / 2**20
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.close()
+        for proc in self.procs:
+            stop(proc, 0.0)
 
 
-def commands(client: redis.Redis) -> int:
-    return int(client.info("stats")["total_commands_processed"])
+def free_ports(n: int) -> list[int]:
+    """Loopback ports free now, each with its cluster bus port (port + 10000) free too."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = random.randrange(20000, 30000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 @dataclass
 class Run:
     kind: str  # "pipeline" or "script"
+    redis: str  # Servers.name
     workers: int  # detectors, or script client processes
     seconds: float
     failures: int
@@ -148,28 +227,39 @@ class Run:
     def redis_us_per_failure(self) -> float:
         return 1e6 * self.redis_cpu / self.failures
 
+    @property
+    def workers_us_per_failure(self) -> float:
+        return 1e6 * self.workers_cpu / self.failures
+
+    @property
+    def failures_per_cpu_s(self) -> float:
+        """Failures per CPU second of Redis and workers together: what each core
+        adds while neither one Redis process nor one worker is the bottleneck."""
+        return self.failures / (self.redis_cpu + self.workers_cpu)
+
 
 # --- pipeline: the real detectors ------------------------------------------------------------
 
 
-def _config(work: Path) -> Path:
+def _config(work: Path, servers: Servers) -> Path:
     path = work / "pyfilter.yaml"
     path.write_text(yaml.safe_dump({
         "host": HOST,
         "catalog_dir": str(REPO / "config" / "rules"),
-        "redis": {"url": f"unix://{work}/redis.sock"},
+        "redis": {"url": servers.url, "cluster": bool(servers.shards)},
         "rules": {"sshd": {"maxretry": MAXRETRY, "findtime": FINDTIME, "bantime": BANTIME}},
     }))
     return path
 
 
-def pipeline(log: Attack, batches: list[bytes], detectors: int, work: Path, timeout: float) -> Run:
+def pipeline(log: Attack, batches: list[bytes], detectors: int, work: Path, timeout: float, shards: int) -> Run:
     work.mkdir(parents=True, exist_ok=True)
     keys = Keys()
-    server, client = start_redis(work)
-    env = {**os.environ, "PYFILTER_CONFIG": str(_config(work)), "PYFILTER_HOST": HOST,
-           "PYFILTER_REDIS_URL": f"unix://{work}/redis.sock", "PYFILTER_METRICS_PORT": "0",
-           "PYFILTER_HEARTBEAT": str(work / "beat")}
+    servers = Servers(work, shards)
+    client = servers.client()
+    env = {**os.environ, "PYFILTER_CONFIG": str(_config(work, servers)), "PYFILTER_HOST": HOST,
+           "PYFILTER_REDIS_URL": servers.url, "PYFILTER_REDIS_CLUSTER": "1" if shards else "0",
+           "PYFILTER_METRICS_PORT": "0", "PYFILTER_HEARTBEAT": str(work / "beat")}
     procs: dict[str, tuple[subprocess.Popen, float]] = {}
     try:
         for i in range(detectors):
@@ -183,7 +273,7 @@ def pipeline(log: Attack, batches: list[bytes], detectors: int, work: Path, time
             raise RuntimeError(f"detectors did not start; see {work}/detector-*.log")
         time.sleep(0.5)  # let their start-up work settle before the clock starts
         pids = [p.pid for p, _ in procs.values()]
-        cpu0, redis0, cmd0 = sum(map(cpu_seconds, pids)), cpu_seconds(server.pid), commands(client)
+        cpu0, redis0, cmd0 = sum(map(cpu_seconds, pids)), servers.cpu(), servers.commands()
         start = time.perf_counter()
         pipe = client.pipeline(transaction=False)
         for i, entry in enumerate(batches, 1):
@@ -203,14 +293,14 @@ def pipeline(log: Attack, batches: list[bytes], detectors: int, work: Path, time
                     raise RuntimeError(f"{name} exited early; see {work}/{name}.log")
             time.sleep(0.005)
         seconds = time.perf_counter() - start
-        run = Run("pipeline", detectors, seconds, len(log.lines), client.xlen(keys.decisions),
-                  cpu_seconds(server.pid) - redis0, sum(map(cpu_seconds, pids)) - cpu0,
-                  commands(client) - cmd0, client.info("memory")["used_memory_peak"] / 2**20)
+        run = Run("pipeline", servers.name, detectors, seconds, len(log.lines), client.xlen(keys.decisions),
+                  servers.cpu() - redis0, sum(map(cpu_seconds, pids)) - cpu0,
+                  servers.commands() - cmd0, servers.peak_mb())
     finally:
         client.close()
         for proc, started in procs.values():
             stop(proc, started)
-        stop(server, 0.0)
+        servers.stop()
     return run
 
 
@@ -229,9 +319,11 @@ def _rule() -> Rule:
     return msgspec.convert(base, Rule, dec_hook=lambda t, v: Seconds(v))
 
 
-def _script_client(sock: str, log: Attack, part: int, parts: int, now: float, ready, go, done) -> None:
+def _script_client(url: str, cluster: bool, log: Attack, part: int, parts: int, now: float,
+                   ready, go, done) -> None:
     """Record this client's share of the batches with Windows.record, one call after another."""
     import redis.asyncio as aioredis
+    from redis.asyncio.cluster import RedisCluster
 
     from pyfilter.detector.windows import Observed, Windows
 
@@ -244,7 +336,7 @@ def _script_client(sock: str, log: Attack, part: int, parts: int, now: float, re
                                f"{SOURCE}:0:0:{i}", log.lines[i]) for i in range(start, min(start + BATCH, n))])
 
     async def main() -> None:
-        client = aioredis.Redis(unix_socket_path=sock)
+        client = RedisCluster.from_url(url) if cluster else aioredis.Redis.from_url(url)
         windows = Windows(client, "", {"sshd": _rule()})
         await windows.record(calls[0][:1], now)  # load the script (one failure: no ban yet)
         ready.put(True)
@@ -258,14 +350,16 @@ def _script_client(sock: str, log: Attack, part: int, parts: int, now: float, re
     asyncio.run(main())
 
 
-def script(log: Attack, clients: int, work: Path) -> Run:
+def script(log: Attack, clients: int, work: Path, shards: int) -> Run:
     """Windows.record from `clients` processes at once over the same failures."""
     work.mkdir(parents=True, exist_ok=True)
-    server, client = start_redis(work)
+    servers = Servers(work, shards)
+    client = servers.client()
     ctx = multiprocessing.get_context("fork")
     ready, go, done = ctx.Queue(), ctx.Event(), ctx.Queue()
     now = max(log.times) + 1
-    workers = [ctx.Process(target=_script_client, args=(str(work / "redis.sock"), log, i, clients, now, ready, go, done))
+    workers = [ctx.Process(target=_script_client,
+                           args=(servers.url, bool(shards), log, i, clients, now, ready, go, done))
                for i in range(clients)]
     try:
         for w in workers:
@@ -273,7 +367,7 @@ def script(log: Attack, clients: int, work: Path) -> Run:
         for _ in workers:  # each has its batches built and the script loaded
             ready.get(timeout=120)
         time.sleep(0.3)
-        redis0, cmd0 = cpu_seconds(server.pid), commands(client)
+        redis0, cmd0 = servers.cpu(), servers.commands()
         start = time.perf_counter()
         go.set()
         cpu = sum(done.get(timeout=600) for _ in workers)
@@ -283,15 +377,14 @@ def script(log: Attack, clients: int, work: Path) -> Run:
         banned = client.zcard(Keys("").active_bans)
         if banned != len(log.addresses):
             raise RuntimeError(f"script run banned {banned} of {len(log.addresses)}")
-        run = Run("script", clients, seconds, len(log.lines), client.xlen(Keys("").decisions),
-                  cpu_seconds(server.pid) - redis0, cpu, commands(client) - cmd0,
-                  client.info("memory")["used_memory_peak"] / 2**20)
+        run = Run("script", servers.name, clients, seconds, len(log.lines), client.xlen(Keys("").decisions),
+                  servers.cpu() - redis0, cpu, servers.commands() - cmd0, servers.peak_mb())
     finally:
         client.close()
         for w in workers:
             if w.is_alive():
                 w.kill()
-        stop(server, 0.0)
+        servers.stop()
     return run
 
 
@@ -299,15 +392,15 @@ def script(log: Attack, clients: int, work: Path) -> Run:
 
 
 def table(runs: list[Run]) -> str:
-    head = ("| run | processes | seconds | failures/s | decisions/s | Redis CPU s (busy) "
-            "| Redis µs/failure | client CPU s | Redis commands/s | Redis peak MiB |")
-    rows = [head, "|" + "---|" * 10]
+    head = ("| run | Redis | processes | seconds | failures/s | decisions/s | Redis CPU s (busy) "
+            "| Redis µs/failure | client µs/failure | failures per CPU s | Redis commands/s | Redis peak MiB |")
+    rows = [head, "|" + "---|" * 12]
     for r in runs:
         what = "detectors" if r.kind == "pipeline" else "`Windows.record` clients"
-        rows.append(f"| {r.kind} | {r.workers} {what} | {r.seconds:.2f} | {r.failures_per_s:,.0f} "
+        rows.append(f"| {r.kind} | {r.redis} | {r.workers} {what} | {r.seconds:.2f} | {r.failures_per_s:,.0f} "
                     f"| {r.decisions_per_s:,.0f} | {r.redis_cpu:.2f} ({r.redis_busy:.0%}) "
-                    f"| {r.redis_us_per_failure:.1f} | {r.workers_cpu:.2f} "
-                    f"| {r.commands / r.seconds:,.0f} | {r.redis_mb:.0f} |")
+                    f"| {r.redis_us_per_failure:.1f} | {r.workers_us_per_failure:.1f} "
+                    f"| {r.failures_per_cpu_s:,.0f} | {r.commands / r.seconds:,.0f} | {r.redis_mb:.0f} |")
     return "\n".join(rows)
 
 
@@ -317,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--addresses", type=int, default=50_000)
     parser.add_argument("--detectors", default="1,2,3", help="detector counts to run (default 1,2,3)")
     parser.add_argument("--clients", default="1,2,3", help="script client counts (default 1,2,3)")
+    parser.add_argument("--shards", default="0",
+                        help="0: one Redis (unix socket); N: a Redis Cluster of N primaries (default 0)")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--work", type=Path, help="keep logs here (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -331,12 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     with tempfile.TemporaryDirectory(prefix="pyfilter-scaling-") as tmp:
         work = args.work or Path(tmp)
-        for n in (int(x) for x in args.detectors.split(",") if x):
-            runs.append(pipeline(log, batches, n, work / f"pipeline-{n}", args.timeout))
-            print(table(runs[-1:]).splitlines()[-1], flush=True)
-        for n in (int(x) for x in args.clients.split(",") if x):
-            runs.append(script(log, n, work / f"script-{n}"))
-            print(table(runs[-1:]).splitlines()[-1], flush=True)
+        for shards in (int(x) for x in args.shards.split(",") if x):
+            for n in (int(x) for x in args.detectors.split(",") if x):
+                runs.append(pipeline(log, batches, n, work / f"pipeline-{shards}-{n}", args.timeout, shards))
+                print(table(runs[-1:]).splitlines()[-1], flush=True)
+            for n in (int(x) for x in args.clients.split(",") if x):
+                runs.append(script(log, n, work / f"script-{shards}-{n}", shards))
+                print(table(runs[-1:]).splitlines()[-1], flush=True)
     print()
     print(table(runs))
     return 0
