@@ -6,7 +6,9 @@ in two kinds (docs/decisions.md, "Ledger"):
 - an address's windows carry the address as a hash tag (`{198.51.100.7}`):
   windows spread over the cluster by address, one address's in one slot;
 - the ban side (records, counts, the active set, scopes, history, decisions)
-  carries the tag `{bans}` (`ban_side`): a ban is written in one slot.
+  carries the tag `{bans}` (`ban_side`): a ban is written in one slot;
+- a notification channel's queue, notices and hold carry the tag
+  `{notify:CHANNEL}` (`notify_side`): the notifier's claims are one slot each.
 """
 
 from __future__ import annotations
@@ -119,18 +121,22 @@ class Keys:
         host/source -> the addresses and networks of the containers a collector source reads."""
         return f"{self.prefix}own-addresses"
 
-    # Notifications (the api's notifier)
+    # Notifications (the notifier)
+    def notify_side(self, channel: str, name: str) -> str:
+        """A key of one channel: all of them share the hash tag `{notify:CHANNEL}`."""
+        return f"{self.prefix}{{notify:{channel}}}:{name}"
+
     def notify_queue(self, channel: str) -> str:
         """Sorted set: decision entry id -> when to try delivering it on a channel."""
-        return f"{self.prefix}notify:queue:{channel}"
+        return self.notify_side(channel, "queue")
 
     def notify_items(self, channel: str) -> str:
         """Hash: decision entry id -> the notification still to deliver (MessagePack)."""
-        return f"{self.prefix}notify:items:{channel}"
+        return self.notify_side(channel, "items")
 
     def notify_hold(self, channel: str) -> str:
         """A digest channel's "not before": set while a mail is out or after it failed."""
-        return f"{self.prefix}notify:hold:{channel}"
+        return self.notify_side(channel, "hold")
 
     # Status reports (common/status.py)
     def status(self, service: str, host: str) -> str:

@@ -227,6 +227,18 @@ class Ledger:
                         await self.client.hsetnx(self.keys.ban_scopes, rec.address, messages.encode(scope))
         return moved
 
+    async def upgrade_channels(self, channels: Iterable[str]) -> int:
+        """Move notification channels' keys of the version before Redis Cluster
+        (`PREFIX notify:queue:CHANNEL`, `notify:items:`, `notify:hold:`) to their
+        names under `{notify:CHANNEL}`, keeping their expiry. Harmless twice.
+        Returns how many keys it moved."""
+        moved = 0
+        for channel in channels:
+            for kind, new in (("queue", self.keys.notify_queue(channel)), ("items", self.keys.notify_items(channel)),
+                              ("hold", self.keys.notify_hold(channel))):
+                moved += await self._move(f"{self.keys.prefix}notify:{kind}:{channel}", new)
+        return moved
+
     async def _move(self, old: str | bytes, new: str) -> int:
         """Rename a key unless `new` exists (1 if moved). On Redis Cluster the two
         names are in different slots, where RENAME cannot go: the value is copied

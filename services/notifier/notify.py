@@ -2,9 +2,8 @@
 
 The notifier service (notifier/main.py) runs them. It reads the decisions stream with a consumer group of its own
 ("notify"), beside the enforcers' groups: banning never waits for it. Each
-ban of a rule with `notify: true` goes into one queue per channel in Redis,
-in the same transaction that acknowledges the stream entry, and is
-delivered from there. A failed delivery stays queued with a later due time
+ban of a rule with `notify: true` goes into one queue per channel in Redis
+before the stream entry is acknowledged, and is delivered from there. A failed delivery stays queued with a later due time
 (exponential backoff, capped), so a receiver that is down, or a restart of
 the notifier, loses nothing. Delivery is at least once: a crash between sending
 and dequeuing sends that notice again.
@@ -132,6 +131,8 @@ class Notifier:
     # Reading decisions into the queues
 
     async def start(self) -> None:
+        # Queues of the version before Redis Cluster (their keys untagged) carry on.
+        await self.ledger.upgrade_channels([c.name for c in self.channels])
         # "$": notices are about bans from now on, not the whole history.
         await self.decisions.ensure_group(start="$")
         # Entries a notifier that is gone had read but not queued become ours...
@@ -150,15 +151,20 @@ class Notifier:
         notices = await self.notices([d for _, d in wanted])
         await self.decisions.dead_letter(read)
         now = time.time()
-        async with self.client.pipeline(transaction=True) as pipe:
-            for (entry_id, _), notice in zip(wanted, notices, strict=True):
-                packed = messages.encode(messages.Outgoing(notice=notice, queued_at=now))
-                for channel in self.channels:
-                    pipe.hset(self.keys.notify_items(channel.name), entry_id, packed)
-                    pipe.zadd(self.keys.notify_queue(channel.name), {entry_id: now + channel.delay},
-                              nx=True)
-            self.decisions.ack_on(pipe, read.ids)
-            await pipe.execute()
+        # Queued, then acknowledged: each channel's keys and the decisions stream
+        # are in different Redis Cluster slots, no transaction holds them all. A
+        # crash between the two reads the entries again, and queueing a notice
+        # again changes nothing while it waits (its id is its queue member).
+        if wanted:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for (entry_id, _), notice in zip(wanted, notices, strict=True):
+                    packed = messages.encode(messages.Outgoing(notice=notice, queued_at=now))
+                    for channel in self.channels:
+                        pipe.hset(self.keys.notify_items(channel.name), entry_id, packed)
+                        pipe.zadd(self.keys.notify_queue(channel.name), {entry_id: now + channel.delay},
+                                  nx=True)
+                await pipe.execute()
+        await self.decisions.ack(read.ids)
         return len(entries)
 
     async def notices(self, decisions: list[messages.Decision]) -> list[messages.Notice]:

@@ -96,8 +96,7 @@ def test_every_function_writes_only_the_keys_it_is_given(redis_url, split):
         await ledger.unban(["198.51.100.8"], "host-a", "manual unban")
         await ledger.prune(NOW + 3600)
         await ledger.claim_due("webhook", NOW, 300, 50)
-        if not ledger.cluster:  # the notifier's queue and hold: not in one slot yet (docs/scaling.md)
-            await ledger.claim_digest("email", NOW, 300, 10)
+        await ledger.claim_digest("email", NOW, 300, 10)
         written = {k.decode() for k in await client.keys("*")}
         await client.aclose()
         return ledger.given, written, ledger.tags
@@ -105,9 +104,9 @@ def test_every_function_writes_only_the_keys_it_is_given(redis_url, split):
     assert written and written <= given, written - given
     if not split:
         return
-    # Every call in one slot, except the notifier's digest (queue and hold keys: not on Cluster yet).
-    assert all(len(t) == 1 for t in tags if not any(":notify:" in k for k in t)), tags
+    assert all(len(t) == 1 for t in tags), tags  # every call in one slot
     assert {"198.51.100.7"} in tags and {"2001:db8::/64"} in tags and {"bans"} in tags
+    assert {"notify:webhook"} in tags and {"notify:email"} in tags
     # One address's windows share its tag; its record and count are on the ban side.
     for address in ("198.51.100.7", "2001:db8::/64"):
         own = [k for k in given if address in k]

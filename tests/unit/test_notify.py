@@ -21,7 +21,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
@@ -40,6 +39,7 @@ from pyfilter.common.config import (
 )
 from pyfilter.common.keys import NOTIFY_GROUP, Keys
 from pyfilter.common.ledger import Ledger, NewBan
+from tests.conftest import CLUSTER_URLS, aclient
 
 KEYS = Keys("t:")
 RULES = {
@@ -116,6 +116,7 @@ def settings(url: str, *, mail: dict | None = None, hook: dict | None = None,
              **notify) -> Settings:
     config = Config(host="host-a")
     config.redis.url = url
+    config.redis.cluster = url in CLUSTER_URLS
     config.redis.prefix = "t:"
     config.notify = NotifyConfig(
         email=EmailConfig(**{"host": "127.0.0.1", "sender": "pyfilter@example.org",
@@ -138,7 +139,7 @@ async def ban(client, address: str, rule: str = "sshd") -> None:
 @asynccontextmanager
 async def notifier(s: Settings):
     """A running notifier, as its service runs it: a task that stops when told."""
-    client = aioredis.from_url(s.config.redis.url)
+    client = aclient(s.config.redis.url)
     stop = asyncio.Event()
     task = asyncio.create_task(run_notifier(s, client, stop))
     # Bans count from when its group exists (it starts at "$").
@@ -175,10 +176,16 @@ def run(coro):
     return asyncio.run(coro)
 
 
+@pytest.fixture
+def any_url(any_redis_url):
+    """A single Redis, then a 3-primary Redis Cluster: a channel's keys share one slot."""
+    return any_redis_url
+
+
 def test_per_address_mode_sends_one_mail_per_ban_and_nothing_for_rules_without_notify(
         redis_url, smtp):
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         async with notifier(settings(redis_url, mail={"port": smtp.port})):
             await ban(client, "198.51.100.7")
             await ban(client, "198.51.100.99", rule="nginx-botsearch")  # notify off
@@ -212,12 +219,12 @@ def test_a_notice_that_cannot_be_mailed_fails_alone(smtp):
     assert [m["Subject"] for m in smtp.mails] == ["[pyfilter] 198.51.100.8 banned by sshd on host-a"]
 
 
-def test_digest_mode_sends_one_mail_listing_every_ban_of_the_interval(redis_url, smtp):
+def test_digest_mode_sends_one_mail_listing_every_ban_of_the_interval(any_url, smtp):
     addresses = [f"198.51.100.{i}" for i in range(1, 8)]
 
     async def go():
-        client = aioredis.from_url(redis_url)
-        s = settings(redis_url, mail={"port": smtp.port, "mode": "digest", "interval": 2})
+        client = aclient(any_url)
+        s = settings(any_url, mail={"port": smtp.port, "mode": "digest", "interval": 2})
         async with notifier(s):
             for address in addresses:
                 await ban(client, address)
@@ -233,10 +240,10 @@ def test_digest_mode_sends_one_mail_listing_every_ban_of_the_interval(redis_url,
     assert all(address in body for address in addresses)
 
 
-def test_digest_goes_out_early_when_max_batch_bans_wait(redis_url, smtp):
+def test_digest_goes_out_early_when_max_batch_bans_wait(any_url, smtp):
     async def go():
-        client = aioredis.from_url(redis_url)
-        s = settings(redis_url, mail={"port": smtp.port, "mode": "digest", "interval": 3600,
+        client = aclient(any_url)
+        s = settings(any_url, mail={"port": smtp.port, "mode": "digest", "interval": 3600,
                                       "max_batch": 3})
         async with notifier(s):
             for i in range(4):
@@ -253,7 +260,7 @@ def test_mail_logs_in_with_the_password_from_the_environment(redis_url, smtp, mo
     monkeypatch.setenv("PYFILTER_SMTP_PASSWORD", "s3cret")
 
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         s = settings(redis_url, mail={"port": smtp.port, "username": "pyfilter",
                                       "password_env": "PYFILTER_SMTP_PASSWORD"})
         async with notifier(s):
@@ -264,14 +271,14 @@ def test_mail_logs_in_with_the_password_from_the_environment(redis_url, smtp, mo
     assert smtp.logins == [(b"pyfilter", b"s3cret")]
 
 
-def test_webhook_receives_the_ban_as_json(redis_url):
+def test_webhook_receives_the_ban_as_json(any_url):
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(any_url)
         receiver = Receiver(free_port())
         await receiver.start()
         hook = {"url": f"http://127.0.0.1:{receiver.port}/hook",
                 "headers": {"Authorization": "Bearer hook-token"}}
-        async with notifier(settings(redis_url, hook=hook)):
+        async with notifier(settings(any_url, hook=hook)):
             await ban(client, "198.51.100.7")
             await ban(client, "198.51.100.99", rule="nginx-botsearch")
             await until(lambda: receiver.bodies)
@@ -292,12 +299,12 @@ def test_webhook_receives_the_ban_as_json(redis_url):
     assert body["lines"] == ["sshd[1]: Failed password for root from 198.51.100.7 port 22 ssh2"]
 
 
-def test_failing_receiver_gets_the_notice_after_retries(redis_url):
+def test_failing_receiver_gets_the_notice_after_retries(any_url):
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(any_url)
         receiver = Receiver(free_port(), fail_first=3)
         await receiver.start()
-        async with notifier(settings(redis_url, hook={"url": f"http://127.0.0.1:{receiver.port}/hook"})):
+        async with notifier(settings(any_url, hook={"url": f"http://127.0.0.1:{receiver.port}/hook"})):
             started = time.monotonic()
             await ban(client, "198.51.100.7")
             await until(lambda: receiver.bodies)
@@ -316,7 +323,7 @@ def test_receiver_that_is_down_holds_up_nothing_and_catches_up_when_back(redis_u
     addresses = [f"198.51.100.{i}" for i in range(1, 6)]
 
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         receiver = Receiver(free_port())  # not started: connections are refused
         s = settings(redis_url, mail={"port": smtp.port},
                      hook={"url": f"http://127.0.0.1:{receiver.port}/hook"})
@@ -340,12 +347,12 @@ async def _queue_empty(client, channel: str) -> bool:
         not await client.hlen(KEYS.notify_items(channel))
 
 
-def test_restart_mid_retry_loses_nothing(redis_url):
+def test_restart_mid_retry_loses_nothing(any_url):
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(any_url)
         receiver = Receiver(free_port(), fail_first=10**6)
         await receiver.start()
-        s = settings(redis_url, hook={"url": f"http://127.0.0.1:{receiver.port}/hook"})
+        s = settings(any_url, hook={"url": f"http://127.0.0.1:{receiver.port}/hook"})
         async with notifier(s):
             await ban(client, "198.51.100.7")
             await ban(client, "198.51.100.8")
@@ -363,9 +370,33 @@ def test_restart_mid_retry_loses_nothing(redis_url):
         ["198.51.100.7", "198.51.100.8", "198.51.100.9"]
 
 
+def test_notices_queued_before_the_channel_keys_were_tagged_are_still_sent(any_url):
+    """A queue of the version before Redis Cluster (`notify:queue:CHANNEL`, untagged)
+    moves to the channel's tagged keys when the notifier starts; its notice goes out."""
+    async def go():
+        client = aclient(any_url)
+        now = time.time()
+        notice = messages.Notice(address="198.51.100.7", rule="sshd", host="host-a", origin="detector",
+                                 banned_at=now, duration=600)
+        await client.hset("t:notify:items:webhook", "1-1", messages.encode(messages.Outgoing(notice, now)))
+        await client.zadd("t:notify:queue:webhook", {"1-1": now})
+        receiver = Receiver(free_port())
+        await receiver.start()
+        async with notifier(settings(any_url, hook={"url": f"http://127.0.0.1:{receiver.port}/hook"})):
+            await until(lambda: receiver.bodies)
+            await until(lambda: _queue_empty(client, "webhook"))
+        left = [await client.exists(f"t:notify:{kind}:webhook") for kind in ("items", "queue")]
+        await receiver.stop()
+        await client.aclose()
+        return receiver, left
+    receiver, left = run(go())
+    assert [b["address"] for b in receiver.bodies] == ["198.51.100.7"]
+    assert left == [0, 0]
+
+
 def test_no_channel_configured_returns_at_once(redis_url):
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         await asyncio.wait_for(run_notifier(settings(redis_url), client, asyncio.Event()), 2)
         await client.aclose()
     run(go())
@@ -422,7 +453,7 @@ def test_notifier_service_announces_bans_and_stops_cleanly(redis_url, smtp, tmp_
     log = tmp_path / "notifier.log"
 
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         with log.open("wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "pyfilter.notifier"], env=env,
                                     stdout=out, stderr=out)
@@ -445,7 +476,7 @@ def test_notifier_service_announces_bans_and_stops_cleanly(redis_url, smtp, tmp_
 def test_an_undecodable_decision_is_moved_aside_and_does_not_stop_the_next(redis_url, smtp):
     """The one dead-letter policy (common/streams.py), seen from the notifier."""
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         async with notifier(settings(redis_url, mail={"port": smtp.port})):
             bad = await client.xadd(KEYS.decisions, {"m": b"not msgpack"})
             await ban(client, "198.51.100.7")
