@@ -161,7 +161,7 @@ end
 -- A detector that dies between two calls loses nothing: the crossing stays
 -- pending in the window until a later call hands it back.
 -- Both ways count, judge and ban with the same functions below; only what
--- happens to a crossing between judging and banning differs.
+-- happens to a crossing between counting and judging differs.
 
 -- The keys of one group in both window calls: where each is from the
 -- group's start `at`. record_failures then has the recidive window's state
