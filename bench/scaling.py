@@ -252,7 +252,11 @@ def _config(work: Path, servers: Servers) -> Path:
     return path
 
 
-def pipeline(log: Attack, batches: list[bytes], detectors: int, work: Path, timeout: float, shards: int) -> Run:
+def pipeline(failures: int, addresses: int, detectors: int, work: Path, timeout: float, shards: int) -> Run:
+    # The log ends now: detectors judge lines by the clock, and a log written
+    # for an earlier run would be partly older than findtime by this one.
+    log = attack(failures, addresses, time.time())
+    batches = entries(log)
     work.mkdir(parents=True, exist_ok=True)
     keys = Keys()
     servers = Servers(work, shards)
@@ -416,10 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="keep logs here (default: a temporary folder)")
     args = parser.parse_args(argv)
 
-    log = attack(args.failures, args.addresses, time.time())
-    batches = entries(log)
+    log = attack(args.failures, args.addresses, time.time())  # the script runs' (they pass the clock)
     print(f"# {len(log.lines):,} failures from {len(log.addresses):,} addresses, "
-          f"{len(batches)} entries of {BATCH} lines; maxretry {MAXRETRY}", flush=True)
+          f"entries of {BATCH} lines; maxretry {MAXRETRY}", flush=True)
     print(f"# {socket.gethostname()}: {os.cpu_count()} CPUs, "
           f"{subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
@@ -428,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(tmp)
         for shards in (int(x) for x in args.shards.split(",") if x):
             for n in (int(x) for x in args.detectors.split(",") if x):
-                runs.append(pipeline(log, batches, n, work / f"pipeline-{shards}-{n}", args.timeout, shards))
+                runs.append(pipeline(args.failures, args.addresses, n, work / f"pipeline-{shards}-{n}", args.timeout, shards))
                 print(table(runs[-1:]).splitlines()[-1], flush=True)
             for n in (int(x) for x in args.clients.split(",") if x):
                 runs.append(script(log, n, work / f"script-{shards}-{n}", shards))
