@@ -9,11 +9,12 @@ Notifications and the pruning of expired bans are the notifier's (services/notif
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiohttp import web
 
-from pyfilter.api import metrics, openapi, routes_bans, routes_whitelist, state, stats, status, webadmin
+from pyfilter.api import countries, guard, metrics, openapi, routes_bans, routes_whitelist, state, stats, status, webadmin
 from pyfilter.api.auth import TOKEN, require_token
 from pyfilter.api.responses import FieldError, error, json
 from pyfilter.api.schemas import AuthCheck, Health
@@ -23,6 +24,7 @@ from pyfilter.common.config import Settings
 from pyfilter.common.redisio import TRANSIENT
 
 logger = logging.getLogger("pyfilter.api")
+FILLER = web.AppKey("country-filler", asyncio.Task)
 
 __all__ = ["Api", "build", "main"]
 
@@ -63,7 +65,7 @@ async def check_token(request: web.Request) -> web.Response:
 
 def build(api: Api) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024,
-                          middlewares=[metrics.count_requests, errors])
+                          middlewares=[metrics.count_requests, guard.middleware(api.settings.config.api), errors])
     app[API] = api
     if api.settings.config.api.token:
         app[TOKEN] = api.settings.config.api.token
@@ -72,10 +74,17 @@ def build(api: Api) -> web.Application:
         app.add_routes(module.routes())
     webadmin.setup(app)
 
+    async def start(app: web.Application) -> None:
+        app[FILLER] = asyncio.create_task(countries.fill_forever(api))
+
     async def close(app: web.Application) -> None:
+        app[FILLER].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await app[FILLER]
         await api.client.aclose()
         api.geo.close()
 
+    app.on_startup.append(start)
     app.on_cleanup.append(close)
     return app
 

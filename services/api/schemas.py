@@ -91,9 +91,9 @@ class BanDetail(Ban, kw_only=True):
 
 class BanList(msgspec.Struct):
     bans: list[Ban]
-    total: int
+    total: int | None  # bans matching in all; null when the index cannot count them without reading each
     limit: int
-    offset: int
+    next: str | None = None  # the cursor of the next page; null: this is the last
 
 
 class Banned(msgspec.Struct):

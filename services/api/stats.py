@@ -1,9 +1,10 @@
 """GET /api/v1/stats: the dashboard's numbers, and how far behind the pipeline is.
 
 Days are UTC calendar days. Per-day counts and the top lists cover the
-requested range only, read from the history stream by ID range; the all-time
-total is the stream's own count of entries ever added, which stays right
-after old entries are trimmed.
+requested range only, read from the counts the ledger keeps per day as it
+writes bans (`Keys.ban_day`): one hash per day, whatever the number of bans.
+The all-time total is the history stream's own count of entries ever added,
+which stays right after old entries are trimmed.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from datetime import datetime, timedelta, timezone
 from aiohttp import web
 from redis.exceptions import ResponseError
 
-from pyfilter.api import state
+from pyfilter.api import countries, state
 from pyfilter.api.responses import int_param, json
 from pyfilter.api.schemas import Ban, DayCount, EnforcerLag, NameCount, Pipeline, Stats
 from pyfilter.api.search import UNKNOWN_COUNTRY
-from pyfilter.common import bans
+from pyfilter.api.index import NONE_KNOWN, SEP
 from pyfilter.common.keys import DETECT_GROUP
+from pyfilter.common.ledger import index_ms
 
 TOP = 10
 MAX_DAYS = 366
@@ -29,10 +31,6 @@ ENFORCE_PREFIX = "enforce:"
 
 def _top(counter: Counter[str]) -> list[NameCount]:
     return [NameCount(name=n, count=c) for n, c in counter.most_common(TOP)]
-
-
-def _day(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).date().isoformat()
 
 
 async def _groups(api: state.Api, stream: str) -> list[dict]:
@@ -75,29 +73,30 @@ async def compute(api: state.Api, days: int, now: float | None = None) -> Stats:
     now = time.time() if now is None else now
     today = datetime.fromtimestamp(now, timezone.utc).date()
     first = today - timedelta(days=days - 1)
-    start = datetime(first.year, first.month, first.day, tzinfo=timezone.utc).timestamp()
-    per_day = Counter({(first + timedelta(days=i)).isoformat(): 0 for i in range(days)})
-    countries: Counter[str] = Counter()
-    rules: Counter[str] = Counter()
-    hosts: Counter[str] = Counter()
-    async for rec in api.reader.history(since=start):
-        day = _day(rec.banned_at)
-        if day not in per_day:
-            continue
-        per_day[day] += 1
-        countries[api.reader.view(rec, False).country or UNKNOWN_COUNTRY] += 1
-        rules[rec.rule] += 1
-        hosts[rec.host] += 1
+    dates = [(first + timedelta(days=i)).isoformat() for i in range(days)]
+    per_day: Counter[str] = Counter()
+    by: dict[str, Counter[str]] = {"country": Counter(), "rule": Counter(), "host": Counter()}
+    async with api.client.pipeline(transaction=False) as pipe:
+        for day in dates:
+            pipe.hgetall(api.keys.ban_day(day))
+        for day, counts in zip(dates, await pipe.execute()):
+            for field, value in counts.items():
+                kind, _, name = field.decode().partition(SEP)
+                if kind == "total":
+                    per_day[day] = int(value)
+                elif kind in by:
+                    by[kind][name] += int(value)
+    countries = Counter({UNKNOWN_COUNTRY if c == NONE_KNOWN else c: n for c, n in by["country"].items()})
     return Stats(
         total_bans=await total_bans(api),
         active_bans=await api.client.zcount(api.keys.active_bans, f"({now}", "+inf"),
         days=days,
         bans_in_range=sum(per_day.values()),
-        bans_per_day=[DayCount(day=d, count=c) for d, c in sorted(per_day.items())],
+        bans_per_day=[DayCount(day=d, count=per_day[d]) for d in dates],
         latest_ban=await latest(api, now),
         top_countries=_top(countries),
-        top_rules=_top(rules),
-        top_hosts=_top(hosts),
+        top_rules=_top(by["rule"]),
+        top_hosts=_top(by["host"]),
         pipeline=await pipeline(api),
     )
 
@@ -105,17 +104,17 @@ async def compute(api: state.Api, days: int, now: float | None = None) -> Stats:
 async def latest(api: state.Api, now: float) -> Ban | None:
     """The newest ban written; active if it is still the address's ban in force."""
     async for rec in api.reader.history():
-        current = await bans.record(api.client, api.keys, rec.address)
-        expiry = await api.client.zscore(api.keys.active_bans, rec.address)
-        in_force = (current is not None and current.banned_at == rec.banned_at
-                    and expiry is not None and expiry > now)
-        return api.reader.view(rec, in_force)
+        entry = await api.reader.index.entry(rec.address)
+        in_force = entry is not None and entry.ms == index_ms(rec.banned_at) and entry.in_force(now)
+        return api.reader.view(rec, in_force, entry)
     return None
 
 
 async def get_stats(request: web.Request) -> web.Response:
     days = int_param(request.query, "days", 10, 1, MAX_DAYS)
-    return json(await compute(state.of(request), days))
+    api = state.of(request)
+    await countries.fill_pending(api)
+    return json(await compute(api, days))
 
 
 def routes() -> list[web.RouteDef]:

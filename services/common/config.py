@@ -240,9 +240,17 @@ class EnforcerConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ApiConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """`names`: Host names the api answers to besides localhost, 127.0.0.1 and [::1]
+    (others get 421). `read_token`: reads need the token too. `widest_ban_v4`,
+    `widest_ban_v6`: the widest network a manual ban may cover (prefix length)."""
+
     listen: str = "127.0.0.1"
     port: Port = 8470
     token: str | None = None
+    names: list[str] = []
+    read_token: bool = False
+    widest_ban_v4: Annotated[int, msgspec.Meta(ge=0, le=32)] = 16
+    widest_ban_v6: Annotated[int, msgspec.Meta(ge=0, le=128)] = 32
 
 
 class GeoConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -441,4 +449,6 @@ def _apply_environment(config: Config) -> None:
         config.api.token = token
     if listen := os.environ.get("PYFILTER_API_LISTEN"):
         config.api.listen = listen
+    if names := os.environ.get("PYFILTER_API_NAMES"):  # the api's public name(s), comma-separated
+        config.api.names = [*config.api.names, *(n.strip() for n in names.split(",") if n.strip())]
     config.host = os.environ.get("PYFILTER_HOST") or config.host or _host_name()

@@ -87,6 +87,45 @@ class Keys:
         """How many times an address was banned (escalation)."""
         return f"{self.prefix}bancount:{_tag(address)}"
 
+    # Indexes of the bans in force, kept by the ledger as it writes (ledger.lua,
+    # "Ban indexes"), so the api reads a page, a count or one address without
+    # reading every record. docs/decisions.md, "Bounded reads", has the layout.
+    def ban_side(self, name: str) -> str:
+        """A key of the shared ban state (the active set and what is kept beside it)."""
+        return f"{self.prefix}bans:{name}"
+
+    @property
+    def ban_index(self) -> str:
+        """Sorted set, every score 0, read by lexical range: for each ban in force one
+        member per way it is looked up (time, rule, host, country, address; and
+        "country not looked up yet")."""
+        return self.ban_side("index")
+
+    @property
+    def ban_indexed(self) -> str:
+        """Hash: address in force -> what its index members were built from."""
+        return self.ban_side("indexed")
+
+    @property
+    def ban_counts(self) -> str:
+        """Hash: the bans in force counted ("active", "rule\tsshd", "host-rule\tweb1\tsshd"...)."""
+        return self.ban_side("counts")
+
+    def ban_day(self, day: str) -> str:
+        """Hash: the bans written on one UTC day (YYYY-MM-DD) counted, in all and by
+        rule, host and country; expires after a year and a month."""
+        return self.ban_side(f"day:{day}")
+
+    @property
+    def ban_past(self) -> str:
+        """Hash: address -> the history stream IDs of its latest bans, newest first."""
+        return self.ban_side("past")
+
+    @property
+    def ban_past_until(self) -> str:
+        """Sorted set: address -> when `ban_past` forgets it (its ban count's memory)."""
+        return self.ban_side("past-until")
+
     @property
     def whitelist(self) -> str:
         """Set of CIDRs the operator whitelisted through the api."""

@@ -122,7 +122,8 @@ def test_bad_or_forbidden_bans_are_refused_and_change_nothing(redis_url, body, s
 
 def test_garbage_body_is_a_422(redis_url):
     async def steps(client, redis):
-        r = await client.post("/api/v1/bans", data=b"\xff\x00not json", headers=AUTH)
+        r = await client.post("/api/v1/bans", data=b"\xff\x00not json",
+                              headers={**AUTH, "Content-Type": "application/json"})
         return r.status
     assert call(redis_url, steps) == 422
 
