@@ -120,7 +120,7 @@ end
 
 local function entry_from_record(rec)
   return {ms = string.format('%015d', math.floor(rec.banned_at * 1000)), rule = rec.rule, host = rec.host,
-          country = rec.country or '', expires = rec.expires_at and tostring(rec.expires_at) or ''}
+          country = rec.country or '', expires = rec.expires_at and string.format('%.17g', rec.expires_at) or ''}
 end
 
 -- A ban was written: index it in place of the address's previous ban, count
