@@ -49,7 +49,8 @@ def middleware(cfg: ApiConfig):
         if host not in names:
             return error(421, f"Host {host or '(none)'!r} is not one of this api's names "
                               f"({', '.join(sorted(names))}); add it to api.names")
-        if request.method in WITH_BODY or request.body_exists:
+        routed = request.match_info.http_exception is None  # else aiohttp answers 404/405 itself
+        if routed and (request.method in WITH_BODY or request.body_exists):
             if request.content_type != "application/json":
                 return error(415, f"a request body must be JSON, sent with Content-Type: application/json "
                                   f"(got {request.headers.get('Content-Type', 'none')!r})")
