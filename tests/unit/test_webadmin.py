@@ -165,6 +165,17 @@ def test_dashboard_login_ban_search_unban(server, page):
     page.locator('#whitelist tr[data-network="198.51.100.85/32"] button').click()
     expect(page.locator('#whitelist tr[data-network="198.51.100.85/32"]')).to_have_count(0)
 
+    # Pages of 100: the next page holds the rest, the previous one comes back.
+    page.fill("#ban-form textarea", "\n".join(f"2001:db8::{i:x}" for i in range(1, 121)))
+    page.click("#ban-form button")
+    expect(page.locator("#message")).to_contain_text("Banned 120 address(es)")
+    expect(page.locator("#bans-summary")).to_have_text("page 1: 100 of 123 ban(s)")
+    page.click("#bans-next")
+    expect(page.locator("#bans-summary")).to_have_text("page 2: 23 of 123 ban(s)")
+    expect(page.locator("#bans-next")).to_be_disabled()
+    page.click("#bans-previous")
+    expect(page.locator("#bans-summary")).to_have_text("page 1: 100 of 123 ban(s)")
+
     # Logging out hides the writes again.
     page.click("#logout")
     expect(page.locator("#ban-form")).to_be_hidden()
