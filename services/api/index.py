@@ -5,6 +5,7 @@ has a member per way it is looked up, each member ending in the address:
 
     t TAB ms TAB address                 newest first: every ban in force
     r TAB rule TAB ms TAB address        by rule (h: host, c: country, "?" none known)
+    x TAB host TAB rule TAB ms TAB address   by host and rule
     a TAB sortable/len TAB address       by address: a network's bans are one range
     p TAB ms TAB address                 written without a country, not looked up yet
 
@@ -100,7 +101,9 @@ def plan(flt: Filter) -> Range:
         last = sortable(flt.prefix, int(flt.prefix.broadcast_address))
         exact = flt.rule is flt.host is flt.country is flt.since is flt.until is None
         return Range(f"[a{SEP}{first}", f"[a{SEP}{last}/\xff", False, exact)
-    if flt.rule is not None:
+    if flt.rule is not None and flt.host is not None:
+        family, others = f"x{SEP}{flt.host}{SEP}{flt.rule}{SEP}", (flt.country,)
+    elif flt.rule is not None:
         family, others = f"r{SEP}{flt.rule}{SEP}", (flt.host, flt.country)
     elif flt.country is not None:
         code = NONE_KNOWN if flt.country == UNKNOWN_COUNTRY.upper() else flt.country
@@ -209,6 +212,14 @@ class Index:
         target = ipaddress.ip_network(address)
         wider = [str(target.supernet(new_prefix=n)) for n in range(target.prefixlen)]
         return sorted(a for a, e in (await self.entries(wider)).items() if e.in_force(time.time()))
+
+    async def recent(self, pairs: list[tuple[str, str]], since: float) -> dict[tuple[str, str], int]:
+        """Bans in force written since a time, for each (host, rule)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for host, rule in pairs:
+                family = f"x{SEP}{host}{SEP}{rule}{SEP}"
+                pipe.zlexcount(self.keys.ban_index, f"[{family}{index_ms(since)}", f"[{family}\xff")
+            return dict(zip(pairs, await pipe.execute()))
 
     async def pending_countries(self, count: int) -> list[tuple[str, float]]:
         """Bans written without a country: (address, banned_at), oldest first."""

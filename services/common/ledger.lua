@@ -25,7 +25,7 @@ end
 -- What the api reads instead of every record (docs/decisions.md, "Bounded
 -- reads"). For each ban in force, `index` (a sorted set read by lexical
 -- range, every score 0) holds one member per way it is looked up, newest
--- first within each: by time, rule, host and country, and by address (in an
+-- first within each: by time, rule, host, host and rule, and country, and by address (in an
 -- order where a network's addresses are one range); `indexed` keeps, per
 -- address, what its members were built from, so they can be taken out again;
 -- `counts` counts the bans in force by rule, host and country. A ban also
@@ -86,7 +86,8 @@ end
 local function members(address, e)
   local tail = SEP .. e.ms .. SEP .. address
   local m = {'t' .. tail, 'r' .. SEP .. e.rule .. tail, 'h' .. SEP .. e.host .. tail,
-             'c' .. SEP .. known_country(e) .. tail, 'a' .. SEP .. sortable(address) .. SEP .. address}
+             'x' .. SEP .. e.host .. SEP .. e.rule .. tail, 'c' .. SEP .. known_country(e) .. tail,
+             'a' .. SEP .. sortable(address) .. SEP .. address}
   if e.country == '' then m[#m + 1] = 'p' .. tail end
   return m
 end

@@ -37,7 +37,8 @@ def members_of(e: Entry) -> set[str]:
     net = ipaddress.ip_network(e.address)
     country = e.country or "?"
     tail = f"{SEP}{e.ms}{SEP}{e.address}"
-    found = {f"t{tail}", f"r{SEP}{e.rule}{tail}", f"h{SEP}{e.host}{tail}", f"c{SEP}{country}{tail}",
+    found = {f"t{tail}", f"r{SEP}{e.rule}{tail}", f"h{SEP}{e.host}{tail}", f"x{SEP}{e.host}{SEP}{e.rule}{tail}",
+             f"c{SEP}{country}{tail}",
              f"a{SEP}{sortable(net)}/{net.prefixlen:03d}{SEP}{e.address}"}
     return found | ({f"p{tail}"} if e.country == "" else set())
 
