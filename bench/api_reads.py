@@ -1,6 +1,6 @@
 """The api's reads at a million bans: latency of each read, /healthz under load, memory.
 
-    python bench/api_reads.py [--records 1000000] [--active 100000] [--write docs/benchmarks.md]
+    python -m bench.api_reads [--records 1000000] [--active 100000] [--write docs/benchmarks.md]
 
 1. A private redis-server (unix socket, no persistence) is seeded through the
    ledger (`Ledger.ban` in calls of 10,000 bans, `Ledger.prune` after each
@@ -36,6 +36,7 @@ from pathlib import Path
 import redis
 import redis.asyncio as aioredis
 
+from bench.report import machine
 from pyfilter.common import messages
 from pyfilter.common.keys import Keys
 from pyfilter.common.ledger import Ledger, NewBan
@@ -282,11 +283,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(args, took: float, redis_mb: float, rows, health, heavy, rss_start, rss_before, rss_after) -> list[str]:
-    from bench.report import machine
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     argv = " ".join(sys.argv[1:])
     lines = [
-        f"- Measured {when} with `python bench/api_reads.py {argv}`".rstrip() + " (part of `make bench`);",
+        f"- Measured {when} with `python -m bench.api_reads {argv}`".rstrip() + " (part of `make bench`);",
         f"  {machine()}; load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
         f"- Seeded {args.records:,} bans ({args.active:,} in force) through the ledger in {took:.0f} s "
         f"({args.records / took:,.0f} bans/s); Redis then used {redis_mb:.0f} MB",

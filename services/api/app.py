@@ -63,9 +63,33 @@ async def check_token(request: web.Request) -> web.Response:
     return json(AuthCheck(ok=True))
 
 
+READS_AT_ONCE = 2
+
+
+def bounded_reads():
+    """At most READS_AT_ONCE reads of Redis data at a time; the others wait their turn.
+
+    A page of 1,000 bans costs the one event loop some tens of milliseconds of
+    CPU between two awaits: sixteen at once made /healthz (and every write) wait
+    for all of them. In turn, each waits for one at most, and the api holds at
+    most READS_AT_ONCE answers in memory (docs/benchmarks.md, "Reads at a million bans").
+    """
+    turns = asyncio.Semaphore(READS_AT_ONCE)
+
+    @web.middleware
+    async def bounded(request: web.Request, handler) -> web.StreamResponse:
+        if request.method != "GET" or not request.path.startswith("/api/"):
+            return await handler(request)
+        async with turns:
+            return await handler(request)
+
+    return bounded
+
+
 def build(api: Api) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024,
-                          middlewares=[metrics.count_requests, guard.middleware(api.settings.config.api), errors])
+                          middlewares=[metrics.count_requests, guard.middleware(api.settings.config.api),
+                                       bounded_reads(), errors])
     app[API] = api
     if api.settings.config.api.token:
         app[TOKEN] = api.settings.config.api.token

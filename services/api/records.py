@@ -77,16 +77,16 @@ class Reader:
     def _is_current(self, entry: Entry | None, rec: messages.BanRecord, now: float) -> bool:
         return entry is not None and entry.ms == index_ms(rec.banned_at) and entry.in_force(now)
 
-    async def history(self, since: float | None = None) -> AsyncIterator[messages.BanRecord]:
-        """History records, newest first (from `since` on, if given)."""
+    async def history(self, since: float | None = None, count: int = CHUNK) -> AsyncIterator[messages.BanRecord]:
+        """History records, newest first (from `since` on, if given), read `count` at a time."""
         high = "+"
         low = "-" if since is None else stream_id(since - CLOCK_MARGIN)
         while True:
-            entries = await self.client.xrevrange(self.keys.ban_history, high, low, count=CHUNK)
+            entries = await self.client.xrevrange(self.keys.ban_history, high, low, count=count)
             for _, fields in entries:
                 if rec := _decode(fields.get(b"m")):
                     yield rec
-            if len(entries) < CHUNK:
+            if len(entries) < count:
                 return
             high = "(" + entries[-1][0].decode()
 
@@ -109,8 +109,11 @@ class Reader:
         needle = flt.address.encode() if flt.address else None
         found: list[messages.BanRecord] = []
         scanned, after = 0, None
+        unfiltered = flt == Filter(since=flt.since, until=flt.until)
         while scanned < SCAN_BUDGET and after is None:
-            entries = await self.client.xrevrange(self.keys.ban_history, high, low, count=CHUNK)
+            # Without filters a page is the next `limit` entries (or a few more, out of the time range).
+            count = min(CHUNK, limit - len(found) + 10) if unfiltered else CHUNK
+            entries = await self.client.xrevrange(self.keys.ban_history, high, low, count=count)
             for entry_id, fields in entries:
                 scanned += 1
                 raw = fields.get(b"m")
@@ -120,7 +123,7 @@ class Reader:
                     if len(found) == limit:
                         after = _history_cursor(entry_id.decode())
                         break
-            if after is None and len(entries) < CHUNK:
+            if after is None and len(entries) < count:
                 break
             if after is None:
                 high = "(" + entries[-1][0].decode()

@@ -82,10 +82,13 @@ async def compute(api: state.Api, days: int, now: float | None = None) -> Stats:
         for day, counts in zip(dates, await pipe.execute()):
             for field, value in counts.items():
                 kind, _, name = field.decode().partition(SEP)
-                if kind == "total":
-                    per_day[day] = int(value)
-                elif kind in by:
-                    by[kind][name] += int(value)
+                if kind == "host-rule":
+                    host, _, rule = name.partition(SEP)
+                    per_day[day] += int(value)
+                    by["host"][host] += int(value)
+                    by["rule"][rule] += int(value)
+                elif kind == "country":
+                    by["country"][name] += int(value)
     countries = Counter({UNKNOWN_COUNTRY if c == NONE_KNOWN else c: n for c, n in by["country"].items()})
     return Stats(
         total_bans=await total_bans(api),
@@ -103,7 +106,7 @@ async def compute(api: state.Api, days: int, now: float | None = None) -> Stats:
 
 async def latest(api: state.Api, now: float) -> Ban | None:
     """The newest ban written; active if it is still the address's ban in force."""
-    async for rec in api.reader.history():
+    async for rec in api.reader.history(count=1):
         entry = await api.reader.index.entry(rec.address)
         in_force = entry is not None and entry.ms == index_ms(rec.banned_at) and entry.in_force(now)
         return api.reader.view(rec, in_force, entry)

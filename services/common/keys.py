@@ -108,12 +108,13 @@ class Keys:
 
     @property
     def ban_counts(self) -> str:
-        """Hash: the bans in force counted ("active", "rule\tsshd", "host-rule\tweb1\tsshd"...)."""
+        """Hash: the bans in force counted by host and rule ("host-rule\tweb1\tsshd") and by
+        country ("country\tNL", "country\t?" for none known)."""
         return self.ban_side("counts")
 
     def ban_day(self, day: str) -> str:
-        """Hash: the bans written on one UTC day (YYYY-MM-DD) counted, in all and by
-        rule, host and country; expires after a year and a month."""
+        """Hash: the bans written on one UTC day (YYYY-MM-DD) counted, as `ban_counts`
+        counts them; expires after a year and a month."""
         return self.ban_side(f"day:{day}")
 
     @property
