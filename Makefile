@@ -111,7 +111,8 @@ test: lint dev images fail2ban-config
 # Side by side with fail2ban (docs/benchmarks.md), every rule over hostile 16 KB
 # lines (docs/hostile-lines.md), then the kernel side in a throwaway network
 # namespace (docs/enforcer-bench.md), the collector, the latency from a log
-# line to the kernel (docs/latency.md), and what the idle stack costs
+# line to the kernel (docs/latency.md), the api's reads at a million bans
+# (docs/benchmarks.md, "Reads at a million bans"), and what the idle stack costs
 # (docs/benchmarks.md, "Idle cost").
 bench: dev images
 	$(VENV)/bin/python -m bench.run
@@ -119,6 +120,7 @@ bench: dev images
 	$(VENV)/bin/python bench/enforcer_bans.py --write docs/enforcer-bench.md
 	$(VENV)/bin/python bench/collector_throughput.py
 	$(VENV)/bin/python bench/latency.py --runs 50 --write docs/latency.md
+	$(VENV)/bin/python -m bench.api_reads --write docs/benchmarks.md
 	$(MAKE) bench-idle
 
 # The default stack brought up on its own, sent nothing, measured for a minute
