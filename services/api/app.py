@@ -63,16 +63,16 @@ async def check_token(request: web.Request) -> web.Response:
     return json(AuthCheck(ok=True))
 
 
-READS_AT_ONCE = 2
+READS_AT_ONCE = 1
 
 
 def bounded_reads():
     """At most READS_AT_ONCE reads of Redis data at a time; the others wait their turn.
 
-    A page of 1,000 bans costs the one event loop some tens of milliseconds of
-    CPU between two awaits: sixteen at once made /healthz (and every write) wait
-    for all of them. In turn, each waits for one at most, and the api holds at
-    most READS_AT_ONCE answers in memory (docs/benchmarks.md, "Reads at a million bans").
+    A page of 1,000 bans costs the one event loop tens of milliseconds of CPU:
+    sixteen at once made /healthz (and every write) wait for all of them. In
+    turn, a request waits for one read's step at most, and the api holds one
+    answer at a time in memory (docs/benchmarks.md, "Reads at a million bans").
     """
     turns = asyncio.Semaphore(READS_AT_ONCE)
 
