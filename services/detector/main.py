@@ -30,6 +30,7 @@ from pyfilter.common.streams import Consumer, Entry
 from pyfilter.common.whitelist import Whitelist
 from pyfilter.detector import metrics
 from pyfilter.detector.matching import Matcher
+from pyfilter.detector.pruner import prune_until
 from pyfilter.detector.windows import Observed, Windows
 
 logger = logging.getLogger("pyfilter.detector")
@@ -173,7 +174,10 @@ class Detector:
             logger.info("ban decided", extra={"address": ban.address, "rule": ban.rule,
                                               "duration": ban.duration})
         lines = lines or Counter()
-        async with self.client.pipeline(transaction=True) as pipe:
+        # One round trip, not a transaction: on Redis Cluster the stream and
+        # the counts are in different slots (a crash in between can only
+        # leave a minute's counts short; the windows are already written).
+        async with self.client.pipeline(transaction=False) as pipe:
             self.lines.ack_on(pipe, ids)
             pipe.xdel(self.keys.lines, *ids)
             status.count(pipe, self.keys, now, lines, Counter((o.host, o.rule) for o in observed))
@@ -232,7 +236,6 @@ class Detector:
             await self.settle()
             await self.handle(entries)
         await self.settle()
-        await self.client.aclose()
 
     async def settle(self) -> None:
         """Wait for the window update still running, if any."""
@@ -287,7 +290,8 @@ async def main_async(settings: Settings) -> None:
     serve_metrics("detector")
     detector = Detector(settings)
     service.stop_on_signals(detector.stopping)
-    await detector.run()
+    await asyncio.gather(detector.run(), prune_until(detector.client, detector.keys, detector.stopping))
+    await detector.client.aclose()
 
 
 def main() -> int:

@@ -10,7 +10,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from pyfilter.api.app import Api
-from tests.unit.apisupport import AUTH, settings
+from pyfilter.common.keys import Keys
+from tests.unit.apisupport import AUTH, PREFIX, settings
 
 
 def call(redis_url: str, steps, **api_config):
@@ -25,7 +26,7 @@ def call(redis_url: str, steps, **api_config):
 
 
 async def active(redis) -> list[bytes]:
-    return await redis.zrange("t:bans:active", 0, -1)
+    return await redis.zrange(Keys(PREFIX).active_bans, 0, -1)
 
 
 @pytest.mark.parametrize("host, status", [
