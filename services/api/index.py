@@ -82,12 +82,18 @@ class Range:
     high: str
     reverse: bool
     exact: bool  # the range alone answers the search (its count is the total)
+    widest: int | None = None  # by address: the prefix length a member must have at least
 
     def after(self, member: str) -> Range:
         """The rest of the range after a member already read."""
         if self.reverse:
-            return Range(self.low, "(" + member, True, self.exact)
-        return Range("(" + member, self.high, False, self.exact)
+            return Range(self.low, "(" + member, True, self.exact, self.widest)
+        return Range("(" + member, self.high, False, self.exact, self.widest)
+
+    def admits(self, member: str) -> bool:
+        """Whether a member of the range is inside the searched network: a wider
+        network starting at the same address is in the range, not inside."""
+        return self.widest is None or int(member.split(SEP)[1].rpartition("/")[2]) >= self.widest
 
     def holds(self, member: str) -> bool:
         low, high = self.low[1:], self.high[1:]
@@ -100,7 +106,7 @@ def plan(flt: Filter) -> Range:
         first = sortable(flt.prefix)
         last = sortable(flt.prefix, int(flt.prefix.broadcast_address))
         exact = flt.rule is flt.host is flt.country is flt.since is flt.until is None
-        return Range(f"[a{SEP}{first}", f"[a{SEP}{last}/\xff", False, exact)
+        return Range(f"[a{SEP}{first}", f"[a{SEP}{last}/\xff", False, exact, flt.prefix.prefixlen)
     if flt.rule is not None and flt.host is not None:
         family, others = f"x{SEP}{flt.host}{SEP}{flt.rule}{SEP}", (flt.country,)
     elif flt.rule is not None:
@@ -138,8 +144,9 @@ def decode_cursor(cursor: str, where: Range) -> Range:
     return where.after(member)
 
 
-def matches(flt: Filter, entry: Entry) -> bool:
-    """What the range may not have said: every filter, on the indexed fields."""
+def matches(flt: Filter, entry: Entry, in_prefix: bool = False) -> bool:
+    """What the range may not have said: every filter, on the indexed fields
+    (`in_prefix`: the range already said the address is inside `flt.prefix`)."""
     if flt.rule is not None and entry.rule != flt.rule:
         return False
     if flt.host is not None and entry.host != flt.host:
@@ -152,7 +159,7 @@ def matches(flt: Filter, entry: Entry) -> bool:
         return False
     if flt.address is not None and entry.address != flt.address:
         return False
-    return flt.prefix is None or inside(entry.address, flt.prefix)
+    return flt.prefix is None or in_prefix or inside(entry.address, flt.prefix)
 
 
 class Index:
@@ -198,7 +205,8 @@ class Index:
             for member in members:
                 scanned, last = scanned + 1, member
                 entry = entries.get(address_of(member))
-                if entry and entry.in_force(now) and matches(flt, entry):
+                if entry and entry.in_force(now) and where.admits(member) and \
+                        matches(flt, entry, in_prefix=where.widest is not None):
                     page.append(entry)
                     if len(page) == limit:
                         return page, total, encode_cursor(member)

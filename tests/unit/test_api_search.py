@@ -225,3 +225,11 @@ def test_openapi_document_describes_every_route(redis_url):
     ban = doc["components"]["schemas"]["Ban"]
     assert {"address", "rule", "host", "lines", "country", "asn", "active", "expires_at"} <= set(ban["properties"])
     assert "history" in doc["components"]["schemas"]["BanDetail"]["properties"]
+
+
+def test_a_prefix_search_holds_the_networks_inside_it_not_a_wider_one_starting_there(redis_url):
+    async def steps(client, redis):
+        await client.post("/api/v1/bans", json=[{"address": a} for a in (
+            "198.51.100.0/26", "198.51.100.0/28", "198.51.100.5", "198.51.100.40")], headers=AUTH)
+        return await addresses(client, "?prefix=198.51.100.0/27")
+    assert call(redis_url, steps) == ["198.51.100.0/28", "198.51.100.5"]
