@@ -30,9 +30,22 @@ def connect(cfg: RedisConfig, **extra) -> redis.Redis:
                      "retry_on_timeout": True, **extra}
     if cfg.password:
         options["password"] = cfg.password
-    if cfg.url.startswith("rediss://") and cfg.tls_ca_file:
-        options["ssl_ca_certs"] = cfg.tls_ca_file
+    if cfg.username:
+        options["username"] = cfg.username
+    options.update(tls_options(cfg))
     return redis.Redis.from_url(cfg.url, **options)
+
+
+# TLS (rediss://), kept apart from the rest of connecting: the agents verify the
+# server's certificate against the deployment's CA (`make server` makes both),
+# name included, so a machine in the middle cannot pose as the shared Redis.
+def tls_options(cfg: RedisConfig) -> dict:
+    if not cfg.url.startswith("rediss://"):
+        return {}
+    options: dict = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if cfg.tls_ca_file:
+        options["ssl_ca_certs"] = cfg.tls_ca_file
+    return options
 
 
 async def ensure_group(client: redis.Redis, stream: str, group: str, start: str = "0") -> None:
