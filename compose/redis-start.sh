@@ -40,14 +40,15 @@ if [ "${PYFILTER_REDIS_TLS:-0}" = 1 ]; then
         [ -r "$tls_dir/$f" ] || { echo "redis: TLS is on but $tls_dir/$f is missing (make server makes it;" \
                                        "PYFILTER_REDIS_TLS=0 turns TLS off)" >&2; exit 1; }
     done
-    key=$tls_dir/server.key
-    if [ -n "${PYFILTER_REDIS_RUN_AS:-}" ]; then  # the key, readable by Redis alone, outside the mounted folder
+    if [ -n "${PYFILTER_REDIS_RUN_AS:-}" ]; then  # copies Redis's user alone may read (the folder is root's)
         install -d -o "$PYFILTER_REDIS_RUN_AS" -m 0700 /run/pyfilter-tls
-        install -o "$PYFILTER_REDIS_RUN_AS" -m 0400 "$tls_dir/server.key" /run/pyfilter-tls/server.key
-        key=/run/pyfilter-tls/server.key
+        for f in server.crt server.key ca.crt; do
+            install -o "$PYFILTER_REDIS_RUN_AS" -m 0400 "$tls_dir/$f" "/run/pyfilter-tls/$f"
+        done
+        tls_dir=/run/pyfilter-tls
     fi
-    set -- "$@" --tls-port 6380 --tls-cert-file "$tls_dir/server.crt" --tls-key-file "$key" \
-        --tls-ca-cert-file "$tls_dir/ca.crt" --tls-auth-clients no
+    set -- "$@" --tls-port "${PYFILTER_REDIS_TLS_PORT:-6380}" --tls-cert-file "$tls_dir/server.crt" \
+        --tls-key-file "$tls_dir/server.key" --tls-ca-cert-file "$tls_dir/ca.crt" --tls-auth-clients no
 fi
 
 if [ -n "${PYFILTER_REDIS_RUN_AS:-}" ]; then
