@@ -15,13 +15,16 @@ ifeq ($(AIRGAPPED),1)
 COMPOSE_FILES += -f compose/airgapped.yml
 endif
 COMPOSE := docker compose $(COMPOSE_FILES)
+# The air-gapped base image, as compose/airgapped.yml names it.
+BASE_IMAGE = $(shell sed -n 's/^ *image: *\(pyfilter-base:[^ ]*\)/\1/p' compose/airgapped.yml | head -n 1)
 
 .PHONY: help up down server agent host-credentials remove-host images airgapped-images dev lint test unit integration bench bench-idle logs fail2ban-config
 
 help:
 	@echo "make up      start the stack on this host (healthy when it returns); DETECTORS=3 scales"
 	@echo "make down    stop it (volumes, hence bans and history, are kept)"
-	@echo "make server  many hosts: Redis (TLS), detectors, notifier and api; secrets in compose/server.env"
+	@echo "make server  many hosts: Redis (TLS), detectors, notifier and api; secrets in compose/server.env;"
+	@echo "             HA=1: Redis with replicas and Sentinel (compose/server-ha.yml)"
 	@echo "make host-credentials HOST=web1  on the server: web1's Redis user, into compose/hosts/"
 	@echo "make remove-host HOST=web1       on the server: revoke web1 (the other hosts keep running)"
 	@echo "make agent HOST=web1             on web1: collector and enforcer (compose/hosts/web1.env)"
@@ -52,10 +55,12 @@ DETECTORS ?= 1
 # The journal's group, found on this host, lets the collector read the journal.
 JOURNAL_GID = $(shell compose/journal-gid.sh "$${PYFILTER_LOG_DIR:-/var/log}")
 
+# The notifier runs only when the configuration names a channel (compose/profiles.sh).
 up: compose/.env images
-	@sed -i '/^COMPOSE_FILE=/d; /^PYFILTER_JOURNAL_GID=/d' compose/.env
+	@sed -i '/^COMPOSE_FILE=/d; /^PYFILTER_JOURNAL_GID=/d; /^COMPOSE_PROFILES=/d' compose/.env
 	@$(if $(filter 1,$(AIRGAPPED)),echo "COMPOSE_FILE=docker-compose.yml:airgapped.yml" >> compose/.env)
 	@$(if $(JOURNAL_GID),echo "PYFILTER_JOURNAL_GID=$(JOURNAL_GID)" >> compose/.env)
+	@profiles=$$(compose/profiles.sh) && echo "COMPOSE_PROFILES=$$profiles" >> compose/.env
 	$(COMPOSE) up -d --wait --scale detector=$(DETECTORS)
 	@echo "PyFilter is up: API on http://127.0.0.1:$${PYFILTER_API_PORT:-8470} (token in compose/.env)"
 
@@ -69,11 +74,18 @@ down:
 # PYFILTER_SERVER_NAMES, default this machine's names and addresses) into
 # compose/tls/, unless the operator put their own there. PYFILTER_REDIS_TLS=0:
 # plain TCP, on a network you trust.
-PYFILTER_REDIS_TLS ?= 1
+# HA=1: Redis with two replicas and three sentinels (compose/server-ha.yml);
+# air-gapped, its new nodes run the local base image, as `redis` does. It has
+# no TLS and no per-host users yet (Redis does not replicate users): its
+# services and agents use the admin password (docs/security.md).
+PYFILTER_REDIS_TLS ?= $(if $(filter 1,$(HA)),0,1)
 PYFILTER_SERVER_NAMES ?= $(shell hostname -f 2>/dev/null; hostname; hostname -I 2>/dev/null)
 SERVER_COMPOSE = PYFILTER_REDIS_TLS=$(PYFILTER_REDIS_TLS) \
 	PYFILTER_REDIS_INNER_PORT=$(if $(filter 0,$(PYFILTER_REDIS_TLS)),6379,6380) \
-	docker compose --env-file compose/server.env -f compose/server.yml $(if $(filter 1,$(AIRGAPPED)),-f compose/airgapped.yml)
+	$(if $(filter 1,$(AIRGAPPED)),$(if $(filter 1,$(HA)),PYFILTER_REDIS_IMAGE=$(BASE_IMAGE))) \
+	COMPOSE_PROFILES=$$(compose/profiles.sh) \
+	docker compose --env-file compose/server.env -f compose/server.yml $(if $(filter 1,$(HA)),-f compose/server-ha.yml) \
+	  $(if $(filter 1,$(AIRGAPPED)),-f compose/airgapped.yml)
 
 compose/server.env:
 	@umask 077; { for name in PYFILTER_REDIS_PASSWORD PYFILTER_DETECTOR_REDIS_PASSWORD \
