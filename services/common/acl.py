@@ -130,8 +130,8 @@ def rules_of(keys: Keys, role: str) -> list[str]:
 
 def _ledger(keys: Keys) -> list[str]:
     """What the ledger's functions write for a ban or an unban (every key they are given)."""
-    return [keys.ban("*"), keys.ban_count("*"), keys.active_bans, keys.ban_scopes, keys.ban_history,
-            keys.decisions]
+    return [keys.ban("*"), keys.ban_count("*"), keys.crossed("*"), keys.active_bans, keys.ban_scopes,
+            keys.ban_history, keys.decisions]
 
 
 def _glob(key: str, prefix: str) -> str:

@@ -221,6 +221,9 @@ class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
     # Refuse a plain redis:// URL to another machine (agents: on unless the operator opts out).
     require_tls: bool = False
     prefix: str = "pyfilter:"
+    # Redis Cluster: `url` names one node (redis://host:port), the others are
+    # found from it. Windows spread over the primaries by address (docs/scaling.md).
+    cluster: bool = False
     lines_maxlen: Annotated[int, msgspec.Meta(ge=1000)] = 1_000_000
     # Writes that must not be lost (lines with their checkpoint, windows, bans,
     # unbans, whitelist changes) count as done only once this many replicas hold
@@ -509,6 +512,8 @@ def _apply_environment(config: Config) -> None:
         config.redis.require_tls = require.lower() in ("1", "yes", "true")
     if ca := os.environ.get("PYFILTER_REDIS_CA"):
         config.redis.tls_ca_file = ca
+    if cluster := os.environ.get("PYFILTER_REDIS_CLUSTER"):
+        config.redis.cluster = cluster.lower() in ("1", "yes", "true")
     if replicas := os.environ.get("PYFILTER_REDIS_WAIT_REPLICAS"):
         if not replicas.isdigit():
             raise ConfigError(f"PYFILTER_REDIS_WAIT_REPLICAS: expected a number of replicas (0 or more), "

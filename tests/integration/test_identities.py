@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from pyfilter.common.keys import Keys
 from tests.integration.stack import AIRGAPPED, BASE_IMAGE, ROOT, Stack, make_log_dir, running, wait_for
 from tests.integration.test_pipeline import sshd_failures
 
@@ -121,13 +122,14 @@ def test_hosts_with_their_own_users_over_tls_share_bans(hosts):
 
 
 # What a compromised host could try with its own credentials, in the real stack.
+KEYS = Keys()
 FORBIDDEN = {
-    "write a decision": ("XADD", "pyfilter:decisions", "*", "m", "x"),
-    "unban through the ledger": ("FCALL", "pyfilter_v1_unban", "1", "pyfilter:bans:active"),
-    "read another host's lines": ("XRANGE", "pyfilter:lines:host-b", "-", "+"),
-    "append to another host's lines": ("XADD", "pyfilter:lines:host-b", "*", "m", "x"),
-    "whitelist": ("SADD", "pyfilter:whitelist", "198.51.100.0/24"),
-    "read a ban record": ("GET", "pyfilter:ban:{198.51.100.72}"),
+    "write a decision": ("XADD", KEYS.decisions, "*", "m", "x"),
+    "unban through the ledger": ("FCALL", "pyfilter_v1_unban", "1", KEYS.active_bans),
+    "read another host's lines": ("XRANGE", KEYS.lines("host-b"), "-", "+"),
+    "append to another host's lines": ("XADD", KEYS.lines("host-b"), "*", "m", "x"),
+    "whitelist": ("SADD", KEYS.whitelist, "198.51.100.0/24"),
+    "read a ban record": ("GET", KEYS.ban(ATTACKER)),
     "config set": ("CONFIG", "SET", "appendonly", "no"),
     "flushall": ("FLUSHALL",),
 }
@@ -136,7 +138,7 @@ FORBIDDEN = {
 def test_a_hosts_user_is_refused_everything_but_its_part(hosts):
     for what, command in FORBIDDEN.items():
         assert hosts.as_host("a", *command).startswith("NoPermissionError"), what
-    assert hosts.as_host("a", "XLEN", "pyfilter:lines:host-a").isdigit()
+    assert hosts.as_host("a", "XLEN", KEYS.lines("host-a")).isdigit()
 
 
 def test_a_removed_host_is_shut_out_and_the_others_keep_banning(hosts):

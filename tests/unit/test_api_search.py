@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+
 from tests.unit.apisupport import AUTH, call, detector_ban
 from tests.unit.test_geo import write_db
 
