@@ -12,7 +12,7 @@ import redis
 from pyfilter.common.keys import Keys
 
 from .test_collector_support import (
-    HOST, Collector, file_source, settle, stream_lines, texts, wait_for, wait_for_lines, write,
+    HOST, Collector, file_source, position, settle, stream_lines, texts, wait_for, wait_for_lines, write,
 )
 
 
@@ -49,16 +49,17 @@ def test_file_that_appears_later_is_read_from_its_start(tmp_path, logs, redis_ur
         wait_for_lines(redis_url, ["first", "second"])
 
 
-def test_line_ids_name_source_file_identity_and_offset(tmp_path, logs, redis_url):
+def test_line_ids_name_source_file_identity_generation_and_offset(tmp_path, logs, redis_url):
     log = logs / "auth.log"
     log.touch()
     with Collector(tmp_path, redis_url, [file_source("auth", log)]).start() as c:
         c.ready("auth")
         write(log, "a", "bb", "ccc")
         wait_for_lines(redis_url, ["a", "bb", "ccc"])
-    st = os.stat(log)
+    st, gen = os.stat(log), position(redis_url, "auth", log)["gen"]
+    assert gen
     assert [line.id for line in stream_lines(redis_url)] == [
-        f"auth:{st.st_dev}:{st.st_ino}:{offset}" for offset in (0, 2, 5)]
+        f"auth:{st.st_dev}:{st.st_ino}:{gen}:{offset}" for offset in (0, 2, 5)]
 
 
 def test_rename_rotation_loses_no_lines(tmp_path, logs, redis_url):
@@ -146,6 +147,61 @@ def test_truncated_file_is_read_again_from_the_start(tmp_path, logs, redis_url):
         # changed first bytes give it away.
         write(log, "replaced by a longer text, longer than before", "and more", mode="w")
         wait_for_lines(redis_url, ["replaced by a longer text, longer than before", "and more"])
+
+
+def test_truncated_file_starts_a_new_generation(tmp_path, logs, redis_url):
+    log = logs / "app.log"
+    log.touch()
+    with Collector(tmp_path, redis_url, [file_source("app", log)]).start() as c:
+        c.ready()
+        write(log, "same text", "same text")
+        wait_for(lambda: position(redis_url, "app", log)["offset"] == log.stat().st_size, what="both lines")
+        before = position(redis_url, "app", log)["gen"]
+        os.truncate(log, 0)
+        write(log, "new text")
+        wait_for(lambda: len(stream_lines(redis_url)) == 3, what="the line after the truncation")
+    ids = [line.id for line in stream_lines(redis_url)]
+    after, prefix = position(redis_url, "app", log)["gen"], f"app:{log.stat().st_dev}:{log.stat().st_ino}"
+    assert after != before
+    assert ids == [f"{prefix}:{before}:0", f"{prefix}:{before}:10", f"{prefix}:{after}:0"]
+
+
+def test_restart_resumes_in_the_same_generation(tmp_path, logs, redis_url):
+    log = logs / "app.log"
+    log.touch()
+    collector = Collector(tmp_path, redis_url, [file_source("app", log)])
+    with collector.start() as c:
+        c.ready()
+        write(log, "one")
+        wait_for_lines(redis_url, ["one"])
+        gen = position(redis_url, "app", log)["gen"]
+        c.kill()
+    write(log, "two")
+    with collector.start():
+        wait_for_lines(redis_url, ["two"])
+    assert [line.id.split(":")[-2] for line in stream_lines(redis_url)] == [gen, gen]
+
+
+def test_checkpoint_from_before_generations_still_loads(tmp_path, logs, redis_url):
+    """A checkpoint an older collector wrote (no `gen`): read on where it stopped, ids
+    in their old form (a line sent again keeps its id), until the file is truncated."""
+    log = logs / "app.log"
+    write(log, "read before the upgrade")
+    st = log.stat()
+    redis.Redis.from_url(redis_url).hset(Keys().checkpoint(HOST, "app"), mapping={
+        "started": "1", "seen": repr(st.st_mtime + 10),
+        f"{st.st_dev}:{st.st_ino}": f'{{"path":"{log}","offset":{st.st_size}}}'})
+    with Collector(tmp_path, redis_url, [file_source("app", log)]).start() as c:
+        write(log, "after the upgrade")
+        wait_for_lines(redis_url, ["after the upgrade"])
+        os.truncate(log, 0)
+        write(log, "after a truncation")
+        wait_for_lines(redis_url, ["after the upgrade", "after a truncation"])
+        assert c.stop() == 0
+    old, new = stream_lines(redis_url)
+    identity = f"app:{st.st_dev}:{st.st_ino}"
+    assert old.id == f"{identity}:{st.st_size}"
+    assert new.id == f"{identity}:{position(redis_url, 'app', log)['gen']}:0"
 
 
 def test_deleted_and_recreated_file_is_followed(tmp_path, logs, redis_url):
@@ -247,7 +303,7 @@ def test_directory_in_place_of_a_file_is_logged_and_retried(tmp_path, logs, redi
         bad.rmdir()
         write(bad, "now a file")
         wait_for_lines(redis_url, ["now a file"])
-        assert "is not a regular file" in c.logs()
+        assert "is a directory, not a regular file" in c.logs()
 
 
 def test_unreadable_file_is_logged_and_retried(tmp_path, logs, redis_url):

@@ -45,7 +45,7 @@ from pyfilter.common.messages import Line
 
 from .base import STARTED, Batch, Reader, SourcePlan
 from .seek import end_of_last_line, recent_start
-from .tail import Tail, head_is, saved_positions
+from .tail import NotALogFile, Tail, head_is, open_log, saved_positions
 from .wake import Wake, folders_of, woken
 
 log = logging.getLogger("pyfilter.collector.file")
@@ -145,7 +145,7 @@ class FileSource(Reader):
                 self._problem(path, f"cannot stat: {exc.strerror}")
                 continue
             if not stat.S_ISREG(st.st_mode):
-                self._problem(path, "is not a regular file")
+                self._problem(path, str(NotALogFile(st.st_mode)))
                 continue
             found.setdefault(f"{st.st_dev}:{st.st_ino}", (path, st))
 
@@ -171,23 +171,26 @@ class FileSource(Reader):
 
     def _open(self, path: str, st: os.stat_result) -> bool:
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd, st = open_log(path)  # st: what we opened, in case the path moved meanwhile
         except OSError as exc:
             self._problem(path, f"cannot open: {exc.strerror}")
             return False
-        st = os.fstat(fd)  # what we opened, in case the path moved meanwhile
+        except NotALogFile as exc:
+            self._problem(path, str(exc))
+            return False
         key = f"{st.st_dev}:{st.st_ino}"
-        if key in self.tails or not stat.S_ISREG(st.st_mode):
+        if key in self.tails:
             os.close(fd)
             return False
         if self.problems.pop(path, None):
             log.info("file readable again", extra={"source": self.name, "path": path})
         saved = self.saved.pop(key, None)
         if saved is not None:
-            tail = Tail(self.name, path, fd, st, saved.offset, saved.head, saved.fp)
+            tail = Tail.resume(self.name, path, fd, st, saved)
             self.tails[key] = tail
-            if st.st_size < saved.offset or not tail.head_matches():
-                self._restart(tail, "changed while the collector was stopped")
+            change = how_changed(st.st_size, saved.offset, tail.head_matches())
+            if change is not None:
+                self._restart(tail, change, st.st_size, stopped=True)
             return True
         # First sight of a file that was there before us (a new source, or a
         # path added to the config: unchanged since our last look) starts at
@@ -210,26 +213,35 @@ class FileSource(Reader):
         if st.st_size == tail.size and st.st_mtime_ns == tail.mtime:
             return False
         tail.size, tail.mtime = st.st_size, st.st_mtime_ns
-        if st.st_size >= tail.pos and tail.head_matches():
+        change = how_changed(st.st_size, tail.pos, tail.head_matches())
+        if change is None:
             return False
-        self._restart(tail, "truncated or rewritten (copytruncate?)")
+        self._restart(tail, change, st.st_size)
         return True
 
-    def _restart(self, tail: Tail, why: str) -> None:
-        """Read a truncated file again from 0, after taking its unread rest from a copy."""
+    def _restart(self, tail: Tail, change: str, size: int, stopped: bool = False) -> None:
+        """Read a truncated or rewritten file again from 0, in a new generation
+        (its offsets are used again), after taking its unread rest from a copy."""
+        where = {"source": self.name, "path": tail.path, "offset": tail.offset, "size": size}
+        copy = None
         if tail.offset > 0:
             copy = self._find_sibling(tail.path, lambda c: c.st_size >= tail.offset,
                                       lambda fd: head_is(fd, tail.head, tail.fp))
-            if copy is not None:
-                path, fd, st = copy
-                rest = Tail(self.name, path, fd, st, tail.offset, tail.head, tail.fp, live=False)
-                self.tails[rest.key] = rest
-                log.info("reading the rest of a truncated file from its copy",
-                         extra={"source": self.name, "path": tail.path, "copy": path, "offset": tail.offset})
-            elif tail.pos > tail.offset:
-                log.warning("file truncated before it was read to its end; no copy found next to it",
-                            extra={"source": self.name, "path": tail.path, "offset": tail.offset})
-        log.info("reading the file from the start", extra={"source": self.name, "path": tail.path, "why": why})
+        if copy is not None:
+            path, fd, st = copy
+            rest = Tail(self.name, path, fd, st, tail.offset, tail.head, tail.fp, live=False)
+            self.tails[rest.key] = rest
+            log.info("reading the rest of a truncated file from its copy", extra={**where, "copy": path})
+        elif change == TRUNCATED and tail.pos > tail.offset:
+            log.warning("file truncated before it was read to its end; no copy found next to it", extra=where)
+        elif change != TRUNCATED:
+            # Not a rotation: someone edited the log. What it holds now cannot
+            # be told from what was read, so it is all read again.
+            log.warning(f"file {CHANGES[change]}: edited in place, not rotated; reading it again from "
+                        "the start, so failures it still holds may count twice", extra=where)
+        log.info("reading the file from the start", extra={
+            "source": self.name, "path": tail.path,
+            "why": f"{change} while the collector was stopped" if stopped else change})
         tail.reset(0)
 
     def _recover_rotated(self, found: dict) -> None:
@@ -245,7 +257,7 @@ class FileSource(Reader):
                 self.forget.append(key)
                 continue
             path, fd, st = hit
-            self.tails[key] = Tail(self.name, path, fd, st, pos.offset, pos.head, pos.fp, live=False)
+            self.tails[key] = Tail.resume(self.name, path, fd, st, pos, live=False)
             log.info("finishing a file rotated while the collector was stopped",
                      extra={"source": self.name, "path": path, "offset": pos.offset})
         if self.started and self.seen > 0:
@@ -290,11 +302,11 @@ class FileSource(Reader):
                     continue
                 if not stat_ok(st):
                     continue
-                fd = os.open(entry.path, os.O_RDONLY)
-            except OSError:
+                fd, st = open_log(entry.path)
+            except (OSError, NotALogFile):
                 continue
             if fd_ok is None or fd_ok(fd):
-                return entry.path, fd, os.fstat(fd)
+                return entry.path, fd, st
             os.close(fd)
         return None
 
@@ -309,6 +321,29 @@ class FileSource(Reader):
             self.stats.errors += 1
             log.error("cannot read a path of the source; retrying", extra={
                 "source": self.name, "path": path, "problem": what, "retry_every": self.opts.poll_interval})
+
+
+TRUNCATED, SHRANK, REWRITTEN = "truncated", "shrank", "rewritten"
+CHANGES = {  # what each change is, said in a warning
+    SHRANK: "got shorter than what was read without being emptied, its first bytes unchanged",
+    REWRITTEN: "has new first bytes but is not shorter than what was read",
+}
+
+
+def how_changed(size: int, read: int, head_same: bool) -> str | None:
+    """What happened to a followed file, from its size now, how far it was
+    read, and whether its first bytes are still those read; None: at most appended to.
+
+    Shorter with other first bytes: truncated (and perhaps written again
+    since, as after copytruncate). Shorter with the same first bytes: cut,
+    or lines removed by an editor. As long with other first bytes: written
+    over from its start.
+    """
+    if size >= read and head_same:
+        return None
+    if size < read:
+        return SHRANK if head_same and size > 0 else TRUNCATED
+    return REWRITTEN
 
 
 def watched_paths(patterns: list[str]) -> list[str]:
