@@ -116,6 +116,8 @@ class Tail:
         want = min(HEAD, self.pos)
         if want > self.head:
             data = os.pread(self.fd, want, 0)
+            if self.head and fingerprint(data[: self.head]) != self.fp:
+                return  # written over from its start: keep the old print, the next look sees it
             self.head, self.fp, self.dirty = len(data), fingerprint(data), True
 
     def read(self) -> bool:
