@@ -45,6 +45,7 @@ from pyfilter.common.messages import Line
 
 from .base import STARTED, Batch, Reader, SourcePlan
 from .seek import end_of_last_line, recent_start
+from .packed import Archive, Unpacked, being_made, find_copy, open_archive, readable as packed_readable
 from .tail import NotALogFile, Tail, head_is, open_log, saved_positions
 from .wake import Wake, folders_of, woken
 
@@ -85,7 +86,8 @@ class FileSource(Reader):
         while not self.stop.is_set():
             if time.monotonic() >= next_scan:
                 if wake:  # before the scan: a change right after it still wakes us
-                    wake.watch(folders_of([*self.cfg.paths, *(t.path for t in self.tails.values())]))
+                    wake.watch(folders_of([*self.cfg.paths, *(t.path for t in self.tails.values()),
+                                           *link_targets(self.cfg.paths)]))
                 self._scan()
                 next_scan = time.monotonic() + self.opts.poll_interval
             progressed = False
@@ -227,9 +229,13 @@ class FileSource(Reader):
         if tail.offset > 0:
             copy = self._find_sibling(tail.path, lambda c: c.st_size >= tail.offset,
                                       lambda fd: head_is(fd, tail.head, tail.fp))
+            if copy is not None:
+                path, fd, st = copy
+                copy = path, Tail(self.name, path, fd, st, tail.offset, tail.head, tail.fp, live=False)
+            if copy is None and (packed := self._packed_copy(tail.path, tail.head, tail.fp, tail.offset)):
+                copy = packed[0], Unpacked(self.name, packed[1], packed[0], tail.offset, tail.head, tail.fp)
         if copy is not None:
-            path, fd, st = copy
-            rest = Tail(self.name, path, fd, st, tail.offset, tail.head, tail.fp, live=False)
+            path, rest = copy
             self.tails[rest.key] = rest
             log.info("reading the rest of a truncated file from its copy", extra={**where, "copy": path})
         elif change == TRUNCATED and tail.pos > tail.offset:
@@ -248,16 +254,23 @@ class FileSource(Reader):
         """First scan: finish files rotated while we were stopped; forget the rest."""
         for key, pos in list(self.saved.items()):
             del self.saved[key]
-            hit = self._find_sibling(pos.path, lambda c, k=key: f"{c.st_dev}:{c.st_ino}" == k,
-                                     lambda fd, p=pos: head_is(fd, p.head, p.fp))
-            if hit is None:
-                log.warning("a followed file is gone (rotated and compressed, or deleted); "
+            same = (lambda c, k=key: f"{c.st_dev}:{c.st_ino}" == k), (lambda fd, p=pos: head_is(fd, p.head, p.fp))
+            # Next to its name, or next to the file a symbolic link there points to now.
+            hit = self._find_sibling(pos.path, *same) or self._find_sibling(
+                os.path.realpath(pos.path), *same, any_name=True)
+            if hit is not None:
+                path, fd, st = hit
+                self.tails[key] = Tail.resume(self.name, path, fd, st, pos, live=False)
+            elif packed := self._packed_copy(pos.path, pos.head, pos.fp, pos.offset):
+                path = packed[0]
+                self.tails[key] = Unpacked(self.name, packed[1], path, pos.offset, pos.head, pos.fp,
+                                           gen=pos.gen, key=key)
+            else:
+                log.warning("a followed file is gone (deleted, or compressed in a form not read); "
                             "lines written after the last checkpoint may be missing",
                             extra={"source": self.name, "path": pos.path, "offset": pos.offset})
                 self.forget.append(key)
                 continue
-            path, fd, st = hit
-            self.tails[key] = Tail.resume(self.name, path, fd, st, pos, live=False)
             log.info("finishing a file rotated while the collector was stopped",
                      extra={"source": self.name, "path": path, "offset": pos.offset})
         if self.started and self.seen > 0:
@@ -282,20 +295,43 @@ class FileSource(Reader):
                 self.tails[tail.key] = tail
                 log.info("reading a rotated file never seen at its live name",
                          extra={"source": self.name, "path": copy})
+            for copy in self._siblings(path, packed=True):
+                try:
+                    if copy.stat().st_mtime <= since or being_made(copy.path):
+                        continue
+                except OSError:
+                    continue
+                if (archive := open_archive(copy.path)) is None:
+                    continue
+                # A compressed copy of a file being read holds nothing new.
+                if archive.identity in self.tails or any(archive.copy_of(t) for t in self.tails.values()):
+                    archive.close()
+                    continue
+                tail = Unpacked(self.name, archive, copy.path, 0)
+                self.tails[tail.key] = tail
+                log.info("reading a compressed rotated file never seen at its live name",
+                         extra={"source": self.name, "path": copy.path})
 
-    def _find_sibling(self, path: str, stat_ok, fd_ok):
-        """A rotated relative of `path` (same folder, name starting with its name)
-        that passes the tests, opened; None if there is none."""
+    def _packed_copy(self, path: str, head: int, fp: str, offset: int) -> tuple[str, Archive] | None:
+        """A compressed rotated relative of `path` holding the file with this print up to `offset`."""
+        return find_copy([e.path for e in self._siblings(path, packed=True)], head, fp, offset)
+
+    def _siblings(self, path: str, packed: bool = False, any_name: bool = False) -> list[os.DirEntry]:
+        """Rotated relatives of `path`: in its folder, named after it (any name in
+        its folder with `any_name`), by name; uncompressed, or those packed.py reads."""
         folder, base = os.path.split(path)
-        base = ROTATED_NAME.sub("", base) or base  # app.log.1 has moved on to app.log.2
+        base = "" if any_name else ROTATED_NAME.sub("", base) or base  # app.log.1 has moved on to app.log.2
         try:
             entries = sorted(os.scandir(folder or "."), key=lambda e: e.name)
         except OSError:
-            return None
-        for entry in entries:
-            name = entry.name
-            if not name.startswith(base) or name == base or name.lower().endswith(COMPRESSED):
-                continue
+            return []
+        return [e for e in entries if e.name.startswith(base) and e.name != os.path.basename(path)
+                and (packed_readable(e.name) if packed else not e.name.lower().endswith(COMPRESSED))]
+
+    def _find_sibling(self, path: str, stat_ok, fd_ok, any_name: bool = False):
+        """A rotated relative of `path` (`_siblings`) that passes the tests, opened;
+        None if there is none."""
+        for entry in self._siblings(path, any_name=any_name):
             try:
                 st = entry.stat()
                 if not stat.S_ISREG(st.st_mode) or f"{st.st_dev}:{st.st_ino}" in self.tails:
@@ -357,6 +393,12 @@ def watched_paths(patterns: list[str]) -> list[str]:
         else:
             paths.append(pattern)
     return list(dict.fromkeys(paths))
+
+
+def link_targets(paths: list[str]) -> list[str]:
+    """The files symbolic links among `paths` point to: writes to them happen in
+    their own folder, which is watched too (else they wait for the rescan)."""
+    return [os.path.realpath(p) for p in paths if not glob.has_magic(p) and os.path.islink(p)]
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

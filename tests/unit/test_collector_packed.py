@@ -1,0 +1,89 @@
+"""Rotated files compressed before the collector read them to their end (logrotate `compress`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from .test_collector_support import Collector, file_source, position, settle, stream_lines, wait_for_lines, write
+
+
+@pytest.fixture
+def logs(tmp_path):
+    folder = tmp_path / "log"
+    folder.mkdir()
+    return folder
+
+
+def rotate_and_compress(log, keep: int = 5) -> None:
+    """logrotate with `compress`: older copies move up, the log becomes `.1.gz`, a new one is made.
+    gzip keeps the file's modification time, as logrotate's does."""
+    for n in range(keep, 0, -1):
+        if os.path.exists(f"{log}.{n}.gz"):
+            os.rename(f"{log}.{n}.gz", f"{log}.{n + 1}.gz")
+    os.rename(log, f"{log}.1")
+    log.touch()
+    subprocess.run(["gzip", f"{log}.1"], check=True)
+
+
+def test_rest_of_a_file_compressed_while_stopped_is_read_from_its_archive(tmp_path, logs, redis_url):
+    log = logs / "app.log"
+    log.touch()
+    collector = Collector(tmp_path, redis_url, [file_source("app", log)])
+    with collector.start() as c:
+        c.ready()
+        write(log, "a1", "a2")
+        wait_for_lines(redis_url, ["a1", "a2"])
+        gen = position(redis_url, "app", log)["gen"]
+        c.kill()
+    st = log.stat()
+    write(log, "a3 written before the rotation, never read")
+    rotate_and_compress(log)
+    write(log, "b1")
+    with collector.start() as c:
+        wait_for_lines(redis_url, ["a3 written before the rotation, never read", "b1"])
+        settle()
+    lines = stream_lines(redis_url)
+    assert [line.text for line in lines].count("a1") == 1
+    # The rest keeps the ids it would have had, read from the file itself.
+    a3 = next(line for line in lines if line.text.startswith("a3"))
+    assert a3.id == f"app:{st.st_dev}:{st.st_ino}:{gen}:6"
+
+
+def test_files_rotated_and_compressed_while_stopped_are_read_whole(tmp_path, logs, redis_url):
+    log = logs / "app.log"
+    log.touch()
+    collector = Collector(tmp_path, redis_url, [file_source("app", log)])
+    with collector.start() as c:
+        c.ready()
+        write(log, "a1")
+        wait_for_lines(redis_url, ["a1"])
+        c.kill()
+    write(log, "a2")
+    rotate_and_compress(log)
+    write(log, "b1 in a file only ever seen compressed", "b2")
+    rotate_and_compress(log)
+    write(log, "c1")
+    write(logs / "app.log.7.gz", "an old archive")  # not gzip at all: left alone
+    with collector.start():
+        found = wait_for_lines(redis_url, ["a1", "a2", "b1 in a file only ever seen compressed", "b2", "c1"])
+        settle()
+    assert sorted(found) == sorted(["a1", "a2", "b1 in a file only ever seen compressed", "b2", "c1"])
+
+
+def test_file_compressed_while_read_is_not_read_twice(tmp_path, logs, redis_url):
+    log = logs / "app.log"
+    log.touch()
+    with Collector(tmp_path, redis_url, [file_source("app", log)]).start() as c:
+        c.ready()
+        for n in range(5):
+            write(log, *(f"round {n} line {i}" for i in range(100)))
+            rotate_and_compress(log)
+        write(log, "last")
+        wanted = [f"round {n} line {i}" for n in range(5) for i in range(100)] + ["last"]
+        wait_for_lines(redis_url, wanted)
+        settle(1.0)
+    found = [line.text for line in stream_lines(redis_url)]
+    assert sorted(found) == sorted(wanted)
