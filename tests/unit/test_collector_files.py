@@ -321,3 +321,37 @@ def test_sigterm_exits_zero(tmp_path, logs, redis_url):
     with Collector(tmp_path, redis_url, [file_source("app", logs / "app.log")]).start() as c:
         c.ready()  # running, past its start
         assert c.stop() == 0
+
+
+def point_link(link, target) -> None:
+    """`ln -sfn`: a new link renamed over the old one, so the path never vanishes."""
+    tmp = link.with_name(link.name + ".new")
+    os.symlink(target, tmp)
+    os.rename(tmp, link)
+
+
+def test_symlinked_log_whose_target_is_replaced_loses_no_lines(tmp_path, logs, redis_url):
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    link = logs / "current.log"
+    (targets / "app-1.log").touch()
+    point_link(link, targets / "app-1.log")
+    collector = Collector(tmp_path, redis_url, [file_source("app", link)])
+    with collector.start() as c:
+        c.ready()
+        write(targets / "app-1.log", "one")
+        wait_for_lines(redis_url, ["one"])
+        write(targets / "app-2.log", "two")
+        point_link(link, targets / "app-2.log")
+        write(targets / "app-1.log", "late line in the old target")
+        wait_for_lines(redis_url, ["two", "late line in the old target"])
+        c.kill()
+    # Replaced again while the collector is down, with lines left unread in the old target.
+    write(targets / "app-2.log", "three, never read before the switch")
+    write(targets / "app-3.log", "four")
+    point_link(link, targets / "app-3.log")
+    with collector.start():
+        found = wait_for_lines(redis_url, ["three, never read before the switch", "four"])
+        settle()
+    assert sorted(found) == sorted(["one", "two", "late line in the old target",
+                                    "three, never read before the switch", "four"])
