@@ -355,3 +355,27 @@ def test_symlinked_log_whose_target_is_replaced_loses_no_lines(tmp_path, logs, r
         settle()
     assert sorted(found) == sorted(["one", "two", "late line in the old target",
                                     "three, never read before the switch", "four"])
+
+
+def test_copy_being_read_at_a_crash_is_resumed_not_read_again(tmp_path, logs, redis_url):
+    log = logs / "app.log"
+    log.touch()
+    collector = Collector(tmp_path, redis_url, [file_source("app", log)])
+    with collector.start() as c:
+        c.ready()
+        write(log, "one", "two")
+        wait_for_lines(redis_url, ["one", "two"])
+        c.proc.send_signal(signal.SIGSTOP)  # so "three" is read from the copy
+        try:
+            write(log, "three")
+            shutil.copyfile(log, logs / "app.log.1")
+            os.truncate(log, 0)
+        finally:
+            c.proc.send_signal(signal.SIGCONT)
+        wait_for_lines(redis_url, ["three"])
+        c.kill()  # the copy is still followed, under its rotated name
+    write(log, "four")
+    with collector.start():
+        wait_for_lines(redis_url, ["four"])
+        settle()
+    assert sorted(texts(redis_url)) == ["four", "one", "three", "two"]

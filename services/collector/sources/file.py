@@ -10,9 +10,10 @@ identity and looks at the watched paths again when inotify says they changed
   DRAIN_IDLE seconds (daemons write to it until they reopen), the new file is
   read from its start;
 - a file shorter than what was read, or whose first bytes changed
-  (copytruncate, truncation): it is read again from 0, after the unread rest
-  was taken from the copy if one sits next to it (`name.1` starting with the
-  same bytes);
+  (copytruncate, truncation, an edit in place: `how_changed`): it is read
+  again from 0 in a new generation (tail.py), after the unread rest was taken
+  from the copy if one sits next to it (`name.1`, or `name.1.gz`, starting
+  with the same bytes); an edit in place is warned about;
 - a watched path that appears later is read from its start.
 
 A file there before the source first started is read from its first line
@@ -23,9 +24,11 @@ count; with no lookback (or `from_start`), from its end (or its start).
 Checkpoint hash fields: `"{dev}:{ino}"` -> `Position` (JSON, readable with
 HGETALL), plus STARTED and SEEN. On restart a file resumes at its position if
 its identity and first bytes (`fp`, which guards against inode reuse) match.
-Files rotated while the collector was down are found next to the live file:
-by identity (read from the saved offset), and files it never saw (modified
-after SEEN) are read whole. Compressed files are never read.
+Files rotated while the collector was down are found next to the live file
+(or next to a symbolic link's new target) by identity and read from the
+saved offset, else in a compressed copy by their first bytes (packed.py);
+files it never saw (modified after SEEN) are read whole, compressed or not.
+Other compressed files are never read. A FIFO or device is refused, once.
 """
 
 from __future__ import annotations
@@ -319,13 +322,13 @@ class FileSource(Reader):
     def _siblings(self, path: str, packed: bool = False, any_name: bool = False) -> list[os.DirEntry]:
         """Rotated relatives of `path`: in its folder, named after it (any name in
         its folder with `any_name`), by name; uncompressed, or those packed.py reads."""
-        folder, base = os.path.split(path)
-        base = "" if any_name else ROTATED_NAME.sub("", base) or base  # app.log.1 has moved on to app.log.2
+        folder, name = os.path.split(path)
+        live = ROTATED_NAME.sub("", name) or name  # app.log.1 has moved on to app.log.2
         try:
             entries = sorted(os.scandir(folder or "."), key=lambda e: e.name)
         except OSError:
             return []
-        return [e for e in entries if e.name.startswith(base) and e.name != os.path.basename(path)
+        return [e for e in entries if (any_name or e.name.startswith(live) and e.name != live)
                 and (packed_readable(e.name) if packed else not e.name.lower().endswith(COMPRESSED))]
 
     def _find_sibling(self, path: str, stat_ok, fd_ok, any_name: bool = False):
