@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+from pyfilter.collector.sources.tail import REWRITTEN, SHRANK, TRUNCATED, how_changed
+
 from .test_collector_support import Collector, file_source, settle, wait_for, wait_for_lines, write
 
 
@@ -18,6 +20,19 @@ def logs(tmp_path):
     folder = tmp_path / "log"
     folder.mkdir()
     return folder
+
+
+@pytest.mark.parametrize("size, read, head_same, change", [
+    (120, 100, True, None),  # appended to
+    (100, 100, True, None),  # unchanged
+    (0, 100, False, TRUNCATED),  # emptied
+    (30, 100, False, TRUNCATED),  # emptied, then written again (copytruncate)
+    (60, 100, True, SHRANK),  # cut short, or lines taken out by an editor
+    (100, 100, False, REWRITTEN),  # written over from its start
+    (150, 100, False, REWRITTEN),
+])
+def test_what_happened_to_a_file_is_told_from_its_size_and_first_bytes(size, read, head_same, change):
+    assert how_changed(size, read, head_same) == change
 
 
 def said_once(logs_text: str, what: str) -> bool:

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from .test_collector_support import Collector, file_source, position, settle, stream_lines, wait_for_lines, write
+from .test_collector_support import Collector, file_source, settle, stream_lines, wait_for_lines, write
 
 
 @pytest.fixture
@@ -36,9 +36,7 @@ def test_rest_of_a_file_compressed_while_stopped_is_read_from_its_archive(tmp_pa
         c.ready()
         write(log, "a1", "a2")
         wait_for_lines(redis_url, ["a1", "a2"])
-        gen = position(redis_url, "app", log)["gen"]
         c.kill()
-    st = log.stat()
     write(log, "a3 written before the rotation, never read")
     rotate_and_compress(log)
     write(log, "b1")
@@ -47,9 +45,11 @@ def test_rest_of_a_file_compressed_while_stopped_is_read_from_its_archive(tmp_pa
         settle()
     lines = stream_lines(redis_url)
     assert [line.text for line in lines].count("a1") == 1
-    # The rest keeps the ids it would have had, read from the file itself.
+    # The rest starts where the checkpoint stopped, in the archive's identity (the
+    # file's inode is free again: the next file made may take it).
+    packed = os.stat(f"{log}.1.gz")
     a3 = next(line for line in lines if line.text.startswith("a3"))
-    assert a3.id == f"app:{st.st_dev}:{st.st_ino}:{gen}:6"
+    assert a3.id.startswith(f"app:{packed.st_dev}:{packed.st_ino}:") and a3.id.endswith(":6")
 
 
 def test_files_rotated_and_compressed_while_stopped_are_read_whole(tmp_path, logs, redis_url):
@@ -87,3 +87,34 @@ def test_file_compressed_while_read_is_not_read_twice(tmp_path, logs, redis_url)
         settle(1.0)
     found = [line.text for line in stream_lines(redis_url)]
     assert sorted(found) == sorted(wanted)
+
+
+def test_archive_read_after_a_crash_is_not_confused_with_a_new_file_on_the_freed_inode(tmp_path, logs, redis_url):
+    """The rotated file's inode is free once gzip removed it, and the next log made may take it.
+
+    Whether it does is the file system's choice (ext4 often gives the inode
+    freed last): the rotation matrix (tests/integration) met it every run.
+    """
+    log = logs / "app.log"
+    log.touch()
+    collector = Collector(tmp_path, redis_url, [file_source("app", log)])
+    with collector.start() as c:
+        c.ready()
+        write(log, "a1")
+        wait_for_lines(redis_url, ["a1"])
+        os.rename(log, f"{log}.1")
+        log.touch()
+        write(f"{log}.1", "a2, late in the rotated file")
+        wait_for_lines(redis_url, ["a2, late in the rotated file"])
+        c.kill()  # while it still follows app.log.1
+    write(f"{log}.1", "a3, unread")
+    subprocess.run(["gzip", f"{log}.1"], check=True)
+    with collector.start() as c:
+        wait_for_lines(redis_url, ["a3, unread"])
+        for n in range(3):  # new files, perhaps on the inode gzip freed
+            os.rename(log, f"{log}.{n + 2}")
+            write(log, f"b{n}")
+            wait_for_lines(redis_url, [f"b{n}"])
+        settle(1.0)
+    found = [line.text for line in stream_lines(redis_url)]
+    assert sorted(found) == sorted(["a1", "a2, late in the rotated file", "a3, unread", "b0", "b1", "b2"])

@@ -34,10 +34,8 @@ Other compressed files are never read. A FIFO or device is refused, once.
 from __future__ import annotations
 
 import asyncio
-import glob
 import logging
 import os
-import re
 import stat
 import time
 from typing import AsyncIterator
@@ -47,9 +45,10 @@ from pyfilter.common.config import CollectorConfig, Source as SourceConfig
 from pyfilter.common.messages import Line
 
 from .base import STARTED, Batch, Reader, SourcePlan
+from .packed import Archive, Unpacked, being_made, find_copy, open_archive
+from .rotated import identity, link_targets, relatives, watched_paths
 from .seek import end_of_last_line, recent_start
-from .packed import Archive, Unpacked, being_made, find_copy, open_archive, readable as packed_readable
-from .tail import NotALogFile, Tail, head_is, open_log, saved_positions
+from .tail import CHANGES, TRUNCATED, NotALogFile, Tail, head_is, how_changed, open_log, saved_positions
 from .wake import Wake, folders_of, woken
 
 log = logging.getLogger("pyfilter.collector.file")
@@ -58,9 +57,6 @@ RESCAN = 5.0  # with inotify (wake.py): look at the paths at least this often, o
 DRAIN_IDLE = 5.0  # keep reading a rotated-away file until quiet this long (s)
 SEEN = "seen"  # checkpoint field: wall time of the scan behind the last batch
 SEEN_MARGIN = 1.0  # clock slack when judging "modified after SEEN" (s)
-COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".z", ".zip")
-# What logrotate appends to a rotated name: `.1`, or `-20240501` with dateext.
-ROTATED_NAME = re.compile(r"(\.\d+|-\d{8}(\d{2})?)$")
 
 
 class FileSource(Reader):
@@ -265,9 +261,12 @@ class FileSource(Reader):
                 path, fd, st = hit
                 self.tails[key] = Tail.resume(self.name, path, fd, st, pos, live=False)
             elif packed := self._packed_copy(pos.path, pos.head, pos.fp, pos.offset):
-                path = packed[0]
-                self.tails[key] = Unpacked(self.name, packed[1], path, pos.offset, pos.head, pos.fp,
-                                           gen=pos.gen, key=key)
+                path, archive = packed
+                ours = archive.identity == key  # a copy we were reading already
+                tail = Unpacked(self.name, archive, path, pos.offset, pos.head, pos.fp, pos.gen if ours else None)
+                self.tails[tail.key] = tail
+                if not ours:
+                    self.forget.append(key)
             else:
                 log.warning("a followed file is gone (deleted, or compressed in a form not read); "
                             "lines written after the last checkpoint may be missing",
@@ -298,16 +297,16 @@ class FileSource(Reader):
                 self.tails[tail.key] = tail
                 log.info("reading a rotated file never seen at its live name",
                          extra={"source": self.name, "path": copy})
-            for copy in self._siblings(path, packed=True):
+            for copy in relatives(path, packed=True):
                 try:
-                    if copy.stat().st_mtime <= since or being_made(copy.path):
+                    if copy.stat().st_mtime <= since or identity(copy) in self.tails or being_made(copy.path):
                         continue
                 except OSError:
                     continue
                 if (archive := open_archive(copy.path)) is None:
                     continue
                 # A compressed copy of a file being read holds nothing new.
-                if archive.identity in self.tails or any(archive.copy_of(t) for t in self.tails.values()):
+                if any(archive.copy_of(t) for t in self.tails.values()):
                     archive.close()
                     continue
                 tail = Unpacked(self.name, archive, copy.path, 0)
@@ -317,24 +316,13 @@ class FileSource(Reader):
 
     def _packed_copy(self, path: str, head: int, fp: str, offset: int) -> tuple[str, Archive] | None:
         """A compressed rotated relative of `path` holding the file with this print up to `offset`."""
-        return find_copy([e.path for e in self._siblings(path, packed=True)], head, fp, offset)
-
-    def _siblings(self, path: str, packed: bool = False, any_name: bool = False) -> list[os.DirEntry]:
-        """Rotated relatives of `path`: in its folder, named after it (any name in
-        its folder with `any_name`), by name; uncompressed, or those packed.py reads."""
-        folder, name = os.path.split(path)
-        live = ROTATED_NAME.sub("", name) or name  # app.log.1 has moved on to app.log.2
-        try:
-            entries = sorted(os.scandir(folder or "."), key=lambda e: e.name)
-        except OSError:
-            return []
-        return [e for e in entries if (any_name or e.name.startswith(live) and e.name != live)
-                and (packed_readable(e.name) if packed else not e.name.lower().endswith(COMPRESSED))]
+        return find_copy([e.path for e in relatives(path, packed=True)
+                          if identity(e) not in self.tails], head, fp, offset)
 
     def _find_sibling(self, path: str, stat_ok, fd_ok, any_name: bool = False):
         """A rotated relative of `path` (`_siblings`) that passes the tests, opened;
         None if there is none."""
-        for entry in self._siblings(path, any_name=any_name):
+        for entry in relatives(path, any_name=any_name):
             try:
                 st = entry.stat()
                 if not stat.S_ISREG(st.st_mode) or f"{st.st_dev}:{st.st_ino}" in self.tails:
@@ -360,48 +348,6 @@ class FileSource(Reader):
             self.stats.errors += 1
             log.error("cannot read a path of the source; retrying", extra={
                 "source": self.name, "path": path, "problem": what, "retry_every": self.opts.poll_interval})
-
-
-TRUNCATED, SHRANK, REWRITTEN = "truncated", "shrank", "rewritten"
-CHANGES = {  # what each change is, said in a warning
-    SHRANK: "got shorter than what was read without being emptied, its first bytes unchanged",
-    REWRITTEN: "has new first bytes but is not shorter than what was read",
-}
-
-
-def how_changed(size: int, read: int, head_same: bool) -> str | None:
-    """What happened to a followed file, from its size now, how far it was
-    read, and whether its first bytes are still those read; None: at most appended to.
-
-    Shorter with other first bytes: truncated (and perhaps written again
-    since, as after copytruncate). Shorter with the same first bytes: cut,
-    or lines removed by an editor. As long with other first bytes: written
-    over from its start.
-    """
-    if size >= read and head_same:
-        return None
-    if size < read:
-        return SHRANK if head_same and size > 0 else TRUNCATED
-    return REWRITTEN
-
-
-def watched_paths(patterns: list[str]) -> list[str]:
-    """The paths a file source watches: its paths, globs expanded to live files."""
-    paths: list[str] = []
-    for pattern in patterns:
-        if glob.has_magic(pattern):
-            # A glob names live files: never pick up rotated or compressed ones.
-            paths += sorted(p for p in glob.glob(pattern) if not ROTATED_NAME.search(p)
-                            and not p.lower().endswith(COMPRESSED))
-        else:
-            paths.append(pattern)
-    return list(dict.fromkeys(paths))
-
-
-def link_targets(paths: list[str]) -> list[str]:
-    """The files symbolic links among `paths` point to: writes to them happen in
-    their own folder, which is watched too (else they wait for the rescan)."""
-    return [os.path.realpath(p) for p in paths if not glob.has_magic(p) and os.path.islink(p)]
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -6,9 +6,9 @@ later). A running collector holds the file open and reads it to its end
 anyway; one that was stopped meanwhile (a crash, an upgrade) finds only
 `auth.log.1.gz`. Dropping what the file held past the checkpoint lost those
 lines, so they are read from the compressed copy: its bytes, decompressed,
-are the file's bytes, so its lines get the offsets, and the ids, they would
-have had. A rotated file never seen at its live name (several rotations
-while the collector was stopped) is read whole from its copy the same way.
+are the file's bytes, so the rest starts at the checkpoint's offset. A
+rotated file never seen at its live name (several rotations while the
+collector was stopped) is read whole from its copy the same way.
 
 gzip, bzip2 and xz (Python's own modules); other kinds are never read.
 """
@@ -84,13 +84,18 @@ class Archive:
 
 
 class Unpacked(Tail):
-    """A file read from its compressed copy: as a file of its own, or (`key`,
-    `gen`) in the identity and generation of the file it was."""
+    """A file read from its compressed copy, under the copy's identity.
+
+    Not the original's: that inode is free once the original is deleted, and
+    the next file made may take it (logrotate's `create` often does). Lines
+    read here were never sent from the original, so ids of their own lose
+    nothing; `gen`: the generation a checkpoint of this copy saved.
+    """
 
     def __init__(self, source: str, archive: Archive, path: str, offset: int, head: int = 0, fp: str = "",
-                 gen: str | None = None, key: str | None = None):
+                 gen: str | None = None):
         self.archive = archive
-        super().__init__(source, path, archive.fd, archive.st, offset, head, fp, live=False, gen=gen, key=key)
+        super().__init__(source, path, archive.fd, archive.st, offset, head, fp, live=False, gen=gen)
 
     def pread(self, size: int, at: int) -> bytes:
         return self.archive.pread(size, at)

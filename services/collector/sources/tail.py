@@ -70,6 +70,29 @@ def new_generation() -> str:
     return base64.b32encode(secrets.token_bytes(8)).decode().rstrip("=").lower()
 
 
+TRUNCATED, SHRANK, REWRITTEN = "truncated", "shrank", "rewritten"
+CHANGES = {  # what each change is, said in a warning
+    SHRANK: "got shorter than what was read without being emptied, its first bytes unchanged",
+    REWRITTEN: "has new first bytes but is not shorter than what was read",
+}
+
+
+def how_changed(size: int, read: int, head_same: bool) -> str | None:
+    """What happened to a followed file, from its size now, how far it was
+    read, and whether its first bytes are still those read; None: at most appended to.
+
+    Shorter with other first bytes: truncated (and perhaps written again
+    since, as after copytruncate). Shorter with the same first bytes: cut,
+    or lines removed by an editor. As long with other first bytes: written
+    over from its start.
+    """
+    if size >= read and head_same:
+        return None
+    if size < read:
+        return SHRANK if head_same and size > 0 else TRUNCATED
+    return REWRITTEN
+
+
 class Tail:
     """One open file: reads from `pos`, emits lines starting at `offset`.
 
@@ -78,11 +101,9 @@ class Tail:
     """
 
     def __init__(self, source: str, path: str, fd: int, st: os.stat_result, offset: int,
-                 head: int = 0, fp: str = "", live: bool = True, gen: str | None = None,
-                 key: str | None = None):
+                 head: int = 0, fp: str = "", live: bool = True, gen: str | None = None):
         self.path, self.fd, self.source = path, fd, source
-        # Its identity; another file's when it holds that file's bytes (packed.py).
-        self.key = key or f"{st.st_dev}:{st.st_ino}"
+        self.key = f"{st.st_dev}:{st.st_ino}"
         self.live = live  # a watched path names this file
         self.size, self.mtime = st.st_size, st.st_mtime_ns
         self.reset(offset, gen)

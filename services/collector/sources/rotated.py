@@ -1,0 +1,60 @@
+"""Which paths a file source watches, and where a log's rotated copies are.
+
+logrotate and daemons name a rotated log after the live one: `auth.log.1`,
+`auth.log-20240501` (dateext), compressed `auth.log.2.gz`. A glob names live
+logs only, never those. A symbolic link's target lives under a name of its
+own, often in another folder (`current -> app-3.log`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+
+from .packed import readable as packed_readable
+
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".z", ".zip")
+# What logrotate appends to a rotated name: `.1`, or `-20240501` with dateext.
+ROTATED_NAME = re.compile(r"(\.\d+|-\d{8}(\d{2})?)$")
+
+
+def watched_paths(patterns: list[str]) -> list[str]:
+    """The paths a file source watches: its paths, globs expanded to live files."""
+    paths: list[str] = []
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            paths += sorted(p for p in glob.glob(pattern) if not ROTATED_NAME.search(p)
+                            and not p.lower().endswith(COMPRESSED))
+        else:
+            paths.append(pattern)
+    return list(dict.fromkeys(paths))
+
+
+def link_targets(paths: list[str]) -> list[str]:
+    """The files symbolic links among `paths` point to: writes to them happen in
+    their own folder, which is watched too (else they wait for the rescan)."""
+    return [os.path.realpath(p) for p in paths if not glob.has_magic(p) and os.path.islink(p)]
+
+
+def relatives(path: str, packed: bool = False, any_name: bool = False) -> list[os.DirEntry]:
+    """Rotated relatives of `path`, by name: in its folder, named after its live
+    name (`any_name`: every file of the folder), uncompressed, or (`packed`)
+    compressed in a form packed.py reads."""
+    folder, name = os.path.split(path)
+    live = ROTATED_NAME.sub("", name) or name  # app.log.1 has moved on to app.log.2
+    try:
+        entries = sorted(os.scandir(folder or "."), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [e for e in entries if (any_name or e.name.startswith(live) and e.name != live)
+            and (packed_readable(e.name) if packed else not e.name.lower().endswith(COMPRESSED))]
+
+
+def identity(entry: os.DirEntry) -> str:
+    """A folder entry's file identity, `dev:ino` (as checkpoints key files); "" if it is gone."""
+    try:
+        st = entry.stat()
+    except OSError:
+        return ""
+    return f"{st.st_dev}:{st.st_ino}"
