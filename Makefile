@@ -15,13 +15,16 @@ ifeq ($(AIRGAPPED),1)
 COMPOSE_FILES += -f compose/airgapped.yml
 endif
 COMPOSE := docker compose $(COMPOSE_FILES)
+# The air-gapped base image, as compose/airgapped.yml names it.
+BASE_IMAGE = $(shell sed -n 's/^ *image: *\(pyfilter-base:[^ ]*\)/\1/p' compose/airgapped.yml | head -n 1)
 
 .PHONY: help up down server agent images airgapped-images dev lint test unit integration bench bench-idle logs fail2ban-config
 
 help:
 	@echo "make up      start the stack on this host (healthy when it returns); DETECTORS=3 scales"
 	@echo "make down    stop it (volumes, hence bans and history, are kept)"
-	@echo "make server  many hosts: Redis, detectors, notifier and api (PYFILTER_REDIS_PASSWORD required)"
+	@echo "make server  many hosts: Redis, detectors, notifier and api (PYFILTER_REDIS_PASSWORD required);"
+	@echo "             HA=1: Redis with replicas and Sentinel (compose/server-ha.yml)"
 	@echo "make agent   many hosts: collector and enforcer (PYFILTER_REDIS_URL required)"
 	@echo "make test    the whole suite: unit tests and the real stack in containers"
 	@echo "make dev     .venv with the project and its test tools (CLI: .venv/bin/pyfilter)"
@@ -50,10 +53,12 @@ DETECTORS ?= 1
 # The journal's group, found on this host, lets the collector read the journal.
 JOURNAL_GID = $(shell compose/journal-gid.sh "$${PYFILTER_LOG_DIR:-/var/log}")
 
+# The notifier runs only when the configuration names a channel (compose/profiles.sh).
 up: compose/.env images
-	@sed -i '/^COMPOSE_FILE=/d; /^PYFILTER_JOURNAL_GID=/d' compose/.env
+	@sed -i '/^COMPOSE_FILE=/d; /^PYFILTER_JOURNAL_GID=/d; /^COMPOSE_PROFILES=/d' compose/.env
 	@$(if $(filter 1,$(AIRGAPPED)),echo "COMPOSE_FILE=docker-compose.yml:airgapped.yml" >> compose/.env)
 	@$(if $(JOURNAL_GID),echo "PYFILTER_JOURNAL_GID=$(JOURNAL_GID)" >> compose/.env)
+	@profiles=$$(compose/profiles.sh) && echo "COMPOSE_PROFILES=$$profiles" >> compose/.env
 	$(COMPOSE) up -d --wait --scale detector=$(DETECTORS)
 	@echo "PyFilter is up: API on http://127.0.0.1:$${PYFILTER_API_PORT:-8470} (token in compose/.env)"
 
@@ -61,8 +66,13 @@ down:
 	$(COMPOSE) down
 
 # Many hosts: the server profile in one place, the agent profile on every host.
+# HA=1: Redis with two replicas and three sentinels (compose/server-ha.yml);
+# air-gapped, its new nodes run the local base image, as `redis` does.
 server: images
-	docker compose -f compose/server.yml $(if $(filter 1,$(AIRGAPPED)),-f compose/airgapped.yml) up -d --wait --scale detector=$(DETECTORS)
+	$(if $(filter 1,$(AIRGAPPED)),$(if $(filter 1,$(HA)),PYFILTER_REDIS_IMAGE=$(BASE_IMAGE))) \
+	COMPOSE_PROFILES=$$(compose/profiles.sh) \
+	docker compose -f compose/server.yml $(if $(filter 1,$(HA)),-f compose/server-ha.yml) \
+	  $(if $(filter 1,$(AIRGAPPED)),-f compose/airgapped.yml) up -d --wait --scale detector=$(DETECTORS)
 
 agent: images
 	PYFILTER_JOURNAL_GID=$(JOURNAL_GID) docker compose -f compose/agent.yml up -d --wait

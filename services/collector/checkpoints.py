@@ -5,7 +5,9 @@ fields only the source interprets. `Committer.commit` writes a batch's lines
 (XADD, one field `m`) and its checkpoint fields (HSET/HDEL) in one MULTI/EXEC
 transaction: either both are in Redis or neither is. A crash, or a reply lost
 on the way back, can at most make the same batch go out twice, and its line
-ids let the detector drop the copy.
+ids let the detector drop the copy. With `redis.wait_replicas`, the write
+counts only once that many replicas hold it (redisio.transaction): a
+failover cannot take back a batch whose checkpoint the source moved past.
 
 The stream is never trimmed here. While it holds more than `lines_maxlen`
 entries the committer waits for the detectors to drain it; lines wait on
@@ -24,7 +26,7 @@ import redis.asyncio as aioredis
 from pyfilter.common import hosts
 from pyfilter.common.keys import Keys
 from pyfilter.common.messages import LineBatch, encode
-from pyfilter.common.redisio import TRANSIENT
+from pyfilter.common.redisio import TRANSIENT, transaction
 
 from .sources.base import Batch, Stats
 
@@ -81,7 +83,7 @@ class Committer:
 
         async def write() -> list:
             await self._wait_for_room(stats)
-            async with self.redis.pipeline(transaction=True) as tx:
+            async with transaction(self.redis) as tx:
                 if payload is not None:
                     tx.xadd(self.keys.lines, {b"m": payload})
                 if batch.checkpoint:

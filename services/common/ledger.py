@@ -33,6 +33,7 @@ from redis.exceptions import ResponseError
 from pyfilter.common import bans, messages
 from pyfilter.common.config import Escalation
 from pyfilter.common.keys import Keys, around_address
+from pyfilter.common.redisio import durability
 
 # Bump when a function's KEYS, ARGV or effect changes.
 LIBRARY_VERSION = 1
@@ -109,6 +110,10 @@ def _bulk(value: bytes | str | int | float) -> bytes:
 
 def _bulks(values: Iterable[bytes | str | int | float]) -> bytes:
     return b"".join(map(_bulk, values))
+
+
+def _command(args: Sequence[bytes | str | int | float]) -> bytes:
+    return b"*%d\r\n%s" % (len(args), _bulks(args))
 
 
 def _fcall(name: str, key_count: int, keys: bytes, args: Sequence[bytes | str | int | float]) -> bytes:
@@ -192,14 +197,22 @@ class Ledger:
     async def _send(self, calls: Sequence[bytes]) -> list:
         """What a redis-py pipeline does with commands it packed: one write, every
         reply read (so the connection stays in step), the first error raised,
-        retried on a new connection as the client's retry policy says."""
+        retried on a new connection as the client's retry policy says.
+
+        With replicas to wait for (redisio.durability), a WAIT follows the calls
+        on the same connection, in the same attempt: a call counts as done only
+        once they hold it, else NotReplicated (TRANSIENT) says to call again.
+        Every function is harmless to run twice: windows count a line id once,
+        bans and unbans end in the same state."""
+        wanted = durability(self.client)
+        wait = [_command(wanted.wait_command())] if wanted.replicas else []
         pool = self.client.connection_pool
         conn = await pool.get_connection()
 
         async def exchange() -> list:
-            await conn.send_packed_command(calls)
+            await conn.send_packed_command([*calls, *wait])
             replies = []
-            for _ in calls:
+            for _ in range(len(calls) + len(wait)):
                 try:
                     replies.append(await conn.read_response())
                 except ResponseError as exc:
@@ -213,6 +226,8 @@ class Ledger:
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
+        if wait:
+            wanted.check(replies.pop())
         return replies
 
     async def _call(self, name: str, keys: list, args: list):

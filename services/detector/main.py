@@ -30,6 +30,7 @@ from pyfilter.common.streams import Consumer, Entry
 from pyfilter.common.whitelist import Whitelist
 from pyfilter.detector import metrics
 from pyfilter.detector.matching import Matcher
+from pyfilter.detector.pruner import prune_until
 from pyfilter.detector.windows import Observed, Windows
 
 logger = logging.getLogger("pyfilter.detector")
@@ -232,7 +233,6 @@ class Detector:
             await self.settle()
             await self.handle(entries)
         await self.settle()
-        await self.client.aclose()
 
     async def settle(self) -> None:
         """Wait for the window update still running, if any."""
@@ -287,7 +287,8 @@ async def main_async(settings: Settings) -> None:
     serve_metrics("detector")
     detector = Detector(settings)
     service.stop_on_signals(detector.stopping)
-    await detector.run()
+    await asyncio.gather(detector.run(), prune_until(detector.client, detector.keys, detector.stopping))
+    await detector.client.aclose()
 
 
 def main() -> int:

@@ -253,7 +253,11 @@ class FileSource(Reader):
         """First scan: finish files rotated while we were stopped; forget the rest."""
         for key, pos in list(self.saved.items()):
             del self.saved[key]
-            same = (lambda c, k=key: f"{c.st_dev}:{c.st_ino}" == k), (lambda fd, p=pos: head_is(fd, p.head, p.fp))
+            # A file checkpointed before its first read has no fingerprint yet
+            # (head 0, offset 0): its identity is all there is, and reading it
+            # from 0 loses nothing whatever file now has that identity.
+            same = ((lambda c, k=key: f"{c.st_dev}:{c.st_ino}" == k),
+                    (lambda fd, p=pos: p.head == 0 or head_is(fd, p.head, p.fp)))
             # Next to its name, or next to the file a symbolic link there points to now.
             hit = self._find_sibling(pos.path, *same) or self._find_sibling(
                 os.path.realpath(pos.path), *same, any_name=True)
