@@ -400,3 +400,23 @@ def test_copy_being_read_at_a_crash_is_resumed_not_read_again(tmp_path, logs, re
         wait_for_lines(redis_url, ["four"])
         settle()
     assert sorted(texts(redis_url)) == ["four", "one", "three", "two"]
+
+
+@pytest.mark.parametrize("after", [[], ["b1"]])
+def test_copytruncate_before_the_first_read_loses_nothing(tmp_path, logs, redis_url, after):
+    """The file was empty at the last look: nothing read, no first bytes to tell a truncation by."""
+    log = logs / "app.log"
+    log.touch()
+    with Collector(tmp_path, redis_url, [file_source("app", log)]).start() as c:
+        c.ready()
+        c.proc.send_signal(signal.SIGSTOP)
+        try:
+            write(log, "a1", "a2")
+            shutil.copyfile(log, logs / "app.log.1")
+            os.truncate(log, 0)
+            write(log, *after)
+        finally:
+            c.proc.send_signal(signal.SIGCONT)
+        found = wait_for_lines(redis_url, ["a1", "a2", *after])
+        settle()
+    assert sorted(texts(redis_url)) == sorted(found) and len(found) == 2 + len(after)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
+import msgspec
 import pytest
+import redis
 
-from .test_collector_support import Collector, file_source, settle, stream_lines, wait_for_lines, write
+from pyfilter.collector.sources.tail import Position, fingerprint
+from pyfilter.common.keys import Keys
+
+from .test_collector_support import HOST, Collector, file_source, settle, stream_lines, wait_for_lines, write
 
 
 @pytest.fixture
@@ -118,3 +124,22 @@ def test_archive_read_after_a_crash_is_not_confused_with_a_new_file_on_the_freed
         settle(1.0)
     found = [line.text for line in stream_lines(redis_url)]
     assert sorted(found) == sorted(["a1", "a2, late in the rotated file", "a3, unread", "b0", "b1", "b2"])
+
+
+def test_archive_being_read_at_a_crash_is_resumed_after_it_moved_up(tmp_path, logs, redis_url):
+    """Checkpointed while reading `app.log.1.gz`, which logrotate then renamed to `.2.gz`."""
+    log = logs / "app.log"
+    log.touch()
+    write(f"{log}.1", "a1", "a2", "a3")
+    subprocess.run(["gzip", f"{log}.1"], check=True)
+    os.rename(f"{log}.1.gz", f"{log}.2.gz")
+    st = os.stat(f"{log}.2.gz")
+    saved = Position(f"{log}.1.gz", offset=3, head=3, fp=fingerprint(b"a1\n"), gen="savedgeneration")
+    redis.Redis.from_url(redis_url).hset(Keys().checkpoint(HOST, "app"), mapping={
+        "started": repr(time.time() - 60), "seen": repr(time.time() + 10),
+        f"{st.st_dev}:{st.st_ino}": msgspec.json.encode(saved)})
+    with Collector(tmp_path, redis_url, [file_source("app", log)]).start():
+        wait_for_lines(redis_url, ["a2", "a3"])
+        settle()
+    assert [(line.id, line.text) for line in stream_lines(redis_url)] == [
+        (f"app:{st.st_dev}:{st.st_ino}:savedgeneration:{offset}", text) for offset, text in ((3, "a2"), (6, "a3"))]

@@ -216,7 +216,10 @@ class FileSource(Reader):
         tail.size, tail.mtime = st.st_size, st.st_mtime_ns
         change = how_changed(st.st_size, tail.pos, tail.head_matches())
         if change is None:
-            return False
+            # Nothing read yet: no first bytes to tell a truncation by. Lines
+            # written and copied away since the last look (copytruncate) are
+            # in a copy that the look for rotated files never seen finds.
+            return tail.pos == 0
         self._restart(tail, change, st.st_size)
         return True
 

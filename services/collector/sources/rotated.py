@@ -42,13 +42,20 @@ def relatives(path: str, packed: bool = False, any_name: bool = False) -> list[o
     name (`any_name`: every file of the folder), uncompressed, or (`packed`)
     compressed in a form packed.py reads."""
     folder, name = os.path.split(path)
-    live = ROTATED_NAME.sub("", name) or name  # app.log.1 has moved on to app.log.2
+    live = live_name(name)  # app.log.1 has moved on to app.log.2, app.log.1.gz to app.log.2.gz
     try:
         entries = sorted(os.scandir(folder or "."), key=lambda e: e.name)
     except OSError:
         return []
     return [e for e in entries if (any_name or e.name.startswith(live) and e.name != live)
             and (packed_readable(e.name) if packed else not e.name.lower().endswith(COMPRESSED))]
+
+
+def live_name(name: str) -> str:
+    """The live log's name a rotated one was made from: `app.log.2.gz` -> `app.log`."""
+    lower = name.lower()
+    plain = next((name[: -len(ext)] for ext in COMPRESSED if lower.endswith(ext)), name)
+    return ROTATED_NAME.sub("", plain) or plain
 
 
 def identity(entry: os.DirEntry) -> str:
