@@ -13,7 +13,9 @@ identity and looks at the watched paths again when inotify says they changed
   (copytruncate, truncation, an edit in place: `how_changed`): it is read
   again from 0 in a new generation (tail.py), after the unread rest was taken
   from the copy if one sits next to it (`name.1`, or `name.1.gz`, starting
-  with the same bytes); an edit in place is warned about;
+  with the same bytes); an edit in place is warned about. A file changed
+  before anything of it was read has no first bytes to compare: a copy of
+  it made meanwhile is found as a rotated file never seen (below);
 - a watched path that appears later is read from its start.
 
 A file there before the source first started is read from its first line
