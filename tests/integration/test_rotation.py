@@ -108,6 +108,7 @@ class Scenario:
     """One kind of rotation: a source of its own, its attackers, its daemon."""
 
     name = ""
+    matrix: "Matrix"
 
     def __init__(self, log_dir: Path, index: int, written: Counter):
         self.folder = log_dir / self.name
@@ -226,12 +227,13 @@ class Burst(Scenario):
     def steps(self, round_):
         if round_ not in BURST_ROUNDS:
             return super().steps(round_)
-        return [self.chunk] * (BURST_LINES // BURST_CHUNK)
+        return [lambda: self.chunk(round_)] * (BURST_LINES // BURST_CHUNK)
 
-    def chunk(self) -> None:
+    def chunk(self, round_: int) -> None:
         started = time.monotonic()
         self.daemon.fail(self.attackers * (BURST_CHUNK // BURST_ATTACKERS))
         if self.log.stat().st_size > ROTATE_SIZE:
+            self.matrix.rotated(self, round_)
             shift(self.log)
             os.rename(self.log, f"{self.log}.1")
             self.daemon.reopen()
@@ -250,12 +252,13 @@ class Matrix:
     def __init__(self, stack: Stack, scenarios: list[Scenario], rng: random.Random):
         self.stack, self.scenarios, self.rng = stack, scenarios, rng
         self.down: set[str] = set()
-        self.unseen: list[str] = []  # rotations done while the collector was down
+        self.unseen: Counter = Counter()  # rotations done while the collector was down
+        for scenario in scenarios:
+            scenario.matrix = self
 
-    def rotation(self, scenario: Scenario, round_: int) -> None:
+    def rotated(self, scenario: Scenario, round_: int) -> None:
         if "collector" in self.down:
-            self.unseen.append(f"{scenario.name} {round_}")
-        scenario.rotate(self)
+            self.unseen[f"{scenario.name} r{round_}"] += 1
 
     def timeline(self) -> list:
         steps = []
@@ -263,8 +266,13 @@ class Matrix:
             for scenario in self.scenarios:
                 steps += scenario.steps(round_)
             if round_ < ROUNDS:
-                steps += [lambda s=s, r=round_: self.rotation(s, r) for s in self.scenarios]
+                steps += [lambda s=s, r=round_: self.rotate(s, r) for s in self.scenarios]
         return steps
+
+    def rotate(self, scenario: Scenario, round_: int) -> None:
+        if not isinstance(scenario, Burst):
+            self.rotated(scenario, round_)
+        scenario.rotate(self)
 
     def faults(self, length: int) -> dict[int, list[tuple[str, str]]]:
         """Step index -> (kill|start, service): KILLS SIGKILLs of each service,
@@ -353,7 +361,7 @@ def test_every_rotation_under_sigkills_counts_each_failure_once(seed):
             for service in ("collector", "detector"):
                 matrix.start(service, "at the end")
             print(f"  {sum(written.values())} failures written in {time.monotonic() - started:.0f} s; "
-                  f"rotated while the collector was down: {', '.join(matrix.unseen) or 'none'}", flush=True)
+                  f"rotated while the collector was down: {dict(matrix.unseen) or 'none'}", flush=True)
             counted: dict[str, int] = {}
 
             def all_counted() -> bool:
