@@ -23,7 +23,8 @@ Docker cuts a line longer than 16 KB into pieces; only the first is sent (the
 others start wherever the writer's text happened to be cut, so they could
 read as any line an attacker likes).
 
-Line ids are the file's, `source:dev:ino:offset`. Checkpoint fields:
+Line ids are the file's, `source:dev:ino:generation:offset` (tail.py: a
+truncation starts a new generation). Checkpoint fields:
 `"{dev}:{ino}"` -> `tail.Position` of a log file, STARTED, and SEEN (when
 the folder was last looked at). A container first seen after the source
 started is read from its first line written after the look before; at the
