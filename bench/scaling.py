@@ -280,10 +280,10 @@ def script(log: Attack, clients: int, work: Path) -> Run:
         seconds = time.perf_counter() - start
         for w in workers:
             w.join()
-        banned = client.zcard("bans:active")
+        banned = client.zcard(Keys("").active_bans)
         if banned != len(log.addresses):
             raise RuntimeError(f"script run banned {banned} of {len(log.addresses)}")
-        run = Run("script", clients, seconds, len(log.lines), client.xlen("decisions"),
+        run = Run("script", clients, seconds, len(log.lines), client.xlen(Keys("").decisions),
                   cpu_seconds(server.pid) - redis0, cpu, commands(client) - cmd0,
                   client.info("memory")["used_memory_peak"] / 2**20)
     finally:

@@ -217,6 +217,9 @@ class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
     # TLS: the CA that signed the server's certificate (rediss:// URLs).
     tls_ca_file: str | None = None
     prefix: str = "pyfilter:"
+    # Redis Cluster: `url` names one node (redis://host:port), the others are
+    # found from it. Windows spread over the primaries by address (docs/scaling.md).
+    cluster: bool = False
     lines_maxlen: Annotated[int, msgspec.Meta(ge=1000)] = 1_000_000
     # Writes that must not be lost (lines with their checkpoint, windows, bans,
     # unbans, whitelist changes) count as done only once this many replicas hold
@@ -501,6 +504,8 @@ def _apply_environment(config: Config) -> None:
         config.redis.password = password
     if ca := os.environ.get("PYFILTER_REDIS_CA"):
         config.redis.tls_ca_file = ca
+    if cluster := os.environ.get("PYFILTER_REDIS_CLUSTER"):
+        config.redis.cluster = cluster.lower() in ("1", "yes", "true")
     if replicas := os.environ.get("PYFILTER_REDIS_WAIT_REPLICAS"):
         if not replicas.isdigit():
             raise ConfigError(f"PYFILTER_REDIS_WAIT_REPLICAS: expected a number of replicas (0 or more), "

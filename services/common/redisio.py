@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError, TryAgainError
@@ -55,10 +56,10 @@ class Durability:
 SINGLE = Durability()
 
 
-def connect(cfg: RedisConfig, **extra) -> redis.Redis:
+def connect(cfg: RedisConfig, **extra) -> redis.Redis | RedisCluster:
     """A client for the configured Redis: TCP, TLS with rediss://, a unix socket,
-    or the primary named by Sentinel (redis+sentinel://), followed through failovers.
-    The client carries the configured durability (`durability`)."""
+    the primary named by Sentinel (redis+sentinel://), followed through failovers,
+    or Redis Cluster (`cluster`). The client carries the configured durability (`durability`)."""
     options: dict = {"socket_connect_timeout": 5, "health_check_interval": 15,
                      "retry_on_timeout": True, **extra}
     if cfg.password:
@@ -66,7 +67,9 @@ def connect(cfg: RedisConfig, **extra) -> redis.Redis:
     tls = cfg.url.startswith(("rediss://", "rediss+sentinel://"))
     if tls and cfg.tls_ca_file:
         options["ssl_ca_certs"] = cfg.tls_ca_file
-    if cfg.url.startswith(SENTINEL_SCHEMES):
+    if cfg.cluster:
+        client = connect_cluster(cfg.url, options)
+    elif cfg.url.startswith(SENTINEL_SCHEMES):
         client = _sentinel_primary(cfg.url, options)
     else:
         client = redis.Redis.from_url(cfg.url, **options)
@@ -124,6 +127,14 @@ def transaction(client: redis.Redis) -> Pipeline:
     tx = _ConfirmedTransaction(client.connection_pool, client.response_callbacks, True, None)
     tx.durability = wanted
     return tx
+
+
+def connect_cluster(url: str, options: dict) -> RedisCluster:
+    """A Redis Cluster client from one node's URL. Each command goes to the primary
+    of its key's slot (every command a service sends names keys of one slot: keys.py);
+    on a failover or resharding the client learns the new layout and sends it again."""
+    options.pop("retry_on_timeout", None)  # the cluster client retries itself
+    return RedisCluster.from_url(url, **options)
 
 
 async def ensure_group(client: redis.Redis, stream: str, group: str, start: str = "0") -> None:

@@ -174,7 +174,10 @@ class Detector:
             logger.info("ban decided", extra={"address": ban.address, "rule": ban.rule,
                                               "duration": ban.duration})
         lines = lines or Counter()
-        async with self.client.pipeline(transaction=True) as pipe:
+        # One round trip, not a transaction: on Redis Cluster the stream and
+        # the counts are in different slots (a crash in between can only
+        # leave a minute's counts short; the windows are already written).
+        async with self.client.pipeline(transaction=False) as pipe:
             self.lines.ack_on(pipe, ids)
             pipe.xdel(self.keys.lines, *ids)
             status.count(pipe, self.keys, now, lines, Counter((o.host, o.rule) for o in observed))

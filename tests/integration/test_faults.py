@@ -34,7 +34,7 @@ DUMP_DECISIONS = """
 import json, os, redis
 from pyfilter.common import messages
 r = redis.Redis.from_url(os.environ["PYFILTER_REDIS_URL"], password=os.environ["PYFILTER_REDIS_PASSWORD"] or None)
-out = [messages.decode_decision(f[b"m"]) for _, f in r.xrange("pyfilter:decisions")]
+out = [messages.decode_decision(f[b"m"]) for _, f in r.xrange("pyfilter:{bans}:decisions")]
 print(json.dumps([[d.action, d.address, d.origin] for d in out]))
 """
 

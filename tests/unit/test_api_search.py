@@ -7,6 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from pyfilter.common.keys import Keys
+
 from tests.unit.apisupport import AUTH, call, detector_ban
 from tests.unit.test_geo import write_db
 
@@ -138,7 +140,7 @@ def test_stats_count_days_countries_rules_hosts_and_lag(redis_url, tmp_path):
         await seed(client, redis, now)
         await redis.xgroup_create("t:lines", "detect", id="0", mkstream=True)
         await redis.xadd("t:lines", {"m": b"x"})
-        await redis.xgroup_create("t:decisions", "enforce:web-1", id="0")
+        await redis.xgroup_create(Keys("t:").decisions, "enforce:web-1", id="0")
         return await (await client.get("/api/v1/stats?days=5")).json()
     stats = call(redis_url, steps, country_db=db)
     today = datetime.fromtimestamp(now, timezone.utc).date()

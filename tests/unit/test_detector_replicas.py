@@ -18,11 +18,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import redis
-import redis.asyncio as aioredis
 
 from pyfilter.common import messages, whitelist
 from pyfilter.common.addresses import parse_network
 from pyfilter.common.keys import DETECT_GROUP, Keys
+from tests.conftest import CLUSTER_URLS, aclient
+
+def sync_client(url: str):
+    return redis.RedisCluster.from_url(url) if url in CLUSTER_URLS else redis.Redis.from_url(url)
+
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = Keys("rep:")
@@ -57,6 +61,7 @@ def feed(client: redis.Redis, lines: list[str]) -> None:
 def start_detector(config: Path, url: str) -> subprocess.Popen:
     name = f"replica-{time.time_ns()}"
     env = {**os.environ, "PYFILTER_CONFIG": str(config), "PYFILTER_REDIS_URL": url,
+           "PYFILTER_REDIS_CLUSTER": "yes" if url in CLUSTER_URLS else "no",
            "PYFILTER_CONSUMER": name, "PYFILTER_METRICS_PORT": "0",
            "PYFILTER_HOST": "h1", "PYFILTER_HEARTBEAT": str(config.parent / f"hb-{time.time_ns()}")}
     log = open(config.parent / "detectors.log", "ab")
@@ -115,7 +120,7 @@ def freeze_while_holding(client: redis.Redis, victim: subprocess.Popen) -> None:
 
 def run_replicas(url: str, config: Path, replicas: int, kill_one: bool,
                  keep_data: bool = False) -> set[tuple[str, str]]:
-    client = redis.Redis.from_url(url)
+    client = sync_client(url)
     if not keep_data:
         client.flushall()
     # With a victim, it starts alone so the batches it will die holding are its own.
@@ -140,7 +145,9 @@ def run_replicas(url: str, config: Path, replicas: int, kill_one: bool,
                 p.wait(10)
 
 
-def test_one_and_three_replicas_with_one_killed_decide_the_same_bans(redis_url, tmp_path):
+def test_one_and_three_replicas_with_one_killed_decide_the_same_bans(any_redis_url, tmp_path):
+    """On a single Redis and on a 3-primary Redis Cluster."""
+    redis_url = any_redis_url
     config = write_config(tmp_path)
     expected = {(f"198.51.100.{i}", "sshd") for i in range(1, 31)} | \
                {(f"2001:db8::{i:x}", "sshd") for i in range(1, 31)}
@@ -154,7 +161,7 @@ def test_a_stopped_detector_finishes_what_it_took(redis_url, tmp_path):
     """SIGTERM while busy: the detector finishes the reads it already took
     (including the one it asked for ahead) and leaves nothing pending."""
     config = write_config(tmp_path)
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     client.flushall()
     first = start_detector(config, redis_url)
     log = config.parent / "detectors.log"
@@ -179,7 +186,7 @@ def test_a_stopped_detector_finishes_what_it_took(redis_url, tmp_path):
 
 def test_detector_does_not_count_an_operator_whitelisted_network(redis_url, tmp_path):
     async def add():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         await whitelist.add(client, KEYS, parse_network("198.51.100.0/28"))
         await client.aclose()
     asyncio.run(add())
