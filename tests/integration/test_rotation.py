@@ -56,13 +56,13 @@ for address in addresses:
 print(json.dumps(dict(zip(addresses, pipe.execute()))))
 """
 
-# The collector's checkpoint of a source: identity -> offset of every file it follows.
+# The collector's checkpoint of a source: identity -> position of every file it follows.
 POSITIONS = """
 import json, os, sys, redis
 from pyfilter.common.keys import Keys
 r = redis.Redis.from_url(os.environ["PYFILTER_REDIS_URL"], password=os.environ["PYFILTER_REDIS_PASSWORD"] or None)
 saved = r.hgetall(Keys().checkpoint(os.environ["PYFILTER_HOST"], sys.argv[1]))
-print(json.dumps({k.decode(): json.loads(v)["offset"] for k, v in saved.items() if b":" in k}))
+print(json.dumps({k.decode(): json.loads(v) for k, v in saved.items() if b":" in k}))
 """
 
 
@@ -312,10 +312,10 @@ class Matrix:
         self.start("collector", "before a deletion")
         st = scenario.log.stat()  # a bind mount: the container sees the same device and inode
         key = f"{st.st_dev}:{st.st_ino}"
-        wait_for(lambda: self.positions(scenario.name).get(key) == st.st_size, 60,
+        wait_for(lambda: self.positions(scenario.name).get(key, {}).get("offset") == st.st_size, 60,
                  f"the collector to read {scenario.name}'s log before its deletion")
 
-    def positions(self, source: str) -> dict[str, int]:
+    def positions(self, source: str) -> dict[str, dict]:
         code, out = self.stack.exec("api", "python", "-c", POSITIONS, source)
         return json.loads(out) if code == 0 else {}
 
@@ -370,8 +370,12 @@ def test_every_rotation_under_sigkills_counts_each_failure_once(seed):
 
             try:
                 wait_for(all_counted, 120, "every failure in its window", interval=2.0)
-            except AssertionError:
-                pass  # the comparison below says which
+            except AssertionError:  # the comparison below says which; the checkpoints say where
+                for scenario in scenarios:
+                    if any(counted.get(a) != written[a] for a in scenario.attackers):
+                        files = [p for d in log_dir.glob(f"{scenario.name}*") for p in d.iterdir()]
+                        print(f"  {scenario.name}: checkpoint {matrix.positions(scenario.name)}; files "
+                              f"{sorted((p.name, p.stat().st_ino, p.stat().st_size) for p in files)}")
     finally:
         shutil.rmtree(config_dir, ignore_errors=True)
 

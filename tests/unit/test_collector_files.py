@@ -420,3 +420,28 @@ def test_copytruncate_before_the_first_read_loses_nothing(tmp_path, logs, redis_
         found = wait_for_lines(redis_url, ["a1", "a2", *after])
         settle()
     assert sorted(texts(redis_url)) == sorted(found) and len(found) == 2 + len(after)
+
+
+def test_link_targets_never_seen_while_the_collector_was_down_are_read(tmp_path, logs, redis_url):
+    """Two replacements of the link's target while down: the middle target was never its target
+    while the collector looked, and only its name (`app-2.log` beside `app-3.log`) gives it away."""
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    link = logs / "current.log"
+    (targets / "app-1.log").touch()
+    point_link(link, targets / "app-1.log")
+    collector = Collector(tmp_path, redis_url, [file_source("app", link)])
+    with collector.start() as c:
+        c.ready()
+        write(targets / "app-1.log", "r1")
+        wait_for_lines(redis_url, ["r1"])
+        c.kill()
+    for n in (2, 3):
+        write(targets / f"app-{n}.log", f"r{n}")
+        point_link(link, targets / f"app-{n}.log")
+        write(targets / f"app-{n - 1}.log", f"late {n - 1}")
+    write(targets / "unrelated.log", "another program's log")
+    with collector.start():
+        wait_for_lines(redis_url, ["r1", "late 1", "r2", "late 2", "r3"])
+        settle()
+    assert sorted(texts(redis_url)) == ["late 1", "late 2", "r1", "r2", "r3"]

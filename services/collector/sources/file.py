@@ -265,7 +265,7 @@ class FileSource(Reader):
                     (lambda fd, p=pos: p.head == 0 or head_is(fd, p.head, p.fp)))
             # Next to its name, or next to the file a symbolic link there points to now.
             hit = self._find_sibling(pos.path, *same) or self._find_sibling(
-                os.path.realpath(pos.path), *same, any_name=True)
+                os.path.realpath(pos.path), *same, named="any")
             if hit is not None:
                 path, fd, st = hit
                 self.tails[key] = Tail.resume(self.name, path, fd, st, pos, live=False)
@@ -295,10 +295,12 @@ class FileSource(Reader):
         mtime after our last look gives them away.
         """
         names = {t.path for t in self.tails.values()} | {p for p, _ in found.values()}
-        for path in sorted(names):
+        # A link's earlier targets, next to its target now (`app-3.log` for `app-4.log`).
+        targets = {(t, "numbered") for t in link_targets(self.cfg.paths)}
+        for path, named in sorted({(n, "rotated") for n in names} | targets):
             while True:
                 hit = self._find_sibling(path, lambda c: c.st_mtime > since
-                                         and f"{c.st_dev}:{c.st_ino}" not in found, None)
+                                         and f"{c.st_dev}:{c.st_ino}" not in found, None, named)
                 if hit is None:
                     break
                 copy, fd, st = hit
@@ -306,7 +308,7 @@ class FileSource(Reader):
                 self.tails[tail.key] = tail
                 log.info("reading a rotated file never seen at its live name",
                          extra={"source": self.name, "path": copy})
-            for copy in relatives(path, packed=True):
+            for copy in relatives(path, packed=True, named=named):
                 try:
                     if copy.stat().st_mtime <= since or identity(copy) in self.tails or being_made(copy.path):
                         continue
@@ -328,10 +330,10 @@ class FileSource(Reader):
         return find_copy([e.path for e in relatives(path, packed=True)
                           if identity(e) not in self.tails], head, fp, offset)
 
-    def _find_sibling(self, path: str, stat_ok, fd_ok, any_name: bool = False):
-        """A rotated relative of `path` (`_siblings`) that passes the tests, opened;
-        None if there is none."""
-        for entry in relatives(path, any_name=any_name):
+    def _find_sibling(self, path: str, stat_ok, fd_ok, named: str = "rotated"):
+        """A rotated relative of `path` (rotated.relatives) that passes the tests,
+        opened; None if there is none."""
+        for entry in relatives(path, named=named):
             try:
                 st = entry.stat()
                 if not stat.S_ISREG(st.st_mode) or f"{st.st_dev}:{st.st_ino}" in self.tails:

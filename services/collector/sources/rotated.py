@@ -17,6 +17,7 @@ from .packed import readable as packed_readable
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".z", ".zip")
 # What logrotate appends to a rotated name: `.1`, or `-20240501` with dateext.
 ROTATED_NAME = re.compile(r"(\.\d+|-\d{8}(\d{2})?)$")
+DIGITS = re.compile(r"\d+")
 
 
 def watched_paths(patterns: list[str]) -> list[str]:
@@ -37,18 +38,26 @@ def link_targets(paths: list[str]) -> list[str]:
     return [os.path.realpath(p) for p in paths if not glob.has_magic(p) and os.path.islink(p)]
 
 
-def relatives(path: str, packed: bool = False, any_name: bool = False) -> list[os.DirEntry]:
-    """Rotated relatives of `path`, by name: in its folder, named after its live
-    name (`any_name`: every file of the folder), uncompressed, or (`packed`)
-    compressed in a form packed.py reads."""
+def relatives(path: str, packed: bool = False, named: str = "rotated") -> list[os.DirEntry]:
+    """Rotated relatives of `path`, by name, in its folder: named after its live
+    name (`rotated`), every file (`any`), or (`numbered`, a link's targets:
+    `app-3.log` for `app-4.log`) named like it but for the digits;
+    uncompressed, or (`packed`) compressed in a form packed.py reads."""
     folder, name = os.path.split(path)
     live = live_name(name)  # app.log.1 has moved on to app.log.2, app.log.1.gz to app.log.2.gz
     try:
         entries = sorted(os.scandir(folder or "."), key=lambda e: e.name)
     except OSError:
         return []
-    return [e for e in entries if (any_name or e.name.startswith(live) and e.name != live)
-            and (packed_readable(e.name) if packed else not e.name.lower().endswith(COMPRESSED))]
+    if named == "any":
+        kin = entries
+    elif named == "numbered":
+        kin = [e for e in entries if e.name != name and DIGITS.sub("", e.name) == DIGITS.sub("", name)]
+    else:
+        kin = [e for e in entries if e.name.startswith(live) and e.name != live]
+    if packed:
+        return [e for e in kin if packed_readable(e.name)]
+    return [e for e in kin if not e.name.lower().endswith(COMPRESSED)]
 
 
 def live_name(name: str) -> str:
