@@ -214,8 +214,12 @@ class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
     url: str = "redis://127.0.0.1:6379/0"
     # Better given as PYFILTER_REDIS_PASSWORD than written here.
     password: str | None = None
+    # The Redis (ACL) user; none: `default` (PYFILTER_REDIS_USERNAME, or in the URL).
+    username: str | None = None
     # TLS: the CA that signed the server's certificate (rediss:// URLs).
     tls_ca_file: str | None = None
+    # Refuse a plain redis:// URL to another machine (agents: on unless the operator opts out).
+    require_tls: bool = False
     prefix: str = "pyfilter:"
     # Redis Cluster: `url` names one node (redis://host:port), the others are
     # found from it. Windows spread over the primaries by address (docs/scaling.md).
@@ -502,6 +506,10 @@ def _apply_environment(config: Config) -> None:
         config.redis.url = url
     if password := os.environ.get("PYFILTER_REDIS_PASSWORD"):
         config.redis.password = password
+    if username := os.environ.get("PYFILTER_REDIS_USERNAME"):
+        config.redis.username = username
+    if require := os.environ.get("PYFILTER_REDIS_REQUIRE_TLS"):
+        config.redis.require_tls = require.lower() in ("1", "yes", "true")
     if ca := os.environ.get("PYFILTER_REDIS_CA"):
         config.redis.tls_ca_file = ca
     if cluster := os.environ.get("PYFILTER_REDIS_CLUSTER"):
@@ -516,3 +524,13 @@ def _apply_environment(config: Config) -> None:
     if listen := os.environ.get("PYFILTER_API_LISTEN"):
         config.api.listen = listen
     config.host = os.environ.get("PYFILTER_HOST") or config.host or _host_name()
+    if config.redis.require_tls and not config.redis.url.startswith(("rediss://", "rediss+sentinel://")):
+        raise ConfigError(
+            f"PYFILTER_REDIS_URL {_without_password(config.redis.url)}: plain TCP to the shared Redis; use "
+            "rediss:// with its CA (PYFILTER_REDIS_CA), or opt out with PYFILTER_REDIS_REQUIRE_TLS=0 "
+            "on a network you trust")
+
+
+def _without_password(url: str) -> str:
+    head, at, tail = url.rpartition("@")
+    return f"{head.rpartition(':')[0]}:***@{tail}" if at else url
