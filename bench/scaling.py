@@ -167,6 +167,7 @@ def pipeline(log: Attack, batches: list[bytes], detectors: int, work: Path, time
     work.mkdir(parents=True, exist_ok=True)
     keys = Keys()
     server, client = start_redis(work)
+    client.sadd(keys.hosts, HOST)  # whose lines stream the detectors read
     env = {**os.environ, "PYFILTER_CONFIG": str(_config(work)), "PYFILTER_HOST": HOST,
            "PYFILTER_REDIS_URL": f"unix://{work}/redis.sock", "PYFILTER_METRICS_PORT": "0",
            "PYFILTER_HEARTBEAT": str(work / "beat")}
@@ -187,7 +188,7 @@ def pipeline(log: Attack, batches: list[bytes], detectors: int, work: Path, time
         start = time.perf_counter()
         pipe = client.pipeline(transaction=False)
         for i, entry in enumerate(batches, 1):
-            pipe.xadd(keys.lines, {b"m": entry})
+            pipe.xadd(keys.lines(HOST), {b"m": entry})
             if i % 50 == 0:
                 pipe.execute()
         pipe.execute()
@@ -216,7 +217,7 @@ def pipeline(log: Attack, batches: list[bytes], detectors: int, work: Path, time
 
 def _drained(client: redis.Redis, keys: Keys) -> bool:
     """Every entry read and acknowledged (detectors delete what they acknowledge)."""
-    info = client.xinfo_groups(keys.lines)
+    info = client.xinfo_groups(keys.lines(HOST))
     return bool(info) and info[0]["pending"] == 0 and (info[0].get("lag") or 0) == 0
 
 
@@ -280,10 +281,10 @@ def script(log: Attack, clients: int, work: Path) -> Run:
         seconds = time.perf_counter() - start
         for w in workers:
             w.join()
-        banned = client.zcard("bans:active")
+        banned = client.zcard(Keys("").active_bans)
         if banned != len(log.addresses):
             raise RuntimeError(f"script run banned {banned} of {len(log.addresses)}")
-        run = Run("script", clients, seconds, len(log.lines), client.xlen("decisions"),
+        run = Run("script", clients, seconds, len(log.lines), client.xlen(Keys("").decisions),
                   cpu_seconds(server.pid) - redis0, cpu, commands(client) - cmd0,
                   client.info("memory")["used_memory_peak"] / 2**20)
     finally:

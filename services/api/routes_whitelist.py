@@ -77,10 +77,8 @@ async def add_whitelist(request: web.Request) -> web.Response:
     network = _network(body.network)
     if len(body.reason) > MAX_REASON:
         raise FieldError("reason", f"at most {MAX_REASON} characters")
-    added = await whitelist.add(api.client, api.keys, network)
-    if added or body.reason:
-        note = Note(reason=body.reason, added_at=time.time())
-        await api.client.hset(api.keys.whitelist_notes, str(network), msgspec.json.encode(note))
+    note = msgspec.json.encode(Note(reason=body.reason, added_at=time.time()))
+    added = await whitelist.add(api.client, api.keys, network, note, replace_note=bool(body.reason))
     api.whitelist.invalidate()
     # A whitelisted address must not stay banned: lift every ban in force
     # that touches the network, on every host, through the decisions stream.
@@ -105,7 +103,6 @@ async def remove_whitelist(request: web.Request) -> web.Response:
                           f"({api.settings.path}); edit the file to remove it")
     if not await whitelist.remove(api.client, api.keys, network):
         return error(404, f"network: {network} is not on the whitelist")
-    await api.client.hdel(api.keys.whitelist_notes, str(network))
     api.whitelist.invalidate()
     logger.info("whitelist remove", extra={"network": str(network)})
     return json(WhitelistRemoved(removed=str(network)))

@@ -19,12 +19,13 @@ from pyfilter.api import state
 from pyfilter.api.responses import int_param, json
 from pyfilter.api.schemas import Ban, DayCount, EnforcerLag, NameCount, Pipeline, Stats
 from pyfilter.api.search import UNKNOWN_COUNTRY
-from pyfilter.common import bans
+from pyfilter.common import bans, hosts
 from pyfilter.common.keys import DETECT_GROUP
 
 TOP = 10
 MAX_DAYS = 366
-ENFORCE_PREFIX = "enforce:"
+# An enforcer's lag is counted up to this many decisions (a bounded read per host).
+LAG_CAP = 1000
 
 
 def _top(counter: Counter[str]) -> list[NameCount]:
@@ -47,20 +48,28 @@ def _text(value) -> str:
 
 
 async def pipeline(api: state.Api) -> Pipeline:
-    detect = next((g for g in await _groups(api, api.keys.lines)
-                   if _text(g["name"]) == DETECT_GROUP), None)
-    enforcers = [
-        EnforcerLag(host=_text(g["name"]).removeprefix(ENFORCE_PREFIX), pending=int(g["pending"]),
-                    lag=None if g.get("lag") is None else int(g["lag"]))
-        for g in await _groups(api, api.keys.decisions)
-        if _text(g["name"]).startswith(ENFORCE_PREFIX)
-    ]
-    return Pipeline(
-        lines_length=await api.client.xlen(api.keys.lines),
-        detect_pending=int(detect["pending"]) if detect else 0,
-        detect_lag=None if detect is None or detect.get("lag") is None else int(detect["lag"]),
-        enforcers=sorted(enforcers, key=lambda e: e.host),
-    )
+    listed = await hosts.names(api.client, api.keys)
+    streams = [api.keys.lines(h) for h in listed] + [api.keys.legacy_lines]
+    length = pending = 0
+    lags: list[int | None] = []
+    for stream in streams:
+        length += await api.client.xlen(stream)
+        detect = next((g for g in await _groups(api, stream) if _text(g["name"]) == DETECT_GROUP), None)
+        if detect is not None:
+            pending += int(detect["pending"])
+            lags.append(detect.get("lag"))
+    lag = None if not lags or None in lags else sum(map(int, lags))  # type: ignore[arg-type]
+    async with api.client.pipeline(transaction=False) as pipe:
+        for host in listed:
+            pipe.get(api.keys.decisions_read(host))
+        positions = await pipe.execute()
+    enforcers = []
+    for host, position in zip(listed, positions):
+        if position is None:
+            continue  # no enforcer on that host has read yet
+        behind = await api.client.xrange(api.keys.decisions, b"(" + position, count=LAG_CAP)
+        enforcers.append(EnforcerLag(host=host, pending=0, lag=len(behind)))
+    return Pipeline(lines_length=length, detect_pending=pending, detect_lag=lag, enforcers=enforcers)
 
 
 async def total_bans(api: state.Api) -> int:

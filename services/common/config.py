@@ -15,6 +15,7 @@ import os
 import re
 import socket
 from pathlib import Path
+from urllib.parse import unquote
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -206,14 +207,79 @@ class Source(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
-    # redis://host:6379/0, rediss://host:6380/0 (TLS) or unix:///path/redis.sock
+    # redis://host:6379/0, rediss://host:6380/0 (TLS), unix:///path/redis.sock, or
+    # Sentinel: redis+sentinel://[:password@]host:26379,host2:26379/SERVICE[/db]
+    # (rediss+sentinel:// with TLS): the primary is asked of the sentinels and
+    # followed through failovers.
     url: str = "redis://127.0.0.1:6379/0"
     # Better given as PYFILTER_REDIS_PASSWORD than written here.
     password: str | None = None
+    # The Redis (ACL) user; none: `default` (PYFILTER_REDIS_USERNAME, or in the URL).
+    username: str | None = None
     # TLS: the CA that signed the server's certificate (rediss:// URLs).
     tls_ca_file: str | None = None
+    # Refuse a plain redis:// URL to another machine (agents: on unless the operator opts out).
+    require_tls: bool = False
     prefix: str = "pyfilter:"
+    # Redis Cluster: `url` names one node (redis://host:port), the others are
+    # found from it. Windows spread over the primaries by address (docs/scaling.md).
+    cluster: bool = False
     lines_maxlen: Annotated[int, msgspec.Meta(ge=1000)] = 1_000_000
+    # Writes that must not be lost (lines with their checkpoint, windows, bans,
+    # unbans, whitelist changes) count as done only once this many replicas hold
+    # them (WAIT); until then they are retried. 0: one Redis, no WAIT.
+    wait_replicas: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # How long one WAIT gives the replicas before the write is retried.
+    wait_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 1000
+
+    def __post_init__(self) -> None:
+        if self.url.startswith(SENTINEL_SCHEMES):
+            try:
+                parse_sentinel_url(self.url)
+            except ValueError as exc:
+                raise ValueError(f"url: {exc}") from None
+
+
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+SENTINEL_PORT = 26379
+
+
+class SentinelUrl(msgspec.Struct, frozen=True):
+    """What a redis+sentinel:// URL says: where the sentinels are and which primary to ask for."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """`redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/SERVICE[/db]`;
+    ValueError saying what is wrong otherwise. Port 26379 unless given."""
+    example = "like redis+sentinel://:PASSWORD@sentinel-1:26379,sentinel-2:26379/pyfilter/0"
+    scheme, _, rest = url.partition("://")
+    where, _, path = rest.partition("/")
+    auth, _, hosts = where.rpartition("@")
+    username = password = None
+    if auth:
+        user, _, secret = auth.partition(":")
+        username, password = unquote(user) or None, unquote(secret) or None
+    sentinels = []
+    for item in hosts.split(","):
+        m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?", item)
+        if not m or not 0 < int(m.group(2) or SENTINEL_PORT) < 65536:
+            raise ValueError(f"sentinel {item!r} is not host:port; expected a URL {example}")
+        sentinels.append((m.group(1).strip("[]"), int(m.group(2) or SENTINEL_PORT)))
+    service, _, db = path.partition("/")
+    if not service:
+        raise ValueError(f"no service name (the primary's name in the sentinels) after the hosts; "
+                         f"expected a URL {example}")
+    if db and not db.isdigit():
+        raise ValueError(f"database {db!r} is not a number; expected a URL {example}")
+    return SentinelUrl(sentinels, unquote(service), int(db or 0), username, password,
+                       tls=scheme == "rediss+sentinel")
 
 
 class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -432,13 +498,39 @@ def _host_name() -> str:
 def _apply_environment(config: Config) -> None:
     """Settings that deployments set per host without editing the file."""
     if url := os.environ.get("PYFILTER_REDIS_URL"):
+        if url.startswith(SENTINEL_SCHEMES):
+            try:
+                parse_sentinel_url(url)
+            except ValueError as exc:
+                raise ConfigError(f"PYFILTER_REDIS_URL: {exc}") from None
         config.redis.url = url
     if password := os.environ.get("PYFILTER_REDIS_PASSWORD"):
         config.redis.password = password
+    if username := os.environ.get("PYFILTER_REDIS_USERNAME"):
+        config.redis.username = username
+    if require := os.environ.get("PYFILTER_REDIS_REQUIRE_TLS"):
+        config.redis.require_tls = require.lower() in ("1", "yes", "true")
     if ca := os.environ.get("PYFILTER_REDIS_CA"):
         config.redis.tls_ca_file = ca
+    if cluster := os.environ.get("PYFILTER_REDIS_CLUSTER"):
+        config.redis.cluster = cluster.lower() in ("1", "yes", "true")
+    if replicas := os.environ.get("PYFILTER_REDIS_WAIT_REPLICAS"):
+        if not replicas.isdigit():
+            raise ConfigError(f"PYFILTER_REDIS_WAIT_REPLICAS: expected a number of replicas (0 or more), "
+                              f"got {replicas!r}")
+        config.redis.wait_replicas = int(replicas)
     if token := os.environ.get("PYFILTER_API_TOKEN"):
         config.api.token = token
     if listen := os.environ.get("PYFILTER_API_LISTEN"):
         config.api.listen = listen
     config.host = os.environ.get("PYFILTER_HOST") or config.host or _host_name()
+    if config.redis.require_tls and not config.redis.url.startswith(("rediss://", "rediss+sentinel://")):
+        raise ConfigError(
+            f"PYFILTER_REDIS_URL {_without_password(config.redis.url)}: plain TCP to the shared Redis; use "
+            "rediss:// with its CA (PYFILTER_REDIS_CA), or opt out with PYFILTER_REDIS_REQUIRE_TLS=0 "
+            "on a network you trust")
+
+
+def _without_password(url: str) -> str:
+    head, at, tail = url.rpartition("@")
+    return f"{head.rpartition(':')[0]}:***@{tail}" if at else url

@@ -1,14 +1,19 @@
 """Every Redis key name, built in one place from the deployment's prefix.
 
-Two deployments can share one Redis by using different prefixes. The keys of
-one address carry it as a hash tag (`{198.51.100.7}`), so on Redis Cluster
-they share a slot and one ledger function may touch them all (ledger.py;
-docs/decisions.md, "Ledger", says what Cluster needs beyond that).
+Two deployments can share one Redis by using different prefixes. On Redis
+Cluster a ledger function may only touch keys of one slot, so the keys come
+in two kinds (docs/decisions.md, "Ledger"):
+- an address's windows carry the address as a hash tag (`{198.51.100.7}`):
+  windows spread over the cluster by address, one address's in one slot;
+- the ban side (records, counts, the active set, scopes, history, decisions)
+  carries the tag `{bans}` (`ban_side`): a ban is written in one slot.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from redis.crc import key_slot
 
 DETECT_GROUP = "detect"
 NOTIFY_GROUP = "notify"
@@ -18,24 +23,43 @@ NOTIFY_GROUP = "notify"
 class Keys:
     prefix: str = "pyfilter:"
 
-    # Streams
+    # Hosts
     @property
-    def lines(self) -> str:
-        """Batches of log lines, collector -> detectors (consumer group "detect")."""
+    def hosts(self) -> str:
+        """Set of the protected hosts' names: whose lines streams the detectors read.
+        Written by `pyfilter server add-host` (or by a collector not yet listed)."""
+        return f"{self.prefix}hosts"
+
+    # Streams
+    def lines(self, host: str) -> str:
+        """Batches of one host's log lines, its collector -> detectors (consumer group
+        "detect"). One stream per host, so a host's Redis user can write its own only."""
+        return f"{self.prefix}lines:{host}"
+
+    @property
+    def legacy_lines(self) -> str:
+        """The one lines stream of every host before per-host streams: detectors drain
+        what is left in it after an upgrade (docs/security.md, "Upgrading")."""
         return f"{self.prefix}lines"
 
     @property
     def decisions(self) -> str:
         """Ban and unban decisions, detectors/api -> every enforcer."""
-        return f"{self.prefix}decisions"
+        return self.ban_side("decisions")
 
     @staticmethod
     def dead_letters(stream: str) -> str:
         """Entries of `stream` that could not be decoded, moved aside for a person to read."""
         return f"{stream}:dead"
 
+    def decisions_read(self, host: str) -> str:
+        """How far a host's enforcer has applied the decisions (an entry id): its own
+        key, written by it alone (it reads with XREAD, which writes nothing)."""
+        return f"{self.prefix}decisions-read:{host}"
+
     def enforce_group(self, host: str) -> str:
-        """Each host's enforcer reads decisions with its own group (own position)."""
+        """The consumer group each host's enforcer once read decisions with: its
+        position is taken over from there once (enforcer/position.py)."""
         return f"enforce:{host}"
 
     # Collector
@@ -55,37 +79,48 @@ class Keys:
     def window_state(self, rule: str, address: str) -> str:
         """A window's hash: `reset`, the log time of the failure that last triggered a
         ban (older ones no longer count); a consecutive window's `last` failure's
-        time and its `count` so far."""
+        time and its `count` so far; `pending`, a crossing of the threshold whose
+        ban the ledger has not confirmed yet (ledger.lua, "Failure windows")."""
         return f"{self.prefix}window-state:{rule}:{_tag(address)}"
 
     def window_conns(self, rule: str, address: str) -> str:
         """Hash: connection -> what the window counted of it ("!", or the id of its `once` line)."""
         return f"{self.prefix}window-conns:{rule}:{_tag(address)}"
 
-    # Bans
+    # Bans: every key a ban writes is on the ban side, in one Cluster slot
+    def ban_side(self, name: str) -> str:
+        """A key of the ban side: all of them share the hash tag `{bans}`."""
+        return f"{self.prefix}{BAN_SIDE_TAG}:{name}"
+
     def ban(self, address: str) -> str:
         """The current ban record of an address (MessagePack BanRecord)."""
-        return f"{self.prefix}ban:{_tag(address)}"
+        return self.ban_side(f"ban:{address}")
 
     @property
     def active_bans(self) -> str:
         """Sorted set: address -> expiry (epoch seconds; +inf for permanent)."""
-        return f"{self.prefix}bans:active"
+        return self.ban_side("active")
 
     @property
     def ban_scopes(self) -> str:
         """Hash: banned address -> its scope (MessagePack BanScope), for bans not on every
         port with drop; with `active_bans`, what an enforcer reconciles from."""
-        return f"{self.prefix}bans:scopes"
+        return self.ban_side("scopes")
 
     @property
     def ban_history(self) -> str:
         """Stream of every ban record ever written (bounded)."""
-        return f"{self.prefix}bans:history"
+        return self.ban_side("history")
 
     def ban_count(self, address: str) -> str:
         """How many times an address was banned (escalation)."""
-        return f"{self.prefix}bancount:{_tag(address)}"
+        return self.ban_side(f"bancount:{address}")
+
+    def crossed(self, address: str) -> str:
+        """Hash: rule -> "TRIGGER DURATION" of the last window crossing the ledger
+        judged for the address (DURATION empty: it did not ban), so a crossing
+        handed back again after a crash is not judged twice."""
+        return self.ban_side(f"crossed:{address}")
 
     @property
     def whitelist(self) -> str:
@@ -97,11 +132,11 @@ class Keys:
         """Hash: whitelisted CIDR -> JSON {"reason", "added_at"} (what the operator said)."""
         return f"{self.prefix}whitelist-notes"
 
-    @property
-    def own_addresses(self) -> str:
-        """Hash: host -> its own addresses, space-separated (published by its enforcer);
-        host/source -> the addresses and networks of the containers a collector source reads."""
-        return f"{self.prefix}own-addresses"
+    def own_addresses(self, host: str) -> str:
+        """Hash of one host's own addresses, space-separated: field "host", published by its
+        enforcer; field "source:NAME", the containers' addresses and networks a collector
+        source reads."""
+        return f"{self.prefix}own-addresses:{host}"
 
     # Notifications (the api's notifier)
     def notify_queue(self, channel: str) -> str:
@@ -121,19 +156,29 @@ class Keys:
         """A host's collector or enforcer status report (MessagePack), with a TTL: a dead host's ages out."""
         return f"{self.prefix}status:{service}:{host}"
 
-    @property
-    def status_seen(self) -> str:
-        """Hash: "service:host" -> when that report was last written (kept after the report expires)."""
-        return f"{self.prefix}status-seen"
+    def status_seen(self, host: str) -> str:
+        """Hash: service -> when the host's report was last written (kept after the report expires)."""
+        return f"{self.prefix}status-seen:{host}"
 
     def counts(self, host: str, minute: int) -> str:
         """Hash of one minute's counters of a host ("lines:SOURCE", "failures:RULE" -> count), expiring."""
         return f"{self.prefix}counts:{host}:{minute}"
 
 
+BAN_SIDE_TAG = "{bans}"
+
+
 def _tag(address: str) -> str:
     """An address as a hash tag: its keys share one Redis Cluster slot."""
     return f"{{{address}}}"
+
+
+def address_slot(address: str) -> int:
+    """The Cluster slot of an address's windows (what Redis hashes: the tag's content)."""
+    return key_slot(address.encode())
+
+
+BAN_SIDE_SLOT = key_slot(BAN_SIDE_TAG[1:-1].encode())
 
 
 def around_address(key: str) -> tuple[str, str]:

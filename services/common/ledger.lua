@@ -139,14 +139,28 @@ end
 -- replicas share nothing but Redis. It is idempotent per line id: a
 -- redelivered batch adds nothing, because every failure is a sorted-set
 -- member named by its line id, and failures at or before the last ban are
--- ignored. When a threshold is crossed the same call writes the ban, so a
--- crash can never leave a crossed window without its ban.
+-- ignored.
+--
+-- A window lives in its address's slot and a ban on the ban side (keys.py),
+-- which on Redis Cluster are different slots, so a crossed threshold becomes
+-- a ban in three calls, each atomic and each harmless to repeat:
+-- 1. record_failures (the address's slot) counts failures; a window that
+--    crosses its threshold keeps the crossing as `pending` in its state and
+--    returns it, and every later call on that window (the redelivered
+--    lines, the address's next failure) returns it again until confirmed;
+-- 2. ban_crossings (the ban side) judges each crossing once (escalation, a
+--    ban as long already in force) and writes its ban; `crossed` keeps the
+--    judgement, so a crossing handed back after a crash is not judged again;
+-- 3. confirm_crossings (the address's slot) forgets the pending crossing
+--    and, if it banned, counts the ban in the address's recidive window,
+--    which may cross in its turn (2 and 3 again).
+-- A detector that dies between two calls loses nothing: the crossing stays
+-- pending in the window until a later call hands it back.
 
--- The keys of one group, after the shared ones (see record_failures): where
--- each is from the group's start `at`; the recidive window's two only when
--- that rule is on. (Read where used: a table of them per group cost Redis
--- 3% more CPU per failure in a flood.)
-local WINDOW, LINES, STATE, CONNS, BAN, COUNT, RECIDIVE_WINDOW, RECIDIVE_LINES = 1, 2, 3, 4, 5, 6, 7, 8
+-- The keys of one group in record_failures: where each is from the group's
+-- start `at`; the recidive window's state only when that rule is on. (Read
+-- where used: a table of them per group cost Redis 3% more CPU per failure.)
+local WINDOW, LINES, STATE, CONNS, RECIDIVE_STATE = 1, 2, 3, 4, 5
 
 -- A group's thresholds, from `s` at `i`: threshold, span, bantime, factor,
 -- maxtime, memory, verdict, ports (a group's fields 5-12, recidive's 1-8).
@@ -185,58 +199,24 @@ local function crossing(window_key, fresh, span, threshold)
   return trigger
 end
 
--- A window crossed its threshold at `trigger`: ban, unless a ban at least as
--- long is in force. Returns "address rule duration" if it banned.
-local function ban_from_window(s, ban_key, count_key, g, now, trigger, window_key, lines_key)
-  local count = tonumber(redis.call('GET', count_key) or '0') + 1
-  local duration = escalated(g.bantime, g.factor, g.maxtime, count)
-  -- While a ban is in force, crossing a threshold again decides nothing,
-  -- unless the new ban is longer (recidive, or a rule with a longer bantime).
-  local current = redis.call('ZSCORE', s.active, g.address)
-  if current and (current == 'inf' or tonumber(current) > now) then
-    if current == 'inf' then return end
-    local held = redis.call('GET', ban_key)
-    local held_duration = held and cmsgpack.unpack(held).duration or 0
-    if duration >= 0 and (held_duration < 0 or duration <= held_duration) then return end
-  end
-  local ports = {}
-  for p in string.gmatch(g.ports, '%d+') do ports[#ports + 1] = tonumber(p) end
-  local failures = redis.call('ZCOUNT', window_key, '-inf', trigger)
-  local rec = {
-    address = g.address, rule = g.rule, host = g.seen_by, origin = 'detector',
-    banned_at = now, duration = duration,
-    first_failure = tonumber(redis.call('ZRANGE', window_key, 0, 0, 'WITHSCORES')[2]),
-    last_failure = trigger, failures = failures, lines = redis.call('LRANGE', lines_key, 0, -1),
-    reason = failures .. ' failures of ' .. g.rule,
-  }
-  if duration >= 0 then rec.expires_at = now + duration end
-  write_ban(s, ban_key, count_key, rec, ports, g.verdict, g.memory, current ~= false)
-  return g.address .. ' ' .. g.rule .. ' ' .. duration
+-- A window `g` crossed its threshold at `trigger` (the call's time `now`):
+-- the crossing, packed, with all its ban needs, kept as the window's pending
+-- one until confirmed. Returns it.
+local function keep_crossing(g, now, trigger, window_key, lines_key, state_key)
+  local packed = cmsgpack.pack({
+    address = g.address, rule = g.rule, host = g.seen_by, trigger = trigger, at = now,
+    first = tonumber(redis.call('ZRANGE', window_key, 0, 0, 'WITHSCORES')[2]),
+    failures = redis.call('ZCOUNT', window_key, '-inf', trigger),
+    lines = redis.call('LRANGE', lines_key, 0, -1),
+    bantime = g.bantime, factor = g.factor, maxtime = g.maxtime, memory = g.memory,
+    verdict = g.verdict, ports = g.ports,
+  })
+  redis.call('HSET', state_key, 'pending', packed)
+  return packed
 end
 
--- Every ban by another rule is a failure of the recidive rule: repeat
--- offenders get its (long) ban once they reach its threshold.
-local function count_for_recidive(s, keys, at, recidive, now, address, seen_by, rule)
-  if not recidive or rule == 'recidive' then return end
-  local g = with_thresholds({rule = 'recidive', address = address, seen_by = seen_by, mode = 'sliding'},
-                            recidive, 1)
-  local window_key, lines_key = keys[at + RECIDIVE_WINDOW], keys[at + RECIDIVE_LINES]
-  redis.call('ZADD', window_key, now, rule .. '@' .. now)
-  redis.call('RPUSH', lines_key, 'banned by ' .. rule)
-  redis.call('LTRIM', lines_key, -MAX_LINES, -1)
-  redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. (now - g.span))
-  local banned = nil
-  if redis.call('ZCOUNT', window_key, now - g.span, now) >= g.threshold then
-    banned = ban_from_window(s, keys[at + BAN], keys[at + COUNT], g, now, now, window_key, lines_key)
-    redis.call('DEL', window_key, lines_key)
-  else
-    redis.call('EXPIRE', window_key, math.ceil(g.span) + 60)
-    redis.call('EXPIRE', lines_key, math.ceil(g.span) + 60)
-  end
-  return banned
-end
-
--- One group's failures into its window; returns the bans it caused.
+-- One group's failures into its window; appends to `results` its pending
+-- crossing, if any (a new one, or one still waiting for its ban).
 --
 -- `connection` names the connection a failure belongs to (host, source, pid;
 -- "" for none), `once` marks a line that is a failure only if its connection
@@ -246,10 +226,11 @@ end
 -- before or after. So the window keeps, per connection, what it counted: a
 -- `once` line of a connection already counted is dropped, and a failure of
 -- a connection whose `once` line was counted takes that line's place.
-local function record_group(s, keys, at, g, lines, now, recidive, results)
+local function record_group(keys, at, g, lines, now, recidive, results)
   local window_key, lines_key, state_key, conns_key = keys[at + WINDOW], keys[at + LINES], keys[at + STATE],
                                                       keys[at + CONNS]
-  local reset = tonumber(redis.call('HGET', state_key, 'reset') or '-1')
+  local state = redis.call('HMGET', state_key, 'reset', 'pending')
+  local reset, pending = tonumber(state[1] or '-1'), state[2]
   -- A line older than the window when it arrives cannot ban.
   local reach = g.span
   if g.mode == 'consecutive' then reach = g.span * g.threshold end
@@ -290,8 +271,8 @@ local function record_group(s, keys, at, g, lines, now, recidive, results)
     elseif g.mode == 'sliding' then
       trigger = crossing(window_key, fresh, g.span, g.threshold)
     else -- consecutive: each failure within `span` of the previous adds one
-      local state = redis.call('HMGET', state_key, 'last', 'count')
-      local last, count = tonumber(state[1] or '-1'), tonumber(state[2] or '0')
+      local counted = redis.call('HMGET', state_key, 'last', 'count')
+      local last, count = tonumber(counted[1] or '-1'), tonumber(counted[2] or '0')
       for _, ts in ipairs(fresh) do
         if last >= 0 and ts - last <= g.span then count = count + 1 else count = 1 end
         last = ts
@@ -301,11 +282,9 @@ local function record_group(s, keys, at, g, lines, now, recidive, results)
       redis.call('EXPIRE', state_key, ttl)
     end
     if trigger then
-      local banned = ban_from_window(s, keys[at + BAN], keys[at + COUNT], g, now, trigger, window_key, lines_key)
-      if banned then
-        results[#results + 1] = banned
-        results[#results + 1] = count_for_recidive(s, keys, at, recidive, now, g.address, g.seen_by, g.rule)
-      end
+      -- A crossing not yet confirmed gives way to this later one: the ban
+      -- it would add is at most the same ban, decided again.
+      pending = keep_crossing(g, now, trigger, window_key, lines_key, state_key)
       -- Failures before the trigger no longer count; `ttl` after the ban
       -- they are out of the window anyway, so the reset can expire then
       -- (or later, with a consecutive window's state: it changes nothing).
@@ -321,35 +300,147 @@ local function record_group(s, keys, at, g, lines, now, recidive, results)
   if conns_changed then
     redis.call('EXPIRE', conns_key, ttl)
   end
+  if pending then
+    -- Kept until confirmed, however short the window (a day: as long as
+    -- the ban side remembers what it judged, `crossed`).
+    redis.call('EXPIRE', state_key, RECORD_GRACE)
+    results[#results + 1] = pending
+  end
+  if recidive then
+    results[#results + 1] = redis.call('HGET', keys[at + RECIDIVE_STATE], 'pending') or nil
+  end
 end
 
--- KEYS: active, scopes, history, decisions, then per group its window,
--- window-lines, window-state, window-conns, ban record, ban count, and when
--- the recidive rule is on, the recidive window and its lines.
+-- KEYS: per group its window, window-lines, window-state, window-conns, and
+-- when the recidive rule is on, the address's recidive window-state (one
+-- address's keys, so on Redis Cluster a call holds the groups of one slot).
 -- ARGV: now, recidive settings (empty when that rule is off), then the
 -- groups packed as one MessagePack array (one C call to unpack, instead of
 -- a protocol argument per field). A group is one rule, address and host
 -- that saw the lines: {rule, address, host, mode, threshold, span, bantime,
 -- factor, maxtime, memory, verdict, ports, lines}, where `lines` is a flat
--- array of (line id, log time, text, connection, once) for each failure. The
--- recidive settings are the group's threshold..ports fields, packed the same way.
--- Returns "address rule duration" for each ban.
+-- array of (line id, log time, text, connection, once) for each failure.
+-- Returns the pending crossings of these windows (packed; for ban_crossings).
 local function record_failures(keys, args)
-  local s = shared(keys)
   local now = tonumber(args[1])
-  local recidive = args[2] ~= '' and cmsgpack.unpack(args[2]) or nil
+  local recidive = args[2] ~= ''
   local groups = cmsgpack.unpack(args[3])
-  local per_group = recidive and RECIDIVE_LINES or COUNT
+  local per_group = recidive and RECIDIVE_STATE or CONNS
   local results = {}
   for i, h in ipairs(groups) do
     local g = with_thresholds({rule = h[1], address = h[2], seen_by = h[3], mode = h[4]}, h, 5)
-    record_group(s, keys, SHARED + (i - 1) * per_group, g, h[13], now, recidive, results)
+    record_group(keys, (i - 1) * per_group, g, h[13], now, recidive, results)
+  end
+  return results
+end
+
+-- A crossing, judged: ban, unless a ban at least as long is in force.
+-- Returns the ban's duration, or nil if it did not ban.
+local function ban_from_crossing(s, ban_key, count_key, c, now)
+  local count = tonumber(redis.call('GET', count_key) or '0') + 1
+  local duration = escalated(c.bantime, c.factor, c.maxtime, count)
+  -- While a ban is in force, crossing a threshold again decides nothing,
+  -- unless the new ban is longer (recidive, or a rule with a longer bantime).
+  local current = redis.call('ZSCORE', s.active, c.address)
+  if current and (current == 'inf' or tonumber(current) > now) then
+    if current == 'inf' then return end
+    local held = redis.call('GET', ban_key)
+    local held_duration = held and cmsgpack.unpack(held).duration or 0
+    if duration >= 0 and (held_duration < 0 or duration <= held_duration) then return end
+  end
+  local ports = {}
+  for p in string.gmatch(c.ports, '%d+') do ports[#ports + 1] = tonumber(p) end
+  local rec = {
+    address = c.address, rule = c.rule, host = c.host, origin = 'detector',
+    banned_at = now, duration = duration, first_failure = c.first, last_failure = c.trigger,
+    failures = c.failures, lines = c.lines, reason = c.failures .. ' failures of ' .. c.rule,
+  }
+  if duration >= 0 then rec.expires_at = now + duration end
+  write_ban(s, ban_key, count_key, rec, ports, c.verdict, c.memory, current ~= false)
+  return duration
+end
+
+-- KEYS: active, scopes, history, decisions, then per crossing its address's
+-- ban record, ban count and crossed (the ban side: one slot).
+-- ARGV: now, then the crossings as record_failures returned them.
+-- Returns per crossing the duration of its ban, or '' if it did not ban;
+-- a crossing judged before gets the same answer again, and changes nothing.
+local function ban_crossings(keys, args)
+  local s = shared(keys)
+  local now = tonumber(args[1])
+  local results = {}
+  for i = 2, #args do
+    local c = cmsgpack.unpack(args[i])
+    local at = SHARED + (i - 2) * 3
+    local ban_key, count_key, crossed_key = keys[at + 1], keys[at + 2], keys[at + 3]
+    local trigger = string.format('%.17g', c.trigger)
+    local judged = redis.call('HGET', crossed_key, c.rule)
+    if judged and tonumber(string.match(judged, '^%S+')) >= c.trigger then
+      results[#results + 1] = string.match(judged, ' (.*)$')
+    else
+      local duration = ban_from_crossing(s, ban_key, count_key, c, now)
+      local answer = duration and tostring(duration) or ''
+      redis.call('HSET', crossed_key, c.rule, trigger .. ' ' .. answer)
+      -- Longer than a pending crossing is kept (RECORD_GRACE).
+      redis.call('EXPIRE', crossed_key, 2 * RECORD_GRACE)
+      results[#results + 1] = answer
+    end
+  end
+  return results
+end
+
+-- Every ban by another rule is a failure of the recidive rule: repeat
+-- offenders get its (long) ban once they reach its threshold. `c` banned;
+-- its failure in the recidive window is named by its rule and time, so
+-- counting it again adds nothing.
+local function count_for_recidive(keys, at, recidive, c, results)
+  local window_key, lines_key, state_key = keys[at + 2], keys[at + 3], keys[at + 4]
+  local g = with_thresholds({rule = 'recidive', address = c.address, seen_by = c.host}, recidive, 1)
+  local now = c.at
+  redis.call('ZADD', window_key, 'NX', now, c.rule .. '@' .. string.format('%.17g', now))
+  redis.call('RPUSH', lines_key, 'banned by ' .. c.rule)
+  redis.call('LTRIM', lines_key, -MAX_LINES, -1)
+  redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. (now - g.span))
+  if redis.call('ZCOUNT', window_key, now - g.span, now) >= g.threshold then
+    results[#results + 1] = keep_crossing(g, now, now, window_key, lines_key, state_key)
+    redis.call('EXPIRE', state_key, RECORD_GRACE)
+    redis.call('DEL', window_key, lines_key)
+  else
+    redis.call('EXPIRE', window_key, math.ceil(g.span) + 60)
+    redis.call('EXPIRE', lines_key, math.ceil(g.span) + 60)
+  end
+end
+
+-- KEYS: per crossing its window-state, and when the recidive rule is on,
+-- the address's recidive window, window-lines and window-state.
+-- ARGV: recidive settings (empty when that rule is off), then per crossing:
+-- the crossing (as record_failures returned it), and what ban_crossings
+-- answered for it. Returns the recidive crossings this caused (packed).
+local function confirm_crossings(keys, args)
+  local recidive = args[1] ~= '' and cmsgpack.unpack(args[1]) or nil
+  local per_crossing = recidive and 4 or 1
+  local results = {}
+  for i = 2, #args, 2 do
+    local at = (i - 2) / 2 * per_crossing
+    local packed, duration = args[i], args[i + 1]
+    local state_key = keys[at + 1]
+    -- Not pending any more: confirmed before (this is a repeat), or it gave
+    -- way to a later crossing of the same window.
+    if redis.call('HGET', state_key, 'pending') == packed then
+      redis.call('HDEL', state_key, 'pending')
+      local c = cmsgpack.unpack(packed)
+      if duration ~= '' and recidive and c.rule ~= 'recidive' then
+        count_for_recidive(keys, at, recidive, c, results)
+      end
+    end
   end
   return results
 end
 
 -- (Only `redis` exists while a library loads: no pairs, no math, here.)
 redis.register_function(FUNCTION_PREFIX .. 'record_failures', record_failures)
+redis.register_function(FUNCTION_PREFIX .. 'ban_crossings', ban_crossings)
+redis.register_function(FUNCTION_PREFIX .. 'confirm_crossings', confirm_crossings)
 redis.register_function(FUNCTION_PREFIX .. 'ban', ban)
 redis.register_function(FUNCTION_PREFIX .. 'unban', unban)
 redis.register_function(FUNCTION_PREFIX .. 'prune', prune)

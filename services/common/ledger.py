@@ -1,9 +1,11 @@
 """The ledger: every write to the shared ban state, through one Redis Function library.
 
 Who calls what (docs/decisions.md, "Ledger", has the whole map):
-- the detector's windows: `record_failures` (windows, and the bans they cause);
+- the detector's windows: `record_failures` (windows; then, for the thresholds
+  they crossed, `ban_crossings` and `confirm_crossings`: ledger.lua says why three);
 - the api: `ban` and `unban` (manual bans, imports);
-- the notifier: `prune` (expired bans), `claim_due`, `claim_digest`.
+- every detector's pruner: `prune` (expired bans);
+- the notifier: `claim_due`, `claim_digest`.
 Enforcers only read (`bans.active`, `bans.scopes`) and apply decisions.
 
 The functions live in ledger.lua. What both languages must agree on is
@@ -17,10 +19,16 @@ at start, and again when Redis answers that a function is missing (a Redis
 that restarted without its data). Its name carries LIBRARY_VERSION, and so
 do its functions' names: a host still running the previous version keeps
 calling its own functions while the next version's are loaded beside them.
+
+On Redis Cluster (redisio.connect with `redis.cluster`) a function call may
+touch the keys of one slot only: the calls are grouped here by slot (an
+address's windows, or the ban side) and sent to the primary that holds it;
+the library is loaded on every primary.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 import json
 import time
@@ -28,14 +36,18 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from pyfilter.common import bans, messages
 from pyfilter.common.config import Escalation
-from pyfilter.common.keys import Keys, around_address
+from pyfilter.common.keys import BAN_SIDE_SLOT, Keys, address_slot, around_address
+from pyfilter.common.redisio import durability
 
 # Bump when a function's KEYS, ARGV or effect changes.
-LIBRARY_VERSION = 1
+LIBRARY_VERSION = 2
 LIBRARY = f"pyfilter_v{LIBRARY_VERSION}"
 FUNCTION_PREFIX = f"{LIBRARY}_"
 
@@ -46,8 +58,19 @@ HISTORY_MAXLEN = 100_000
 DECISIONS_MAXLEN = 1_000_000
 DEFAULT_MEMORY = int(Escalation().memory)  # manual bans follow the default of the rules
 CHUNK = 500  # bans per call: a call holds Redis alone, an import of 10,000 is 20 of them
+# Failures per window call: a call runs alone in Redis, so a big batch would
+# stall every other client (about 26-37 µs of Redis CPU per failure, docs/scaling.md).
+FAILURES_PER_CALL = 1000
+FIELDS = 5  # per failure in a group: line id, log time, text, connection, once
 # The structs the functions write (messages.py): their fields and tags go into the Lua.
 STRUCTS = (messages.BanRecord, messages.Decision, messages.BanScope)
+
+
+class Crossing(msgspec.Struct):
+    """What Python reads of a crossing record_failures returns (the rest is for the Lua)."""
+
+    address: str
+    rule: str
 
 
 class NewBan(msgspec.Struct):
@@ -111,6 +134,10 @@ def _bulks(values: Iterable[bytes | str | int | float]) -> bytes:
     return b"".join(map(_bulk, values))
 
 
+def _command(args: Sequence[bytes | str | int | float]) -> bytes:
+    return b"*%d\r\n%s" % (len(args), _bulks(args))
+
+
 def _fcall(name: str, key_count: int, keys: bytes, args: Sequence[bytes | str | int | float]) -> bytes:
     """FCALL of one of our functions as sent: `keys`, `key_count` of them, come packed."""
     return b"*%d\r\n%s%s%s" % (3 + key_count + len(args), _bulks((b"FCALL", FUNCTION_PREFIX + name, key_count)),
@@ -127,79 +154,154 @@ def _code_of(entry) -> bytes | str | None:
     return fields.get(b"library_code", fields.get("library_code"))
 
 
+# A call as sent: the slot of its keys (which Cluster node runs it), and the packed FCALL.
+Call = tuple[int, bytes]
+# Redis Cluster's answer when a slot moved (resharding, failover): find the node again.
+_MOVED = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+
+
 class Ledger:
-    def __init__(self, client: redis.Redis, keys: Keys):
+    def __init__(self, client: redis.Redis | RedisCluster, keys: Keys):
         self.client = client
         self.keys = keys
+        self.cluster = isinstance(client, RedisCluster)
+        # Whether window calls are cut by slot: needed on Cluster; a single
+        # Redis takes a read's windows in fewer, larger calls.
+        self.by_slot = self.cluster
         # record_failures' KEYS of a group, packed, cut where its address goes:
         # per (rule, recidive on, address length), see _group_layout.
         self._group_layouts: dict[tuple[str, bool, int], list[bytes]] = {}
 
+    async def _on_primaries(self, *command) -> list:
+        """A command run on every primary (one: a single Redis), with its replies."""
+        if not self.cluster:
+            return [await self.client.execute_command(*command)]
+        await self.client.initialize()  # learns the nodes at first use (then does nothing)
+        return [await self.client.execute_command(*command, target_nodes=node)
+                for node in self.client.get_primaries()]
+
     async def load(self, rule_scopes: dict[str, messages.BanScope] | None = None) -> None:
-        """Load the library unless Redis already holds this very code; the first
-        load into a Redis that has bans from before the ledger upgrades them
-        (`rule_scopes`: the scope of each rule that does not ban every port with drop)."""
-        listed = await self.client.function_list(library=LIBRARY, withcode=True)
-        if not any(_code_of(e) in (CODE, CODE.encode()) for e in listed):
-            await self.client.function_load(CODE, replace=True)
-            if not listed:
+        """Load the library (on every primary) unless Redis already holds this very
+        code; the first load into a Redis written by an older version upgrades its
+        keys (`rule_scopes`: the scope of each rule that does not ban every port with drop)."""
+        listed = await self._on_primaries("FUNCTION LIST", "LIBRARYNAME", LIBRARY, "WITHCODE")
+        if not all(any(_code_of(e) in (CODE, CODE.encode()) for e in entries) for entries in listed):
+            await self._on_primaries("FUNCTION LOAD", "REPLACE", CODE)
+            if not any(listed):
                 await self.upgrade(rule_scopes or {})
 
     async def upgrade(self, rule_scopes: dict[str, messages.BanScope]) -> int:
-        """Give the ban records and counts of versions before the ledger their hash tag.
+        """Move the ban side's keys of older versions to their names under `{bans}`.
 
-        They were `PREFIX ban:ADDRESS` and `PREFIX bancount:ADDRESS`; records and
-        counts outlive an upgrade (a day past the ban, `escalation.memory`), so they
-        are renamed, keeping their expiry. Windows are left to expire (minutes): an
-        upgrade forgets the failures of windows under way. Renaming twice (two
-        services starting at once) is harmless: the second finds nothing to rename.
-        The bans in force get their scope from their rule's (`rule_scopes`), as
-        enforcers found it before. Returns how many keys it renamed.
+        Before the ledger they were `PREFIX ban:ADDRESS` and `PREFIX bancount:ADDRESS`;
+        its version 1 tagged them by address (`ban:{ADDRESS}`), and named the shared
+        ones `bans:active`, `bans:scopes`, `bans:history` and `decisions`. Records and
+        counts outlive an upgrade (a day past the ban, `escalation.memory`), and the
+        decisions stream keeps its consumer groups (enforcers' positions), so all of
+        them are renamed, keeping their expiry. Windows keep their names. Renaming
+        twice (two services starting at once) is harmless: the second finds nothing.
+        The bans in force from before the ledger get their rule's scope
+        (`rule_scopes`), as enforcers found it then. Returns how many keys it moved.
         """
-        renamed = 0
-        templates = {"ban:": self.keys.ban, "bancount:": self.keys.ban_count}
+        k, old = self.keys, self.keys.prefix
+        moved = 0
+        for name, new in ((f"{old}bans:active", k.active_bans), (f"{old}bans:scopes", k.ban_scopes),
+                          (f"{old}bans:history", k.ban_history), (f"{old}decisions", k.decisions)):
+            moved += await self._move(name, new)
+        templates = {"ban:": k.ban, "bancount:": k.ban_count}
         for kind, template in templates.items():
-            old = f"{self.keys.prefix}{kind}"
-            async for key in self.client.scan_iter(match=f"{old}*", count=1000):
-                address = key.decode()[len(old):]
-                if address.startswith("{"):
-                    continue  # already tagged
-                try:
-                    renamed += bool(await self.client.renamenx(key, template(address)))
-                except ResponseError:  # gone meanwhile: renamed by another service
-                    continue
+            async for key in self.client.scan_iter(match=f"{old}{kind}*", count=1000):
+                address = key.decode()[len(old) + len(kind):]
+                if address.startswith("{") and address.endswith("}"):
+                    address = address[1:-1]
+                moved += await self._move(key, template(address))
         if rule_scopes:
             in_force = list(await bans.active(self.client, self.keys))
             for i in range(0, len(in_force), CHUNK):
                 for rec in await bans.records(self.client, self.keys, in_force[i:i + CHUNK]):
                     if scope := rule_scopes.get(rec.rule):
                         await self.client.hsetnx(self.keys.ban_scopes, rec.address, messages.encode(scope))
-        return renamed
+        return moved
 
-    async def _calls(self, calls: Sequence[bytes]) -> list:
-        """Run packed calls (`_fcall`) in one round trip; each is atomic on its own."""
-        for attempt in (1, 2):
+    async def _move(self, old: str | bytes, new: str) -> int:
+        """Rename a key unless `new` exists (1 if moved). On Redis Cluster the two
+        names are in different slots, where RENAME cannot go: the value is copied
+        with its expiry (DUMP, RESTORE), then the old key deleted."""
+        try:
+            if not self.cluster:
+                return int(bool(await self.client.renamenx(old, new)))
+            dumped, ttl = await self.client.dump(old), await self.client.pttl(old)
+            if dumped is None or await self.client.exists(new):
+                return 0
+            await self.client.restore(new, max(ttl, 0), dumped)
+            await self.client.delete(old)
+            return 1
+        except ResponseError as exc:  # gone meanwhile: moved by another service
+            if "no such key" in str(exc).lower():
+                return 0
+            raise
+
+    async def _calls(self, calls: Sequence[Call]) -> list:
+        """Run packed calls (`_fcall`) in one round trip per node; each is atomic on
+        its own. Replies come in the order of `calls`."""
+        for attempt in (1, 2, 3):
             try:
-                return await self._send(calls)
+                if self.cluster:
+                    return await self._send_cluster(calls)
+                return await self._send(self.client.connection_pool, [c for _, c in calls])
             except ResponseError as exc:
                 # Redis lost the library (restarted empty): load it and call again,
                 # which is harmless, since nothing ran.
-                if attempt == 2 or not _is_missing(exc):
+                if attempt < 3 and _is_missing(exc):
+                    await self.load()
+                # A slot moved: learn where (the calls are harmless to repeat).
+                elif attempt < 3 and self.cluster and str(exc).startswith(_MOVED):
+                    await self.client.nodes_manager.initialize()
+                else:
                     raise
-                await self.load()
+            except RedisConnectionError:
+                if attempt == 3 or not self.cluster:
+                    raise
+                await self.client.nodes_manager.initialize()
         raise AssertionError("unreachable")
 
-    async def _send(self, calls: Sequence[bytes]) -> list:
+    async def _send_cluster(self, calls: Sequence[Call]) -> list:
+        """The calls of each node in one round trip, all nodes at once."""
+        await self.client.initialize()  # learns the slots at first use (then does nothing)
+        by_node: dict = {}
+        for i, (slot, _) in enumerate(calls):
+            node = self.client.nodes_manager.get_node_from_slot(slot)
+            by_node.setdefault(node, []).append(i)
+        replies: list = [None] * len(calls)
+        nodes = list(by_node)
+        answers = await asyncio.gather(*(self._send(node, [calls[i][1] for i in by_node[node]])
+                                         for node in nodes), return_exceptions=True)
+        for node, answer in zip(nodes, answers):
+            if isinstance(answer, BaseException):
+                raise answer
+            for i, reply in zip(by_node[node], answer):
+                replies[i] = reply
+        return replies
+
+    async def _send(self, pool, calls: Sequence[bytes]) -> list:
         """What a redis-py pipeline does with commands it packed: one write, every
         reply read (so the connection stays in step), the first error raised,
-        retried on a new connection as the client's retry policy says."""
-        pool = self.client.connection_pool
-        conn = await pool.get_connection()
+        retried on a new connection as the client's retry policy says. `pool`: the
+        client's connection pool, or a Cluster node (which lends connections too).
+
+        With replicas to wait for (redisio.durability), a WAIT follows the calls
+        on the same connection, in the same attempt: a call counts as done only
+        once they hold it, else NotReplicated (TRANSIENT) says to call again.
+        Every function is harmless to run twice: windows count a line id once,
+        bans and unbans end in the same state."""
+        wanted = durability(self.client)
+        wait = [_command(wanted.wait_command())] if wanted.replicas else []
+        conn = pool.acquire_connection() if self.cluster else await pool.get_connection()
 
         async def exchange() -> list:
-            await conn.send_packed_command(calls)
+            await conn.send_packed_command([*calls, *wait])
             replies = []
-            for _ in calls:
+            for _ in range(len(calls) + len(wait)):
                 try:
                     replies.append(await conn.read_response())
                 except ResponseError as exc:
@@ -208,15 +310,24 @@ class Ledger:
 
         try:
             replies = await conn.retry.call_with_retry(exchange, lambda _error: conn.disconnect())
+        except BaseException:
+            await conn.disconnect()
+            raise
         finally:
-            await pool.release(conn)
+            if self.cluster:
+                pool.release(conn)
+            else:
+                await pool.release(conn)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
+        if wait:
+            wanted.check(replies.pop())
         return replies
 
-    async def _call(self, name: str, keys: list, args: list):
-        [reply] = await self._calls([_fcall(name, len(keys), _bulks(keys), args)])
+    async def _call(self, name: str, keys: list[str], args: list):
+        """One call of keys in one slot (on Cluster: the slot of the first)."""
+        [reply] = await self._calls([(key_slot(keys[0].encode()), _fcall(name, len(keys), _bulks(keys), args))])
         return reply
 
     def _shared(self) -> list[str]:
@@ -228,8 +339,7 @@ class Ledger:
     def _group_layout(self, rule: str, recidive: bool, length: int) -> list[bytes]:
         """The KEYS of one group, packed and cut where its address goes (an address
         of `length` bytes): its window, window-lines, window-state, window-conns,
-        the address's ban record and ban count, and when the recidive rule is
-        on, the address's recidive window and window-lines.
+        and when the recidive rule is on, the address's recidive window-state.
         A detector passes these for every failure of a flood (one group per
         failure when every address fails once per batch): each group's are then
         one join of this layout by its address."""
@@ -237,9 +347,9 @@ class Ledger:
         if layout is None:
             k = self.keys
             keys = [k.window(rule, ""), k.window_lines(rule, ""), k.window_state(rule, ""),
-                    k.window_conns(rule, ""), k.ban(""), k.ban_count("")]
+                    k.window_conns(rule, "")]
             if recidive:
-                keys += [k.window("recidive", ""), k.window_lines("recidive", "")]
+                keys.append(k.window_state("recidive", ""))
             layout = [b""]
             for key in keys:
                 before, after = (part.encode() for part in around_address(key))
@@ -248,25 +358,77 @@ class Ledger:
             self._group_layouts[(rule, recidive, length)] = layout
         return layout
 
-    async def record_failures(self, calls: Iterable[list[list[object]]], now: float,
-                              recidive: bytes) -> list[bytes]:
-        """Count groups of failures into their windows (one function call per list of
-        groups; ledger.lua's record_failures says what a group holds). Returns
-        "address rule duration" for each ban they caused."""
-        shared = self._shared()
+    def _slot(self, address: str) -> int:
+        """Where an address's windows are: on a single Redis, all in one (one call
+        holds many addresses); on Cluster, the slot of its hash tag."""
+        return address_slot(address) if self.by_slot else 0
+
+    async def record_failures(self, groups: Sequence[list[object]], now: float,
+                              recidive: bytes) -> list[tuple[str, str, int]]:
+        """Count groups of failures into their windows (ledger.lua's record_failures
+        says what a group holds), then ban for the thresholds they crossed.
+        Returns (address, rule, duration) for each ban they caused.
+
+        Groups go one call per slot, and per FAILURES_PER_CALL failures."""
+        by_slot: dict[int, list[list[object]]] = {}
+        for group in groups:
+            by_slot.setdefault(self._slot(group[1]), []).append(group)
         planned = []
-        for groups in calls:
-            keys, count = [_bulks(shared)], len(shared)
-            for group in groups:
+        for slot, slot_groups in by_slot.items():
+            cut, keys, count, failures = [], [], 0, 0
+            for group in slot_groups:
                 address = group[1].encode()
                 layout = self._group_layout(group[0], bool(recidive), len(address))
+                cut.append(group)
                 keys.append(address.join(layout))
                 count += len(layout) - 1
-            # The groups go as one MessagePack argument: a protocol argument
-            # per field cost the detector more CPU than matching.
-            planned.append(_fcall("record_failures", count, b"".join(keys), [now, recidive, _encode(groups)]))
+                failures += len(group[12]) // FIELDS
+                if failures >= FAILURES_PER_CALL or group is slot_groups[-1]:
+                    # The groups go as one MessagePack argument: a protocol
+                    # argument per field cost the detector more CPU than matching.
+                    planned.append((slot, _fcall("record_failures", count, b"".join(keys),
+                                                 [now, recidive, _encode(cut)])))
+                    cut, keys, count, failures = [], [], 0, 0
         replies = await self._calls(planned) if planned else []
-        return [r for reply in replies for r in reply]
+        return await self._ban_crossed([c for reply in replies for c in reply], now, recidive)
+
+    async def _ban_crossed(self, crossings: list[bytes], now: float,
+                           recidive: bytes) -> list[tuple[str, str, int]]:
+        """Ban for crossed thresholds, then confirm each crossing to its window
+        (which counts the bans into recidive windows: their crossings go round again)."""
+        banned = []
+        while crossings:
+            crossings = list(dict.fromkeys(crossings))  # one window's may come from several groups
+            read = [msgspec.msgpack.decode(c, type=Crossing) for c in crossings]
+            answers = await self._ban_crossings(read, crossings, now)
+            banned += [(c.address, c.rule, int(a)) for c, a in zip(read, answers) if a]
+            replies = await self._confirm_crossings(read, crossings, answers, recidive)
+            crossings = [c for reply in replies for c in reply]
+        return banned
+
+    async def _ban_crossings(self, read: list[Crossing], crossings: list[bytes], now: float) -> list[bytes]:
+        calls = []
+        for i in range(0, len(crossings), CHUNK):
+            keys = self._shared()
+            for c in read[i:i + CHUNK]:
+                keys += [self.keys.ban(c.address), self.keys.ban_count(c.address), self.keys.crossed(c.address)]
+            calls.append((BAN_SIDE_SLOT, _fcall("ban_crossings", len(keys), _bulks(keys),
+                                                [now, *crossings[i:i + CHUNK]])))
+        return [a for reply in await self._calls(calls) for a in reply]
+
+    async def _confirm_crossings(self, read: list[Crossing], crossings: list[bytes], answers: list[bytes],
+                                 recidive: bytes) -> list:
+        k = self.keys
+        by_slot: dict[int, tuple[list[str], list[object]]] = {}
+        for c, packed, answer in zip(read, crossings, answers):
+            keys, args = by_slot.setdefault(self._slot(c.address), ([], [recidive]))
+            keys.append(k.window_state(c.rule, c.address))
+            if recidive:
+                keys += [k.window("recidive", c.address), k.window_lines("recidive", c.address),
+                         k.window_state("recidive", c.address)]
+            args += [packed, answer]
+        return await self._calls([(slot, _fcall("confirm_crossings", len(keys), _bulks(keys), args))
+                                  for slot, (keys, args) in by_slot.items()])
 
     # Bans and unbans written from Python
 
@@ -280,7 +442,7 @@ class Ledger:
             keys = self._shared()
             for b in chunk:
                 keys += [self.keys.ban(b.record.address), self.keys.ban_count(b.record.address)]
-            calls.append(_fcall("ban", len(keys), _bulks(keys), [memory, _encode(chunk)]))
+            calls.append((BAN_SIDE_SLOT, _fcall("ban", len(keys), _bulks(keys), [memory, _encode(chunk)])))
         replies = await self._calls(calls) if calls else []
         return [messages.decode_record(r) for reply in replies for r in reply]
 
@@ -293,7 +455,8 @@ class Ledger:
             chunk = list(addresses[i:i + CHUNK])
             keys = [self.keys.active_bans, self.keys.ban_scopes, self.keys.decisions,
                     *(self.keys.ban(a) for a in chunk)]
-            calls.append(_fcall("unban", len(keys), _bulks(keys), [now, host, rule, origin, reason, *chunk]))
+            calls.append((BAN_SIDE_SLOT, _fcall("unban", len(keys), _bulks(keys),
+                                                [now, host, rule, origin, reason, *chunk])))
         if calls:
             await self._calls(calls)
 

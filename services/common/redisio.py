@@ -4,35 +4,149 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 import redis.asyncio as redis
-
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError, ResponseError, TryAgainError
+from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pyfilter.common.config import RedisConfig
+from pyfilter.common.config import SENTINEL_SCHEMES, RedisConfig, parse_sentinel_url
 
 log = logging.getLogger("pyfilter.redis")
 
+
+class NotReplicated(RedisError):
+    """A write the primary took but not enough replicas confirmed (WAIT): it does
+    not count as done, and is written again (writes that must be confirmed are
+    the ones that are harmless to repeat)."""
+
+
 # The one definition of the Redis errors after which a service waits and tries
 # again: Redis out of reach or restarting (connection, timeout, LOADING, which
-# redis-py raises as a connection error), or refusing writes for now (OOM under
+# redis-py raises as a connection error; a Sentinel with no primary to give,
+# MasterNotFoundError, is one too), or refusing writes for now (OOM under
 # `noeviction` until the detectors drain the streams, READONLY or MASTERDOWN
-# during a failover, TRYAGAIN). Anything else is a bug and should surface.
+# during a failover, TRYAGAIN), or a write not yet confirmed by the replicas.
+# Anything else is a bug and should surface.
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError,
-             MasterDownError, TryAgainError, OSError)
+             MasterDownError, TryAgainError, NotReplicated, OSError)
 
 
-def connect(cfg: RedisConfig, **extra) -> redis.Redis:
-    """A client for the configured Redis (TCP, TLS with rediss://, or a unix socket)."""
+@dataclass(frozen=True)
+class Durability:
+    """How many replicas must hold a write before it counts as done, and how long to wait for them."""
+
+    replicas: int = 0
+    timeout_ms: int = 1000
+
+    def wait_command(self) -> tuple:
+        return ("WAIT", self.replicas, self.timeout_ms)
+
+    def check(self, confirmed: int) -> None:
+        """Raise NotReplicated unless `confirmed` (WAIT's reply) is enough."""
+        if confirmed < self.replicas:
+            raise NotReplicated(f"written to the primary but confirmed by {confirmed} of "
+                                f"{self.replicas} replica(s) within {self.timeout_ms} ms, so not done")
+
+
+SINGLE = Durability()
+
+
+def connect(cfg: RedisConfig, **extra) -> redis.Redis | RedisCluster:
+    """A client for the configured Redis: TCP, TLS with rediss://, a unix socket,
+    the primary named by Sentinel (redis+sentinel://), followed through failovers,
+    or Redis Cluster (`cluster`). The client carries the configured durability (`durability`)."""
     options: dict = {"socket_connect_timeout": 5, "health_check_interval": 15,
                      "retry_on_timeout": True, **extra}
     if cfg.password:
         options["password"] = cfg.password
-    if cfg.url.startswith("rediss://") and cfg.tls_ca_file:
+    if cfg.username:
+        options["username"] = cfg.username
+    options.update(tls_options(cfg))
+    if cfg.cluster:
+        client = connect_cluster(cfg.url, options)
+    elif cfg.url.startswith(SENTINEL_SCHEMES):
+        client = _sentinel_primary(cfg.url, options)
+    else:
+        client = redis.Redis.from_url(cfg.url, **options)
+    client.durability = Durability(cfg.wait_replicas, cfg.wait_timeout_ms)
+    return client
+
+
+def _sentinel_primary(url: str, options: dict) -> redis.Redis:
+    """The primary's client, through Sentinel: each new connection asks the
+    sentinels where the primary is, and a connection to a primary that became
+    a replica (READONLY) is dropped, so the retry goes to the new one."""
+    target = parse_sentinel_url(url)
+    if target.username:
+        options["username"] = target.username
+    if target.password:
+        options["password"] = target.password
+    if target.tls:
+        options["ssl"] = True
+    # The sentinels take the same credentials, TLS and timeouts as the data nodes.
+    ask = {k: v for k, v in options.items()
+           if k.startswith(("socket_", "ssl")) or k in ("username", "password")}
+    sentinel = Sentinel(target.sentinels, sentinel_kwargs=ask, **options)
+    return sentinel.master_for(target.service, db=target.db)
+
+
+def durability(client: redis.Redis) -> Durability:
+    """What the client's writes that must not be lost wait for (none for a client not made by `connect`)."""
+    return getattr(client, "durability", SINGLE)
+
+
+class _ConfirmedTransaction(Pipeline):
+    """MULTI/EXEC, then WAIT on the same connection in the same attempt.
+
+    WAIT counts the replicas that hold everything this connection wrote, so it
+    must follow the write on its connection: on another connection, or on a new
+    one after a failover, it would confirm nothing. A connection lost between
+    the two makes redis-py's retry send the whole transaction again."""
+
+    durability: Durability = SINGLE
+
+    async def _execute_transaction(self, connection, commands, raise_on_error):
+        replies = await super()._execute_transaction(connection, commands, raise_on_error)
+        await connection.send_command(*self.durability.wait_command())
+        self.durability.check(await connection.read_response())
+        return replies
+
+
+def transaction(client: redis.Redis) -> Pipeline:
+    """A MULTI/EXEC pipeline for writes that must not be lost: its `execute()`
+    returns once the configured replicas hold them, else raises NotReplicated
+    (TRANSIENT: write it again). Without replicas to wait for, a plain transaction."""
+    wanted = durability(client)
+    if not wanted.replicas:
+        return client.pipeline(transaction=True)
+    tx = _ConfirmedTransaction(client.connection_pool, client.response_callbacks, True, None)
+    tx.durability = wanted
+    return tx
+
+
+def connect_cluster(url: str, options: dict) -> RedisCluster:
+    """A Redis Cluster client from one node's URL. Each command goes to the primary
+    of its key's slot (every command a service sends names keys of one slot: keys.py);
+    on a failover or resharding the client learns the new layout and sends it again."""
+    options.pop("retry_on_timeout", None)  # the cluster client retries itself
+    return RedisCluster.from_url(url, **options)
+
+
+# TLS (rediss://), kept apart from the rest of connecting: the agents verify the
+# server's certificate against the deployment's CA (`make server` makes both),
+# name included, so a machine in the middle cannot pose as the shared Redis.
+def tls_options(cfg: RedisConfig) -> dict:
+    if not cfg.url.startswith(("rediss://", "rediss+sentinel://")):
+        return {}
+    options: dict = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if cfg.tls_ca_file:
         options["ssl_ca_certs"] = cfg.tls_ca_file
-    return redis.Redis.from_url(cfg.url, **options)
+    return options
 
 
 async def ensure_group(client: redis.Redis, stream: str, group: str, start: str = "0") -> None:

@@ -15,6 +15,7 @@ import redis.asyncio as redis
 
 from pyfilter.common.addresses import InvalidAddress, Network, parse_network
 from pyfilter.common.keys import Keys
+from pyfilter.common.redisio import transaction
 
 
 async def entries(client: redis.Redis, keys: Keys) -> list[Network]:
@@ -28,12 +29,25 @@ async def entries(client: redis.Redis, keys: Keys) -> list[Network]:
     return sorted(found, key=lambda n: (n.version, n))
 
 
-async def add(client: redis.Redis, keys: Keys, network: Network) -> bool:
-    return bool(await client.sadd(keys.whitelist, str(network)))
+async def add(client: redis.Redis, keys: Keys, network: Network, note: bytes | None = None,
+              replace_note: bool = False) -> bool:
+    """Whitelist a network with its note (an older note is kept unless `replace_note`);
+    whether it was new. Confirmed by the replicas, if any (redisio.transaction)."""
+    async with transaction(client) as tx:
+        tx.sadd(keys.whitelist, str(network))
+        if note is not None:
+            (tx.hset if replace_note else tx.hsetnx)(keys.whitelist_notes, str(network), note)
+        replies = await tx.execute()
+    return bool(replies[0])
 
 
 async def remove(client: redis.Redis, keys: Keys, network: Network) -> bool:
-    return bool(await client.srem(keys.whitelist, str(network)))
+    """Take a network and its note off the whitelist; whether it was on it."""
+    async with transaction(client) as tx:
+        tx.srem(keys.whitelist, str(network))
+        tx.hdel(keys.whitelist_notes, str(network))
+        removed, _ = await tx.execute()
+    return bool(removed)
 
 
 class Whitelist:

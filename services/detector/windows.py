@@ -14,11 +14,6 @@ from pyfilter.common.keys import Keys
 from pyfilter.common.ledger import Ledger
 
 
-# Failures per function call: a call runs alone in Redis, so a big batch would
-# stall every other client (about 26 µs of Redis CPU per failure, docs/scaling.md).
-FAILURES_PER_CALL = 1000
-FIELDS = 5  # per failure in a call: line id, log time, text, connection, once
-
 
 class Observed(NamedTuple):
     """One failure seen in one line: what the matcher found plus the line's identity."""
@@ -67,31 +62,15 @@ class Windows:
         self._recidive = msgspec.msgpack.encode(_thresholds(recidive)) if recidive else b""
 
     async def record(self, observed: list[Observed], now: float) -> list[NewBan]:
-        """Apply the failures; every function call goes to Redis in one round trip,
-        and raises if any call failed: nothing is acknowledged then."""
-        replies = await self._ledger.record_failures(self._calls(observed), now, self._recidive)
-        return [_parse_ban(r) for r in replies]
+        """Apply the failures (the ledger sends its calls in one round trip per
+        step and node), and raises if any call failed: nothing is acknowledged then."""
+        banned = await self._ledger.record_failures(self._groups(observed), now, self._recidive)
+        return [NewBan(*ban) for ban in banned]
 
-    def _calls(self, observed: list[Observed]) -> list[list[list[object]]]:
-        """The failures grouped by (rule, address, host), cut into function calls."""
+    def _groups(self, observed: list[Observed]) -> list[list[object]]:
+        """The failures grouped by (rule, address, host), as record_failures reads them."""
         groups: dict[tuple[str, str, str], list[object]] = defaultdict(list)
         for o in observed:
             groups[(o.rule, o.address, o.host)] += (o.line_id, o.time, o.text, o.connection, o.once)
-        # One call holds Redis for as long as it runs: keep each call small.
-        calls: list[list[list[object]]] = []
-        call: list[list[object]] = []
-        failures = 0
-        for (name, address, host), lines in groups.items():
-            call.append([name, address, host, *self._settings[name], lines])
-            failures += len(lines) // FIELDS
-            if failures >= FAILURES_PER_CALL:
-                calls.append(call)
-                call, failures = [], 0
-        if call:
-            calls.append(call)
-        return calls
-
-
-def _parse_ban(result: bytes) -> NewBan:
-    address, rule, duration = result.decode().split(" ")
-    return NewBan(address, rule, int(duration))
+        return [[name, address, host, *self._settings[name], lines]
+                for (name, address, host), lines in groups.items()]

@@ -1,10 +1,11 @@
-"""The notifier service: ban notices (notify.py) and the expired-ban pruner (pruner.py).
+"""The notifier service: ban notices (notify.py).
 
-Both are small, long-running readers of the ban ledger that nothing waits
-for, so they share a process; neither needs a port or a capability. The
-container is healthy while Redis answers (as the collector's), since without
-Redis neither has anything to do. SIGTERM lets deliveries under way finish,
-each bounded by its own timeout.
+A long-running reader of the decisions that nothing waits for; it needs no
+port and no capability. Compose starts it only where a channel is configured
+(the `notify` profile, which `make up` turns on from the configuration): an
+idle host does not pay for it. The container is healthy while Redis answers
+(as the collector's), since without Redis it has nothing to do. SIGTERM lets
+deliveries under way finish, each bounded by its own timeout.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ import redis.asyncio as redis
 
 from pyfilter.common import health, service
 from pyfilter.common.config import Settings
-from pyfilter.common.keys import Keys
 from pyfilter.common.metrics import serve as serve_metrics
 from pyfilter.common.redisio import TRANSIENT, connect
-from pyfilter.notifier.pruner import prune_until
 
 log = logging.getLogger("pyfilter.notifier")
 
@@ -40,6 +39,8 @@ async def notices(settings: Settings, client: redis.Redis, stop: asyncio.Event) 
     """Ban notices, where a channel is configured: only then are aiohttp and
     the mail modules loaded (about 9 MB that an idle host does not need)."""
     if settings.config.notify.email is None and settings.config.notify.webhook is None:
+        log.warning("no notification channel is configured: nothing to announce "
+                    "(docs/notifications.md)")
         return
     from pyfilter.notifier.notify import run_notifier
 
@@ -52,9 +53,7 @@ async def main_async(settings: Settings) -> None:
     stop = asyncio.Event()
     service.stop_on_signals(stop)
     log.info("notifier started", extra={"host": settings.host})
-    await asyncio.gather(heartbeat(client, stop),
-                         prune_until(client, Keys(settings.config.redis.prefix), stop),
-                         notices(settings, client, stop))
+    await asyncio.gather(heartbeat(client, stop), notices(settings, client, stop))
     await client.aclose()
 
 

@@ -5,5 +5,4 @@ from prometheus_client import Counter
 NOTICES = Counter("pyfilter_notifier_notices_total",
                   "Deliveries of ban notices, by channel and outcome (sent, failed, dropped)",
                   ["channel", "outcome"])
-PRUNED = Counter("pyfilter_notifier_pruned_total", "Expired bans removed from the active set")
 ERRORS = Counter("pyfilter_notifier_errors_total", "Errors, by kind", ["kind"])

@@ -34,7 +34,7 @@ DUMP_DECISIONS = """
 import json, os, redis
 from pyfilter.common import messages
 r = redis.Redis.from_url(os.environ["PYFILTER_REDIS_URL"], password=os.environ["PYFILTER_REDIS_PASSWORD"] or None)
-out = [messages.decode_decision(f[b"m"]) for _, f in r.xrange("pyfilter:decisions")]
+out = [messages.decode_decision(f[b"m"]) for _, f in r.xrange("pyfilter:{bans}:decisions")]
 print(json.dumps([[d.action, d.address, d.origin] for d in out]))
 """
 
@@ -76,9 +76,9 @@ def redis_cli(stack: Stack, *args: str) -> str:
 
 def drained(stack: Stack) -> bool:
     try:
-        if redis_cli(stack, "XLEN", "pyfilter:lines") != "0":
+        if redis_cli(stack, "XLEN", "pyfilter:lines:target-host") != "0":
             return False
-        groups = redis_cli(stack, "XINFO", "GROUPS", "pyfilter:lines").split("\n")
+        groups = redis_cli(stack, "XINFO", "GROUPS", "pyfilter:lines:target-host").split("\n")
         return groups[groups.index("pending") + 1] == "0"
     except (AssertionError, ValueError, RuntimeError):
         return False

@@ -1,16 +1,21 @@
 """Many hosts, one ban list: an attack seen on one host is dropped on all of them,
-and a host cut off from Redis catches up on exactly what it missed.
+a host cut off from Redis catches up on exactly what it missed, and the Redis
+primary killed in the middle of an attack loses no ban, unban or line.
 
 Three "hosts" (containers, each its own network namespace) run the agent
 profile from compose/agent.yml; the server profile from compose/server.yml
-holds Redis, the detector and the api.
+holds Redis, the detector and the api, with Redis as compose/server-ha.yml
+runs it (a primary, two replicas, three sentinels; writes confirmed by a
+replica), so every test here runs through Sentinel.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -22,6 +27,7 @@ pytestmark = pytest.mark.integration
 HOSTS = {"a": "198.51.100.81", "b": "198.51.100.82", "c": "198.51.100.83"}
 ATTACKER = "198.51.100.70"
 OVERRIDE = os.path.join(os.path.dirname(__file__), "compose.multihost.yml")
+HA = os.path.join(os.path.dirname(__file__), "compose.multihost-ha.yml")
 
 
 class MultiHost(Stack):
@@ -32,6 +38,8 @@ class MultiHost(Stack):
             self.env[f"LOG_{h.upper()}"] = str(path)
         # agent.yml insists on a URL; the test's services set their own.
         self.env["PYFILTER_REDIS_URL"] = "redis://unused"
+        # Sentinel without TLS yet (compose/server-ha.yml): the agents are told plain TCP is fine.
+        self.env["PYFILTER_REDIS_REQUIRE_TLS"] = "0"
         if AIRGAPPED:
             self.env["PYFILTER_REDIS_IMAGE"] = BASE_IMAGE
 
@@ -41,11 +49,25 @@ class MultiHost(Stack):
     def network(self) -> str:
         return f"{self.project}_default"
 
+    def redis_cli(self, *args: str, node: str | None = None) -> str:
+        """A command on the current primary (or on `node`, "host port"), from a sentinel's container."""
+        where = (node or self.primary()).split()
+        code, out = self.exec("sentinel-1", "redis-cli", "--no-auth-warning", "-h", where[0], "-p", where[1], *args)
+        if code != 0:
+            raise RuntimeError(f"redis-cli {' '.join(args)}: {out}")
+        return out.strip()
+
+    def primary(self) -> str:
+        """The primary as the sentinels give it out: "host port" ("" while they have none)."""
+        code, out = self.exec("sentinel-1", "redis-cli", "--no-auth-warning", "-p", "26379",
+                              "SENTINEL", "get-master-addr-by-name", "pyfilter")
+        return " ".join(out.split()) if code == 0 else ""
+
 
 @pytest.fixture(scope="module")
 def hosts():
     stack = MultiHost(project=f"pyfilter-mh-{os.getpid()}", log_dir=make_log_dir(),
-                      files=[OVERRIDE])
+                      files=[OVERRIDE, HA])
     try:
         with running(stack):
             yield stack
@@ -103,3 +125,73 @@ def test_host_cut_off_from_redis_keeps_its_bans_and_catches_up_exactly(hosts):
     wait_for(lambda: hosts.banned_on("c") == {"198.51.100.72", "198.51.100.73"}, 60,
              "host C to catch up after reconnecting")
     assert hosts.tcp_connects("attacker", HOSTS["c"], 8080)
+
+
+def one_failure(address: str, n: int) -> str:
+    """One sshd failure, its own connection (pid): exactly one entry in the address's window."""
+    return (f"{datetime.now(timezone.utc).isoformat(timespec='microseconds')} target sshd[{7000 + n}]: "
+            f"Failed password for root from {address} port {40000 + n} ssh2\n")
+
+
+BANNED = [f"198.51.100.{i}" for i in range(160, 190)]  # 5 failures each: maxretry, banned
+COUNTED = [f"198.51.100.{i}" for i in range(190, 220)]  # 4 each: counted, not banned
+ROUNDS = 5
+
+
+def test_primary_killed_mid_attack_loses_no_ban_no_unban_and_counts_each_line_once(hosts):
+    """Three hosts' logs take one failure per address per round, spread over the
+    hosts; the Redis primary is killed (SIGKILL) after round 2, and an unban is
+    asked for while the sentinels fail over. Every ban reaches every host's
+    kernel, the unban holds, and each window holds exactly the failures written."""
+    wait_for(lambda: all(hosts.banned_on(h) >= {"198.51.100.72"} for h in HOSTS), 60, "the earlier manual ban")
+    old = hosts.primary()
+    assert old.split()[0] == "redis"
+    hosts.redis_cli("SET", "ha-probe", "1")
+    wait_for(lambda: hosts.redis_cli("WAIT", "2", "1000") == "2", 30, "both replicas to hold the writes")
+
+    killed = threading.Event()
+    def attack():
+        for r in range(ROUNDS):
+            for n, address in enumerate(BANNED + (COUNTED if r < ROUNDS - 1 else [])):
+                with open(hosts.logs["abc"[(n + r) % 3]] / "auth.log", "a") as log:
+                    log.write(one_failure(address, r * 1000 + n))
+            if r == 1:
+                hosts.container("redis").kill()
+                killed.set()
+            time.sleep(1.0)
+    writer = threading.Thread(target=attack)
+    writer.start()
+    try:
+        assert killed.wait(60)
+        started = time.monotonic()
+        # Just after the kill: an unban, and a probe attack whose ban says when bans flow again.
+        wait_for(lambda: hosts.api("DELETE", "/api/v1/bans/198.51.100.72", token=hosts.token)[0] == 200,
+                 120, "the api to take the unban (503 while Redis fails over)", interval=0.2)
+        unbanned = time.monotonic() - started
+        with open(hosts.logs["b"] / "auth.log", "a") as log:
+            log.write("".join(one_failure("198.51.100.240", 9000 + i) for i in range(5)))
+        promoted = wait_for(lambda: (p := hosts.primary()) and p != old and p, 120, "a new primary")
+        failover = time.monotonic() - started
+        wait_for(lambda: all("198.51.100.240" in hosts.banned_on(h) for h in HOSTS), 120,
+                 "the probe's ban on every host")
+        flowing = time.monotonic() - started
+    finally:
+        writer.join()
+    print(f"\nprimary killed: sentinels named {promoted!r} after {failover:.1f} s; a ban written "
+          f"after the kill reached every host's kernel after {flowing:.1f} s; the api took the unban "
+          f"after {unbanned:.1f} s")
+
+    wait_for(lambda: all(hosts.banned_on(h) >= set(BANNED) for h in HOSTS), 120,
+             "every banned address in every host's kernel")
+    for h in HOSTS:
+        banned = hosts.banned_on(h)
+        assert "198.51.100.72" not in banned, f"the unban was lost on host {h}"
+        assert not banned & set(COUNTED), f"host {h} banned an address that failed 4 times"
+    assert hosts.redis_cli("ZSCORE", "pyfilter:bans:active", "198.51.100.72") == ""
+    windows = {a: int(hosts.redis_cli("ZCARD", f"pyfilter:window:sshd:{{{a}}}")) for a in COUNTED}
+    assert windows == {a: ROUNDS - 1 for a in COUNTED}, "a window does not hold exactly the lines written"
+
+    # The old primary comes back as a replica of the new one.
+    hosts.container("redis").start()
+    wait_for(lambda: "role:slave" in hosts.redis_cli("INFO", "replication", node="redis 6379"), 60,
+             "the old primary to rejoin as a replica")

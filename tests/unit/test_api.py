@@ -269,8 +269,9 @@ def test_metrics_show_requests_active_bans_and_pipeline_lag(redis_url):
         await client.post("/api/v1/bans", json={"address": "198.51.100.7"}, headers=AUTH)
         batch = messages.LineBatch(host="h", source="auth", lines=[messages.Line("a:1", "x")],
                                    read_at=0.0)
+        await redis.sadd(Keys("t:").hosts, "h")
         for _ in range(3):
-            await redis.xadd(Keys("t:").lines, {"m": messages.encode(batch)})
+            await redis.xadd(Keys("t:").lines("h"), {"m": messages.encode(batch)})
         r = await client.get("/metrics")
         return r.status, r.headers["Content-Type"], await r.text()
     status, content_type, text = call(redis_url, steps)

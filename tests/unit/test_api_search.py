@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+
 from tests.unit.apisupport import AUTH, call, detector_ban
 from tests.unit.test_geo import write_db
 
@@ -136,9 +137,10 @@ def test_stats_count_days_countries_rules_hosts_and_lag(redis_url, tmp_path):
 
     async def steps(client, redis):
         await seed(client, redis, now)
-        await redis.xgroup_create("t:lines", "detect", id="0", mkstream=True)
-        await redis.xadd("t:lines", {"m": b"x"})
-        await redis.xgroup_create("t:decisions", "enforce:web-1", id="0")
+        await redis.sadd("t:hosts", "web-1", "web-2")
+        await redis.xgroup_create("t:lines:web-1", "detect", id="0", mkstream=True)
+        await redis.xadd("t:lines:web-1", {"m": b"x"})
+        await redis.set("t:decisions-read:web-1", "0-0")  # web-2's enforcer has not read yet
         return await (await client.get("/api/v1/stats?days=5")).json()
     stats = call(redis_url, steps, country_db=db)
     today = datetime.fromtimestamp(now, timezone.utc).date()

@@ -140,11 +140,11 @@ def containers_source(docker: DockerFolder, **options) -> dict:
 
 def batches(redis_url: str) -> list:
     client = redis.Redis.from_url(redis_url)
-    return [decode_batch(fields[b"m"]) for _, fields in client.xrange(Keys().lines)]
+    return [decode_batch(fields[b"m"]) for _, fields in client.xrange(Keys().lines(HOST))]
 
 
 def published(redis_url: str) -> str | None:
-    value = redis.Redis.from_url(redis_url).hget(Keys().own_addresses, hosts.field(HOST, "containers"))
+    value = redis.Redis.from_url(redis_url).hget(Keys().own_addresses(HOST), hosts.field("containers"))
     return None if value is None else value.decode()
 
 

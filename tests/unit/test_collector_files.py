@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 
+import msgspec
 import pytest
 import redis
 
+from pyfilter.collector.sources.tail import Position
 from pyfilter.common.keys import Keys
 
 from .test_collector_support import (
@@ -234,6 +237,24 @@ def test_crash_and_rotations_while_down_lose_no_lines(tmp_path, logs, redis_url)
         found = wait_for_lines(redis_url, ["a1", "a2", "a3", "b1", "c1"])
         settle()
     assert "not watched" not in found
+
+
+def test_file_checkpointed_before_its_first_read_is_read_after_a_crash(tmp_path, logs, redis_url):
+    """A rotated file the collector opened and checkpointed (offset 0, nothing read,
+    so no fingerprint yet) before it was killed: after the restart it is found by
+    its identity and read, not given up as gone (its mtime is before SEEN, so
+    nothing else would read it)."""
+    log, rotated = logs / "app.log", logs / "app.log.1"
+    write(rotated, "r1", "r2")
+    write(log, "live")
+    st = os.stat(rotated)
+    now = time.time() + 10  # the last scan was after every write
+    redis.Redis.from_url(redis_url).hset(Keys().checkpoint(HOST, "app"), mapping={
+        "started": repr(now - 60), "seen": repr(now),
+        f"{st.st_dev}:{st.st_ino}": msgspec.json.encode(Position(str(rotated), 0))})
+    with Collector(tmp_path, redis_url, [file_source("app", log)]).start() as c:
+        wait_for_lines(redis_url, ["r1", "r2"])
+        assert "is gone" not in c.logs()
 
 
 def test_directory_in_place_of_a_file_is_logged_and_retried(tmp_path, logs, redis_url):

@@ -131,7 +131,7 @@ def stream_lines(redis_url: str) -> list[Line]:
     lines: list[Line] = []
     last = "-"
     while True:
-        entries = client.xrange(Keys().lines, min=last, count=1000)
+        entries = client.xrange(Keys().lines(HOST), min=last, count=1000)
         if last != "-":
             entries = entries[1:]
         if not entries:

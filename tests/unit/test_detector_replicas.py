@@ -18,11 +18,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import redis
-import redis.asyncio as aioredis
 
 from pyfilter.common import messages, whitelist
 from pyfilter.common.addresses import parse_network
 from pyfilter.common.keys import DETECT_GROUP, Keys
+from tests.conftest import CLUSTER_URLS, aclient
+
+def sync_client(url: str):
+    return redis.RedisCluster.from_url(url) if url in CLUSTER_URLS else redis.Redis.from_url(url)
+
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = Keys("rep:")
@@ -51,12 +55,13 @@ def feed(client: redis.Redis, lines: list[str]) -> None:
         chunk = [messages.Line(f"auth:1:2:{i * 200}", text)
                  for i, text in enumerate(lines[start:start + BATCH], start)]
         batch = messages.LineBatch(host="h1", source="auth", lines=chunk, read_at=time.time())
-        client.xadd(KEYS.lines, {"m": messages.encode(batch)})
+        client.xadd(KEYS.lines("h1"), {"m": messages.encode(batch)})
 
 
 def start_detector(config: Path, url: str) -> subprocess.Popen:
     name = f"replica-{time.time_ns()}"
     env = {**os.environ, "PYFILTER_CONFIG": str(config), "PYFILTER_REDIS_URL": url,
+           "PYFILTER_REDIS_CLUSTER": "yes" if url in CLUSTER_URLS else "no",
            "PYFILTER_CONSUMER": name, "PYFILTER_METRICS_PORT": "0",
            "PYFILTER_HOST": "h1", "PYFILTER_HEARTBEAT": str(config.parent / f"hb-{time.time_ns()}")}
     log = open(config.parent / "detectors.log", "ab")
@@ -66,9 +71,9 @@ def start_detector(config: Path, url: str) -> subprocess.Popen:
 
 
 def drained(client: redis.Redis) -> bool:
-    if client.xlen(KEYS.lines):
+    if client.xlen(KEYS.lines("h1")):
         return False
-    groups = client.xinfo_groups(KEYS.lines)
+    groups = client.xinfo_groups(KEYS.lines("h1"))
     return all(g["pending"] == 0 for g in groups)
 
 
@@ -104,7 +109,7 @@ def freeze_while_holding(client: redis.Redis, victim: subprocess.Popen) -> None:
     consumer = victim.consumer
     while True:
         victim.send_signal(signal.SIGSTOP)
-        held = [c for c in client.xinfo_consumers(KEYS.lines, DETECT_GROUP)
+        held = [c for c in client.xinfo_consumers(KEYS.lines("h1"), DETECT_GROUP)
                 if c["name"].decode() == consumer and c["pending"] > 0]
         if held:
             return
@@ -115,13 +120,14 @@ def freeze_while_holding(client: redis.Redis, victim: subprocess.Popen) -> None:
 
 def run_replicas(url: str, config: Path, replicas: int, kill_one: bool,
                  keep_data: bool = False) -> set[tuple[str, str]]:
-    client = redis.Redis.from_url(url)
+    client = sync_client(url)
     if not keep_data:
         client.flushall()
+    client.sadd(KEYS.hosts, "h1")
     # With a victim, it starts alone so the batches it will die holding are its own.
     procs = [start_detector(config, url) for _ in range(1 if kill_one else replicas)]
     try:
-        wait(lambda: len(client.xinfo_groups(KEYS.lines)) if client.exists(KEYS.lines) else False,
+        wait(lambda: len(client.xinfo_groups(KEYS.lines("h1"))) if client.exists(KEYS.lines("h1")) else False,
              60, "the detectors' consumer group", config.parent / "detectors.log")
         feed(client, attack_log())
         if kill_one:
@@ -140,7 +146,9 @@ def run_replicas(url: str, config: Path, replicas: int, kill_one: bool,
                 p.wait(10)
 
 
-def test_one_and_three_replicas_with_one_killed_decide_the_same_bans(redis_url, tmp_path):
+def test_one_and_three_replicas_with_one_killed_decide_the_same_bans(any_redis_url, tmp_path):
+    """On a single Redis and on a 3-primary Redis Cluster."""
+    redis_url = any_redis_url
     config = write_config(tmp_path)
     expected = {(f"198.51.100.{i}", "sshd") for i in range(1, 31)} | \
                {(f"2001:db8::{i:x}", "sshd") for i in range(1, 31)}
@@ -154,17 +162,18 @@ def test_a_stopped_detector_finishes_what_it_took(redis_url, tmp_path):
     """SIGTERM while busy: the detector finishes the reads it already took
     (including the one it asked for ahead) and leaves nothing pending."""
     config = write_config(tmp_path)
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     client.flushall()
+    client.sadd(KEYS.hosts, "h1")
     first = start_detector(config, redis_url)
     log = config.parent / "detectors.log"
-    wait(lambda: client.exists(KEYS.lines) and client.xinfo_groups(KEYS.lines), 60, "the consumer group", log)
+    wait(lambda: client.exists(KEYS.lines("h1")) and client.xinfo_groups(KEYS.lines("h1")), 60, "the consumer group", log)
     feed(client, attack_log() * 4)
-    wait(lambda: client.xinfo_groups(KEYS.lines)[0]["pending"] > 0, 30, "the detector to take work", log)
+    wait(lambda: client.xinfo_groups(KEYS.lines("h1"))[0]["pending"] > 0, 30, "the detector to take work", log)
     first.terminate()
     assert first.wait(30) == 0
-    assert client.xinfo_groups(KEYS.lines)[0]["pending"] == 0, log.read_text()[-3000:]
-    assert client.xlen(KEYS.lines) > 0, "the detector finished the whole stream before it was stopped"
+    assert client.xinfo_groups(KEYS.lines("h1"))[0]["pending"] == 0, log.read_text()[-3000:]
+    assert client.xlen(KEYS.lines("h1")) > 0, "the detector finished the whole stream before it was stopped"
     second = start_detector(config, redis_url)  # the rest, for the same bans as without a stop
     try:
         wait(lambda: drained(client), 60, "every batch to be processed", log)
@@ -179,7 +188,7 @@ def test_a_stopped_detector_finishes_what_it_took(redis_url, tmp_path):
 
 def test_detector_does_not_count_an_operator_whitelisted_network(redis_url, tmp_path):
     async def add():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         await whitelist.add(client, KEYS, parse_network("198.51.100.0/28"))
         await client.aclose()
     asyncio.run(add())

@@ -1,6 +1,6 @@
 """The ledger against a real redis-server: its functions write only the keys they are
-given, one address's keys share a hash tag, the library comes back when Redis lost it,
-older writers' decisions and keys still work."""
+given, every call's keys share one hash tag (one Cluster slot), the library comes back
+when Redis lost it, older writers' decisions and keys still work."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import asyncio
 import time
 
 import msgspec
-import redis.asyncio as aioredis
+import pytest
 
 from pyfilter.common import bans, messages
 from pyfilter.common.config import Seconds
@@ -18,9 +18,16 @@ from pyfilter.detector.windows import Observed, Windows
 from pyfilter.enforcer.backends.log_only import LogOnlyBackend
 from tests.unit.test_enforcer_loop import Running, _has, until
 from tests.unit.test_windows import make_rule
+from tests.conftest import CLUSTER_URLS, aclient
 
 KEYS = Keys("t:")
 NOW = time.time()
+
+
+@pytest.fixture
+def redis_url(any_redis_url):
+    """Every test here runs on a single Redis and on a 3-primary Redis Cluster."""
+    return any_redis_url
 
 
 def record(address: str, duration: int = 600, rule: str = "manual") -> messages.BanRecord:
@@ -41,16 +48,21 @@ def arguments(command: bytes) -> list[bytes]:
 
 
 class Watched(Ledger):
-    """A ledger that notes every key it sends to a function (FCALL name numkeys KEYS... ARGV...)."""
+    """A ledger that notes every key it sends to a function (FCALL name numkeys KEYS... ARGV...),
+    and the hash tags of each call's keys."""
 
     given: set[str]
+    tags: list[set[str]]
 
-    async def _send(self, calls):
+    async def _send(self, pool, calls):
         self.given = getattr(self, "given", set())
+        self.tags = getattr(self, "tags", [])
         for call in calls:
             _, _, count, *rest = arguments(call)
-            self.given |= {k.decode() for k in rest[:int(count)]}
-        return await super()._send(calls)
+            keys = {k.decode() for k in rest[:int(count)]}
+            self.given |= keys
+            self.tags.append({hash_tag(k) if "{" in k else k for k in keys})
+        return await super()._send(pool, calls)
 
 
 def hash_tag(key: str) -> str:
@@ -60,37 +72,44 @@ def hash_tag(key: str) -> str:
 
 
 def test_every_function_writes_only_the_keys_it_is_given(redis_url):
+    """And each call's keys share one hash tag: an address's (its windows), or the
+    ban side's (`{bans}`: records, counts, active set, scopes, history, decisions)."""
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         ledger = Watched(client, KEYS)
+        ledger.by_slot = True  # as on Cluster
         rules = {"sshd": make_rule(findtime=Seconds(600), ports=[22], verdict="reject"),
                  "web": make_rule(window="consecutive", failed_attempts=2, request_time=Seconds(5)),
                  "recidive": make_rule(maxretry=1, findtime=Seconds(86400), bantime=Seconds(-1))}
         windows = Windows(client, "t:", rules)
         windows._ledger = ledger
         observed = [Observed("sshd", "198.51.100.7", "host-a", NOW - 3 + i, f"s:{i}", "failed", "h:auth:9", i == 0)
-                    for i in range(3)]
+                    for i in range(4)]
         observed += [Observed("web", "2001:db8::/64", "host-a", NOW - 2 + i, f"w:{i}", "401") for i in range(2)]
         await windows.record(observed, NOW)
         await ledger.ban([NewBan(record("198.51.100.8")), NewBan(record("198.51.100.9", -1), [80], "drop")])
         await ledger.unban(["198.51.100.8"], "host-a", "manual unban")
         await ledger.prune(NOW + 3600)
         await ledger.claim_due("webhook", NOW, 300, 50)
-        await ledger.claim_digest("email", NOW, 300, 10)
+        if not ledger.cluster:  # the notifier's queue and hold: not in one slot yet (docs/scaling.md)
+            await ledger.claim_digest("email", NOW, 300, 10)
         written = {k.decode() for k in await client.keys("*")}
         await client.aclose()
-        return ledger.given, written
-    given, written = asyncio.run(go())
+        return ledger.given, written, ledger.tags
+    given, written, tags = asyncio.run(go())
     assert written and written <= given, written - given
-    # One address's keys (its windows, record, count, recidive window) share one tag.
+    # Every call in one slot, except the notifier's digest (queue and hold keys: not on Cluster yet).
+    assert all(len(t) == 1 for t in tags if not any(":notify:" in k for k in t)), tags
+    assert {"198.51.100.7"} in tags and {"2001:db8::/64"} in tags and {"bans"} in tags
+    # One address's windows share its tag; its record and count are on the ban side.
     for address in ("198.51.100.7", "2001:db8::/64"):
         own = [k for k in given if address in k]
-        assert len(own) >= 8 and {hash_tag(k) for k in own} == {address}, own
+        assert len(own) >= 8 and {hash_tag(k) for k in own} == {address, "bans"}, own
 
 
 def test_unban_and_prune_forget_the_scope_with_the_ban(redis_url):
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         ledger = Ledger(client, KEYS)
         await ledger.ban([NewBan(record("198.51.100.7"), [22], "reject"),
                           NewBan(record("198.51.100.8", 60), [22, 2222], "drop"),
@@ -109,7 +128,7 @@ def test_unban_and_prune_forget_the_scope_with_the_ban(redis_url):
 
 def test_the_library_comes_back_after_redis_lost_it_and_replaces_an_older_copy(redis_url):
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         ledger = Ledger(client, KEYS)
         await client.function_flush()  # a Redis restarted without its data
         first = await ledger.ban([NewBan(record("198.51.100.7"))])
@@ -127,6 +146,8 @@ def test_the_library_comes_back_after_redis_lost_it_and_replaces_an_older_copy(r
 
 
 def test_a_decision_of_the_previous_version_is_still_applied(redis_url):
+    if redis_url in CLUSTER_URLS:
+        pytest.skip("enforcers are not run on Redis Cluster yet (docs/scaling.md)")
     """Hosts upgrade one at a time: a decision as version 1 wrote it (the detector's
     Lua table, with `v` typed in) reaches the kernel with its scope."""
     old = {"type": "decision", "action": "ban", "address": "198.51.100.20", "rule": "sshd",
@@ -137,11 +158,11 @@ def test_a_decision_of_the_previous_version_is_still_applied(redis_url):
               "origin": "manual", "host": "api-1", "created_at": time.time(), "duration": -1, "v": 1}
 
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         kernel = LogOnlyBackend()
         async with Running(redis_url, kernel) as enforcer:
             # Straight onto the stream (no active ban): it reaches the kernel as a decision.
-            await until(lambda: _reading(client, enforcer.decisions.group))
+            await until(lambda: client.exists(enforcer.position.key))
             for decision in (old, oldest):
                 await client.xadd(KEYS.decisions, {"m": msgspec.msgpack.encode(decision)})
             await until(lambda: _has(kernel, "198.51.100.20|22|reject"))
@@ -151,18 +172,13 @@ def test_a_decision_of_the_previous_version_is_still_applied(redis_url):
     assert asyncio.run(go()) == {"198.51.100.20|22|reject", "198.51.100.21"}
 
 
-async def _reading(client, group: str) -> bool:
-    if not await client.exists(KEYS.decisions):
-        return False
-    return any(g["name"] == group.encode() for g in await client.xinfo_groups(KEYS.decisions))
-
-
 def test_bans_from_before_the_ledger_keep_their_record_count_and_scope(redis_url):
     """The first load upgrades the keys of an older version (no hash tags) and gives the
     bans in force their rule's scope, so an upgrade neither loses a ban's story nor widens it."""
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         rec = record("198.51.100.7", rule="sshd")
+        await Ledger(client, KEYS)._on_primaries("FUNCTION FLUSH")  # a Redis this version never loaded into
         await client.set("t:ban:198.51.100.7", messages.encode(rec), ex=7200)
         await client.set("t:bancount:198.51.100.7", 3, ex=3600)
         await client.zadd(KEYS.active_bans, {"198.51.100.7": NOW + 600})

@@ -195,8 +195,9 @@ def test_the_protection_panel_shows_each_hosts_rules_firewall_and_problems(serve
     client = redis.Redis.from_url(redis_url)
     for service, report in (("collector", collector), ("enforcer", enforcer)):
         client.set(keys.status(service, "web-1"), messages.encode(report))
-        client.hset(keys.status_seen, f"{service}:web-1", repr(now))
-    client.hset(keys.status_seen, "enforcer:mail-1", repr(now - 3600))  # its report expired
+        client.hset(keys.status_seen("web-1"), service, repr(now))
+    client.sadd(keys.hosts, "web-1", "mail-1")
+    client.hset(keys.status_seen("mail-1"), "enforcer", repr(now - 3600))  # its report expired
 
     page.goto(url + "/")
     web1, mail1 = page.locator('#protection [data-host="web-1"]'), page.locator('#protection [data-host="mail-1"]')

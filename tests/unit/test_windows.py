@@ -7,16 +7,22 @@ import random
 
 import msgspec
 import pytest
-import redis.asyncio as aioredis
 
 from pyfilter.common import messages
 from pyfilter.common.config import Escalation, Rule, Seconds
 from pyfilter.common.keys import Keys
 from pyfilter.detector.windows import Observed, Windows
+from tests.conftest import aclient
 
 NOW = 1_800_000_000.0
 ATTACKER = "198.51.100.7"
 KEYS = Keys("pf:")
+
+
+@pytest.fixture
+def redis_url(any_redis_url):
+    """Every test here runs on a single Redis and on a 3-primary Redis Cluster."""
+    return any_redis_url
 
 
 def make_rule(**kw) -> Rule:
@@ -36,12 +42,12 @@ def run(coro):
 
 
 async def record(url: str, rules: dict[str, Rule], batches: list[list[Observed]], now: float = NOW):
-    client = aioredis.from_url(url)
+    client = aclient(url)
     windows = Windows(client, "pf:", rules)
     bans = []
     for batch in batches:
         bans += await windows.record(batch, now)
-    decisions = await client.xrange("pf:decisions")
+    decisions = await client.xrange(KEYS.decisions)
     await client.aclose()
     return bans, [messages.decode_decision(d[b"m"]) for _, d in decisions]
 
@@ -78,7 +84,7 @@ def test_line_older_than_window_on_arrival_cannot_ban(redis_url):
 def test_record_names_host_lines_and_count(redis_url):
     async def go():
         await record(redis_url, {"sshd": make_rule()}, [failures(3)])
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         rec = messages.decode_record(await client.get(Keys("pf:").ban(ATTACKER)))
         score = await client.zscore(Keys("pf:").active_bans, ATTACKER)
         await client.aclose()
@@ -95,7 +101,7 @@ def test_repeat_offender_ban_escalates_up_to_maxtime(redis_url):
     durations = []
 
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         windows = Windows(client, "pf:", {"sshd": rule})
         now = NOW
         for round_ in range(4):
@@ -133,7 +139,7 @@ def test_address_banned_repeatedly_by_any_rule_gets_the_recidive_ban(redis_url):
              "recidive": make_rule(maxretry=3, findtime=Seconds(86400), bantime=Seconds(604800))}
 
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         windows = Windows(client, "pf:", rules)
         found = []
         now = NOW
@@ -148,9 +154,47 @@ def test_address_banned_repeatedly_by_any_rule_gets_the_recidive_ban(redis_url):
         ("sshd", 600), ("postfix", 600), ("sshd", 600), ("recidive", 604800)]
 
 
+class Died(Exception):
+    """A detector killed between two of the ledger's calls."""
+
+
+@pytest.mark.parametrize("dies_before", ["_ban_crossings", "_confirm_crossings"])
+def test_a_detector_dying_between_window_and_ban_loses_no_ban(redis_url, dies_before):
+    """The window call keeps its crossing pending until the ban is confirmed: a detector
+    that dies after counting the failures (or after writing the ban) and before the
+    next call hands nothing over, yet the redelivered lines, though dropped as
+    duplicates, bring the ban out exactly once, and recidive counts it once."""
+    rules = {"sshd": make_rule(), "recidive": make_rule(maxretry=2, findtime=Seconds(86400),
+                                                         bantime=Seconds(604800))}
+
+    async def go():
+        client = aclient(redis_url)
+        found = []
+        now = NOW
+        for round_ in range(2):
+            batch = failures(3, start=now - 5, tag=f"r{round_}")
+            dying = Windows(client, "pf:", rules)
+
+            async def die(*_args, **_kw):
+                raise Died()
+            setattr(dying._ledger, dies_before, die)
+            with pytest.raises(Died):
+                await dying.record(batch, now)
+            # Another replica claims the batch and finds every line counted already.
+            found += await Windows(client, "pf:", rules).record(batch, now + 30)
+            found += await Windows(client, "pf:", rules).record(batch, now + 31)  # and again: nothing more
+            now += 700  # the previous ban ran out
+        decisions = [messages.decode_decision(d[b"m"]) for _, d in await client.xrange(KEYS.decisions)]
+        await client.aclose()
+        return found, decisions
+    found, decisions = run(go())
+    assert [(b.rule, b.duration) for b in found] == [("sshd", 600), ("sshd", 600), ("recidive", 604800)]
+    assert [(d.rule, d.duration) for d in decisions] == [("sshd", 600), ("sshd", 600), ("recidive", 604800)]
+
+
 def test_recidive_off_means_no_recidive_bans(redis_url):
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         windows = Windows(client, "pf:", {"sshd": make_rule()})
         found, now = [], NOW
         for round_ in range(4):
@@ -173,7 +217,7 @@ def test_crossing_again_while_banned_decides_nothing(redis_url):
     # Lines of a banned address keep coming (other hosts, or already in flight):
     # no second decision until the ban ran out, whatever "now" says.
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         windows = Windows(client, "pf:", {"sshd": make_rule()})
         found = []
         for round_ in range(4):
@@ -186,10 +230,10 @@ def test_crossing_again_while_banned_decides_nothing(redis_url):
 
 
 def test_a_batch_larger_than_one_script_call_bans_the_same(redis_url):
-    from pyfilter.detector import windows as windows_module
+    from pyfilter.common import ledger
     many = [f"2001:db8:c::{i:x}" for i in range(1, 700)]
     batch = [o for a in many for o in failures(3, address=a, tag=a)]
-    assert len(batch) > 2 * windows_module.FAILURES_PER_CALL
+    assert len(batch) > 2 * ledger.FAILURES_PER_CALL
     bans, decisions = run(record(redis_url, {"sshd": make_rule()}, [batch]))
     assert {b.address for b in bans} == set(many) == {d.address for d in decisions}
 
@@ -204,7 +248,7 @@ def test_every_window_key_expires(redis_url):
                                   failures(2, rule="web", address="198.51.100.9", tag="v")]))
 
     async def ttls() -> dict[str, int]:
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         found = {k.decode(): await client.ttl(k) async for k in client.scan_iter("pf:window*")}
         await client.aclose()
         return found
@@ -223,8 +267,8 @@ def test_ban_record_and_ban_count_expire(redis_url):
     run(record(redis_url, rules, [failures(3), failures(3, rule="forever", address="198.51.100.9")]))
 
     async def expiry() -> dict[str, int]:
-        client = aioredis.from_url(redis_url)
-        found = {k.decode(): await client.expiretime(k) async for k in client.scan_iter("pf:ban*:*")}
+        client = aclient(redis_url)
+        found = {k.decode(): await client.expiretime(k) async for k in client.scan_iter("pf:{bans}:ban*:*")}
         ttl = await client.ttl(KEYS.ban_count(ATTACKER))
         await client.aclose()
         return found, ttl
@@ -242,7 +286,7 @@ def test_one_address_with_thousands_of_failures_in_one_read(redis_url):
     assert [b.address for b in bans] == [ATTACKER] and len(decisions) == 1
 
     async def evidence() -> list[str]:
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         rec = messages.decode_record(await client.get(KEYS.ban(ATTACKER)))
         await client.aclose()
         return rec.lines
@@ -280,7 +324,7 @@ def test_the_crossing_check_agrees_with_its_definition_on_random_windows(redis_u
         cases.append((f"198.51.100.{n % 250}" if n < 250 else None, span, threshold, earlier, fresh))
 
     async def check() -> list[tuple]:
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         wrong = []
         for address, span, threshold, earlier, fresh in cases:
             await client.flushall()

@@ -236,8 +236,11 @@ class FileSource(Reader):
         """First scan: finish files rotated while we were stopped; forget the rest."""
         for key, pos in list(self.saved.items()):
             del self.saved[key]
+            # A file checkpointed before its first read has no fingerprint yet
+            # (head 0, offset 0): its identity is all there is, and reading it
+            # from 0 loses nothing whatever file now has that identity.
             hit = self._find_sibling(pos.path, lambda c, k=key: f"{c.st_dev}:{c.st_ino}" == k,
-                                     lambda fd, p=pos: head_is(fd, p.head, p.fp))
+                                     lambda fd, p=pos: p.head == 0 or head_is(fd, p.head, p.fp))
             if hit is None:
                 log.warning("a followed file is gone (rotated and compressed, or deleted); "
                             "lines written after the last checkpoint may be missing",
