@@ -17,7 +17,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
-from pyfilter.cli import server
+from pyfilter.cli import server_users as server
 from pyfilter.common import acl, hosts, messages
 from pyfilter.common.config import Config, Rule, Seconds, Settings
 from pyfilter.common.keys import Keys
