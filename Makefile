@@ -18,14 +18,16 @@ COMPOSE := docker compose $(COMPOSE_FILES)
 # The air-gapped base image, as compose/airgapped.yml names it.
 BASE_IMAGE = $(shell sed -n 's/^ *image: *\(pyfilter-base:[^ ]*\)/\1/p' compose/airgapped.yml | head -n 1)
 
-.PHONY: help up down server agent images airgapped-images dev lint test unit integration bench bench-idle logs fail2ban-config
+.PHONY: help up down server agent host-credentials remove-host images airgapped-images dev lint test unit integration bench bench-idle logs fail2ban-config
 
 help:
 	@echo "make up      start the stack on this host (healthy when it returns); DETECTORS=3 scales"
 	@echo "make down    stop it (volumes, hence bans and history, are kept)"
-	@echo "make server  many hosts: Redis, detectors, notifier and api (PYFILTER_REDIS_PASSWORD required);"
+	@echo "make server  many hosts: Redis (TLS), detectors, notifier and api; secrets in compose/server.env;"
 	@echo "             HA=1: Redis with replicas and Sentinel (compose/server-ha.yml)"
-	@echo "make agent   many hosts: collector and enforcer (PYFILTER_REDIS_URL required)"
+	@echo "make host-credentials HOST=web1  on the server: web1's Redis user, into compose/hosts/"
+	@echo "make remove-host HOST=web1       on the server: revoke web1 (the other hosts keep running)"
+	@echo "make agent HOST=web1             on web1: collector and enforcer (compose/hosts/web1.env)"
 	@echo "make test    the whole suite: unit tests and the real stack in containers"
 	@echo "make dev     .venv with the project and its test tools (CLI: .venv/bin/pyfilter)"
 	@echo "make lint    ruff and the import contracts (also run by make test)"
@@ -65,17 +67,58 @@ up: compose/.env images
 down:
 	$(COMPOSE) down
 
-# Many hosts: the server profile in one place, the agent profile on every host.
+# Many hosts: the server profile in one place, the agent profile on every host
+# (docs/security.md). The server's secrets (Redis's admin password, the
+# services' users' passwords, the api token) are generated once into
+# compose/server.env; its TLS files (a CA and a certificate for
+# PYFILTER_SERVER_NAMES, default this machine's names and addresses) into
+# compose/tls/, unless the operator put their own there. PYFILTER_REDIS_TLS=0:
+# plain TCP, on a network you trust.
 # HA=1: Redis with two replicas and three sentinels (compose/server-ha.yml);
-# air-gapped, its new nodes run the local base image, as `redis` does.
-server: images
+# air-gapped, its new nodes run the local base image, as `redis` does. It has
+# no TLS and no per-host users yet (Redis does not replicate users): its
+# services and agents use the admin password (docs/security.md).
+PYFILTER_REDIS_TLS ?= $(if $(filter 1,$(HA)),0,1)
+PYFILTER_SERVER_NAMES ?= $(shell hostname -f 2>/dev/null; hostname; hostname -I 2>/dev/null)
+SERVER_COMPOSE = PYFILTER_REDIS_TLS=$(PYFILTER_REDIS_TLS) \
+	PYFILTER_REDIS_INNER_PORT=$(if $(filter 0,$(PYFILTER_REDIS_TLS)),6379,6380) \
 	$(if $(filter 1,$(AIRGAPPED)),$(if $(filter 1,$(HA)),PYFILTER_REDIS_IMAGE=$(BASE_IMAGE))) \
 	COMPOSE_PROFILES=$$(compose/profiles.sh) \
-	docker compose -f compose/server.yml $(if $(filter 1,$(HA)),-f compose/server-ha.yml) \
-	  $(if $(filter 1,$(AIRGAPPED)),-f compose/airgapped.yml) up -d --wait --scale detector=$(DETECTORS)
+	docker compose --env-file compose/server.env -f compose/server.yml $(if $(filter 1,$(HA)),-f compose/server-ha.yml) \
+	  $(if $(filter 1,$(AIRGAPPED)),-f compose/airgapped.yml)
 
+compose/server.env:
+	@umask 077; { for name in PYFILTER_REDIS_PASSWORD PYFILTER_DETECTOR_REDIS_PASSWORD \
+	    PYFILTER_API_REDIS_PASSWORD PYFILTER_NOTIFIER_REDIS_PASSWORD PYFILTER_API_TOKEN; do \
+	  echo "$$name=$$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"; done; } > $@
+	@echo "generated the server's passwords and API token in $@"
+
+server: images compose/server.env
+	$(if $(filter 0,$(PYFILTER_REDIS_TLS)),,compose/tls.sh compose/tls $(sort $(PYFILTER_SERVER_NAMES)))
+	$(SERVER_COMPOSE) up -d --wait --scale detector=$(DETECTORS)
+
+# PYFILTER_PUBLIC_REDIS_URL: how agents reach this Redis (default rediss://THIS-HOST:6379/0).
+PYFILTER_PUBLIC_REDIS_URL ?= $(if $(filter 0,$(PYFILTER_REDIS_TLS)),redis,rediss)://$(shell hostname -f 2>/dev/null || hostname):$${PYFILTER_REDIS_PORT:-6379}/0
+host-credentials: compose/server.env
+	@test -n "$(HOST)" || { echo "usage: make host-credentials HOST=web1" >&2; exit 2; }
+	@mkdir -p compose/hosts && chmod 0700 compose/hosts
+	@umask 077; $(SERVER_COMPOSE) --profile admin run --rm -T admin \
+	  pyfilter server add-host '$(HOST)' --url '$(PYFILTER_PUBLIC_REDIS_URL)' > compose/hosts/$(HOST).env.new \
+	  && mv compose/hosts/$(HOST).env.new compose/hosts/$(HOST).env
+	@$(if $(filter 0,$(PYFILTER_REDIS_TLS)),echo "PYFILTER_REDIS_REQUIRE_TLS=0" >> compose/hosts/$(HOST).env, \
+	  cp compose/tls/ca.crt compose/hosts/$(HOST)-ca.crt && echo "PYFILTER_REDIS_CA=./hosts/$(HOST)-ca.crt" >> compose/hosts/$(HOST).env)
+	@echo "compose/hosts/$(HOST).env$(if $(filter 0,$(PYFILTER_REDIS_TLS)),, and compose/hosts/$(HOST)-ca.crt): copy to $(HOST)'s compose/hosts/, then there: make agent HOST=$(HOST)"
+
+remove-host: compose/server.env
+	@test -n "$(HOST)" || { echo "usage: make remove-host HOST=web1" >&2; exit 2; }
+	$(SERVER_COMPOSE) --profile admin run --rm -T admin pyfilter server remove-host '$(HOST)'
+	rm -f compose/hosts/$(HOST).env compose/hosts/$(HOST)-ca.crt
+
+# HOST=web1: with compose/hosts/web1.env from the server's make host-credentials
+# (or PYFILTER_REDIS_URL and PYFILTER_REDIS_CA in the environment).
 agent: images
-	PYFILTER_JOURNAL_GID=$(JOURNAL_GID) docker compose -f compose/agent.yml up -d --wait
+	PYFILTER_JOURNAL_GID=$(JOURNAL_GID) docker compose $(if $(HOST),--env-file compose/hosts/$(HOST).env) \
+	  -f compose/agent.yml up -d --wait
 
 logs:
 	$(COMPOSE) logs -f --tail=50
@@ -121,7 +164,8 @@ test: lint dev images fail2ban-config
 # Side by side with fail2ban (docs/benchmarks.md), every rule over hostile 16 KB
 # lines (docs/hostile-lines.md), then the kernel side in a throwaway network
 # namespace (docs/enforcer-bench.md), the collector, the latency from a log
-# line to the kernel (docs/latency.md), and what the idle stack costs
+# line to the kernel (docs/latency.md), the api's reads at a million bans
+# (docs/benchmarks.md, "Reads at a million bans"), and what the idle stack costs
 # (docs/benchmarks.md, "Idle cost").
 bench: dev images
 	$(VENV)/bin/python -m bench.run
@@ -129,6 +173,7 @@ bench: dev images
 	$(VENV)/bin/python bench/enforcer_bans.py --write docs/enforcer-bench.md
 	$(VENV)/bin/python bench/collector_throughput.py
 	$(VENV)/bin/python bench/latency.py --runs 50 --write docs/latency.md
+	$(VENV)/bin/python -m bench.api_reads --write docs/benchmarks.md
 	$(MAKE) bench-idle
 
 # The default stack brought up on its own, sent nothing, measured for a minute

@@ -73,7 +73,7 @@ def main() -> int:
                                      stderr=subprocess.DEVNULL)
         first = None
         while True:
-            if first is None and client.xlen(Keys().lines):
+            if first is None and client.xlen(Keys().lines("bench")):
                 first = time.perf_counter()
             offsets = [msgspec.json.decode(v).get("offset", 0)
                        for k, v in client.hgetall(key).items() if b":" in k]
@@ -84,7 +84,7 @@ def main() -> int:
                 return 1
             time.sleep(0.01)
         end = time.perf_counter()
-        lines = sum(len(msgspec.msgpack.decode(f[b"m"])["lines"]) for _, f in client.xrange(Keys().lines))
+        lines = sum(len(msgspec.msgpack.decode(f[b"m"])["lines"]) for _, f in client.xrange(Keys().lines("bench")))
         assert lines == args.lines, f"{lines} lines in the stream, {args.lines} written"
         print(f"{args.lines} lines, {size / 1e6:.1f} MB, batch_lines {args.batch}")
         print(f"from process start: {end - start:.2f} s, {args.lines / (end - start):,.0f} lines/s")

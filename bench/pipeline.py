@@ -83,12 +83,12 @@ def _feed_direct(client: redis.Redis, keys: Keys, log: Path) -> None:
             lines.append(messages.Line(f"{SOURCE}:0:0:{offset}", raw.decode("utf-8", "replace").rstrip("\n")))
             offset += len(raw)
             if len(lines) == BATCH:
-                pipe.xadd(keys.lines, {b"m": encode(messages.LineBatch(HOST, SOURCE, lines, time.time()))})
+                pipe.xadd(keys.lines(HOST), {b"m": encode(messages.LineBatch(HOST, SOURCE, lines, time.time()))})
                 lines = []
                 if len(pipe) >= 50:
                     pipe.execute()
     if lines:
-        pipe.xadd(keys.lines, {b"m": encode(messages.LineBatch(HOST, SOURCE, lines, time.time()))})
+        pipe.xadd(keys.lines(HOST), {b"m": encode(messages.LineBatch(HOST, SOURCE, lines, time.time()))})
     pipe.execute()
 
 
@@ -121,6 +121,7 @@ def run(log: Path, expected: set[str], work: Path, *, detectors: int, feed: str 
     try:
         if not wait_until(lambda: ping(client), 10):
             raise RuntimeError(f"redis-server did not start; see {work}/redis.log")
+        client.sadd(keys.hosts, HOST)  # whose stream the detectors read (the collector would list it too)
         env = {**os.environ, "PYFILTER_CONFIG": str(config), "PYFILTER_REDIS_URL": f"unix://{work}/redis.sock",
                "PYFILTER_HOST": HOST, "PYFILTER_METRICS_PORT": "0", "PYFILTER_HEARTBEAT": str(work / "beat")}
         for i in range(detectors):
@@ -179,14 +180,14 @@ def ping(client: redis.Redis) -> bool:
 def consumers(client: redis.Redis, keys: Keys) -> int:
     """How many detectors have joined the lines stream's group."""
     try:
-        return len(client.xinfo_consumers(keys.lines, DETECT_GROUP))
+        return len(client.xinfo_consumers(keys.lines(HOST), DETECT_GROUP))
     except redis.ResponseError:
         return 0  # no stream or group yet
 
 
 def _drained(client: redis.Redis, keys: Keys) -> bool:
     """No entry left in the stream and none read but unacknowledged."""
-    if client.xlen(keys.lines):
+    if client.xlen(keys.lines(HOST)):
         return False
-    groups = client.xinfo_groups(keys.lines)
+    groups = client.xinfo_groups(keys.lines(HOST))
     return all(g["pending"] == 0 for g in groups)

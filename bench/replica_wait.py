@@ -61,7 +61,7 @@ async def commits(url: str, replicas: int, batches: int) -> float:
     for n in range(batches):
         await committer.commit("auth", Batch(lines, checkpoint={"offset": str(n).encode()}), stats)
     elapsed = time.perf_counter() - started
-    await client.delete(KEYS.lines)
+    await client.delete(KEYS.lines("bench"))
     await client.aclose()
     return elapsed / batches * 1000
 

@@ -216,17 +216,28 @@ LIMITS = """\
   read once for all rules (envelopes.read_batch: one `split` of the batch) and the line goes
   only to the rules of its program, so 104 rules cost about what 23 did: on the mixed log
   the two whole-catalog rows are within a few percent of each other, of which about 0.4 s is
-  compiling 81 more rules at start-up (0.5 s for 104). The sshd rule alone pays for the
-  header reading that its own pattern used to do in passing: counted in instructions, which
-  this machine's load does not change (callgrind, `PYTHONHASHSEED=0`, 100,000 lines of the
-  mixed log, start-up left out, 2026-12-06), 3.00 G instructions against 2.80 G before
-  (+7 %): reading the headers costs 0.67 G (0.52 G of it the `split`), the rule's search
-  0.2 G less than when its pattern held the header, and the Python work per match
-  (`judge` 0.42 G, connection state 0.46 G) is unchanged. In wall time the sshd rule alone
-  is 3-12 % slower than before (this run's rows; three alternating runs each, 1,000,000
-  lines, the same night: 5.13-5.51 s before, 5.30-5.56 s now): not yet as fast as before. Tried and dropped: a map of the messages by program instead of
-  index lists (slower). Not tried: reading only the headers of lines that hold a rule's
-  literal (most lines of an sshd log hold one, so little would be left out). Kept: `\\d` read as `[0-9]` in every pattern and header
+  compiling 81 more rules at start-up (0.5 s for 104; since block searches are compiled
+  when a rule first gets lines, a host's catalog compiles less: 100,000 mixed lines, 8.35 G
+  instructions before that, 7.48 G after). The sshd rule alone paid for reading the headers,
+  which its own pattern used to do in passing (+7 % of instructions, 0.67 G per 100,000
+  lines, 0.52 G of it the `split`). So a catalog of at most 3 rules that name their programs
+  (`FEW` in matching/matcher.py) has each rule's search read the common syslog header itself
+  (`envelopes.common_search`, `scan.scan_common`): other programs' lines fail inside the
+  regex, no batch is split, and the first line with another header sends the rest of its
+  batch to the envelope path (tests/unit/test_matching_common.py: both paths find the same).
+  `python -m bench.instructions` counts instructions (callgrind, `PYTHONHASHSEED=0`, whole
+  process, first 100,000 lines of each log, the machine's load does not change them):
+  on the tree before main's CLI gained `pyfilter server` (2026-12-06), `--rule sshd` stress
+  4.19 G against 4.34 G before envelopes (-3.3 %), mixed 3.90 G against 3.94 G (-1.0 %),
+  start-up 0.95 G against 0.97 G; the split path had been 4.25 G and 4.10 G. (`pyfilter
+  server`, added later, loads redis-py, the ledger and the ACL rules only when it runs, as
+  the importers do: at start they cost 120 ms and 14 MB; tests/unit/test_cli.py keeps them
+  out.) Wall time on this shared machine moves more than these differences: read the
+  instruction counts.
+  Tried and dropped: the line of a match found by bisecting a list of newline offsets
+  instead of counting newlines (1 % more instructions). Not tried: the journal's RFC 3339
+  header on the common path (lines of the journal source go through `read_batch`). Kept:
+  `\\d` read as `[0-9]` in every pattern and header
   (Python checks `\\d` by a Unicode lookup per character), 1.5 % of the instructions.
 - **Start-up of `pyfilter`** (`python -X importtime -m pyfilter.cli match --rule sshd EMPTY_FILE`,
   the cumulative time of `pyfilter.cli.main`, three runs, 2026-12-06): 102-108 ms of imports

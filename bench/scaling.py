@@ -261,6 +261,7 @@ def pipeline(failures: int, addresses: int, detectors: int, work: Path, timeout:
     keys = Keys()
     servers = Servers(work, shards)
     client = servers.client()
+    client.sadd(keys.hosts, HOST)  # whose lines stream the detectors read
     env = {**os.environ, "PYFILTER_CONFIG": str(_config(work, servers)), "PYFILTER_HOST": HOST,
            "PYFILTER_REDIS_URL": servers.url, "PYFILTER_REDIS_CLUSTER": "1" if shards else "0",
            "PYFILTER_METRICS_PORT": "0", "PYFILTER_HEARTBEAT": str(work / "beat")}
@@ -281,7 +282,7 @@ def pipeline(failures: int, addresses: int, detectors: int, work: Path, timeout:
         start = time.perf_counter()
         pipe = client.pipeline(transaction=False)
         for i, entry in enumerate(batches, 1):
-            pipe.xadd(keys.lines, {b"m": entry})
+            pipe.xadd(keys.lines(HOST), {b"m": entry})
             if i % 50 == 0:
                 pipe.execute()
         pipe.execute()
@@ -310,7 +311,7 @@ def pipeline(failures: int, addresses: int, detectors: int, work: Path, timeout:
 
 def _drained(client: redis.Redis, keys: Keys) -> bool:
     """Every entry read and acknowledged (detectors delete what they acknowledge)."""
-    info = client.xinfo_groups(keys.lines)
+    info = client.xinfo_groups(keys.lines(HOST))
     return bool(info) and info[0]["pending"] == 0 and (info[0].get("lag") or 0) == 0
 
 

@@ -9,11 +9,12 @@ Notifications and the pruning of expired bans are the notifier's (services/notif
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiohttp import web
 
-from pyfilter.api import metrics, openapi, routes_bans, routes_whitelist, state, stats, status, webadmin
+from pyfilter.api import countries, guard, metrics, openapi, routes_bans, routes_whitelist, state, stats, status, webadmin
 from pyfilter.api.auth import TOKEN, require_token
 from pyfilter.api.responses import FieldError, error, json
 from pyfilter.api.schemas import AuthCheck, Health
@@ -23,6 +24,7 @@ from pyfilter.common.config import Settings
 from pyfilter.common.redisio import TRANSIENT
 
 logger = logging.getLogger("pyfilter.api")
+FILLER = web.AppKey("country-filler", asyncio.Task)
 
 __all__ = ["Api", "build", "main"]
 
@@ -61,9 +63,33 @@ async def check_token(request: web.Request) -> web.Response:
     return json(AuthCheck(ok=True))
 
 
+READS_AT_ONCE = 1
+
+
+def bounded_reads():
+    """At most READS_AT_ONCE reads of Redis data at a time; the others wait their turn.
+
+    A page of 1,000 bans costs the one event loop tens of milliseconds of CPU:
+    sixteen at once made /healthz (and every write) wait for all of them. In
+    turn, a request waits for one read's step at most, and the api holds one
+    answer at a time in memory (docs/benchmarks.md, "Reads at a million bans").
+    """
+    turns = asyncio.Semaphore(READS_AT_ONCE)
+
+    @web.middleware
+    async def bounded(request: web.Request, handler) -> web.StreamResponse:
+        if request.method != "GET" or not request.path.startswith("/api/"):
+            return await handler(request)
+        async with turns:
+            return await handler(request)
+
+    return bounded
+
+
 def build(api: Api) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024,
-                          middlewares=[metrics.count_requests, errors])
+                          middlewares=[metrics.count_requests, guard.middleware(api.settings.config.api),
+                                       bounded_reads(), errors])
     app[API] = api
     if api.settings.config.api.token:
         app[TOKEN] = api.settings.config.api.token
@@ -72,10 +98,17 @@ def build(api: Api) -> web.Application:
         app.add_routes(module.routes())
     webadmin.setup(app)
 
+    async def start(app: web.Application) -> None:
+        app[FILLER] = asyncio.create_task(countries.fill_forever(api))
+
     async def close(app: web.Application) -> None:
+        app[FILLER].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await app[FILLER]
         await api.client.aclose()
         api.geo.close()
 
+    app.on_startup.append(start)
     app.on_cleanup.append(close)
     return app
 

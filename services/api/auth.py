@@ -13,7 +13,7 @@ from aiohttp import web
 TOKEN = web.AppKey("token", str)
 
 
-def _deny(message: str) -> web.Response:
+def deny(message: str) -> web.Response:
     return web.Response(body=msgspec.json.encode({"error": message}), status=401,
                         content_type="application/json",
                         headers={"WWW-Authenticate": 'Bearer realm="pyfilter"'})
@@ -36,7 +36,7 @@ def require_token(handler):
     async def checked(*args) -> web.StreamResponse:
         request: web.Request = args[-1]
         if not token_ok(request.app.get(TOKEN), request.headers.get("Authorization")):
-            return _deny("missing or wrong bearer token")
+            return deny("missing or wrong bearer token")
         return await handler(*args)
 
     return checked

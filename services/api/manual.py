@@ -9,15 +9,31 @@ sending the call again writes the same bans.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from dataclasses import dataclass
 
 import redis.asyncio as redis
 
 from pyfilter.common import messages
+from pyfilter.common.addresses import Address, Network
+from pyfilter.common.config import ApiConfig
 from pyfilter.common.geo import Geo
 from pyfilter.common.keys import Keys
 from pyfilter.common.ledger import Ledger, NewBan
+
+
+def too_wide(target: Address | Network, cfg: ApiConfig) -> str | None:
+    """Why a manual ban of `target` is refused for its width (None: it is not too wide).
+    A typo like `2000::/3` must not ban every global IPv6 address."""
+    if not isinstance(target, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return None  # one address
+    widest, setting = (cfg.widest_ban_v4, "widest_ban_v4") if target.version == 4 else \
+        (cfg.widest_ban_v6, "widest_ban_v6")
+    if target.prefixlen < widest:
+        return (f"{target} is wider than the widest manual ban allowed, /{widest} for IPv{target.version} "
+                f"(api.{setting} in the configuration)")
+    return None
 
 
 @dataclass(frozen=True)

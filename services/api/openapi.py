@@ -30,9 +30,11 @@ def _body(model_schema: dict, description: str) -> dict:
 
 def _errors(*codes: int) -> dict:
     text = {
-        401: "missing or wrong bearer token (nothing changed)",
+        401: "missing or wrong bearer token (nothing changed; on reads only with api.read_token)",
         404: "not found",
         409: "refused: the address must not be banned, or the entry is read-only",
+        415: "a body not sent as Content-Type: application/json (nothing changed)",
+        421: "the Host header is not one of the api's names (api.names)",
         422: "invalid input; the message starts with the field's name",
         503: "Redis unreachable",
     }
@@ -62,6 +64,8 @@ TARGET_OR_NONE = {"type": "string", "anyOf": [*s.TARGET_SCHEMA["anyOf"], BLANK]}
 TIME_OR_NONE = {"type": "string", "anyOf": [{"format": "date-time"}, {"format": "date"},
                                             {"pattern": r"^-?[0-9]{1,15}(\.[0-9]{1,9})?$"}, BLANK]}
 WRITE = [{"bearer": []}]
+READ = (401, 421)  # 401 only with api.read_token on
+WRITE_ERRORS = (401, 415, 421)
 
 BAN_FILTERS = [
     _query("all", {"type": "string", "enum": ["1", "true", "yes", "on", "0", "false", "no", "off", ""]},
@@ -74,7 +78,7 @@ BAN_FILTERS = [
     _query("since", TIME_OR_NONE, "banned at or after: ISO 8601 or epoch seconds"),
     _query("until", TIME_OR_NONE, "banned at or before: ISO 8601 or epoch seconds"),
     _query("limit", _number(1, 1000, 50), "page size"),
-    _query("offset", _number(0, 10**9, 0), "bans to skip"),
+    _query("cursor", STRING, "the `next` of the page before (opaque), with the same filters"),
 ]
 
 
@@ -89,60 +93,60 @@ def _paths() -> dict:
         "/api/v1/bans": {
             "get": {"summary": "List and search bans, newest first", "operationId": "listBans",
                     "parameters": BAN_FILTERS,
-                    "responses": {"200": _body(_ref(s.BanList), "a page of bans"), **_errors(422)}},
+                    "responses": {"200": _body(_ref(s.BanList), "a page of bans"), **_errors(*READ, 422)}},
             "post": {"summary": "Ban by hand: one ban or a list (up to 10,000)", "operationId": "createBans",
                      "security": WRITE,
                      "requestBody": {"required": True, "content": {"application/json": {"schema": ban_body}}},
                      "responses": {"201": _body(_ref(s.Banned), "banned; decisions published"),
-                                   **_errors(401, 409, 422)}},
+                                   **_errors(*WRITE_ERRORS, 409, 422)}},
         },
         "/api/v1/bans/{address}": {
             "get": {"summary": "One address: its ban and history", "operationId": "showBan",
                     "parameters": [address],
                     "responses": {"200": _body(_ref(s.BanDetail), "the address's ban"),
-                                  **_errors(404, 422)}},
+                                  **_errors(*READ, 404, 422)}},
             "delete": {"summary": "Unban", "operationId": "deleteBan", "security": WRITE,
                        "parameters": [address],
                        "responses": {"200": _body(_ref(s.Unbanned), "unban decision published"),
-                                     **_errors(401, 404, 422)}},
+                                     **_errors(*WRITE_ERRORS, 404, 422)}},
         },
         "/api/v1/whitelist": {
             "get": {"summary": "Whitelist: configuration entries (read-only) and the operator's",
                     "operationId": "listWhitelist",
-                    "responses": {"200": _body(_ref(s.WhitelistList), "every entry")}},
+                    "responses": {"200": _body(_ref(s.WhitelistList), "every entry"), **_errors(*READ)}},
             "post": {"summary": "Whitelist a network and lift every ban in force inside it",
                      "operationId": "addWhitelist", "security": WRITE,
                      "requestBody": {"required": True,
                                      "content": {"application/json": {"schema": _ref(s.WhitelistRequest)}}},
                      "responses": {"200": _body(_ref(s.WhitelistAdded), "already whitelisted"),
                                    "201": _body(_ref(s.WhitelistAdded), "added"),
-                                   **_errors(401, 422)}},
+                                   **_errors(*WRITE_ERRORS, 422)}},
             "delete": {"summary": "Remove an operator entry (?network=CIDR)",
                        "operationId": "removeWhitelistByQuery", "security": WRITE,
                        "parameters": [{**_query("network", s.TARGET_SCHEMA, "the CIDR"), "required": True}],
                        "responses": {"200": _body(_ref(s.WhitelistRemoved), "removed"),
-                                     **_errors(401, 404, 409, 422)}},
+                                     **_errors(*WRITE_ERRORS, 404, 409, 422)}},
         },
         "/api/v1/whitelist/{network}": {
             "delete": {"summary": "Remove an operator entry", "operationId": "removeWhitelist",
                        "security": WRITE, "parameters": [network],
                        "responses": {"200": _body(_ref(s.WhitelistRemoved), "removed"),
-                                     **_errors(401, 404, 409, 422)}},
+                                     **_errors(*WRITE_ERRORS, 404, 409, 422)}},
         },
         "/api/v1/stats": {
             "get": {"summary": "Dashboard numbers and pipeline lag", "operationId": "stats",
                     "parameters": [_query("days", _number(1, 366, 10), "days covered, today included")],
-                    "responses": {"200": _body(_ref(s.Stats), "statistics"), **_errors(422)}},
+                    "responses": {"200": _body(_ref(s.Stats), "statistics"), **_errors(*READ, 422)}},
         },
         "/api/v1/status": {
             "get": {"summary": "What is protected: per host, each rule's sources, counts and bans, "
                                "the firewall, and problems in words", "operationId": "status",
-                    "responses": {"200": _body(_ref(s.StatusReport), "the report")}},
+                    "responses": {"200": _body(_ref(s.StatusReport), "the report"), **_errors(*READ)}},
         },
         "/api/v1/auth": {
             "get": {"summary": "Check a bearer token (the web page's login)", "operationId": "checkToken",
                     "security": WRITE,
-                    "responses": {"200": _body(_ref(s.AuthCheck), "the token is right"), **_errors(401)}},
+                    "responses": {"200": _body(_ref(s.AuthCheck), "the token is right"), **_errors(401, 421)}},
         },
         "/api/v1/openapi.json": {
             "get": {"summary": "This document", "operationId": "openapi",
@@ -159,7 +163,9 @@ def document() -> bytes:
         "openapi": "3.1.0",
         "info": {"title": "PyFilter API", "version": "1",
                  "description": "Bans, whitelist and statistics of PyFilter. Writes need "
-                                "`Authorization: Bearer <token>`."},
+                                "`Authorization: Bearer <token>` and a JSON body (Content-Type: "
+                                "application/json); reads too with api.read_token. Requests whose Host "
+                                "is not one of the api's names get 421."},
         "paths": _paths(),
         "components": {
             "schemas": components,

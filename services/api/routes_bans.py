@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
+import time
 
 import msgspec
 from aiohttp import web
 
-from pyfilter.api import manual, state
+from pyfilter.api import countries, manual, state
 from pyfilter.api.auth import require_token
 from pyfilter.api.responses import FieldError, bool_param, decode_body, error, int_param, json
-from pyfilter.api.schemas import MAX_DURATION, MAX_REASON, BanList, BanRequest, Banned, Unbanned
+from pyfilter.api.schemas import MAX_DURATION, MAX_REASON, BanRequest, Banned, Unbanned
 from pyfilter.api.search import parse_filter
-from pyfilter.common import bans
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_target
 from pyfilter.common.config import parse_duration
 
@@ -37,10 +36,11 @@ async def list_bans(request: web.Request) -> web.Response:
     query = request.query
     include_history = bool_param(query, "all")
     limit = int_param(query, "limit", 50, 1, MAX_LIMIT)
-    offset = int_param(query, "offset", 0, 0, 10**9)
-    found = await api.reader.search(parse_filter(query), include_history)
-    return json(BanList(bans=found[offset:offset + limit], total=len(found), limit=limit,
-                        offset=offset))
+    cursor = query.get("cursor", "").strip() or None
+    flt = parse_filter(query)
+    if flt.country is not None:
+        await countries.fill_pending(api)
+    return json(await api.reader.search(flt, include_history, limit, cursor))
 
 
 async def show_ban(request: web.Request) -> web.Response:
@@ -87,6 +87,8 @@ async def _prepare(api: state.Api, body: BanRequest | list[BanRequest]) -> list[
             raise FieldError(f"{where}reason", f"at most {MAX_REASON} characters")
         if reason := never_ban_reason(target, whitelist, own):
             raise FieldError(f"{where}address", f"{target} must not be banned: {reason}", 409)
+        if reason := manual.too_wide(target, api.settings.config.api):
+            raise FieldError(f"{where}address", reason)
         # The same address twice in one import: the last entry wins.
         prepared[str(target)] = manual.Wanted(str(target), duration, req.reason)
     return list(prepared.values())
@@ -125,23 +127,12 @@ async def _lift_whitelisted_meanwhile(api: state.Api, wanted: list[manual.Wanted
 async def delete_ban(request: web.Request) -> web.Response:
     api = state.of(request)
     address = _target(request.match_info["address"])
-    active = await bans.active(api.client, api.keys)
-    was_active = address in active
+    entry = await api.reader.index.entry(address)
+    was_active = entry is not None and entry.in_force(time.time())
     await manual.unban_all(api.client, api.keys, api.host, [address], "manual unban")
     logger.info("manual unban", extra={"address": address, "was_active": was_active})
-    return json(Unbanned(unbanned=address, was_active=was_active, covered_by=_covering(address, active)))
-
-
-def _covering(address: str, active) -> list[str]:
-    """The networks banned now that hold `address` (itself excluded)."""
-    target = ipaddress.ip_network(parse_target(address))
-    found = []
-    for other in active:
-        if "/" in other and other != address:
-            net = ipaddress.ip_network(other)
-            if net.version == target.version and target.subnet_of(net):
-                found.append(other)
-    return sorted(found)
+    return json(Unbanned(unbanned=address, was_active=was_active,
+                         covered_by=await api.reader.index.covering(address)))
 
 
 def routes() -> list[web.RouteDef]:

@@ -91,9 +91,9 @@ class BanDetail(Ban, kw_only=True):
 
 class BanList(msgspec.Struct):
     bans: list[Ban]
-    total: int
+    total: int | None  # bans matching in all; null when the index cannot count them without reading each
     limit: int
-    offset: int
+    next: str | None = None  # the cursor of the next page; null: this is the last
 
 
 class Banned(msgspec.Struct):
@@ -149,12 +149,12 @@ class NameCount(msgspec.Struct):
 
 class EnforcerLag(msgspec.Struct):
     host: str
-    pending: int  # delivered to the enforcer, not yet acknowledged
-    lag: int | None  # decisions not yet delivered (null if Redis cannot tell)
+    pending: int  # always 0: an enforcer keeps its read position itself (stats.py)
+    lag: int | None  # decisions it has not applied yet (counted up to 1000)
 
 
 class Pipeline(msgspec.Struct):
-    lines_length: int  # entries in the lines stream
+    lines_length: int  # entries in the lines streams (every host's)
     detect_pending: int  # batches taken by a detector, not yet acknowledged
     detect_lag: int | None  # batches no detector has taken yet
     enforcers: list[EnforcerLag]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pyfilter.api.responses import FieldError
-from pyfilter.api.schemas import Ban
+from pyfilter.common import messages
 from pyfilter.common.addresses import InvalidAddress, Network, parse_network, parse_target
 
 UNKNOWN_COUNTRY = "unknown"
@@ -29,7 +29,7 @@ class Filter:
     since: float | None = None  # banned at or after
     until: float | None = None  # banned at or before
 
-    def matches(self, ban: Ban) -> bool:
+    def matches(self, ban: messages.BanRecord) -> bool:
         if self.address is not None and ban.address != self.address:
             return False
         if self.rule is not None and ban.rule != self.rule:

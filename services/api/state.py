@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from pyfilter.api.records import Reader
@@ -23,6 +25,7 @@ class Api:
         self.own = hosts.OwnAddresses(self.client, self.keys)
         self.geo = geo or Geo(cfg.geoip.country_db, cfg.geoip.asn_db)
         self.reader = Reader(self.client, self.keys, self.geo)
+        self.filling = asyncio.Lock()  # countries.fill_pending
 
     @property
     def host(self) -> str:

@@ -2,7 +2,7 @@
 
 The api only reads and assembles: each host's collector and enforcer publish
 their own reports (common/status.py), the detectors count lines and failures
-per minute, and bans come from the ban records and the history stream.
+per minute, and bans come from the ledger's counts and index of the bans in force.
 `assemble` is the I/O; `host_status` and `problems` are pure.
 """
 
@@ -17,10 +17,9 @@ from aiohttp import web
 from pyfilter.api import state
 from pyfilter.api.responses import json
 from pyfilter.api.schemas import CollectorView, EnforcerView, HostStatus, RuleView, SourceView, StatusReport
-from pyfilter.common import bans, messages
+from pyfilter.api.index import SEP
+from pyfilter.common import messages
 from pyfilter.common.status import last_hour, reports
-
-RECORDS_PER_READ = 1000
 
 
 def _when(epoch: float) -> str:
@@ -97,16 +96,16 @@ async def assemble(api: state.Api, now: float | None = None) -> StatusReport:
 
 
 async def _bans(api: state.Api, now: float) -> tuple[Counter, Counter]:
-    """Bans by (host, rule): in force, and written in the last hour."""
+    """Bans in force by (host, rule), all of them and those written in the last hour,
+    from the ledger's counts and index: a ban whose time ran out counts until the
+    notifier prunes it (within a minute), one lifted does not."""
     active: Counter = Counter()
-    addresses = list(await bans.active(api.client, api.keys, now))
-    for i in range(0, len(addresses), RECORDS_PER_READ):
-        for rec in await bans.records(api.client, api.keys, addresses[i:i + RECORDS_PER_READ]):
-            active[rec.host, rec.rule] += 1
-    recent: Counter = Counter()
-    async for rec in api.reader.history(since=now - 3600):
-        if rec.banned_at >= now - 3600:
-            recent[rec.host, rec.rule] += 1
+    for field, count in (await api.client.hgetall(api.keys.ban_counts)).items():
+        kind, _, host_rule = field.decode().partition(SEP)
+        if kind == "host-rule":
+            host, _, rule = host_rule.partition(SEP)
+            active[host, rule] = int(count)
+    recent = Counter(await api.reader.index.recent(list(active), now - 3600))
     return active, recent
 
 

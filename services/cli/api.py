@@ -3,7 +3,7 @@
     pyfilter ban ADDR... [--duration 1h] [--reason TEXT] [--file FILE]
     pyfilter unban ADDR...
     pyfilter list [--all] [--address A] [--prefix CIDR] [--rule R] [--host H] [--country CC]
-                  [--since T] [--until T] [--limit N] [--offset N]
+                  [--since T] [--until T] [--limit N] [--cursor C]
     pyfilter show ADDR
     pyfilter stats [--days N]
     pyfilter whitelist [list | add NET [--reason TEXT] | remove NET]
@@ -149,15 +149,14 @@ def cmd_unban(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     query = {name: getattr(args, name) for name in
-             ("all", "address", "prefix", "rule", "host", "country", "since", "until", "limit", "offset")}
+             ("all", "address", "prefix", "rule", "host", "country", "since", "until", "limit", "cursor")}
     _, data = call(client_for(args), "GET", "/bans", query=query)
     if args.json:
         emit_json(data)
         return OK
     table(BAN_HEADERS, ban_rows(data["bans"]))
-    shown = len(data["bans"])
-    print(f"{shown} of {data['total']} ban(s)"
-          + (f" (from {data['offset'] + 1}; --offset for more)" if shown < data["total"] else ""))
+    total = "" if data["total"] is None else f" of {data['total']}"
+    print(f"{len(data['bans'])}{total} ban(s)" + (f"; more: --cursor {data['next']}" if data["next"] else ""))
     return OK
 
 
@@ -280,7 +279,7 @@ def add_commands(sub) -> None:
                        ("until", "banned at or before (ISO 8601 or epoch)")):
         p.add_argument(f"--{name}", help=text)
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50, max 1000)")
-    p.add_argument("--offset", type=int, default=0, help="skip this many")
+    p.add_argument("--cursor", help="the page after the one that printed it (same filters)")
     connection_options(p)
     p.set_defaults(func=cmd_list)
 

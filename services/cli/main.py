@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyfilter.cli import api, imports as importers, matching, status
+from pyfilter.cli import api, imports as importers, matching, server, status
 from pyfilter.common.timeparse import InvalidZone
 
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     matching.add_commands(sub)
     api.add_commands(sub)
     status.add_command(sub)
+    server.add_commands(sub)
     imports = sub.add_parser("import", help="import another tool's configuration (and ban list)")
     kinds = imports.add_subparsers(dest="kind", required=True, metavar="KIND")
     importers.add_commands(kinds)

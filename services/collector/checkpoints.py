@@ -63,6 +63,7 @@ class Committer:
     def __init__(self, redis: aioredis.Redis, keys: Keys, host: str, maxlen: int):
         self.redis, self.keys, self.host, self.maxlen = redis, keys, host, maxlen
         self.length = 0  # stream length seen at the last write (the lag metric)
+        self.listed = False  # this host is in the hosts set, so detectors read its stream
 
     async def commit(self, source: str, batch: Batch, stats: Stats, tz: str | None = None,
                      program: str | None = None, skip: tuple[str, ...] = ()) -> None:
@@ -82,17 +83,20 @@ class Committer:
         key = self.keys.checkpoint(self.host, source)
 
         async def write() -> list:
+            if not self.listed:
+                await hosts.register(self.redis, self.keys, self.host)
+                self.listed = True
             await self._wait_for_room(stats)
             async with transaction(self.redis) as tx:
                 if payload is not None:
-                    tx.xadd(self.keys.lines, {b"m": payload})
+                    tx.xadd(self.keys.lines(self.host), {b"m": payload})
                 if batch.checkpoint:
                     tx.hset(key, mapping=batch.checkpoint)
                 if batch.forget:
                     tx.hdel(key, *batch.forget)
                 if batch.own is not None:
-                    tx.hset(self.keys.own_addresses, hosts.field(self.host, source), " ".join(batch.own))
-                tx.xlen(self.keys.lines)
+                    tx.hset(self.keys.own_addresses(self.host), hosts.field(source), " ".join(batch.own))
+                tx.xlen(self.keys.lines(self.host))
                 return await tx.execute()
 
         replies = await retry(write, "Redis failed while writing a batch; retrying", source, stats)
@@ -113,6 +117,6 @@ class Committer:
                             extra={"length": self.length, "maxlen": self.maxlen})
                 waited = True
             await asyncio.sleep(FULL_POLL)
-            self.length = await self.redis.xlen(self.keys.lines)
+            self.length = await self.redis.xlen(self.keys.lines(self.host))
         if waited:
             log.info("stream has room again; writing", extra={"length": self.length})

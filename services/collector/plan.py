@@ -36,7 +36,7 @@ from fnmatch import fnmatchcase
 from pyfilter.common.config import Rule, Source as SourceConfig
 
 from .sources import SourcePlan
-from .sources.file import watched_paths
+from .sources.rotated import watched_paths
 from .sources.journal import journal_files, machine_id, readable
 
 # Fed by the detector's own bans, not by lines (its `sources` only name an

@@ -214,8 +214,12 @@ class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
     url: str = "redis://127.0.0.1:6379/0"
     # Better given as PYFILTER_REDIS_PASSWORD than written here.
     password: str | None = None
+    # The Redis (ACL) user; none: `default` (PYFILTER_REDIS_USERNAME, or in the URL).
+    username: str | None = None
     # TLS: the CA that signed the server's certificate (rediss:// URLs).
     tls_ca_file: str | None = None
+    # Refuse a plain redis:// URL to another machine (agents: on unless the operator opts out).
+    require_tls: bool = False
     prefix: str = "pyfilter:"
     # Redis Cluster: `url` names one node (redis://host:port), the others are
     # found from it. Windows spread over the primaries by address (docs/scaling.md).
@@ -302,9 +306,17 @@ class EnforcerConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ApiConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """`names`: Host names the api answers to besides localhost, 127.0.0.1 and [::1]
+    (others get 421). `read_token`: reads need the token too. `widest_ban_v4`,
+    `widest_ban_v6`: the widest network a manual ban may cover (prefix length)."""
+
     listen: str = "127.0.0.1"
     port: Port = 8470
     token: str | None = None
+    names: list[str] = []
+    read_token: bool = False
+    widest_ban_v4: Annotated[int, msgspec.Meta(ge=0, le=32)] = 16
+    widest_ban_v6: Annotated[int, msgspec.Meta(ge=0, le=128)] = 32
 
 
 class GeoConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -502,6 +514,10 @@ def _apply_environment(config: Config) -> None:
         config.redis.url = url
     if password := os.environ.get("PYFILTER_REDIS_PASSWORD"):
         config.redis.password = password
+    if username := os.environ.get("PYFILTER_REDIS_USERNAME"):
+        config.redis.username = username
+    if require := os.environ.get("PYFILTER_REDIS_REQUIRE_TLS"):
+        config.redis.require_tls = require.lower() in ("1", "yes", "true")
     if ca := os.environ.get("PYFILTER_REDIS_CA"):
         config.redis.tls_ca_file = ca
     if cluster := os.environ.get("PYFILTER_REDIS_CLUSTER"):
@@ -515,4 +531,16 @@ def _apply_environment(config: Config) -> None:
         config.api.token = token
     if listen := os.environ.get("PYFILTER_API_LISTEN"):
         config.api.listen = listen
+    if names := os.environ.get("PYFILTER_API_NAMES"):  # the api's public name(s), comma-separated
+        config.api.names = [*config.api.names, *(n.strip() for n in names.split(",") if n.strip())]
     config.host = os.environ.get("PYFILTER_HOST") or config.host or _host_name()
+    if config.redis.require_tls and not config.redis.url.startswith(("rediss://", "rediss+sentinel://")):
+        raise ConfigError(
+            f"PYFILTER_REDIS_URL {_without_password(config.redis.url)}: plain TCP to the shared Redis; use "
+            "rediss:// with its CA (PYFILTER_REDIS_CA), or opt out with PYFILTER_REDIS_REQUIRE_TLS=0 "
+            "on a network you trust")
+
+
+def _without_password(url: str) -> str:
+    head, at, tail = url.rpartition("@")
+    return f"{head.rpartition(':')[0]}:***@{tail}" if at else url

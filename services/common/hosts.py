@@ -1,14 +1,20 @@
-"""The protected hosts' own addresses, shared through Redis.
+"""The protected hosts: their names, and their own addresses, shared through Redis.
+
+The set `Keys.hosts` names every host whose lines the detectors read (one
+stream per host). `pyfilter server add-host` lists a host when it makes its
+Redis user; a collector whose host is not listed yet lists it at start (the
+single-host stack, where nothing ran add-host).
 
 Each enforcer publishes the addresses of its host (interfaces, gateways,
 resolvers), and a collector that reads container logs publishes the
-addresses and networks of the host's containers. Detectors never count them
-and the api refuses to ban them: what belongs to any protected host is never
-banned anywhere.
+addresses and networks of the host's containers, each into its host's own
+hash. Detectors never count them and the api refuses to ban them: what
+belongs to any protected host is never banned anywhere.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 
@@ -18,18 +24,52 @@ from pyfilter.common.addresses import Address, InvalidAddress, Network, parse_ad
 from pyfilter.common.keys import Keys
 
 
-def field(host: str, source: str | None = None) -> str:
-    """The hash field a host's enforcer (no source) or one of its collector sources writes."""
-    return host if source is None else f"{host}/{source}"
+# A host's name is part of its keys and of its Redis user's key patterns: no
+# glob characters, no ":" (which separates the parts of a key).
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+
+
+class BadHostName(ValueError):
+    pass
+
+
+def check_name(host: str) -> str:
+    if not NAME.fullmatch(host):
+        raise BadHostName(f"host name {host!r}: expected letters, digits, '.', '_' or '-' "
+                          "(at most 253, starting with a letter or digit)")
+    return host
+
+
+async def names(client: redis.Redis, keys: Keys) -> list[str]:
+    """Every listed host, sorted."""
+    return sorted(name.decode() for name in await client.smembers(keys.hosts))
+
+
+async def register(client: redis.Redis, keys: Keys, host: str) -> None:
+    """List `host` unless it is: a host made by add-host is listed already, and its
+    Redis user may read the set but not write it."""
+    if not await client.sismember(keys.hosts, host):
+        await client.sadd(keys.hosts, host)
+
+
+def field(source: str | None = None) -> str:
+    """The field of a host's hash its enforcer (no source) or one of its collector sources writes."""
+    return "host" if source is None else f"source:{source}"
 
 
 async def publish(client: redis.Redis, keys: Keys, host: str, own: Iterable[Address | Network]) -> None:
-    await client.hset(keys.own_addresses, field(host), " ".join(sorted(map(str, own))))
+    await register(client, keys, host)  # only listed hosts' addresses are loaded
+    await client.hset(keys.own_addresses(host), field(), " ".join(sorted(map(str, own))))
 
 
 async def load(client: redis.Redis, keys: Keys) -> set[Address | Network]:
     found: set[Address | Network] = set()
-    for value in (await client.hgetall(keys.own_addresses)).values():
+    listed = await names(client, keys)
+    async with client.pipeline(transaction=False) as pipe:
+        for host in listed:
+            pipe.hvals(keys.own_addresses(host))
+        values = [v for host_values in await pipe.execute() for v in host_values]
+    for value in values:
         for text in value.decode().split():
             try:
                 found.add(parse_network(text) if "/" in text else parse_address(text))

@@ -25,10 +25,23 @@ NOTIFY_GROUP = "notify"
 class Keys:
     prefix: str = "pyfilter:"
 
-    # Streams
+    # Hosts
     @property
-    def lines(self) -> str:
-        """Batches of log lines, collector -> detectors (consumer group "detect")."""
+    def hosts(self) -> str:
+        """Set of the protected hosts' names: whose lines streams the detectors read.
+        Written by `pyfilter server add-host` (or by a collector not yet listed)."""
+        return f"{self.prefix}hosts"
+
+    # Streams
+    def lines(self, host: str) -> str:
+        """Batches of one host's log lines, its collector -> detectors (consumer group
+        "detect"). One stream per host, so a host's Redis user can write its own only."""
+        return f"{self.prefix}lines:{host}"
+
+    @property
+    def legacy_lines(self) -> str:
+        """The one lines stream of every host before per-host streams: detectors drain
+        what is left in it after an upgrade (docs/security.md, "Upgrading")."""
         return f"{self.prefix}lines"
 
     @property
@@ -41,8 +54,14 @@ class Keys:
         """Entries of `stream` that could not be decoded, moved aside for a person to read."""
         return f"{stream}:dead"
 
+    def decisions_read(self, host: str) -> str:
+        """How far a host's enforcer has applied the decisions (an entry id): its own
+        key, written by it alone (it reads with XREAD, which writes nothing)."""
+        return f"{self.prefix}decisions-read:{host}"
+
     def enforce_group(self, host: str) -> str:
-        """Each host's enforcer reads decisions with its own group (own position)."""
+        """The consumer group each host's enforcer once read decisions with: its
+        position is taken over from there once (enforcer/position.py)."""
         return f"enforce:{host}"
 
     # Collector
@@ -105,6 +124,42 @@ class Keys:
         handed back again after a crash is not judged twice."""
         return self.ban_side(f"crossed:{address}")
 
+    # Indexes of the bans in force, kept by the ledger as it writes (ledger.lua,
+    # "Ban indexes"), so the api reads a page, a count or one address without
+    # reading every record. docs/decisions.md, "Bounded reads", has the layout.
+    @property
+    def ban_index(self) -> str:
+        """Sorted set, every score 0, read by lexical range: for each ban in force one
+        member per way it is looked up (time, rule, host, country, address; and
+        "country not looked up yet")."""
+        return self.ban_side("index")
+
+    @property
+    def ban_indexed(self) -> str:
+        """Hash: address in force -> what its index members were built from."""
+        return self.ban_side("indexed")
+
+    @property
+    def ban_counts(self) -> str:
+        """Hash: the bans in force counted by host and rule ("host-rule\tweb1\tsshd") and by
+        country ("country\tNL", "country\t?" for none known)."""
+        return self.ban_side("counts")
+
+    def ban_day(self, day: str) -> str:
+        """Hash: the bans written on one UTC day (YYYY-MM-DD) counted, as `ban_counts`
+        counts them; expires after a year and a month."""
+        return self.ban_side(f"day:{day}")
+
+    @property
+    def ban_past(self) -> str:
+        """Hash: address -> the history stream IDs of its latest bans, newest first."""
+        return self.ban_side("past")
+
+    @property
+    def ban_past_until(self) -> str:
+        """Sorted set: address -> when `ban_past` forgets it (its ban count's memory)."""
+        return self.ban_side("past-until")
+
     @property
     def whitelist(self) -> str:
         """Set of CIDRs the operator whitelisted through the api."""
@@ -115,11 +170,11 @@ class Keys:
         """Hash: whitelisted CIDR -> JSON {"reason", "added_at"} (what the operator said)."""
         return f"{self.prefix}whitelist-notes"
 
-    @property
-    def own_addresses(self) -> str:
-        """Hash: host -> its own addresses, space-separated (published by its enforcer);
-        host/source -> the addresses and networks of the containers a collector source reads."""
-        return f"{self.prefix}own-addresses"
+    def own_addresses(self, host: str) -> str:
+        """Hash of one host's own addresses, space-separated: field "host", published by its
+        enforcer; field "source:NAME", the containers' addresses and networks a collector
+        source reads."""
+        return f"{self.prefix}own-addresses:{host}"
 
     # Notifications (the notifier)
     def notify_side(self, channel: str, name: str) -> str:
@@ -143,10 +198,9 @@ class Keys:
         """A host's collector or enforcer status report (MessagePack), with a TTL: a dead host's ages out."""
         return f"{self.prefix}status:{service}:{host}"
 
-    @property
-    def status_seen(self) -> str:
-        """Hash: "service:host" -> when that report was last written (kept after the report expires)."""
-        return f"{self.prefix}status-seen"
+    def status_seen(self, host: str) -> str:
+        """Hash: service -> when the host's report was last written (kept after the report expires)."""
+        return f"{self.prefix}status-seen:{host}"
 
     def counts(self, host: str, minute: int) -> str:
         """Hash of one minute's counters of a host ("lines:SOURCE", "failures:RULE" -> count), expiring."""

@@ -20,10 +20,151 @@ local function pack(name, values)
   return cmsgpack.pack(values)
 end
 
+-- Ban indexes ---------------------------------------------------------------
+--
+-- What the api reads instead of every record (docs/decisions.md, "Bounded
+-- reads"). For each ban in force, `index` (a sorted set read by lexical
+-- range, every score 0) holds one member per way it is looked up, newest
+-- first within each: by time, rule, host, host and rule, and country, and by address (in an
+-- order where a network's addresses are one range); `indexed` keeps, per
+-- address, what its members were built from, so they can be taken out again;
+-- `counts` counts the bans in force by rule, host and country. A ban also
+-- counts in its day's hash, and its history entry's ID goes to `past`.
+-- Called only from the functions below that write bans, unban and prune.
+
+local SEP = '\t'
+local INDEX = 3  -- index, indexed, counts: the keys every index change needs
+local DAY_TTL = 400 * 86400  -- /stats reads at most 366 days
+local MAX_PAST = 20  -- history IDs kept per address
+local FORGET_BATCH = 1000  -- `past` entries forgotten per prune
+
+local function index_keys(keys, at)
+  return {index = keys[at], indexed = keys[at + 1], counts = keys[at + 2]}
+end
+
+-- An address or network as fixed-width hex and its length ("4c6336407/032"),
+-- so a network's members are one lexical range (Python: api/index.py).
+local function sortable(address)
+  local ip, len = address:match('^([^/]+)/?(%d*)$')
+  if not ip:find(':', 1, true) then
+    local a, b, c, d = ip:match('^(%d+)%.(%d+)%.(%d+)%.(%d+)$')
+    return string.format('4%02x%02x%02x%02x/%03d', a, b, c, d, tonumber(len) or 32)
+  end
+  local head, tail = ip:match('^(.-)::(.*)$')
+  local groups, rest = {}, {}
+  for g in (head or ip):gmatch('[^:]+') do groups[#groups + 1] = tonumber(g, 16) end
+  for g in (tail or ''):gmatch('[^:]+') do rest[#rest + 1] = tonumber(g, 16) end
+  for _ = 1, 8 - #groups - #rest do groups[#groups + 1] = 0 end
+  for _, g in ipairs(rest) do groups[#groups + 1] = g end
+  local out = {'6'}
+  for i = 1, 8 do out[i + 1] = string.format('%04x', groups[i]) end
+  return table.concat(out) .. string.format('/%03d', tonumber(len) or 128)
+end
+
+local function split(text)
+  local parts = {}
+  for part in (text .. SEP):gmatch('(.-)' .. SEP) do parts[#parts + 1] = part end
+  return parts
+end
+
+-- An entry of `indexed`: ms (banned_at in milliseconds, 15 digits), rule,
+-- host, country ("": not looked up yet, "?": none known), expires_at ("": never).
+local function entry_text(e)
+  return table.concat({e.ms, e.rule, e.host, e.country, e.expires}, SEP)
+end
+
+local function entry_of(text)
+  local p = split(text)
+  return {ms = p[1], rule = p[2], host = p[3], country = p[4], expires = p[5]}
+end
+
+local function known_country(e)
+  if e.country == '' then return '?' end
+  return e.country
+end
+
+local function members(address, e)
+  local tail = SEP .. e.ms .. SEP .. address
+  local m = {'t' .. tail, 'r' .. SEP .. e.rule .. tail, 'h' .. SEP .. e.host .. tail,
+             'x' .. SEP .. e.host .. SEP .. e.rule .. tail, 'c' .. SEP .. known_country(e) .. tail,
+             'a' .. SEP .. sortable(address) .. SEP .. address}
+  if e.country == '' then m[#m + 1] = 'p' .. tail end
+  return m
+end
+
+-- Counted by host and rule, and by country: totals, per rule and per host are
+-- their sums (a call less per ban and count; each costs a flood's detector).
+local function count_fields(e)
+  return {'host-rule' .. SEP .. e.host .. SEP .. e.rule, 'country' .. SEP .. known_country(e)}
+end
+
+local function count_active(ix, e, by)
+  for _, field in ipairs(count_fields(e)) do
+    if redis.call('HINCRBY', ix.counts, field, by) <= 0 then redis.call('HDEL', ix.counts, field) end
+  end
+end
+
+local function index_add(ix, address, e)
+  local m = members(address, e)
+  local args = {}
+  for _, member in ipairs(m) do args[#args + 1] = 0; args[#args + 1] = member end
+  redis.call('ZADD', ix.index, unpack(args))
+  redis.call('HSET', ix.indexed, address, entry_text(e))
+  count_active(ix, e, 1)
+end
+
+-- Out of every index; returns what it was indexed as (nil: it was not).
+local function index_remove(ix, address)
+  local text = redis.call('HGET', ix.indexed, address)
+  if not text then return nil end
+  local e = entry_of(text)
+  redis.call('ZREM', ix.index, unpack(members(address, e)))
+  redis.call('HDEL', ix.indexed, address)
+  count_active(ix, e, -1)
+  return e
+end
+
+local function entry_from_record(rec)
+  return {ms = string.format('%015d', math.floor(rec.banned_at * 1000)), rule = rec.rule, host = rec.host,
+          country = rec.country or '', expires = rec.expires_at and string.format('%.17g', rec.expires_at) or ''}
+end
+
+-- A ban was written: index it in place of the address's previous ban, count
+-- it in its day, and remember where its history entry is for `memory`.
+-- KEYS of `ix`: index, indexed, counts, day, past, past_until.
+local function index_ban(ix, rec, history_id, memory)
+  index_remove(ix, rec.address)
+  local e = entry_from_record(rec)
+  index_add(ix, rec.address, e)
+  local fields = count_fields(e)
+  if redis.call('HINCRBY', ix.day, fields[1], 1) == 1 then redis.call('EXPIRE', ix.day, DAY_TTL) end
+  if e.country ~= '' then redis.call('HINCRBY', ix.day, fields[2], 1) end
+  local ids = {history_id}
+  local before = redis.call('HGET', ix.past, rec.address)
+  if before then
+    for id in before:gmatch('%S+') do
+      if #ids < MAX_PAST then ids[#ids + 1] = id end
+    end
+  end
+  redis.call('HSET', ix.past, rec.address, table.concat(ids, ' '))
+  redis.call('ZADD', ix.past_until, memory >= 0 and rec.banned_at + memory or '+inf', rec.address)
+end
+
+-- Addresses whose ban count's memory ran out: their `past` goes too.
+local function forget_past(ix, now)
+  local old = redis.call('ZRANGEBYSCORE', ix.past_until, '-inf', now, 'LIMIT', 0, FORGET_BATCH)
+  if #old > 0 then
+    redis.call('HDEL', ix.past, unpack(old))
+    redis.call('ZREM', ix.past_until, unpack(old))
+  end
+end
+
 -- The shared keys every ban writes, in this order at the start of KEYS.
-local SHARED = 4  -- active, scopes, history, decisions
+local SHARED = 10  -- active, scopes, history, decisions, index, indexed, counts, day, past, past_until
 local function shared(keys)
-  return {active = keys[1], scopes = keys[2], history = keys[3], decisions = keys[4]}
+  return {active = keys[1], scopes = keys[2], history = keys[3], decisions = keys[4],
+          index = keys[5], indexed = keys[6], counts = keys[7], day = keys[8], past = keys[9],
+          past_until = keys[10]}
 end
 
 local function is_scoped(ports, verdict)
@@ -54,7 +195,8 @@ local function write_ban(s, ban_key, count_key, rec, ports, verdict, memory, lis
   elseif listed then
     redis.call('HDEL', s.scopes, rec.address)
   end
-  redis.call('XADD', s.history, 'MAXLEN', '~', HISTORY_MAXLEN, '*', 'm', packed)
+  local history_id = redis.call('XADD', s.history, 'MAXLEN', '~', HISTORY_MAXLEN, '*', 'm', packed)
+  index_ban(s, rec, history_id, memory)
   redis.call('XADD', s.decisions, 'MAXLEN', '~', DECISIONS_MAXLEN, '*', 'm', pack('Decision', {
     action = 'ban', address = rec.address, rule = rec.rule, origin = rec.origin, host = rec.host,
     created_at = rec.banned_at, duration = rec.duration, expires_at = rec.expires_at,
@@ -79,16 +221,18 @@ local function ban(keys, args)
   return written
 end
 
--- KEYS: active, scopes, decisions, then each address's record.
+-- KEYS: active, scopes, decisions, index, indexed, counts, then each address's record.
 -- ARGV: now, host, rule, origin, reason, then the addresses.
 local function unban(keys, args)
   local active, scopes, decisions = keys[1], keys[2], keys[3]
+  local ix = index_keys(keys, 4)
   local now, host, rule, origin, reason = tonumber(args[1]), args[2], args[3], args[4], args[5]
   for i = 6, #args do
     local address = args[i]
     redis.call('ZREM', active, address)
     redis.call('HDEL', scopes, address)
-    redis.call('DEL', keys[i - 2])
+    redis.call('DEL', keys[i + 1])
+    index_remove(ix, address)
     redis.call('XADD', decisions, 'MAXLEN', '~', DECISIONS_MAXLEN, '*', 'm', pack('Decision', {
       action = 'unban', address = address, rule = rule, origin = origin, host = host,
       created_at = now, reason = reason,
@@ -98,13 +242,58 @@ local function unban(keys, args)
 end
 
 -- Forget bans whose time ran out (the kernel already dropped them).
--- KEYS: active, scopes. ARGV: now. Returns how many.
+-- KEYS: active, scopes, index, indexed, counts, past, past_until. ARGV: now.
+-- Returns how many.
 local function prune(keys, args)
   local active, scopes = keys[1], keys[2]
+  local ix = index_keys(keys, 3)
+  ix.past, ix.past_until = keys[6], keys[7]
   local now = tonumber(args[1])
   local expired = redis.call('ZRANGEBYSCORE', active, '-inf', now)
-  for _, address in ipairs(expired) do redis.call('HDEL', scopes, address) end
+  for _, address in ipairs(expired) do
+    redis.call('HDEL', scopes, address)
+    index_remove(ix, address)
+  end
+  forget_past(ix, now)
   return redis.call('ZREMRANGEBYSCORE', active, '-inf', now)
+end
+
+-- The api looked up the country of bans written without one.
+-- KEYS: index, indexed, counts, then each ban's day. ARGV: address, country
+-- ("?": none known) for each. A ban lifted or replaced meanwhile is left alone.
+local function set_countries(keys, args)
+  local ix = index_keys(keys, 1)
+  local set = 0
+  for i = 1, #args, 2 do
+    local address, country = args[i], args[i + 1]
+    local text = redis.call('HGET', ix.indexed, address)
+    if text and entry_of(text).country == '' then
+      local e = index_remove(ix, address)
+      e.country = country
+      index_add(ix, address, e)
+      redis.call('HINCRBY', keys[INDEX + (i + 1) / 2], 'country' .. SEP .. country, 1)
+      set = set + 1
+    end
+  end
+  return set
+end
+
+-- Bans in force before the indexes existed (an upgrade): index those not yet.
+-- KEYS: index, indexed, counts, then each ban's record.
+local function index_existing(keys)
+  local ix = index_keys(keys, 1)
+  local done = 0
+  for i = INDEX + 1, #keys do
+    local raw = redis.call('GET', keys[i])
+    if raw then
+      local rec = cmsgpack.unpack(raw)
+      if redis.call('HEXISTS', ix.indexed, rec.address) == 0 then
+        index_add(ix, rec.address, entry_from_record(rec))
+        done = done + 1
+      end
+    end
+  end
+  return done
 end
 
 -- The notifier: take what is due on a channel and push it a lease into the
@@ -529,5 +718,7 @@ redis.register_function(FUNCTION_PREFIX .. 'confirm_crossings', confirm_crossing
 redis.register_function(FUNCTION_PREFIX .. 'ban', ban)
 redis.register_function(FUNCTION_PREFIX .. 'unban', unban)
 redis.register_function(FUNCTION_PREFIX .. 'prune', prune)
+redis.register_function(FUNCTION_PREFIX .. 'set_countries', set_countries)
+redis.register_function(FUNCTION_PREFIX .. 'index_existing', index_existing)
 redis.register_function(FUNCTION_PREFIX .. 'claim_due', claim_due)
 redis.register_function(FUNCTION_PREFIX .. 'claim_digest', claim_digest)

@@ -5,9 +5,12 @@ Who calls what (docs/decisions.md, "Ledger", has the whole map):
   bans they cause, in one call); on Cluster `record_failures` (windows; then, for
   the thresholds they crossed, `ban_crossings` and `confirm_crossings`: ledger.lua
   says why three);
-- the api: `ban` and `unban` (manual bans, imports);
+- the api: `ban` and `unban` (manual bans, imports), `set_countries` (the
+  country of bans written without one, looked up once);
 - every detector's pruner: `prune` (expired bans);
 - the notifier: `claim_due`, `claim_digest`.
+Each function that writes, lifts or prunes a ban keeps the ban indexes the api
+reads (ledger.lua, "Ban indexes") in the same step.
 Enforcers only read (`bans.active`, `bans.scopes`) and apply decisions.
 
 The functions live in ledger.lua. What both languages must agree on is
@@ -33,7 +36,9 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import json
+import math
 import time
+from datetime import datetime, timezone
 from collections.abc import Iterable, Sequence
 
 import msgspec
@@ -49,7 +54,7 @@ from pyfilter.common.keys import BAN_SIDE_SLOT, Keys, address_slot, around_addre
 from pyfilter.common.redisio import durability
 
 # Bump when a function's KEYS, ARGV or effect changes.
-LIBRARY_VERSION = 2
+LIBRARY_VERSION = 3
 LIBRARY = f"pyfilter_v{LIBRARY_VERSION}"
 FUNCTION_PREFIX = f"{LIBRARY}_"
 
@@ -66,6 +71,16 @@ FAILURES_PER_CALL = 1000
 FIELDS = 5  # per failure in a group: line id, log time, text, connection, once
 # The structs the functions write (messages.py): their fields and tags go into the Lua.
 STRUCTS = (messages.BanRecord, messages.Decision, messages.BanScope)
+
+
+def utc_day(epoch: float) -> str:
+    """The UTC day of a time, as ban_day keys name it."""
+    return datetime.fromtimestamp(epoch, timezone.utc).date().isoformat()
+
+
+def index_ms(epoch: float) -> str:
+    """A ban time as the index writes it (ledger.lua's entry_from_record)."""
+    return "%015d" % math.floor(epoch * 1000)
 
 
 class Crossing(msgspec.Struct):
@@ -225,6 +240,7 @@ class Ledger:
                 for rec in await bans.records(self.client, self.keys, in_force[i:i + CHUNK]):
                     if scope := rule_scopes.get(rec.rule):
                         await self.client.hsetnx(self.keys.ban_scopes, rec.address, messages.encode(scope))
+        await self.index_existing()
         return moved
 
     async def upgrade_channels(self, channels: Iterable[str]) -> int:
@@ -346,9 +362,14 @@ class Ledger:
         [reply] = await self._calls([(key_slot(keys[0].encode()), _fcall(name, len(keys), _bulks(keys), args))])
         return reply
 
-    def _shared(self) -> list[str]:
+    def _shared(self, day: str) -> list[str]:
+        """The keys every ban writes; `day`: the UTC day its counts go to."""
         k = self.keys
-        return [k.active_bans, k.ban_scopes, k.ban_history, k.decisions]
+        return [k.active_bans, k.ban_scopes, k.ban_history, k.decisions,
+                k.ban_index, k.ban_indexed, k.ban_counts, k.ban_day(day), k.ban_past, k.ban_past_until]
+
+    def _index(self) -> list[str]:
+        return [self.keys.ban_index, self.keys.ban_indexed, self.keys.ban_counts]
 
     # The detector
 
@@ -447,7 +468,7 @@ class Ledger:
     async def _ban_crossings(self, read: list[Crossing], crossings: list[bytes], now: float) -> list[bytes]:
         calls = []
         for i in range(0, len(crossings), CHUNK):
-            keys = self._shared()
+            keys = self._shared(utc_day(now))  # a detector's ban is written at `now`
             for c in read[i:i + CHUNK]:
                 keys += [self.keys.ban(c.address), self.keys.ban_count(c.address), self.keys.crossed(c.address)]
             calls.append((BAN_SIDE_SLOT, _fcall("ban_crossings", len(keys), _bulks(keys),
@@ -475,9 +496,8 @@ class Ledger:
         the records as written, with their ban counts. Each CHUNK is all-or-nothing,
         so an enforcer never sees a decision whose record is missing."""
         calls = []
-        for i in range(0, len(bans), CHUNK):
-            chunk = bans[i:i + CHUNK]
-            keys = self._shared()
+        for chunk in _chunks_by_day(bans):
+            keys = self._shared(utc_day(chunk[0].record.banned_at))
             for b in chunk:
                 keys += [self.keys.ban(b.record.address), self.keys.ban_count(b.record.address)]
             calls.append((BAN_SIDE_SLOT, _fcall("ban", len(keys), _bulks(keys), [memory, _encode(chunk)])))
@@ -491,7 +511,7 @@ class Ledger:
         calls = []
         for i in range(0, len(addresses), CHUNK):
             chunk = list(addresses[i:i + CHUNK])
-            keys = [self.keys.active_bans, self.keys.ban_scopes, self.keys.decisions,
+            keys = [self.keys.active_bans, self.keys.ban_scopes, self.keys.decisions, *self._index(),
                     *(self.keys.ban(a) for a in chunk)]
             calls.append((BAN_SIDE_SLOT, _fcall("unban", len(keys), _bulks(keys),
                                                 [now, host, rule, origin, reason, *chunk])))
@@ -501,7 +521,31 @@ class Ledger:
     async def prune(self, now: float | None = None) -> int:
         """Forget bans whose time ran out (the kernel already dropped them)."""
         now = time.time() if now is None else now
-        return await self._call("prune", [self.keys.active_bans, self.keys.ban_scopes], [now])
+        k = self.keys
+        return await self._call("prune", [k.active_bans, k.ban_scopes, *self._index(), k.ban_past,
+                                          k.ban_past_until], [now])
+
+    async def set_countries(self, found: Sequence[tuple[str, float, str]]) -> int:
+        """Give bans written without a country theirs: (address, banned_at, country;
+        "?" when none is known). A ban lifted or replaced meanwhile is left alone.
+        Returns how many were set."""
+        calls = []
+        for i in range(0, len(found), CHUNK):
+            chunk = found[i:i + CHUNK]
+            keys = [*self._index(), *(self.keys.ban_day(utc_day(at)) for _, at, _ in chunk)]
+            calls.append((BAN_SIDE_SLOT, _fcall("set_countries", len(keys), _bulks(keys),
+                                                [v for address, _, country in chunk for v in (address, country)])))
+        replies = await self._calls(calls) if calls else []
+        return sum(replies)
+
+    async def index_existing(self) -> int:
+        """Index the bans in force that are not yet (written before the indexes existed)."""
+        done = 0
+        in_force = list(await bans.active(self.client, self.keys))
+        for i in range(0, len(in_force), CHUNK):
+            keys = [*self._index(), *(self.keys.ban(a) for a in in_force[i:i + CHUNK])]
+            done += await self._call("index_existing", keys, [])
+        return done
 
     # The notifier
 
@@ -513,3 +557,15 @@ class Ledger:
         """A digest channel's notices, if its digest is due (and it is not held)."""
         keys = [self.keys.notify_queue(channel), self.keys.notify_hold(channel)]
         return await self._call("claim_digest", keys, [now, lease, max_batch])
+
+
+def _chunks_by_day(bans: Sequence[NewBan]) -> Iterable[Sequence[NewBan]]:
+    """Up to CHUNK bans at a time, each chunk's bans of one UTC day (their counts' key)."""
+    start = 0
+    while start < len(bans):
+        day = utc_day(bans[start].record.banned_at)
+        end = start + 1
+        while end < len(bans) and end - start < CHUNK and utc_day(bans[end].record.banned_at) == day:
+            end += 1
+        yield bans[start:end]
+        start = end

@@ -64,9 +64,9 @@ def connect(cfg: RedisConfig, **extra) -> redis.Redis | RedisCluster:
                      "retry_on_timeout": True, **extra}
     if cfg.password:
         options["password"] = cfg.password
-    tls = cfg.url.startswith(("rediss://", "rediss+sentinel://"))
-    if tls and cfg.tls_ca_file:
-        options["ssl_ca_certs"] = cfg.tls_ca_file
+    if cfg.username:
+        options["username"] = cfg.username
+    options.update(tls_options(cfg))
     if cfg.cluster:
         client = connect_cluster(cfg.url, options)
     elif cfg.url.startswith(SENTINEL_SCHEMES):
@@ -135,6 +135,18 @@ def connect_cluster(url: str, options: dict) -> RedisCluster:
     on a failover or resharding the client learns the new layout and sends it again."""
     options.pop("retry_on_timeout", None)  # the cluster client retries itself
     return RedisCluster.from_url(url, **options)
+
+
+# TLS (rediss://), kept apart from the rest of connecting: the agents verify the
+# server's certificate against the deployment's CA (`make server` makes both),
+# name included, so a machine in the middle cannot pose as the shared Redis.
+def tls_options(cfg: RedisConfig) -> dict:
+    if not cfg.url.startswith(("rediss://", "rediss+sentinel://")):
+        return {}
+    options: dict = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if cfg.tls_ca_file:
+        options["ssl_ca_certs"] = cfg.tls_ca_file
+    return options
 
 
 async def ensure_group(client: redis.Redis, stream: str, group: str, start: str = "0") -> None:

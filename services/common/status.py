@@ -4,8 +4,9 @@ Each host's collector and enforcer publish a small report of their own
 (`messages.CollectorStatus`, `EnforcerStatus`) under `Keys.status(service,
 host)`: at start, whenever it changes, and at least every REFRESH seconds.
 The key expires after TTL, so the report of a host that died ages out;
-`Keys.status_seen` keeps when each was last written, to say "not reporting
-since ...".
+`Keys.status_seen(host)` keeps when each was last written, to say "not
+reporting since ...". Both are the host's own keys (its Redis user writes
+nothing else of the kind); the api finds them through `Keys.hosts`.
 
 The detector counts each host's lines (per source) and failures (per rule)
 in one hash per minute, queued on the pipeline that acknowledges the
@@ -21,7 +22,7 @@ from collections import Counter
 import msgspec
 import redis.asyncio as redis
 
-from pyfilter.common import messages
+from pyfilter.common import hosts, messages
 from pyfilter.common.keys import Keys
 
 REFRESH = 60.0  # a report is written again at least this often (s)
@@ -40,15 +41,19 @@ class Publisher:
         self.client, self.keys, self.service, self.host = client, keys, service, host
         self.last: bytes | None = None  # the last report written, its time left out
         self.sent = -math.inf  # monotonic time it was written
+        self.listed = False  # the host is in `Keys.hosts`, where the api looks for reports
 
     async def publish(self, report: Report) -> bool:
         """Write `report` if due; True if written."""
         body = messages.encode(msgspec.structs.replace(report, at=0.0))
         if body == self.last and time.monotonic() - self.sent < REFRESH:
             return False
+        if not self.listed:
+            await hosts.register(self.client, self.keys, self.host)
+            self.listed = True
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.set(self.keys.status(self.service, self.host), messages.encode(report), ex=TTL)
-            pipe.hset(self.keys.status_seen, f"{self.service}:{self.host}", repr(report.at))
+            pipe.hset(self.keys.status_seen(self.host), self.service, repr(report.at))
             await pipe.execute()
         self.last, self.sent = body, time.monotonic()
         return True
@@ -60,14 +65,19 @@ async def reports(client: redis.Redis, keys: Keys, now: float | None = None
     report seen in the last FORGET_AFTER (live or aged out)."""
     now = time.time() if now is None else now
     seen: dict[tuple[str, str], float] = {}
-    for field, value in (await client.hgetall(keys.status_seen)).items():
-        service, _, host = field.decode().partition(":")
-        try:
-            at = float(value)
-        except ValueError:
-            continue
-        if now - at < FORGET_AFTER:
-            seen[service, host] = at
+    listed = await hosts.names(client, keys)
+    async with client.pipeline(transaction=False) as pipe:
+        for host in listed:
+            pipe.hgetall(keys.status_seen(host))
+        written = await pipe.execute()
+    for host, fields in zip(listed, written):
+        for service, value in fields.items():
+            try:
+                at = float(value)
+            except ValueError:
+                continue
+            if now - at < FORGET_AFTER:
+                seen[service.decode(), host] = at
     names = sorted(seen)
     raw = await client.mget([keys.status(s, h) for s, h in names]) if names else []
     live = {}

@@ -1,7 +1,7 @@
-"""Reading a stream through a consumer group, the same way in every service.
+"""Reading streams, the same way in every service.
 
-The detector (lines), the enforcers and the notifier (decisions) each read
-through a `Consumer`:
+The detectors (every host's lines stream) and the notifier (decisions) read
+through a `Consumer` of a consumer group:
 
 - entries this consumer took and did not acknowledge (a crash, a lost
   connection) come first (`pending`), then new ones (`new`); entries another
@@ -13,6 +13,11 @@ through a `Consumer`:
   blocks what follows (`dead_letter`);
 - entries are acknowledged only when the service is done with them, often in
   the same transaction as what it wrote (`ack_on`), so a crash replays them.
+
+An enforcer reads decisions through a `Follower` instead: XREAD from a
+position it keeps in a key of its own host (enforcer/position.py), because a
+host's Redis user may read that stream but not write it, and XREADGROUP
+writes. It decodes the same way, and skips what does not decode.
 
 How a service batches or pipelines its reads stays its own; this is the
 contract of one read.
@@ -35,7 +40,9 @@ from pyfilter.common.redisio import ensure_group
 log = logging.getLogger("pyfilter.streams")
 
 T = TypeVar("T")
-Entry = tuple[bytes, dict[bytes, bytes] | None]
+# (stream, entry id, fields): one consumer may read several streams (the
+# detectors read every host's lines stream).
+Entry = tuple[str, bytes, dict[bytes, bytes] | None]
 
 DEAD_MAXLEN = 10_000  # dead letters are for a person to look at, not an archive
 
@@ -45,24 +52,25 @@ class Read(Generic[T]):
     """One read, decoded: what to act on, what could not be read, and what to acknowledge."""
 
     messages: list[tuple[bytes, T]] = field(default_factory=list)
-    undecodable: list[tuple[bytes, dict[bytes, bytes]]] = field(default_factory=list)
-    ids: list[bytes] = field(default_factory=list)  # every entry read, decodable or not
+    undecodable: list[tuple[str, bytes, dict[bytes, bytes]]] = field(default_factory=list)
+    ids: list[tuple[str, bytes]] = field(default_factory=list)  # every entry read, decodable or not
 
 
 class Consumer(Generic[T]):
-    def __init__(self, client: redis.Redis, stream: str, group: str, name: str,
+    """One member of a consumer group on one stream or on several (`streams`,
+    which the owner may change between reads: each must have the group)."""
+
+    def __init__(self, client: redis.Redis, stream: str | list[str], group: str, name: str,
                  decode: Callable[[bytes], T], count: int, errors: Counter | None = None):
-        self.client, self.stream, self.group, self.name = client, stream, group, name
+        self.client, self.group, self.name = client, group, name
+        self.streams = [stream] if isinstance(stream, str) else list(stream)
         self.decoder = decode
         self.count = count
         self.errors = errors  # the service's errors counter, by kind: counts "undecodable"
 
-    @property
-    def dead(self) -> str:
-        return Keys.dead_letters(self.stream)
-
     async def ensure_group(self, start: str = "0") -> None:
-        await ensure_group(self.client, self.stream, self.group, start)
+        for stream in self.streams:
+            await ensure_group(self.client, stream, self.group, start)
 
     async def pending(self) -> list[Entry]:
         """Entries this consumer read before and has not acknowledged (oldest first)."""
@@ -74,35 +82,29 @@ class Consumer(Generic[T]):
 
     async def claim(self, min_idle_ms: int) -> list[Entry]:
         """Take over entries another consumer left pending for `min_idle_ms` or more."""
-        _, claimed, _ = await self.client.xautoclaim(self.stream, self.group, self.name, min_idle_ms,
-                                                     "0-0", count=self.count)
+        claimed: list[Entry] = []
+        for stream in self.streams:
+            _, entries, _ = await self.client.xautoclaim(stream, self.group, self.name, min_idle_ms,
+                                                         "0-0", count=self.count)
+            claimed += [(stream, entry_id, fields) for entry_id, fields in entries]
         return claimed
 
     async def _read(self, start: str, block_ms: int | None) -> list[Entry]:
-        reply = await self.client.xreadgroup(self.group, self.name, {self.stream: start},
-                                             count=self.count, block=block_ms)
-        return [e for _, entries in reply for e in entries]
+        if not self.streams:
+            return []
+        # COUNT is per stream: shared out, so that a read stays about `count`
+        # entries however many hosts there are, and every host gets its turn.
+        count = max(1, -(-self.count // len(self.streams)))
+        reply = await self.client.xreadgroup(self.group, self.name, dict.fromkeys(self.streams, start),
+                                             count=count, block=block_ms)
+        return [(_text(stream), entry_id, fields) for stream, entries in reply for entry_id, fields in entries]
 
     def decode(self, entries: list[Entry]) -> Read[T]:
         """Decode a read (pure CPU: the detector runs it in a thread with its matching)."""
-        read: Read[T] = Read()
-        for entry_id, fields in entries:
-            read.ids.append(entry_id)
-            if fields is None:  # deleted while pending: nothing left to do but acknowledge
-                continue
-            try:
-                read.messages.append((entry_id, self.decoder(fields[b"m"])))
-            except (KeyError, TypeError, ValueError, msgspec.DecodeError) as exc:
-                log.error("undecodable entry, moved aside", extra={
-                    "stream": self.stream, "group": self.group, "entry": entry_id.decode(),
-                    "dead_letter": self.dead, "error": str(exc)})
-                if self.errors is not None:
-                    self.errors.labels("undecodable").inc()
-                read.undecodable.append((entry_id, fields))
-        return read
+        return decode(entries, self.decoder, self.errors, {"group": self.group}, moved_aside=True)
 
     async def dead_letter(self, read: Read) -> None:
-        """Copy the read's undecodable entries to the dead-letter stream (before they are acknowledged).
+        """Copy the read's undecodable entries to their stream's dead-letter stream (before they are acknowledged).
 
         Each copy keeps the entry's fields and says which entry and which group
         it was: on a stream every host reads (decisions), each group that cannot
@@ -110,16 +112,71 @@ class Consumer(Generic[T]):
         if not read.undecodable:
             return
         async with self.client.pipeline(transaction=False) as pipe:
-            for entry_id, fields in read.undecodable:
-                pipe.xadd(self.dead, {**fields, b"from": entry_id, b"group": self.group},
+            for stream, entry_id, fields in read.undecodable:
+                pipe.xadd(Keys.dead_letters(stream), {**fields, b"from": entry_id, b"group": self.group},
                           maxlen=DEAD_MAXLEN, approximate=True)
             await pipe.execute()
 
-    def ack_on(self, pipe, ids: list[bytes]) -> None:
-        """Queue the acknowledgement of `ids` on a pipeline (with what the service writes)."""
-        if ids:
-            pipe.xack(self.stream, self.group, *ids)
+    def ack_on(self, pipe, ids: list[tuple[str, bytes]], delete: bool = False) -> None:
+        """Queue the acknowledgement of `ids` on a pipeline (with what the service writes),
+        one XACK per stream; with `delete`, their deletion too (XDEL)."""
+        for stream, stream_ids in by_stream(ids).items():
+            pipe.xack(stream, self.group, *stream_ids)
+            if delete:
+                pipe.xdel(stream, *stream_ids)
 
-    async def ack(self, ids: list[bytes]) -> None:
-        if ids:
-            await self.client.xack(self.stream, self.group, *ids)
+
+class Follower(Generic[T]):
+    """A reader of one stream from a position it keeps itself (XREAD, no group).
+
+    For a reader whose Redis user may read the stream but write nothing to it
+    (XREADGROUP writes the group's state into the stream): an enforcer. An
+    entry it cannot decode is logged and counted, then skipped; the services
+    that read the same stream through a group dead-letter it.
+    """
+
+    def __init__(self, client: redis.Redis, stream: str, name: str, decode: Callable[[bytes], T],
+                 count: int, errors: Counter | None = None):
+        self.client, self.stream, self.name = client, stream, name
+        self.decoder = decode
+        self.count = count
+        self.errors = errors
+
+    async def after(self, position: bytes, block_ms: int | None = 1000) -> list[Entry]:
+        """Entries after `position` (an entry id), waiting up to `block_ms` for some."""
+        reply = await self.client.xread({self.stream: position}, count=self.count, block=block_ms)
+        return [(self.stream, entry_id, fields) for _, entries in reply for entry_id, fields in entries]
+
+    def decode(self, entries: list[Entry]) -> Read[T]:
+        return decode(entries, self.decoder, self.errors, {"reader": self.name}, moved_aside=False)
+
+
+def decode(entries: list[Entry], decoder: Callable[[bytes], T], errors: Counter | None,
+           who: dict[str, str], moved_aside: bool) -> Read[T]:
+    """Decode entries; log, count and set aside the ones that do not decode."""
+    read: Read[T] = Read()
+    for stream, entry_id, fields in entries:
+        read.ids.append((stream, entry_id))
+        if fields is None:  # deleted while pending: nothing left to do but acknowledge
+            continue
+        try:
+            read.messages.append((entry_id, decoder(fields[b"m"])))
+        except (KeyError, TypeError, ValueError, msgspec.DecodeError) as exc:
+            where = {"dead_letter": Keys.dead_letters(stream)} if moved_aside else {}
+            log.error("undecodable entry, " + ("moved aside" if moved_aside else "skipped"), extra={
+                "stream": stream, **who, "entry": entry_id.decode(), **where, "error": str(exc)})
+            if errors is not None:
+                errors.labels("undecodable").inc()
+            read.undecodable.append((stream, entry_id, fields))
+    return read
+
+
+def by_stream(ids: list[tuple[str, bytes]]) -> dict[str, list[bytes]]:
+    grouped: dict[str, list[bytes]] = {}
+    for stream, entry_id in ids:
+        grouped.setdefault(stream, []).append(entry_id)
+    return grouped
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

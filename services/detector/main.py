@@ -1,7 +1,9 @@
 """Detector: read batches of lines (consumer group), match rules, update windows.
 
 Replicas are stateless and interchangeable: they share the consumer group
-"detect" on the lines stream and keep every window in Redis. An entry is
+"detect" on every host's lines stream (the hosts listed in `Keys.hosts`,
+looked at again every second; the group is made on a stream the first time
+it is seen) and keep every window in Redis. An entry is
 acknowledged (and deleted) only after its failures are in the windows, so a
 replica killed mid-batch leaves the entry pending, and another replica claims
 it after `detector.claim_idle`. Replaying it is harmless: windows are idempotent per
@@ -19,13 +21,15 @@ import socket
 import time
 from collections import Counter
 
+from redis.exceptions import ResponseError
+
 from pyfilter.common import health, hosts, messages, service, status
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_address
 from pyfilter.common.config import Settings
 from pyfilter.common.keys import DETECT_GROUP, Keys
 from pyfilter.common.ledger import Ledger
 from pyfilter.common.metrics import serve as serve_metrics
-from pyfilter.common.redisio import TRANSIENT, connect, wait_for_redis
+from pyfilter.common.redisio import TRANSIENT, connect, ensure_group, wait_for_redis
 from pyfilter.common.streams import Consumer, Entry
 from pyfilter.common.whitelist import Whitelist
 from pyfilter.detector import metrics
@@ -38,6 +42,7 @@ logger = logging.getLogger("pyfilter.detector")
 BATCHES_PER_READ = 16
 CLAIM_EVERY_S = 5.0
 LAG_EVERY_S = 5.0
+HOSTS_EVERY_S = 1.0
 
 
 class Detector:
@@ -63,9 +68,10 @@ class Detector:
         # once (`resume`). Sharing a name by mistake is harmless: batches are
         # idempotent.
         self.consumer = os.environ.get("PYFILTER_CONSUMER") or socket.gethostname()
-        self.lines = Consumer(self.client, self.keys.lines, DETECT_GROUP, self.consumer,
+        self.lines = Consumer(self.client, [], DETECT_GROUP, self.consumer,
                               messages.decode_batch, BATCHES_PER_READ, metrics.ERRORS)
         self.stopping = asyncio.Event()
+        self.next_hosts = 0.0
         self.next_claim = 0.0
         self.next_lag = 0.0
         # The previous read's window update, still running in Redis while the
@@ -174,14 +180,14 @@ class Detector:
             logger.info("ban decided", extra={"address": ban.address, "rule": ban.rule,
                                               "duration": ban.duration})
         lines = lines or Counter()
-        # One round trip, not a transaction: on Redis Cluster the stream and
+        # One round trip, not a transaction: on Redis Cluster the streams and
         # the counts are in different slots (a crash in between can only
         # leave a minute's counts short; the windows are already written).
         async with self.client.pipeline(transaction=False) as pipe:
-            self.lines.ack_on(pipe, ids)
-            pipe.xdel(self.keys.lines, *ids)
+            self.lines.ack_on(pipe, ids, delete=True)
+            streams = len(pipe)  # each stream's XACK, then its XDEL
             status.count(pipe, self.keys, now, lines, Counter((o.host, o.rule) for o in observed))
-            acked = (await pipe.execute())[0] if ids else 0
+            acked = sum((await pipe.execute())[:streams:2])
         # Lines are counted by the replica that acknowledges them: a read that
         # reached this one after another claimed its entries (a frozen or slow
         # replica) was matched again, harmlessly (windows count a line id once),
@@ -196,10 +202,33 @@ class Detector:
         if time.monotonic() < self.next_lag:
             return
         self.next_lag = time.monotonic() + LAG_EVERY_S
-        for group in await self.client.xinfo_groups(self.keys.lines):
-            if group["name"] in (DETECT_GROUP, DETECT_GROUP.encode()):
-                metrics.LAG.set(group.get("lag") or 0)
-                metrics.PENDING.set(group["pending"])
+        lag = pending = 0
+        for stream in self.lines.streams:
+            for group in await self.client.xinfo_groups(stream):
+                if group["name"] in (DETECT_GROUP, DETECT_GROUP.encode()):
+                    lag += group.get("lag") or 0
+                    pending += group["pending"]
+        metrics.LAG.set(lag)
+        metrics.PENDING.set(pending)
+
+    async def follow_hosts(self, force: bool = False) -> None:
+        """Read every listed host's stream (making the group on one seen for the first time),
+        and the single stream of before per-host streams while it still holds lines."""
+        if not force and time.monotonic() < self.next_hosts:
+            return
+        self.next_hosts = time.monotonic() + HOSTS_EVERY_S
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.smembers(self.keys.hosts)
+            pipe.xlen(self.keys.legacy_lines)
+            listed, legacy = await pipe.execute()
+        streams = [self.keys.lines(h.decode()) for h in sorted(listed)]
+        if legacy:
+            streams.append(self.keys.legacy_lines)
+        known = set(self.lines.streams)
+        for stream in streams:
+            if force or stream not in known:
+                await ensure_group(self.client, stream, DETECT_GROUP)
+        self.lines.streams = streams
 
     async def resume(self) -> None:
         """Finish the batches this consumer took before a crash or a lost connection."""
@@ -207,7 +236,7 @@ class Detector:
         await Ledger(self.client, self.keys).load(
             {name: messages.BanScope([int(p) for p in rule.ports], rule.verdict)
              for name, rule in self.settings.rules.items() if rule.ports or rule.verdict != "drop"})
-        await self.lines.ensure_group()
+        await self.follow_hosts(force=True)
         while entries := await self.lines.pending():
             await self.handle(entries)
 
@@ -220,7 +249,11 @@ class Detector:
             try:
                 await self.step()
                 await self.measure_lag()
-            except TRANSIENT as exc:
+            except (*TRANSIENT, ResponseError) as exc:
+                # NOGROUP: a stream went away under us (a host removed, Redis
+                # emptied); resume makes the groups again. Other replies are bugs.
+                if not isinstance(exc, TRANSIENT) and not str(exc).startswith("NOGROUP"):
+                    raise
                 metrics.ERRORS.labels("redis").inc()
                 logger.warning("redis error, retrying", extra={"error": str(exc)})
                 # Unfinished updates and reads left their entries pending for
@@ -270,6 +303,7 @@ class Detector:
         return entries
 
     async def step(self) -> None:
+        await self.follow_hosts()
         # Entries a dead replica left pending come first.
         if time.monotonic() >= self.next_claim:
             claimed = await self.lines.claim(self.settings.config.detector.claim_idle * 1000)

@@ -1,8 +1,9 @@
 """Enforcer: apply ban decisions to this host's kernel firewall.
 
-Each host reads the decisions stream with its own consumer group, so a host
-that was down applies what it missed when it returns; a decision is
-acknowledged only after the kernel has it. On start and every
+Each host reads the decisions stream from a position of its own (XREAD, and
+a key of this host's: enforcer/position.py), so a host that was down applies
+what it missed when it returns; the position moves only after the kernel has
+the decisions. On start and every
 `reconcile_interval` the kernel sets are made equal to the active bans
 (remaining time, expired ones gone, manual unbans applied). On shutdown the
 bans stay in the kernel: their timeouts run there.
@@ -25,12 +26,13 @@ from pyfilter.common.config import Settings
 from pyfilter.common.keys import Keys
 from pyfilter.common.metrics import serve as serve_metrics
 from pyfilter.common.redisio import TRANSIENT, connect, wait_for_redis
-from pyfilter.common.streams import Consumer
+from pyfilter.common.streams import Follower
 from pyfilter.common.whitelist import Whitelist
 from pyfilter.enforcer import metrics
 from pyfilter.enforcer.backends import make_backend
 from pyfilter.enforcer.backends.base import DEFAULT_SCOPE, Backend, Ban, Scope, ban_key
 from pyfilter.enforcer.hostinfo import own_addresses
+from pyfilter.enforcer.position import Position
 
 logger = logging.getLogger("pyfilter.enforcer")
 
@@ -47,8 +49,10 @@ class Enforcer:
         self.backend = backend
         self.keys = Keys(cfg.redis.prefix)
         self.client = connect(cfg.redis)
-        self.decisions = Consumer(self.client, self.keys.decisions, self.keys.enforce_group(settings.host),
-                                  settings.host, messages.decode_decision, DECISIONS_PER_READ, metrics.ERRORS)
+        self.decisions = Follower(self.client, self.keys.decisions, settings.host,
+                                  messages.decode_decision, DECISIONS_PER_READ, metrics.ERRORS)
+        self.position = Position(self.client, self.keys, settings.host)
+        self.at = b""  # the last decision applied (loaded by `start`)
         self.whitelist = Whitelist(self.client, self.keys, cfg.whitelist)
         self.networks: list = []  # the whitelist as last read
         self.own: set = set()  # filled from the kernel at start and each reconcile
@@ -154,23 +158,24 @@ class Enforcer:
             sets=[messages.SetStatus(n, c) for n, c in (seen.sets if seen else {}).items()],
             problems=problems))
 
-    async def consume(self, pending: bool = False) -> int:
-        """Read and apply one round of decisions: new ones, or with `pending` our own
-        read before a crash or a lost connection."""
-        entries = await (self.decisions.pending() if pending else self.decisions.new())
+    async def consume(self, redelivered: bool = False) -> int:
+        """Read and apply one round of decisions after our position, then move it. With
+        `redelivered`, the first round after a start: it may hold decisions applied
+        before a crash or a lost connection, whose position was not saved."""
+        entries = await self.decisions.after(self.at, block_ms=None if redelivered else 1000)
+        if not entries:
+            return 0
         read = self.decisions.decode(entries)
-        await self.apply([d for _, d in read.messages], redelivered=pending)
-        await self.decisions.dead_letter(read)
-        await self.decisions.ack(read.ids)
+        await self.apply([d for _, d in read.messages], redelivered=redelivered)
+        self.at = read.ids[-1][1]
+        await self.position.save(self.at)
         return len(entries)
 
     async def start(self) -> None:
         await wait_for_redis(self.client, "enforcer")
-        # The group starts at "$": what came before is in the active bans,
-        # which the reconcile right after creating it applies.
-        await self.decisions.ensure_group(start="$")
-        while await self.consume(pending=True):
-            pass
+        await hosts.register(self.client, self.keys, self.settings.host)
+        self.at = await self.position.load()
+        await self.consume(redelivered=True)
         await self.reconcile()
 
     async def run(self) -> None:

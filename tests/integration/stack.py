@@ -117,6 +117,8 @@ class Stack:
                                      method=method)
         if token:
             req.add_header("Authorization", f"Bearer {token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")  # else the api answers 415
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status, json.loads(resp.read())

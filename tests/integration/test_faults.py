@@ -76,9 +76,9 @@ def redis_cli(stack: Stack, *args: str) -> str:
 
 def drained(stack: Stack) -> bool:
     try:
-        if redis_cli(stack, "XLEN", "pyfilter:lines") != "0":
+        if redis_cli(stack, "XLEN", "pyfilter:lines:target-host") != "0":
             return False
-        groups = redis_cli(stack, "XINFO", "GROUPS", "pyfilter:lines").split("\n")
+        groups = redis_cli(stack, "XINFO", "GROUPS", "pyfilter:lines:target-host").split("\n")
         return groups[groups.index("pending") + 1] == "0"
     except (AssertionError, ValueError, RuntimeError):
         return False

@@ -38,6 +38,8 @@ class MultiHost(Stack):
             self.env[f"LOG_{h.upper()}"] = str(path)
         # agent.yml insists on a URL; the test's services set their own.
         self.env["PYFILTER_REDIS_URL"] = "redis://unused"
+        # Sentinel without TLS yet (compose/server-ha.yml): the agents are told plain TCP is fine.
+        self.env["PYFILTER_REDIS_REQUIRE_TLS"] = "0"
         if AIRGAPPED:
             self.env["PYFILTER_REDIS_IMAGE"] = BASE_IMAGE
 

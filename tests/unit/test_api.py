@@ -122,7 +122,8 @@ def test_bad_or_forbidden_bans_are_refused_and_change_nothing(redis_url, body, s
 
 def test_garbage_body_is_a_422(redis_url):
     async def steps(client, redis):
-        r = await client.post("/api/v1/bans", data=b"\xff\x00not json", headers=AUTH)
+        r = await client.post("/api/v1/bans", data=b"\xff\x00not json",
+                              headers={**AUTH, "Content-Type": "application/json"})
         return r.status
     assert call(redis_url, steps) == 422
 
@@ -269,8 +270,9 @@ def test_metrics_show_requests_active_bans_and_pipeline_lag(redis_url):
         await client.post("/api/v1/bans", json={"address": "198.51.100.7"}, headers=AUTH)
         batch = messages.LineBatch(host="h", source="auth", lines=[messages.Line("a:1", "x")],
                                    read_at=0.0)
+        await redis.sadd(Keys("t:").hosts, "h")
         for _ in range(3):
-            await redis.xadd(Keys("t:").lines, {"m": messages.encode(batch)})
+            await redis.xadd(Keys("t:").lines("h"), {"m": messages.encode(batch)})
         r = await client.get("/metrics")
         return r.status, r.headers["Content-Type"], await r.text()
     status, content_type, text = call(redis_url, steps)

@@ -7,7 +7,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pyfilter.common.keys import Keys
 
 from tests.unit.apisupport import AUTH, call, detector_ban
 from tests.unit.test_geo import write_db
@@ -47,7 +46,7 @@ def test_filters_narrow_the_bans_in_force(redis_url):
     assert got[""] == ["198.51.100.40", "2001:db8::5", "198.51.100.20", "198.51.100.7"]
     assert got["?rule=sshd"] == ["2001:db8::5", "198.51.100.7"]
     assert got["?host=web-2"] == ["2001:db8::5", "198.51.100.20"]
-    assert got["?prefix=198.51.100.0/27"] == ["198.51.100.20", "198.51.100.7"]
+    assert got["?prefix=198.51.100.0/27"] == ["198.51.100.7", "198.51.100.20"]  # by address
     assert got["?prefix=2001:db8::/32"] == ["2001:db8::5"]
     assert got["?address=198.51.100.7"] == ["198.51.100.7"]
     assert got["?address=198.51.100.77"] == []
@@ -80,21 +79,39 @@ def test_pagination_pages_through_every_ban_once(redis_url):
     async def steps(client, redis):
         await client.post("/api/v1/bans", json=[{"address": f"198.51.100.{i}"} for i in range(1, 121)],
                           headers=AUTH)
-        pages = []
-        for offset in range(0, 150, 50):
-            pages.append(await (await client.get(f"/api/v1/bans?limit=50&offset={offset}")).json())
+        pages, query = [], "limit=50"
+        while query:
+            pages.append(await (await client.get(f"/api/v1/bans?{query}")).json())
+            query = pages[-1]["next"] and f"limit=50&cursor={pages[-1]['next']}"
+        by_prefix, query = [], "limit=7&prefix=198.51.100.0/25"
+        while query:
+            by_prefix.append(await (await client.get(f"/api/v1/bans?{query}")).json())
+            query = by_prefix[-1]["next"] and f"limit=7&prefix=198.51.100.0/25&cursor={by_prefix[-1]['next']}"
         default = await (await client.get("/api/v1/bans")).json()
-        return pages, default
-    pages, default = call(redis_url, steps)
-    assert [len(p["bans"]) for p in pages] == [50, 50, 20]
+        return pages, by_prefix, default
+    pages, by_prefix, default = call(redis_url, steps)
+    assert [len(p["bans"]) for p in pages[:3]] == [50, 50, 20] and sum(len(p["bans"]) for p in pages) == 120
     assert {p["total"] for p in pages} == {120}
     seen = [b["address"] for p in pages for b in p["bans"]]
     assert len(set(seen)) == 120
-    assert (default["limit"], default["offset"], len(default["bans"])) == (50, 0, 50)
+    in_prefix = [b["address"] for p in by_prefix for b in p["bans"]]
+    assert in_prefix == [f"198.51.100.{i}" for i in range(1, 121)]  # by address, each once
+    assert (default["limit"], len(default["bans"])) == (50, 50) and default["next"]
+
+
+def test_a_cursor_of_another_search_is_refused(redis_url):
+    async def steps(client, redis):
+        await client.post("/api/v1/bans", json=[{"address": f"198.51.100.{i}"} for i in range(1, 4)],
+                          headers=AUTH)
+        first = await (await client.get("/api/v1/bans?limit=1")).json()
+        r = await client.get(f"/api/v1/bans?limit=1&rule=sshd&cursor={first['next']}")
+        return r.status, (await r.json())["error"]
+    status, error = call(redis_url, steps)
+    assert status == 422 and error.startswith("cursor:")
 
 
 @pytest.mark.parametrize("query, field", [
-    ("limit=0", "limit"), ("limit=1001", "limit"), ("limit=ten", "limit"), ("offset=-1", "offset"),
+    ("limit=0", "limit"), ("limit=1001", "limit"), ("limit=ten", "limit"), ("cursor=nope", "cursor"),
     ("prefix=198.51.100.1/24", "prefix"), ("address=nope", "address"), ("since=yesterday", "since"),
     ("until=nan", "until"), ("all=maybe", "all"),
     ("address=fe80::1%25eth0", "address"),
@@ -138,9 +155,10 @@ def test_stats_count_days_countries_rules_hosts_and_lag(redis_url, tmp_path):
 
     async def steps(client, redis):
         await seed(client, redis, now)
-        await redis.xgroup_create("t:lines", "detect", id="0", mkstream=True)
-        await redis.xadd("t:lines", {"m": b"x"})
-        await redis.xgroup_create(Keys("t:").decisions, "enforce:web-1", id="0")
+        await redis.sadd("t:hosts", "web-1", "web-2")
+        await redis.xgroup_create("t:lines:web-1", "detect", id="0", mkstream=True)
+        await redis.xadd("t:lines:web-1", {"m": b"x"})
+        await redis.set("t:decisions-read:web-1", "0-0")  # web-2's enforcer has not read yet
         return await (await client.get("/api/v1/stats?days=5")).json()
     stats = call(redis_url, steps, country_db=db)
     today = datetime.fromtimestamp(now, timezone.utc).date()
@@ -207,3 +225,11 @@ def test_openapi_document_describes_every_route(redis_url):
     ban = doc["components"]["schemas"]["Ban"]
     assert {"address", "rule", "host", "lines", "country", "asn", "active", "expires_at"} <= set(ban["properties"])
     assert "history" in doc["components"]["schemas"]["BanDetail"]["properties"]
+
+
+def test_a_prefix_search_holds_the_networks_inside_it_not_a_wider_one_starting_there(redis_url):
+    async def steps(client, redis):
+        await client.post("/api/v1/bans", json=[{"address": a} for a in (
+            "198.51.100.0/26", "198.51.100.0/28", "198.51.100.5", "198.51.100.40")], headers=AUTH)
+        return await addresses(client, "?prefix=198.51.100.0/27")
+    assert call(redis_url, steps) == ["198.51.100.0/28", "198.51.100.5"]

@@ -155,3 +155,14 @@ def test_match_with_a_configuration_runs_its_rules_as_configured(log, tmp_path):
     result = run("match", "--json", "--config", str(conf), str(log))
     assert result.returncode == 0, result.stderr
     assert {json.loads(x)["rule"] for x in result.stdout.splitlines()} == {"postfix"}
+
+
+def test_the_cli_starts_without_redis_or_the_importers():
+    """`pyfilter match` runs where no Redis is: the commands that need redis-py, the
+    ledger or an importer load them when they run (start-up cost: docs/benchmarks.md)."""
+    code = ("import sys, pyfilter.cli.main; "
+            "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith(('redis', 'aiohttp'))} | "
+            "{m for m in sys.modules if m.startswith(('pyfilter.common.ledger', 'pyfilter.cli.server_users', "
+            "'pyfilter.cli.imports.'))}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

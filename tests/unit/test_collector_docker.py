@@ -26,7 +26,7 @@ from pyfilter.collector.sources import containers
 from pyfilter.collector.sources.docker import first_line_at
 from pyfilter.common.messages import decode_batch
 
-from .test_collector_support import HOST, Collector, settle, stream_lines, wait_for, wait_for_lines
+from .test_collector_support import HOST, Collector, position, settle, stream_lines, wait_for, wait_for_lines
 
 
 class DockerFolder:
@@ -140,11 +140,11 @@ def containers_source(docker: DockerFolder, **options) -> dict:
 
 def batches(redis_url: str) -> list:
     client = redis.Redis.from_url(redis_url)
-    return [decode_batch(fields[b"m"]) for _, fields in client.xrange(Keys().lines)]
+    return [decode_batch(fields[b"m"]) for _, fields in client.xrange(Keys().lines(HOST))]
 
 
 def published(redis_url: str) -> str | None:
-    value = redis.Redis.from_url(redis_url).hget(Keys().own_addresses, hosts.field(HOST, "containers"))
+    value = redis.Redis.from_url(redis_url).hget(Keys().own_addresses(HOST), hosts.field("containers"))
     return None if value is None else value.decode()
 
 
@@ -168,8 +168,8 @@ def test_lines_carry_their_container_program_and_stream_time(tmp_path, docker, r
     assert (batch.source, batch.program, batch.container, batch.rules) == ("containers", "nginx", "web", None)
     assert [line.time for line in batch.lines] == pytest.approx(out + err, abs=1e-6)
     assert batch.lines[1].text.startswith('2026/11/21 20:19:28 [error] 29#29: *1 user "alice"')
-    st = os.stat(docker.log_path(web))
-    assert batch.lines[0].id == f"containers:{st.st_dev}:{st.st_ino}:0"
+    st, gen = os.stat(docker.log_path(web)), position(redis_url, "containers", docker.log_path(web))["gen"]
+    assert batch.lines[0].id == f"containers:{st.st_dev}:{st.st_ino}:{gen}:0"
 
 
 def test_label_names_the_rules_that_read_a_container(tmp_path, docker, redis_url):
@@ -338,7 +338,7 @@ def test_restart_resumes_where_it_stopped_across_a_rotation(tmp_path, docker, re
                                                                "while down 2"]
 
 
-def test_truncated_log_is_read_again_from_its_start(tmp_path, docker, redis_url):
+def test_truncated_log_is_read_again_from_its_start_in_a_new_generation(tmp_path, docker, redis_url):
     web = docker.create("web", "nginx")
     with Collector(tmp_path, redis_url, [containers_source(docker)]).start():
         started(redis_url)
@@ -347,8 +347,10 @@ def test_truncated_log_is_read_again_from_its_start(tmp_path, docker, redis_url)
         docker.truncate(web)
         docker.log(web, "after")
         wait_for_lines(redis_url, ["after"])
-    assert [line.text for line in stream_lines(redis_url)][-1] == "after"
-    assert len(stream_lines(redis_url)) == 3
+    first, _, after = stream_lines(redis_url)
+    assert after.text == "after"
+    # The same offset, but not the same id: the line is not taken for a copy of the first.
+    assert first.id.endswith(":0") and after.id.endswith(":0") and after.id != first.id
 
 
 # --- what Docker's files say (no collector needed) -------------------------

@@ -15,7 +15,7 @@ from pyfilter.collector.sources.tail import Position
 from pyfilter.common.keys import Keys
 
 from .test_collector_support import (
-    HOST, Collector, file_source, settle, stream_lines, texts, wait_for, wait_for_lines, write,
+    HOST, Collector, file_source, position, settle, stream_lines, texts, wait_for, wait_for_lines, write,
 )
 
 
@@ -52,16 +52,17 @@ def test_file_that_appears_later_is_read_from_its_start(tmp_path, logs, redis_ur
         wait_for_lines(redis_url, ["first", "second"])
 
 
-def test_line_ids_name_source_file_identity_and_offset(tmp_path, logs, redis_url):
+def test_line_ids_name_source_file_identity_generation_and_offset(tmp_path, logs, redis_url):
     log = logs / "auth.log"
     log.touch()
     with Collector(tmp_path, redis_url, [file_source("auth", log)]).start() as c:
         c.ready("auth")
         write(log, "a", "bb", "ccc")
         wait_for_lines(redis_url, ["a", "bb", "ccc"])
-    st = os.stat(log)
+    st, gen = os.stat(log), position(redis_url, "auth", log)["gen"]
+    assert gen
     assert [line.id for line in stream_lines(redis_url)] == [
-        f"auth:{st.st_dev}:{st.st_ino}:{offset}" for offset in (0, 2, 5)]
+        f"auth:{st.st_dev}:{st.st_ino}:{gen}:{offset}" for offset in (0, 2, 5)]
 
 
 def test_rename_rotation_loses_no_lines(tmp_path, logs, redis_url):
@@ -149,6 +150,61 @@ def test_truncated_file_is_read_again_from_the_start(tmp_path, logs, redis_url):
         # changed first bytes give it away.
         write(log, "replaced by a longer text, longer than before", "and more", mode="w")
         wait_for_lines(redis_url, ["replaced by a longer text, longer than before", "and more"])
+
+
+def test_truncated_file_starts_a_new_generation(tmp_path, logs, redis_url):
+    log = logs / "app.log"
+    log.touch()
+    with Collector(tmp_path, redis_url, [file_source("app", log)]).start() as c:
+        c.ready()
+        write(log, "same text", "same text")
+        wait_for(lambda: position(redis_url, "app", log)["offset"] == log.stat().st_size, what="both lines")
+        before = position(redis_url, "app", log)["gen"]
+        os.truncate(log, 0)
+        write(log, "new text")
+        wait_for(lambda: len(stream_lines(redis_url)) == 3, what="the line after the truncation")
+    ids = [line.id for line in stream_lines(redis_url)]
+    after, prefix = position(redis_url, "app", log)["gen"], f"app:{log.stat().st_dev}:{log.stat().st_ino}"
+    assert after != before
+    assert ids == [f"{prefix}:{before}:0", f"{prefix}:{before}:10", f"{prefix}:{after}:0"]
+
+
+def test_restart_resumes_in_the_same_generation(tmp_path, logs, redis_url):
+    log = logs / "app.log"
+    log.touch()
+    collector = Collector(tmp_path, redis_url, [file_source("app", log)])
+    with collector.start() as c:
+        c.ready()
+        write(log, "one")
+        wait_for_lines(redis_url, ["one"])
+        gen = position(redis_url, "app", log)["gen"]
+        c.kill()
+    write(log, "two")
+    with collector.start():
+        wait_for_lines(redis_url, ["two"])
+    assert [line.id.split(":")[-2] for line in stream_lines(redis_url)] == [gen, gen]
+
+
+def test_checkpoint_from_before_generations_still_loads(tmp_path, logs, redis_url):
+    """A checkpoint an older collector wrote (no `gen`): read on where it stopped, ids
+    in their old form (a line sent again keeps its id), until the file is truncated."""
+    log = logs / "app.log"
+    write(log, "read before the upgrade")
+    st = log.stat()
+    redis.Redis.from_url(redis_url).hset(Keys().checkpoint(HOST, "app"), mapping={
+        "started": "1", "seen": repr(st.st_mtime + 10),
+        f"{st.st_dev}:{st.st_ino}": f'{{"path":"{log}","offset":{st.st_size}}}'})
+    with Collector(tmp_path, redis_url, [file_source("app", log)]).start() as c:
+        write(log, "after the upgrade")
+        wait_for_lines(redis_url, ["after the upgrade"])
+        os.truncate(log, 0)
+        write(log, "after a truncation")
+        wait_for_lines(redis_url, ["after the upgrade", "after a truncation"])
+        assert c.stop() == 0
+    old, new = stream_lines(redis_url)
+    identity = f"app:{st.st_dev}:{st.st_ino}"
+    assert old.id == f"{identity}:{st.st_size}"
+    assert new.id == f"{identity}:{position(redis_url, 'app', log)['gen']}:0"
 
 
 def test_deleted_and_recreated_file_is_followed(tmp_path, logs, redis_url):
@@ -268,7 +324,7 @@ def test_directory_in_place_of_a_file_is_logged_and_retried(tmp_path, logs, redi
         bad.rmdir()
         write(bad, "now a file")
         wait_for_lines(redis_url, ["now a file"])
-        assert "is not a regular file" in c.logs()
+        assert "is a directory, not a regular file" in c.logs()
 
 
 def test_unreadable_file_is_logged_and_retried(tmp_path, logs, redis_url):
@@ -286,3 +342,106 @@ def test_sigterm_exits_zero(tmp_path, logs, redis_url):
     with Collector(tmp_path, redis_url, [file_source("app", logs / "app.log")]).start() as c:
         c.ready()  # running, past its start
         assert c.stop() == 0
+
+
+def point_link(link, target) -> None:
+    """`ln -sfn`: a new link renamed over the old one, so the path never vanishes."""
+    tmp = link.with_name(link.name + ".new")
+    os.symlink(target, tmp)
+    os.rename(tmp, link)
+
+
+def test_symlinked_log_whose_target_is_replaced_loses_no_lines(tmp_path, logs, redis_url):
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    link = logs / "current.log"
+    (targets / "app-1.log").touch()
+    point_link(link, targets / "app-1.log")
+    collector = Collector(tmp_path, redis_url, [file_source("app", link)])
+    with collector.start() as c:
+        c.ready()
+        write(targets / "app-1.log", "one")
+        wait_for_lines(redis_url, ["one"])
+        write(targets / "app-2.log", "two")
+        point_link(link, targets / "app-2.log")
+        write(targets / "app-1.log", "late line in the old target")
+        wait_for_lines(redis_url, ["two", "late line in the old target"])
+        c.kill()
+    # Replaced again while the collector is down, with lines left unread in the old target.
+    write(targets / "app-2.log", "three, never read before the switch")
+    write(targets / "app-3.log", "four")
+    point_link(link, targets / "app-3.log")
+    with collector.start():
+        found = wait_for_lines(redis_url, ["three, never read before the switch", "four"])
+        settle()
+    assert sorted(found) == sorted(["one", "two", "late line in the old target",
+                                    "three, never read before the switch", "four"])
+
+
+def test_copy_being_read_at_a_crash_is_resumed_not_read_again(tmp_path, logs, redis_url):
+    log = logs / "app.log"
+    log.touch()
+    collector = Collector(tmp_path, redis_url, [file_source("app", log)])
+    with collector.start() as c:
+        c.ready()
+        write(log, "one", "two")
+        wait_for_lines(redis_url, ["one", "two"])
+        c.proc.send_signal(signal.SIGSTOP)  # so "three" is read from the copy
+        try:
+            write(log, "three")
+            shutil.copyfile(log, logs / "app.log.1")
+            os.truncate(log, 0)
+        finally:
+            c.proc.send_signal(signal.SIGCONT)
+        wait_for_lines(redis_url, ["three"])
+        c.kill()  # the copy is still followed, under its rotated name
+    write(log, "four")
+    with collector.start():
+        wait_for_lines(redis_url, ["four"])
+        settle()
+    assert sorted(texts(redis_url)) == ["four", "one", "three", "two"]
+
+
+@pytest.mark.parametrize("after", [[], ["b1"]])
+def test_copytruncate_before_the_first_read_loses_nothing(tmp_path, logs, redis_url, after):
+    """The file was empty at the last look: nothing read, no first bytes to tell a truncation by."""
+    log = logs / "app.log"
+    log.touch()
+    with Collector(tmp_path, redis_url, [file_source("app", log)]).start() as c:
+        c.ready()
+        c.proc.send_signal(signal.SIGSTOP)
+        try:
+            write(log, "a1", "a2")
+            shutil.copyfile(log, logs / "app.log.1")
+            os.truncate(log, 0)
+            write(log, *after)
+        finally:
+            c.proc.send_signal(signal.SIGCONT)
+        found = wait_for_lines(redis_url, ["a1", "a2", *after])
+        settle()
+    assert sorted(texts(redis_url)) == sorted(found) and len(found) == 2 + len(after)
+
+
+def test_link_targets_never_seen_while_the_collector_was_down_are_read(tmp_path, logs, redis_url):
+    """Two replacements of the link's target while down: the middle target was never its target
+    while the collector looked, and only its name (`app-2.log` beside `app-3.log`) gives it away."""
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    link = logs / "current.log"
+    (targets / "app-1.log").touch()
+    point_link(link, targets / "app-1.log")
+    collector = Collector(tmp_path, redis_url, [file_source("app", link)])
+    with collector.start() as c:
+        c.ready()
+        write(targets / "app-1.log", "r1")
+        wait_for_lines(redis_url, ["r1"])
+        c.kill()
+    for n in (2, 3):
+        write(targets / f"app-{n}.log", f"r{n}")
+        point_link(link, targets / f"app-{n}.log")
+        write(targets / f"app-{n - 1}.log", f"late {n - 1}")
+    write(targets / "unrelated.log", "another program's log")
+    with collector.start():
+        wait_for_lines(redis_url, ["r1", "late 1", "r2", "late 2", "r3"])
+        settle()
+    assert sorted(texts(redis_url)) == ["late 1", "late 2", "r1", "r2", "r3"]

@@ -11,7 +11,7 @@ from pyfilter.common.keys import Keys
 from pyfilter.common.messages import decode_batch
 
 from .test_collector_support import (
-    Collector, file_source, settle, stream_lines, texts, wait_for, wait_for_lines, write,
+    HOST, Collector, file_source, settle, stream_lines, texts, wait_for, wait_for_lines, write,
 )
 
 
@@ -23,13 +23,13 @@ def test_full_stream_waits_for_the_detectors_instead_of_trimming(tmp_path, redis
     with Collector(tmp_path, redis_url, [file_source("app", log)], batch_lines=1, lines_maxlen=1000).start() as c:
         c.ready()
         write(log, *lines)
-        wait_for(lambda: client.xlen(Keys().lines) > 1000, what="a full stream")
+        wait_for(lambda: client.xlen(Keys().lines(HOST)) > 1000, what="a full stream")
         settle(0.5)
-        assert client.xlen(Keys().lines) == 1001  # it stopped writing: no trimming
+        assert client.xlen(Keys().lines(HOST)) == 1001  # it stopped writing: no trimming
         # A detector drains the stream (it deletes what it acknowledged).
         seen = texts(redis_url)
-        ids = [entry_id for entry_id, _ in client.xrange(Keys().lines)]
-        client.xdel(Keys().lines, *ids)
+        ids = [entry_id for entry_id, _ in client.xrange(Keys().lines(HOST))]
+        client.xdel(Keys().lines(HOST), *ids)
         wait_for(lambda: len(set(seen) | set(texts(redis_url))) == 1500, what="the rest of the lines")
     assert set(seen) | set(texts(redis_url)) == set(lines)
 
@@ -82,7 +82,7 @@ def test_batches_hold_at_most_batch_lines(tmp_path, redis_url):
         write(log, *[f"l{i}" for i in range(100)])
         wait_for_lines(redis_url, [f"l{i}" for i in range(100)])
     client = redis.Redis.from_url(redis_url)
-    assert client.xlen(Keys().lines) >= 15
+    assert client.xlen(Keys().lines(HOST)) >= 15
     assert [line.text for line in stream_lines(redis_url)] == [f"l{i}" for i in range(100)]
 
 
@@ -95,4 +95,4 @@ def test_batches_carry_the_zone_their_source_writes_times_in(tmp_path, redis_url
         write(log, "Nov 17 20:00:00 h sshd[1]: Failed password for root from 198.51.100.7 port 22")
         wait_for_lines(redis_url, ["Nov 17 20:00:00 h sshd[1]: Failed password for root from 198.51.100.7 port 22"])
     client = redis.Redis.from_url(redis_url)
-    assert {decode_batch(fields[b"m"]).tz for _, fields in client.xrange(Keys().lines)} == {"America/New_York"}
+    assert {decode_batch(fields[b"m"]).tz for _, fields in client.xrange(Keys().lines(HOST))} == {"America/New_York"}

@@ -5,6 +5,7 @@ No tests here; the collector tests import these.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -131,7 +132,7 @@ def stream_lines(redis_url: str) -> list[Line]:
     lines: list[Line] = []
     last = "-"
     while True:
-        entries = client.xrange(Keys().lines, min=last, count=1000)
+        entries = client.xrange(Keys().lines(HOST), min=last, count=1000)
         if last != "-":
             entries = entries[1:]
         if not entries:
@@ -140,6 +141,13 @@ def stream_lines(redis_url: str) -> list[Line]:
             assert list(fields) == [b"m"], f"stream entry with fields {list(fields)}"
             lines += decode_batch(fields[b"m"]).lines
         last = entries[-1][0]
+
+
+def position(redis_url: str, source: str, path: Path | str) -> dict | None:
+    """The checkpoint's position of the file at `path` (offset, generation...), None if none."""
+    st = os.stat(path)
+    saved = redis.Redis.from_url(redis_url).hget(Keys().checkpoint(HOST, source), f"{st.st_dev}:{st.st_ino}")
+    return None if saved is None else json.loads(saved)
 
 
 def texts(redis_url: str) -> list[str]:

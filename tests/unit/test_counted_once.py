@@ -87,6 +87,6 @@ def test_an_attack_in_the_journal_and_in_auth_log_counts_once(tmp_path, redis_ur
 
 
 def drained(client: redis.Redis, keys: Keys) -> bool:
-    if not client.exists(keys.lines) or client.xlen(keys.lines):
+    if not client.exists(keys.lines(HOST)) or client.xlen(keys.lines(HOST)):
         return False
-    return all(g["pending"] == 0 for g in client.xinfo_groups(keys.lines) if g["name"] == DETECT_GROUP.encode())
+    return all(g["pending"] == 0 for g in client.xinfo_groups(keys.lines(HOST)) if g["name"] == DETECT_GROUP.encode())

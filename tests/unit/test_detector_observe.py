@@ -164,12 +164,14 @@ def test_an_undecodable_lines_entry_is_moved_aside_and_the_rest_counted(redis_ur
     """The one dead-letter policy (common/streams.py), seen from a detector."""
     async def go():
         d = detector(redis_url)
-        await d.lines.ensure_group()
-        bad = await d.client.xadd(d.keys.lines, {"m": b"not msgpack"})
-        await d.client.xadd(d.keys.lines, {"m": messages.encode(batch("198.51.100.7"))})
+        await d.client.sadd(d.keys.hosts, "h")
+        await d.follow_hosts()
+        stream = d.keys.lines("h")
+        bad = await d.client.xadd(stream, {"m": b"not msgpack"})
+        await d.client.xadd(stream, {"m": messages.encode(batch("198.51.100.7"))})
         await d.handle(await d.lines.new())
-        dead = await d.client.xrange(d.keys.lines + ":dead")
-        left = await d.client.xlen(d.keys.lines)
+        dead = await d.client.xrange(stream + ":dead")
+        left = await d.client.xlen(stream)
         lines, _ = await status.last_hour(d.client, d.keys, "h")
         await d.client.aclose()
         return dead, bad, left, lines

@@ -55,7 +55,7 @@ def feed(client: redis.Redis, lines: list[str]) -> None:
         chunk = [messages.Line(f"auth:1:2:{i * 200}", text)
                  for i, text in enumerate(lines[start:start + BATCH], start)]
         batch = messages.LineBatch(host="h1", source="auth", lines=chunk, read_at=time.time())
-        client.xadd(KEYS.lines, {"m": messages.encode(batch)})
+        client.xadd(KEYS.lines("h1"), {"m": messages.encode(batch)})
 
 
 def start_detector(config: Path, url: str) -> subprocess.Popen:
@@ -71,9 +71,9 @@ def start_detector(config: Path, url: str) -> subprocess.Popen:
 
 
 def drained(client: redis.Redis) -> bool:
-    if client.xlen(KEYS.lines):
+    if client.xlen(KEYS.lines("h1")):
         return False
-    groups = client.xinfo_groups(KEYS.lines)
+    groups = client.xinfo_groups(KEYS.lines("h1"))
     return all(g["pending"] == 0 for g in groups)
 
 
@@ -109,7 +109,7 @@ def freeze_while_holding(client: redis.Redis, victim: subprocess.Popen) -> None:
     consumer = victim.consumer
     while True:
         victim.send_signal(signal.SIGSTOP)
-        held = [c for c in client.xinfo_consumers(KEYS.lines, DETECT_GROUP)
+        held = [c for c in client.xinfo_consumers(KEYS.lines("h1"), DETECT_GROUP)
                 if c["name"].decode() == consumer and c["pending"] > 0]
         if held:
             return
@@ -123,10 +123,11 @@ def run_replicas(url: str, config: Path, replicas: int, kill_one: bool,
     client = sync_client(url)
     if not keep_data:
         client.flushall()
+    client.sadd(KEYS.hosts, "h1")
     # With a victim, it starts alone so the batches it will die holding are its own.
     procs = [start_detector(config, url) for _ in range(1 if kill_one else replicas)]
     try:
-        wait(lambda: len(client.xinfo_groups(KEYS.lines)) if client.exists(KEYS.lines) else False,
+        wait(lambda: len(client.xinfo_groups(KEYS.lines("h1"))) if client.exists(KEYS.lines("h1")) else False,
              60, "the detectors' consumer group", config.parent / "detectors.log")
         feed(client, attack_log())
         if kill_one:
@@ -163,15 +164,16 @@ def test_a_stopped_detector_finishes_what_it_took(redis_url, tmp_path):
     config = write_config(tmp_path)
     client = sync_client(redis_url)
     client.flushall()
+    client.sadd(KEYS.hosts, "h1")
     first = start_detector(config, redis_url)
     log = config.parent / "detectors.log"
-    wait(lambda: client.exists(KEYS.lines) and client.xinfo_groups(KEYS.lines), 60, "the consumer group", log)
+    wait(lambda: client.exists(KEYS.lines("h1")) and client.xinfo_groups(KEYS.lines("h1")), 60, "the consumer group", log)
     feed(client, attack_log() * 4)
-    wait(lambda: client.xinfo_groups(KEYS.lines)[0]["pending"] > 0, 30, "the detector to take work", log)
+    wait(lambda: client.xinfo_groups(KEYS.lines("h1"))[0]["pending"] > 0, 30, "the detector to take work", log)
     first.terminate()
     assert first.wait(30) == 0
-    assert client.xinfo_groups(KEYS.lines)[0]["pending"] == 0, log.read_text()[-3000:]
-    assert client.xlen(KEYS.lines) > 0, "the detector finished the whole stream before it was stopped"
+    assert client.xinfo_groups(KEYS.lines("h1"))[0]["pending"] == 0, log.read_text()[-3000:]
+    assert client.xlen(KEYS.lines("h1")) > 0, "the detector finished the whole stream before it was stopped"
     second = start_detector(config, redis_url)  # the rest, for the same bans as without a stop
     try:
         wait(lambda: drained(client), 60, "every batch to be processed", log)

@@ -191,7 +191,7 @@ def test_enforcer_publishes_its_own_addresses_for_detectors_and_api(redis_url):
 
 
 async def _published(client) -> bool:
-    return bool(await client.hgetall(KEYS.own_addresses))
+    return bool(await client.hgetall(KEYS.own_addresses("host-b")))
 
 
 class CountingBackend(LogOnlyBackend):
@@ -208,7 +208,9 @@ class CountingBackend(LogOnlyBackend):
         await super()._ban(bans)
 
 
-def test_decision_redelivered_after_a_crash_is_not_applied_twice(redis_url):
+def test_decision_read_through_the_old_group_and_not_acknowledged_is_taken_over_once(redis_url):
+    """Upgrade from consumer groups: the position starts at the group's oldest
+    pending entry, which the kernel may already have: it is not applied twice."""
     from pyfilter.common.redisio import ensure_group
     from pyfilter.enforcer.backends.base import Ban, parse_target_text
 
@@ -216,24 +218,67 @@ def test_decision_redelivered_after_a_crash_is_not_applied_twice(redis_url):
         client = aioredis.from_url(redis_url)
         group = KEYS.enforce_group("host-b")
         await ensure_group(client, KEYS.decisions, group, start="$")
+        await publish(client, "ban", "198.51.100.19")
+        await client.xreadgroup(group, "host-b", {KEYS.decisions: ">"})
+        await client.xack(KEYS.decisions, group, (await client.xrange(KEYS.decisions))[-1][0])
         await publish(client, "ban", "198.51.100.20")
         # A previous run read it and put it in the kernel, then died before its ack.
         await client.xreadgroup(group, "host-b", {KEYS.decisions: ">"})
         kernel = CountingBackend()
-        await LogOnlyBackend._ban(kernel, [Ban(parse_target_text("198.51.100.20"), 600)])
+        await LogOnlyBackend._ban(kernel, [Ban(parse_target_text(a), 600) for a in ("198.51.100.19", "198.51.100.20")])
         async with Running(redis_url, kernel):
-            await until(lambda: _pending_is_empty(client, group))
             await publish(client, "ban", "198.51.100.21")
             await until(lambda: _has(kernel, "198.51.100.21"))
+            await until(lambda: _read_to_the_end(client))
         await client.aclose()
         return kernel.applied
     applied = asyncio.run(go())
     assert applied == {"198.51.100.21": 1}
 
 
-async def _pending_is_empty(client, group) -> bool:
-    info = await client.xpending(KEYS.decisions, group)
-    return info["pending"] == 0
+def test_the_first_position_comes_from_the_old_group_or_the_end_of_the_stream(redis_url):
+    from pyfilter.common.redisio import ensure_group
+    from pyfilter.enforcer.position import Position, before
+
+    async def go():
+        client = aioredis.from_url(redis_url)
+        first = await client.xadd(KEYS.decisions, {"m": b"1"})
+        second = await client.xadd(KEYS.decisions, {"m": b"2"})
+        await ensure_group(client, KEYS.decisions, KEYS.enforce_group("pending"), start="0")
+        await client.xreadgroup(KEYS.enforce_group("pending"), "c", {KEYS.decisions: ">"})
+        await client.xack(KEYS.decisions, KEYS.enforce_group("pending"), first)
+        await ensure_group(client, KEYS.decisions, KEYS.enforce_group("acked"), start="0")
+        await client.xreadgroup(KEYS.enforce_group("acked"), "c", {KEYS.decisions: ">"}, count=1)
+        await client.xack(KEYS.decisions, KEYS.enforce_group("acked"), first)
+        found = {host: await Position(client, KEYS, host).load() for host in ("pending", "acked", "new")}
+        await client.set(KEYS.decisions_read("new"), first)  # saved positions win from then on
+        again = await Position(client, KEYS, "new").load()
+        await client.aclose()
+        return found, again, first, second
+    found, again, first, second = asyncio.run(go())
+    assert found == {"pending": before(second), "acked": first, "new": second}
+    assert again == first
+    assert before(b"5-0") == b"4-18446744073709551615" and before(b"5-3") == b"5-2"
+
+
+def test_decisions_after_the_saved_position_are_applied_after_a_restart_and_no_others(redis_url):
+    async def go():
+        client = aioredis.from_url(redis_url)
+        kernel = CountingBackend()
+        async with Running(redis_url, kernel):
+            await publish(client, "ban", "198.51.100.30")
+            await until(lambda: _read_to_the_end(client))
+        await publish(client, "ban", "198.51.100.31")
+        async with Running(redis_url, kernel):
+            await until(lambda: _read_to_the_end(client))
+        await client.aclose()
+        return kernel.applied
+    assert asyncio.run(go()) == {"198.51.100.30": 1, "198.51.100.31": 1}
+
+
+async def _read_to_the_end(client) -> bool:
+    last = await client.xrevrange(KEYS.decisions, count=1)
+    return bool(last) and await client.get(KEYS.decisions_read("host-b")) == last[0][0]
 
 
 def test_operator_whitelist_in_redis_is_honoured(redis_url):
@@ -254,21 +299,19 @@ def test_operator_whitelist_in_redis_is_honoured(redis_url):
     assert set(asyncio.run(go())) == {"2001:db8:bb::5"}
 
 
-def test_an_undecodable_decision_is_moved_aside_and_the_next_applied(redis_url):
-    """The one dead-letter policy (common/streams.py), seen from an enforcer."""
+def test_an_undecodable_decision_is_skipped_and_the_next_applied(redis_url):
+    """An enforcer may not write the decisions stream (nor its dead letters): it
+    logs and counts what it cannot read, and goes on (common/streams.py)."""
     async def go():
         client = aioredis.from_url(redis_url)
         kernel = LogOnlyBackend()
         async with Running(redis_url, kernel):
-            # The group starts at "$": the entry must come after it.
-            await until(lambda: client.exists(KEYS.decisions))
-            bad = await client.xadd(KEYS.decisions, {"m": b"not msgpack"})
+            # The position starts at the end of the stream: the entry must come after it.
+            await until(lambda: client.exists(KEYS.decisions_read("host-b")))
+            await client.xadd(KEYS.decisions, {"m": b"not msgpack"})
             await publish(client, "ban", "198.51.100.7")
             await until(lambda: _has(kernel, "198.51.100.7"))
-        dead = await client.xrange(KEYS.decisions + ":dead")
-        assert [(f[b"m"], f[b"from"], f[b"group"]) for _, f in dead] == \
-            [(b"not msgpack", bad, KEYS.enforce_group("host-b").encode())]
-        [group] = await client.xinfo_groups(KEYS.decisions)
-        assert group["pending"] == 0
+            await until(lambda: _read_to_the_end(client))
+        assert not await client.exists(KEYS.decisions + ":dead")
         await client.aclose()
     asyncio.run(go())

@@ -168,7 +168,7 @@ def test_a_decision_of_the_previous_version_is_still_applied(redis_url):
         kernel = LogOnlyBackend()
         async with Running(redis_url, kernel) as enforcer:
             # Straight onto the stream (no active ban): it reaches the kernel as a decision.
-            await until(lambda: _reading(client, enforcer.decisions.group))
+            await until(lambda: client.exists(enforcer.position.key))
             for decision in (old, oldest):
                 await client.xadd(KEYS.decisions, {"m": msgspec.msgpack.encode(decision)})
             await until(lambda: _has(kernel, "198.51.100.20|22|reject"))
@@ -176,12 +176,6 @@ def test_a_decision_of_the_previous_version_is_still_applied(redis_url):
         await client.aclose()
         return set(await kernel.list())
     assert asyncio.run(go()) == {"198.51.100.20|22|reject", "198.51.100.21"}
-
-
-async def _reading(client, group: str) -> bool:
-    if not await client.exists(KEYS.decisions):
-        return False
-    return any(g["name"] == group.encode() for g in await client.xinfo_groups(KEYS.decisions))
 
 
 def test_bans_from_before_the_ledger_keep_their_record_count_and_scope(redis_url):

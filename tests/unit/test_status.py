@@ -156,12 +156,13 @@ def test_a_report_is_written_when_it_changes_and_expires_when_its_host_is_gone(r
 def test_the_detector_counts_lines_and_failures_per_minute_in_its_acknowledging_round_trip(redis_url):
     async def go():
         d = detector(redis_url)
-        await ensure_group(d.client, d.keys.lines, DETECT_GROUP)
+        stream = d.keys.lines("web-1")
+        await ensure_group(d.client, stream, DETECT_GROUP)
         b = msgspec.structs.replace(batch("198.51.100.7", "198.51.100.8"), host="web-1")
         b.lines.append(messages.Line("auth:0:0:9", "sshd[1]: Accepted publickey for root"))
-        await d.client.xadd(d.keys.lines, {"m": messages.encode(b)})
-        reply = await d.client.xreadgroup(DETECT_GROUP, d.consumer, {d.keys.lines: ">"})
-        await d.handle(reply[0][1])
+        await d.client.xadd(stream, {"m": messages.encode(b)})
+        reply = await d.client.xreadgroup(DETECT_GROUP, d.consumer, {stream: ">"})
+        await d.handle([(stream, entry_id, fields) for entry_id, fields in reply[0][1]])
         counts = await status.last_hour(d.client, d.keys, "web-1")
         ttl = await d.client.ttl(d.keys.counts("web-1", int(time.time() // 60)))
         await d.client.aclose()
@@ -211,7 +212,8 @@ def test_the_report_joins_sources_counts_bans_and_the_firewall_per_host(redis_ur
 def test_problems_say_what_is_missing_and_a_silent_host_is_not_reporting(redis_url, tmp_path):
     async def stale():
         client = aioredis.Redis.from_url(redis_url)
-        await client.hset(KEYS.status_seen, "collector:web-2", repr(NOW - 3600))  # its report expired
+        await client.sadd(KEYS.hosts, "web-2")
+        await client.hset(KEYS.status_seen("web-2"), "collector", repr(NOW - 3600))  # its report expired
         await client.aclose()
 
     asyncio.run(stale())

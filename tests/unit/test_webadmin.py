@@ -165,6 +165,17 @@ def test_dashboard_login_ban_search_unban(server, page):
     page.locator('#whitelist tr[data-network="198.51.100.85/32"] button').click()
     expect(page.locator('#whitelist tr[data-network="198.51.100.85/32"]')).to_have_count(0)
 
+    # Pages of 100: the next page holds the rest, the previous one comes back.
+    page.fill("#ban-form textarea", "\n".join(f"2001:db8::{i:x}" for i in range(1, 121)))
+    page.click("#ban-form button")
+    expect(page.locator("#message")).to_contain_text("Banned 120 address(es)")
+    expect(page.locator("#bans-summary")).to_have_text("page 1: 100 of 123 ban(s)")
+    page.click("#bans-next")
+    expect(page.locator("#bans-summary")).to_have_text("page 2: 23 of 123 ban(s)")
+    expect(page.locator("#bans-next")).to_be_disabled()
+    page.click("#bans-previous")
+    expect(page.locator("#bans-summary")).to_have_text("page 1: 100 of 123 ban(s)")
+
     # Logging out hides the writes again.
     page.click("#logout")
     expect(page.locator("#ban-form")).to_be_hidden()
@@ -195,8 +206,9 @@ def test_the_protection_panel_shows_each_hosts_rules_firewall_and_problems(serve
     client = redis.Redis.from_url(redis_url)
     for service, report in (("collector", collector), ("enforcer", enforcer)):
         client.set(keys.status(service, "web-1"), messages.encode(report))
-        client.hset(keys.status_seen, f"{service}:web-1", repr(now))
-    client.hset(keys.status_seen, "enforcer:mail-1", repr(now - 3600))  # its report expired
+        client.hset(keys.status_seen("web-1"), service, repr(now))
+    client.sadd(keys.hosts, "web-1", "mail-1")
+    client.hset(keys.status_seen("mail-1"), "enforcer", repr(now - 3600))  # its report expired
 
     page.goto(url + "/")
     web1, mail1 = page.locator('#protection [data-host="web-1"]'), page.locator('#protection [data-host="mail-1"]')

@@ -8,7 +8,10 @@
 const POLL_MS = 5000;
 const TOKEN_KEY = "pyfilter-token";
 const SVG = "http://www.w3.org/2000/svg";
-const state = { search: {}, expanded: new Set(), token: sessionStorage.getItem(TOKEN_KEY) };
+// `pages`: the cursors of the pages before the one shown (the API pages with cursors, 100 bans
+// a page); `cursor`: the one shown ("" for the first), `next` the following one, if any.
+const state = { search: {}, expanded: new Set(), token: sessionStorage.getItem(TOKEN_KEY),
+                pages: [], cursor: "", next: null };
 
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
@@ -226,7 +229,12 @@ function renderBans(list) {
       el("td", {}, b.reason), actions));
     if (state.expanded.has(key)) body.append(details(b));
   }
-  $("bans-summary").textContent = `${list.bans.length} of ${list.total} ban(s)`;
+  const page = state.pages.length + 1;
+  const total = list.total == null ? "" : ` of ${list.total}`;
+  $("bans-summary").textContent = `page ${page}: ${list.bans.length}${total} ban(s)`;
+  state.next = list.next;
+  $("bans-next").disabled = !list.next;
+  $("bans-previous").disabled = !state.pages.length;
 }
 
 function renderWhitelist(entries) {
@@ -242,6 +250,7 @@ function renderWhitelist(entries) {
 
 async function refresh(withBans = true) {
   const query = new URLSearchParams({ ...state.search, limit: "100" });
+  if (state.cursor) query.set("cursor", state.cursor);
   try {
     const [stats, bans, whitelist, status] = await Promise.all([
       api("GET", "/stats"), withBans ? api("GET", `/bans?${query}`) : null, api("GET", "/whitelist"),
@@ -303,12 +312,31 @@ function search(event) {
     if (value) state.search[name] = value;
   }
   if (form.all.checked) state.search.all = "1";
-  refresh();
+  firstPage();
 }
 
 function clearSearch() {
   $("search-form").reset();
   state.search = {};
+  firstPage();
+}
+
+function firstPage() {
+  state.pages = [];
+  state.cursor = "";
+  refresh();
+}
+
+function nextPage() {
+  if (!state.next) return;
+  state.pages.push(state.cursor);
+  state.cursor = state.next;
+  refresh();
+}
+
+function previousPage() {
+  if (!state.pages.length) return;
+  state.cursor = state.pages.pop();
   refresh();
 }
 
@@ -317,11 +345,13 @@ document.addEventListener("DOMContentLoaded", () => {
   $("logout").addEventListener("click", () => logout());
   $("search-form").addEventListener("submit", search);
   $("search-clear").addEventListener("click", clearSearch);
+  $("bans-next").addEventListener("click", nextPage);
+  $("bans-previous").addEventListener("click", previousPage);
   $("ban-form").addEventListener("submit", ban);
   $("whitelist-form").addEventListener("submit", whitelist);
   showLogin();
   refresh();
   // A search that includes history is not repeated on the timer (only on a new search,
-  // a ban or an unban): it makes the api read every past ban, up to 100,000 of them.
+  // a ban or an unban): it reads the history stream, up to 5,000 entries a page.
   setInterval(() => refresh(!state.search.all), POLL_MS);
 });

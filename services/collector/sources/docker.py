@@ -23,7 +23,8 @@ Docker cuts a line longer than 16 KB into pieces; only the first is sent (the
 others start wherever the writer's text happened to be cut, so they could
 read as any line an attacker likes).
 
-Line ids are the file's, `source:dev:ino:offset`. Checkpoint fields:
+Line ids are the file's, `source:dev:ino:generation:offset` (tail.py: a
+truncation starts a new generation). Checkpoint fields:
 `"{dev}:{ino}"` -> `tail.Position` of a log file, STARTED, and SEEN (when
 the folder was last looked at). A container first seen after the source
 started is read from its first line written after the look before; at the
@@ -48,7 +49,7 @@ from .. import privsep
 from .base import STARTED, Batch, Reader, to_text
 from .containers import LOG_DRIVER, Container, Folder, decode_entry, label_matches, label_rules, \
     parse_time, program_for
-from .tail import Position, Tail, saved_positions
+from .tail import NotALogFile, Position, Tail, open_log, saved_positions
 from .wake import Wake, woken
 
 log = logging.getLogger("pyfilter.collector.docker")
@@ -279,10 +280,10 @@ class DockerSource(Reader):
         folder = os.path.dirname(followed.path)
         saved = {k: p for k, p in self.saved.items() if os.path.dirname(p.path) == folder}
         hit = next(((path, _key(st)) for path, st in chain if _key(st) in saved), None)
-        head, fp = 0, ""
+        resumed = None
         if hit is not None:
-            path, pos = hit[0], saved[hit[1]]
-            start, head, fp = pos.offset, pos.head, pos.fp
+            path, resumed = hit[0], saved[hit[1]]
+            start = resumed.offset
         elif saved:
             log.warning("a container's log rotated away while the collector was stopped (compressed "
                         "or deleted); lines written after the last checkpoint may be missing",
@@ -296,26 +297,32 @@ class DockerSource(Reader):
             path, start = chain[-1][0], chain[-1][1].st_size
         else:
             path, start = self._start(chain, since - CLOCK_SLACK)
-        if self._attach(followed, path, start, head, fp):
+        if self._attach(followed, path, start, resumed):
             for key in saved:
                 del self.saved[key]
                 if key != followed.tail.key:
                     self.forget.append(key)
 
-    def _attach(self, followed: Followed, path: str, offset: int, head: int = 0, fp: str = "",
+    def _attach(self, followed: Followed, path: str, offset: int, saved: Position | None = None,
                 quiet: bool = False) -> bool:
-        """Read `path` from `offset` for the container; False if it cannot be opened (said)."""
+        """Read `path` from `offset` (or where `saved` stopped) for the container;
+        False if it cannot be opened (said)."""
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd, st = open_log(path)
         except OSError as exc:
             self._problem(path, f"cannot open: {exc.strerror}")
             return False
-        st = os.fstat(fd)
+        except NotALogFile as exc:
+            self._problem(path, str(exc))
+            return False
         if self.problems.pop(path, None):
             log.info("container log readable again", extra={"source": self.name, "path": path})
-        tail = Tail(self.name, path, fd, st, offset if offset <= st.st_size else 0, head, fp)
-        if head and not tail.head_matches():
-            tail.reset(0)  # truncated while we were away, or another file reused the inode
+        if saved is None:
+            tail = Tail(self.name, path, fd, st, offset)
+        else:
+            tail = Tail.resume(self.name, path, fd, st, saved)
+            if saved.offset > st.st_size or not tail.head_matches():
+                tail.reset(0)  # truncated while we were away, or another file reused the inode
         followed.tail = tail
         if tail.offset:
             followed.skipping = _open_pieces(fd, tail.offset)
@@ -328,11 +335,11 @@ class DockerSource(Reader):
         """The first line written at or after `since`, in the chain of a container's log files."""
         for path, _ in chain:
             try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
+                fd, st = open_log(path)
+            except (OSError, NotALogFile):
                 continue
             try:
-                size = os.fstat(fd).st_size
+                size = st.st_size
                 if path == chain[-1][0] or (_time_at(fd, _last_line(fd, size)) or 0) >= since:
                     return path, first_line_at(fd, size, since)
             finally:

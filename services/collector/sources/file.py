@@ -10,9 +10,12 @@ identity and looks at the watched paths again when inotify says they changed
   DRAIN_IDLE seconds (daemons write to it until they reopen), the new file is
   read from its start;
 - a file shorter than what was read, or whose first bytes changed
-  (copytruncate, truncation): it is read again from 0, after the unread rest
-  was taken from the copy if one sits next to it (`name.1` starting with the
-  same bytes);
+  (copytruncate, truncation, an edit in place: `how_changed`): it is read
+  again from 0 in a new generation (tail.py), after the unread rest was taken
+  from the copy if one sits next to it (`name.1`, or `name.1.gz`, starting
+  with the same bytes); an edit in place is warned about. A file changed
+  before anything of it was read has no first bytes to compare: a copy of
+  it made meanwhile is found as a rotated file never seen (below);
 - a watched path that appears later is read from its start.
 
 A file there before the source first started is read from its first line
@@ -23,18 +26,18 @@ count; with no lookback (or `from_start`), from its end (or its start).
 Checkpoint hash fields: `"{dev}:{ino}"` -> `Position` (JSON, readable with
 HGETALL), plus STARTED and SEEN. On restart a file resumes at its position if
 its identity and first bytes (`fp`, which guards against inode reuse) match.
-Files rotated while the collector was down are found next to the live file:
-by identity (read from the saved offset), and files it never saw (modified
-after SEEN) are read whole. Compressed files are never read.
+Files rotated while the collector was down are found next to the live file
+(or next to a symbolic link's new target) by identity and read from the
+saved offset, else in a compressed copy by their first bytes (packed.py);
+files it never saw (modified after SEEN) are read whole, compressed or not.
+Other compressed files are never read. A FIFO or device is refused, once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import glob
 import logging
 import os
-import re
 import stat
 import time
 from typing import AsyncIterator
@@ -44,8 +47,10 @@ from pyfilter.common.config import CollectorConfig, Source as SourceConfig
 from pyfilter.common.messages import Line
 
 from .base import STARTED, Batch, Reader, SourcePlan
+from .packed import Archive, Unpacked, being_made, find_copy, open_archive
+from .rotated import identity, link_targets, relatives, watched_paths
 from .seek import end_of_last_line, recent_start
-from .tail import Tail, head_is, saved_positions
+from .tail import CHANGES, TRUNCATED, NotALogFile, Tail, head_is, how_changed, open_log, saved_positions
 from .wake import Wake, folders_of, woken
 
 log = logging.getLogger("pyfilter.collector.file")
@@ -54,9 +59,6 @@ RESCAN = 5.0  # with inotify (wake.py): look at the paths at least this often, o
 DRAIN_IDLE = 5.0  # keep reading a rotated-away file until quiet this long (s)
 SEEN = "seen"  # checkpoint field: wall time of the scan behind the last batch
 SEEN_MARGIN = 1.0  # clock slack when judging "modified after SEEN" (s)
-COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".z", ".zip")
-# What logrotate appends to a rotated name: `.1`, or `-20240501` with dateext.
-ROTATED_NAME = re.compile(r"(\.\d+|-\d{8}(\d{2})?)$")
 
 
 class FileSource(Reader):
@@ -85,7 +87,8 @@ class FileSource(Reader):
         while not self.stop.is_set():
             if time.monotonic() >= next_scan:
                 if wake:  # before the scan: a change right after it still wakes us
-                    wake.watch(folders_of([*self.cfg.paths, *(t.path for t in self.tails.values())]))
+                    wake.watch(folders_of([*self.cfg.paths, *(t.path for t in self.tails.values()),
+                                           *link_targets(self.cfg.paths)]))
                 self._scan()
                 next_scan = time.monotonic() + self.opts.poll_interval
             progressed = False
@@ -145,7 +148,7 @@ class FileSource(Reader):
                 self._problem(path, f"cannot stat: {exc.strerror}")
                 continue
             if not stat.S_ISREG(st.st_mode):
-                self._problem(path, "is not a regular file")
+                self._problem(path, str(NotALogFile(st.st_mode)))
                 continue
             found.setdefault(f"{st.st_dev}:{st.st_ino}", (path, st))
 
@@ -171,23 +174,26 @@ class FileSource(Reader):
 
     def _open(self, path: str, st: os.stat_result) -> bool:
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd, st = open_log(path)  # st: what we opened, in case the path moved meanwhile
         except OSError as exc:
             self._problem(path, f"cannot open: {exc.strerror}")
             return False
-        st = os.fstat(fd)  # what we opened, in case the path moved meanwhile
+        except NotALogFile as exc:
+            self._problem(path, str(exc))
+            return False
         key = f"{st.st_dev}:{st.st_ino}"
-        if key in self.tails or not stat.S_ISREG(st.st_mode):
+        if key in self.tails:
             os.close(fd)
             return False
         if self.problems.pop(path, None):
             log.info("file readable again", extra={"source": self.name, "path": path})
         saved = self.saved.pop(key, None)
         if saved is not None:
-            tail = Tail(self.name, path, fd, st, saved.offset, saved.head, saved.fp)
+            tail = Tail.resume(self.name, path, fd, st, saved)
             self.tails[key] = tail
-            if st.st_size < saved.offset or not tail.head_matches():
-                self._restart(tail, "changed while the collector was stopped")
+            change = how_changed(st.st_size, saved.offset, tail.head_matches())
+            if change is not None:
+                self._restart(tail, change, st.st_size, stopped=True)
             return True
         # First sight of a file that was there before us (a new source, or a
         # path added to the config: unchanged since our last look) starts at
@@ -210,26 +216,42 @@ class FileSource(Reader):
         if st.st_size == tail.size and st.st_mtime_ns == tail.mtime:
             return False
         tail.size, tail.mtime = st.st_size, st.st_mtime_ns
-        if st.st_size >= tail.pos and tail.head_matches():
-            return False
-        self._restart(tail, "truncated or rewritten (copytruncate?)")
+        change = how_changed(st.st_size, tail.pos, tail.head_matches())
+        if change is None:
+            # Nothing read yet: no first bytes to tell a truncation by. Lines
+            # written and copied away since the last look (copytruncate) are
+            # in a copy that the look for rotated files never seen finds.
+            return tail.pos == 0
+        self._restart(tail, change, st.st_size)
         return True
 
-    def _restart(self, tail: Tail, why: str) -> None:
-        """Read a truncated file again from 0, after taking its unread rest from a copy."""
+    def _restart(self, tail: Tail, change: str, size: int, stopped: bool = False) -> None:
+        """Read a truncated or rewritten file again from 0, in a new generation
+        (its offsets are used again), after taking its unread rest from a copy."""
+        where = {"source": self.name, "path": tail.path, "offset": tail.offset, "size": size}
+        copy = None
         if tail.offset > 0:
             copy = self._find_sibling(tail.path, lambda c: c.st_size >= tail.offset,
                                       lambda fd: head_is(fd, tail.head, tail.fp))
             if copy is not None:
                 path, fd, st = copy
-                rest = Tail(self.name, path, fd, st, tail.offset, tail.head, tail.fp, live=False)
-                self.tails[rest.key] = rest
-                log.info("reading the rest of a truncated file from its copy",
-                         extra={"source": self.name, "path": tail.path, "copy": path, "offset": tail.offset})
-            elif tail.pos > tail.offset:
-                log.warning("file truncated before it was read to its end; no copy found next to it",
-                            extra={"source": self.name, "path": tail.path, "offset": tail.offset})
-        log.info("reading the file from the start", extra={"source": self.name, "path": tail.path, "why": why})
+                copy = path, Tail(self.name, path, fd, st, tail.offset, tail.head, tail.fp, live=False)
+            if copy is None and (packed := self._packed_copy(tail.path, tail.head, tail.fp, tail.offset)):
+                copy = packed[0], Unpacked(self.name, packed[1], packed[0], tail.offset, tail.head, tail.fp)
+        if copy is not None:
+            path, rest = copy
+            self.tails[rest.key] = rest
+            log.info("reading the rest of a truncated file from its copy", extra={**where, "copy": path})
+        elif change == TRUNCATED and tail.pos > tail.offset:
+            log.warning("file truncated before it was read to its end; no copy found next to it", extra=where)
+        elif change != TRUNCATED:
+            # Not a rotation: someone edited the log. What it holds now cannot
+            # be told from what was read, so it is all read again.
+            log.warning(f"file {CHANGES[change]}: edited in place, not rotated; reading it again from "
+                        "the start, so failures it still holds may count twice", extra=where)
+        log.info("reading the file from the start", extra={
+            "source": self.name, "path": tail.path,
+            "why": f"{change} while the collector was stopped" if stopped else change})
         tail.reset(0)
 
     def _recover_rotated(self, found: dict) -> None:
@@ -239,16 +261,27 @@ class FileSource(Reader):
             # A file checkpointed before its first read has no fingerprint yet
             # (head 0, offset 0): its identity is all there is, and reading it
             # from 0 loses nothing whatever file now has that identity.
-            hit = self._find_sibling(pos.path, lambda c, k=key: f"{c.st_dev}:{c.st_ino}" == k,
-                                     lambda fd, p=pos: p.head == 0 or head_is(fd, p.head, p.fp))
-            if hit is None:
-                log.warning("a followed file is gone (rotated and compressed, or deleted); "
+            same = ((lambda c, k=key: f"{c.st_dev}:{c.st_ino}" == k),
+                    (lambda fd, p=pos: p.head == 0 or head_is(fd, p.head, p.fp)))
+            # Next to its name, or next to the file a symbolic link there points to now.
+            hit = self._find_sibling(pos.path, *same) or self._find_sibling(
+                os.path.realpath(pos.path), *same, named="any")
+            if hit is not None:
+                path, fd, st = hit
+                self.tails[key] = Tail.resume(self.name, path, fd, st, pos, live=False)
+            elif packed := self._packed_copy(pos.path, pos.head, pos.fp, pos.offset):
+                path, archive = packed
+                ours = archive.identity == key  # a copy we were reading already
+                tail = Unpacked(self.name, archive, path, pos.offset, pos.head, pos.fp, pos.gen if ours else None)
+                self.tails[tail.key] = tail
+                if not ours:
+                    self.forget.append(key)
+            else:
+                log.warning("a followed file is gone (deleted, or compressed in a form not read); "
                             "lines written after the last checkpoint may be missing",
                             extra={"source": self.name, "path": pos.path, "offset": pos.offset})
                 self.forget.append(key)
                 continue
-            path, fd, st = hit
-            self.tails[key] = Tail(self.name, path, fd, st, pos.offset, pos.head, pos.fp, live=False)
             log.info("finishing a file rotated while the collector was stopped",
                      extra={"source": self.name, "path": path, "offset": pos.offset})
         if self.started and self.seen > 0:
@@ -262,10 +295,12 @@ class FileSource(Reader):
         mtime after our last look gives them away.
         """
         names = {t.path for t in self.tails.values()} | {p for p, _ in found.values()}
-        for path in sorted(names):
+        # A link's earlier targets, next to its target now (`app-3.log` for `app-4.log`).
+        targets = {(t, "numbered") for t in link_targets(self.cfg.paths)}
+        for path, named in sorted({(n, "rotated") for n in names} | targets):
             while True:
                 hit = self._find_sibling(path, lambda c: c.st_mtime > since
-                                         and f"{c.st_dev}:{c.st_ino}" not in found, None)
+                                         and f"{c.st_dev}:{c.st_ino}" not in found, None, named)
                 if hit is None:
                     break
                 copy, fd, st = hit
@@ -273,31 +308,43 @@ class FileSource(Reader):
                 self.tails[tail.key] = tail
                 log.info("reading a rotated file never seen at its live name",
                          extra={"source": self.name, "path": copy})
+            for copy in relatives(path, packed=True, named=named):
+                try:
+                    if copy.stat().st_mtime <= since or identity(copy) in self.tails or being_made(copy.path):
+                        continue
+                except OSError:
+                    continue
+                if (archive := open_archive(copy.path)) is None:
+                    continue
+                # A compressed copy of a file being read holds nothing new.
+                if any(archive.copy_of(t) for t in self.tails.values()):
+                    archive.close()
+                    continue
+                tail = Unpacked(self.name, archive, copy.path, 0)
+                self.tails[tail.key] = tail
+                log.info("reading a compressed rotated file never seen at its live name",
+                         extra={"source": self.name, "path": copy.path})
 
-    def _find_sibling(self, path: str, stat_ok, fd_ok):
-        """A rotated relative of `path` (same folder, name starting with its name)
-        that passes the tests, opened; None if there is none."""
-        folder, base = os.path.split(path)
-        base = ROTATED_NAME.sub("", base) or base  # app.log.1 has moved on to app.log.2
-        try:
-            entries = sorted(os.scandir(folder or "."), key=lambda e: e.name)
-        except OSError:
-            return None
-        for entry in entries:
-            name = entry.name
-            if not name.startswith(base) or name == base or name.lower().endswith(COMPRESSED):
-                continue
+    def _packed_copy(self, path: str, head: int, fp: str, offset: int) -> tuple[str, Archive] | None:
+        """A compressed rotated relative of `path` holding the file with this print up to `offset`."""
+        return find_copy([e.path for e in relatives(path, packed=True)
+                          if identity(e) not in self.tails], head, fp, offset)
+
+    def _find_sibling(self, path: str, stat_ok, fd_ok, named: str = "rotated"):
+        """A rotated relative of `path` (rotated.relatives) that passes the tests,
+        opened; None if there is none."""
+        for entry in relatives(path, named=named):
             try:
                 st = entry.stat()
                 if not stat.S_ISREG(st.st_mode) or f"{st.st_dev}:{st.st_ino}" in self.tails:
                     continue
                 if not stat_ok(st):
                     continue
-                fd = os.open(entry.path, os.O_RDONLY)
-            except OSError:
+                fd, st = open_log(entry.path)
+            except (OSError, NotALogFile):
                 continue
             if fd_ok is None or fd_ok(fd):
-                return entry.path, fd, os.fstat(fd)
+                return entry.path, fd, st
             os.close(fd)
         return None
 
@@ -312,19 +359,6 @@ class FileSource(Reader):
             self.stats.errors += 1
             log.error("cannot read a path of the source; retrying", extra={
                 "source": self.name, "path": path, "problem": what, "retry_every": self.opts.poll_interval})
-
-
-def watched_paths(patterns: list[str]) -> list[str]:
-    """The paths a file source watches: its paths, globs expanded to live files."""
-    paths: list[str] = []
-    for pattern in patterns:
-        if glob.has_magic(pattern):
-            # A glob names live files: never pick up rotated or compressed ones.
-            paths += sorted(p for p in glob.glob(pattern) if not ROTATED_NAME.search(p)
-                            and not p.lower().endswith(COMPRESSED))
-        else:
-            paths.append(pattern)
-    return list(dict.fromkeys(paths))
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -1,18 +1,30 @@
 """One open log file: reads it in chunks and cuts complete lines, each with its id.
 
-A line's id is the source name, the file's identity (device, inode) and the
-byte offset of the line's start, so a line read twice (a restart before the
-checkpoint was written) has the same id. `Position` is what a checkpoint
-keeps of a file; `fp` fingerprints the file's first bytes, which tells a
-file that kept its inode from a new one that reused it. Following files
-through rotation is `file.FileSource`'s job.
+A line's id is the source name, the file's identity (device, inode), its
+generation and the byte offset of the line's start:
+`auth:2049:1311:k3vq2m7d1xh0e:5120`. The same line read twice (a restart
+before the checkpoint was written, a cut line sent again) has the same id,
+and no other line ever has it: offsets repeat when a file is truncated
+(copytruncate), rewritten, or deleted and its inode reused, so each of these
+starts a new generation, a random token. Without it, lines written after a
+copytruncate took the ids of lines read before it, and the detector's
+windows dropped them as copies. A checkpoint written before generations
+existed has none (`gen` empty): that file's ids keep their old form until it
+is next truncated.
+
+`Position` is what a checkpoint keeps of a file; `fp` fingerprints the
+file's first bytes, which tells a file that kept its inode from a new one
+that reused it. Following files through rotation is `file.FileSource`'s job.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import os
+import secrets
+import stat
 import time
 
 import msgspec
@@ -33,6 +45,7 @@ class Position(msgspec.Struct):
     offset: int  # start of the next line to send (always a line boundary)
     head: int = 0  # length of the file start that `fp` fingerprints
     fp: str = ""
+    gen: str = ""  # the file's generation ("": from a checkpoint older than generations)
 
 
 def saved_positions(saved: dict[str, bytes], source: str, other_fields: tuple[str, ...]) -> dict[str, Position]:
@@ -52,21 +65,62 @@ def fingerprint(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
+def new_generation() -> str:
+    """A token no generation of any file had before: 64 random bits, 13 characters."""
+    return base64.b32encode(secrets.token_bytes(8)).decode().rstrip("=").lower()
+
+
+TRUNCATED, SHRANK, REWRITTEN = "truncated", "shrank", "rewritten"
+CHANGES = {  # what each change is, said in a warning
+    SHRANK: "got shorter than what was read without being emptied, its first bytes unchanged",
+    REWRITTEN: "has new first bytes but is not shorter than what was read",
+}
+
+
+def how_changed(size: int, read: int, head_same: bool) -> str | None:
+    """What happened to a followed file, from its size now, how far it was
+    read, and whether its first bytes are still those read; None: at most appended to.
+
+    Shorter with other first bytes: truncated (and perhaps written again
+    since, as after copytruncate). Shorter with the same first bytes: cut,
+    or lines removed by an editor. As long with other first bytes: written
+    over from its start.
+    """
+    if size >= read and head_same:
+        return None
+    if size < read:
+        return SHRANK if head_same and size > 0 else TRUNCATED
+    return REWRITTEN
+
+
 class Tail:
-    """One open file: reads from `pos`, emits lines starting at `offset`."""
+    """One open file: reads from `pos`, emits lines starting at `offset`.
+
+    `gen` is the generation a checkpoint saved; None: the file is met anew,
+    in a generation of its own.
+    """
 
     def __init__(self, source: str, path: str, fd: int, st: os.stat_result, offset: int,
-                 head: int = 0, fp: str = "", live: bool = True):
-        self.path, self.fd = path, fd
+                 head: int = 0, fp: str = "", live: bool = True, gen: str | None = None):
+        self.path, self.fd, self.source = path, fd, source
         self.key = f"{st.st_dev}:{st.st_ino}"
-        self.id_prefix = f"{source}:{st.st_dev}:{st.st_ino}:"
         self.live = live  # a watched path names this file
         self.size, self.mtime = st.st_size, st.st_mtime_ns
-        self.reset(offset)
+        self.reset(offset, gen)
         if head:  # a fingerprint from a checkpoint or the original of a copy
             self.head, self.fp = head, fp
 
-    def reset(self, offset: int) -> None:
+    @classmethod
+    def resume(cls, source: str, path: str, fd: int, st: os.stat_result, saved: Position,
+               live: bool = True) -> "Tail":
+        """The file a checkpoint saved, read on where it stopped, in its generation."""
+        return cls(source, path, fd, st, saved.offset, saved.head, saved.fp, live, saved.gen)
+
+    def reset(self, offset: int, gen: str | None = None) -> None:
+        """Read from `offset` on, in generation `gen` (None: a new one: the
+        file was truncated or rewritten, its offsets will be used again)."""
+        self.gen = new_generation() if gen is None else gen
+        self.id_prefix = f"{self.source}:{self.key}:{self.gen}:" if self.gen else f"{self.source}:{self.key}:"
         self.offset = self.pos = offset
         self.buf = b""  # bytes [offset, pos) not yet emitted
         self.skipping = False  # inside an over-long line already sent cut
@@ -76,20 +130,28 @@ class Tail:
         self.refresh_fp()
 
     def position(self) -> bytes:
-        return msgspec.json.encode(Position(self.path, self.offset, self.head, self.fp))
+        return msgspec.json.encode(Position(self.path, self.offset, self.head, self.fp, self.gen))
+
+    def pread(self, size: int, at: int) -> bytes:
+        return os.pread(self.fd, size, at)
 
     def head_matches(self) -> bool:
-        return self.head == 0 or head_is(self.fd, self.head, self.fp)
+        if self.head == 0:
+            return True
+        data = self.pread(self.head, 0)
+        return len(data) == self.head and fingerprint(data) == self.fp
 
     def refresh_fp(self) -> None:
         want = min(HEAD, self.pos)
         if want > self.head:
-            data = os.pread(self.fd, want, 0)
+            data = self.pread(want, 0)
+            if self.head and fingerprint(data[: self.head]) != self.fp:
+                return  # written over from its start: keep the old print, the next look sees it
             self.head, self.fp, self.dirty = len(data), fingerprint(data), True
 
     def read(self) -> bool:
         """Read one chunk; False at end of file."""
-        data = os.pread(self.fd, CHUNK, self.pos)
+        data = self.pread(CHUNK, self.pos)
         if not data:
             return False
         start, self.pos = self.pos, self.pos + len(data)
@@ -143,6 +205,37 @@ class Tail:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def kind_of(mode: int) -> str:
+    """What a file that is not a regular file is, for a message."""
+    for test, kind in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+class NotALogFile(Exception):
+    """A path names something other than a regular file (a FIFO, a device...)."""
+
+    def __init__(self, mode: int):
+        super().__init__(f"is {kind_of(mode)}, not a regular file: only files are read")
+
+
+def open_log(path: str) -> tuple[int, os.stat_result]:
+    """Open a log file to read (OSError, or NotALogFile if it is not a regular file).
+
+    O_NONBLOCK: a FIFO put where a log was must not make the open wait for a
+    writer (the collector would stop); it changes nothing for a regular file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotALogFile(st.st_mode)
+    return fd, st
 
 
 def head_is(fd: int, head: int, fp: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,10 @@ from pyfilter.detector.matching.connections import (
     CLOSE, FAIL, NOTE, ONCE, SUCCESS, Connections, Failure, new_failure,
 )
 from pyfilter.detector.matching.placeholders import expand, normalize_host
-from pyfilter.detector.matching.regex import anchored, ascii_digits, for_block, literals, optional_branches
+from pyfilter.detector.matching import envelopes
+from pyfilter.detector.matching.regex import (
+    anchored, ascii_digits, for_block, literals, optional_branches, tokens,
+)
 
 if TYPE_CHECKING:
     from pyfilter.detector.matching.scan import Lines
@@ -133,14 +137,11 @@ class CompiledRule:
             if not self.reads_messages and not {f"host__{i}", f"pid__{i}", "host", "pid"} & groups:
                 raise RuleError(f"rule {name}: patterns[{i}] captures neither <HOST> nor <PID>: {raw}")
         self.by_marker = {f"p__{p.index}": p for p in self.patterns}
-        # For batches: the same search over lines joined by newlines (a
-        # leading newline included). A rule anchored at the line start reads
-        # that newline instead of `^`: the engine then jumps from newline to
-        # newline at C speed instead of trying every character of a line.
+        # For batches: the same search over lines joined by newlines (`block_regex`).
         self.anchored = anchored(source)
-        block = for_block(source[1:] if self.anchored else source)
-        self.block_regex = None if block is None else re.compile("\n" + block if self.anchored else block,
-                                                                  re.MULTILINE)
+        self._block = for_block(source[1:] if self.anchored else source)
+        self._body = self._block if self.anchored and self.reads_messages else None
+        self._common: re.Pattern[str] | None | bool = False  # not built yet
         self.ignore = []
         for j, raw in enumerate(rule.ignore):
             try:
@@ -164,6 +165,38 @@ class CompiledRule:
                 re.compile(prefix + body)
             except re.error as exc:
                 raise RuleError(f"rule {self.name}: patterns[{i}]: {exc}: {raw}") from None
+
+    @cached_property
+    def block_regex(self) -> re.Pattern[str] | None:
+        """The search over lines joined by newlines, or None where there is none (`regex.for_block`).
+
+        Compiled when first needed (a whole catalog's rules for programs a host
+        does not run never are). A rule anchored at the line start reads the
+        newline before it instead of `^`: the engine then jumps from newline to
+        newline at C speed instead of trying every character of a line.
+        """
+        if self._block is None:
+            return None
+        try:
+            return re.compile("\n" + self._block if self.anchored else self._block, re.MULTILINE)
+        except re.error:  # not seen: the rewrite keeps a pattern valid; matched one by one then
+            return None
+
+    def common_regex(self) -> re.Pattern[str] | None:
+        """The rule's search over lines as read, the common header included
+        (`envelopes.common_search`), or None where it would not find what the search
+        of the messages finds: programs named by a wildcard, a pattern that looks
+        back before the message's start (a lookbehind, a `^` after the first).
+        Compiled when first asked for: only a matcher of a few rules uses it.
+        """
+        if self._common is False:
+            body, names = self._body, set(self.regex.groupindex)
+            source = None
+            if not (body is None or "^" in tokens(body) or "(?<=" in body or "(?<!" in body
+                    or names & {envelopes.STAMP, envelopes.PID, envelopes.MESSAGE, envelopes.UNCOMMON}):
+                source = envelopes.common_search(self.programs, body)
+            self._common = None if source is None else re.compile(source, re.MULTILINE)
+        return self._common  # type: ignore[return-value]
 
     def reads(self, program: str) -> bool:
         """Whether the rule reads messages of `program` (lower case)."""

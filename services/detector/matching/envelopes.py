@@ -26,6 +26,8 @@ whole line, and its program is the one its source declares, if any.
 
 `read_batch` does the work for a batch with one regex search over the joined
 lines (C speed), which is why the header grammar lives in one expression.
+Where the catalog is a few rules, `common_search` lets each rule's own search
+read the common header instead (matcher.py, `FEW`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import NamedTuple, Sequence
 
 from pyfilter.detector.matching.regex import ascii_digits, optional_branches
 
-__all__ = ["Envelope", "BatchEnvelopes", "read", "read_batch", "PLAIN"]
+__all__ = ["Envelope", "BatchEnvelopes", "read", "read_batch", "common_search", "PLAIN"]
 
 PLAIN = "plain"
 
@@ -82,18 +84,57 @@ _HEADER = (
     r"(?:message repeated (\d+) times: \[ ?)?)"
 )
 _LINE = _compile(_HEADER)
-# Headers that name no program: socklog's `2015-05-27T04:31:27.46667 auth.info: `, s6-log's
-# `2018-06-26 13:22:02.108781500 ` (nine digits) and multilog's `@4000000063a8...` (TAI64N).
-# The message after them is a daemon's own text, routed as a plain line's.
+
+
 # The commonest header of all, `Mmm dd hh:mm:ss host prog[pid]: `, alone: a first pass
 # with it costs about half the full grammar's. It takes a line only where the full
 # grammar would read it the same (no Solaris id, kernel clock or repeat after it);
 # the lines it leaves go through `_BATCH`. ASCII names only (cheaper to check): a host
 # or program named in other letters is read by the full grammar too.
-_COMMON = _compile(
-    r"\n(?:(" + _STAMP_3164 + r") " + _HOSTNAME + r" (" + _PROGRAM_NAME + r")(?:\[(\d+)\])?: "
-    r"(?!\[ID \d|kernel: ?\[|message repeated )|)", re.ASCII)
+def _common(program: str, stamp: str = "", pid: str = "") -> str:
+    """The common header, `program` (a regex) its program; `stamp`, `pid`: names for those groups."""
+    return (r"(" + (stamp and f"?P<{stamp}>") + _STAMP_3164 + r") " + _HOSTNAME + r" " + program
+            + r"(?:\[(" + (pid and f"?P<{pid}>") + r"\d+)\])?: (?!\[ID \d|kernel: ?\[|message repeated )")
+
+
+_COMMON = _compile(r"\n(?:" + _common("(" + _PROGRAM_NAME + ")") + "|)", re.ASCII)
+_IS_PROGRAM = _compile(_PROGRAM_NAME, re.ASCII)
+
+# A rule's search reads the common header itself where the catalog is a few rules
+# (`common_search`). The groups it adds, named as no rule's groups are.
+STAMP, PID, MESSAGE, UNCOMMON = "env__stamp", "env__pid", "env__message", "env__uncommon"
+
+
+def common_search(programs: Sequence[str], body: str) -> str | None:
+    """A regex (source) over lines joined by newlines, a leading one included, that at each line:
+
+    - where the line has the common header (`_COMMON`'s reading) and its program is one
+      of `programs` (ASCII letters in any case: routing lowercases programs), matches
+      `body` at the message: STAMP and PID are the header's, MESSAGE (empty) marks
+      where the message starts;
+    - where the line has no common header, matches its newline alone, UNCOMMON set:
+      that line is for `read_batch` (another header, a repeat, a plain line);
+    - else matches nothing (a common header of another program, or `body` fails).
+
+    One search over a batch thus passes over other programs' lines without Python,
+    and the lines it finds need no header read. `body` is a block regex
+    (`regex.for_block`) that does not look back before the message's start.
+    None where a program is not a plain name (a wildcard).
+    """
+    if not all(_IS_PROGRAM.fullmatch(p) for p in programs):
+        return None
+    names = "|".join(re.escape(p) for p in sorted(programs, key=len, reverse=True))
+    header = _common(r"(?:(?P<env__ours>(?i:" + names + r"))|" + _PROGRAM_NAME + ")", STAMP, PID)
+    # Atomic: a body that does not match must not send the search back into the
+    # header, to read the line as one without a header.
+    return (r"\n(?a:(?>" + ascii_digits(optional_branches(header)) + r"|))"
+            r"(?(env__ours)(?P<" + MESSAGE + r">)(?:" + body + r")|(?(" + STAMP + r")(?!)|(?P<" + UNCOMMON + r">)))")
+
+
 _IS_PRIORITY = _compile(_PRIORITY)
+# Headers that name no program: socklog's `2015-05-27T04:31:27.46667 auth.info: `, s6-log's
+# `2018-06-26 13:22:02.108781500 ` (nine digits) and multilog's `@4000000063a8...` (TAI64N).
+# The message after them is a daemon's own text, routed as a plain line's.
 _NO_PROGRAM = _compile(r"(?:(" + _STAMP_3339 + r") " + _PRIORITY + r": |(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d\.\d{9}"
                          r"|@4000000[0-9a-fA-F]{17}) )")
 

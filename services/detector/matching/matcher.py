@@ -9,6 +9,12 @@ like pam-generic's `'*'` aside), from a source that declares its program,
 is read as a plain line of that program: daemons' own files sometimes look
 like syslog (`[2012-02-13 17:21:54] NOTICE[1638] ...`).
 Rules without `programs` (older files) match whole lines, as before.
+
+A catalog of a few rules (FEW), each naming its programs, skips the separate
+reading: each rule's search reads the common syslog header itself and passes
+over other programs' lines inside the regex (`scan_common`), up to the first
+line with another header; the rest of the batch is read as above. Both ways
+find the same failures (tests/unit/test_matching_common.py).
 """
 
 from __future__ import annotations
@@ -20,11 +26,16 @@ from pyfilter.common import timeparse
 from pyfilter.detector.matching import envelopes
 from pyfilter.detector.matching.compiled import CompiledRule
 from pyfilter.detector.matching.connections import Failure
-from pyfilter.detector.matching.scan import Lines, scan
+from pyfilter.detector.matching.scan import Lines, scan, scan_common
 
 __all__ = ["Matcher"]
 
 CARRY = 3  # lines back a failure without a time looks for one (see `_dated`)
+# A catalog of at most this many rules, each naming its programs, has their searches
+# read the common header themselves (`scan_common`): the usual one of a host that runs
+# sshd's rule alone. Each rule's search then passes over every line of a batch, where
+# reading the envelopes once serves any number of rules.
+FEW = 3
 
 
 class Matcher:
@@ -37,6 +48,11 @@ class Matcher:
         self._line_rules = [r for r in self.rules if not r.reads_messages]
         self._by_program: dict[str | None, list[CompiledRule]] = {None: self._message_rules}
         self._by_name: dict[str, bool] = {}
+        # The rules whose own searches read the common header (see FEW); none: every
+        # line's envelope is read once, for all rules.
+        common = [r for r in self._message_rules if r.common_regex() is not None] \
+            if len(self._message_rules) <= FEW else []
+        self.common_rules = common if len(common) == len(self._message_rules) else []
         # The last lines of the previous batches of each (source, host), for `_dated`.
         self._last_lines: dict[tuple[str | None, str | None], tuple[str, ...]] = {}
 
@@ -86,30 +102,11 @@ class Matcher:
         per_rule: list[list[tuple[int, Failure]]] = []
         named = None if rules is None else set(rules)
         if self._message_rules:
-            env = envelopes.read_batch(texts, program)
-            if named is None:
-                routes = self._route(texts, env, program)
-            else:
-                routes = [(rule, None, False) for rule in self._message_rules if rule.name in named]
-            for rule, lines, unrouted in routes:
-                if rule.name in skip:
-                    continue
-                if named is None and rule.sources and source is not None and source not in rule.sources:
-                    continue
-                rule.use_zone(tz)
-                lits = tuple(rule.prefilter) if unrouted else rule.gate
-                if lines is None:  # every line of the batch
-                    found = scan(rule, Lines(env.messages, env.stamps, env.pids, source, host, now), lits)
-                else:
-                    messages, stamps, pids = env.messages, env.stamps, env.pids
-                    found = scan(rule, Lines([messages[i] for i in lines], [stamps[i] for i in lines],
-                                             [pids[i] for i in lines], source, host, now), lits)
-                    found = [(lines[k], f) for k, f in found]
-                if env.repeats:
-                    found = [(i, f._replace(count=f.count * env.repeats[i]) if i in env.repeats else f)
-                             for i, f in found]
-                if found:
-                    per_rule.append(self._dated(rule, texts, found, source, host, now))
+            first = 0
+            if self.common_rules and named is None and (program is None or not self.rules_for(program)):
+                first = self._match_common(texts, per_rule, source, host, now, tz, skip)
+            if first < len(texts):
+                self._match_envelopes(texts, first, per_rule, source, host, now, tz, program, named, skip)
         if self._line_rules:
             for rule in self._line_rules:
                 if rule.name in skip:
@@ -131,6 +128,57 @@ class Matcher:
             return per_rule[0]
         # Stable sort: within a line, failures keep the order of the rules.
         return sorted((pair for found in per_rule for pair in found), key=lambda pair: pair[0])
+
+    def _match_common(self, texts: Sequence[str], per_rule: list[list[tuple[int, Failure]]], source: str | None,
+                      host: str | None, now: float | None, tz: str | None, skip: Collection[str]) -> int:
+        """The failures of the lines up to the first without the common header, each rule's
+        search reading the headers (`scan_common`), added to `per_rule`; returns that line's index."""
+        block = "\n" + "\n".join(texts)
+        if block.count("\n") != len(texts):  # a line holds a newline
+            return 0
+        first = len(texts)
+        for rule in self.common_rules:
+            if rule.name in skip or (rule.sources and source is not None and source not in rule.sources):
+                continue
+            rule.use_zone(tz)
+            found, end = scan_common(rule, block, texts, source, host, now)
+            first = min(first, end)  # the same line for every rule: it depends on the header only
+            if found:
+                per_rule.append(self._dated(rule, texts, found, source, host, now))
+        return first
+
+    def _match_envelopes(self, texts: Sequence[str], first: int, per_rule: list[list[tuple[int, Failure]]],
+                         source: str | None, host: str | None, now: float | None, tz: str | None,
+                         program: str | None, named: set[str] | None, skip: Collection[str]) -> None:
+        """The failures of lines `first`... (each line's envelope read, then routed by program), added to
+        `per_rule` with their indices in `texts`."""
+        rest = texts[first:] if first else texts
+        env = envelopes.read_batch(rest, program)
+        if named is None:
+            routes = self._route(rest, env, program)
+        else:
+            routes = [(rule, None, False) for rule in self._message_rules if rule.name in named]
+        for rule, lines, unrouted in routes:
+            if rule.name in skip:
+                continue
+            if named is None and rule.sources and source is not None and source not in rule.sources:
+                continue
+            rule.use_zone(tz)
+            lits = tuple(rule.prefilter) if unrouted else rule.gate
+            if lines is None:  # every line of the batch
+                found = scan(rule, Lines(env.messages, env.stamps, env.pids, source, host, now), lits)
+            else:
+                messages, stamps, pids = env.messages, env.stamps, env.pids
+                found = scan(rule, Lines([messages[i] for i in lines], [stamps[i] for i in lines],
+                                         [pids[i] for i in lines], source, host, now), lits)
+                found = [(lines[k], f) for k, f in found]
+            if env.repeats:
+                found = [(i, f._replace(count=f.count * env.repeats[i]) if i in env.repeats else f)
+                         for i, f in found]
+            if first:
+                found = [(i + first, f) for i, f in found]
+            if found:
+                per_rule.append(self._dated(rule, texts, found, source, host, now))
 
     def _dated(self, rule: CompiledRule, texts: Sequence[str], found: list[tuple[int, Failure]],
                source: str | None, host: str | None, now: float | None) -> list[tuple[int, Failure]]:

@@ -6,6 +6,9 @@ messages that match; the result is the same as matching them one by one
 (`CompiledRule.block_regex` is None for the patterns where it would not be,
 which are matched one by one).
 
+`scan_common` is the same walk over whole lines, the rule's search reading
+their headers too (matcher.py says when).
+
 `Lines` carries, per message, its envelope's stamp and pid, which the rule
 needs to date a failure and follow its connection.
 """
@@ -14,10 +17,11 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
+from pyfilter.detector.matching import envelopes
 from pyfilter.detector.matching.compiled import CompiledRule
 from pyfilter.detector.matching.connections import Failure
 
-__all__ = ["Lines", "scan"]
+__all__ = ["Lines", "scan", "scan_common"]
 
 # A block is scanned as one string when a rule's literals occur in at least
 # one message in SPARSE; rarer rules only search the messages holding one.
@@ -125,3 +129,41 @@ def _scan_anchored(rule: CompiledRule, block: str, lines: Lines,
         if failure is not None:
             found.append((line, failure))
     return found
+
+
+def scan_common(rule: CompiledRule, block: str, texts: Sequence[str], source: str | None, origin: str | None,
+                now: float | None) -> tuple[list[tuple[int, Failure]], int]:
+    """`rule` over whole lines (`block`: `texts` joined, a leading newline included) with
+    its `common_regex`, up to the first line without the common header.
+
+    Returns (index in `texts`, failure) for each failure before that line, and
+    its index (len(texts) if there is none): the lines from there on are for
+    `read_batch` and `scan`, after these, so that the connection state sees every
+    line in order.
+    """
+    found = []
+    rx = rule.common_regex()
+    assert rx is not None
+    judge, lits = rule.judge, rule.gate
+    stamps: list[str | None] = [None] * len(texts)
+    pids: list[str | None] = [None] * len(texts)
+    lines = Lines(texts, stamps, pids, source, origin, now)  # judge reads the stamps and pids
+    groups = rx.groupindex
+    stamp, pid, message, uncommon = (groups[g] for g in (envelopes.STAMP, envelopes.PID, envelopes.MESSAGE,
+                                                          envelopes.UNCOMMON))
+    count = block.count
+    line, at = -1, 0
+    for m in rx.finditer(block):
+        start = m.start()
+        line += count("\n", at, start + 1)
+        at = start + 1
+        if m.lastindex == uncommon:
+            return found, line
+        text = texts[line][m.start(message) - at:]
+        if lits and not any(lit in text for lit in lits):
+            continue
+        stamps[line], pids[line] = m.group(stamp, pid)
+        failure = judge(m, text, line, lines)
+        if failure is not None:
+            found.append((line, failure))
+    return found, len(texts)
