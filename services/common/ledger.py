@@ -430,7 +430,7 @@ class Ledger:
     def _window_calls(self, groups: Sequence[list[object]], now: float, recidive: bytes) -> list[Call]:
         """The window calls of these groups: one per slot (single Redis: one slot),
         and per FAILURES_PER_CALL failures."""
-        name, shared = ("record_failures", []) if self.split else ("record_and_ban", self._shared())
+        name, shared = ("record_failures", []) if self.split else ("record_and_ban", self._shared(utc_day(now)))
         by_slot: dict[int, list[list[object]]] = {}
         for group in groups:
             by_slot.setdefault(self._slot(group[1]), []).append(group)

@@ -164,7 +164,9 @@ class Notifier:
                         pipe.zadd(self.keys.notify_queue(channel.name), {entry_id: now + channel.delay},
                                   nx=True)
                 await pipe.execute()
-        await self.decisions.ack(read.ids)
+        async with self.client.pipeline(transaction=True) as pipe:
+            self.decisions.ack_on(pipe, read.ids)
+            await pipe.execute()
         return len(entries)
 
     async def notices(self, decisions: list[messages.Decision]) -> list[messages.Notice]:
