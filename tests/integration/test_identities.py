@@ -17,19 +17,17 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from pyfilter.common.keys import Keys
 from tests.integration.stack import AIRGAPPED, BASE_IMAGE, ROOT, Stack, make_log_dir, running, wait_for
+from tests.integration.hosts import ATTACKER, HOSTS, ban_reaches_every_host
 from tests.integration.test_pipeline import sshd_failures
 
 pytestmark = pytest.mark.integration
 
-HOSTS = {"a": "198.51.100.81", "b": "198.51.100.82", "c": "198.51.100.83"}
-ATTACKER = "198.51.100.70"
 OVERRIDE = os.path.join(os.path.dirname(__file__), "compose.identities.yml")
 
 
@@ -96,29 +94,7 @@ def hosts():
 
 
 def test_hosts_with_their_own_users_over_tls_share_bans(hosts):
-    for ip in HOSTS.values():
-        assert hosts.tcp_connects("attacker", ip, 8080)
-
-    with open(hosts.logs["a"] / "auth.log", "a") as log:
-        log.write(sshd_failures(ATTACKER, 3))
-    written = time.monotonic()
-
-    arrived = {}
-    def everywhere():
-        for h in HOSTS:
-            if h not in arrived and ATTACKER in hosts.banned_on(h):
-                arrived[h] = time.monotonic() - written
-        return len(arrived) == len(HOSTS)
-    wait_for(everywhere, 30, f"{ATTACKER} in the kernel of every host", interval=0.02)
-    spread = max(arrived.values()) - min(arrived.values())
-    print(f"\nban of {ATTACKER} reached hosts after (s from the log write): "
-          + ", ".join(f"{h}={t:.3f}" for h, t in sorted(arrived.items()))
-          + f"; last host {spread:.3f} s after the first")
-
-    status, record = hosts.api("GET", f"/api/v1/bans/{ATTACKER}")
-    assert status == 200 and record["host"] == "host-a" and record["rule"] == "sshd"
-    for ip in HOSTS.values():
-        assert not hosts.tcp_connects("attacker", ip, 8080), f"attacker still reaches {ip}"
+    ban_reaches_every_host(hosts)
 
 
 # What a compromised host could try with its own credentials, in the real stack.
