@@ -44,6 +44,16 @@ def redis_url(tmp_path: Path):
     proc.wait(10)
 
 
+@pytest.fixture
+def single_redis_url(tmp_path: Path):
+    """The same, under a name modules that run their `redis_url` on Cluster too
+    (any_redis_url) use for what only a single Redis does."""
+    proc, url = start_redis(tmp_path)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
 @pytest.fixture(scope="module")
 def catalog():
     """The shipped rule catalog (config/rules), loaded as the services load it."""

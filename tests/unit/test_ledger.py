@@ -18,7 +18,7 @@ from pyfilter.detector.windows import Observed, Windows
 from pyfilter.enforcer.backends.log_only import LogOnlyBackend
 from tests.unit.test_enforcer_loop import Running, _has, until
 from tests.unit.test_windows import make_rule
-from tests.conftest import CLUSTER_URLS, aclient
+from tests.conftest import aclient
 
 KEYS = Keys("t:")
 NOW = time.time()
@@ -71,13 +71,19 @@ def hash_tag(key: str) -> str:
     return key[start + 1:key.index("}", start)]
 
 
-@pytest.mark.parametrize("split", [True, False], ids=["by slot", "one call"])
-def test_every_function_writes_only_the_keys_it_is_given(redis_url, split):
-    """And, as on Cluster (`split`), each call's keys share one hash tag: an address's
-    (its windows), or the ban side's (`{bans}`: records, counts, active set, scopes,
-    history, decisions). A single Redis's one window call (record_and_ban) has both."""
-    if not split and redis_url in CLUSTER_URLS:
-        pytest.skip("one call: a single Redis only")
+def test_every_function_writes_only_the_keys_it_is_given(redis_url):
+    """And, as on Cluster, each call's keys share one hash tag: an address's (its
+    windows), or the ban side's (`{bans}`: records, counts, active set, scopes,
+    history, decisions)."""
+    only_given_keys_are_written(redis_url, split=True)
+
+
+def test_one_window_call_writes_only_the_keys_it_is_given(single_redis_url):
+    """A single Redis's one window call (record_and_ban) has both kinds of keys."""
+    only_given_keys_are_written(single_redis_url, split=False)
+
+
+def only_given_keys_are_written(redis_url: str, split: bool) -> None:
 
     async def go():
         client = aclient(redis_url)
@@ -151,11 +157,11 @@ def test_the_library_comes_back_after_redis_lost_it_and_replaces_an_older_copy(r
     assert stale == -1 and fresh == 0
 
 
-def test_a_decision_of_the_previous_version_is_still_applied(redis_url):
-    if redis_url in CLUSTER_URLS:
-        pytest.skip("enforcers are not run on Redis Cluster yet (docs/scaling.md)")
+def test_a_decision_of_the_previous_version_is_still_applied(single_redis_url):
     """Hosts upgrade one at a time: a decision as version 1 wrote it (the detector's
-    Lua table, with `v` typed in) reaches the kernel with its scope."""
+    Lua table, with `v` typed in) reaches the kernel with its scope. (A single Redis:
+    enforcers are not run on Cluster yet, docs/scaling.md.)"""
+    redis_url = single_redis_url
     old = {"type": "decision", "action": "ban", "address": "198.51.100.20", "rule": "sshd",
            "origin": "detector", "host": "host-a", "created_at": time.time(), "duration": 600,
            "expires_at": time.time() + 600, "reason": "5 failures of sshd", "ports": [22],
