@@ -23,7 +23,7 @@ BASE_IMAGE = $(shell sed -n 's/^ *image: *\(pyfilter-base:[^ ]*\)/\1/p' compose/
 help:
 	@echo "make up      start the stack on this host (healthy when it returns); DETECTORS=3 scales"
 	@echo "make down    stop it (volumes, hence bans and history, are kept)"
-	@echo "make server  many hosts: Redis (TLS), detectors, notifier and api; secrets in compose/server.env;"
+	@echo "make server  many hosts: Redis (TLS), detectors, api (notifier if a channel is set); secrets in compose/server.env;"
 	@echo "             HA=1: Redis with replicas and Sentinel (compose/server-ha.yml)"
 	@echo "make host-credentials HOST=web1  on the server: web1's Redis user, into compose/hosts/"
 	@echo "make remove-host HOST=web1       on the server: revoke web1 (the other hosts keep running)"
