@@ -6,11 +6,31 @@ from __future__ import annotations
 
 import time
 
-from tests.integration.stack import wait_for
+from tests.integration.stack import AIRGAPPED, BASE_IMAGE, Stack, make_log_dir, wait_for
 from tests.integration.test_pipeline import sshd_failures
 
 HOSTS = {"a": "198.51.100.81", "b": "198.51.100.82", "c": "198.51.100.83"}
 ATTACKER = "198.51.100.70"
+
+
+class ThreeHosts(Stack):
+    """Hosts a, b and c, each with its own log folder (LOG_A...), and the server's Redis."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.logs = {h: make_log_dir(auth_log=True) for h in HOSTS}
+        for h, path in self.logs.items():
+            self.env[f"LOG_{h.upper()}"] = str(path)
+        # agent.yml insists on a URL; the test's services set their own.
+        self.env["PYFILTER_REDIS_URL"] = "redis://unused"
+        if AIRGAPPED:
+            self.env["PYFILTER_REDIS_IMAGE"] = BASE_IMAGE
+
+    def banned_on(self, host: str) -> set[str]:
+        return set(self.kernel_set("ban4", enforcer=f"enforcer-{host}"))
+
+    def network(self) -> str:
+        return f"{self.project}_default"
 
 
 def ban_reaches_every_host(hosts) -> None:

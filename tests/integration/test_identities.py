@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from pyfilter.common.keys import Keys
-from tests.integration.stack import AIRGAPPED, BASE_IMAGE, ROOT, Stack, make_log_dir, running, wait_for
-from tests.integration.hosts import ATTACKER, HOSTS, ban_reaches_every_host
+from tests.integration.stack import ROOT, make_log_dir, running, wait_for
+from tests.integration.hosts import ATTACKER, HOSTS, ThreeHosts, ban_reaches_every_host
 from tests.integration.test_pipeline import sshd_failures
 
 pytestmark = pytest.mark.integration
@@ -31,16 +31,9 @@ pytestmark = pytest.mark.integration
 OVERRIDE = os.path.join(os.path.dirname(__file__), "compose.identities.yml")
 
 
-class Identities(Stack):
+class Identities(ThreeHosts):
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.logs = {h: make_log_dir(auth_log=True) for h in HOSTS}
-        for h, path in self.logs.items():
-            self.env[f"LOG_{h.upper()}"] = str(path)
-        # agent.yml insists on a URL; the test's services set their own.
-        self.env["PYFILTER_REDIS_URL"] = "redis://unused"
-        if AIRGAPPED:
-            self.env["PYFILTER_REDIS_IMAGE"] = BASE_IMAGE
         self.tls = Path(tempfile.mkdtemp(prefix="pyfilter-it-tls-")) / "tls"
         subprocess.run([ROOT / "compose/tls.sh", self.tls, "redis"], check=True, capture_output=True)
         self.env |= {"PYFILTER_TLS_DIR": str(self.tls), "PYFILTER_REDIS_CA": str(self.tls / "ca.crt"),
@@ -71,12 +64,6 @@ class Identities(Stack):
         code, out = self.exec(f"collector-{host}", "python", "-c", script, *command)
         assert code == 0, out
         return out.strip()
-
-    def banned_on(self, host: str) -> set[str]:
-        return set(self.kernel_set("ban4", enforcer=f"enforcer-{host}"))
-
-    def network(self) -> str:
-        return f"{self.project}_default"
 
 
 @pytest.fixture(scope="module")

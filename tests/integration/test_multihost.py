@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tests.integration.stack import AIRGAPPED, BASE_IMAGE, Stack, make_log_dir, running, wait_for
-from tests.integration.hosts import ATTACKER, HOSTS, ban_reaches_every_host
+from tests.integration.stack import make_log_dir, running, wait_for
+from tests.integration.hosts import ATTACKER, HOSTS, ThreeHosts, ban_reaches_every_host
 from tests.integration.test_pipeline import sshd_failures
 
 pytestmark = pytest.mark.integration
@@ -29,24 +29,11 @@ OVERRIDE = os.path.join(os.path.dirname(__file__), "compose.multihost.yml")
 HA = os.path.join(os.path.dirname(__file__), "compose.multihost-ha.yml")
 
 
-class MultiHost(Stack):
+class MultiHost(ThreeHosts):
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.logs = {h: make_log_dir(auth_log=True) for h in HOSTS}
-        for h, path in self.logs.items():
-            self.env[f"LOG_{h.upper()}"] = str(path)
-        # agent.yml insists on a URL; the test's services set their own.
-        self.env["PYFILTER_REDIS_URL"] = "redis://unused"
         # Sentinel without TLS yet (compose/server-ha.yml): the agents are told plain TCP is fine.
         self.env["PYFILTER_REDIS_REQUIRE_TLS"] = "0"
-        if AIRGAPPED:
-            self.env["PYFILTER_REDIS_IMAGE"] = BASE_IMAGE
-
-    def banned_on(self, host: str) -> set[str]:
-        return set(self.kernel_set("ban4", enforcer=f"enforcer-{host}"))
-
-    def network(self) -> str:
-        return f"{self.project}_default"
 
     def redis_cli(self, *args: str, node: str | None = None) -> str:
         """A command on the current primary (or on `node`, "host port"), from a sentinel's container."""
