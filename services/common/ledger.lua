@@ -552,6 +552,7 @@ local function ban_from_crossing(s, ban_key, count_key, c, now, window_key, line
     address = c.address, rule = c.rule, host = c.host, origin = 'detector',
     banned_at = now, duration = duration, first_failure = first, last_failure = c.trigger,
     failures = failures, lines = lines, reason = failures .. ' failures of ' .. c.rule,
+    window = c.mode or 'recidive',
   }
   if duration >= 0 then rec.expires_at = now + duration end
   write_ban(s, ban_key, count_key, rec, ports, c.verdict, c.memory, current ~= false)

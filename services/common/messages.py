@@ -101,6 +101,15 @@ class BanRecord(msgspec.Struct):
     ban_count: int = 1
     country: str | None = None
     reason: str = ""
+    # The kind of window that decided the ban ("sliding", "consecutive",
+    # "instant", "recidive", and the kinds of docs/rules.md "Window kinds");
+    # "" for bans made by hand or imported.
+    window: str = ""
+    # Bans not decided by one address's own failures say why: the account a
+    # per-account window saw attacked, and the evidence (per account: the
+    # addresses that failed on it; per network: the member bans).
+    account: str | None = None
+    evidence: list[str] = []
     v: int = VERSION
 
 

@@ -203,3 +203,28 @@ def test_bans_from_before_the_ledger_keep_their_record_count_and_scope(redis_url
     found, count, ttl, scopes, old_left = asyncio.run(go())
     assert found == record("198.51.100.7", rule="sshd") and count == b"3" and 7000 < ttl <= 7200
     assert scopes == {"198.51.100.7": messages.BanScope([22], "reject")} and not old_left
+
+
+def test_a_record_names_the_kind_of_window_that_decided_it(redis_url):
+    """The api shows why a ban was made: the window kind is in the record, the
+    recidive ban that a ban caused says so, a manual ban names none."""
+
+    async def go():
+        client = aclient(redis_url)
+        rules = {"sshd": make_rule(maxretry=2), "web": make_rule(window="consecutive", failed_attempts=2, bantime=Seconds(3600)),
+                 "recidive": make_rule(maxretry=2, findtime=Seconds(86400), bantime=Seconds(-1))}
+        windows = Windows(client, "t:", rules)
+        await windows.record([Observed("sshd", "198.51.100.7", "host-a", NOW - 2 + i, f"s:{i}", "failed")
+                              for i in range(2)], NOW)
+        await windows.record([Observed("web", "198.51.100.7", "host-a", NOW + i, f"w:{i}", "401")
+                              for i in range(2)], NOW + 2)
+        await windows._ledger.ban([NewBan(record("198.51.100.9"))])
+        found = [await bans.record(client, KEYS, a) for a in ("198.51.100.7", "198.51.100.9")]
+        history = [msgspec.msgpack.decode(fields[b"m"], type=messages.BanRecord)
+                   for _, fields in await client.xrange(KEYS.ban_history)]
+        await client.aclose()
+        return found, history
+    (recidive, manual), history = asyncio.run(go())
+    assert [(r.rule, r.window) for r in history] == [("sshd", "sliding"), ("web", "consecutive"),
+                                                     ("recidive", "recidive"), ("manual", "")]
+    assert recidive.rule == "recidive" and manual.window == ""
