@@ -101,6 +101,33 @@ class Pattern(msgspec.Struct, forbid_unknown_fields=True):
     modes: list[str]
 
 
+# The failures a per-account window keeps (the newest): what bounds its memory and
+# its evidence, whatever an attacker sends; ledger.lua's ACCOUNT_KEEP is the same.
+MAX_ACCOUNT_FAILURES = 1000
+_USER_CAPTURE = "(?P<user>"
+
+
+class PerAccount(msgspec.Struct, forbid_unknown_fields=True):
+    """The per-account window (docs/rules.md, "Window kinds"): `failures` failures on one
+    account of the rule's service, from at least `addresses` distinct addresses, within
+    `findtime`, over every host, ban each address that failed on it then, except those
+    that logged in as that account (the rule's `success` patterns) within `success_memory`."""
+
+    failures: Annotated[int, msgspec.Meta(ge=2, le=MAX_ACCOUNT_FAILURES)] = 20
+    addresses: Annotated[int, msgspec.Meta(ge=2)] = 10
+    findtime: Seconds = Seconds(600)
+    success_memory: Seconds = Seconds(30 * 86400)
+
+    def __post_init__(self) -> None:
+        if self.addresses > self.failures:
+            raise ValueError(f"addresses: {self.addresses} distinct addresses cannot come from "
+                             f"{self.failures} failures; expected at most `failures`")
+        if self.findtime < 1:
+            raise ValueError("findtime: expected a duration of at least 1s")
+        if self.success_memory < 1:
+            raise ValueError("success_memory: expected a duration of at least 1s")
+
+
 class Rule(msgspec.Struct, forbid_unknown_fields=True):
     """A detection rule: which lines are failures, and when to ban (docs/rules.md)."""
 
@@ -117,6 +144,10 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
     prefix: str = ""
     ignore: list[str] = []
     prefilter: list[str] = []
+    # Successful logins of `user` from <HOST> (sshd's "Accepted ..."): they end a
+    # connection, as a <SUCCESS> pattern does, and spare the address in the
+    # rule's per-account window.
+    success: list[str] = []
     timezone: str | None = None
     # The modes the patterns name (fail2ban's normal, ddos, aggressive...);
     # `mode` picks one, by default the first. For older files, `mode` may
@@ -139,6 +170,8 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
     forms: str = ""
     # Send its bans to the channels of the `notify:` section.
     notify: bool = False
+    # The per-account window, beside the per-address one; `false` or absent: off.
+    per_account: PerAccount | bool | None = None
 
     def __post_init__(self) -> None:
         if not self.patterns:
@@ -155,6 +188,21 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
                 unknown = set(p.modes) - set(self.modes)
                 if unknown:
                     raise ValueError(f"patterns[{i}].modes: {sorted(unknown)} not among the rule's modes {self.modes}")
+        self._check_per_account()
+
+    def _check_per_account(self) -> None:
+        """`per_account: true` takes the defaults; it needs the user name the patterns capture."""
+        for i, p in enumerate(self.success):
+            if _USER_CAPTURE not in p or "<HOST>" not in p:
+                raise ValueError(f"success[{i}]: a successful login names its user and address: "
+                                 f"expected (?P<user>...) and <HOST> in {p!r}")
+        if self.per_account is True:
+            self.per_account = PerAccount()
+        elif self.per_account is False:
+            self.per_account = None
+        if self.per_account is not None and not any(_USER_CAPTURE in p for _, p in self.active_patterns()):
+            raise ValueError("per_account: the rule's patterns capture no user name ((?P<user>...)); "
+                             "a per-account window needs one: remove per_account or set it to false")
 
     def active_patterns(self) -> list[tuple[int, str]]:
         """(index in `patterns`, regex) of the patterns active in the rule's mode."""

@@ -1,7 +1,8 @@
 """Rule cases files (`config/rules/NAME.cases`, docs/rules.md): reading them and running them.
 
 A case is a log line and what the rule must make of it: one failure (an
-address, maybe a user, time and count) or none. Lines run in file order
+address, maybe a user, time and count), a successful login (`=> success
+ADDRESS user=NAME`, for rules with a per-account window), or none. Lines run in file order
 through one matcher per mode, as in the daemon's log, so connection state
 carries from case to case. `{{...}}` marks client text (the hostile test
 replaces it); for the plain run it is the text inside the braces.
@@ -18,6 +19,7 @@ from typing import Iterator
 
 from pyfilter.common.config import Rule
 from pyfilter.detector.matching import Failure, Matcher
+from pyfilter.detector.matching.connections import Success
 from pyfilter.detector.matching.regex import literals
 
 CATALOG = Path(__file__).resolve().parents[2] / "config" / "rules"
@@ -40,6 +42,7 @@ class Expected:
     time: str | None = None
     count: int | None = None
     may_miss: str | None = None  # why hostile text may make it match nothing
+    success: bool = False  # a successful login, not a failure
 
 
 @dataclass
@@ -157,7 +160,12 @@ def _expectation(path: Path, n: int, text: str) -> Expected:
         if len(words) > 1 or reason:
             raise CasesError(f"{path.name}:{n}: `=> none` takes nothing after it")
         return Expected(None)
-    expected = Expected(words[0], may_miss=reason.strip() or None)
+    success = words[0] == "success"
+    if success:
+        words = words[1:]
+        if not words or reason:
+            raise CasesError(f"{path.name}:{n}: `=> success` needs an address (and no may-miss:)")
+    expected = Expected(words[0], may_miss=reason.strip() or None, success=success)
     if reason and not expected.may_miss:
         raise CasesError(f"{path.name}:{n}: `may-miss:` needs its reason")
     for word in words[1:]:
@@ -176,8 +184,9 @@ def rule_with_mode(rule: Rule, mode: str | None) -> Rule:
 
 
 def run(name: str, rule: Rule, cases: CasesFile, texts: dict[int, str] | None = None
-        ) -> list[tuple[Case, list[Failure]]]:
-    """Each case with the failures its line gave, in file order, one matcher per mode.
+        ) -> list[tuple[Case, list[Failure | Success]]]:
+    """Each case with the failures (and successful logins) its line gave, in file order, one
+    matcher per mode.
 
     `texts` replaces the line of some cases (by line number): the hostile test's variants.
     """
@@ -185,16 +194,25 @@ def run(name: str, rule: Rule, cases: CasesFile, texts: dict[int, str] | None = 
     matchers: dict[str | None, Matcher] = {}
     for case in cases.cases:
         if case.reset or case.mode not in matchers:
-            matchers[case.mode] = Matcher({name: rule_with_mode(rule, case.mode)})
+            matchers[case.mode] = Matcher({name: rule_with_mode(rule, case.mode)}, successes=True)
         text = texts.get(case.line_no, case.text) if texts else case.text
-        found = matchers[case.mode].match(text, None, case.now, "test-host", case.tz, case.program)
-        out.append((case, found))
+        matcher = matchers[case.mode]
+        found: list[Failure | Success] = [*matcher.match(text, None, case.now, "test-host", case.tz, case.program)]
+        out.append((case, found + matcher.take_successes()))
     return out
 
 
-def judge(case: Case, found: list[Failure]) -> str | None:
+def judge(case: Case, found: list[Failure | Success]) -> str | None:
     """What is wrong with what a case's line gave, or None."""
     want = case.expected
+    logins = [f for f in found if isinstance(f, Success)]
+    found = [f for f in found if not isinstance(f, Success)]
+    if want.success:
+        if found:
+            return f"expected a successful login, got failures {[(f.address, f.user) for f in found]}"
+        found = logins  # judged as a failure is: one, with its address, user and time
+    elif logins:
+        return f"expected no successful login, got {[(f.address, f.user) for f in logins]}"
     if want.address is None:
         return None if not found else f"expected no failure, got {[(f.address, f.user) for f in found]}"
     if len(found) != 1:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from pyfilter.common.config import Rule
 from pyfilter.common import timeparse
 from pyfilter.detector.matching.connections import (
-    CLOSE, FAIL, NOTE, ONCE, SUCCESS, Connections, Failure, new_failure,
+    CLOSE, FAIL, NOTE, ONCE, SUCCESS, Connections, Failure, Success, new_failure,
 )
 from pyfilter.detector.matching.placeholders import expand, normalize_host
 from pyfilter.detector.matching import envelopes
@@ -93,7 +93,9 @@ class CompiledRule:
         alternatives = []
         bodies: list[tuple[int, str, str]] = []  # (index, pattern without its tag, expanded)
         required: list[str] = []
-        for i, raw in rule.active_patterns():
+        # The `success` patterns follow the rule's own, numbered after them.
+        logins = [(len(rule.patterns) + j, "<SUCCESS>" + p) for j, p in enumerate(rule.success)]
+        for i, raw in [*rule.active_patterns(), *logins]:
             kind = FAIL
             tag = _TAG.match(raw)
             if tag:
@@ -153,6 +155,9 @@ class CompiledRule:
                 raise RuleError(f"rule {name}: ignore[{j}]: {exc}: {raw}") from None
         self.stateful = any(p.kind != FAIL or not p.has_host for p in self.patterns)
         self.connections = Connections(name, any(p.kind == ONCE for p in self.patterns))
+        # Successful logins seen (address and user known), for whoever asked for
+        # them (Matcher's `successes`); None: not kept.
+        self.successes: list[Success] | None = None
 
     def _blame(self, prefix: str, bodies: list[tuple[int, str, str]]) -> None:
         """Raise the error of the first pattern (as written, as expanded) that does not compile alone.
@@ -248,6 +253,8 @@ class CompiledRule:
         else:
             host = None
         user = user or ruser or None
+        if pat.kind == SUCCESS and self.successes is not None and host and user:
+            self.successes.append(Success(self.name, host, user, self.time_of(when, lines, k, text)))
         if self.stateful and not pid:
             pid = lines.pids[k]
         if not pid or not self.stateful:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pyfilter.detector.matching.compiled import CompiledRule, Pattern
     from pyfilter.detector.matching.scan import Lines
 
-__all__ = ["Failure", "Connections", "FAIL", "NOTE", "SUCCESS", "CLOSE", "ONCE"]
+__all__ = ["Failure", "Success", "Connections", "FAIL", "NOTE", "SUCCESS", "CLOSE", "ONCE"]
 
 FAIL, NOTE, SUCCESS, CLOSE, ONCE = "fail", "note", "success", "close", "once"
 MAX_CONNECTIONS = 20_000
@@ -47,6 +47,16 @@ class Failure(NamedTuple):
     connection: str = ""
     once: bool = False
     count: int = 1  # lines it stands for (rsyslog's "message repeated N times")
+
+
+class Success(NamedTuple):
+    """A successful login (a SUCCESS pattern naming its user and address): it spares
+    the address in the rule's per-account window (windows.py)."""
+
+    rule: str
+    address: str  # normalized, as a failure's
+    user: str
+    time: float | None
 
 
 # `new_failure((...))` makes the same Failure as `Failure(...)`, without the

@@ -25,7 +25,7 @@ from pyfilter.common.config import Rule
 from pyfilter.common import timeparse
 from pyfilter.detector.matching import envelopes
 from pyfilter.detector.matching.compiled import CompiledRule
-from pyfilter.detector.matching.connections import Failure
+from pyfilter.detector.matching.connections import Failure, Success
 from pyfilter.detector.matching.scan import Lines, scan, scan_common
 
 __all__ = ["Matcher"]
@@ -41,9 +41,14 @@ FEW = 3
 class Matcher:
     """The compiled catalog. `match_batch` is the hot path; `explain` (explain.py) is for people."""
 
-    def __init__(self, rules: dict[str, Rule], default_tz: str = "UTC") -> None:
+    def __init__(self, rules: dict[str, Rule], default_tz: str = "UTC", successes: bool = False) -> None:
         self.default_tz = default_tz
         self.rules = [CompiledRule(name, rule, default_tz) for name, rule in rules.items() if rule.enabled]
+        # `successes`: keep the successful logins of rules with a per-account window
+        # (`take_successes`), which spare their addresses there.
+        self._reporting = [r for r in self.rules if successes and r.rule.per_account is not None]
+        for rule in self._reporting:
+            rule.successes = []
         self._message_rules = [r for r in self.rules if r.reads_messages]
         self._line_rules = [r for r in self.rules if not r.reads_messages]
         self._by_program: dict[str | None, list[CompiledRule]] = {None: self._message_rules}
@@ -68,6 +73,14 @@ class Matcher:
         """Forget every connection's state (what the lines so far said of each pid)."""
         for rule in self.rules:
             rule.connections.clear()
+
+    def take_successes(self) -> list[Success]:
+        """The successful logins matched since the last call, in line order per rule."""
+        found: list[Success] = []
+        for rule in self._reporting:
+            found += rule.successes  # type: ignore[operator]
+            rule.successes = []
+        return found
 
     def rules_for(self, program: str | None) -> list[CompiledRule]:
         """The rules that read messages of `program` (None: a plain line of no known program: all)."""
