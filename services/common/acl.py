@@ -83,6 +83,8 @@ def detector(keys: Keys) -> list[str]:
     p = keys.prefix
     rw = [keys.lines("*"), keys.legacy_lines, keys.window("*", "*"), keys.window_lines("*", "*"),
           keys.window_state("*", "*"), keys.window_conns("*", "*"), *_ledger(keys), keys.counts("*", 0)[:-1] + "*"]
+    rw += [keys.account_window("*"), keys.account_lines("*"), keys.account_state("*"), keys.account_logins("*"),
+           keys.account_crossed("*")]
     read = [keys.hosts, keys.own_addresses("*"), keys.whitelist]
     commands = ["+xreadgroup", "+xack", "+xdel", "+xautoclaim", "+xgroup|create", "+xinfo|groups", "+xlen",
                 "+xadd",  # dead letters (lines:HOST:dead, within its streams' pattern)

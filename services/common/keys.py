@@ -13,6 +13,7 @@ in two kinds (docs/decisions.md, "Ledger"):
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from redis.crc import key_slot
@@ -88,6 +89,33 @@ class Keys:
     def window_conns(self, rule: str, address: str) -> str:
         """Hash: connection -> what the window counted of it ("!", or the id of its `once` line)."""
         return f"{self.prefix}window-conns:{rule}:{_tag(address)}"
+
+    # Per-account windows (ledger.lua, "Per-account windows"): one account of one
+    # service over every host, named by `account_id` (never by the account's name, the
+    # attacker's text), changed only by the ledger's record_accounts
+    def account_window(self, account: str) -> str:
+        """Failures on one account: sorted set, "LINE_ID ADDRESS" -> log time (the newest
+        MAX_ACCOUNT_FAILURES kept)."""
+        return f"{self.prefix}account-window:{_tag(account)}"
+
+    def account_lines(self, account: str) -> str:
+        """The account window's last lines (list), copied into its bans' records."""
+        return f"{self.prefix}account-lines:{_tag(account)}"
+
+    def account_state(self, account: str) -> str:
+        """The account window's hash: `reset` (the log time of its last crossing) and
+        `pending` (a crossing not yet confirmed), as `window_state`."""
+        return f"{self.prefix}account-state:{_tag(account)}"
+
+    def account_logins(self, account: str) -> str:
+        """Sorted set: address -> log time of its last successful login as the account
+        (the newest few, for the rule's `per_account.success_memory`)."""
+        return f"{self.prefix}account-logins:{_tag(account)}"
+
+    def account_crossed(self, account: str) -> str:
+        """The ban side's judgement of the account window's last crossing ("trigger",
+        "bans"), so a crossing handed back after a crash is not judged twice."""
+        return self.ban_side(f"account-crossed:{account}")
 
     # Bans: every key a ban writes is on the ban side, in one Cluster slot
     def ban_side(self, name: str) -> str:
@@ -213,6 +241,13 @@ BAN_SIDE_TAG = "{bans}"
 def _tag(address: str) -> str:
     """An address as a hash tag: its keys share one Redis Cluster slot."""
     return f"{{{address}}}"
+
+
+def account_id(service: str, account: str) -> str:
+    """What names one account of one service in keys: a hash, so that any name an
+    attacker sends makes a well-formed key, of the slot of its own hash tag."""
+    digest = hashlib.sha256(f"{service}\0{account}".encode("utf-8", "surrogateescape")).hexdigest()
+    return f"acct:{digest[:32]}"
 
 
 def address_slot(address: str) -> int:

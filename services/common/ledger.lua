@@ -711,6 +711,250 @@ local function confirm_crossings(keys, args)
   return results
 end
 
+-- Per-account windows --------------------------------------------------------
+--
+-- One account of one service (the user name its rule captures) over every
+-- host: a botnet spreads a password list over many addresses, each failing
+-- too rarely for its own window. When `failures` failures on the account,
+-- from at least `addresses` distinct addresses, fall within `span`, every
+-- address that failed on it in that span is banned, except those that
+-- logged in as the account within `success_memory`. The account itself is
+-- never locked. Keys name the account by a hash (keys.py, account_id): the
+-- attacker's text never shapes a key. The window keeps the newest
+-- ACCOUNT_KEEP failures and the logins the newest ACCOUNT_LOGINS_KEEP
+-- addresses, whatever is sent.
+-- Idempotent per line id, as the address windows: a failure is a member
+-- named by its line id (and address), failures at or before the window's
+-- last crossing are ignored, a login keeps its latest time.
+-- On a single Redis record_accounts bans at once (one call). On Cluster the
+-- window is in the account's slot and the bans on the ban side: a crossing
+-- is kept pending in the window's state (as an address window's), banned by
+-- ban_account_crossings, then confirmed by confirm_account_crossings; each
+-- is harmless to repeat. Account bans are not counted for recidive (that
+-- window is in each address's slot).
+
+local ACCOUNT_LOGINS_KEEP = 256
+local ACCOUNT_KEYS = 4  -- per group: window, lines, state, logins (the account's slot)
+
+-- An account group as Python packs it (windows.py): the rule, account, host
+-- that saw the lines; failures, addresses, span, success_memory; bantime,
+-- factor, maxtime, memory, verdict, ports; `lines`, a flat array of (line id,
+-- log time, address, text) per failure; `logins`, of (address, log time)
+-- per successful login; and the account's id (its keys' name).
+local function account_group_of(h)
+  return {rule = h[1], account = h[2], host = h[3], failures = h[4], addresses = h[5], span = h[6],
+          success_memory = h[7], bantime = h[8], factor = h[9], maxtime = h[10], memory = h[11],
+          verdict = h[12], ports = h[13], lines = h[14], logins = h[15], id = h[16]}
+end
+
+local function remember_logins(logins_key, g, now)
+  local logins = g.logins
+  if #logins == 0 then return end
+  for i = 1, #logins, 2 do
+    redis.call('ZADD', logins_key, 'GT', math.min(logins[i + 1], now), logins[i])
+  end
+  redis.call('ZREMRANGEBYSCORE', logins_key, '-inf', '(' .. (now - g.success_memory))
+  redis.call('ZREMRANGEBYRANK', logins_key, 0, -(ACCOUNT_LOGINS_KEEP + 1))
+  redis.call('EXPIRE', logins_key, g.success_memory)
+end
+
+-- The window's failures in time order (ZRANGE WITHSCORES), and the last
+-- stretch of at most `span` holding `failures` failures from `addresses`
+-- addresses: its first and last index (nil if none). One pass: a window
+-- holds at most ACCOUNT_KEEP failures.
+local function account_stretch(entries, g)
+  local times, addrs = {}, {}
+  for i = 1, #entries, 2 do
+    times[#times + 1] = tonumber(entries[i + 1])
+    addrs[#addrs + 1] = string.match(entries[i], ' (%S+)$')
+  end
+  local seen, distinct, lo, first, last = {}, 0, 1, nil, nil
+  for hi = 1, #times do
+    local a = addrs[hi]
+    seen[a] = (seen[a] or 0) + 1
+    if seen[a] == 1 then distinct = distinct + 1 end
+    while times[hi] - times[lo] > g.span do
+      local b = addrs[lo]
+      seen[b] = seen[b] - 1
+      if seen[b] == 0 then distinct = distinct - 1 end
+      lo = lo + 1
+    end
+    if hi - lo + 1 >= g.failures and distinct >= g.addresses then first, last = lo, hi end
+  end
+  return first, last, times, addrs
+end
+
+-- The crossing of stretch first..last: what its bans need, and the
+-- addresses it bans (`evidence`): each that failed in it once, unless it
+-- logged in as the account within success_memory before the trigger.
+local function account_crossing_of(g, now, times, addrs, first, last, logins_key, lines_key)
+  local trigger = times[last]
+  local evidence, spared, listed = {}, 0, {}
+  for i = first, last do
+    local a = addrs[i]
+    if not listed[a] then
+      listed[a] = true
+      local login = redis.call('ZSCORE', logins_key, a)
+      if login and tonumber(login) >= trigger - g.success_memory then
+        spared = spared + 1
+      else
+        evidence[#evidence + 1] = a
+      end
+    end
+  end
+  return {id = g.id, rule = g.rule, account = g.account, host = g.host, trigger = trigger, at = now,
+          bantime = g.bantime, factor = g.factor, maxtime = g.maxtime, memory = g.memory,
+          verdict = g.verdict, ports = g.ports, evidence = evidence, spared = spared,
+          failures = last - first + 1, first = times[first], lines = redis.call('LRANGE', lines_key, 0, -1)}
+end
+
+-- One account group into its window (keys from `at`); a crossing goes to
+-- `on_crossing(c, state_key)`, whose answer becomes the window's pending
+-- crossing. Returns the pending crossing, if any.
+local function record_account_group(keys, at, g, now, on_crossing)
+  local window_key, lines_key = keys[at + 1], keys[at + 2]
+  local state_key, logins_key = keys[at + 3], keys[at + 4]
+  remember_logins(logins_key, g, now)
+  local state = redis.call('HMGET', state_key, 'reset', 'pending')
+  local reset, pending = tonumber(state[1] or '-1'), state[2]
+  local oldest = now - g.span
+  local lines, texts = g.lines, {}
+  for i = 1, #lines, 4 do
+    local ts = math.min(lines[i + 1], now)
+    if ts >= oldest and ts > reset
+        and redis.call('ZADD', window_key, 'NX', ts, lines[i] .. ' ' .. lines[i + 2]) == 1 then
+      texts[#texts + 1] = lines[i + 3]
+    end
+  end
+  local ttl = math.ceil(g.span) + 60
+  if #texts > 0 then
+    redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
+    redis.call('LTRIM', lines_key, -MAX_LINES, -1)
+    redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. oldest)
+    redis.call('ZREMRANGEBYRANK', window_key, 0, -(ACCOUNT_KEEP + 1))
+    local first, last, times, addrs = account_stretch(redis.call('ZRANGE', window_key, 0, -1, 'WITHSCORES'), g)
+    if last then
+      local c = account_crossing_of(g, now, times, addrs, first, last, logins_key, lines_key)
+      pending = on_crossing(c, state_key) or pending
+      redis.call('HSET', state_key, 'reset', c.trigger)
+      redis.call('EXPIRE', state_key, ttl)
+      redis.call('ZREMRANGEBYSCORE', window_key, '-inf', c.trigger)
+      redis.call('DEL', lines_key)
+    else
+      redis.call('EXPIRE', lines_key, ttl)
+    end
+    redis.call('EXPIRE', window_key, ttl)
+  end
+  if pending then redis.call('EXPIRE', state_key, RECORD_GRACE) end
+  return pending or nil
+end
+
+-- A crossing's ban of one of its addresses, unless a ban at least as long
+-- is in force. Returns the ban's duration, or nil if it did not ban.
+local function ban_for_account(s, ban_key, count_key, c, address, now)
+  local count = tonumber(redis.call('GET', count_key) or '0') + 1
+  local duration = escalated(c.bantime, c.factor, c.maxtime, count)
+  local current = redis.call('ZSCORE', s.active, address)
+  if current and (current == 'inf' or tonumber(current) > now) then
+    if current == 'inf' then return end
+    local held = redis.call('GET', ban_key)
+    local held_duration = held and cmsgpack.unpack(held).duration or 0
+    if duration >= 0 and (held_duration < 0 or duration <= held_duration) then return end
+  end
+  local ports = {}
+  for p in string.gmatch(c.ports, '%d+') do ports[#ports + 1] = tonumber(p) end
+  local reason = c.failures .. ' failures of ' .. c.rule .. ' on one account from ' .. (#c.evidence + c.spared)
+                 .. ' addresses'
+  if c.spared > 0 then reason = reason .. ' (' .. c.spared .. ' spared: they logged in as it)' end
+  local rec = {
+    address = address, rule = c.rule, host = c.host, origin = 'detector', banned_at = now,
+    duration = duration, first_failure = c.first, last_failure = c.trigger, failures = c.failures,
+    lines = c.lines, reason = reason, window = 'account', account = c.account, evidence = c.evidence,
+  }
+  if duration >= 0 then rec.expires_at = now + duration end
+  write_ban(s, ban_key, count_key, rec, ports, c.verdict, c.memory, current ~= false)
+  return duration
+end
+
+-- Account groups into their windows.
+-- ARGV: now, '1' to ban at once (a single Redis) or '' to keep crossings
+-- pending (Cluster), the groups packed as one MessagePack array.
+-- KEYS, banning at once: the SHARED keys, the ban side's record and count
+-- key names without their address (keys.py: an address ends them; on a
+-- single Redis every key is in one place, and a crossing's addresses are
+-- known only here), then per group its window, lines, state and logins.
+-- Keeping: per group its four keys only (one account's: one slot).
+-- Returns, banning: {"address rule duration" per ban, pending crossings
+-- left by the three calls}; keeping: the pending crossings.
+local function record_accounts(keys, args)
+  local now, ban_now, groups = tonumber(args[1]), args[2] == '1', cmsgpack.unpack(args[3])
+  if not ban_now then
+    local pending = {}
+    local function keep_account(c, state_key) return keep(state_key, c) end
+    for i, h in ipairs(groups) do
+      pending[#pending + 1] = record_account_group(keys, (i - 1) * ACCOUNT_KEYS, account_group_of(h), now,
+                                                   keep_account)
+    end
+    return pending
+  end
+  local s = shared(keys)
+  local ban_prefix, count_prefix = keys[SHARED + 1], keys[SHARED + 2]
+  local banned, pending = {}, {}
+  local function ban_all(c)
+    for _, address in ipairs(c.evidence) do
+      local duration = ban_for_account(s, ban_prefix .. address, count_prefix .. address, c, address, now)
+      if duration then banned[#banned + 1] = address .. ' ' .. c.rule .. ' ' .. duration end
+    end
+  end
+  for i, h in ipairs(groups) do
+    pending[#pending + 1] = record_account_group(keys, SHARED + 2 + (i - 1) * ACCOUNT_KEYS, account_group_of(h),
+                                                 now, ban_all)
+  end
+  return {banned, pending}
+end
+
+-- Redis Cluster, step 2 for account windows.
+-- KEYS: the SHARED keys, then per crossing the account's crossed key and
+-- each of its addresses' ban record and count (the ban side: one slot).
+-- ARGV: now, then the crossings as record_accounts returned them (oldest
+-- trigger first). Returns per crossing its bans, "address duration" per
+-- line; a crossing judged before gets the same answer and changes nothing.
+local function ban_account_crossings(keys, args)
+  local s = shared(keys)
+  local now = tonumber(args[1])
+  local at = SHARED
+  local results = {}
+  for i = 2, #args do
+    local c = cmsgpack.unpack(args[i])
+    local crossed_key = keys[at + 1]
+    local judged = redis.call('HMGET', crossed_key, 'trigger', 'bans')
+    if judged[1] and tonumber(judged[1]) >= c.trigger then
+      results[#results + 1] = judged[2]
+    else
+      local bans = {}
+      for j, address in ipairs(c.evidence) do
+        local duration = ban_for_account(s, keys[at + 2 * j], keys[at + 2 * j + 1], c, address, now)
+        if duration then bans[#bans + 1] = address .. ' ' .. duration end
+      end
+      local answer = table.concat(bans, '\n')
+      redis.call('HSET', crossed_key, 'trigger', string.format('%.17g', c.trigger), 'bans', answer)
+      redis.call('EXPIRE', crossed_key, 2 * RECORD_GRACE)
+      results[#results + 1] = answer
+    end
+    at = at + 1 + 2 * #c.evidence
+  end
+  return results
+end
+
+-- Redis Cluster, step 3 for account windows: forget the crossings banned.
+-- KEYS: per crossing its account's window state. ARGV: the crossings.
+local function confirm_account_crossings(keys, args)
+  for i = 1, #args do
+    if redis.call('HGET', keys[i], 'pending') == args[i] then redis.call('HDEL', keys[i], 'pending') end
+  end
+  return #args
+end
+
 -- (Only `redis` exists while a library loads: no pairs, no math, here.)
 redis.register_function(FUNCTION_PREFIX .. 'record_and_ban', record_and_ban)
 redis.register_function(FUNCTION_PREFIX .. 'record_failures', record_failures)
@@ -723,3 +967,6 @@ redis.register_function(FUNCTION_PREFIX .. 'set_countries', set_countries)
 redis.register_function(FUNCTION_PREFIX .. 'index_existing', index_existing)
 redis.register_function(FUNCTION_PREFIX .. 'claim_due', claim_due)
 redis.register_function(FUNCTION_PREFIX .. 'claim_digest', claim_digest)
+redis.register_function(FUNCTION_PREFIX .. 'record_accounts', record_accounts)
+redis.register_function(FUNCTION_PREFIX .. 'ban_account_crossings', ban_account_crossings)
+redis.register_function(FUNCTION_PREFIX .. 'confirm_account_crossings', confirm_account_crossings)

@@ -49,7 +49,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from pyfilter.common import bans, messages
-from pyfilter.common.config import Escalation
+from pyfilter.common.config import MAX_ACCOUNT_FAILURES, Escalation
 from pyfilter.common.keys import BAN_SIDE_SLOT, Keys, address_slot, around_address
 from pyfilter.common.redisio import durability
 
@@ -90,6 +90,15 @@ class Crossing(msgspec.Struct):
     rule: str
 
 
+class AccountCrossing(msgspec.Struct):
+    """What Python reads of a per-account window's crossing (record_accounts)."""
+
+    id: str  # the account's keys' name (keys.account_id)
+    rule: str
+    trigger: float
+    evidence: list[str]
+
+
 class NewBan(msgspec.Struct):
     """A ban written whole from Python: its record, and the scope its decision carries."""
 
@@ -123,6 +132,7 @@ def library_code() -> str:
         f"local RECORD_GRACE = {RECORD_GRACE}",
         f"local HISTORY_MAXLEN = {HISTORY_MAXLEN}",
         f"local DECISIONS_MAXLEN = {DECISIONS_MAXLEN}",
+        f"local ACCOUNT_KEEP = {MAX_ACCOUNT_FAILURES}",
         "local STRUCTS = {",
         *(_struct_table(cls) for cls in STRUCTS),
         "}",
@@ -488,6 +498,70 @@ class Ledger:
             args += [packed, answer]
         return await self._calls([(slot, _fcall("confirm_crossings", len(keys), _bulks(keys), args))
                                   for slot, (keys, args) in by_slot.items()])
+
+    # The detector's per-account windows (ledger.lua, "Per-account windows")
+
+    async def record_accounts(self, groups: Sequence[list[object]], now: float) -> list[tuple[str, str, int]]:
+        """Count account groups (windows.py: their last field is the account's id) into
+        their windows and ban for the crossings: in the same call on a single Redis, in
+        two more on Cluster (`split`). Returns (address, rule, duration) per ban."""
+        k = self.keys
+        by_slot: dict[int, list[list[object]]] = {}
+        for group in groups:
+            by_slot.setdefault(key_slot(str(group[-1]).encode()) if self.split else 0, []).append(group)
+        head = [] if self.split else [*self._shared(utc_day(now)), k.ban(""), k.ban_count("")]
+        calls = []
+        for slot, slot_groups in by_slot.items():
+            for i in range(0, len(slot_groups), CHUNK):
+                cut = slot_groups[i:i + CHUNK]
+                keys = list(head)
+                for group in cut:
+                    account = str(group[-1])
+                    keys += [k.account_window(account), k.account_lines(account), k.account_state(account),
+                             k.account_logins(account)]
+                calls.append((slot, _fcall("record_accounts", len(keys), _bulks(keys),
+                                           [now, "" if self.split else "1", _encode(cut)])))
+        replies = await self._calls(calls) if calls else []
+        if self.split:
+            return await self._ban_account_crossed([c for reply in replies for c in reply], now)
+        banned = []
+        for written, _ in replies:
+            for ban in written:
+                address, rule, duration = ban.decode().split(" ")
+                banned.append((address, rule, int(duration)))
+        left = [c for _, pending in replies for c in pending]  # the three calls', interrupted
+        return banned + (await self._ban_account_crossed(left, now) if left else [])
+
+    async def _ban_account_crossed(self, crossings: list[bytes], now: float) -> list[tuple[str, str, int]]:
+        """Ban for account windows' crossings (on the ban side), then confirm them to their windows."""
+        if not crossings:
+            return []
+        crossings = list(dict.fromkeys(crossings))
+        read = [msgspec.msgpack.decode(c, type=AccountCrossing) for c in crossings]
+        # A later crossing of an account answers for its earlier ones: judge the earlier first.
+        order = sorted(range(len(read)), key=lambda i: read[i].trigger)
+        read, crossings = [read[i] for i in order], [crossings[i] for i in order]
+        k = self.keys
+        keys = self._shared(utc_day(now))
+        for c in read:
+            keys.append(k.account_crossed(c.id))
+            for address in c.evidence:
+                keys += [k.ban(address), k.ban_count(address)]
+        [answers] = await self._calls([(BAN_SIDE_SLOT, _fcall("ban_account_crossings", len(keys), _bulks(keys),
+                                                               [now, *crossings]))])
+        banned = []
+        for c, answer in zip(read, answers):
+            for line in answer.decode().splitlines():
+                address, duration = line.split(" ")
+                banned.append((address, c.rule, int(duration)))
+        by_slot: dict[int, tuple[list[str], list[bytes]]] = {}
+        for c, packed in zip(read, crossings):
+            keys, args = by_slot.setdefault(key_slot(c.id.encode()) if self.split else 0, ([], []))
+            keys.append(k.account_state(c.id))
+            args.append(packed)
+        await self._calls([(slot, _fcall("confirm_account_crossings", len(keys), _bulks(keys), args))
+                           for slot, (keys, args) in by_slot.items()])
+        return banned
 
     # Bans and unbans written from Python
 

@@ -35,7 +35,7 @@ from pyfilter.common.whitelist import Whitelist
 from pyfilter.detector import metrics
 from pyfilter.detector.matching import Matcher
 from pyfilter.detector.pruner import prune_until
-from pyfilter.detector.windows import Observed, Windows
+from pyfilter.detector.windows import Login, Observed, Windows
 
 logger = logging.getLogger("pyfilter.detector")
 
@@ -51,7 +51,7 @@ class Detector:
         cfg = settings.config
         self.keys = Keys(cfg.redis.prefix)
         self.client = connect(cfg.redis)
-        self.matcher = Matcher(settings.rules)
+        self.matcher = Matcher(settings.rules, successes=True)
         self.windows = Windows(self.client, cfg.redis.prefix, settings.rules)
         self.whitelist = Whitelist(self.client, self.keys, cfg.whitelist)
         # Rules that count and ban IPv6 attackers by network, not one by one.
@@ -80,8 +80,9 @@ class Detector:
         self.reading: asyncio.Future | None = None
 
     def observe(self, batch: messages.LineBatch, now: float, own: set,
-                whitelist: list) -> list[Observed]:
-        """Failures in a batch, minus addresses that must never be counted."""
+                whitelist: list, logins: list[Login] | None = None) -> list[Observed]:
+        """Failures in a batch, minus addresses that must never be counted; its
+        successful logins go to `logins` (for per-account windows)."""
         basis = (frozenset(own), tuple(whitelist))
         if basis != self._countable_basis:  # addresses or whitelist changed: judge afresh
             self._countable_cache.clear()
@@ -102,12 +103,27 @@ class Detector:
                 connection = f"{origin}:{batch.source}:{f.connection}" if f.connection else ""
                 # A time the source knows exactly (a container's stream time) wins over the text's.
                 when = line.time or f.time or batch.read_at
-                found.append(Observed(f.rule, address, batch.host, when, line.id, line.text, connection, f.once))
+                found.append(Observed(f.rule, address, batch.host, when, line.id, line.text, connection, f.once,
+                                      f.user))
                 # rsyslog's "message repeated N times": N failures, each with
                 # its own stable id, so a redelivery still counts each once.
                 found += [Observed(f.rule, address, batch.host, when, f"{line.id}#{n}",
-                                   line.text, connection, f.once) for n in range(2, f.count + 1)]
+                                   line.text, connection, f.once, f.user) for n in range(2, f.count + 1)]
+        for s in self.matcher.take_successes():
+            if logins is not None and (address := self._login_address(s.rule, s.address)) is not None:
+                logins.append(Login(s.rule, address, s.user, batch.host, s.time or batch.read_at))
         return found
+
+    def _login_address(self, rule: str, host: str) -> str | None:
+        """A login's address as its rule counts failures: normalized, an IPv6 address as its
+        network where the rule bans networks (whitelisted or not: it only spares)."""
+        try:
+            addr = parse_address(host)
+        except InvalidAddress:
+            return None
+        if rule in self.v6_prefix and addr.version == 6:
+            return str(ipaddress.ip_network(f"{addr}/{self.v6_prefix[rule]}", strict=False))
+        return str(addr)
 
     def _warn_unknown_rules(self, batch: messages.LineBatch) -> None:
         """Say once which rules a container's label names that this detector does not run."""
@@ -146,36 +162,37 @@ class Detector:
     async def handle(self, entries: list[Entry]) -> None:
         await self.finish(*await self.prepare(entries))
 
-    async def prepare(self, entries: list[Entry]) -> tuple[list[Observed], list[bytes], float, Counter]:
+    async def prepare(self, entries: list[Entry]) -> tuple[list[Observed], list[bytes], float, Counter, list[Login]]:
         """Decode and match a read: the failures it holds, the entries to acknowledge, when,
-        and its lines by (host, source)."""
+        its lines by (host, source), and its successful logins."""
         now = time.time()
         own = await self.own.get()
         whitelist = await self.whitelist.networks()
         # Matching is CPU work: in a thread, so that the event loop meanwhile
         # sends the next read and the previous read's window update to Redis.
-        read, observed, lines = await asyncio.to_thread(self.match_entries, entries, now, own, whitelist)
+        read, observed, lines, logins = await asyncio.to_thread(self.match_entries, entries, now, own, whitelist)
         await self.lines.dead_letter(read)
-        return observed, read.ids, now, lines
+        return observed, read.ids, now, lines, logins
 
     def match_entries(self, entries: list[Entry], now: float, own: set, whitelist: list):
-        """A read decoded (with its undecodable entries), the failures in it, and
-        its lines by (host, source)."""
+        """A read decoded (with its undecodable entries), the failures in it, its
+        lines by (host, source), and its successful logins."""
         read = self.lines.decode(entries)
         observed: list[Observed] = []
+        logins: list[Login] = []
         lines: Counter = Counter()
         for _, batch in read.messages:
-            observed += self.observe(batch, now, own, whitelist)
+            observed += self.observe(batch, now, own, whitelist, logins)
             lines[batch.host, batch.source] += len(batch.lines)
-        return read, observed, lines
+        return read, observed, lines, logins
 
     async def finish(self, observed: list[Observed], ids: list[bytes], now: float,
-                     lines: Counter | None = None) -> None:
+                     lines: Counter | None = None, logins: list[Login] | None = None) -> None:
         """Count the failures into the windows, then acknowledge their entries
         (with this minute's counts for `pyfilter status`, in the same round trip)."""
         for rule, count in Counter(o.rule for o in observed).items():
             metrics.FAILURES.labels(rule).inc(count)
-        for ban in await self.windows.record(observed, now):
+        for ban in await self.windows.record(observed, now, logins or []):
             metrics.BANS.labels(ban.rule).inc()
             logger.info("ban decided", extra={"address": ban.address, "rule": ban.rule,
                                               "duration": ban.duration})

@@ -1,16 +1,20 @@
-"""Failure windows in Redis: a batch's failures, grouped for the ledger's record_failures."""
+"""Failure windows in Redis: a batch's failures, grouped for the ledger's record_failures
+(per address) and record_accounts (per account, with the logins that spare addresses)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import msgspec
 import redis.asyncio as redis
 
+from pyfilter.common import config
 from pyfilter.common.config import Rule
-from pyfilter.common.keys import Keys
+from pyfilter.common.keys import Keys, account_id
 from pyfilter.common.ledger import Ledger
 
 
@@ -28,6 +32,26 @@ class Observed(NamedTuple):
     # and whether the line counts only if that connection has no other failure.
     connection: str = ""
     once: bool = False
+    user: str | None = None  # the account the line names (a rule's `user` capture)
+
+
+class Login(NamedTuple):
+    """A successful login seen in one line (a rule's `success` pattern)."""
+
+    rule: str
+    address: str
+    user: str
+    host: str
+    time: float
+
+
+# An account's name as windows and ban records keep it: what sshd writes at most (it
+# cuts user names at 100 characters), as valid UTF-8 (a line's undecodable bytes too).
+ACCOUNT_NAME_MAX = 100
+
+
+def account_name(user: str) -> str:
+    return user[:ACCOUNT_NAME_MAX].encode("utf-8", "replace").decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -51,6 +75,14 @@ def _thresholds(rule: Rule) -> list[object]:
             int(rule.escalation.maxtime), int(rule.escalation.memory), rule.verdict, ports]
 
 
+def _account_settings(rule: Rule) -> list[object]:
+    """failures, addresses, span, success_memory, then bantime..ports: as record_accounts reads them."""
+    per = rule.per_account
+    assert isinstance(per, config.PerAccount)
+    return [int(per.failures), int(per.addresses), int(per.findtime), int(per.success_memory),
+            *_thresholds(rule)[2:]]
+
+
 class Windows:
     """Applies observed failures to the windows; returns the bans they caused."""
 
@@ -60,12 +92,45 @@ class Windows:
         self._settings = {name: [rule.window, *_thresholds(rule)] for name, rule in rules.items()}
         recidive = rules.get("recidive")
         self._recidive = msgspec.msgpack.encode(_thresholds(recidive)) if recidive else b""
+        # Rules with a per-account window: their service (whose accounts they count)
+        # and the group fields after rule, account and host.
+        self._accounts = {name: (rule.service, _account_settings(rule)) for name, rule in rules.items()
+                          if rule.per_account is not None}
 
-    async def record(self, observed: list[Observed], now: float) -> list[NewBan]:
+    async def record(self, observed: list[Observed], now: float, logins: Sequence[Login] = ()) -> list[NewBan]:
         """Apply the failures (the ledger sends its calls in one round trip per
-        step and node), and raises if any call failed: nothing is acknowledged then."""
-        banned = await self._ledger.record_failures(self._groups(observed), now, self._recidive)
-        return [NewBan(*ban) for ban in banned]
+        step and node), and raises if any call failed: nothing is acknowledged then.
+        `logins` spare their addresses in per-account windows."""
+        accounts = self._account_groups(observed, logins) if self._accounts else []
+        if not accounts:
+            banned = await self._ledger.record_failures(self._groups(observed), now, self._recidive)
+            return [NewBan(*ban) for ban in banned]
+        # Both are idempotent: if either fails, the read is left pending and done again.
+        done = await asyncio.gather(self._ledger.record_failures(self._groups(observed), now, self._recidive),
+                                    self._ledger.record_accounts(accounts, now), return_exceptions=True)
+        for result in done:
+            if isinstance(result, BaseException):
+                raise result
+        return [NewBan(*ban) for result in done for ban in result]  # type: ignore[union-attr]
+
+    def _account_groups(self, observed: list[Observed], logins: Sequence[Login]) -> list[list[object]]:
+        """Failures and logins of rules with a per-account window, grouped by (rule, account,
+        host), as record_accounts reads them."""
+        failures: dict[tuple[str, str, str], list[object]] = defaultdict(list)
+        logged: dict[tuple[str, str, str], list[object]] = defaultdict(list)
+        for o in observed:
+            if o.user and o.rule in self._accounts:
+                failures[(o.rule, account_name(o.user), o.host)] += (o.line_id, o.time, o.address, o.text)
+        for login in logins:
+            if login.rule in self._accounts:
+                logged[(login.rule, account_name(login.user), login.host)] += (login.address, login.time)
+        groups = []
+        for key in dict.fromkeys([*failures, *logged]):
+            rule, account, host = key
+            service, settings = self._accounts[rule]
+            groups.append([rule, account, host, *settings, failures.get(key, []), logged.get(key, []),
+                           account_id(service, account)])
+        return groups
 
     def _groups(self, observed: list[Observed]) -> list[list[object]]:
         """The failures grouped by (rule, address, host), as record_failures reads them."""

@@ -1,0 +1,262 @@
+"""Per-account windows against a real redis-server (single, Cluster, and the Cluster's three
+calls on a single Redis): many addresses failing on one account over several hosts, each
+too rarely for its own window, are banned together; logins spare; hostile user names."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+
+from pyfilter.common import bans, messages
+from pyfilter.common.config import MAX_ACCOUNT_FAILURES, ConfigError, PerAccount, Rule, Seconds, load_rule
+from pyfilter.common.keys import Keys, account_id
+from pyfilter.detector.windows import Login, Observed, Windows
+from tests.conftest import CLUSTER_URLS, aclient
+from tests.unit.test_ledger import Watched, hash_tag
+
+NOW = 1_800_000_000.0
+KEYS = Keys("pa:")
+HOSTS = ("host-a", "host-b", "host-c")
+
+
+@pytest.fixture(params=["one call", "three calls"])
+def redis_url(request, any_redis_url):
+    """A single Redis (its one call, and the three calls of Cluster run there), and a Cluster."""
+    if request.param == "three calls" and any_redis_url in CLUSTER_URLS:
+        pytest.skip("a Cluster always makes the three calls")
+    request.node.split = request.param == "three calls"
+    return any_redis_url
+
+
+def rule(**per_account) -> Rule:
+    """sshd's settings: 5 failures per address within 10 minutes; per account the shipped default."""
+    base = dict(service="sshd", patterns=["(?P<user>x)"], maxretry=5, findtime=Seconds(600),
+                bantime=Seconds(600), per_account=per_account or True)
+    return msgspec.convert(base, Rule, dec_hook=lambda t, v: Seconds(v))
+
+
+def spread(account: str, addresses: list[str], each: int, start: float = NOW - 300, tag: str = "f") -> list[Observed]:
+    """Each address fails `each` times on `account`, the hosts taking turns, a second apart."""
+    out = []
+    for n in range(each):
+        for i, address in enumerate(addresses):
+            k = n * len(addresses) + i
+            out.append(Observed("sshd", address, HOSTS[k % 3], start + k, f"{tag}:{k}",
+                                f"Failed password for {account} from {address}", user=account))
+    return out
+
+
+def addresses(n: int, first: int = 1) -> list[str]:
+    return [f"198.51.100.{i}" for i in range(first, first + n)]
+
+
+async def record(request, url: str, rules: dict[str, Rule], batches, now: float = NOW, ledger_cls=None):
+    client = aclient(url)
+    windows = Windows(client, "pa:", rules)
+    if ledger_cls is not None:
+        windows._ledger = ledger_cls(client, KEYS)
+    windows._ledger.split = windows._ledger.split or request.node.split
+    banned = []
+    for observed, logins in batches:
+        banned += await windows.record(observed, now, logins)
+    in_force = sorted(a.decode() for a in await client.zrange(KEYS.active_bans, 0, -1))
+    records = {r.address: r for r in await bans.records(client, KEYS, in_force)}
+    decisions = [messages.decode_decision(d[b"m"]) for _, d in await client.xrange(KEYS.decisions)]
+    return client, windows, banned, records, decisions
+
+
+def test_addresses_spread_over_three_hosts_are_banned_together(request, redis_url):
+    """12 addresses fail twice each on root, over three hosts: no address reaches maxretry (5),
+    no host sees more than 8 failures, but the account sees 24 from 12 addresses in 24 s."""
+    attackers = addresses(12)
+
+    async def go():
+        client, _, banned, records, decisions = await record(request, redis_url, {"sshd": rule()},
+                                                              [(spread("root", attackers, 2), [])])
+        await client.aclose()
+        return banned, records, decisions
+    banned, records, decisions = asyncio.run(go())
+    assert sorted(b.address for b in banned) == sorted(attackers)
+    assert sorted(records) == sorted(attackers)
+    for address, rec in records.items():
+        assert (rec.window, rec.account, rec.rule, rec.origin) == ("account", "root", "sshd", "detector")
+        assert sorted(rec.evidence) == sorted(attackers)
+        assert rec.failures >= 20 and rec.duration == 600
+        assert rec.lines and "Failed password for root" in rec.lines[-1]
+    assert sorted(d.address for d in decisions) == sorted(attackers)  # one decision each
+
+
+def test_too_few_addresses_or_failures_ban_nothing(request, redis_url):
+    """25 failures from 5 addresses (fewer than 10), or 19 failures from 19 addresses (fewer than 20).
+    (5 addresses failing 5 times each reach maxretry: their own windows ban them, not the account's.)"""
+    async def go():
+        batches = [(spread("root", addresses(5), 4), []), (spread("admin", addresses(19, 100), 1, tag="g"), [])]
+        client, _, banned, records, _ = await record(request, redis_url, {"sshd": rule()}, batches)
+        await client.aclose()
+        return banned, records
+    banned, records = asyncio.run(go())
+    assert banned == [] and records == {}
+
+
+def test_failures_further_apart_than_findtime_ban_nothing(request, redis_url):
+    async def go():
+        attackers = addresses(20)
+        slow = [Observed("sshd", a, "host-a", NOW - 3000 + i * 40, f"s:{i}", "x", user="root")
+                for i, a in enumerate(attackers)]  # 20 failures over 800 s: at most 15 in 10 minutes
+        client, _, banned, _, _ = await record(request, redis_url, {"sshd": rule()}, [(slow, [])])
+        await client.aclose()
+        return banned
+    assert asyncio.run(go()) == []
+
+
+def test_an_address_that_logged_in_as_the_account_is_spared(request, redis_url):
+    """The administrator's own address fails too (typos), but logged in as root 10 days ago;
+    another logged in as another account, a third as root 40 days ago: those two are banned."""
+    attackers = addresses(11)
+    admin, other_user, long_ago = attackers[0], attackers[1], attackers[2]
+    logins = [Login("sshd", admin, "root", "host-b", NOW - 10 * 86400),
+              Login("sshd", other_user, "deploy", "host-a", NOW - 3600),
+              Login("sshd", long_ago, "root", "host-c", NOW - 40 * 86400)]
+
+    async def go():
+        # the logins first, as they came, then the attack
+        client, _, banned, records, _ = await record(
+            request, redis_url, {"sshd": rule()}, [([], logins[:1]), ([], logins[1:]), (spread("root", attackers, 2), [])])
+        await client.aclose()
+        return banned, records
+    banned, records = asyncio.run(go())
+    assert sorted(records) == sorted(attackers[1:])
+    assert admin not in {b.address for b in banned}
+    rec = records[other_user]
+    assert sorted(rec.evidence) == sorted(attackers[1:])
+    assert "1 spared" in rec.reason
+
+
+def test_a_login_in_the_same_batch_spares_too(request, redis_url):
+    attackers = addresses(11)
+
+    async def go():
+        batch = (spread("root", attackers, 2), [Login("sshd", attackers[5], "root", "host-a", NOW - 1)])
+        client, _, _, records, _ = await record(request, redis_url, {"sshd": rule()}, [batch])
+        await client.aclose()
+        return records
+    assert sorted(asyncio.run(go())) == sorted(set(attackers) - {attackers[5]})
+
+
+def test_a_redelivered_batch_changes_nothing(request, redis_url):
+    """The same lines again (a replica died before acknowledging them): no new ban, no new
+    decision; and lines older than the crossing count no more."""
+    attackers = addresses(12)
+    batch = spread("root", attackers, 2)
+
+    async def go():
+        client, windows, first, _, decisions = await record(request, redis_url, {"sshd": rule()}, [(batch, [])])
+        again = await windows.record(batch, NOW, [])
+        again += await windows.record(batch[:5], NOW + 1, [])
+        after = await client.xlen(KEYS.decisions)
+        window = await client.zcard(KEYS.account_window(account_id("sshd", "root")))
+        await client.aclose()
+        return first, decisions, again, after, window
+    first, decisions, again, after, window = asyncio.run(go())
+    assert len(first) == 12 and again == [] and after == len(decisions) == 12
+    assert window == 0  # the crossing's failures are gone; the redelivered ones are not counted again
+
+
+def test_the_batch_order_of_replicas_does_not_matter(request, redis_url):
+    """Three replicas record parts of the attack in any order: the same bans as one."""
+    attackers = addresses(10)
+    lines = spread("root", attackers, 2)
+
+    async def go():
+        parts = [(lines[i::3], []) for i in (2, 0, 1)]
+        client, _, banned, records, _ = await record(request, redis_url, {"sshd": rule()}, parts)
+        await client.aclose()
+        return banned, records
+    banned, records = asyncio.run(go())
+    assert sorted(records) == sorted(attackers)
+
+
+def test_a_user_name_cannot_frame_another_address_nor_break_keys(request, redis_url):
+    """The user name is the attacker's text: addresses, braces (hash tags), spaces, newlines,
+    16 KB. Only the addresses that failed are banned; every key names the account by its hash."""
+    hostile = ["root 198.51.100.99", "{bans}", "}x{", "a\nb\r\n198.51.100.98", "pa:{bans}:ban:198.51.100.97",
+               "x" * 16384, "\x00\u202eroot"]
+    attackers = addresses(10)
+
+    async def go():
+        batches = [(spread(name, attackers, 2, tag=f"h{n}"), []) for n, name in enumerate(hostile)]
+        client, _, banned, records, _ = await record(request, redis_url, {"sshd": rule()}, batches,
+                                                     ledger_cls=Watched)
+        written = [k.decode() for k in await client.keys("pa:account-*")]
+        await client.aclose()
+        return records, written
+    records, written = asyncio.run(go())
+    assert sorted(records) == sorted(attackers)
+    assert {r.account for r in records.values()} <= {h[:100].encode("utf-8", "replace").decode() for h in hostile}
+    assert written and all(hash_tag(k).startswith("acct:") and len(hash_tag(k)) == 37 for k in written), written
+
+
+def test_memory_per_account_is_bounded(request, redis_url):
+    """A flood on one account from one address (never enough addresses), and logins from
+    thousands of addresses: the window keeps the newest failures, the logins the newest few."""
+    async def go():
+        flood = [Observed("sshd", "198.51.100.7", "host-a", NOW - 100 + i / 100, f"x:{i}", "x", user="root")
+                 for i in range(3 * MAX_ACCOUNT_FAILURES)]
+        logins = [Login("sshd", f"2001:db8::{i:x}", "root", "host-a", NOW - i) for i in range(2000)]
+        client, _, _, _, _ = await record(request, redis_url, {"sshd": rule(addresses=10)}, [(flood, logins)])
+        account = account_id("sshd", "root")
+        sizes = (await client.zcard(KEYS.account_window(account)), await client.zcard(KEYS.account_logins(account)),
+                 await client.llen(KEYS.account_lines(account)))
+        ttl = await client.ttl(KEYS.account_window(account))
+        await client.aclose()
+        return sizes, ttl
+    (window, logins, lines), ttl = asyncio.run(go())
+    assert window == MAX_ACCOUNT_FAILURES and logins <= 256 and lines <= 10
+    assert 0 < ttl <= 600 + 60
+
+
+def test_every_account_call_writes_only_the_keys_it_is_given(request, redis_url):
+    """On Cluster (and in the three calls) each call's keys share one hash tag: the
+    account's, or the ban side's. A single Redis's one call names the ban side's records
+    and counts by their common start (keys.py); everything it writes starts so or is given."""
+    attackers = addresses(12)
+
+    async def go():
+        client, windows, _, _, _ = await record(
+            request, redis_url, {"sshd": rule()},
+            [([], [Login("sshd", "198.51.100.200", "root", "host-a", NOW - 5)]), (spread("root", attackers, 2), [])],
+            ledger_cls=Watched)
+        written = {k.decode() for k in await client.keys("*")}
+        await client.aclose()
+        return windows._ledger, written
+    ledger, written = asyncio.run(go())
+    stems = {KEYS.ban(""), KEYS.ban_count("")}
+    assert written and all(k in ledger.given or any(k.startswith(s) and s in ledger.given for s in stems)
+                           for k in written), written - ledger.given
+    if ledger.split:
+        assert all(len(t) == 1 for t in ledger.tags), ledger.tags
+        assert {account_id("sshd", "root")} in ledger.tags and {"bans"} in ledger.tags
+
+
+def test_per_account_settings_and_their_errors(tmp_path):
+    assert rule().per_account == PerAccount(20, 10, Seconds(600), Seconds(30 * 86400))
+    path = tmp_path / "r.yaml"
+    cases = {
+        "patterns: ['Failed for x from <HOST>']\nper_account: true": "capture no user name",
+        "patterns: ['(?P<user>\\S+) <HOST>']\nper_account: {failures: 5, addresses: 9}": "cannot come from",
+        "patterns: ['(?P<user>\\S+) <HOST>']\nper_account: {failures: 1}": "failures",
+        "patterns: ['(?P<user>\\S+) <HOST>']\nper_account: {findtime: ten}": 'expected a duration like "10m"',
+        "patterns: ['(?P<user>\\S+) <HOST>']\nper_account: {lock: true}": "lock",
+        "patterns: ['(?P<user>\\S+) <HOST>']\nsuccess: ['Accepted from <HOST>']": "success[0]",
+    }
+    for body, message in cases.items():
+        path.write_text(f"service: s\n{body}\n")
+        with pytest.raises(ConfigError) as err:
+            load_rule(path, "r")
+        assert message in str(err.value) and f"{path}: rules.r" in str(err.value), str(err.value)
+    path.write_text("service: s\npatterns: ['(?P<user>\\S+) <HOST>']\nper_account: false\n")
+    assert load_rule(path, "r").per_account is None
+    sshd = load_rule(path.parents[0] / "none.yaml", "sshd", {"service": "s", "patterns": ["(?P<user>.) <HOST>"]})
+    assert sshd.per_account is None  # off unless asked for
