@@ -784,49 +784,87 @@ local function account_stretch(entries, g)
   return first, last, times, addrs
 end
 
--- The crossing of stretch first..last: what its bans need, and the
--- addresses it bans (`evidence`): each that failed in it once, unless it
--- logged in as the account within success_memory before the trigger.
+-- Whether `address` logged in as the account within success_memory before `trigger`.
+local function logged_in(logins_key, address, trigger, g)
+  local login = redis.call('ZSCORE', logins_key, address)
+  return login and tonumber(login) >= trigger - g.success_memory
+end
+
+-- The crossing of stretch first..last: what its bans need, the addresses
+-- it bans (`evidence`: each that failed in it), and those it spares
+-- (`spared`: they logged in as the account).
 local function account_crossing_of(g, now, times, addrs, first, last, logins_key, lines_key)
   local trigger = times[last]
-  local evidence, spared, listed = {}, 0, {}
+  local evidence, spared, listed = {}, {}, {}
   for i = first, last do
     local a = addrs[i]
     if not listed[a] then
       listed[a] = true
-      local login = redis.call('ZSCORE', logins_key, a)
-      if login and tonumber(login) >= trigger - g.success_memory then
-        spared = spared + 1
-      else
-        evidence[#evidence + 1] = a
-      end
+      if logged_in(logins_key, a, trigger, g) then spared[#spared + 1] = a else evidence[#evidence + 1] = a end
     end
   end
   return {id = g.id, rule = g.rule, account = g.account, host = g.host, trigger = trigger, at = now,
-          bantime = g.bantime, factor = g.factor, maxtime = g.maxtime, memory = g.memory,
+          span = g.span, bantime = g.bantime, factor = g.factor, maxtime = g.maxtime, memory = g.memory,
           verdict = g.verdict, ports = g.ports, evidence = evidence, spared = spared,
           failures = last - first + 1, first = times[first], lines = redis.call('LRANGE', lines_key, 0, -1)}
 end
 
--- One account group into its window (keys from `at`); a crossing goes to
--- `on_crossing(c, state_key)`, whose answer becomes the window's pending
+-- Failures read after their window crossed (another replica's batch, read
+-- later; a redelivery) that fall in the crossed window, from addresses the
+-- crossing has not judged: they join its evidence, so the same addresses
+-- are banned whatever order replicas read the lines in. Returns the
+-- crossing (changed) and the addresses added, or nil if none.
+local function late_evidence(c, late, logins_key, g)
+  local known = {}
+  for _, a in ipairs(c.evidence) do known[a] = true end
+  for _, a in ipairs(c.spared) do known[a] = true end
+  local added = {}
+  for _, a in ipairs(late) do
+    if not known[a] then
+      known[a] = true
+      c.failures = c.failures + 1
+      if logged_in(logins_key, a, c.trigger, g) then
+        c.spared[#c.spared + 1] = a
+      else
+        c.evidence[#c.evidence + 1] = a
+        added[#added + 1] = a
+      end
+    end
+  end
+  if #added > 0 then return c, added end
+end
+
+-- One account group into its window (keys from `at`). A crossing, or late
+-- evidence of the last one, goes to `on_crossing(c, state_key, addresses)`
+-- (the addresses to ban), whose answer becomes the window's pending
 -- crossing. Returns the pending crossing, if any.
 local function record_account_group(keys, at, g, now, on_crossing)
   local window_key, lines_key = keys[at + 1], keys[at + 2]
   local state_key, logins_key = keys[at + 3], keys[at + 4]
   remember_logins(logins_key, g, now)
-  local state = redis.call('HMGET', state_key, 'reset', 'pending')
-  local reset, pending = tonumber(state[1] or '-1'), state[2]
+  local state = redis.call('HMGET', state_key, 'reset', 'pending', 'crossing')
+  local reset, pending, crossed = tonumber(state[1] or '-1'), state[2], state[3]
   local oldest = now - g.span
-  local lines, texts = g.lines, {}
+  local lines, texts, late = g.lines, {}, {}
   for i = 1, #lines, 4 do
     local ts = math.min(lines[i + 1], now)
-    if ts >= oldest and ts > reset
-        and redis.call('ZADD', window_key, 'NX', ts, lines[i] .. ' ' .. lines[i + 2]) == 1 then
-      texts[#texts + 1] = lines[i + 3]
+    if ts > reset then
+      if ts >= oldest and redis.call('ZADD', window_key, 'NX', ts, lines[i] .. ' ' .. lines[i + 2]) == 1 then
+        texts[#texts + 1] = lines[i + 3]
+      end
+    elseif crossed and ts >= reset - g.span then
+      late[#late + 1] = lines[i + 2]
     end
   end
   local ttl = math.ceil(g.span) + 60
+  if #late > 0 then
+    local c, added = late_evidence(cmsgpack.unpack(crossed), late, logins_key, g)
+    if c then
+      local packed = cmsgpack.pack(c)
+      redis.call('HSET', state_key, 'crossing', packed)
+      pending = on_crossing(c, state_key, added) or pending
+    end
+  end
   if #texts > 0 then
     redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
     redis.call('LTRIM', lines_key, -MAX_LINES, -1)
@@ -835,9 +873,8 @@ local function record_account_group(keys, at, g, now, on_crossing)
     local first, last, times, addrs = account_stretch(redis.call('ZRANGE', window_key, 0, -1, 'WITHSCORES'), g)
     if last then
       local c = account_crossing_of(g, now, times, addrs, first, last, logins_key, lines_key)
-      pending = on_crossing(c, state_key) or pending
-      redis.call('HSET', state_key, 'reset', c.trigger)
-      redis.call('EXPIRE', state_key, ttl)
+      pending = on_crossing(c, state_key, c.evidence) or pending
+      redis.call('HSET', state_key, 'reset', c.trigger, 'crossing', cmsgpack.pack(c))
       redis.call('ZREMRANGEBYSCORE', window_key, '-inf', c.trigger)
       redis.call('DEL', lines_key)
     else
@@ -845,6 +882,7 @@ local function record_account_group(keys, at, g, now, on_crossing)
     end
     redis.call('EXPIRE', window_key, ttl)
   end
+  if #texts > 0 or #late > 0 then redis.call('EXPIRE', state_key, ttl) end
   if pending then redis.call('EXPIRE', state_key, RECORD_GRACE) end
   return pending or nil
 end
@@ -863,9 +901,9 @@ local function ban_for_account(s, ban_key, count_key, c, address, now)
   end
   local ports = {}
   for p in string.gmatch(c.ports, '%d+') do ports[#ports + 1] = tonumber(p) end
-  local reason = c.failures .. ' failures of ' .. c.rule .. ' on one account from ' .. (#c.evidence + c.spared)
+  local reason = c.failures .. ' failures of ' .. c.rule .. ' on one account from ' .. (#c.evidence + #c.spared)
                  .. ' addresses'
-  if c.spared > 0 then reason = reason .. ' (' .. c.spared .. ' spared: they logged in as it)' end
+  if #c.spared > 0 then reason = reason .. ' (' .. #c.spared .. ' spared: they logged in as it)' end
   local rec = {
     address = address, rule = c.rule, host = c.host, origin = 'detector', banned_at = now,
     duration = duration, first_failure = c.first, last_failure = c.trigger, failures = c.failures,
@@ -900,8 +938,8 @@ local function record_accounts(keys, args)
   local s = shared(keys)
   local ban_prefix, count_prefix = keys[SHARED + 1], keys[SHARED + 2]
   local banned, pending = {}, {}
-  local function ban_all(c)
-    for _, address in ipairs(c.evidence) do
+  local function ban_all(c, _, addresses)
+    for _, address in ipairs(addresses) do
       local duration = ban_for_account(s, ban_prefix .. address, count_prefix .. address, c, address, now)
       if duration then banned[#banned + 1] = address .. ' ' .. c.rule .. ' ' .. duration end
     end
@@ -916,9 +954,11 @@ end
 -- Redis Cluster, step 2 for account windows.
 -- KEYS: the SHARED keys, then per crossing the account's crossed key and
 -- each of its addresses' ban record and count (the ban side: one slot).
--- ARGV: now, then the crossings as record_accounts returned them (oldest
--- trigger first). Returns per crossing its bans, "address duration" per
--- line; a crossing judged before gets the same answer and changes nothing.
+-- ARGV: now, then the crossings as record_accounts returned them.
+-- Returns per crossing the bans it wrote, "address duration" per line.
+-- `crossed` keeps, per address, the trigger of the crossing that judged
+-- it: a crossing handed back again (a crash; late evidence added) judges
+-- only the addresses it has not judged yet.
 local function ban_account_crossings(keys, args)
   local s = shared(keys)
   local now = tonumber(args[1])
@@ -927,20 +967,18 @@ local function ban_account_crossings(keys, args)
   for i = 2, #args do
     local c = cmsgpack.unpack(args[i])
     local crossed_key = keys[at + 1]
-    local judged = redis.call('HMGET', crossed_key, 'trigger', 'bans')
-    if judged[1] and tonumber(judged[1]) >= c.trigger then
-      results[#results + 1] = judged[2]
-    else
-      local bans = {}
-      for j, address in ipairs(c.evidence) do
+    local trigger = string.format('%.17g', c.trigger)
+    local bans = {}
+    for j, address in ipairs(c.evidence) do
+      local judged = redis.call('HGET', crossed_key, address)
+      if not judged or tonumber(judged) < c.trigger then
         local duration = ban_for_account(s, keys[at + 2 * j], keys[at + 2 * j + 1], c, address, now)
         if duration then bans[#bans + 1] = address .. ' ' .. duration end
+        redis.call('HSET', crossed_key, address, trigger)
       end
-      local answer = table.concat(bans, '\n')
-      redis.call('HSET', crossed_key, 'trigger', string.format('%.17g', c.trigger), 'bans', answer)
-      redis.call('EXPIRE', crossed_key, 2 * RECORD_GRACE)
-      results[#results + 1] = answer
     end
+    if #c.evidence > 0 then redis.call('EXPIRE', crossed_key, 2 * RECORD_GRACE) end
+    results[#results + 1] = table.concat(bans, '\n')
     at = at + 1 + 2 * #c.evidence
   end
   return results

@@ -164,18 +164,25 @@ def test_a_redelivered_batch_changes_nothing(request, redis_url):
     assert window == 0  # the crossing's failures are gone; the redelivered ones are not counted again
 
 
-def test_the_batch_order_of_replicas_does_not_matter(request, redis_url):
-    """Three replicas record parts of the attack in any order: the same bans as one."""
-    attackers = addresses(10)
-    lines = spread("root", attackers, 2)
+def test_a_failure_read_after_the_crossing_joins_its_evidence(request, redis_url):
+    """Replicas read batches in any order: the earliest failure of the attack, read after
+    the others crossed the threshold without it, is banned with them (late evidence); a
+    failure older than the crossed window is not, and reading it all again bans nobody more."""
+    first = Observed("sshd", "198.51.100.60", "host-c", NOW - 301, "e:0", "x", user="root")
+    too_old = Observed("sshd", "198.51.100.61", "host-c", NOW - 1000, "e:1", "x", user="root")
+    rest = spread("root", addresses(15), 2)
 
-    async def go():
-        parts = [(lines[i::3], []) for i in (2, 0, 1)]
-        client, _, banned, records, _ = await record(request, redis_url, {"sshd": rule()}, parts)
+    async def go(batches):
+        client, windows, banned, records, _ = await record(request, redis_url, {"sshd": rule()}, batches)
+        again = await windows.record([first, too_old, *rest], NOW, [])
+        await client.flushall()
         await client.aclose()
-        return banned, records
-    banned, records = asyncio.run(go())
-    assert sorted(records) == sorted(attackers)
+        return sorted(b.address for b in banned), records, again
+    in_order, _, _ = asyncio.run(go([([too_old, first, *rest], [])]))
+    late, records, again = asyncio.run(go([(rest, []), ([first, too_old], [])]))
+    assert in_order == late == sorted([*addresses(15), "198.51.100.60"])
+    assert again == []
+    assert sorted(records["198.51.100.60"].evidence) == late
 
 
 def test_a_user_name_cannot_frame_another_address_nor_break_keys(request, redis_url):

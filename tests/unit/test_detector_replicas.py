@@ -9,6 +9,7 @@ claimed and finished by the others.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
 import subprocess
@@ -44,6 +45,27 @@ def attack_log() -> list[str]:
         for n, address in enumerate(banned + (spared if round_ < 3 else [])):
             lines.append(f"{now} host sshd[{1000 + n}]: Failed password for invalid user u{round_} "
                          f"from {address} port {40000 + n} ssh2")
+        for n in range(4000):
+            lines.append(f"{now} host sshd[{9000 + n}]: Accepted publickey for deploy from 198.51.100.250 "
+                         f"port 22 ssh2: ED25519 SHA256:x")
+    return lines
+
+
+def account_attack_log() -> list[str]:
+    """Botnets on 30 accounts, each from 12 addresses failing twice (24 failures: each
+    account's window crosses, no address's does); 30 more accounts from 5 addresses failing
+    3 times (too few addresses); on one attacked account, one address logged in earlier
+    (spared). Interleaved with noise, as `attack_log`."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    lines = [f"{now} host sshd[999]: Accepted password for acct0 from 2001:db8:a:0::5 port 22 ssh2"]
+    for round_ in range(3):
+        for account in range(60):
+            members = range(12) if account < 30 else range(5)
+            if round_ == 2 and account < 30:
+                continue
+            for i in members:
+                lines.append(f"{now} host sshd[{1000 + i}]: Failed password for acct{account} "
+                             f"from 2001:db8:a:{account:x}::{i:x} port {40000 + i} ssh2")
         for n in range(4000):
             lines.append(f"{now} host sshd[{9000 + n}]: Accepted publickey for deploy from 198.51.100.250 "
                          f"port 22 ssh2: ED25519 SHA256:x")
@@ -92,14 +114,16 @@ def decided(client: redis.Redis) -> set[tuple[str, str]]:
                                           for _, f in client.xrange(KEYS.decisions))}
 
 
-def write_config(tmp_path: Path) -> Path:
+def write_config(tmp_path: Path, sshd: str = "{per_account: false}") -> Path:
+    """sshd as the catalog has it, by default without its per-account window (`attack_log`
+    is many addresses on a few accounts: the per-address windows are what it checks)."""
     config = tmp_path / "pyfilter.yaml"
     config.write_text(f"""
 redis: {{prefix: "rep:"}}
 catalog_dir: {REPO / "config" / "rules"}
 detector: {{claim_idle: 2s}}
 rules:
-  sshd: {{}}
+  sshd: {sshd}
 """)
     return config
 
@@ -119,7 +143,7 @@ def freeze_while_holding(client: redis.Redis, victim: subprocess.Popen) -> None:
 
 
 def run_replicas(url: str, config: Path, replicas: int, kill_one: bool,
-                 keep_data: bool = False) -> set[tuple[str, str]]:
+                 keep_data: bool = False, log=attack_log) -> set[tuple[str, str]]:
     client = sync_client(url)
     if not keep_data:
         client.flushall()
@@ -129,7 +153,7 @@ def run_replicas(url: str, config: Path, replicas: int, kill_one: bool,
     try:
         wait(lambda: len(client.xinfo_groups(KEYS.lines("h1"))) if client.exists(KEYS.lines("h1")) else False,
              60, "the detectors' consumer group", config.parent / "detectors.log")
-        feed(client, attack_log())
+        feed(client, log())
         if kill_one:
             victim = procs[0]
             freeze_while_holding(client, victim)
@@ -156,6 +180,23 @@ def test_one_and_three_replicas_with_one_killed_decide_the_same_bans(any_redis_u
     three = run_replicas(redis_url, config, replicas=3, kill_one=True)
     assert one == expected
     assert three == expected
+
+
+def test_per_account_windows_decide_the_same_bans_with_one_or_three_replicas(any_redis_url, tmp_path):
+    """The per-account window kind, with one replica killed midway: on a single Redis (one
+    call) and on Cluster (three calls, the accounts' windows spread over the primaries)."""
+    config = write_config(tmp_path, "{}")
+    expected = {(str(ipaddress.ip_address(f"2001:db8:a:{account:x}::{i:x}")), "sshd")
+                for account in range(30) for i in range(12)}
+    expected.remove(("2001:db8:a::5", "sshd"))  # it logged in as acct0
+    one = run_replicas(any_redis_url, config, replicas=1, kill_one=False, log=account_attack_log)
+    three = run_replicas(any_redis_url, config, replicas=3, kill_one=True, log=account_attack_log)
+    assert one == expected
+    assert three == expected
+    client = sync_client(any_redis_url)
+    record = messages.decode_record(client.get(KEYS.ban("2001:db8:a:3::7")))
+    assert (record.window, record.account) == ("account", "acct3")
+    assert sorted(record.evidence) == sorted(str(ipaddress.ip_address(f"2001:db8:a:3::{i:x}")) for i in range(12))
 
 
 def test_a_stopped_detector_finishes_what_it_took(redis_url, tmp_path):
