@@ -15,7 +15,7 @@ from pyfilter.api.app import Api
 from pyfilter.common import messages
 from pyfilter.common.config import Config, Rule, Seconds, Settings
 from pyfilter.common.keys import Keys
-from pyfilter.detector.windows import Observed, Windows
+from pyfilter.detector.windows import Login, Observed, Windows
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -63,4 +63,15 @@ async def detector_ban(redis, address: str, now: float, rule_name: str = "sshd",
     assert await windows.record(observed, now), f"{address} was not banned"
 
 
-
+async def account_bans(redis, addresses: list[str], account: str, now: float, spared: str | None = None,
+                       hosts: tuple[str, ...] = ("web-1", "web-2", "web-3")) -> list[str]:
+    """Make the detector's per-account window ban `addresses` (two failures each on `account`,
+    over `hosts`); `spared` fails too but logged in as the account. Returns the banned."""
+    windows = Windows(redis, PREFIX, {"sshd": rule(patterns=["(?P<user>x)"], maxretry=5,
+                                                   per_account={"failures": 4, "addresses": 2})})
+    attackers = [*addresses, *([spared] if spared else [])]
+    observed = [Observed("sshd", address, hosts[i % len(hosts)], now - 10 + i, f"{account}:{now}:{i}",
+                         f"Failed password for {account} from {address} port {4000 + i} ssh2", user=account)
+                for i, address in enumerate(attackers * 2)]
+    logins = [Login("sshd", spared, account, hosts[0], now - 86400)] if spared else []
+    return sorted(b.address for b in await windows.record(observed, now, logins))

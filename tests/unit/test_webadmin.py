@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import redis.asyncio as aioredis
 from pyfilter.common import messages
 from pyfilter.common.keys import Keys
 from tests.unit.apiserver import start_api
-from tests.unit.apisupport import PREFIX, TOKEN, detector_ban
+from tests.unit.apisupport import PREFIX, TOKEN, account_bans, detector_ban
 from tests.unit.test_geo import write_db
 
 import playwright.sync_api as playwright_api  # noqa: E402  (a test dependency: `make dev`)
@@ -221,3 +222,30 @@ def test_the_protection_panel_shows_each_hosts_rules_firewall_and_problems(serve
         "nginx-http-auth is enabled but no source carries nginx lines: /host/log/nginx/error.log does not exist"])
     expect(mail1).to_contain_text("enforcer NOT reporting since")
     expect(mail1.locator(".problems li").first).to_contain_text("no collector reports from this host")
+
+
+def test_a_per_account_ban_shows_its_account_and_evidence(server, page):
+    """Addresses banned together for failing on one account: the row names the account (the
+    attacker's text, shown as text), the details list every address of the evidence."""
+    url, redis_url = server
+    attackers = ["198.51.100.51", "198.51.100.52", "2001:db8::53"]
+    account = "<img src=x onerror=alert(1)>"
+
+    async def seed():
+        client = aioredis.from_url(redis_url)
+        assert await account_bans(client, attackers, account, time.time()) == sorted(attackers)
+        await client.aclose()
+    with ThreadPoolExecutor(1) as pool:  # the page's driver holds this thread's event loop
+        pool.submit(asyncio.run, seed()).result()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("dialog", lambda d: problems.append(d.message))
+    page.goto(url + "/")
+    row = page.locator('#bans tr[data-address="2001:db8::53"]')
+    expect(row.locator('[data-window="account"]')).to_have_text(f"per account: {account}")
+    expect(page.locator('#bans tr[data-address="198.51.100.41"] [data-window]')).to_have_count(0)
+    row.locator("button", has_text="Details").click()
+    evidence = page.locator("#bans tr.details .evidence li")
+    expect(evidence).to_have_text(attackers)
+    expect(page.locator("#bans tr.details")).to_contain_text("3 address(es) failed on account")
+    assert page.locator("#bans img").count() == 0 and problems == []

@@ -205,7 +205,23 @@ function details(b) {
   const dl = el("dl");
   for (const [k, v] of facts) dl.append(el("dt", {}, k), el("dd", {}, String(v)));
   const lines = b.lines.length ? el("pre", {}, b.lines.join("\n")) : el("p", { class: "muted" }, "no log lines");
-  return el("tr", { class: "details" }, el("td", { colspan: 8 }, dl, lines));
+  return el("tr", { class: "details" }, el("td", { colspan: 8 }, dl, accountEvidence(b), lines));
+}
+
+// A ban decided by a per-account window: the account attacked (the attacker's text: shown as
+// text) and the addresses that failed on it together, the evidence.
+function accountNote(b) {
+  if (b.window !== "account") return "";
+  return el("span", { class: "window-note", "data-window": "account" }, "per account: ", el("q", {}, b.account ?? ""));
+}
+
+function accountEvidence(b) {
+  if (b.window !== "account") return "";
+  const list = el("ul", { class: "evidence" });
+  for (const address of b.evidence) list.append(el("li", {}, address));
+  return el("div", { class: "account-evidence" },
+    el("p", {}, `${b.evidence.length} address(es) failed on account `, el("q", {}, b.account ?? ""), " together:"),
+    list);
 }
 
 function renderBans(list) {
@@ -223,7 +239,7 @@ function renderBans(list) {
                                          "data-unban": b.address, onclick: () => unban(b.address) }, "Unban"));
     }
     body.append(el("tr", { class: b.active ? "active" : "inactive", "data-address": b.address },
-      el("td", {}, b.address), el("td", {}, country(b.country)), el("td", {}, b.rule),
+      el("td", {}, b.address), el("td", {}, country(b.country)), el("td", {}, b.rule, accountNote(b)),
       el("td", {}, b.host), el("td", {}, when(b.banned_at)),
       el("td", {}, b.active ? when(b.expires_at, "permanent") : "lifted or expired"),
       el("td", {}, b.reason), actions));
