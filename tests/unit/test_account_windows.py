@@ -80,7 +80,7 @@ def test_addresses_spread_over_three_hosts_are_banned_together(request, redis_ur
     banned, records, decisions = asyncio.run(go())
     assert sorted(b.address for b in banned) == sorted(attackers)
     assert sorted(records) == sorted(attackers)
-    for address, rec in records.items():
+    for rec in records.values():
         assert (rec.window, rec.account, rec.rule, rec.origin) == ("account", "root", "sshd", "detector")
         assert sorted(rec.evidence) == sorted(attackers)
         assert rec.failures >= 20 and rec.duration == 600
