@@ -22,7 +22,7 @@ from pyfilter.detector.matching.regex import tokens
 __all__ = ["Explanation", "Closest", "explain", "closest"]
 
 _REASONS = {NOTE: "remembers the address of the connection; not a failure alone",
-            SUCCESS: "successful login; ends the connection",
+            SUCCESS: "successful login; ends the connection (and spares the address in per-account windows)",
             CLOSE: "connection closed; completes a waiting failure of the connection",
             ONCE: "a failure unless the connection already failed"}
 
