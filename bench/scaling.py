@@ -241,18 +241,22 @@ class Run:
 # --- pipeline: the real detectors ------------------------------------------------------------
 
 
-def _config(work: Path, servers: Servers) -> Path:
+def _config(work: Path, servers: Servers, per_account: bool = True) -> Path:
+    """sshd as the catalog has it (its per-account window on: the attack is a botnet on root,
+    which it counts too), or without its per-account window."""
     path = work / "pyfilter.yaml"
     path.write_text(yaml.safe_dump({
         "host": HOST,
         "catalog_dir": str(REPO / "config" / "rules"),
         "redis": {"url": servers.url, "cluster": bool(servers.shards)},
-        "rules": {"sshd": {"maxretry": MAXRETRY, "findtime": FINDTIME, "bantime": BANTIME}},
+        "rules": {"sshd": {"maxretry": MAXRETRY, "findtime": FINDTIME, "bantime": BANTIME,
+                           **({} if per_account else {"per_account": False})}},
     }))
     return path
 
 
-def pipeline(failures: int, addresses: int, detectors: int, work: Path, timeout: float, shards: int) -> Run:
+def pipeline(failures: int, addresses: int, detectors: int, work: Path, timeout: float, shards: int,
+             per_account: bool = True) -> Run:
     # The log ends now: detectors judge lines by the clock, and a log written
     # for an earlier run would be partly older than findtime by this one.
     log = attack(failures, addresses, time.time())
@@ -262,7 +266,7 @@ def pipeline(failures: int, addresses: int, detectors: int, work: Path, timeout:
     servers = Servers(work, shards)
     client = servers.client()
     client.sadd(keys.hosts, HOST)  # whose lines stream the detectors read
-    env = {**os.environ, "PYFILTER_CONFIG": str(_config(work, servers)), "PYFILTER_HOST": HOST,
+    env = {**os.environ, "PYFILTER_CONFIG": str(_config(work, servers, per_account)), "PYFILTER_HOST": HOST,
            "PYFILTER_REDIS_URL": servers.url, "PYFILTER_REDIS_CLUSTER": "1" if shards else "0",
            "PYFILTER_METRICS_PORT": "0", "PYFILTER_HEARTBEAT": str(work / "beat")}
     procs: dict[str, tuple[subprocess.Popen, float]] = {}
@@ -419,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="0: one Redis (unix socket); N: a Redis Cluster of N primaries (default 0)")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--work", type=Path, help="keep logs here (default: a temporary folder)")
+    parser.add_argument("--no-per-account", action="store_true",
+                        help="the detectors without sshd's per-account window (default: as the catalog, on)")
     args = parser.parse_args(argv)
 
     log = attack(args.failures, args.addresses, time.time())  # the script runs' (they pass the clock)
@@ -432,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(tmp)
         for shards in (int(x) for x in args.shards.split(",") if x):
             for n in (int(x) for x in args.detectors.split(",") if x):
-                runs.append(pipeline(args.failures, args.addresses, n, work / f"pipeline-{shards}-{n}", args.timeout, shards))
+                runs.append(pipeline(args.failures, args.addresses, n, work / f"pipeline-{shards}-{n}", args.timeout,
+                                     shards, not args.no_per_account))
                 print(table(runs[-1:]).splitlines()[-1], flush=True)
             for n in (int(x) for x in args.clients.split(",") if x):
                 runs.append(script(log, n, work / f"script-{shards}-{n}", shards))

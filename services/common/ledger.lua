@@ -734,6 +734,10 @@ end
 -- window is in each address's slot).
 
 local ACCOUNT_LOGINS_KEEP = 256
+-- A crossing judges at most ACCOUNT_KEEP addresses (late evidence included: a flood
+-- in one second of log time would otherwise grow it without end), and each of its
+-- ban records names the first EVIDENCE_SHOWN (the reason says how many in all).
+local EVIDENCE_SHOWN = 100
 local ACCOUNT_KEYS = 4  -- per group: window, lines, state, logins (the account's slot)
 
 -- An account group as Python packs it (windows.py): the rule, account, host
@@ -820,7 +824,7 @@ local function late_evidence(c, late, logins_key, g)
   for _, a in ipairs(c.spared) do known[a] = true end
   local added = {}
   for _, a in ipairs(late) do
-    if not known[a] then
+    if not known[a] and #c.evidence + #c.spared < ACCOUNT_KEEP then
       known[a] = true
       c.failures = c.failures + 1
       if logged_in(logins_key, a, c.trigger, g) then
@@ -904,10 +908,12 @@ local function ban_for_account(s, ban_key, count_key, c, address, now)
   local reason = c.failures .. ' failures of ' .. c.rule .. ' on one account from ' .. (#c.evidence + #c.spared)
                  .. ' addresses'
   if #c.spared > 0 then reason = reason .. ' (' .. #c.spared .. ' spared: they logged in as it)' end
+  local evidence = c.evidence
+  if #evidence > EVIDENCE_SHOWN then evidence = {unpack(evidence, 1, EVIDENCE_SHOWN)} end
   local rec = {
     address = address, rule = c.rule, host = c.host, origin = 'detector', banned_at = now,
     duration = duration, first_failure = c.first, last_failure = c.trigger, failures = c.failures,
-    lines = c.lines, reason = reason, window = 'account', account = c.account, evidence = c.evidence,
+    lines = c.lines, reason = reason, window = 'account', account = c.account, evidence = evidence,
   }
   if duration >= 0 then rec.expires_at = now + duration end
   write_ban(s, ban_key, count_key, rec, ports, c.verdict, c.memory, current ~= false)

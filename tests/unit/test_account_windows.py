@@ -224,6 +224,26 @@ def test_memory_per_account_is_bounded(request, redis_url):
     assert 0 < ttl <= 600 + 60
 
 
+def test_a_flood_in_one_second_bans_a_bounded_crossing(request, redis_url):
+    """3,000 addresses fail once each on root within one second of log time (sshd writes whole
+    seconds), read in batches of 500: the first batch crosses, the others' failures are the
+    crossed window's (late evidence) until it holds 1,000 addresses; each record names 100."""
+    flood = [Observed("sshd", f"2001:db8:f::{i:x}", HOSTS[i % 3], NOW - 5, f"z:{i}", "x", user="root")
+             for i in range(3000)]
+
+    async def go():
+        client, _, banned, records, _ = await record(
+            request, redis_url, {"sshd": rule()}, [(flood[i:i + 500], []) for i in range(0, 3000, 500)])
+        state = await client.hget(KEYS.account_state(account_id("sshd", "root")), "crossing")
+        await client.aclose()
+        return banned, records, len(state)
+    banned, records, state = asyncio.run(go())
+    assert len(banned) == len(records) == MAX_ACCOUNT_FAILURES
+    assert all(len(r.evidence) == 100 for r in records.values())
+    assert f"from {MAX_ACCOUNT_FAILURES} addresses" in records[banned[-1].address].reason
+    assert state < 40 * MAX_ACCOUNT_FAILURES
+
+
 def test_every_account_call_writes_only_the_keys_it_is_given(request, redis_url):
     """On Cluster (and in the three calls) each call's keys share one hash tag: the
     account's, or the ban side's. A single Redis's one call names the ban side's records
