@@ -35,7 +35,7 @@ PLACEHOLDERS = {
     "<ADDR>": rf"(?:::ffff:)?(?P<host>{_IPV4}|{_IPV6})",
     "<USER>": r"(?P<user>.*?)",
     "<PID>": r"(?P<pid>\d+)",
-    "<PATH>": r"(?P<value>/(?:[^\s\"\\?]|\\.)*+)",
+    "<PATH>": r"(?P<value>/[^\s\"\\?]*+(?:\\.[^\s\"\\?]*+)*+)",
     "<SYSLOG>": rf"^\s*(?:{_TIMESTAMP} +)?(?:[^\s\[\]]+ +)??",
 }
 _PLACEHOLDER = re.compile("|".join(re.escape(k) for k in PLACEHOLDERS))
