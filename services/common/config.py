@@ -171,6 +171,8 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
         if self.window == "distinct" and self.maxretry > MAX_DISTINCT:
             raise ValueError(f"maxretry: a distinct window keeps at most {MAX_DISTINCT} values per address, "
                              f"got {self.maxretry}")
+        if self.window != "distinct" and any(isinstance(p, Pattern) and p.weight != 1 for p in self.patterns):
+            raise ValueError("patterns: a weight counts in a distinct window only (window: distinct)")
         if self.ignore_values and self.window != "distinct":
             raise ValueError("ignore_values: only a rule with window: distinct counts values")
         for i, raw in enumerate(self.ignore_values):

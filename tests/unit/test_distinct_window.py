@@ -147,3 +147,12 @@ def test_a_threshold_beyond_the_values_kept_is_refused():
         probing(window="sliding", ignore_values=["x"])
     with pytest.raises(msgspec.ValidationError, match="ignore_values"):
         probing(ignore_values=["("])
+    with pytest.raises(msgspec.ValidationError, match="distinct window only"):
+        probing(window="sliding", patterns=[{"re": "<HOST>", "weight": 5}])
+
+
+def test_a_distinct_rule_whose_pattern_captures_no_value_is_refused():
+    from pyfilter.detector.matching import Matcher
+    from pyfilter.detector.matching.compiled import RuleError
+    with pytest.raises(RuleError, match="captures no value"):
+        Matcher({"web": probing(patterns=["<HOST> 404"])})
