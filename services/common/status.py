@@ -51,7 +51,9 @@ class Publisher:
         if not self.listed:
             await hosts.register(self.client, self.keys, self.host)
             self.listed = True
-        async with self.client.pipeline(transaction=True) as pipe:
+        # Not a transaction: on Redis Cluster the two keys are in different slots,
+        # and a report written without its time (or the reverse) misleads no one for long.
+        async with self.client.pipeline(transaction=False) as pipe:
             pipe.set(self.keys.status(self.service, self.host), messages.encode(report), ex=TTL)
             pipe.hset(self.keys.status_seen(self.host), self.service, repr(report.at))
             await pipe.execute()
