@@ -17,6 +17,7 @@ counted twice.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +34,9 @@ from pyfilter.common import messages
 from pyfilter.common.keys import DETECT_GROUP, Keys
 from pyfilter.enforcer.backends.nftables import NftablesBackend
 from tests.unit.netns import loopback_relay, new_netns, run_backend
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
+                                reason="needs root and iproute2 (network namespaces for the enforcers)")
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = Keys()
