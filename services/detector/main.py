@@ -35,7 +35,7 @@ from pyfilter.common.whitelist import Whitelist
 from pyfilter.detector import metrics
 from pyfilter.detector.matching import Matcher
 from pyfilter.detector.pruner import prune_until
-from pyfilter.detector.windows import Login, Observed, Windows
+from pyfilter.detector.windows import Login, Observed, Windows, digest
 
 logger = logging.getLogger("pyfilter.detector")
 
@@ -103,12 +103,14 @@ class Detector:
                 connection = f"{origin}:{batch.source}:{f.connection}" if f.connection else ""
                 # A time the source knows exactly (a container's stream time) wins over the text's.
                 when = line.time or f.time or batch.read_at
+                value = digest(f.value) if f.value else ""
                 found.append(Observed(f.rule, address, batch.host, when, line.id, line.text, connection, f.once,
-                                      f.user))
+                                      f.weight, value, f.user))
                 # rsyslog's "message repeated N times": N failures, each with
                 # its own stable id, so a redelivery still counts each once.
                 found += [Observed(f.rule, address, batch.host, when, f"{line.id}#{n}",
-                                   line.text, connection, f.once, f.user) for n in range(2, f.count + 1)]
+                                   line.text, connection, f.once, f.weight, value, f.user)
+                          for n in range(2, f.count + 1)]
         for s in self.matcher.take_successes():
             if logins is not None and (address := self._login_address(s.rule, s.address)) is not None:
                 logins.append(Login(s.rule, address, s.user, batch.host, s.time or batch.read_at))
@@ -280,12 +282,13 @@ class Detector:
                 await self.forget_read()
                 await asyncio.sleep(1)
                 await self.resume()
-        # A read already on its way is finished before stopping, not left pending.
+        # A read already on its way is finished before stopping, not left pending
+        # (on Cluster, with what the other slots' reads bring).
         task, self.reading = self.reading, None
-        if task is not None and (entries := await task):
-            await self.settle()
-            await self.handle(entries)
+        entries = (await task if task is not None else []) + await self.lines.finish_reads()
         await self.settle()
+        if entries:
+            await self.handle(entries)
 
     async def settle(self) -> None:
         """Wait for the window update still running, if any."""

@@ -47,8 +47,9 @@ def attack_lines() -> list[str]:
         early = address in UNBANNED
         for k in range(count):
             position = (k + 1) / 7 * (0.25 if early else 1.0)
+            # one account per address: sshd's per-account window stays out of this test
             events.append((position + n * 1e-6, f"sshd[{5000 + n}]: Failed password for invalid user "
-                                                 f"admin from {address} port {40000 + k} ssh2"))
+                                                 f"admin{n} from {address} port {40000 + k} ssh2"))
     noise = TOTAL_LINES - len(events)
     events += [((i + 0.5) / noise, f"sshd[{20000 + i % 9000}]: pam_unix(sshd:session): session closed "
                                    f"for user deploy") for i in range(noise)]
