@@ -117,7 +117,7 @@ class CompiledRule:
             self.patterns.append(Pattern(
                 i, kind,
                 [(f"{g}__{i}", g) for g in _GROUP.findall(body)] + [(g, g) for g in _GROUP.findall(prefix)],
-                "host" in names, weight=rule.weight_of(i),
+                "host" in names, weight=rule.weight_of(i) if i < len(rule.patterns) else 1,  # (a success: none)
             ))
             if rule.window == "distinct" and kind in (FAIL, ONCE) and "value" not in names:
                 raise RuleError(f"rule {name}: patterns[{i}] captures no value (<PATH> or (?P<value>...)), "
