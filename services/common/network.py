@@ -62,7 +62,7 @@ class Widening:
             return []
         if str(member) != banned:
             return []  # the ledger writes addresses in their one form only
-        length = member.max_prefixlen if not isinstance(member, Network.__args__) else member.prefixlen
+        length = member.max_prefixlen if not isinstance(member, Network) else member.prefixlen
         found = []
         unit = banned
         for prefix in self._steps[member.version]:
@@ -98,4 +98,4 @@ class Widening:
 
 
 def _first(member: Address | Network) -> Address:
-    return member.network_address if isinstance(member, Network.__args__) else member
+    return member.network_address if isinstance(member, Network) else member
