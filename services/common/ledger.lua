@@ -360,6 +360,26 @@ local function forget_units(net, units)
   redis.call('HDEL', net.members, unpack(units))
 end
 
+-- The units of a network (`first`..`last`: its lexical range) banned since
+-- `oldest`, up to `want` of them. The stale ones met on the way are forgotten:
+-- forgetting by age (in `widen`) lags after a flood.
+local function fresh_units(net, first, last, oldest, want)
+  local fresh, offset = {}, 0
+  while #fresh < want do
+    local units = redis.call('ZRANGEBYLEX', net.units, first, last, 'LIMIT', offset, FORGET_UNITS)
+    if #units == 0 then break end
+    local seen = redis.call('ZMSCORE', net.seen, unpack(units))
+    local stale = {}
+    for i, unit in ipairs(units) do
+      if seen[i] and tonumber(seen[i]) >= oldest then fresh[#fresh + 1] = unit else stale[#stale + 1] = unit end
+    end
+    forget_units(net, stale)
+    offset = offset + #units - #stale
+    if #units < FORGET_UNITS then break end
+  end
+  return fresh
+end
+
 -- The ban `rec` was written at `now`: count it in its networks, and ban each
 -- network it fills (unless a ban of it is in force). A network banned by its
 -- own count starts counting again; an owner keeps counting, so each later
@@ -375,10 +395,13 @@ local function widen(s, net, rec, now)
     redis.call('ZADD', net.seen, now, member)
     redis.call('HSET', net.members, member, rec.address)
     local first, last = '[' .. key .. SEP, '[' .. key .. SEP .. '\255'
-    local count = redis.call('ZLEXCOUNT', net.units, first, last)
-    if count >= net.threshold and not in_force(s, target, now) then
-      local units = redis.call('ZRANGEBYLEX', net.units, first, last, 'LIMIT', 0, NETWORK_EVIDENCE)
-      local evidence = redis.call('HMGET', net.members, unpack(units))
+    local fresh = {}
+    if redis.call('ZLEXCOUNT', net.units, first, last) >= net.threshold and not in_force(s, target, now) then
+      fresh = fresh_units(net, first, last, now - net.span, math.max(net.threshold, NETWORK_EVIDENCE))
+    end
+    if #fresh >= net.threshold then
+      local count = redis.call('ZLEXCOUNT', net.units, first, last)
+      local evidence = redis.call('HMGET', net.members, unpack(fresh, 1, math.min(#fresh, NETWORK_EVIDENCE)))
       local wide = {
         address = target, rule = 'network', host = rec.host, origin = rec.origin, banned_at = now,
         duration = net.bantime, failures = count, window = 'network', evidence = evidence,

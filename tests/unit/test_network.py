@@ -91,6 +91,18 @@ def test_bans_older_than_findtime_do_not_count(redis_url):
     assert scenario(redis_url, body) is None
 
 
+def test_stale_bans_do_not_count_even_when_more_expire_at_once_than_are_forgotten_per_ban(redis_url):
+    """Forgetting by age takes 100 units per ban: a network's own count checks the age of its units."""
+    async def body(client):
+        windows = detector(client, widening())
+        await fail_once(windows, [f"2001:db8:{i:x}::1" for i in range(1, 76)], now=NOW - 7300)  # 150 units
+        await fail_once(windows, ["198.51.100.1", "198.51.100.2"], now=NOW - 7200, tag="m")
+        await fail_once(windows, ["198.51.100.3"], tag="n")
+        return await bans.record(client, KEYS, "198.51.100.0/24")
+
+    assert scenario(redis_url, body) is None
+
+
 def test_widening_is_off_unless_configured_and_manual_bans_never_widen(redis_url):
     async def body(client):
         await fail_once(detector(client, None), ["198.51.100.1", "198.51.100.2", "198.51.100.3"])
