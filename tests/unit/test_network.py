@@ -26,7 +26,6 @@ from tests.unit.test_ledger import Watched, record
 from tests.unit.test_windows import make_rule
 
 KEYS = Keys("t:")
-NOW = time.time()
 THREE = NetworkConfig(enabled=True, threshold=3, findtime=Seconds(3600), bantime=Seconds(60))
 
 
@@ -48,8 +47,9 @@ def detector(client, w: Widening | None, ipv6_prefix: int = 128) -> Windows:
     return Windows(client, KEYS.prefix, rules, w)
 
 
-async def fail_once(windows: Windows, addresses: list[str], now: float = NOW, tag: str = "l") -> list[str]:
-    """One failure from each address (each bans), in one read; returns what was banned."""
+async def fail_once(windows: Windows, addresses: list[str], ago: float = 0, tag: str = "l") -> list[str]:
+    """One failure from each address (each bans), in one read `ago` seconds ago; returns what was banned."""
+    now = time.time() - ago
     observed = [Observed("sshd", a, "host-a", now, f"{tag}:{a}", f"failed from {a}") for a in addresses]
     return [b.address for b in await windows.record(observed, now)]
 
@@ -76,7 +76,7 @@ def test_a_24_with_threshold_bans_is_banned_and_lists_its_members(redis_url):
     assert "198.51.100.0/24" not in before  # two of three: nothing wider yet
     assert set(after) == {"198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.77", "198.51.100.0/24"}
     assert (wide.rule, wide.window, wide.origin, wide.duration) == ("network", "network", "detector", 60)
-    assert wide.expires_at == pytest.approx(NOW + 60)
+    assert wide.expires_at == pytest.approx(time.time() + 60, abs=10)
     assert set(wide.evidence) >= {"198.51.100.1", "198.51.100.2"} and len(wide.evidence) == wide.failures >= 3
     assert "198.51.100.0/24" in wide.reason
 
@@ -84,7 +84,7 @@ def test_a_24_with_threshold_bans_is_banned_and_lists_its_members(redis_url):
 def test_bans_older_than_findtime_do_not_count(redis_url):
     async def body(client):
         windows = detector(client, widening())
-        await fail_once(windows, ["198.51.100.1", "198.51.100.2"], now=NOW - 7200)
+        await fail_once(windows, ["198.51.100.1", "198.51.100.2"], ago=7200)
         await fail_once(windows, ["198.51.100.3"])
         return await bans.record(client, KEYS, "198.51.100.0/24")
 
@@ -95,8 +95,8 @@ def test_stale_bans_do_not_count_even_when_more_expire_at_once_than_are_forgotte
     """Forgetting by age takes 100 units per ban: a network's own count checks the age of its units."""
     async def body(client):
         windows = detector(client, widening())
-        await fail_once(windows, [f"2001:db8:{i:x}::1" for i in range(1, 76)], now=NOW - 7300)  # 150 units
-        await fail_once(windows, ["198.51.100.1", "198.51.100.2"], now=NOW - 7200, tag="m")
+        await fail_once(windows, [f"2001:db8:{i:x}::1" for i in range(1, 76)], ago=7300)  # 150 units
+        await fail_once(windows, ["198.51.100.1", "198.51.100.2"], ago=7200, tag="m")
         await fail_once(windows, ["198.51.100.3"], tag="n")
         return await bans.record(client, KEYS, "198.51.100.0/24")
 
@@ -174,8 +174,9 @@ def test_members_that_are_networks_count_once_and_wider_ones_nowhere(redis_url):
 def test_the_network_ban_expires_and_its_members_keep_theirs(redis_url):
     async def body(client):
         await fail_once(detector(client, widening()), ["198.51.100.1", "198.51.100.2", "198.51.100.3"])
-        await Ledger(client, KEYS).prune(NOW + 61)
-        return await bans.active(client, KEYS, NOW + 61)
+        later = time.time() + 61
+        await Ledger(client, KEYS).prune(later)
+        return await bans.active(client, KEYS, later)
 
     assert set(scenario(redis_url, body)) == {"198.51.100.1", "198.51.100.2", "198.51.100.3"}
 
@@ -194,7 +195,7 @@ def test_unbanning_the_network_keeps_its_members_and_later_members_are_still_ban
     count, active, later = scenario(redis_url, body)
     assert count == b"1"
     assert set(active) == {f"198.51.100.{i}" for i in range(1, 6)}
-    assert later is not None and later.rule == "sshd" and later.expires_at == pytest.approx(NOW + 600)
+    assert later is not None and later.rule == "sshd" and later.expires_at == pytest.approx(time.time() + 600, abs=10)
 
 
 def test_a_redelivered_read_changes_nothing(redis_url):
