@@ -279,3 +279,20 @@ def test_bad_network_settings_are_refused_at_load(tmp_path, network, error):
     path.write_text(msgspec.json.encode({"network": network}).decode())
     with pytest.raises(ConfigError, match=error):
         load(path, rules=False)
+
+
+def test_networks_are_written_as_ipaddress_writes_them():
+    """The plan writes networks with inet_ntop; the api and the enforcer read them with
+    ipaddress: a network banned and a network unbanned by hand must be one key."""
+    import random
+
+    rng = random.Random(17)
+    w = widening(NetworkConfig(enabled=True, ipv6=[112, 96, 80, 64, 56, 48, 40, 32], ipv4=[28, 24, 20, 16]))
+    for _ in range(3000):
+        base = rng.choice([ipaddress.ip_network("2001:db8::/32"), ipaddress.ip_network("198.51.100.0/24")])
+        value = int(base.network_address) | rng.getrandbits(base.max_prefixlen - base.prefixlen) \
+            & rng.choice([0xFFFF, 0xFF00FF, (1 << 96) - 1, 1])
+        address = str(ipaddress.ip_address(value))
+        for step in w.steps(address):
+            assert step.target == str(ipaddress.ip_network(step.target)), step
+            assert ipaddress.ip_address(address) in ipaddress.ip_network(step.target)
