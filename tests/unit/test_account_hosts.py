@@ -34,7 +34,7 @@ def host_logs() -> dict[str, list[str]]:
 
 
 def test_three_quiet_hosts_reveal_an_attack_on_one_account(redis_url, tmp_path):
-    config = write_config(tmp_path, "sshd", "{}")
+    config = write_config(tmp_path, settings="{}")
     client = sync_client(redis_url)
     client.flushall()
     client.sadd(KEYS.hosts, *HOSTS)

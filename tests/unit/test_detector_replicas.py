@@ -145,9 +145,10 @@ def decided(client: redis.Redis) -> set[tuple[str, str]]:
                                           for _, f in client.xrange(KEYS.decisions))}
 
 
-def write_config(tmp_path: Path, rule: str = "sshd", settings: str | None = None) -> Path:
-    """One rule of the catalog; sshd by default without its per-account window (`attack_log`
-    is many addresses on a few accounts: the per-address windows are what it checks)."""
+def write_config(tmp_path: Path, rule: str = "sshd", extra: str = "", settings: str | None = None) -> Path:
+    """One rule of the catalog (`settings`: its overrides), and `extra` top-level config; sshd
+    by default without its per-account window (`attack_log` is many addresses on a few
+    accounts: the per-address windows are what it checks)."""
     if settings is None:
         settings = "{per_account: false}" if rule == "sshd" else "{}"
     config = tmp_path / "pyfilter.yaml"
@@ -157,7 +158,7 @@ catalog_dir: {REPO / "config" / "rules"}
 detector: {{claim_idle: 2s}}
 rules:
   {rule}: {settings}
-""")
+{extra}""")
     return config
 
 
@@ -217,7 +218,7 @@ def test_one_and_three_replicas_with_one_killed_decide_the_same_bans(any_redis_u
 def test_per_account_windows_decide_the_same_bans_with_one_or_three_replicas(any_redis_url, tmp_path):
     """The per-account window kind, with one replica killed midway: on a single Redis (one
     call) and on Cluster (three calls, the accounts' windows spread over the primaries)."""
-    config = write_config(tmp_path, "sshd", "{}")
+    config = write_config(tmp_path, settings="{}")
     expected = {(str(ipaddress.ip_address(f"2001:db8:a:{account:x}::{i:x}")), "sshd")
                 for account in range(30) for i in range(12)}
     expected.remove(("2001:db8:a::5", "sshd"))  # it logged in as acct0
@@ -229,6 +230,19 @@ def test_per_account_windows_decide_the_same_bans_with_one_or_three_replicas(any
     record = messages.decode_record(client.get(KEYS.ban("2001:db8:a:3::7")))
     assert (record.window, record.account) == ("account", "acct3")
     assert sorted(record.evidence) == sorted(str(ipaddress.ip_address(f"2001:db8:a:3::{i:x}")) for i in range(12))
+
+
+def test_per_network_bans_are_the_same_with_one_and_three_replicas_with_one_killed(any_redis_url, tmp_path):
+    """The per-network kind: the 30 banned addresses of 198.51.100.0/24, and of 2001:db8::/64,
+    ban their network once (the /48 sees one /64: no)."""
+    config = write_config(tmp_path, extra="network: {enabled: true, threshold: 10}\n")
+    expected = {(f"198.51.100.{i}", "sshd") for i in range(1, 31)} | \
+               {(f"2001:db8::{i:x}", "sshd") for i in range(1, 31)} | \
+               {("198.51.100.0/24", "network"), ("2001:db8::/64", "network")}
+    one = run_replicas(any_redis_url, config, replicas=1, kill_one=False)
+    three = run_replicas(any_redis_url, config, replicas=3, kill_one=True)
+    assert one == expected
+    assert three == expected
 
 
 def test_one_and_three_replicas_decide_the_same_distinct_window_bans(any_redis_url, tmp_path):
