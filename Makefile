@@ -99,7 +99,8 @@ compose/server.env:
 	  echo "$$name=$$(head -c 24 /dev/urandom | base64 | tr -d '/+=')" >> $@; echo "generated $$name in $@"; }; done
 
 server: images compose/server.env
-	$(if $(filter 0,$(PYFILTER_REDIS_TLS)),,compose/tls.sh compose/tls $(sort $(PYFILTER_SERVER_NAMES) $(HA_NAMES)))
+	@# HA=1 mounts the CA into the services even without TLS: it must exist.
+	$(if $(and $(filter 0,$(PYFILTER_REDIS_TLS)),$(if $(filter 1,$(HA)),,no-ha)),,compose/tls.sh compose/tls $(sort $(PYFILTER_SERVER_NAMES) $(HA_NAMES)))
 	$(SERVER_COMPOSE) up -d --wait --scale detector=$(DETECTORS)
 
 # PYFILTER_PUBLIC_REDIS_URL: how agents reach this Redis (default rediss://THIS-HOST:6379/0;
