@@ -29,10 +29,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from pyfilter.common import acl, config
+from pyfilter.common.config import SENTINEL_SCHEMES, RedisConfig, parse_sentinel_url
 from pyfilter.common.hosts import BadHostName, check_name
 from pyfilter.common.keys import Keys
 from pyfilter.common.ledger import Ledger
-from pyfilter.common.config import SENTINEL_SCHEMES, RedisConfig, parse_sentinel_url
 from pyfilter.common.redisio import connect, tls_options
 
 # The environment variables holding each service user's password (compose/server.yml).
@@ -70,10 +70,10 @@ class Node:
 class Nodes:
     """Every Redis that holds the users: the one Redis, or with Sentinel the primary, its
     replicas and the sentinels, since Redis does not replicate users (a replica promoted
-    must already know them). A change goes to each; one that a node did not take is
-    named, and the command fails once the others have it: run it again when the node is
-    back (`pyfilter server init`, which `make server` runs, also brings every node in
-    step with the primary)."""
+    must already know them). A change goes to the primary first, then to each other; one
+    that a replica or sentinel did not take is named, and the command fails once the
+    others have it: run it again when the node is back (`pyfilter server init`, which
+    `make server` runs, also brings every node in step with the primary)."""
 
     primary: Node
     replicas: list[Node] = field(default_factory=list)
@@ -84,11 +84,15 @@ class Nodes:
         return [self.primary, *self.replicas, *self.sentinels]
 
     async def each(self, change, nodes: list[Node] | None = None) -> list:
-        """`change(node)` on every node (or on `nodes`) but those that failed before; a node
-        that fails is noted, not fatal."""
+        """`change(node)` on every node (or on `nodes`) but those that failed before; a
+        replica or sentinel that fails is noted, not fatal; the primary's error is raised
+        before any other node changes."""
         done = []
         for node in self.all() if nodes is None else nodes:
             if node.where in self.failed:
+                continue
+            if node is self.primary:
+                done.append(await change(node))
                 continue
             try:
                 done.append(await change(node))
