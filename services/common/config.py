@@ -92,13 +92,39 @@ class Escalation(msgspec.Struct, forbid_unknown_fields=True):
 
 
 WINDOWS = ("sliding", "consecutive", "instant")
+MAX_WEIGHT = 100  # a weighted line is that many failures in a window: bounded
+MAX_BUCKETS = 1000  # fields of a slow window per address
 
 
 class Pattern(msgspec.Struct, forbid_unknown_fields=True):
-    """A pattern active in some of the rule's modes only (`{re: ..., modes: [aggressive]}`)."""
+    """A pattern with settings of its own: active in some of the rule's modes only
+    (`{re: ..., modes: [aggressive]}`; none: in every mode), or counting as
+    `weight` failures (`{re: ..., weight: 5}`: a line that says more than a typo)."""
 
     re: str
-    modes: list[str]
+    modes: list[str] = []
+    weight: Annotated[int, msgspec.Meta(ge=1, le=MAX_WEIGHT)] = 1
+
+
+class SlowWindow(msgspec.Struct, forbid_unknown_fields=True):
+    """A rule's second, long window (`slow:`): `maxretry` failures within
+    `findtime` ban for `bantime` (default: the rule's). It keeps a count per
+    `bucket` of log time, not each failure, so its memory does not grow with
+    them: a failure counts in its bucket, and the window at a failure is its
+    bucket and the ones before it, findtime/bucket in all (docs/rules.md)."""
+
+    maxretry: Annotated[int, msgspec.Meta(ge=1)] = 30
+    findtime: Seconds = Seconds(86400)
+    bucket: Seconds = Seconds(3600)
+    bantime: Seconds | None = None
+
+    def __post_init__(self) -> None:
+        if self.bucket < 1 or self.findtime < self.bucket or self.findtime % self.bucket:
+            raise ValueError(f"slow.bucket: expected a duration that divides findtime ({self.findtime} s), "
+                             f"got {self.bucket} s")
+        if self.findtime // self.bucket > MAX_BUCKETS:
+            raise ValueError(f"slow.bucket: at most {MAX_BUCKETS} buckets per window, got "
+                             f"{self.findtime // self.bucket}: take longer buckets")
 
 
 class Rule(msgspec.Struct, forbid_unknown_fields=True):
@@ -128,6 +154,8 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
     findtime: Seconds = Seconds(600)
     request_time: Seconds = Seconds(5)
     failed_attempts: Annotated[int, msgspec.Meta(ge=1)] = 5
+    # A second, long window beside `window` (slow brute force): None, none.
+    slow: SlowWindow | None = None
     bantime: Seconds = Seconds(600)
     escalation: Escalation = msgspec.field(default_factory=Escalation)
     ports: list[Port] = []
@@ -159,7 +187,11 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
     def active_patterns(self) -> list[tuple[int, str]]:
         """(index in `patterns`, regex) of the patterns active in the rule's mode."""
         return [(i, p) if isinstance(p, str) else (i, p.re) for i, p in enumerate(self.patterns)
-                if isinstance(p, str) or self.mode in p.modes]
+                if isinstance(p, str) or not p.modes or self.mode in p.modes]
+
+    def weights(self) -> dict[int, int]:
+        """Index in `patterns` -> weight, for the patterns that count more than once."""
+        return {i: p.weight for i, p in enumerate(self.patterns) if isinstance(p, Pattern) and p.weight > 1}
 
 
 class Source(msgspec.Struct, forbid_unknown_fields=True):

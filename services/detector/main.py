@@ -102,11 +102,13 @@ class Detector:
                 connection = f"{origin}:{batch.source}:{f.connection}" if f.connection else ""
                 # A time the source knows exactly (a container's stream time) wins over the text's.
                 when = line.time or f.time or batch.read_at
-                found.append(Observed(f.rule, address, batch.host, when, line.id, line.text, connection, f.once))
+                weight = self.matcher.weight(f)
+                found.append(Observed(f.rule, address, batch.host, when, line.id, line.text, connection, f.once,
+                                      weight))
                 # rsyslog's "message repeated N times": N failures, each with
                 # its own stable id, so a redelivery still counts each once.
                 found += [Observed(f.rule, address, batch.host, when, f"{line.id}#{n}",
-                                   line.text, connection, f.once) for n in range(2, f.count + 1)]
+                                   line.text, connection, f.once, weight) for n in range(2, f.count + 1)]
         return found
 
     def _warn_unknown_rules(self, batch: messages.LineBatch) -> None:
