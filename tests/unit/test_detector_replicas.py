@@ -33,14 +33,17 @@ KEYS = Keys("rep:")
 BATCH = 100
 
 
-def attack_log() -> list[str]:
+def attack_log(hourly: bool = False) -> list[str]:
     """Interleaved sshd lines: 60 addresses fail 6 times (banned), 60 fail 3 times (not),
-    among 24,000 lines of noise (so replicas are busy long enough to be killed mid-work)."""
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    among 24,000 lines of noise (so replicas are busy long enough to be killed mid-work).
+    `hourly`: each round of failures an hour after the one before (a slow attack)."""
+    start = time.time() - (5 * 3600 if hourly else 0)
     banned = [f"198.51.100.{i}" for i in range(1, 31)] + [f"2001:db8::{i:x}" for i in range(1, 31)]
     spared = [f"198.51.100.{i}" for i in range(101, 131)] + [f"2001:db8:1::{i:x}" for i in range(1, 31)]
     lines = []
     for round_ in range(6):
+        now = datetime.fromtimestamp(start + (round_ * 3600 if hourly else 0), timezone.utc).isoformat(
+            timespec="seconds")
         for n, address in enumerate(banned + (spared if round_ < 3 else [])):
             lines.append(f"{now} host sshd[{1000 + n}]: Failed password for invalid user u{round_} "
                          f"from {address} port {40000 + n} ssh2")
@@ -92,14 +95,14 @@ def decided(client: redis.Redis) -> set[tuple[str, str]]:
                                           for _, f in client.xrange(KEYS.decisions))}
 
 
-def write_config(tmp_path: Path) -> Path:
+def write_config(tmp_path: Path, sshd: str = "{}") -> Path:
     config = tmp_path / "pyfilter.yaml"
     config.write_text(f"""
 redis: {{prefix: "rep:"}}
 catalog_dir: {REPO / "config" / "rules"}
 detector: {{claim_idle: 2s}}
 rules:
-  sshd: {{}}
+  sshd: {sshd}
 """)
     return config
 
@@ -119,7 +122,7 @@ def freeze_while_holding(client: redis.Redis, victim: subprocess.Popen) -> None:
 
 
 def run_replicas(url: str, config: Path, replicas: int, kill_one: bool,
-                 keep_data: bool = False) -> set[tuple[str, str]]:
+                 keep_data: bool = False, log: list[str] | None = None) -> set[tuple[str, str]]:
     client = sync_client(url)
     if not keep_data:
         client.flushall()
@@ -129,7 +132,7 @@ def run_replicas(url: str, config: Path, replicas: int, kill_one: bool,
     try:
         wait(lambda: len(client.xinfo_groups(KEYS.lines("h1"))) if client.exists(KEYS.lines("h1")) else False,
              60, "the detectors' consumer group", config.parent / "detectors.log")
-        feed(client, attack_log())
+        feed(client, log or attack_log())
         if kill_one:
             victim = procs[0]
             freeze_while_holding(client, victim)
@@ -156,6 +159,22 @@ def test_one_and_three_replicas_with_one_killed_decide_the_same_bans(any_redis_u
     three = run_replicas(redis_url, config, replicas=3, kill_one=True)
     assert one == expected
     assert three == expected
+
+
+def test_slow_windows_decide_the_same_bans_with_one_or_three_replicas(any_redis_url, tmp_path):
+    """The same attack an hour per round: only sshd's slow window sees it. The
+    spared addresses fail 3 times, one below its threshold: a redelivered batch
+    counted twice would ban them."""
+    config = write_config(tmp_path, "{slow: {maxretry: 4, findtime: 1d, bucket: 1h}}")
+    log = attack_log(hourly=True)
+    expected = {(f"198.51.100.{i}", "sshd") for i in range(1, 31)} | \
+               {(f"2001:db8::{i:x}", "sshd") for i in range(1, 31)}
+    one = run_replicas(any_redis_url, config, replicas=1, kill_one=False, log=log)
+    three = run_replicas(any_redis_url, config, replicas=3, kill_one=True, log=log)
+    assert one == expected
+    assert three == expected
+    records = [messages.decode_record(f[b"m"]) for _, f in sync_client(any_redis_url).xrange(KEYS.ban_history)]
+    assert {r.window for r in records} == {"slow"} and len(records) == len(expected)
 
 
 def test_a_stopped_detector_finishes_what_it_took(redis_url, tmp_path):
