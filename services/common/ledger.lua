@@ -446,6 +446,10 @@ end
 -- batch may wait to be redelivered (docs/decisions.md, "Slow windows"); its
 -- count stays in its bucket after the id is forgotten.
 
+-- Lines a slow window keeps for its ban record: fewer than a window's, as
+-- they are most of what it costs per address (docs/scaling.md, "Slow windows").
+local SLOW_LINES = 3
+
 -- The latest of the n-bucket stretches that hold a fresh bucket and reach
 -- `threshold`: {trigger (its latest fresh failure), failures, first bucket},
 -- or nil. `counts`: bucket -> failures; `fresh`: bucket -> latest fresh failure.
@@ -495,8 +499,8 @@ local function record_slow(keys, at, g, lines, now, on_crossing)
   if added then
     redis.call('EXPIRE', ids_key, math.ceil(horizon) + 60)
     if #texts > 0 then
-      redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
-      redis.call('LTRIM', lines_key, -MAX_LINES, -1)
+      redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - SLOW_LINES + 1)))
+      redis.call('LTRIM', lines_key, -SLOW_LINES, -1)
     end
     local counts, first_kept = {}, math.floor(oldest / size)
     local stored = redis.call('HGETALL', buckets_key)
