@@ -1,6 +1,7 @@
 """Redis memory of a 24 h slow window for many addresses, and of the same window as a sorted set.
 
     python -m bench.slow_memory [--addresses 1000000] [--failures 5]
+    python -m bench.slow_memory --flood 200000
 
 A private redis-server (unix socket, no persistence) is filled through the
 ledger's real functions (`Windows.record`, 1,000 failures a call): each
@@ -14,6 +15,9 @@ threshold. Measured with `INFO memory` (used_memory) before and after:
   gone (what their expiry does an hour after an address's last failure);
 - sorted set: a sliding window of 30 in 24 h (`findtime: 24h`), which keeps
   every failure, on a fresh server.
+With `--flood N`, instead: the Redis CPU per failure of bench.scaling's
+flood (every address fails 4 times in 5 minutes) with and without sshd's
+slow window, which counts every failure too.
 docs/scaling.md ("Slow windows") has the numbers.
 """
 
@@ -28,7 +32,7 @@ from pathlib import Path
 import msgspec
 import redis.asyncio as aioredis
 
-from bench.scaling import BATCH, Servers
+from bench.scaling import BATCH, MAXRETRY, Servers, attack
 from pyfilter.common.config import Rule, Seconds
 from pyfilter.common.keys import Keys
 from pyfilter.common.ledger import Ledger
@@ -90,6 +94,32 @@ async def fill(sock: str, slow: bool, addresses: int, failures: int) -> dict[str
     return found
 
 
+def flood_rule(slow: bool) -> Rule:
+    """bench.scaling's rule (4 failures in 10 minutes), with sshd's slow window or without."""
+    base = {"service": "sshd", "patterns": ["unused"], "maxretry": MAXRETRY, "findtime": 600, "bantime": 600}
+    if slow:
+        base["slow"] = {"maxretry": 30, "findtime": 86400, "bucket": 3600, "bantime": 86400}
+    return msgspec.convert(base, Rule, dec_hook=lambda t, v: Seconds(v))
+
+
+async def flood_cpu(sock: str, slow: bool, failures: int) -> float:
+    """Redis CPU (µs) per failure of bench.scaling's flood, recorded 1,000 a call."""
+    client = aioredis.Redis(unix_socket_path=sock)
+    windows = Windows(client, PREFIX, {"sshd": flood_rule(slow)})
+    await Ledger(client, Keys(PREFIX)).load()
+    log = attack(failures, failures // MAXRETRY, time.time())
+    now = max(log.times) + 1
+    info = await client.info("cpu")
+    before = info["used_cpu_sys"] + info["used_cpu_user"]
+    for start in range(0, failures, BATCH):
+        await windows.record([Observed("sshd", log.addresses[i % len(log.addresses)], "bench", log.times[i],
+                                       f"auth:0:0:{i}", log.lines[i]) for i in range(start, min(start + BATCH, failures))],
+                             now)
+    info = await client.info("cpu")
+    await client.aclose()
+    return (info["used_cpu_sys"] + info["used_cpu_user"] - before) / failures * 1e6
+
+
 def report(name: str, found: dict[str, float], addresses: int, failures: int) -> None:
     per = found["bytes"] / addresses
     print(f"{name}: {found['bytes'] / 2**20:,.0f} MiB for {addresses:,} addresses x {failures} failures "
@@ -105,7 +135,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--addresses", type=int, default=1_000_000)
     parser.add_argument("--failures", type=int, default=5, choices=range(1, 30), metavar="1-29")
+    parser.add_argument("--flood", type=int, default=0, metavar="FAILURES",
+                        help="instead: Redis CPU per failure of a flood (bench.scaling's), with and without slow")
     args = parser.parse_args(argv)
+    if args.flood:
+        for name, slow in (("without a slow window", False), ("with sshd's slow window", True)):
+            with tempfile.TemporaryDirectory() as work:
+                servers = Servers(Path(work), 0)
+                try:
+                    us = asyncio.run(flood_cpu(servers.url.removeprefix("unix://"), slow, args.flood))
+                finally:
+                    servers.stop()
+            print(f"{name}: {us:.1f} µs of Redis CPU per failure ({args.flood:,} failures, "
+                  f"{args.flood // MAXRETRY:,} addresses)")
+        return 0
     for name, slow in (("slow window (hourly buckets)", True), ("sorted-set window", False)):
         with tempfile.TemporaryDirectory() as work:
             servers = Servers(Path(work), 0)
