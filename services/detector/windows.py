@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -32,8 +33,15 @@ class Observed(NamedTuple):
     # and whether the line counts only if that connection has no other failure.
     connection: str = ""
     once: bool = False
-    # How many failures the line counts as (its pattern's `weight`).
-    weight: int = 1
+    weight: int = 1  # failures it counts as (its pattern's weight)
+    value: str = ""  # what a distinct window counts, as `digest` gives it ("": none)
+
+
+def digest(value: str) -> str:
+    """A captured value as a distinct window keeps it: 16 hex digits, whatever the
+    client wrote (an 8 KB path, quotes, an address), so hostile text is never a
+    Redis member and every value costs the same few bytes."""
+    return hashlib.blake2b(value.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest() if value else ""
 
 
 @dataclass(frozen=True)
@@ -67,14 +75,16 @@ def _slow_thresholds(rule: Rule) -> list[object]:
             [int(slow.bucket), REDELIVERY_HORIZON]]
 
 
-def weighted(o: Observed) -> list[object]:
-    """A failure's fields in a group: a line of weight w is w failures, the first
-    named by its line id, the others by the id and their number (`id*2`...), so a
-    redelivered line still adds nothing. Only the first carries the text: the
-    ban record shows the line once."""
-    fields = [o.line_id, o.time, o.text, o.connection, o.once]
-    for n in range(2, o.weight + 1):
-        fields += (f"{o.line_id}*{n}", o.time, "", o.connection, o.once)
+def weighted(o: Observed, most: int) -> list[object]:
+    """A failure's fields in a group of a window that counts lines (all kinds but
+    distinct, which counts weights itself): a line of weight w is w failures of
+    weight 1, the first named by its line id, the others by the id and their
+    number (`id*2`...), so a redelivered line still adds nothing. Only the first
+    carries the text: the ban record shows the line once. No more than `most`
+    (the rule's largest threshold: more would change no crossing)."""
+    fields = [o.line_id, o.time, o.text, o.connection, o.once, 1, o.value]
+    for n in range(2, min(o.weight, most) + 1):
+        fields += (f"{o.line_id}*{n}", o.time, "", o.connection, o.once, 1, o.value)
     return fields
 
 
@@ -87,6 +97,9 @@ class Windows:
         self._settings = {name: [rule.window, *_thresholds(rule)] for name, rule in rules.items()}
         # The same for the rules' slow windows, with the kind's own settings last.
         self._slow = {name: _slow_thresholds(rule) for name, rule in rules.items() if rule.slow}
+        # Rules whose windows count weighted lines as copies (`weighted`): how many at most.
+        self._copies = {name: max(int(s[1]) for s in (self._settings[name], self._slow.get(name, [0, 0])))
+                        for name, rule in rules.items() if rule.window != "distinct"}
         recidive = rules.get("recidive")
         self._recidive = msgspec.msgpack.encode(_thresholds(recidive)) if recidive else b""
 
@@ -101,8 +114,9 @@ class Windows:
         a rule with a slow window has a second group for it."""
         groups: dict[tuple[str, str, str], list[object]] = defaultdict(list)
         for o in observed:
-            groups[(o.rule, o.address, o.host)] += (o.line_id, o.time, o.text, o.connection, o.once) \
-                if o.weight == 1 else weighted(o)
+            most = self._copies.get(o.rule)
+            groups[(o.rule, o.address, o.host)] += weighted(o, most) if o.weight > 1 and most else \
+                (o.line_id, o.time, o.text, o.connection, o.once, o.weight, o.value)
         found = [[name, address, host, *self._settings[name], lines]
                  for (name, address, host), lines in groups.items()]
         for (name, address, host), lines in groups.items():

@@ -167,7 +167,7 @@ def test_the_matcher_gives_a_failure_its_pattern_weight():
     matcher = Matcher({"sshd": rule})
     lines = ["Jan  1 00:00:00 h sshd[1]: Failed password for root from 198.51.100.7 port 22",
              "Jan  1 00:00:01 h sshd[2]: Failed password for alice from 198.51.100.7 port 22"]
-    weights = [matcher.weight(f) for _, f in matcher.match_batch(lines, "auth", NOW)]
+    weights = [f.weight for _, f in matcher.match_batch(lines, "auth", NOW)]
     assert weights == [5, 1]
 
 
@@ -183,7 +183,7 @@ def test_a_slow_window_that_does_not_cut_into_buckets_is_refused(tmp_path, slow,
         config.load_rule(path, "x")
 
 
-@pytest.mark.parametrize("weight", [0, 101, "heavy"])
+@pytest.mark.parametrize("weight", [0, 1001, "heavy"])
 def test_a_weight_out_of_range_is_refused(tmp_path, weight):
     path = tmp_path / "r.yaml"
     path.write_text(msgspec.json.encode({"service": "x", "patterns": [{"re": "<HOST>", "weight": weight}]}).decode())
@@ -196,3 +196,12 @@ def test_slow_window_settings_read_from_yaml(tmp_path):
     path.write_text("service: x\npatterns: ['<HOST>']\nslow: {maxretry: 30, findtime: 24h, bucket: 1h}\n")
     rule = config.load_rule(path, "x")
     assert rule.slow == config.SlowWindow(maxretry=30, findtime=Seconds(86400), bucket=Seconds(3600))
+
+
+def test_a_heavy_weight_becomes_no_more_entries_than_the_threshold(redis_url):
+    """Weight 1000, maxretry 3 and a slow window of 10: the line crosses both
+    (the slow ban, a day, replaces the fast one), as 10 entries, not 1000."""
+    heavy = [Observed("sshd", ATTACKER, "host-a", NOW - 1, "h:1", "heavy", weight=1000)]
+    bans, _, rec = record(redis_url, {"sshd": slow_rule()}, [heavy])
+    assert [b.duration for b in bans] == [600, 86400]
+    assert (rec.window, rec.failures, rec.lines) == ("slow", 10, ["heavy"])

@@ -55,13 +55,6 @@ class Matcher:
         self.common_rules = common if len(common) == len(self._message_rules) else []
         # The last lines of the previous batches of each (source, host), for `_dated`.
         self._last_lines: dict[tuple[str | None, str | None], tuple[str, ...]] = {}
-        # Per rule with weighted patterns, pattern index -> weight (`weight`).
-        self._weights = {name: w for name, rule in rules.items() if rule.enabled and (w := rule.weights())}
-
-    def weight(self, failure: Failure) -> int:
-        """How many failures a failure counts as: its pattern's `weight` (1 by default)."""
-        weights = self._weights.get(failure.rule)
-        return weights.get(failure.pattern, 1) if weights else 1
 
     def knows(self, program: str) -> bool:
         """Whether some rule reads `program` by name (not only a catch-all like pam-generic)."""
