@@ -83,6 +83,7 @@ def detector(keys: Keys) -> list[str]:
     p = keys.prefix
     rw = [keys.lines("*"), keys.legacy_lines, keys.window("*", "*"), keys.window_lines("*", "*"),
           keys.window_state("*", "*"), keys.window_conns("*", "*"), *_ledger(keys), keys.counts("*", 0)[:-1] + "*"]
+    rw += [keys.slow_window("*", "*"), keys.slow_lines("*", "*"), keys.slow_state("*", "*"), keys.slow_ids("*", "*")]
     read = [keys.hosts, keys.own_addresses("*"), keys.whitelist]
     commands = ["+xreadgroup", "+xack", "+xdel", "+xautoclaim", "+xgroup|create", "+xinfo|groups", "+xlen",
                 "+xadd",  # dead letters (lines:HOST:dead, within its streams' pattern)

@@ -89,6 +89,25 @@ class Keys:
         """Hash: connection -> what the window counted of it ("!", or the id of its `once` line)."""
         return f"{self.prefix}window-conns:{rule}:{_tag(address)}"
 
+    # A rule's slow window (`slow:`, ledger.lua's record_slow): counts per bucket of
+    # log time instead of each failure, with the same four keys' roles.
+    def slow_window(self, rule: str, address: str) -> str:
+        """Hash: bucket number (log time // bucket) -> failures counted in it."""
+        return f"{self.prefix}slow:{rule}:{_tag(address)}"
+
+    def slow_lines(self, rule: str, address: str) -> str:
+        """The slow window's last lines (list), copied into the ban record."""
+        return f"{self.prefix}slow-lines:{rule}:{_tag(address)}"
+
+    def slow_state(self, rule: str, address: str) -> str:
+        """The slow window's hash: `reset` and `pending`, as `window_state`'s."""
+        return f"{self.prefix}slow-state:{rule}:{_tag(address)}"
+
+    def slow_ids(self, rule: str, address: str) -> str:
+        """Sorted set: line id -> when it was counted (epoch seconds), for the
+        redelivery horizon only: what makes a redelivered batch count nothing."""
+        return f"{self.prefix}slow-ids:{rule}:{_tag(address)}"
+
     # Bans: every key a ban writes is on the ban side, in one Cluster slot
     def ban_side(self, name: str) -> str:
         """A key of the ban side: all of them share the hash tag `{bans}`."""
