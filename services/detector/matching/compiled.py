@@ -153,6 +153,8 @@ class CompiledRule:
                 raise RuleError(f"rule {name}: ignore[{j}]: {exc}: {raw}") from None
         self.stateful = any(p.kind != FAIL or not p.has_host for p in self.patterns)
         self.connections = Connections(name, any(p.kind == ONCE for p in self.patterns))
+        # Where its successful logins are noted, if anywhere (Matcher.note_successes).
+        self.successes: list[tuple[str, str, float | None, str | None]] | None = None
 
     def _blame(self, prefix: str, bodies: list[tuple[int, str, str]]) -> None:
         """Raise the error of the first pattern (as written, as expanded) that does not compile alone.
@@ -248,6 +250,8 @@ class CompiledRule:
         else:
             host = None
         user = user or ruser or None
+        if pat.kind == SUCCESS and host and self.successes is not None:
+            self.successes.append((self.name, host, self.time_of(when, lines, k, text), user))
         if self.stateful and not pid:
             pid = lines.pids[k]
         if not pid or not self.stateful:

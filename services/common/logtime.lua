@@ -1,0 +1,97 @@
+-- The ledger on a clock of log time, for `pyfilter replay` (logtime.py puts
+-- this text between the library's first line and the rest of ledger.lua).
+--
+-- The ledger decides by `now` from its ARGV, but lets Redis forget keys by
+-- their TTLs, and Redis counts those in wall-clock seconds: a month of logs
+-- replayed in a minute would keep a ban count past its `memory`, and a ban
+-- record written with EXAT in log time (last month) would be gone at once.
+-- Here `redis` is a stand-in for the real one whose `call` keeps every
+-- expiry in log time instead, in the sorted set EXPIRY (key -> when, log
+-- time, no Redis TTL at all), and `log_clock(now)` forgets what is due
+-- before each window call. A command that sets or reads a TTL in a way not
+-- translated here fails, so a new one in ledger.lua is noticed by the
+-- replay tests rather than silently kept in wall time.
+--
+-- It touches EXPIRY without naming it in KEYS: it runs only in replay's own
+-- single Redis, never in a deployment. (Only `redis` exists while a library
+-- loads: the stand-in starts as a plain table.)
+
+local STAND_IN = {}  -- the `redis` of the rest of the library (filled below)
+-- The real Redis, as functions see it when they run (the one a library sees
+-- while it loads only registers): looked up then, before the stand-in below
+-- hides its name.
+local function raw(...) return redis.call(...) end
+local clock = 0  -- log time, set by log_clock before each window call
+
+local function expire_at(key, at)
+  if raw('EXISTS', key) == 0 then return 0 end
+  raw('ZADD', EXPIRY, at, key)
+  return 1
+end
+
+local function forget(keys, from)
+  for i = from, #keys do raw('ZREM', EXPIRY, keys[i]) end
+end
+
+-- SET's expiry options, in log time; the rest goes to the real SET.
+local function set(args)
+  local plain, at, keep = {'SET'}, nil, false
+  local i = 1
+  while i <= #args do
+    local word = string.upper(tostring(args[i]))
+    if i > 2 and (word == 'EX' or word == 'PX' or word == 'EXAT' or word == 'PXAT') then
+      local value = tonumber(args[i + 1])
+      if word == 'EX' then at = clock + value
+      elseif word == 'PX' then at = clock + value / 1000
+      elseif word == 'EXAT' then at = value
+      else at = value / 1000 end
+      i = i + 2
+    else
+      if i > 2 and word == 'KEEPTTL' then keep = true end
+      plain[#plain + 1] = args[i]
+      i = i + 1
+    end
+  end
+  local reply = raw(unpack(plain))
+  if at then raw('ZADD', EXPIRY, at, args[1])
+  elseif not keep then raw('ZREM', EXPIRY, args[1]) end
+  return reply
+end
+
+local UNKNOWN = {GETEX = true, SETEX = true, PSETEX = true, TTL = true, PTTL = true, EXPIRETIME = true,
+                 PEXPIRETIME = true, RENAME = true, RENAMENX = true, COPY = true, RESTORE = true,
+                 HEXPIRE = true, HPEXPIRE = true, HEXPIREAT = true, HPEXPIREAT = true, HPERSIST = true}
+
+local function call(command, ...)
+  local args = {...}
+  local name = string.upper(command)
+  if name == 'EXPIRE' then return expire_at(args[1], clock + tonumber(args[2]))
+  elseif name == 'PEXPIRE' then return expire_at(args[1], clock + tonumber(args[2]) / 1000)
+  elseif name == 'EXPIREAT' then return expire_at(args[1], tonumber(args[2]))
+  elseif name == 'PEXPIREAT' then return expire_at(args[1], tonumber(args[2]) / 1000)
+  elseif name == 'PERSIST' then return raw('ZREM', EXPIRY, args[1])
+  elseif name == 'SET' then return set(args)
+  elseif name == 'DEL' or name == 'UNLINK' then forget(args, 1)
+  elseif UNKNOWN[name] then error('replay: ' .. name .. ' is not kept in log time (services/common/logtime.lua)')
+  end
+  return raw(command, ...)
+end
+
+-- KEYS: none (EXPIRY is the clock's own). ARGV: now (log time).
+-- Forgets every key due by `now`; returns how many.
+local function log_clock(_, args)
+  -- The rest of the real `redis` (error_reply, pcall...) through the stand-in:
+  -- metatables exist once functions run, and this one runs first.
+  if not getmetatable(STAND_IN) then setmetatable(STAND_IN, {__index = function(_, k) return redis[k] end}) end
+  clock = tonumber(args[1])
+  local due = raw('ZRANGEBYSCORE', EXPIRY, '-inf', '(' .. args[1])
+  for _, key in ipairs(due) do
+    raw('DEL', key)
+    raw('ZREM', EXPIRY, key)
+  end
+  return #due
+end
+
+STAND_IN.call, STAND_IN.register_function = call, redis.register_function
+local redis = STAND_IN
+redis.register_function(LOG_CLOCK, log_clock)
