@@ -37,6 +37,7 @@ from pyfilter.common.timeparse import get_zone
 
 STEP = 1.0  # seconds of log time per window call at most
 MAX_FAILURES = 5000  # failures per window call at most (the ledger cuts them further)
+HISTORY_READ = 10_000  # bans decided before their records are read from the history stream
 
 
 @dataclass
@@ -157,35 +158,38 @@ def _steps(failures: Iterator) -> Iterator[tuple[float, list]]:
 
 
 async def _decide_all(detector, steps: Iterator[tuple[float, list]], outcome: Outcome) -> None:
-    """Each step's failures into the windows, one step after the other; the next step's
-    lines are matched (in a thread) while Redis runs this one's call."""
-    from pyfilter.common import logtime
-
+    """Each step's failures into the windows, one step after the other. Redis runs a
+    step's call while the next step's lines are matched here (its request is
+    written before matching starts), so the two take turns on no lock."""
     keys, client = detector.keys, detector.client
     seen = "0-0"  # the last history entry read: each ban's record comes from there
+    unread = 0  # bans decided since
 
-    async def decide(now: float, observed: list) -> None:
-        nonlocal seen
-        await logtime.advance(client, now)
-        if await detector.decide(observed, now):
-            for entry_id, fields in await client.xrange(keys.ban_history, f"({seen}"):
-                outcome.bans.append(messages.decode_record(fields[b"m"]))
-                seen = entry_id.decode()
-        outcome.failures += len(observed)
-        if outcome.first is None:
-            outcome.first = observed[0].time
-        outcome.last = now
+    async def read_records() -> None:
+        nonlocal seen, unread
+        for entry_id, fields in await client.xrange(keys.ban_history, f"({seen}"):
+            outcome.bans.append(messages.decode_record(fields[b"m"]))
+            seen = entry_id.decode()
+        unread = 0
 
     running: asyncio.Task | None = None
     try:
-        while True:
-            step = await asyncio.to_thread(next, steps, None)
+        for now, observed in steps:  # matching happens here, as the generator runs
             if running is not None:
-                await running
-                running = None
-            if step is None:
-                return
-            running = asyncio.create_task(decide(*step))
+                unread += len(await running)
+                # The history stream keeps its last HISTORY_MAXLEN entries: read well before.
+                if unread >= HISTORY_READ:
+                    await read_records()
+            outcome.failures += len(observed)
+            if outcome.first is None:
+                outcome.first = observed[0].time
+            outcome.last = now
+            running = asyncio.create_task(detector.decide(observed, now))
+            await asyncio.sleep(0)  # the task runs until it waits for Redis's answer
+        if running is not None:
+            await running
+            running = None
+        await read_records()
     finally:
         if running is not None:
             running.cancel()

@@ -7,8 +7,8 @@
 -- record written with EXAT in log time (last month) would be gone at once.
 -- Here `redis` is a stand-in for the real one whose `call` keeps every
 -- expiry in log time instead, in the sorted set EXPIRY (key -> when, log
--- time, no Redis TTL at all), and `log_clock(now)` forgets what is due
--- before each window call. A command that sets or reads a TTL in a way not
+-- time, no Redis TTL at all), and each window call first moves the clock to
+-- its `now` and forgets what is due by then. A command that sets or reads a TTL in a way not
 -- translated here fails, so a new one in ledger.lua is noticed by the
 -- replay tests rather than silently kept in wall time.
 --
@@ -21,7 +21,7 @@ local STAND_IN = {}  -- the `redis` of the rest of the library (filled below)
 -- while it loads only registers): looked up then, before the stand-in below
 -- hides its name.
 local function raw(...) return redis.call(...) end
-local clock = 0  -- log time, set by log_clock before each window call
+local clock = 0  -- log time: the `now` of the window call running
 
 local function expire_at(key, at)
   if raw('EXISTS', key) == 0 then return 0 end
@@ -77,21 +77,30 @@ local function call(command, ...)
   return raw(command, ...)
 end
 
--- KEYS: none (EXPIRY is the clock's own). ARGV: now (log time).
--- Forgets every key due by `now`; returns how many.
-local function log_clock(_, args)
+-- The clock moves to `now` (log time), forgetting every key due by then.
+local function tick(now)
   -- The rest of the real `redis` (error_reply, pcall...) through the stand-in:
-  -- metatables exist once functions run, and this one runs first.
+  -- metatables exist once functions run.
   if not getmetatable(STAND_IN) then setmetatable(STAND_IN, {__index = function(_, k) return redis[k] end}) end
-  clock = tonumber(args[1])
-  local due = raw('ZRANGEBYSCORE', EXPIRY, '-inf', '(' .. args[1])
+  clock = now
+  local due = raw('ZRANGEBYSCORE', EXPIRY, '-inf', '(' .. string.format('%.17g', now))
   for _, key in ipairs(due) do
     raw('DEL', key)
     raw('ZREM', EXPIRY, key)
   end
-  return #due
 end
 
-STAND_IN.call, STAND_IN.register_function = call, redis.register_function
+-- Replay's window call (one Redis: record_and_ban, whose ARGV[1] is `now`)
+-- first moves the clock: no call of its own, no round trip more.
+local function register(name, fn)
+  if name == RECORD_AND_BAN then
+    return redis.register_function(name, function(keys, args)
+      tick(tonumber(args[1]))
+      return fn(keys, args)
+    end)
+  end
+  return redis.register_function(name, fn)
+end
+
+STAND_IN.call, STAND_IN.register_function = call, register
 local redis = STAND_IN
-redis.register_function(LOG_CLOCK, log_clock)
