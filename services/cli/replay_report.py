@@ -31,7 +31,8 @@ def duration(seconds: int) -> str:
 
 
 def logged_in_later(outcome: Outcome) -> dict[str, list[str]]:
-    """Per rule, the addresses (or networks) it banned that logged in successfully after their first ban."""
+    """Per rule, the addresses (or networks) it banned that logged in successfully after their first
+    ban (or in its second: most logs write whole seconds)."""
     first: dict[tuple[str, str], float] = {}
     for ban in outcome.bans:
         first.setdefault((ban.rule, ban.address), ban.banned_at)
@@ -39,9 +40,9 @@ def logged_in_later(outcome: Outcome) -> dict[str, list[str]]:
     for (rule, address), at in first.items():
         if "/" in address:  # a network: any of its addresses
             net = ipaddress.ip_network(address, strict=False)
-            later = any(t > at and ipaddress.ip_address(a) in net for a, t in outcome.logins.items())
+            later = any(t >= at and ipaddress.ip_address(a) in net for a, t in outcome.logins.items())
         else:
-            later = outcome.logins.get(address, float("-inf")) > at
+            later = outcome.logins.get(address, float("-inf")) >= at
         if later:
             found[rule].append(address)
     return found
