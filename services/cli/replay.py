@@ -30,7 +30,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyfilter.cli import matching, replay_report
+import msgspec
+
+from pyfilter.cli import matching, ownredis, replay_report
 from pyfilter.common import config as configuration
 from pyfilter.common import messages
 from pyfilter.common.timeparse import get_zone
@@ -82,9 +84,6 @@ def logs_of(settings: configuration.Settings, paths: list[str], program: str | N
 
 async def replay(settings: configuration.Settings, logs: list[Log], host: str, now: float | None) -> Outcome:
     """Run the detector's step over the logs against a Redis of our own."""
-    import msgspec
-
-    from pyfilter.cli import ownredis
     from pyfilter.common import logtime
     from pyfilter.detector.main import Detector
 
@@ -208,11 +207,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         logs = logs_of(settings, args.files, args.program, args.tz)
         try:
             outcomes.append(asyncio.run(replay(settings, logs, host, now)))
-        except Exception as exc:
-            from pyfilter.cli.ownredis import NoRedisServer
-            if isinstance(exc, NoRedisServer):
-                raise matching.UsageError(str(exc)) from None
-            raise
+        except ownredis.NoRedisServer as exc:
+            raise matching.UsageError(str(exc)) from None
     replay_report.write(outcomes, args.json, args.tz or "UTC")
     return 0
 

@@ -17,10 +17,10 @@
 -- loads: the stand-in starts as a plain table.)
 
 local STAND_IN = {}  -- the `redis` of the rest of the library (filled below)
--- The real Redis, as functions see it when they run (the one a library sees
--- while it loads only registers): looked up then, before the stand-in below
--- hides its name.
-local function raw(...) return redis.call(...) end
+-- The real redis.call, as functions see it when they run (the `redis` a
+-- library sees while it loads only registers): taken by `tick`, before any
+-- call of the library's, from the global the stand-in below hides.
+local raw
 local clock = 0  -- log time: the `now` of the window call running
 
 local function expire_at(key, at)
@@ -29,12 +29,9 @@ local function expire_at(key, at)
   return 1
 end
 
-local function forget(keys, from)
-  for i = from, #keys do raw('ZREM', EXPIRY, keys[i]) end
-end
-
 -- SET's expiry options, in log time; the rest goes to the real SET.
-local function set(args)
+local function set(...)
+  local args = {...}
   local plain, at, keep = {'SET'}, nil, false
   local i = 1
   while i <= #args do
@@ -58,22 +55,38 @@ local function set(args)
   return reply
 end
 
+local function delete(command)
+  return function(...)
+    raw('ZREM', EXPIRY, ...)
+    return raw(command, ...)
+  end
+end
+
+-- Upper-case command -> what it does here instead.
+local IN_LOG_TIME = {
+  EXPIRE = function(key, seconds) return expire_at(key, clock + tonumber(seconds)) end,
+  PEXPIRE = function(key, ms) return expire_at(key, clock + tonumber(ms) / 1000) end,
+  EXPIREAT = function(key, at) return expire_at(key, tonumber(at)) end,
+  PEXPIREAT = function(key, ms) return expire_at(key, tonumber(ms) / 1000) end,
+  PERSIST = function(key) return raw('ZREM', EXPIRY, key) end,
+  SET = set, DEL = delete('DEL'), UNLINK = delete('UNLINK'),
+}
 local UNKNOWN = {GETEX = true, SETEX = true, PSETEX = true, TTL = true, PTTL = true, EXPIRETIME = true,
                  PEXPIRETIME = true, RENAME = true, RENAMENX = true, COPY = true, RESTORE = true,
                  HEXPIRE = true, HPEXPIRE = true, HEXPIREAT = true, HPEXPIREAT = true, HPERSIST = true}
+-- Each command name as written in the library -> its IN_LOG_TIME entry, or
+-- false: one lookup per call once a name has been seen.
+local seen = {}
 
 local function call(command, ...)
-  local args = {...}
-  local name = string.upper(command)
-  if name == 'EXPIRE' then return expire_at(args[1], clock + tonumber(args[2]))
-  elseif name == 'PEXPIRE' then return expire_at(args[1], clock + tonumber(args[2]) / 1000)
-  elseif name == 'EXPIREAT' then return expire_at(args[1], tonumber(args[2]))
-  elseif name == 'PEXPIREAT' then return expire_at(args[1], tonumber(args[2]) / 1000)
-  elseif name == 'PERSIST' then return raw('ZREM', EXPIRY, args[1])
-  elseif name == 'SET' then return set(args)
-  elseif name == 'DEL' or name == 'UNLINK' then forget(args, 1)
-  elseif UNKNOWN[name] then error('replay: ' .. name .. ' is not kept in log time (services/common/logtime.lua)')
+  local instead = seen[command]
+  if instead == nil then
+    local name = string.upper(command)
+    if UNKNOWN[name] then error('replay: ' .. name .. ' is not kept in log time (services/common/logtime.lua)') end
+    instead = IN_LOG_TIME[name] or false
+    seen[command] = instead
   end
+  if instead then return instead(...) end
   return raw(command, ...)
 end
 
@@ -81,7 +94,10 @@ end
 local function tick(now)
   -- The rest of the real `redis` (error_reply, pcall...) through the stand-in:
   -- metatables exist once functions run.
-  if not getmetatable(STAND_IN) then setmetatable(STAND_IN, {__index = function(_, k) return redis[k] end}) end
+  if not raw then
+    raw = redis.call
+    setmetatable(STAND_IN, {__index = function(_, k) return redis[k] end})
+  end
   clock = now
   local due = raw('ZRANGEBYSCORE', EXPIRY, '-inf', '(' .. string.format('%.17g', now))
   for _, key in ipairs(due) do
