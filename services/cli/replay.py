@@ -232,5 +232,5 @@ def add_commands(sub) -> None:
     p.add_argument("--host", metavar="NAME", help="the host whose logs these are (default: the configuration's)")
     p.add_argument("--now", metavar="ISO8601", help='"now" for year-less dates (default: each file\'s mtime)')
     p.add_argument("--json", action="store_true", help="one JSON document instead of the report")
-    p.add_argument("files", nargs="+", metavar="LOG")
+    p.add_argument("files", nargs="+", metavar="LOG", help="log files (several: merged in log time)")
     p.set_defaults(func=cmd_replay)

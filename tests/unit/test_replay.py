@@ -161,6 +161,22 @@ def test_compare_shows_the_bans_only_one_configuration_makes(tmp_path):
     assert "4 failures of sshd" in text.stdout
 
 
+def test_logs_of_two_files_are_merged_in_log_time(tmp_path):
+    """A1 fails at 00:00 and 00:20 in one file, at 00:01 and 00:02 in the other: in log
+    time, three failures within findtime (10m), banned at 00:02. One file after the
+    other, the second file's failures would come after 00:20 and be too old to count."""
+    start = datetime(2025, 3, 1, tzinfo=timezone.utc)
+    first, second = tmp_path / "auth.log", tmp_path / "web2-auth.log"
+    first.write_text("\n".join([*attempts(start, A1, 1, 100),
+                                *attempts(start + timedelta(minutes=20), A1, 1, 200)]) + "\n")
+    second.write_text("\n".join([*attempts(start + timedelta(minutes=1), A1, 1, 300),
+                                 *attempts(start + timedelta(minutes=2), A1, 1, 400)]) + "\n")
+    document = replayed("--config", str(long_config(tmp_path)), str(first), str(second))
+    [ban] = document["replays"][0]["bans"]
+    assert (ban["address"], ban["failures"]) == (A1, 3)
+    assert ban["banned_at"] == (start + timedelta(minutes=2)).timestamp()
+
+
 def test_without_redis_server_replay_says_so(tmp_path):
     log = tmp_path / "auth.log"
     log.write_text("\n".join(attempts(datetime(2025, 3, 1, tzinfo=timezone.utc), A1, 3, 100)) + "\n")
