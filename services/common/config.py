@@ -539,6 +539,11 @@ def _apply_environment(config: Config) -> None:
             f"PYFILTER_REDIS_URL {_without_password(config.redis.url)}: plain TCP to the shared Redis; use "
             "rediss:// with its CA (PYFILTER_REDIS_CA), or opt out with PYFILTER_REDIS_REQUIRE_TLS=0 "
             "on a network you trust")
+    if config.redis.cluster and config.redis.wait_replicas:
+        # A collector's confirmed commit waits on the connection that wrote it;
+        # a cluster client has one per node, which that wait does not follow yet.
+        raise ConfigError("redis.wait_replicas: not supported with redis.cluster yet; "
+                          "set it to 0 (a Cluster's replicas then follow their primary asynchronously)")
 
 
 def _without_password(url: str) -> str:

@@ -277,12 +277,13 @@ class Detector:
                 await self.forget_read()
                 await asyncio.sleep(1)
                 await self.resume()
-        # A read already on its way is finished before stopping, not left pending.
+        # A read already on its way is finished before stopping, not left pending
+        # (on Cluster, with what the other slots' reads bring).
         task, self.reading = self.reading, None
-        if task is not None and (entries := await task):
-            await self.settle()
-            await self.handle(entries)
+        entries = (await task if task is not None else []) + await self.lines.finish_reads()
         await self.settle()
+        if entries:
+            await self.handle(entries)
 
     async def settle(self) -> None:
         """Wait for the window update still running, if any."""

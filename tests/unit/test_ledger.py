@@ -157,11 +157,9 @@ def test_the_library_comes_back_after_redis_lost_it_and_replaces_an_older_copy(r
     assert stale == -1 and fresh == 0
 
 
-def test_a_decision_of_the_previous_version_is_still_applied(single_redis_url):
+def test_a_decision_of_the_previous_version_is_still_applied(redis_url):
     """Hosts upgrade one at a time: a decision as version 1 wrote it (the detector's
-    Lua table, with `v` typed in) reaches the kernel with its scope. (A single Redis:
-    enforcers are not run on Cluster yet, docs/scaling.md.)"""
-    redis_url = single_redis_url
+    Lua table, with `v` typed in) reaches the kernel with its scope."""
     old = {"type": "decision", "action": "ban", "address": "198.51.100.20", "rule": "sshd",
            "origin": "detector", "host": "host-a", "created_at": time.time(), "duration": 600,
            "expires_at": time.time() + 600, "reason": "5 failures of sshd", "ports": [22],
