@@ -100,11 +100,8 @@ async def replay(settings: configuration.Settings, logs: list[Log], host: str, n
             # Never-ban addresses: the configuration's whitelist (this Redis holds no other, and
             # no host's own addresses: list them in the whitelist to keep them out).
             whitelist = await detector.whitelist.networks()
-            failures = _in_log_time(detector, logs, host, now, whitelist, outcome)
+            failures = _in_log_time(detector, logs, host, now, whitelist, logins, outcome)
             await _decide_all(detector, _steps(failures), outcome)
-            for _, address, at, _ in logins:
-                if at is not None and at > outcome.logins.get(address, float("-inf")):
-                    outcome.logins[address] = at
         finally:
             await detector.client.aclose()
     outcome.seconds = time.perf_counter() - started
@@ -112,16 +109,17 @@ async def replay(settings: configuration.Settings, logs: list[Log], host: str, n
 
 
 def _in_log_time(detector, logs: list[Log], host: str, now: float | None, whitelist: list,
-                 outcome: Outcome) -> Iterator:
+                 logins: list, outcome: Outcome) -> Iterator:
     """Every file's failures (the detector's Observed), merged in log time."""
-    per_file = [_failures(detector, i, log, host, now, whitelist, outcome) for i, log in enumerate(logs)]
+    per_file = [_failures(detector, i, log, host, now, whitelist, logins, outcome) for i, log in enumerate(logs)]
     return per_file[0] if len(per_file) == 1 else heapq.merge(*per_file, key=lambda o: o.time)
 
 
 def _failures(detector, index: int, log: Log, host: str, now: float | None, whitelist: list,
-              outcome: Outcome) -> Iterator:
+              logins: list, outcome: Outcome) -> Iterator:
     """One file's failures in its order. A line whose time cannot be read takes its
-    predecessor's (the live detector would date it by its arrival)."""
+    predecessor's (the live detector would date it by its arrival). The successful
+    logins the matcher noted in `logins` go to the outcome as each batch is read."""
     reference = now if now is not None else os.stat(log.path).st_mtime  # for year-less dates
     last = 0.0
     n = 0
@@ -132,6 +130,10 @@ def _failures(detector, index: int, log: Log, host: str, now: float | None, whit
         batch = messages.LineBatch(host=host, source=log.source, lines=lines, read_at=0.0, tz=log.tz,
                                    program=log.program)
         observed, _ = detector.observe_batches([batch], reference, set(), whitelist)
+        for _, address, at, _ in logins:
+            if at is not None and at > outcome.logins.get(address, float("-inf")):
+                outcome.logins[address] = at
+        logins.clear()
         for o in observed:
             if o.time:
                 last = o.time
