@@ -298,9 +298,11 @@ LIMITS = """\
   (`pyfilter match --rule sshd` 6.6-8.1 s in the same minutes); wall 2.0-2.6x the time of
   `pyfilter match --rule sshd` (`python -m bench.run --logs mixed --parts matching
   --no-docs`: 36.55 s against 14.02 s; the same two commands alternated twice: 39.7 s
-  against 21.4 s, 31.8 s against 12.4 s). Tried: a worker thread for the matching (as the
-  detector does) left Redis's answers waiting for the GIL behind it, no overlap; one window
-  call per 10 s of log instead of 1 s saves 15-20 % but dates bans up to 10 s late.
+  against 21.4 s, 31.8 s against 12.4 s; at 08:08, load 2-3: 15.7 s against 10.0 s,
+  1.58x, with 16.6 CPU s in 15.7 s: the two overlap; then 17.8 s against 7.9 s).
+  Tried: a worker thread for the matching (as the detector does) left Redis's answers
+  waiting for the GIL behind it, no overlap; one window call per 10 s of log instead of
+  1 s saves 15-20 % but dates bans up to 10 s late.
 - **Hostile lines** (`python -m bench.hostile_lines`, per rule in docs/hostile-lines.md; whole catalog, one `Matcher.match` per
   line, best of 3, 2026-11-22 03:50 UTC): an 8,000-slash request path takes 2.8 ms in the
   access log and 2.7 ms in the error log; with the nginx-botsearch patterns before commit
