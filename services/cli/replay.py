@@ -100,6 +100,7 @@ async def replay(settings: configuration.Settings, logs: list[Log], host: str, n
             # Never-ban addresses: the configuration's whitelist (this Redis holds no other, and
             # no host's own addresses: list them in the whitelist to keep them out).
             whitelist = await detector.whitelist.networks()
+            detector.judge_with(set(), whitelist)
             failures = _in_log_time(detector, logs, host, now, whitelist, logins, outcome)
             await _decide_all(detector, _steps(failures), outcome)
         finally:

@@ -26,16 +26,18 @@ from redis.exceptions import ResponseError
 from pyfilter.common import health, hosts, messages, service, status
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_address
 from pyfilter.common.config import Settings
+from pyfilter.common.geo import Geo
 from pyfilter.common.keys import DETECT_GROUP, Keys
 from pyfilter.common.ledger import Ledger
 from pyfilter.common.metrics import serve as serve_metrics
+from pyfilter.common.network import Widening
 from pyfilter.common.redisio import TRANSIENT, connect, ensure_group, wait_for_redis
 from pyfilter.common.streams import Consumer, Entry
 from pyfilter.common.whitelist import Whitelist
 from pyfilter.detector import metrics
 from pyfilter.detector.matching import Matcher
 from pyfilter.detector.pruner import prune_until
-from pyfilter.detector.windows import NewBan, Observed, Windows
+from pyfilter.detector.windows import NewBan, Observed, Windows, digest
 
 logger = logging.getLogger("pyfilter.detector")
 
@@ -52,7 +54,9 @@ class Detector:
         self.keys = Keys(cfg.redis.prefix)
         self.client = connect(cfg.redis)
         self.matcher = Matcher(settings.rules)
-        self.windows = Windows(self.client, cfg.redis.prefix, settings.rules)
+        self.widening = Widening(cfg.network, Geo(asn_db=cfg.geoip.asn_db) if cfg.network.asn else None) \
+            if cfg.network.enabled else None
+        self.windows = Windows(self.client, cfg.redis.prefix, settings.rules, self.widening)
         self.whitelist = Whitelist(self.client, self.keys, cfg.whitelist)
         # Rules that count and ban IPv6 attackers by network, not one by one.
         self.v6_prefix = {n: r.ipv6_prefix for n, r in settings.rules.items() if r.ipv6_prefix < 128}
@@ -102,11 +106,13 @@ class Detector:
                 connection = f"{origin}:{batch.source}:{f.connection}" if f.connection else ""
                 # A time the source knows exactly (a container's stream time) wins over the text's.
                 when = line.time or f.time or batch.read_at
-                found.append(Observed(f.rule, address, batch.host, when, line.id, line.text, connection, f.once))
+                value = digest(f.value) if f.value else ""
+                found.append(Observed(f.rule, address, batch.host, when, line.id, line.text, connection, f.once,
+                                      f.weight, value))
                 # rsyslog's "message repeated N times": N failures, each with
                 # its own stable id, so a redelivery still counts each once.
                 found += [Observed(f.rule, address, batch.host, when, f"{line.id}#{n}",
-                                   line.text, connection, f.once) for n in range(2, f.count + 1)]
+                                   line.text, connection, f.once, f.weight, value) for n in range(2, f.count + 1)]
         return found
 
     def _warn_unknown_rules(self, batch: messages.LineBatch) -> None:
@@ -152,11 +158,18 @@ class Detector:
         now = time.time()
         own = await self.own.get()
         whitelist = await self.whitelist.networks()
+        self.judge_with(own, whitelist)
         # Matching is CPU work: in a thread, so that the event loop meanwhile
         # sends the next read and the previous read's window update to Redis.
         read, observed, lines = await asyncio.to_thread(self.match_entries, entries, now, own, whitelist)
         await self.lines.dead_letter(read)
         return observed, read.ids, now, lines
+
+    def judge_with(self, own: set, whitelist: list) -> None:
+        """What decisions are judged with besides the lines: the addresses never to ban
+        (this host's own and the whitelist), before a read's step (`pyfilter replay` too)."""
+        if self.widening:
+            self.widening.judge_with(own, whitelist)
 
     def match_entries(self, entries: list[Entry], now: float, own: set, whitelist: list):
         """A read decoded (with its undecodable entries), the failures in it, and

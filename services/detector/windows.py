@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -12,6 +13,7 @@ import redis.asyncio as redis
 from pyfilter.common.config import Rule
 from pyfilter.common.keys import Keys
 from pyfilter.common.ledger import Ledger
+from pyfilter.common.network import Widening
 
 
 
@@ -28,6 +30,15 @@ class Observed(NamedTuple):
     # and whether the line counts only if that connection has no other failure.
     connection: str = ""
     once: bool = False
+    weight: int = 1  # failures it counts as (its pattern's weight)
+    value: str = ""  # what a distinct window counts, as `digest` gives it ("": none)
+
+
+def digest(value: str) -> str:
+    """A captured value as a distinct window keeps it: 16 hex digits, whatever the
+    client wrote (an 8 KB path, quotes, an address), so hostile text is never a
+    Redis member and every value costs the same few bytes."""
+    return hashlib.blake2b(value.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest() if value else ""
 
 
 @dataclass(frozen=True)
@@ -54,8 +65,9 @@ def _thresholds(rule: Rule) -> list[object]:
 class Windows:
     """Applies observed failures to the windows; returns the bans they caused."""
 
-    def __init__(self, client: redis.Redis, prefix: str, rules: dict[str, Rule]):
+    def __init__(self, client: redis.Redis, prefix: str, rules: dict[str, Rule], widening: Widening | None = None):
         self._ledger = Ledger(client, Keys(prefix))
+        self._ledger.widening = widening  # bans of whole networks (docs/rules.md, "Per network")
         # Per rule, the group fields after rule, address and host: window kind, then thresholds.
         self._settings = {name: [rule.window, *_thresholds(rule)] for name, rule in rules.items()}
         recidive = rules.get("recidive")
@@ -71,6 +83,7 @@ class Windows:
         """The failures grouped by (rule, address, host), as record_failures reads them."""
         groups: dict[tuple[str, str, str], list[object]] = defaultdict(list)
         for o in observed:
-            groups[(o.rule, o.address, o.host)] += (o.line_id, o.time, o.text, o.connection, o.once)
+            groups[(o.rule, o.address, o.host)] += (o.line_id, o.time, o.text, o.connection, o.once,
+                                                    o.weight, o.value)
         return [[name, address, host, *self._settings[name], lines]
                 for (name, address, host), lines in groups.items()]

@@ -55,6 +55,24 @@ def attack_log() -> list[str]:
     return lines
 
 
+def probing_log() -> list[str]:
+    """nginx access lines: 60 addresses ask 22 different missing paths (banned by web-probing,
+    20 within a minute), 60 ask 6 different ones 5 times each (30 404s, 6 values: not), among
+    24,000 lines of found pages."""
+    now = datetime.now(timezone.utc).strftime("%d/%b/%Y:%H:%M:%S +0000")
+    banned = [f"198.51.100.{i}" for i in range(1, 31)] + [f"2001:db8::{i:x}" for i in range(1, 31)]
+    spared = [f"198.51.100.{i}" for i in range(101, 131)] + [f"2001:db8:1::{i:x}" for i in range(1, 31)]
+    lines = []
+    for round_ in range(22):
+        for address in banned:
+            lines.append(f'{address} - - [{now}] "GET /scan/{round_}/x.php HTTP/1.1" 404 153 "-" "-"')
+        for address in spared:
+            lines.append(f'{address} - - [{now}] "GET /old/{round_ % 6} HTTP/1.1" 404 153 "-" "Mozilla/5.0"')
+        for n in range(1100):
+            lines.append(f'198.51.100.250 - - [{now}] "GET /page/{n} HTTP/1.1" 200 5120 "-" "Mozilla/5.0"')
+    return lines
+
+
 def feed(client: redis.Redis, lines: list[str]) -> None:
     """The lines in batches, dealt to the hosts in turn (each host's own line ids)."""
     for n, start in enumerate(range(0, len(lines), BATCH)):
@@ -105,15 +123,15 @@ def decided(client: redis.Redis) -> set[tuple[str, str]]:
                                           for _, f in client.xrange(KEYS.decisions))}
 
 
-def write_config(tmp_path: Path) -> Path:
+def write_config(tmp_path: Path, rule: str = "sshd", extra: str = "") -> Path:
     config = tmp_path / "pyfilter.yaml"
     config.write_text(f"""
 redis: {{prefix: "rep:"}}
 catalog_dir: {REPO / "config" / "rules"}
 detector: {{claim_idle: 2s}}
 rules:
-  sshd: {{}}
-""")
+  {rule}: {{}}
+{extra}""")
     return config
 
 
@@ -132,7 +150,7 @@ def freeze_while_holding(client: redis.Redis, victim: subprocess.Popen) -> None:
 
 
 def run_replicas(url: str, config: Path, replicas: int, kill_one: bool,
-                 keep_data: bool = False) -> set[tuple[str, str]]:
+                 keep_data: bool = False, log=attack_log) -> set[tuple[str, str]]:
     client = sync_client(url)
     if not keep_data:
         client.flushall()
@@ -141,7 +159,7 @@ def run_replicas(url: str, config: Path, replicas: int, kill_one: bool,
     procs = [start_detector(config, url) for _ in range(1 if kill_one else replicas)]
     try:
         wait(lambda: grouped(client), 60, "the detectors' consumer group", config.parent / "detectors.log")
-        feed(client, attack_log())
+        feed(client, log())
         if kill_one:
             victim = procs[0]
             freeze_while_holding(client, victim)
@@ -168,6 +186,35 @@ def test_one_and_three_replicas_with_one_killed_decide_the_same_bans(any_redis_u
     three = run_replicas(redis_url, config, replicas=3, kill_one=True)
     assert one == expected
     assert three == expected
+
+
+def test_per_network_bans_are_the_same_with_one_and_three_replicas_with_one_killed(any_redis_url, tmp_path):
+    """The per-network kind: the 30 banned addresses of 198.51.100.0/24, and of 2001:db8::/64,
+    ban their network once (the /48 sees one /64: no)."""
+    config = write_config(tmp_path, extra="network: {enabled: true, threshold: 10}\n")
+    expected = {(f"198.51.100.{i}", "sshd") for i in range(1, 31)} | \
+               {(f"2001:db8::{i:x}", "sshd") for i in range(1, 31)} | \
+               {("198.51.100.0/24", "network"), ("2001:db8::/64", "network")}
+    one = run_replicas(any_redis_url, config, replicas=1, kill_one=False)
+    three = run_replicas(any_redis_url, config, replicas=3, kill_one=True)
+    assert one == expected
+    assert three == expected
+
+
+def test_one_and_three_replicas_decide_the_same_distinct_window_bans(any_redis_url, tmp_path):
+    """The distinct window (web-probing): the same bans with one replica, and with three
+    of which one is killed while it holds batches; each ban is decided by that window."""
+    config = write_config(tmp_path, "web-probing")
+    expected = {(f"198.51.100.{i}", "web-probing") for i in range(1, 31)} | \
+               {(f"2001:db8::{i:x}", "web-probing") for i in range(1, 31)}
+    redis_url = any_redis_url  # a single Redis and a 3-primary Redis Cluster
+    one = run_replicas(redis_url, config, replicas=1, kill_one=False, log=probing_log)
+    three = run_replicas(redis_url, config, replicas=3, kill_one=True, log=probing_log)
+    assert one == expected
+    assert three == expected
+    client = sync_client(redis_url)
+    windows = {messages.decode_record(client.get(KEYS.ban(a))).window for a, _ in expected}
+    assert windows == {"distinct"}
 
 
 def test_a_stopped_detector_finishes_what_it_took(any_redis_url, tmp_path):
