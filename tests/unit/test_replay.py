@@ -177,6 +177,25 @@ def test_logs_of_two_files_are_merged_in_log_time(tmp_path):
     assert ban["banned_at"] == (start + timedelta(minutes=2)).timestamp()
 
 
+def test_window_kinds_of_other_parts_replay_as_the_detector_runs_them(tmp_path):
+    """Per-network widening (common/network.py) needs nothing of replay's own: two banned
+    addresses of 198.51.100.0/24 ban the /24, with them as evidence, unless the network
+    holds a whitelisted one (the whitelist reaches the widening as in the detector)."""
+    start = datetime(2025, 3, 1, tzinfo=timezone.utc)
+    log = tmp_path / "auth.log"
+    log.write_text("\n".join([*attempts(start, A1, 3, 100), *attempts(start + timedelta(minutes=1), A2, 3, 200)]) + "\n")
+    configs = []
+    for name, whitelist in (("open.yaml", []), ("whitelisted.yaml", ["198.51.100.128/25"])):
+        configs.append(tmp_path / name)
+        configs[-1].write_text(yaml.safe_dump({
+            "catalog_dir": str(CATALOG), "whitelist": whitelist, "network": {"enabled": True, "threshold": 2},
+            "rules": {"sshd": {"maxretry": 3, "findtime": "10m", "bantime": "1h"}}}))
+    document = replayed("--config", str(configs[0]), "--compare", str(configs[1]), str(log))
+    [network] = document["only_first"]
+    assert (network["address"], network["window"], network["evidence"]) == ("198.51.100.0/24", "network", [A1, A2])
+    assert bans_of(document, 1) == [(A1, "sshd", 3600), (A2, "sshd", 3600)]
+
+
 def test_without_redis_server_replay_says_so(tmp_path):
     log = tmp_path / "auth.log"
     log.write_text("\n".join(attempts(datetime(2025, 3, 1, tzinfo=timezone.utc), A1, 3, 100)) + "\n")
