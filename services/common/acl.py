@@ -97,6 +97,7 @@ def detector(keys: Keys) -> list[str]:
     p = keys.prefix
     rw = [keys.lines("*"), keys.legacy_lines, keys.window("*", "*"), keys.window_lines("*", "*"),
           keys.window_state("*", "*"), keys.window_conns("*", "*"), *_ledger(keys), keys.counts("*", 0)[:-1] + "*"]
+    rw += [keys.slow_window("*", "*"), keys.slow_lines("*", "*"), keys.slow_state("*", "*"), keys.slow_ids("*", "*")]
     read = [keys.hosts, keys.own_addresses("*"), keys.whitelist]
     commands = ["+xreadgroup", "+xack", "+xdel", "+xautoclaim", "+xgroup|create", "+xinfo|groups", "+xlen",
                 "+xadd",  # dead letters (lines:HOST:dead, within its streams' pattern)
@@ -158,7 +159,8 @@ def _ledger(keys: Keys) -> list[str]:
     """What the ledger's functions write for a ban or an unban (every key they are given)."""
     return [keys.ban("*"), keys.ban_count("*"), keys.crossed("*"), keys.active_bans, keys.ban_scopes,
             keys.ban_history, keys.decisions, keys.ban_index, keys.ban_indexed, keys.ban_counts,
-            keys.ban_day("*"), keys.ban_past, keys.ban_past_until]
+            keys.ban_day("*"), keys.ban_past, keys.ban_past_until,
+            keys.network_units, keys.network_seen, keys.network_members]
 
 
 def _glob(key: str, prefix: str) -> str:

@@ -95,6 +95,7 @@ WINDOWS = ("sliding", "consecutive", "instant", "distinct")
 # Values a distinct window keeps per address (each a 16-hex digest and its
 # weight): what bounds its memory, so a threshold must be reachable within it.
 MAX_DISTINCT = 256
+MAX_BUCKETS = 1000  # fields of a slow window per address
 
 
 class Pattern(msgspec.Struct, forbid_unknown_fields=True):
@@ -105,6 +106,27 @@ class Pattern(msgspec.Struct, forbid_unknown_fields=True):
     re: str
     modes: list[str] = []
     weight: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+
+
+class SlowWindow(msgspec.Struct, forbid_unknown_fields=True):
+    """A rule's second, long window (`slow:`): `maxretry` failures within
+    `findtime` ban for `bantime` (default: the rule's). It keeps a count per
+    `bucket` of log time, not each failure, so its memory does not grow with
+    them: a failure counts in its bucket, and the window at a failure is its
+    bucket and the ones before it, findtime/bucket in all (docs/rules.md)."""
+
+    maxretry: Annotated[int, msgspec.Meta(ge=1)] = 30
+    findtime: Seconds = Seconds(86400)
+    bucket: Seconds = Seconds(3600)
+    bantime: Seconds | None = None
+
+    def __post_init__(self) -> None:
+        if self.bucket < 1 or self.findtime < self.bucket or self.findtime % self.bucket:
+            raise ValueError(f"slow.bucket: expected a duration that divides findtime ({self.findtime} s), "
+                             f"got {self.bucket} s")
+        if self.findtime // self.bucket > MAX_BUCKETS:
+            raise ValueError(f"slow.bucket: at most {MAX_BUCKETS} buckets per window, got "
+                             f"{self.findtime // self.bucket}: take longer buckets")
 
 
 class Rule(msgspec.Struct, forbid_unknown_fields=True):
@@ -134,6 +156,8 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
     findtime: Seconds = Seconds(600)
     request_time: Seconds = Seconds(5)
     failed_attempts: Annotated[int, msgspec.Meta(ge=1)] = 5
+    # A second, long window beside `window` (slow brute force): None, none.
+    slow: SlowWindow | None = None
     # Window `distinct`: regexes searched in a failure's `value` capture (a request
     # path); a value one finds is not counted (a site's own assets).
     ignore_values: list[str] = []
@@ -171,8 +195,6 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
         if self.window == "distinct" and self.maxretry > MAX_DISTINCT:
             raise ValueError(f"maxretry: a distinct window keeps at most {MAX_DISTINCT} values per address, "
                              f"got {self.maxretry}")
-        if self.window != "distinct" and any(isinstance(p, Pattern) and p.weight != 1 for p in self.patterns):
-            raise ValueError("patterns: a weight counts in a distinct window only (window: distinct)")
         if self.ignore_values and self.window != "distinct":
             raise ValueError("ignore_values: only a rule with window: distinct counts values")
         for i, raw in enumerate(self.ignore_values):
@@ -349,6 +371,35 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True):
     widest_ban_v6: Annotated[int, msgspec.Meta(ge=0, le=128)] = 32
 
 
+class NetworkConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Per-network widening of bans (docs/rules.md, "Per network"): when `threshold`
+    addresses of one network are banned by the detector within `findtime`, the
+    network is banned for `bantime`. `ipv4`, `ipv6`: the widening steps (prefix
+    lengths, narrowest first); a step past the first counts the distinct networks
+    of the step before it (an IPv6 /48 counts its /64s). `widest_v4`, `widest_v6`:
+    no step, and no ASN network, is wider. `asn`: the same by network owner, with
+    `geoip.asn_db`. Off by default: a network is often shared (carrier NAT)."""
+
+    enabled: bool = False
+    threshold: Annotated[int, msgspec.Meta(ge=2)] = 10
+    findtime: Seconds = Seconds(3600)
+    bantime: Seconds = Seconds(3600)
+    ipv4: list[Annotated[int, msgspec.Meta(ge=1, le=31)]] = msgspec.field(default_factory=lambda: [24])
+    ipv6: list[Annotated[int, msgspec.Meta(ge=1, le=127)]] = msgspec.field(default_factory=lambda: [64, 48])
+    widest_v4: Annotated[int, msgspec.Meta(ge=1, le=32)] = 16
+    widest_v6: Annotated[int, msgspec.Meta(ge=1, le=128)] = 32
+    asn: bool = False
+
+    def __post_init__(self) -> None:
+        if self.findtime < 1 or self.bantime == 0 or self.bantime < -1:
+            raise ValueError("findtime: expected a duration; bantime: a duration, or -1 for ever")
+        for name, steps, widest in (("ipv4", self.ipv4, self.widest_v4), ("ipv6", self.ipv6, self.widest_v6)):
+            if steps != sorted(set(steps), reverse=True):
+                raise ValueError(f"{name}: expected prefix lengths narrowest first, each once, got {steps}")
+            if steps and steps[-1] < widest:
+                raise ValueError(f"{name}: /{steps[-1]} is wider than widest_{name[2:]} (/{widest})")
+
+
 class GeoConfig(msgspec.Struct, forbid_unknown_fields=True):
     """MaxMind-format databases (.mmdb); unset or unreadable: countries show as unknown."""
 
@@ -426,6 +477,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     enforcer: EnforcerConfig = msgspec.field(default_factory=EnforcerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     geoip: GeoConfig = msgspec.field(default_factory=GeoConfig)
+    network: NetworkConfig = msgspec.field(default_factory=NetworkConfig)
     notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
     # Rule name -> overrides of the catalog entry (or a whole rule).
     rules: dict[str, dict[str, Any]] = {}

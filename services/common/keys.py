@@ -89,6 +89,25 @@ class Keys:
         """Hash: connection -> what the window counted of it ("!", or the id of its `once` line)."""
         return f"{self.prefix}window-conns:{rule}:{_tag(address)}"
 
+    # A rule's slow window (`slow:`, ledger.lua's record_slow): counts per bucket of
+    # log time instead of each failure, with the same four keys' roles.
+    def slow_window(self, rule: str, address: str) -> str:
+        """Hash: bucket number (log time // bucket) -> failures counted in it."""
+        return f"{self.prefix}slow:{rule}:{_tag(address)}"
+
+    def slow_lines(self, rule: str, address: str) -> str:
+        """The slow window's last lines (list), copied into the ban record."""
+        return f"{self.prefix}slow-lines:{rule}:{_tag(address)}"
+
+    def slow_state(self, rule: str, address: str) -> str:
+        """The slow window's hash: `reset` and `pending`, as `window_state`'s."""
+        return f"{self.prefix}slow-state:{rule}:{_tag(address)}"
+
+    def slow_ids(self, rule: str, address: str) -> str:
+        """Sorted set: line id -> when it was counted (epoch seconds), for the
+        redelivery horizon only: what makes a redelivered batch count nothing."""
+        return f"{self.prefix}slow-ids:{rule}:{_tag(address)}"
+
     # Bans: every key a ban writes is on the ban side, in one Cluster slot
     def ban_side(self, name: str) -> str:
         """A key of the ban side: all of them share the hash tag `{bans}`."""
@@ -160,6 +179,25 @@ class Keys:
         """Sorted set: address -> when `ban_past` forgets it (its ban count's memory)."""
         return self.ban_side("past-until")
 
+    # Per network (ledger.lua, "Per network"): a unit is "KEY\tUNIT", KEY a network
+    # or an owner ("AS64500"), UNIT what one banned address counts as in it.
+    @property
+    def network_units(self) -> str:
+        """Sorted set, every score 0, read by lexical range: the units each network
+        (or owner) holds, counted by ZLEXCOUNT."""
+        return self.ban_side("net-units")
+
+    @property
+    def network_seen(self) -> str:
+        """Sorted set: unit -> when an address of it was last banned (older than the
+        network's findtime: forgotten)."""
+        return self.ban_side("net-seen")
+
+    @property
+    def network_members(self) -> str:
+        """Hash: unit -> the address of it banned last (a network ban's evidence)."""
+        return self.ban_side("net-members")
+
     @property
     def whitelist(self) -> str:
         """Set of CIDRs the operator whitelisted through the api."""
@@ -205,6 +243,12 @@ class Keys:
     def counts(self, host: str, minute: int) -> str:
         """Hash of one minute's counters of a host ("lines:SOURCE", "failures:RULE" -> count), expiring."""
         return f"{self.prefix}counts:{host}:{minute}"
+
+    # `pyfilter replay` (common/logtime.py), in its own Redis only
+    @property
+    def log_expiry(self) -> str:
+        """Sorted set: key -> when it expires in log time (replay keeps no Redis TTL)."""
+        return f"{self.prefix}replay:expiry"
 
 
 BAN_SIDE_TAG = "{bans}"

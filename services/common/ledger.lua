@@ -322,6 +322,99 @@ local function claim_digest(keys, args)
   return redis.call('ZRANGE', queue, 0, max_batch - 1)
 end
 
+-- Per network ----------------------------------------------------------------
+--
+-- When `threshold` addresses of one network are banned by the detector within
+-- `span`, the network is banned (docs/rules.md, "Per network"). Python decides
+-- what each banned address counts in (ledger.py's network payload): per step a
+-- key (a network, or an owner "AS64500"), the unit it counts as there (itself,
+-- or its network of the step before: a /48 counts its /64s), the network to ban
+-- and where that network's record and count are in KEYS. It leaves out every
+-- step that would cover a whitelisted network or a host's own address, and any
+-- wider than the widest allowed; an address it did not plan for counts nowhere.
+-- A unit is a member of three keys of the ban side: `net-units` (a lexical
+-- range per key: its count is one ZLEXCOUNT), `net-seen` (when last banned: the
+-- units older than `span` are forgotten) and `net-members` (its latest banned
+-- address: the evidence).
+
+local NETWORK_EVIDENCE = 50  -- member addresses a network's ban record lists
+local FORGET_UNITS = 100  -- units forgotten per ban: more than one ban adds
+
+-- The network payload of a call (nil: no widening), its keys resolved.
+local function network_of(keys, arg)
+  if not arg or arg == '' then return nil end
+  local net = cmsgpack.unpack(arg)
+  net.units, net.seen, net.members, net.keys = keys[net.at], keys[net.at + 1], keys[net.at + 2], keys
+  return net
+end
+
+local function in_force(s, address, now)
+  local score = redis.call('ZSCORE', s.active, address)
+  return score and (score == 'inf' or tonumber(score) > now)
+end
+
+local function forget_units(net, units)
+  if #units == 0 then return end
+  redis.call('ZREM', net.units, unpack(units))
+  redis.call('ZREM', net.seen, unpack(units))
+  redis.call('HDEL', net.members, unpack(units))
+end
+
+-- The units of a network (`first`..`last`: its lexical range) banned since
+-- `oldest`, up to `want` of them. The stale ones met on the way are forgotten:
+-- forgetting by age (in `widen`) lags after a flood.
+local function fresh_units(net, first, last, oldest, want)
+  local fresh, offset = {}, 0
+  while #fresh < want do
+    local units = redis.call('ZRANGEBYLEX', net.units, first, last, 'LIMIT', offset, FORGET_UNITS)
+    if #units == 0 then break end
+    local seen = redis.call('ZMSCORE', net.seen, unpack(units))
+    local stale = {}
+    for i, unit in ipairs(units) do
+      if seen[i] and tonumber(seen[i]) >= oldest then fresh[#fresh + 1] = unit else stale[#stale + 1] = unit end
+    end
+    forget_units(net, stale)
+    offset = offset + #units - #stale
+    if #units < FORGET_UNITS then break end
+  end
+  return fresh
+end
+
+-- The ban `rec` was written at `now`: count it in its networks, and ban each
+-- network it fills (unless a ban of it is in force). A network banned by its
+-- own count starts counting again; an owner keeps counting, so each later
+-- member's network is banned too while the owner stays over the threshold.
+local function widen(s, net, rec, now)
+  local steps = net.of[rec.address]
+  if not steps then return end
+  forget_units(net, redis.call('ZRANGEBYSCORE', net.seen, '-inf', '(' .. (now - net.span), 'LIMIT', 0, FORGET_UNITS))
+  for _, step in ipairs(steps) do
+    local key, unit, target, at = step[1], step[2], step[3], step[4]
+    local member = key .. SEP .. unit
+    redis.call('ZADD', net.units, 0, member)
+    redis.call('ZADD', net.seen, now, member)
+    redis.call('HSET', net.members, member, rec.address)
+    local first, last = '[' .. key .. SEP, '[' .. key .. SEP .. '\255'
+    local fresh = {}
+    if redis.call('ZLEXCOUNT', net.units, first, last) >= net.threshold and not in_force(s, target, now) then
+      fresh = fresh_units(net, first, last, now - net.span, math.max(net.threshold, NETWORK_EVIDENCE))
+    end
+    if #fresh >= net.threshold then
+      local count = redis.call('ZLEXCOUNT', net.units, first, last)
+      local evidence = redis.call('HMGET', net.members, unpack(fresh, 1, math.min(#fresh, NETWORK_EVIDENCE)))
+      local wide = {
+        address = target, rule = 'network', host = rec.host, origin = rec.origin, banned_at = now,
+        duration = net.bantime, failures = count, window = 'network', evidence = evidence,
+        reason = count .. ' banned addresses of ' .. key .. ' within ' .. net.span .. 's',
+      }
+      if net.bantime >= 0 then wide.expires_at = now + net.bantime end
+      write_ban(s, net.keys[at], net.keys[at + 1], wide, {}, 'drop', net.memory,
+                redis.call('ZSCORE', s.active, target) ~= false)
+      if key == target then forget_units(net, redis.call('ZRANGEBYLEX', net.units, first, last)) end
+    end
+  end
+end
+
 -- Failure windows ------------------------------------------------------------
 --
 -- The windows change only here, so an update is atomic and detector
@@ -430,7 +523,105 @@ end
 
 -- On Redis Cluster, what record_failures does with a crossing: keeps it.
 local function keep_crossing(_, c, window_key, lines_key, state_key)
+  if not window_key then return keep(state_key, c) end  -- details read already (record_slow)
   return keep(state_key, with_details(c, window_key, lines_key))
+end
+
+-- Slow windows ---------------------------------------------------------------
+--
+-- A rule's `slow:` window (30 failures in 24 h) counts failures per bucket of
+-- log time (a hash: bucket number -> count), so what it keeps per address is
+-- bounded by span / bucket, however many the failures. The window at a
+-- failure is its bucket and the n - 1 before it (n = span / bucket). Its four
+-- keys take the places of a window's: buckets, lines, state (reset,
+-- pending), ids. Idempotent per line id: each counted line id is kept in
+-- `ids` (scored by when it was counted) for `horizon` seconds, as long as a
+-- batch may wait to be redelivered (docs/decisions.md, "Slow windows"); its
+-- count stays in its bucket after the id is forgotten.
+
+-- Lines a slow window keeps for its ban record: fewer than a window's, as
+-- they are most of what it costs per address (docs/scaling.md, "Slow windows").
+local SLOW_LINES = 3
+
+-- The latest of the n-bucket stretches that hold a fresh bucket and reach
+-- `threshold`: {trigger (its latest fresh failure), failures, first bucket},
+-- or nil. `counts`: bucket -> failures; `fresh`: bucket -> latest fresh failure.
+local function slow_crossing(counts, fresh, n, threshold)
+  local buckets = {}
+  for b in pairs(counts) do buckets[#buckets + 1] = b end
+  table.sort(buckets)
+  local found, sum, lo = nil, 0, 1
+  for hi = 1, #buckets do
+    sum = sum + counts[buckets[hi]]
+    while buckets[lo] <= buckets[hi] - n do sum = sum - counts[buckets[lo]]; lo = lo + 1 end
+    if sum >= threshold then
+      local trigger = nil
+      for j = lo, hi do
+        local t = fresh[buckets[j]]
+        if t and (not trigger or t > trigger) then trigger = t end
+      end
+      if trigger then found = {trigger = trigger, failures = sum, first = buckets[lo]} end
+    end
+  end
+  return found
+end
+
+-- One group's failures into its slow window, as record_group does for the
+-- other kinds (same `on_crossing`, same return). `g.extra`: {bucket, horizon}.
+local function record_slow(keys, at, g, lines, now, on_crossing)
+  local buckets_key, lines_key, state_key, ids_key = keys[at + WINDOW], keys[at + LINES], keys[at + STATE],
+                                                     keys[at + CONNS]
+  local size, horizon = g.extra[1], g.extra[2]
+  local n = math.floor(g.span / size)
+  local state = redis.call('HMGET', state_key, 'reset', 'pending')
+  local reset, pending = tonumber(state[1] or '-1'), state[2]
+  local oldest = now - g.span
+  redis.call('ZREMRANGEBYSCORE', ids_key, '-inf', '(' .. (now - horizon))
+  local fresh, texts, added = {}, {}, false
+  for i = 1, #lines, FIELDS do
+    local id, ts = lines[i], math.min(lines[i + 1], now)
+    if ts >= oldest and ts > reset and redis.call('ZADD', ids_key, 'NX', now, id) == 1 then
+      local b = math.floor(ts / size)
+      redis.call('HINCRBY', buckets_key, b, lines[i + 5])  -- its weight (1 but for distinct rules)
+      if not fresh[b] or ts > fresh[b] then fresh[b] = ts end
+      if lines[i + 2] ~= '' then texts[#texts + 1] = lines[i + 2] end
+      added = true
+    end
+  end
+  local ttl = math.ceil(g.span) + 60
+  if added then
+    redis.call('EXPIRE', ids_key, math.ceil(horizon) + 60)
+    if #texts > 0 then
+      redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - SLOW_LINES + 1)))
+      redis.call('LTRIM', lines_key, -SLOW_LINES, -1)
+    end
+    local counts, first_kept = {}, math.floor(oldest / size)
+    local stored = redis.call('HGETALL', buckets_key)
+    for i = 1, #stored, 2 do
+      local b = tonumber(stored[i])
+      if b < first_kept then redis.call('HDEL', buckets_key, stored[i]) else counts[b] = tonumber(stored[i + 1]) end
+    end
+    local found = slow_crossing(counts, fresh, n, g.threshold)
+    if found then
+      local c = crossing_of(g, now, found.trigger)
+      c.first, c.failures, c.lines = found.first * size, found.failures, redis.call('LRANGE', lines_key, 0, -1)
+      pending = on_crossing(at, c, nil, nil, state_key) or pending
+      -- Failures up to the trigger's bucket no longer count (the bucket's
+      -- later ones, if any, go with it: a bucket is the window's grain).
+      redis.call('HSET', state_key, 'reset', found.trigger)
+      redis.call('EXPIRE', state_key, ttl)
+      local last = math.floor(found.trigger / size)
+      for b in pairs(counts) do
+        if b <= last then redis.call('HDEL', buckets_key, b) end
+      end
+      redis.call('DEL', lines_key)
+    else
+      redis.call('EXPIRE', lines_key, ttl)
+    end
+    redis.call('EXPIRE', buckets_key, ttl)
+  end
+  if pending then redis.call('EXPIRE', state_key, RECORD_GRACE) end
+  return pending or nil
 end
 
 -- Distinct windows -----------------------------------------------------------
@@ -536,6 +727,7 @@ end
 -- a connection whose `once` line was counted takes that line's place.
 local function record_group(keys, at, g, lines, now, on_crossing)
   if g.mode == 'distinct' then return record_distinct(keys, at, g, lines, now, on_crossing) end
+  if g.mode == 'slow' then return record_slow(keys, at, g, lines, now, on_crossing) end
   local window_key, lines_key, state_key, conns_key = keys[at + WINDOW], keys[at + LINES], keys[at + STATE],
                                                       keys[at + CONNS]
   local state = redis.call('HMGET', state_key, 'reset', 'pending')
@@ -563,7 +755,7 @@ local function record_group(keys, at, g, lines, now, on_crossing)
     end
     if counts and redis.call('ZADD', window_key, 'NX', ts, id) == 1 then
       fresh[#fresh + 1] = ts
-      texts[#texts + 1] = lines[i + 2]
+      if lines[i + 2] ~= '' then texts[#texts + 1] = lines[i + 2] end  -- '': a weighted line's copy
     end
   end
 
@@ -571,8 +763,10 @@ local function record_group(keys, at, g, lines, now, on_crossing)
   if #fresh > 0 then
     table.sort(fresh)
     -- Only the last MAX_LINES are kept (and Lua's `unpack` has a size limit).
-    redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
-    redis.call('LTRIM', lines_key, -MAX_LINES, -1)
+    if #texts > 0 then
+      redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
+      redis.call('LTRIM', lines_key, -MAX_LINES, -1)
+    end
     redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. oldest)
     local trigger = nil
     if g.mode == 'instant' then
@@ -644,6 +838,7 @@ local function ban_from_crossing(s, ban_key, count_key, c, now, window_key, line
   }
   if duration >= 0 then rec.expires_at = now + duration end
   write_ban(s, ban_key, count_key, rec, ports, c.verdict, c.memory, current ~= false)
+  if s.net then widen(s, s.net, rec, now) end
   return duration
 end
 
@@ -676,7 +871,8 @@ end
 
 -- A group's rule, address, host that saw its lines, window kind, thresholds.
 local function group_of(h)
-  return with_thresholds({rule = h[1], address = h[2], host = h[3], mode = h[4]}, h, 5)
+  -- h[14]: a window kind's own settings (slow: {bucket, horizon}).
+  return with_thresholds({rule = h[1], address = h[2], host = h[3], mode = h[4], extra = h[14]}, h, 5)
 end
 
 -- Redis Cluster, step 1.
@@ -710,7 +906,8 @@ end
 -- KEYS: active, scopes, history, decisions, then per group its window,
 -- window-lines, window-state, window-conns, the address's ban record and
 -- ban count, and when the recidive rule is on, the address's recidive
--- window-state, window and window-lines. ARGV: as record_failures.
+-- window-state, window and window-lines, then the per-network keys (if any).
+-- ARGV: as record_failures, then the network payload ("" or absent: none).
 -- Returns {bans, pending}: "address rule duration" for each ban written,
 -- and the pending crossings found in these windows (packed), which only
 -- the three calls leave (a detector of the version before this function,
@@ -718,6 +915,7 @@ end
 local function record_and_ban(keys, args)
   local s = shared(keys)
   local now, recidive, groups = window_call(args)
+  s.net = network_of(keys, args[4])
   local banned, pending = {}, {}
   local function ban_now(at, c, window_key, lines_key)
     local duration = ban_from_crossing(s, keys[at + BAN], keys[at + COUNT], c, now, window_key, lines_key)
@@ -741,26 +939,31 @@ end
 
 -- Redis Cluster, step 2.
 -- KEYS: active, scopes, history, decisions, then per crossing its address's
--- ban record, ban count and crossed (the ban side: one slot).
--- ARGV: now, then the crossings as record_failures returned them.
+-- ban record, ban count and crossed (the ban side: one slot), then the
+-- per-network keys (if any).
+-- ARGV: now, the network payload ("": none), then the crossings as
+-- record_failures returned them.
 -- Returns per crossing the duration of its ban, or '' if it did not ban;
 -- a crossing judged before gets the same answer again, and changes nothing.
 local function ban_crossings(keys, args)
   local s = shared(keys)
   local now = tonumber(args[1])
+  s.net = network_of(keys, args[2])
   local results = {}
-  for i = 2, #args do
+  for i = 3, #args do
     local c = cmsgpack.unpack(args[i])
-    local at = SHARED + (i - 2) * 3
+    local at = SHARED + (i - 3) * 3
     local ban_key, count_key, crossed_key = keys[at + 1], keys[at + 2], keys[at + 3]
     local trigger = string.format('%.17g', c.trigger)
-    local judged = redis.call('HGET', crossed_key, c.rule)
+    local field = c.rule
+    if c.mode == 'slow' then field = c.rule .. ' slow' end  -- judged apart from the rule's other window
+    local judged = redis.call('HGET', crossed_key, field)
     if judged and tonumber(string.match(judged, '^%S+')) >= c.trigger then
       results[#results + 1] = string.match(judged, ' (.*)$')
     else
       local duration = ban_from_crossing(s, ban_key, count_key, c, now)
       local answer = duration and tostring(duration) or ''
-      redis.call('HSET', crossed_key, c.rule, trigger .. ' ' .. answer)
+      redis.call('HSET', crossed_key, field, trigger .. ' ' .. answer)
       -- Longer than a pending crossing is kept (RECORD_GRACE).
       redis.call('EXPIRE', crossed_key, 2 * RECORD_GRACE)
       results[#results + 1] = answer

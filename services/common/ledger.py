@@ -51,10 +51,11 @@ from redis.exceptions import ResponseError
 from pyfilter.common import bans, messages
 from pyfilter.common.config import MAX_DISTINCT, Escalation
 from pyfilter.common.keys import BAN_SIDE_SLOT, Keys, address_slot, around_address
+from pyfilter.common.network import Widening
 from pyfilter.common.redisio import durability
 
 # Bump when a function's KEYS, ARGV or effect changes.
-LIBRARY_VERSION = 4
+LIBRARY_VERSION = 6
 LIBRARY = f"pyfilter_v{LIBRARY_VERSION}"
 FUNCTION_PREFIX = f"{LIBRARY}_"
 
@@ -88,6 +89,7 @@ class Crossing(msgspec.Struct):
 
     address: str
     rule: str
+    mode: str = ""  # the window kind; "slow" has keys of its own
 
 
 class NewBan(msgspec.Struct):
@@ -190,8 +192,10 @@ class Ledger:
         # Tests set it on a single Redis to run the three calls there too.
         self.split = self.cluster
         # A window call's KEYS of a group, packed, cut where its address goes:
-        # per (rule, recidive on, address length, split), see _group_layout.
-        self._group_layouts: dict[tuple[str, bool, int, bool], list[bytes]] = {}
+        # per (rule, recidive on, address length, split, slow), see _group_layout.
+        self._group_layouts: dict[tuple[str, bool, int, bool, bool], list[bytes]] = {}
+        # What the detector's bans widen to (network.py); None: they do not.
+        self.widening: Widening | None = None
 
     async def _on_primaries(self, *command) -> list:
         """A command run on every primary (one: a single Redis), with its replies."""
@@ -375,7 +379,7 @@ class Ledger:
 
     # The detector
 
-    def _group_layout(self, rule: str, recidive: bool, length: int) -> list[bytes]:
+    def _group_layout(self, rule: str, recidive: bool, length: int, slow: bool = False) -> list[bytes]:
         """The KEYS of one group, packed and cut where its address goes (an address
         of `length` bytes): its window, window-lines, window-state, window-conns;
         then for record_failures (`split`), when the recidive rule is on, the
@@ -384,12 +388,16 @@ class Ledger:
         window-state, window and window-lines.
         A detector passes these for every failure of a flood (one group per
         failure when every address fails once per batch): each group's are then
-        one join of this layout by its address."""
-        layout = self._group_layouts.get((rule, recidive, length, self.split))
+        one join of this layout by its address. A `slow` group (the rule's slow
+        window) has that window's four keys in place of the first four."""
+        layout = self._group_layouts.get((rule, recidive, length, self.split, slow))
         if layout is None:
             k = self.keys
             keys = [k.window(rule, ""), k.window_lines(rule, ""), k.window_state(rule, ""),
                     k.window_conns(rule, "")]
+            if slow:
+                keys = [k.slow_window(rule, ""), k.slow_lines(rule, ""), k.slow_state(rule, ""),
+                        k.slow_ids(rule, "")]
             if not self.split:
                 keys += [k.ban(""), k.ban_count("")]
             if recidive:
@@ -401,7 +409,7 @@ class Ledger:
                 before, after = (part.encode() for part in around_address(key))
                 layout[-1] += b"$%d\r\n%s" % (len(before) + length + len(after), before)
                 layout.append(after + b"\r\n")
-            self._group_layouts[(rule, recidive, length, self.split)] = layout
+            self._group_layouts[(rule, recidive, length, self.split, slow)] = layout
         return layout
 
     def _slot(self, address: str) -> int:
@@ -441,15 +449,21 @@ class Ledger:
             cut, keys, count, failures = [], [_bulks(shared)], len(shared), 0
             for group in slot_groups:
                 address = group[1].encode()
-                layout = self._group_layout(group[0], bool(recidive), len(address))
+                layout = self._group_layout(group[0], bool(recidive), len(address), group[3] == "slow")
                 cut.append(group)
                 keys.append(address.join(layout))
                 count += len(layout) - 1
                 failures += len(group[12]) // FIELDS
                 if failures >= FAILURES_PER_CALL or group is slot_groups[-1]:
+                    args = [now, recidive, _encode(cut)]
+                    if not self.split:
+                        tail, network = self._network([g[1] for g in cut], count)
+                        keys.append(_bulks(tail))
+                        count += len(tail)
+                        args.append(network)
                     # The groups go as one MessagePack argument: a protocol
                     # argument per field cost the detector more CPU than matching.
-                    planned.append((slot, _fcall(name, count, b"".join(keys), [now, recidive, _encode(cut)])))
+                    planned.append((slot, _fcall(name, count, b"".join(keys), args)))
                     cut, keys, count, failures = [], [_bulks(shared)], len(shared), 0
         return planned
 
@@ -473,8 +487,10 @@ class Ledger:
             keys = self._shared(utc_day(now))  # a detector's ban is written at `now`
             for c in read[i:i + CHUNK]:
                 keys += [self.keys.ban(c.address), self.keys.ban_count(c.address), self.keys.crossed(c.address)]
+            tail, network = self._network([c.address for c in read[i:i + CHUNK]], len(keys))
+            keys += tail
             calls.append((BAN_SIDE_SLOT, _fcall("ban_crossings", len(keys), _bulks(keys),
-                                                [now, *crossings[i:i + CHUNK]])))
+                                                [now, network, *crossings[i:i + CHUNK]])))
         return [a for reply in await self._calls(calls) for a in reply]
 
     async def _confirm_crossings(self, read: list[Crossing], crossings: list[bytes], answers: list[bytes],
@@ -483,13 +499,40 @@ class Ledger:
         by_slot: dict[int, tuple[list[str], list[object]]] = {}
         for c, packed, answer in zip(read, crossings, answers):
             keys, args = by_slot.setdefault(self._slot(c.address), ([], [recidive]))
-            keys.append(k.window_state(c.rule, c.address))
+            keys.append(k.slow_state(c.rule, c.address) if c.mode == "slow" else k.window_state(c.rule, c.address))
             if recidive:
                 keys += [k.window("recidive", c.address), k.window_lines("recidive", c.address),
                          k.window_state("recidive", c.address)]
             args += [packed, answer]
         return await self._calls([(slot, _fcall("confirm_crossings", len(keys), _bulks(keys), args))
                                   for slot, (keys, args) in by_slot.items()])
+
+    def _network(self, addresses: Iterable[str], at: int) -> tuple[list[str], bytes]:
+        """The per-network KEYS and payload (ledger.lua, "Per network") of a call whose
+        bans may be of `addresses` and whose KEYS so far number `at`: the three
+        counting keys, then the record and count of each network it may ban.
+        Nothing when bans do not widen. A manual ban never widens: it is an
+        operator's exact decision, and an import would turn old bans into networks."""
+        if self.widening is None:
+            return [], b""
+        k = self.keys
+        tail = [k.network_units, k.network_seen, k.network_members]
+        where: dict[str, int] = {}
+        of: dict[str, list[list[object]]] = {}
+        for address in dict.fromkeys(addresses):
+            planned = []
+            for step in self.widening.steps(address):
+                if step.target not in where:
+                    where[step.target] = at + len(tail) + 1  # Lua counts KEYS from 1
+                    tail += [k.ban(step.target), k.ban_count(step.target)]
+                planned.append([step.key, step.unit, step.target, where[step.target]])
+            if planned:
+                of[address] = planned
+        if not of:
+            return [], b""
+        cfg = self.widening.cfg
+        return tail, _encode({"at": at + 1, "threshold": cfg.threshold, "span": int(cfg.findtime),
+                              "bantime": int(cfg.bantime), "memory": DEFAULT_MEMORY, "of": of})
 
     # Bans and unbans written from Python
 

@@ -26,16 +26,18 @@ from redis.exceptions import ResponseError
 from pyfilter.common import health, hosts, messages, service, status
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_address
 from pyfilter.common.config import Settings
+from pyfilter.common.geo import Geo
 from pyfilter.common.keys import DETECT_GROUP, Keys
 from pyfilter.common.ledger import Ledger
 from pyfilter.common.metrics import serve as serve_metrics
+from pyfilter.common.network import Widening
 from pyfilter.common.redisio import TRANSIENT, connect, ensure_group, wait_for_redis
 from pyfilter.common.streams import Consumer, Entry
 from pyfilter.common.whitelist import Whitelist
 from pyfilter.detector import metrics
 from pyfilter.detector.matching import Matcher
 from pyfilter.detector.pruner import prune_until
-from pyfilter.detector.windows import Observed, Windows, digest
+from pyfilter.detector.windows import NewBan, Observed, Windows, digest
 
 logger = logging.getLogger("pyfilter.detector")
 
@@ -52,7 +54,9 @@ class Detector:
         self.keys = Keys(cfg.redis.prefix)
         self.client = connect(cfg.redis)
         self.matcher = Matcher(settings.rules)
-        self.windows = Windows(self.client, cfg.redis.prefix, settings.rules)
+        self.widening = Widening(cfg.network, Geo(asn_db=cfg.geoip.asn_db) if cfg.network.asn else None) \
+            if cfg.network.enabled else None
+        self.windows = Windows(self.client, cfg.redis.prefix, settings.rules, self.widening)
         self.whitelist = Whitelist(self.client, self.keys, cfg.whitelist)
         # Rules that count and ban IPv6 attackers by network, not one by one.
         self.v6_prefix = {n: r.ipv6_prefix for n, r in settings.rules.items() if r.ipv6_prefix < 128}
@@ -154,33 +158,54 @@ class Detector:
         now = time.time()
         own = await self.own.get()
         whitelist = await self.whitelist.networks()
+        self.judge_with(own, whitelist)
         # Matching is CPU work: in a thread, so that the event loop meanwhile
         # sends the next read and the previous read's window update to Redis.
         read, observed, lines = await asyncio.to_thread(self.match_entries, entries, now, own, whitelist)
         await self.lines.dead_letter(read)
         return observed, read.ids, now, lines
 
+    def judge_with(self, own: set, whitelist: list) -> None:
+        """What decisions are judged with besides the lines: the addresses never to ban
+        (this host's own and the whitelist), before a read's step (`pyfilter replay` too)."""
+        if self.widening:
+            self.widening.judge_with(own, whitelist)
+
     def match_entries(self, entries: list[Entry], now: float, own: set, whitelist: list):
         """A read decoded (with its undecodable entries), the failures in it, and
         its lines by (host, source)."""
         read = self.lines.decode(entries)
+        observed, lines = self.observe_batches([batch for _, batch in read.messages], now, own, whitelist)
+        return read, observed, lines
+
+    def observe_batches(self, batches: list[messages.LineBatch], now: float, own: set,
+                        whitelist: list) -> tuple[list[Observed], Counter]:
+        """The failures in batches of lines, and their lines by (host, source).
+        Half of the detector's one step from lines to bans; `decide` is the other
+        (`pyfilter replay` runs both on logs, in log time)."""
         observed: list[Observed] = []
         lines: Counter = Counter()
-        for _, batch in read.messages:
+        for batch in batches:
             observed += self.observe(batch, now, own, whitelist)
             lines[batch.host, batch.source] += len(batch.lines)
-        return read, observed, lines
+        return observed, lines
+
+    async def decide(self, observed: list[Observed], now: float) -> list[NewBan]:
+        """Count failures into the windows at `now`; the bans they decided."""
+        for rule, count in Counter(o.rule for o in observed).items():
+            metrics.FAILURES.labels(rule).inc(count)
+        banned = await self.windows.record(observed, now)
+        for ban in banned:
+            metrics.BANS.labels(ban.rule).inc()
+            logger.info("ban decided", extra={"address": ban.address, "rule": ban.rule,
+                                              "duration": ban.duration})
+        return banned
 
     async def finish(self, observed: list[Observed], ids: list[bytes], now: float,
                      lines: Counter | None = None) -> None:
         """Count the failures into the windows, then acknowledge their entries
         (with this minute's counts for `pyfilter status`, in the same round trip)."""
-        for rule, count in Counter(o.rule for o in observed).items():
-            metrics.FAILURES.labels(rule).inc(count)
-        for ban in await self.windows.record(observed, now):
-            metrics.BANS.labels(ban.rule).inc()
-            logger.info("ban decided", extra={"address": ban.address, "rule": ban.rule,
-                                              "duration": ban.duration})
+        await self.decide(observed, now)
         lines = lines or Counter()
         # One round trip, not a transaction: on Redis Cluster the streams and
         # the counts are in different slots (a crash in between can only

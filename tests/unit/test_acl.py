@@ -98,6 +98,7 @@ def settings(deployment, user: str, password: str, host: str = "web1", rules: di
 
 def sshd() -> dict[str, Rule]:
     rule = msgspec.convert({"service": "sshd", "sources": ["auth"], "maxretry": 3,
+                            "slow": {"maxretry": 3, "findtime": 3600, "bucket": 600},  # its keys too
                             "patterns": [r"Failed password for \S+ from <HOST> port \d+"]},
                            Rule, dec_hook=lambda t, v: Seconds(v))
     return {"sshd": rule}
@@ -316,5 +317,6 @@ def test_every_key_a_service_writes_is_writable_by_one_of_the_users():
                KEYS.ban_history, KEYS.ban_count(ATTACKER), KEYS.whitelist, KEYS.whitelist_notes,
                KEYS.own_addresses("web1"), KEYS.notify_queue("mail"), KEYS.notify_items("mail"),
                KEYS.notify_hold("mail"), KEYS.status("collector", "web1"), KEYS.status_seen("web1"),
-               KEYS.counts("web1", 1), KEYS.decisions_read("web1")]
+               KEYS.counts("web1", 1), KEYS.decisions_read("web1"),
+               KEYS.network_units, KEYS.network_seen, KEYS.network_members, KEYS.ban("198.51.100.0/24")]
     assert [k for k in samples if not any(fnmatch.fnmatchcase(k, p) for p in patterns)] == []

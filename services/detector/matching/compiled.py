@@ -158,6 +158,8 @@ class CompiledRule:
         self.ignore_values = [re.compile(raw) for raw in rule.ignore_values]  # checked by config
         self.stateful = any(p.kind != FAIL or not p.has_host for p in self.patterns)
         self.connections = Connections(name, any(p.kind == ONCE for p in self.patterns))
+        # Where its successful logins are noted, if anywhere (Matcher.note_successes).
+        self.successes: list[tuple[str, str, float | None, str | None]] | None = None
 
     def _blame(self, prefix: str, bodies: list[tuple[int, str, str]]) -> None:
         """Raise the error of the first pattern (as written, as expanded) that does not compile alone.
@@ -255,6 +257,8 @@ class CompiledRule:
         else:
             host = None
         user = user or ruser or None
+        if pat.kind == SUCCESS and host and self.successes is not None:
+            self.successes.append((self.name, host, self.time_of(when, lines, k, text), user))
         if self.stateful and not pid:
             pid = lines.pids[k]
         if not pid or not self.stateful:

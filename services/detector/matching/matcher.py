@@ -64,6 +64,12 @@ class Matcher:
             known = self._by_name[program] = any(r.names(name) for r in self._message_rules)
         return known
 
+    def note_successes(self, sink: list) -> None:
+        """Note each successful login the rules see (their <SUCCESS> lines) in `sink`, as
+        (rule, address, log time or None, user): `pyfilter replay`'s false-positive hint."""
+        for rule in self.rules:
+            rule.successes = sink
+
     def reset(self) -> None:
         """Forget every connection's state (what the lines so far said of each pid)."""
         for rule in self.rules:
