@@ -38,9 +38,11 @@ RUN cd /build && apt-get update -q && apt-get download -q tor-geoipdb \
 FROM ${BASE_IMAGE}
 # The enforcer's iptables backend installs its rules with iptables-restore
 # (nft is handy for operators); the collector reads the journal with
-# journalctl (package systemd). The air-gapped base already has all three.
-RUN if ! command -v nft >/dev/null || ! command -v iptables >/dev/null || ! command -v journalctl >/dev/null; then \
-        apt-get update && apt-get install -y --no-install-recommends nftables iptables systemd \
+# journalctl (package systemd); `pyfilter replay` runs a redis-server of its
+# own. The air-gapped base already has all four.
+RUN if ! command -v nft >/dev/null || ! command -v iptables >/dev/null || ! command -v journalctl >/dev/null \
+        || ! command -v redis-server >/dev/null; then \
+        apt-get update && apt-get install -y --no-install-recommends nftables iptables systemd redis-server \
         && rm -rf /var/lib/apt/lists/*; \
     fi \
     && (getent passwd pyfilter >/dev/null || useradd --system --uid 10001 --no-create-home pyfilter)

@@ -25,8 +25,8 @@ help:
 	@echo "make down    stop it (volumes, hence bans and history, are kept)"
 	@echo "make server  many hosts: Redis (TLS), detectors, api (notifier if a channel is set); secrets in compose/server.env;"
 	@echo "             HA=1: Redis with replicas and Sentinel (compose/server-ha.yml)"
-	@echo "make host-credentials HOST=web1  on the server: web1's Redis user, into compose/hosts/"
-	@echo "make remove-host HOST=web1       on the server: revoke web1 (the other hosts keep running)"
+	@echo "make host-credentials HOST=web1  on the server: web1's Redis user, into compose/hosts/ (HA=1: on every node)"
+	@echo "make remove-host HOST=web1       on the server: revoke web1 (the other hosts keep running; HA=1: on every node)"
 	@echo "make agent HOST=web1             on web1: collector and enforcer (compose/hosts/web1.env)"
 	@echo "make test    the whole suite: unit tests and the real stack in containers"
 	@echo "make dev     .venv with the project and its test tools (CLI: .venv/bin/pyfilter)"
@@ -75,30 +75,39 @@ down:
 # compose/tls/, unless the operator put their own there. PYFILTER_REDIS_TLS=0:
 # plain TCP, on a network you trust.
 # HA=1: Redis with two replicas and three sentinels (compose/server-ha.yml);
-# air-gapped, its new nodes run the local base image, as `redis` does. It has
-# no TLS and no per-host users yet (Redis does not replicate users): its
-# services and agents use the admin password (docs/security.md).
-PYFILTER_REDIS_TLS ?= $(if $(filter 1,$(HA)),0,1)
+# air-gapped, its new nodes run the local base image, as `redis` does. As
+# least-privileged as one Redis: the same users on every node and sentinel,
+# TLS on all of them (the certificate also names the nodes and sentinels as
+# the services reach them); agents go through the sentinels (docs/security.md).
+PYFILTER_REDIS_TLS ?= 1
 PYFILTER_SERVER_NAMES ?= $(shell hostname -f 2>/dev/null; hostname; hostname -I 2>/dev/null)
-SERVER_COMPOSE = PYFILTER_REDIS_TLS=$(PYFILTER_REDIS_TLS) \
+HA_NAMES = $(if $(filter 1,$(HA)),redis redis-2 redis-3 sentinel-1 sentinel-2 sentinel-3)
+REDIS_SCHEME = $(if $(filter 0,$(PYFILTER_REDIS_TLS)),redis,rediss)
+SERVER_COMPOSE = PYFILTER_REDIS_TLS=$(PYFILTER_REDIS_TLS) PYFILTER_REDIS_SCHEME=$(REDIS_SCHEME) \
 	PYFILTER_REDIS_INNER_PORT=$(if $(filter 0,$(PYFILTER_REDIS_TLS)),6379,6380) \
 	$(if $(filter 1,$(AIRGAPPED)),$(if $(filter 1,$(HA)),PYFILTER_REDIS_IMAGE=$(BASE_IMAGE))) \
 	COMPOSE_PROFILES=$$(compose/profiles.sh) \
 	docker compose --env-file compose/server.env -f compose/server.yml $(if $(filter 1,$(HA)),-f compose/server-ha.yml) \
 	  $(if $(filter 1,$(AIRGAPPED)),-f compose/airgapped.yml)
 
+# Made once; a secret a newer version needs (the Sentinel users') is added to an older file.
+SERVER_SECRETS = PYFILTER_REDIS_PASSWORD PYFILTER_DETECTOR_REDIS_PASSWORD PYFILTER_API_REDIS_PASSWORD \
+	PYFILTER_NOTIFIER_REDIS_PASSWORD PYFILTER_API_TOKEN PYFILTER_REPLICA_REDIS_PASSWORD PYFILTER_SENTINEL_REDIS_PASSWORD
+.PHONY: compose/server.env
 compose/server.env:
-	@umask 077; { for name in PYFILTER_REDIS_PASSWORD PYFILTER_DETECTOR_REDIS_PASSWORD \
-	    PYFILTER_API_REDIS_PASSWORD PYFILTER_NOTIFIER_REDIS_PASSWORD PYFILTER_API_TOKEN; do \
-	  echo "$$name=$$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"; done; } > $@
-	@echo "generated the server's passwords and API token in $@"
+	@umask 077; touch $@; for name in $(SERVER_SECRETS); do grep -q "^$$name=" $@ || { \
+	  echo "$$name=$$(head -c 24 /dev/urandom | base64 | tr -d '/+=')" >> $@; echo "generated $$name in $@"; }; done
 
 server: images compose/server.env
-	$(if $(filter 0,$(PYFILTER_REDIS_TLS)),,compose/tls.sh compose/tls $(sort $(PYFILTER_SERVER_NAMES)))
+	@# HA=1 mounts the CA into the services even without TLS: it must exist.
+	$(if $(and $(filter 0,$(PYFILTER_REDIS_TLS)),$(if $(filter 1,$(HA)),,no-ha)),,compose/tls.sh compose/tls $(sort $(PYFILTER_SERVER_NAMES) $(HA_NAMES)))
 	$(SERVER_COMPOSE) up -d --wait --scale detector=$(DETECTORS)
 
-# PYFILTER_PUBLIC_REDIS_URL: how agents reach this Redis (default rediss://THIS-HOST:6379/0).
-PYFILTER_PUBLIC_REDIS_URL ?= $(if $(filter 0,$(PYFILTER_REDIS_TLS)),redis,rediss)://$(shell hostname -f 2>/dev/null || hostname):$${PYFILTER_REDIS_PORT:-6379}/0
+# PYFILTER_PUBLIC_REDIS_URL: how agents reach this Redis (default rediss://THIS-HOST:6379/0;
+# HA=1: rediss+sentinel://THIS-HOST:26379,THIS-HOST:26380,THIS-HOST:26381/pyfilter/0).
+SERVER_HOST = $(shell hostname -f 2>/dev/null || hostname)
+PYFILTER_PUBLIC_REDIS_URL ?= $(if $(filter 1,$(HA)),$(REDIS_SCHEME)+sentinel://$(SERVER_HOST):26379$(,)$(SERVER_HOST):26380$(,)$(SERVER_HOST):26381/pyfilter/0,$(REDIS_SCHEME)://$(SERVER_HOST):$${PYFILTER_REDIS_PORT:-6379}/0)
+, := ,
 host-credentials: compose/server.env
 	@test -n "$(HOST)" || { echo "usage: make host-credentials HOST=web1" >&2; exit 2; }
 	@mkdir -p compose/hosts && chmod 0700 compose/hosts
@@ -107,6 +116,7 @@ host-credentials: compose/server.env
 	  && mv compose/hosts/$(HOST).env.new compose/hosts/$(HOST).env
 	@$(if $(filter 0,$(PYFILTER_REDIS_TLS)),echo "PYFILTER_REDIS_REQUIRE_TLS=0" >> compose/hosts/$(HOST).env, \
 	  cp compose/tls/ca.crt compose/hosts/$(HOST)-ca.crt && echo "PYFILTER_REDIS_CA=./hosts/$(HOST)-ca.crt" >> compose/hosts/$(HOST).env)
+	@$(if $(filter 1,$(HA)),echo "PYFILTER_REDIS_WAIT_REPLICAS=1" >> compose/hosts/$(HOST).env)
 	@echo "compose/hosts/$(HOST).env$(if $(filter 0,$(PYFILTER_REDIS_TLS)),, and compose/hosts/$(HOST)-ca.crt): copy to $(HOST)'s compose/hosts/, then there: make agent HOST=$(HOST)"
 
 remove-host: compose/server.env

@@ -7,6 +7,8 @@
 2. Matching: `fail2ban-regex LOG sshd.conf` against `pyfilter match --rule
    sshd` (the detector's batch matcher), and for reference the whole catalog;
    beside them, the same two runs of the matcher before envelopes (bench/baseline.py).
+   Then `pyfilter replay` (the detector's whole decision, offline in log time)
+   with the sshd settings below, against `pyfilter match --rule sshd`.
 3. End to end: `fail2ban-server` (one jail, an action that only records the
    address) against Redis + collector + 1 and 3 detectors, each timed from
    its start until every address that must be banned is banned.
@@ -19,12 +21,15 @@ Both tools use maxretry 5, findtime 1h and bantime 1h: the logs span 10 and
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 from bench import baseline, fail2ban, logs, pipeline, report
 from bench.procs import Usage, finish
@@ -71,6 +76,20 @@ def ours_match(path: Path, rule: str | None, before: Path | None = None) -> dict
     return {"usage": usage, "failures": failures}
 
 
+def ours_replay(path: Path) -> dict:
+    """`pyfilter replay` over the file with the benchmark's sshd settings: failures and bans
+    from its summary line, usage of the whole process (its redis-server included: waited for)."""
+    config = path.with_name("replay.yaml")
+    config.write_text(yaml.safe_dump({
+        "host": logs.HOST, "catalog_dir": str(REPO / "config" / "rules"),
+        "rules": {"sshd": {"maxretry": MAXRETRY, "findtime": FINDTIME, "bantime": BANTIME}}}))
+    cli = Path(sys.executable).with_name("pyfilter")
+    usage, out = _process([str(cli), "replay", "--config", str(config), str(path)])
+    summary = re.search(r"([\d,]+) failures.*; ([\d,]+) ban\(s\)", out.splitlines()[0])
+    failures, bans = (int(n.replace(",", "")) for n in summary.groups())  # type: ignore[union-attr]
+    return {"usage": usage, "failures": failures, "bans": bans}
+
+
 def rule_count() -> int:
     from pyfilter.cli.matching import load_rules  # after `prerequisites` checked that it imports
     return sum(rule.enabled for rule in load_rules(None, None).values())
@@ -90,6 +109,11 @@ def run_matching(log: logs.LogFile, before: Path | None) -> dict:
         rows[name] = r = ours_match(log.path, rule, code)
         print(f"    {r['usage'].wall:.2f} s, {r['failures']:,} failures, {r['usage'].peak_mb:.0f} MB, "
               f"{f2b.usage.wall / r['usage'].wall:.1f}x fail2ban-regex", flush=True)
+    print(f"  {report.REPLAY} ...", flush=True)
+    rows[report.REPLAY] = r = ours_replay(log.path)
+    print(f"    {r['usage'].wall:.2f} s, {r['failures']:,} failures, {r['bans']:,} bans "
+          f"({len(log.banned):,} expected), {r['usage'].wall / rows[report.OURS]['usage'].wall:.2f}x "
+          f"the time of `pyfilter match --rule sshd`", flush=True)
     return rows
 
 

@@ -9,6 +9,13 @@
 #   and key from PYFILTER_REDIS_TLS_DIR (server.crt, server.key, ca.crt):
 #   compose/tls.sh makes them. Plain 6379 stays for the server's own services
 #   on the compose network; only the TLS port is published (server.yml).
+# - With Sentinel (server-ha.yml): PYFILTER_REDIS_TLS_ONLY=1 closes the plain
+#   port and replicates over TLS; PYFILTER_REPLICA_REDIS_PASSWORD makes the
+#   replication link's user (pyfilter-replica: PSYNC, REPLCONF, PING; a node
+#   that becomes a replica logs in as it) and PYFILTER_SENTINEL_REDIS_PASSWORD
+#   the sentinels' user (pyfilter-sentinel: what Sentinel sends a node), both
+#   written into the ACL file at every start, like `default`, so they are
+#   there before any replica or sentinel connects.
 # - Started as root with PYFILTER_REDIS_RUN_AS=redis (the compose files; the
 #   official image and the air-gapped one alike), it gives the data folder to
 #   that user and the socket's folder to the socket group
@@ -17,10 +24,10 @@
 #   single-host enforcer (group_add), not for everyone. Otherwise (the unit
 #   tests) it runs Redis as it is.
 set -eu
+. "$(dirname "$0")/redis-lib.sh"
 data=${PYFILTER_REDIS_DATA:-/data}
 conf=${PYFILTER_REDIS_CONF:-/etc/pyfilter/redis.conf}
 socket_gid=${PYFILTER_REDIS_SOCKET_GID:-6379}
-tls_dir=${PYFILTER_REDIS_TLS_DIR:-/etc/pyfilter/tls}
 
 if [ -z "${PYFILTER_REDIS_PASSWORD:-}" ]; then
     echo "redis: PYFILTER_REDIS_PASSWORD is empty; PyFilter's Redis never runs without a password" \
@@ -29,34 +36,31 @@ if [ -z "${PYFILTER_REDIS_PASSWORD:-}" ]; then
 fi
 
 acl=$data/users.acl
-hash=$(printf '%s' "$PYFILTER_REDIS_PASSWORD" | sha256sum | cut -d' ' -f1)
 touch "$acl"
-{ grep -v '^user default ' "$acl" || true; echo "user default on #$hash ~* &* +@all"; } > "$acl.new"
+{
+    grep -Ev '^user (default|pyfilter-replica|pyfilter-sentinel) ' "$acl" || true
+    acl_line default "$PYFILTER_REDIS_PASSWORD" "~* &* +@all"
+    if [ -n "${PYFILTER_REPLICA_REDIS_PASSWORD:-}" ]; then
+        acl_line pyfilter-replica "$PYFILTER_REPLICA_REDIS_PASSWORD" "resetchannels -@all +psync +replconf +ping"
+    fi
+    if [ -n "${PYFILTER_SENTINEL_REDIS_PASSWORD:-}" ]; then
+        acl_line pyfilter-sentinel "$PYFILTER_SENTINEL_REDIS_PASSWORD" \
+            "resetchannels &__sentinel__:hello -@all +multi +exec +slaveof +replicaof +ping +subscribe +publish +info +role +config|rewrite +client|setname +client|kill +script|kill"
+    fi
+} > "$acl.new"
 mv "$acl.new" "$acl"
 set -- redis-server "$conf" --dir "$data" --aclfile "$acl" "$@"
+if [ -n "${PYFILTER_REPLICA_REDIS_PASSWORD:-}" ]; then
+    set -- "$@" --masteruser pyfilter-replica --masterauth "$PYFILTER_REPLICA_REDIS_PASSWORD"
+fi
 
 if [ "${PYFILTER_REDIS_TLS:-0}" = 1 ]; then
-    for f in server.crt server.key ca.crt; do
-        [ -r "$tls_dir/$f" ] || { echo "redis: TLS is on but $tls_dir/$f is missing (make server makes it;" \
-                                       "PYFILTER_REDIS_TLS=0 turns TLS off)" >&2; exit 1; }
-    done
-    if [ -n "${PYFILTER_REDIS_RUN_AS:-}" ]; then  # copies Redis's user alone may read (the folder is root's)
-        install -d -o "$PYFILTER_REDIS_RUN_AS" -m 0700 /run/pyfilter-tls
-        for f in server.crt server.key ca.crt; do
-            install -o "$PYFILTER_REDIS_RUN_AS" -m 0400 "$tls_dir/$f" "/run/pyfilter-tls/$f"
-        done
-        tls_dir=/run/pyfilter-tls
+    tls_files "${PYFILTER_REDIS_TLS_DIR:-/etc/pyfilter/tls}"
+    # shellcheck disable=SC2046  # tls_options is words, no path has a space
+    set -- "$@" --tls-port "${PYFILTER_REDIS_TLS_PORT:-6380}" $(tls_options)
+    if [ "${PYFILTER_REDIS_TLS_ONLY:-0}" = 1 ]; then
+        set -- "$@" --port 0 --tls-replication yes
     fi
-    set -- "$@" --tls-port "${PYFILTER_REDIS_TLS_PORT:-6380}" --tls-cert-file "$tls_dir/server.crt" \
-        --tls-key-file "$tls_dir/server.key" --tls-ca-cert-file "$tls_dir/ca.crt" --tls-auth-clients no
 fi
 
-if [ -n "${PYFILTER_REDIS_RUN_AS:-}" ]; then
-    user=$PYFILTER_REDIS_RUN_AS
-    mkdir -p "$data/run"
-    find "$data" -path "$data/run" -prune -o ! -user "$user" -exec chown "$user" '{}' +
-    chown "$user:$socket_gid" "$data/run"
-    chmod 0750 "$data/run"
-    exec setpriv --reuid="$user" --regid="$socket_gid" --clear-groups "$@"
-fi
-exec "$@"
+run_as_redis "$data" "$socket_gid" "$@"

@@ -1,28 +1,56 @@
 #!/bin/sh
 # Start one sentinel of server-ha.yml. Sentinel rewrites its own file (the
-# current primary, the other sentinels, its id), so the file is written once,
-# at the first start, and kept in the sentinel's volume: a restarted sentinel
-# carries on from what it knew, not from the primary of the first day.
-#   $1  the port it listens on (and announces)
+# current primary, the other sentinels, its id, the users `pyfilter server`
+# gives it), so the file is written once, at the first start, and kept in the
+# sentinel's volume: a restarted sentinel carries on from what it knew, not
+# from the primary of the first day. What comes from the environment is
+# written again at every start (a changed password or TLS setting holds):
+# - the admin password (requirepass; also what the sentinels use between
+#   themselves), PYFILTER_REDIS_PASSWORD;
+# - how it logs in to the nodes: as pyfilter-sentinel with
+#   PYFILTER_SENTINEL_REDIS_PASSWORD (redis-start.sh makes that user);
+# - TLS only, on its port, to clients, nodes and other sentinels alike, when
+#   PYFILTER_REDIS_TLS=1 (the files as for redis-start.sh).
+# Started as root with PYFILTER_REDIS_RUN_AS=redis, it runs as that user.
+#   $1  the port it listens on (and announces); any more: redis-server's options
 set -eu
-conf=/data/sentinel.conf
+. "$(dirname "$0")/redis-lib.sh"
+data=${PYFILTER_REDIS_DATA:-/data}
+conf=$data/sentinel.conf
+: "${PYFILTER_REDIS_PASSWORD:?the sentinels need the admin password}"
+: "${PYFILTER_SENTINEL_REDIS_PASSWORD:?the sentinels need their own user's password (make server generates it)}"
 if [ ! -f "$conf" ]; then
     primary=${PYFILTER_REDIS_ANNOUNCE:-redis}
     cat > "$conf" <<CONF
-port $1
 # The nodes are known by name (or PYFILTER_REDIS_ANNOUNCE), and given out so:
 # a node keeps its address when its container is recreated.
 sentinel resolve-hostnames yes
 sentinel announce-hostnames yes
-requirepass "$PYFILTER_REDIS_PASSWORD"
 # Two of the three sentinels must agree that the primary is down.
-sentinel monitor pyfilter $primary 6379 2
-sentinel auth-pass pyfilter "$PYFILTER_REDIS_PASSWORD"
+sentinel monitor pyfilter $primary ${PYFILTER_REDIS_PRIMARY_PORT:-6379} 2
 # Down after 5 s without an answer: a failover then takes a few seconds more
 # (docs/scaling.md, "Redis that survives losing a node").
-sentinel down-after-milliseconds pyfilter 5000
+sentinel down-after-milliseconds pyfilter ${PYFILTER_SENTINEL_DOWN_AFTER_MS:-5000}
 sentinel failover-timeout pyfilter 60000
 sentinel parallel-syncs pyfilter 1
 CONF
 fi
-exec redis-server "$conf" --sentinel
+grep -Ev '^(port|tls-[a-z-]+|requirepass|user default|sentinel auth-(user|pass)) ' "$conf" > "$conf.new" || true
+{
+    echo "requirepass \"$PYFILTER_REDIS_PASSWORD\""
+    echo "sentinel auth-user pyfilter pyfilter-sentinel"
+    echo "sentinel auth-pass pyfilter \"$PYFILTER_SENTINEL_REDIS_PASSWORD\""
+    if [ "${PYFILTER_REDIS_TLS:-0}" = 1 ]; then
+        tls_files "${PYFILTER_REDIS_TLS_DIR:-/etc/pyfilter/tls}"
+        echo "port 0"
+        echo "tls-port $1"
+        tls_options | sed 's/ --/\n/g; s/^--//'
+        echo "tls-replication yes"
+    else
+        echo "port $1"
+    fi
+} >> "$conf.new"
+mv "$conf.new" "$conf"
+port=$1
+shift
+run_as_redis "$data" "$(id -g "${PYFILTER_REDIS_RUN_AS:-$(id -un)}")" redis-server "$conf" --sentinel "$@"

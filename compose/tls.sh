@@ -5,7 +5,8 @@
 #   compose/tls.sh DIR NAME...   (NAME: a DNS name or an IP address)
 # Files already in DIR are kept: the operator's own certificate and key
 # (server.crt, server.key, and the ca.crt that signed it) are used as they are,
-# and a CA made before keeps signing, so agents' copies of ca.crt stay good.
+# and a CA made before keeps signing, so agents' copies of ca.crt stay good
+# (a certificate it signed that lacks a NAME is made again, by the same CA).
 set -eu
 dir=$1
 shift
@@ -16,10 +17,26 @@ chmod 0700 "$dir"
 cd "$dir"
 umask 077
 
+# Whether server.crt names every NAME (a name added later, e.g. the nodes of `make server HA=1`).
+names_all() {
+    for name in "$@"; do
+        if printf '%s' "$name" | grep -Eq '^[0-9.]+$|:'; then check=-checkip; else check=-checkhost; fi
+        openssl x509 -in server.crt -noout "$check" "$name" | grep -q 'does match' || return 1
+    done
+}
+
 if [ -f server.crt ] && [ -f server.key ]; then
     [ -f ca.crt ] || { echo "tls.sh: $dir has server.crt but no ca.crt (the CA that signed it)" >&2; exit 1; }
-    echo "TLS: using the server certificate in $dir"
-    exit 0
+    if names_all "$@"; then
+        echo "TLS: using the server certificate in $dir"
+        exit 0
+    fi
+    if [ ! -f ca.key ]; then  # the operator's own: theirs to extend
+        echo "TLS: warning: the server certificate in $dir does not name all of: $* (clients that use" \
+             "a name it lacks will refuse it)" >&2
+        exit 0
+    fi
+    echo "TLS: the server certificate in $dir lacks some of: $*; making a new one with the same CA"
 fi
 if [ ! -f ca.key ]; then
     openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -days 3650 \

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyfilter.cli import api, imports as importers, matching, server, status
+from pyfilter.cli import api, imports as importers, matching, replay, server, status
 from pyfilter.common.timeparse import InvalidZone
 
 
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyfilter", description="Log-driven intrusion prevention.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     matching.add_commands(sub)
+    replay.add_commands(sub)
     api.add_commands(sub)
     status.add_command(sub)
     server.add_commands(sub)

@@ -19,16 +19,21 @@ import os
 import secrets
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from pyfilter.common import acl, config
+from pyfilter.common.config import SENTINEL_SCHEMES, RedisConfig, parse_sentinel_url
 from pyfilter.common.hosts import BadHostName, check_name
 from pyfilter.common.keys import Keys
 from pyfilter.common.ledger import Ledger
-from pyfilter.common.redisio import connect
+from pyfilter.common.redisio import connect, tls_options
 
 # The environment variables holding each service user's password (compose/server.yml).
 ROLE_PASSWORDS = {"detector": "PYFILTER_DETECTOR_REDIS_PASSWORD", "api": "PYFILTER_API_REDIS_PASSWORD",
@@ -39,46 +44,174 @@ class ServerError(Exception):
     pass
 
 
-async def set_user(admin: redis.Redis, user: str, password: str, rules: list[str]) -> None:
-    # `reset` first: a user made again (a new password, rules of a newer version) keeps nothing old.
-    await admin.execute_command("ACL", "SETUSER", user, "reset", "on", "#" + acl.password_hash(password), *rules)
+@dataclass
+class Node:
+    """One Redis process that holds the users: a data node, or a sentinel (which holds each
+    user with the sentinel's rules only: acl.sentinel_client)."""
+
+    client: redis.Redis
+    where: str
+    sentinel: bool = False
+
+    async def set_user(self, user: str, secret: list[str], rules: list[str]) -> None:
+        # `reset` first: a user made again (a new password, rules of a newer version) keeps nothing old.
+        rules = acl.sentinel_client() if self.sentinel else rules
+        await self.client.execute_command("ACL", "SETUSER", user, "reset", *secret, *rules)
+
+    async def delete_user(self, user: str) -> bool:
+        return bool(await self.client.execute_command("ACL", "DELUSER", user))
+
+    async def save(self) -> None:
+        # A sentinel keeps its users in its own configuration file, which FLUSHCONFIG writes.
+        await self.client.execute_command(*(("SENTINEL", "FLUSHCONFIG") if self.sentinel else ("ACL", "SAVE")))
 
 
-async def init(admin: redis.Redis, keys: Keys, passwords: dict[str, str]) -> None:
+@dataclass
+class Nodes:
+    """Every Redis that holds the users: the one Redis, or with Sentinel the primary, its
+    replicas and the sentinels, since Redis does not replicate users (a replica promoted
+    must already know them). A change goes to the primary first, then to each other; one
+    that a replica or sentinel did not take is named, and the command fails once the
+    others have it: run it again when the node is back (`pyfilter server init`, which
+    `make server` runs, also brings every node in step with the primary)."""
+
+    primary: Node
+    replicas: list[Node] = field(default_factory=list)
+    sentinels: list[Node] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def all(self) -> list[Node]:
+        return [self.primary, *self.replicas, *self.sentinels]
+
+    async def each(self, change, nodes: list[Node] | None = None) -> list:
+        """`change(node)` on every node (or on `nodes`) but those that failed before; a
+        replica or sentinel that fails is noted, not fatal; the primary's error is raised
+        before any other node changes."""
+        done = []
+        for node in self.all() if nodes is None else nodes:
+            if node.where in self.failed:
+                continue
+            if node is self.primary:
+                done.append(await change(node))
+                continue
+            try:
+                done.append(await change(node))
+            except (RedisError, OSError) as exc:
+                self.failed[node.where] = str(exc) or type(exc).__name__
+        return done
+
+    async def set_user(self, user: str, password: str, rules: list[str]) -> None:
+        secret = ["on", "#" + acl.password_hash(password)]
+        await self.each(lambda node: node.set_user(user, secret, rules))
+
+    async def delete_user(self, user: str) -> bool:
+        return any(await self.each(lambda node: node.delete_user(user)))
+
+    async def save(self) -> None:
+        """Save every node's users, then fail if some node did not take the change."""
+        await self.each(lambda node: node.save())
+        if self.failed:
+            down = "; ".join(f"{where}: {why}" for where, why in self.failed.items())
+            raise ServerError(f"not changed on {down}. Every other node has the change; run this again "
+                              f"once those are back (until then they must not become the primary)")
+
+    async def sync(self) -> None:
+        """Make the replicas' and sentinels' users those of the primary (a node that
+        was down during a change catches up here)."""
+        wanted = dict(acl.parse_acl_list_line(line.decode() if isinstance(line, bytes) else line)
+                      for line in await self.primary.client.execute_command("ACL", "LIST"))
+
+        async def copy(node: Node) -> None:
+            have = {u.decode() if isinstance(u, bytes) else u for u in await node.client.execute_command("ACL", "USERS")}
+            for user in sorted(have - set(wanted) - set(acl.NODE_USERS)):
+                await node.delete_user(user)
+            for user, rules in wanted.items():
+                if user not in acl.NODE_USERS:
+                    secret = [r for r in rules if r in ("on", "off") or r.startswith(("#", "nopass"))]
+                    await node.set_user(user, secret, [r for r in rules if r not in secret])
+        await self.each(copy, [*self.replicas, *self.sentinels])
+
+    async def aclose(self) -> None:
+        for node in self.all():
+            await node.client.aclose()
+
+
+async def init(admin: redis.Redis, keys: Keys, passwords: dict[str, str], nodes: Nodes | None = None) -> None:
     """Make (or make again) the service users, load the ledger's functions, save."""
+    nodes = nodes or Nodes(Node(admin, "redis"))
     for role, password in passwords.items():
-        await set_user(admin, acl.role_user(role), password, acl.rules_of(keys, role))
+        await nodes.set_user(acl.role_user(role), password, acl.rules_of(keys, role))
     # Loaded here, as admin: the services' users may call the functions, not replace them.
     await Ledger(admin, keys).load()
-    await admin.execute_command("ACL", "SAVE")
+    await nodes.sync()
+    await nodes.save()
 
 
-async def add_host(admin: redis.Redis, keys: Keys, host: str) -> str:
+async def add_host(admin: redis.Redis, keys: Keys, host: str, nodes: Nodes | None = None) -> str:
     """Make the host's user (a new password each time: running it again revokes the old
     one) and list the host for the detectors; return the password."""
+    nodes = nodes or Nodes(Node(admin, "redis"))
     password = secrets.token_urlsafe(32)
-    await set_user(admin, acl.host_user(host), password, acl.agent(keys, host))
+    await nodes.set_user(acl.host_user(host), password, acl.agent(keys, host))
     await admin.sadd(keys.hosts, host)
-    await admin.execute_command("ACL", "SAVE")
+    await nodes.save()
     return password
 
 
-async def remove_host(admin: redis.Redis, keys: Keys, host: str) -> bool:
+async def remove_host(admin: redis.Redis, keys: Keys, host: str, nodes: Nodes | None = None) -> bool:
     """Delete the host's user (Redis closes its connections), unlist it, and forget what
     it published; its checkpoints and unread lines stay, for a host added again."""
-    removed = bool(await admin.execute_command("ACL", "DELUSER", acl.host_user(host)))
+    nodes = nodes or Nodes(Node(admin, "redis"))
+    removed = await nodes.delete_user(acl.host_user(host))
     await admin.srem(keys.hosts, host)
     await admin.delete(keys.own_addresses(host), keys.status("collector", host), keys.status("enforcer", host),
                        keys.status_seen(host), keys.decisions_read(host))
-    await admin.execute_command("ACL", "SAVE")
+    await nodes.save()
     return removed
+
+
+async def nodes_of(cfg: RedisConfig, admin: redis.Redis) -> Nodes:
+    """The nodes that hold the users: `admin` alone for one Redis; with Sentinel the
+    primary (through `admin`), the replicas the sentinels know (down ones included:
+    they are named if they miss a change) and the sentinels of the URL."""
+    if not cfg.url.startswith(SENTINEL_SCHEMES):
+        return Nodes(Node(admin, "redis"))
+    target = parse_sentinel_url(cfg.url)
+    # One try per node: a node that does not answer within the timeout is named, not waited for.
+    options: dict = {"socket_connect_timeout": 5, "socket_timeout": 5, "retry": Retry(NoBackoff(), 0),
+                     **tls_options(cfg)}
+    if target.tls:
+        options["ssl"] = True
+    password = target.password or cfg.password
+    if password:
+        options["password"] = password
+    nodes = Nodes(Node(admin, "primary"))
+    nodes.sentinels = [Node(redis.Redis(host=host, port=port, **options), f"sentinel {host}:{port}", sentinel=True)
+                       for host, port in target.sentinels]
+    for sentinel in nodes.sentinels:
+        try:
+            replicas = await sentinel.client.sentinel_slaves(target.service)
+        except (RedisError, OSError):
+            continue
+        nodes.replicas = [Node(redis.Redis(host=r["ip"], port=int(r["port"]), **options), f"{r['ip']}:{r['port']}")
+                          for r in replicas]
+        return nodes
+    raise ServerError(f"no sentinel of {', '.join(f'{h}:{p}' for h, p in target.sentinels)} answered")
 
 
 def agent_url(public_url: str, host: str, password: str) -> str:
     """The shared Redis's URL as the agent of `host` uses it: its user and password in it."""
+    if public_url.startswith(SENTINEL_SCHEMES):
+        scheme, _, rest = public_url.partition("://")
+        try:
+            parse_sentinel_url(public_url)
+        except ValueError as exc:
+            raise ServerError(f"--url {public_url!r}: {exc}") from None
+        return f"{scheme}://{acl.host_user(host)}:{password}@{rest.rpartition('@')[2]}"
     parts = urlsplit(public_url)
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ServerError(f"--url {public_url!r}: expected rediss://SERVER:PORT/0 (redis:// only with TLS off)")
+        raise ServerError(f"--url {public_url!r}: expected rediss://SERVER:PORT/0 or, with Sentinel, "
+                          f"rediss+sentinel://SERVER:26379,.../pyfilter/0 (redis:// only with TLS off)")
     netloc = f"{acl.host_user(host)}:{password}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path or "/0", "", ""))
 
@@ -98,9 +231,16 @@ def write_credentials(out: Path, host: str, url: str, ca: Path | None) -> list[P
     return written
 
 
-def _admin() -> tuple[redis.Redis, Keys]:
-    settings = config.load(rules=False)
-    return connect(settings.config.redis), Keys(settings.config.redis.prefix)
+class _Admin:
+    """The admin's client of the primary, the keys, and every node holding the users."""
+
+    async def __aenter__(self) -> tuple[redis.Redis, Keys, Nodes]:
+        cfg = config.load(rules=False).config.redis
+        self.nodes = await nodes_of(cfg, connect(cfg))
+        return self.nodes.primary.client, Keys(cfg.prefix), self.nodes
+
+    async def __aexit__(self, *exc) -> None:
+        await self.nodes.aclose()
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -109,9 +249,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise ServerError(f"set {', '.join(missing)} (`make server` generates them into compose/server.env)")
 
     async def go():
-        admin, keys = _admin()
-        await init(admin, keys, {role: os.environ[env] for role, env in ROLE_PASSWORDS.items()})
-        await admin.aclose()
+        async with _Admin() as (admin, keys, nodes):
+            await init(admin, keys, {role: os.environ[env] for role, env in ROLE_PASSWORDS.items()}, nodes)
     asyncio.run(go())
     print(f"Redis users {', '.join(acl.role_user(r) for r in ROLE_PASSWORDS)} made; ledger loaded")
     return 0
@@ -129,11 +268,8 @@ def cmd_add_host(args: argparse.Namespace) -> int:
         raise ServerError(f"--ca {ca}: no such file")
 
     async def go() -> str:
-        admin, keys = _admin()
-        try:
-            return await add_host(admin, keys, host)
-        finally:
-            await admin.aclose()
+        async with _Admin() as (admin, keys, nodes):
+            return await add_host(admin, keys, host, nodes)
     url = agent_url(public, host, asyncio.run(go()))
     if args.out:
         for path in write_credentials(Path(args.out), host, url, ca):
@@ -150,11 +286,8 @@ def cmd_remove_host(args: argparse.Namespace) -> int:
     host = check_name(args.host)
 
     async def go() -> bool:
-        admin, keys = _admin()
-        try:
-            return await remove_host(admin, keys, host)
-        finally:
-            await admin.aclose()
+        async with _Admin() as (admin, keys, nodes):
+            return await remove_host(admin, keys, host, nodes)
     if asyncio.run(go()):
         print(f"{host}: its Redis user is gone and its connections closed")
         return 0

@@ -16,6 +16,14 @@ What the agent of host H may do:
   must never ban);
 - nothing else: no other host's lines, no windows, no records, no ledger
   function, no admin command.
+
+With Sentinel (compose/server-ha.yml) every data node holds the same users
+(`pyfilter server` writes each change to every node), and every sentinel
+holds each of them too, with the one right a client needs there: asking
+where the primary is (`sentinel_client`). The two users the nodes need among
+themselves, `pyfilter-replica` (the replication link) and
+`pyfilter-sentinel` (the sentinels' link to the nodes), are written by
+compose/redis-start.sh at every start, before any replica connects.
 """
 
 from __future__ import annotations
@@ -32,7 +40,8 @@ ROLES = ("detector", "api", "notifier")
 # What every client does on connecting and staying connected (redis-py sends
 # CLIENT SETINFO (Redis 7.2 on) and ignores the refusal; SELECT only for a database other than 0).
 CONNECTION = ["+ping", "+auth", "+hello", "+select", "+client|setname", "+quit", "+reset"]
-TRANSACTIONS = ["+multi", "+exec", "+discard"]
+# WAIT: with replicas, a write that must not be lost counts once one holds it (redisio.Durability).
+TRANSACTIONS = ["+multi", "+exec", "+discard", "+wait"]
 
 
 def _ledger_commands() -> list[str]:
@@ -42,6 +51,11 @@ def _ledger_commands() -> list[str]:
 
 
 LEDGER = ["+fcall", "+function|list", *_ledger_commands()]
+
+
+# Users of the nodes themselves (compose/redis-start.sh makes them): never made,
+# copied or removed by `pyfilter server`.
+NODE_USERS = ("default", "pyfilter-replica", "pyfilter-sentinel")
 
 
 def host_user(host: str) -> str:
@@ -85,6 +99,7 @@ def detector(keys: Keys) -> list[str]:
           keys.window_state("*", "*"), keys.window_conns("*", "*"), *_ledger(keys), keys.counts("*", 0)[:-1] + "*"]
     rw += [keys.account_window("*"), keys.account_lines("*"), keys.account_state("*"), keys.account_logins("*"),
            keys.account_crossed("*")]
+    rw += [keys.slow_window("*", "*"), keys.slow_lines("*", "*"), keys.slow_state("*", "*"), keys.slow_ids("*", "*")]
     read = [keys.hosts, keys.own_addresses("*"), keys.whitelist]
     commands = ["+xreadgroup", "+xack", "+xdel", "+xautoclaim", "+xgroup|create", "+xinfo|groups", "+xlen",
                 "+xadd",  # dead letters (lines:HOST:dead, within its streams' pattern)
@@ -130,6 +145,14 @@ def notifier(keys: Keys) -> list[str]:
             "(" + " ".join([*group, f"~{_glob(keys.decisions, p)}"]) + ")"]
 
 
+def sentinel_client() -> list[str]:
+    """Every user's rules on a sentinel: find the primary (redis-py asks SENTINEL MASTERS,
+    redis-cli and others GET-MASTER-ADDR-BY-NAME), nothing else: no FAILOVER, SET,
+    REMOVE, RESET or CONFIG, no ACL, no pub/sub."""
+    return ["resetchannels", "-@all", "+ping", "+auth", "+hello", "+client|setname",
+            "+sentinel|masters", "+sentinel|get-master-addr-by-name"]
+
+
 def rules_of(keys: Keys, role: str) -> list[str]:
     return {"detector": detector, "api": api, "notifier": notifier}[role](keys)
 
@@ -155,6 +178,25 @@ def _escape(text: str) -> str:
 def password_hash(password: str) -> str:
     """How an ACL file and `ACL SETUSER #...` hold a password."""
     return hashlib.sha256(password.encode()).hexdigest()
+
+
+def parse_acl_list_line(line: str) -> tuple[str, list[str]]:
+    """An `ACL LIST` line as (user, rules): what `ACL SETUSER user reset *rules` makes
+    again, a selector `(...)` kept as one rule."""
+    words = line.split(" ")
+    if len(words) < 2 or words[0] != "user":
+        raise ValueError(f"not an ACL LIST line: {line!r}")
+    rules: list[str] = []
+    open_selector: list[str] = []
+    for word in words[2:]:
+        if open_selector or word.startswith("("):
+            open_selector.append(word)
+            if word.endswith(")"):
+                rules.append(" ".join(open_selector))
+                open_selector = []
+        else:
+            rules.append(word)
+    return words[1], rules
 
 
 def file_line(user: str, password: str, rules: list[str]) -> str:

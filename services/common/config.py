@@ -95,6 +95,7 @@ WINDOWS = ("sliding", "consecutive", "instant", "distinct")
 # Values a distinct window keeps per address (each a 16-hex digest and its
 # weight): what bounds its memory, so a threshold must be reachable within it.
 MAX_DISTINCT = 256
+MAX_BUCKETS = 1000  # fields of a slow window per address
 
 
 class Pattern(msgspec.Struct, forbid_unknown_fields=True):
@@ -134,6 +135,27 @@ class PerAccount(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("success_memory: expected a duration of at least 1s")
 
 
+class SlowWindow(msgspec.Struct, forbid_unknown_fields=True):
+    """A rule's second, long window (`slow:`): `maxretry` failures within
+    `findtime` ban for `bantime` (default: the rule's). It keeps a count per
+    `bucket` of log time, not each failure, so its memory does not grow with
+    them: a failure counts in its bucket, and the window at a failure is its
+    bucket and the ones before it, findtime/bucket in all (docs/rules.md)."""
+
+    maxretry: Annotated[int, msgspec.Meta(ge=1)] = 30
+    findtime: Seconds = Seconds(86400)
+    bucket: Seconds = Seconds(3600)
+    bantime: Seconds | None = None
+
+    def __post_init__(self) -> None:
+        if self.bucket < 1 or self.findtime < self.bucket or self.findtime % self.bucket:
+            raise ValueError(f"slow.bucket: expected a duration that divides findtime ({self.findtime} s), "
+                             f"got {self.bucket} s")
+        if self.findtime // self.bucket > MAX_BUCKETS:
+            raise ValueError(f"slow.bucket: at most {MAX_BUCKETS} buckets per window, got "
+                             f"{self.findtime // self.bucket}: take longer buckets")
+
+
 class Rule(msgspec.Struct, forbid_unknown_fields=True):
     """A detection rule: which lines are failures, and when to ban (docs/rules.md)."""
 
@@ -165,6 +187,8 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
     findtime: Seconds = Seconds(600)
     request_time: Seconds = Seconds(5)
     failed_attempts: Annotated[int, msgspec.Meta(ge=1)] = 5
+    # A second, long window beside `window` (slow brute force): None, none.
+    slow: SlowWindow | None = None
     # Window `distinct`: regexes searched in a failure's `value` capture (a request
     # path); a value one finds is not counted (a site's own assets).
     ignore_values: list[str] = []
@@ -219,8 +243,6 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
         if self.window == "distinct" and self.maxretry > MAX_DISTINCT:
             raise ValueError(f"maxretry: a distinct window keeps at most {MAX_DISTINCT} values per address, "
                              f"got {self.maxretry}")
-        if self.window != "distinct" and any(isinstance(p, Pattern) and p.weight != 1 for p in self.patterns):
-            raise ValueError("patterns: a weight counts in a distinct window only (window: distinct)")
         if self.ignore_values and self.window != "distinct":
             raise ValueError("ignore_values: only a rule with window: distinct counts values")
         for i, raw in enumerate(self.ignore_values):

@@ -117,6 +117,25 @@ class Keys:
         "bans"), so a crossing handed back after a crash is not judged twice."""
         return self.ban_side(f"account-crossed:{account}")
 
+    # A rule's slow window (`slow:`, ledger.lua's record_slow): counts per bucket of
+    # log time instead of each failure, with the same four keys' roles.
+    def slow_window(self, rule: str, address: str) -> str:
+        """Hash: bucket number (log time // bucket) -> failures counted in it."""
+        return f"{self.prefix}slow:{rule}:{_tag(address)}"
+
+    def slow_lines(self, rule: str, address: str) -> str:
+        """The slow window's last lines (list), copied into the ban record."""
+        return f"{self.prefix}slow-lines:{rule}:{_tag(address)}"
+
+    def slow_state(self, rule: str, address: str) -> str:
+        """The slow window's hash: `reset` and `pending`, as `window_state`'s."""
+        return f"{self.prefix}slow-state:{rule}:{_tag(address)}"
+
+    def slow_ids(self, rule: str, address: str) -> str:
+        """Sorted set: line id -> when it was counted (epoch seconds), for the
+        redelivery horizon only: what makes a redelivered batch count nothing."""
+        return f"{self.prefix}slow-ids:{rule}:{_tag(address)}"
+
     # Bans: every key a ban writes is on the ban side, in one Cluster slot
     def ban_side(self, name: str) -> str:
         """A key of the ban side: all of them share the hash tag `{bans}`."""
@@ -252,6 +271,12 @@ class Keys:
     def counts(self, host: str, minute: int) -> str:
         """Hash of one minute's counters of a host ("lines:SOURCE", "failures:RULE" -> count), expiring."""
         return f"{self.prefix}counts:{host}:{minute}"
+
+    # `pyfilter replay` (common/logtime.py), in its own Redis only
+    @property
+    def log_expiry(self) -> str:
+        """Sorted set: key -> when it expires in log time (replay keeps no Redis TTL)."""
+        return f"{self.prefix}replay:expiry"
 
 
 BAN_SIDE_TAG = "{bans}"

@@ -523,7 +523,105 @@ end
 
 -- On Redis Cluster, what record_failures does with a crossing: keeps it.
 local function keep_crossing(_, c, window_key, lines_key, state_key)
+  if not window_key then return keep(state_key, c) end  -- details read already (record_slow)
   return keep(state_key, with_details(c, window_key, lines_key))
+end
+
+-- Slow windows ---------------------------------------------------------------
+--
+-- A rule's `slow:` window (30 failures in 24 h) counts failures per bucket of
+-- log time (a hash: bucket number -> count), so what it keeps per address is
+-- bounded by span / bucket, however many the failures. The window at a
+-- failure is its bucket and the n - 1 before it (n = span / bucket). Its four
+-- keys take the places of a window's: buckets, lines, state (reset,
+-- pending), ids. Idempotent per line id: each counted line id is kept in
+-- `ids` (scored by when it was counted) for `horizon` seconds, as long as a
+-- batch may wait to be redelivered (docs/decisions.md, "Slow windows"); its
+-- count stays in its bucket after the id is forgotten.
+
+-- Lines a slow window keeps for its ban record: fewer than a window's, as
+-- they are most of what it costs per address (docs/scaling.md, "Slow windows").
+local SLOW_LINES = 3
+
+-- The latest of the n-bucket stretches that hold a fresh bucket and reach
+-- `threshold`: {trigger (its latest fresh failure), failures, first bucket},
+-- or nil. `counts`: bucket -> failures; `fresh`: bucket -> latest fresh failure.
+local function slow_crossing(counts, fresh, n, threshold)
+  local buckets = {}
+  for b in pairs(counts) do buckets[#buckets + 1] = b end
+  table.sort(buckets)
+  local found, sum, lo = nil, 0, 1
+  for hi = 1, #buckets do
+    sum = sum + counts[buckets[hi]]
+    while buckets[lo] <= buckets[hi] - n do sum = sum - counts[buckets[lo]]; lo = lo + 1 end
+    if sum >= threshold then
+      local trigger = nil
+      for j = lo, hi do
+        local t = fresh[buckets[j]]
+        if t and (not trigger or t > trigger) then trigger = t end
+      end
+      if trigger then found = {trigger = trigger, failures = sum, first = buckets[lo]} end
+    end
+  end
+  return found
+end
+
+-- One group's failures into its slow window, as record_group does for the
+-- other kinds (same `on_crossing`, same return). `g.extra`: {bucket, horizon}.
+local function record_slow(keys, at, g, lines, now, on_crossing)
+  local buckets_key, lines_key, state_key, ids_key = keys[at + WINDOW], keys[at + LINES], keys[at + STATE],
+                                                     keys[at + CONNS]
+  local size, horizon = g.extra[1], g.extra[2]
+  local n = math.floor(g.span / size)
+  local state = redis.call('HMGET', state_key, 'reset', 'pending')
+  local reset, pending = tonumber(state[1] or '-1'), state[2]
+  local oldest = now - g.span
+  redis.call('ZREMRANGEBYSCORE', ids_key, '-inf', '(' .. (now - horizon))
+  local fresh, texts, added = {}, {}, false
+  for i = 1, #lines, FIELDS do
+    local id, ts = lines[i], math.min(lines[i + 1], now)
+    if ts >= oldest and ts > reset and redis.call('ZADD', ids_key, 'NX', now, id) == 1 then
+      local b = math.floor(ts / size)
+      redis.call('HINCRBY', buckets_key, b, lines[i + 5])  -- its weight (1 but for distinct rules)
+      if not fresh[b] or ts > fresh[b] then fresh[b] = ts end
+      if lines[i + 2] ~= '' then texts[#texts + 1] = lines[i + 2] end
+      added = true
+    end
+  end
+  local ttl = math.ceil(g.span) + 60
+  if added then
+    redis.call('EXPIRE', ids_key, math.ceil(horizon) + 60)
+    if #texts > 0 then
+      redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - SLOW_LINES + 1)))
+      redis.call('LTRIM', lines_key, -SLOW_LINES, -1)
+    end
+    local counts, first_kept = {}, math.floor(oldest / size)
+    local stored = redis.call('HGETALL', buckets_key)
+    for i = 1, #stored, 2 do
+      local b = tonumber(stored[i])
+      if b < first_kept then redis.call('HDEL', buckets_key, stored[i]) else counts[b] = tonumber(stored[i + 1]) end
+    end
+    local found = slow_crossing(counts, fresh, n, g.threshold)
+    if found then
+      local c = crossing_of(g, now, found.trigger)
+      c.first, c.failures, c.lines = found.first * size, found.failures, redis.call('LRANGE', lines_key, 0, -1)
+      pending = on_crossing(at, c, nil, nil, state_key) or pending
+      -- Failures up to the trigger's bucket no longer count (the bucket's
+      -- later ones, if any, go with it: a bucket is the window's grain).
+      redis.call('HSET', state_key, 'reset', found.trigger)
+      redis.call('EXPIRE', state_key, ttl)
+      local last = math.floor(found.trigger / size)
+      for b in pairs(counts) do
+        if b <= last then redis.call('HDEL', buckets_key, b) end
+      end
+      redis.call('DEL', lines_key)
+    else
+      redis.call('EXPIRE', lines_key, ttl)
+    end
+    redis.call('EXPIRE', buckets_key, ttl)
+  end
+  if pending then redis.call('EXPIRE', state_key, RECORD_GRACE) end
+  return pending or nil
 end
 
 -- Distinct windows -----------------------------------------------------------
@@ -629,6 +727,7 @@ end
 -- a connection whose `once` line was counted takes that line's place.
 local function record_group(keys, at, g, lines, now, on_crossing)
   if g.mode == 'distinct' then return record_distinct(keys, at, g, lines, now, on_crossing) end
+  if g.mode == 'slow' then return record_slow(keys, at, g, lines, now, on_crossing) end
   local window_key, lines_key, state_key, conns_key = keys[at + WINDOW], keys[at + LINES], keys[at + STATE],
                                                       keys[at + CONNS]
   local state = redis.call('HMGET', state_key, 'reset', 'pending')
@@ -656,7 +755,7 @@ local function record_group(keys, at, g, lines, now, on_crossing)
     end
     if counts and redis.call('ZADD', window_key, 'NX', ts, id) == 1 then
       fresh[#fresh + 1] = ts
-      texts[#texts + 1] = lines[i + 2]
+      if lines[i + 2] ~= '' then texts[#texts + 1] = lines[i + 2] end  -- '': a weighted line's copy
     end
   end
 
@@ -664,8 +763,10 @@ local function record_group(keys, at, g, lines, now, on_crossing)
   if #fresh > 0 then
     table.sort(fresh)
     -- Only the last MAX_LINES are kept (and Lua's `unpack` has a size limit).
-    redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
-    redis.call('LTRIM', lines_key, -MAX_LINES, -1)
+    if #texts > 0 then
+      redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
+      redis.call('LTRIM', lines_key, -MAX_LINES, -1)
+    end
     redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. oldest)
     local trigger = nil
     if g.mode == 'instant' then
@@ -770,7 +871,8 @@ end
 
 -- A group's rule, address, host that saw its lines, window kind, thresholds.
 local function group_of(h)
-  return with_thresholds({rule = h[1], address = h[2], host = h[3], mode = h[4]}, h, 5)
+  -- h[14]: a window kind's own settings (slow: {bucket, horizon}).
+  return with_thresholds({rule = h[1], address = h[2], host = h[3], mode = h[4], extra = h[14]}, h, 5)
 end
 
 -- Redis Cluster, step 1.
@@ -853,13 +955,15 @@ local function ban_crossings(keys, args)
     local at = SHARED + (i - 3) * 3
     local ban_key, count_key, crossed_key = keys[at + 1], keys[at + 2], keys[at + 3]
     local trigger = string.format('%.17g', c.trigger)
-    local judged = redis.call('HGET', crossed_key, c.rule)
+    local field = c.rule
+    if c.mode == 'slow' then field = c.rule .. ' slow' end  -- judged apart from the rule's other window
+    local judged = redis.call('HGET', crossed_key, field)
     if judged and tonumber(string.match(judged, '^%S+')) >= c.trigger then
       results[#results + 1] = string.match(judged, ' (.*)$')
     else
       local duration = ban_from_crossing(s, ban_key, count_key, c, now)
       local answer = duration and tostring(duration) or ''
-      redis.call('HSET', crossed_key, c.rule, trigger .. ' ' .. answer)
+      redis.call('HSET', crossed_key, field, trigger .. ' ' .. answer)
       -- Longer than a pending crossing is kept (RECORD_GRACE).
       redis.call('EXPIRE', crossed_key, 2 * RECORD_GRACE)
       results[#results + 1] = answer

@@ -55,7 +55,7 @@ from pyfilter.common.network import Widening
 from pyfilter.common.redisio import durability
 
 # Bump when a function's KEYS, ARGV or effect changes.
-LIBRARY_VERSION = 5
+LIBRARY_VERSION = 6
 LIBRARY = f"pyfilter_v{LIBRARY_VERSION}"
 FUNCTION_PREFIX = f"{LIBRARY}_"
 
@@ -89,6 +89,7 @@ class Crossing(msgspec.Struct):
 
     address: str
     rule: str
+    mode: str = ""  # the window kind; "slow" has keys of its own
 
 
 class AccountCrossing(msgspec.Struct):
@@ -201,8 +202,8 @@ class Ledger:
         # Tests set it on a single Redis to run the three calls there too.
         self.split = self.cluster
         # A window call's KEYS of a group, packed, cut where its address goes:
-        # per (rule, recidive on, address length, split), see _group_layout.
-        self._group_layouts: dict[tuple[str, bool, int, bool], list[bytes]] = {}
+        # per (rule, recidive on, address length, split, slow), see _group_layout.
+        self._group_layouts: dict[tuple[str, bool, int, bool, bool], list[bytes]] = {}
         # What the detector's bans widen to (network.py); None: they do not.
         self.widening: Widening | None = None
 
@@ -388,7 +389,7 @@ class Ledger:
 
     # The detector
 
-    def _group_layout(self, rule: str, recidive: bool, length: int) -> list[bytes]:
+    def _group_layout(self, rule: str, recidive: bool, length: int, slow: bool = False) -> list[bytes]:
         """The KEYS of one group, packed and cut where its address goes (an address
         of `length` bytes): its window, window-lines, window-state, window-conns;
         then for record_failures (`split`), when the recidive rule is on, the
@@ -397,12 +398,16 @@ class Ledger:
         window-state, window and window-lines.
         A detector passes these for every failure of a flood (one group per
         failure when every address fails once per batch): each group's are then
-        one join of this layout by its address."""
-        layout = self._group_layouts.get((rule, recidive, length, self.split))
+        one join of this layout by its address. A `slow` group (the rule's slow
+        window) has that window's four keys in place of the first four."""
+        layout = self._group_layouts.get((rule, recidive, length, self.split, slow))
         if layout is None:
             k = self.keys
             keys = [k.window(rule, ""), k.window_lines(rule, ""), k.window_state(rule, ""),
                     k.window_conns(rule, "")]
+            if slow:
+                keys = [k.slow_window(rule, ""), k.slow_lines(rule, ""), k.slow_state(rule, ""),
+                        k.slow_ids(rule, "")]
             if not self.split:
                 keys += [k.ban(""), k.ban_count("")]
             if recidive:
@@ -414,7 +419,7 @@ class Ledger:
                 before, after = (part.encode() for part in around_address(key))
                 layout[-1] += b"$%d\r\n%s" % (len(before) + length + len(after), before)
                 layout.append(after + b"\r\n")
-            self._group_layouts[(rule, recidive, length, self.split)] = layout
+            self._group_layouts[(rule, recidive, length, self.split, slow)] = layout
         return layout
 
     def _slot(self, address: str) -> int:
@@ -454,7 +459,7 @@ class Ledger:
             cut, keys, count, failures = [], [_bulks(shared)], len(shared), 0
             for group in slot_groups:
                 address = group[1].encode()
-                layout = self._group_layout(group[0], bool(recidive), len(address))
+                layout = self._group_layout(group[0], bool(recidive), len(address), group[3] == "slow")
                 cut.append(group)
                 keys.append(address.join(layout))
                 count += len(layout) - 1
@@ -504,7 +509,7 @@ class Ledger:
         by_slot: dict[int, tuple[list[str], list[object]]] = {}
         for c, packed, answer in zip(read, crossings, answers):
             keys, args = by_slot.setdefault(self._slot(c.address), ([], [recidive]))
-            keys.append(k.window_state(c.rule, c.address))
+            keys.append(k.slow_state(c.rule, c.address) if c.mode == "slow" else k.window_state(c.rule, c.address))
             if recidive:
                 keys += [k.window("recidive", c.address), k.window_lines("recidive", c.address),
                          k.window_state("recidive", c.address)]

@@ -20,6 +20,7 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Sequence
 
 from redis.exceptions import ResponseError
 
@@ -37,7 +38,7 @@ from pyfilter.common.whitelist import Whitelist
 from pyfilter.detector import metrics
 from pyfilter.detector.matching import Matcher
 from pyfilter.detector.pruner import prune_until
-from pyfilter.detector.windows import Login, Observed, Windows, digest
+from pyfilter.detector.windows import Login, NewBan, Observed, Windows, digest
 
 logger = logging.getLogger("pyfilter.detector")
 
@@ -174,36 +175,57 @@ class Detector:
         now = time.time()
         own = await self.own.get()
         whitelist = await self.whitelist.networks()
-        if self.widening:
-            self.widening.judge_with(own, whitelist)
+        self.judge_with(own, whitelist)
         # Matching is CPU work: in a thread, so that the event loop meanwhile
         # sends the next read and the previous read's window update to Redis.
         read, observed, lines, logins = await asyncio.to_thread(self.match_entries, entries, now, own, whitelist)
         await self.lines.dead_letter(read)
         return observed, read.ids, now, lines, logins
 
+    def judge_with(self, own: set, whitelist: list) -> None:
+        """What decisions are judged with besides the lines: the addresses never to ban
+        (this host's own and the whitelist), before a read's step (`pyfilter replay` too)."""
+        if self.widening:
+            self.widening.judge_with(own, whitelist)
+
     def match_entries(self, entries: list[Entry], now: float, own: set, whitelist: list):
         """A read decoded (with its undecodable entries), the failures in it, its
         lines by (host, source), and its successful logins."""
         read = self.lines.decode(entries)
-        observed: list[Observed] = []
         logins: list[Login] = []
+        observed, lines = self.observe_batches([batch for _, batch in read.messages], now, own, whitelist, logins)
+        return read, observed, lines, logins
+
+    def observe_batches(self, batches: list[messages.LineBatch], now: float, own: set,
+                        whitelist: list, logins: list[Login] | None = None) -> tuple[list[Observed], Counter]:
+        """The failures in batches of lines, and their lines by (host, source); their
+        successful logins go to `logins` (per-account windows).
+        Half of the detector's one step from lines to bans; `decide` is the other
+        (`pyfilter replay` runs both on logs, in log time)."""
+        observed: list[Observed] = []
         lines: Counter = Counter()
-        for _, batch in read.messages:
+        for batch in batches:
             observed += self.observe(batch, now, own, whitelist, logins)
             lines[batch.host, batch.source] += len(batch.lines)
-        return read, observed, lines, logins
+        return observed, lines
+
+    async def decide(self, observed: list[Observed], now: float, logins: Sequence[Login] = ()) -> list[NewBan]:
+        """Count failures into the windows at `now` (`logins` spare their addresses in
+        per-account windows); the bans they decided."""
+        for rule, count in Counter(o.rule for o in observed).items():
+            metrics.FAILURES.labels(rule).inc(count)
+        banned = await self.windows.record(observed, now, logins)
+        for ban in banned:
+            metrics.BANS.labels(ban.rule).inc()
+            logger.info("ban decided", extra={"address": ban.address, "rule": ban.rule,
+                                              "duration": ban.duration})
+        return banned
 
     async def finish(self, observed: list[Observed], ids: list[bytes], now: float,
                      lines: Counter | None = None, logins: list[Login] | None = None) -> None:
         """Count the failures into the windows, then acknowledge their entries
         (with this minute's counts for `pyfilter status`, in the same round trip)."""
-        for rule, count in Counter(o.rule for o in observed).items():
-            metrics.FAILURES.labels(rule).inc(count)
-        for ban in await self.windows.record(observed, now, logins or []):
-            metrics.BANS.labels(ban.rule).inc()
-            logger.info("ban decided", extra={"address": ban.address, "rule": ban.rule,
-                                              "duration": ban.duration})
+        await self.decide(observed, now, logins or [])
         lines = lines or Counter()
         # One round trip, not a transaction: on Redis Cluster the streams and
         # the counts are in different slots (a crash in between can only

@@ -19,6 +19,10 @@ from pyfilter.common.keys import Keys, account_id
 from pyfilter.common.ledger import Ledger
 from pyfilter.common.network import Widening
 
+# How long a line id is remembered by a slow window (ledger.lua, record_slow):
+# a batch counted but not acknowledged comes back within detector.claim_idle
+# while any detector runs (docs/decisions.md, "Slow windows").
+REDELIVERY_HORIZON = 3600
 
 
 class Observed(NamedTuple):
@@ -94,6 +98,29 @@ def _account_settings(rule: Rule) -> list[object]:
             *_thresholds(rule)[2:]]
 
 
+def _slow_thresholds(rule: Rule) -> list[object]:
+    """A rule's slow window as record_failures reads a group's fields after rule,
+    address and host (the lines go between the thresholds and the last)."""
+    slow = rule.slow
+    assert slow is not None
+    bantime = rule.bantime if slow.bantime is None else slow.bantime
+    return ["slow", int(slow.maxretry), int(slow.findtime), int(bantime), *_thresholds(rule)[3:],
+            [int(slow.bucket), REDELIVERY_HORIZON]]
+
+
+def weighted(o: Observed, most: int) -> list[object]:
+    """A failure's fields in a group of a window that counts lines (all kinds but
+    distinct, which counts weights itself): a line of weight w is w failures of
+    weight 1, the first named by its line id, the others by the id and their
+    number (`id*2`...), so a redelivered line still adds nothing. Only the first
+    carries the text: the ban record shows the line once. No more than `most`
+    (the rule's largest threshold: more would change no crossing)."""
+    fields = [o.line_id, o.time, o.text, o.connection, o.once, 1, o.value]
+    for n in range(2, min(o.weight, most) + 1):
+        fields += (f"{o.line_id}*{n}", o.time, "", o.connection, o.once, 1, o.value)
+    return fields
+
+
 class Windows:
     """Applies observed failures to the windows; returns the bans they caused."""
 
@@ -102,6 +129,11 @@ class Windows:
         self._ledger.widening = widening  # bans of whole networks (docs/rules.md, "Per network")
         # Per rule, the group fields after rule, address and host: window kind, then thresholds.
         self._settings = {name: [rule.window, *_thresholds(rule)] for name, rule in rules.items()}
+        # The same for the rules' slow windows, with the kind's own settings last.
+        self._slow = {name: _slow_thresholds(rule) for name, rule in rules.items() if rule.slow}
+        # Rules whose windows count weighted lines as copies (`weighted`): how many at most.
+        self._copies = {name: max(int(s[1]) for s in (self._settings[name], self._slow.get(name, [0, 0])))
+                        for name, rule in rules.items() if rule.window != "distinct"}
         recidive = rules.get("recidive")
         self._recidive = msgspec.msgpack.encode(_thresholds(recidive)) if recidive else b""
         # Rules with a per-account window: their service (whose accounts they count)
@@ -145,10 +177,16 @@ class Windows:
         return groups
 
     def _groups(self, observed: list[Observed]) -> list[list[object]]:
-        """The failures grouped by (rule, address, host), as record_failures reads them."""
+        """The failures grouped by (rule, address, host), as record_failures reads them;
+        a rule with a slow window has a second group for it."""
         groups: dict[tuple[str, str, str], list[object]] = defaultdict(list)
         for o in observed:
-            groups[(o.rule, o.address, o.host)] += (o.line_id, o.time, o.text, o.connection, o.once,
-                                                    o.weight, o.value)
-        return [[name, address, host, *self._settings[name], lines]
-                for (name, address, host), lines in groups.items()]
+            most = self._copies.get(o.rule)
+            groups[(o.rule, o.address, o.host)] += weighted(o, most) if o.weight > 1 and most else \
+                (o.line_id, o.time, o.text, o.connection, o.once, o.weight, o.value)
+        found = [[name, address, host, *self._settings[name], lines]
+                 for (name, address, host), lines in groups.items()]
+        for (name, address, host), lines in groups.items():
+            if slow := self._slow.get(name):
+                found.append([name, address, host, *slow[:-1], lines, slow[-1]])
+        return found

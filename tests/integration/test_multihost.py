@@ -5,21 +5,26 @@ primary killed in the middle of an attack loses no ban, unban or line.
 Three "hosts" (containers, each its own network namespace) run the agent
 profile from compose/agent.yml; the server profile from compose/server.yml
 holds Redis, the detector and the api, with Redis as compose/server-ha.yml
-runs it (a primary, two replicas, three sentinels; writes confirmed by a
-replica), so every test here runs through Sentinel.
+runs it (a primary, two replicas, three sentinels, TLS only; writes confirmed
+by a replica), so every test here runs through Sentinel. Each host's agent has
+its own Redis user, made on every node by `pyfilter server add-host`.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
-from tests.integration.stack import make_log_dir, running, wait_for
+from tests.integration.stack import ROOT, make_log_dir, running, wait_for
 from tests.integration.hosts import ATTACKER, HOSTS, ThreeHosts, ban_reaches_every_host
 from tests.integration.test_pipeline import sshd_failures
 
@@ -32,22 +37,45 @@ HA = os.path.join(os.path.dirname(__file__), "compose.multihost-ha.yml")
 class MultiHost(ThreeHosts):
     def __post_init__(self) -> None:
         super().__post_init__()
-        # Sentinel without TLS yet (compose/server-ha.yml): the agents are told plain TCP is fine.
-        self.env["PYFILTER_REDIS_REQUIRE_TLS"] = "0"
+        # TLS only (compose/server-ha.yml), with a certificate naming the nodes and sentinels as
+        # they are reached here, and the passwords `make server` generates.
+        self.tls = Path(tempfile.mkdtemp(prefix="pyfilter-it-tls-")) / "tls"
+        subprocess.run([ROOT / "compose/tls.sh", self.tls, "redis", "redis-2", "redis-3",
+                        "sentinel-1", "sentinel-2", "sentinel-3"], check=True, capture_output=True)
+        self.env |= {"PYFILTER_TLS_DIR": str(self.tls), "PYFILTER_REDIS_CA": str(self.tls / "ca.crt"),
+                     **{f"PYFILTER_{role}_REDIS_PASSWORD": secrets.token_urlsafe(16)
+                        for role in ("DETECTOR", "API", "NOTIFIER", "REPLICA", "SENTINEL")}}
+
+    def up(self) -> None:
+        """The server first; then each host's user on every node, as `make host-credentials HA=1`
+        makes it; then the agents."""
+        server = ["redis", "redis-2", "redis-3", "sentinel-1", "sentinel-2", "sentinel-3", "users", "detector",
+                  "api", "attacker", *(f"host-{h}" for h in HOSTS)]
+        self.compose("up", "-d", "--wait", "--wait-timeout", "120", *server)
+        for h in HOSTS:
+            out = self.compose("--profile", "admin", "run", "--rm", "-T", "admin", "pyfilter", "server",
+                               "add-host", f"host-{h}", "--url", SENTINELS).stdout
+            self.env[f"URL_{h.upper()}"] = dict(line.split("=", 1) for line in out.splitlines()
+                                                if "=" in line)["PYFILTER_REDIS_URL"]
+        super().up()
 
     def redis_cli(self, *args: str, node: str | None = None) -> str:
-        """A command on the current primary (or on `node`, "host port"), from a sentinel's container."""
+        """A command on the current primary (or on `node`, "host port"), as admin, from a sentinel's container."""
         where = (node or self.primary()).split()
-        code, out = self.exec("sentinel-1", "redis-cli", "--no-auth-warning", "-h", where[0], "-p", where[1], *args)
+        code, out = self.exec("sentinel-1", *REDIS_CLI, "-h", where[0], "-p", where[1], *args)
         if code != 0:
             raise RuntimeError(f"redis-cli {' '.join(args)}: {out}")
         return out.strip()
 
     def primary(self) -> str:
         """The primary as the sentinels give it out: "host port" ("" while they have none)."""
-        code, out = self.exec("sentinel-1", "redis-cli", "--no-auth-warning", "-p", "26379",
+        code, out = self.exec("sentinel-1", *REDIS_CLI, "-p", "26379",
                               "SENTINEL", "get-master-addr-by-name", "pyfilter")
         return " ".join(out.split()) if code == 0 else ""
+
+
+SENTINELS = "rediss+sentinel://sentinel-1:26379,sentinel-2:26380,sentinel-3:26381/pyfilter/0"
+REDIS_CLI = ["redis-cli", "--no-auth-warning", "--tls", "--cacert", "/etc/pyfilter/tls/ca.crt"]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +89,7 @@ def hosts():
         if not os.environ.get("PYFILTER_KEEP_LOGS"):  # the hosts' logs; `running` removes log_dir
             for path in stack.logs.values():
                 shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(stack.tls.parent, ignore_errors=True)
 
 
 def test_attack_on_one_host_is_dropped_on_every_host_within_a_second(hosts):
@@ -159,5 +188,10 @@ def test_primary_killed_mid_attack_loses_no_ban_no_unban_and_counts_each_line_on
 
     # The old primary comes back as a replica of the new one.
     hosts.container("redis").start()
-    wait_for(lambda: "role:slave" in hosts.redis_cli("INFO", "replication", node="redis 6379"), 60,
-             "the old primary to rejoin as a replica")
+
+    def rejoined() -> bool:
+        try:
+            return "role:slave" in hosts.redis_cli("INFO", "replication", node="redis 6379")
+        except RuntimeError:  # not listening yet: redis-start.sh sets up its files first
+            return False
+    wait_for(rejoined, 60, "the old primary to rejoin as a replica")

@@ -98,6 +98,7 @@ def settings(deployment, user: str, password: str, host: str = "web1", rules: di
 
 def sshd() -> dict[str, Rule]:
     rule = msgspec.convert({"service": "sshd", "sources": ["auth"], "maxretry": 3,
+                            "slow": {"maxretry": 3, "findtime": 3600, "bucket": 600},  # its keys too
                             "patterns": [r"Failed password for \S+ from <HOST> port \d+"]},
                            Rule, dec_hook=lambda t, v: Seconds(v))
     return {"sshd": rule}

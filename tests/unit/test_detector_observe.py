@@ -209,3 +209,13 @@ def test_forgetting_a_failed_read_ahead_raises_nothing_but_a_cancelled_detector_
             await forgetting
         await d.client.aclose()
     asyncio.run(go())
+
+
+def test_a_failure_carries_its_patterns_weight(redis_url):
+    """A root attempt of weight 5 (first pattern), any other user weight 1."""
+    d = detector(redis_url, patterns=[{"re": r"Failed password for root from <HOST> port \d+", "weight": 5},
+                                      r"Failed password for \S+ from <HOST> port \d+"])
+    lines = [messages.Line("auth:0:0:0", "sshd[1]: Failed password for root from 198.51.100.7 port 22"),
+             messages.Line("auth:0:0:1", "sshd[1]: Failed password for bob from 198.51.100.8 port 22")]
+    found = d.observe(messages.LineBatch(host="h", source="auth", lines=lines, read_at=NOW), NOW, set(), [])
+    assert [(o.address, o.weight) for o in found] == [("198.51.100.7", 5), ("198.51.100.8", 1)]

@@ -39,14 +39,17 @@ HOSTS = ("h1", "h2", "h3")
 STREAMS = [KEYS.lines(h) for h in HOSTS]
 
 
-def attack_log() -> list[str]:
+def attack_log(hourly: bool = False) -> list[str]:
     """Interleaved sshd lines: 60 addresses fail 6 times (banned), 60 fail 3 times (not),
-    among 24,000 lines of noise (so replicas are busy long enough to be killed mid-work)."""
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    among 24,000 lines of noise (so replicas are busy long enough to be killed mid-work).
+    `hourly`: each round of failures an hour after the one before (a slow attack)."""
+    start = time.time() - (5 * 3600 if hourly else 0)
     banned = [f"198.51.100.{i}" for i in range(1, 31)] + [f"2001:db8::{i:x}" for i in range(1, 31)]
     spared = [f"198.51.100.{i}" for i in range(101, 131)] + [f"2001:db8:1::{i:x}" for i in range(1, 31)]
     lines = []
     for round_ in range(6):
+        now = datetime.fromtimestamp(start + (round_ * 3600 if hourly else 0), timezone.utc).isoformat(
+            timespec="seconds")
         for n, address in enumerate(banned + (spared if round_ < 3 else [])):
             lines.append(f"{now} host sshd[{1000 + n}]: Failed password for invalid user u{round_} "
                          f"from {address} port {40000 + n} ssh2")
@@ -145,7 +148,7 @@ def decided(client: redis.Redis) -> set[tuple[str, str]]:
                                           for _, f in client.xrange(KEYS.decisions))}
 
 
-def write_config(tmp_path: Path, rule: str = "sshd", extra: str = "", settings: str | None = None) -> Path:
+def write_config(tmp_path: Path, rule: str = "sshd", settings: str | None = None, extra: str = "") -> Path:
     """One rule of the catalog (`settings`: its overrides), and `extra` top-level config; sshd
     by default without its per-account window (`attack_log` is many addresses on a few
     accounts: the per-address windows are what it checks)."""
@@ -259,6 +262,21 @@ def test_one_and_three_replicas_decide_the_same_distinct_window_bans(any_redis_u
     client = sync_client(redis_url)
     windows = {messages.decode_record(client.get(KEYS.ban(a))).window for a, _ in expected}
     assert windows == {"distinct"}
+
+
+def test_slow_windows_decide_the_same_bans_with_one_or_three_replicas(any_redis_url, tmp_path):
+    """The same attack an hour per round: only sshd's slow window sees it. The
+    spared addresses fail 3 times, one below its threshold: a redelivered batch
+    counted twice would ban them."""
+    config = write_config(tmp_path, "sshd", "{slow: {maxretry: 4, findtime: 1d, bucket: 1h}, per_account: false}")
+    expected = {(f"198.51.100.{i}", "sshd") for i in range(1, 31)} | \
+               {(f"2001:db8::{i:x}", "sshd") for i in range(1, 31)}
+    one = run_replicas(any_redis_url, config, replicas=1, kill_one=False, log=lambda: attack_log(hourly=True))
+    three = run_replicas(any_redis_url, config, replicas=3, kill_one=True, log=lambda: attack_log(hourly=True))
+    assert one == expected
+    assert three == expected
+    records = [messages.decode_record(f[b"m"]) for _, f in sync_client(any_redis_url).xrange(KEYS.ban_history)]
+    assert {r.window for r in records} == {"slow"} and len(records) == len(expected)
 
 
 def test_a_stopped_detector_finishes_what_it_took(any_redis_url, tmp_path):

@@ -147,8 +147,6 @@ def test_a_threshold_beyond_the_values_kept_is_refused():
         probing(window="sliding", ignore_values=["x"])
     with pytest.raises(msgspec.ValidationError, match="ignore_values"):
         probing(ignore_values=["("])
-    with pytest.raises(msgspec.ValidationError, match="distinct window only"):
-        probing(window="sliding", patterns=[{"re": "<HOST>", "weight": 5}])
 
 
 def test_a_distinct_rule_whose_pattern_captures_no_value_is_refused():

@@ -89,7 +89,8 @@ def only_given_keys_are_written(redis_url: str, split: bool) -> None:
         client = aclient(redis_url)
         ledger = Watched(client, KEYS)
         ledger.split = split
-        rules = {"sshd": make_rule(findtime=Seconds(600), ports=[22], verdict="reject"),
+        rules = {"sshd": make_rule(findtime=Seconds(600), ports=[22], verdict="reject",
+                                   slow={"maxretry": 2, "findtime": 3600, "bucket": 600, "bantime": 3600}),
                  "web": make_rule(window="consecutive", failed_attempts=2, request_time=Seconds(5)),
                  "recidive": make_rule(maxretry=1, findtime=Seconds(86400), bantime=Seconds(-1)),
                  "probe": make_rule(window="distinct", maxretry=2)}
@@ -98,6 +99,7 @@ def only_given_keys_are_written(redis_url: str, split: bool) -> None:
         observed = [Observed("sshd", "198.51.100.7", "host-a", NOW - 3 + i, f"s:{i}", "failed", "h:auth:9", i == 0)
                     for i in range(4)]
         observed += [Observed("web", "2001:db8::/64", "host-a", NOW - 2 + i, f"w:{i}", "401") for i in range(2)]
+        observed += [Observed("sshd", "198.51.100.6", "host-a", NOW - 1, "r:1", "root", weight=2)]  # slow bans
         observed += [Observed("probe", "198.51.100.10", "host-a", NOW - 2 + i, f"p:{i}", "404", weight=1,
                               value=f"{i:016x}") for i in range(2)]
         await windows.record(observed, NOW)
@@ -115,6 +117,7 @@ def only_given_keys_are_written(redis_url: str, split: bool) -> None:
         return
     assert all(len(t) == 1 for t in tags), tags  # every call in one slot
     assert {"198.51.100.7"} in tags and {"2001:db8::/64"} in tags and {"bans"} in tags
+    assert any(k.startswith("t:slow-ids:") for k in written)  # the slow window counted (and crossed)
     assert {"198.51.100.10"} in tags
     assert {"notify:webhook"} in tags and {"notify:email"} in tags
     # One address's windows share its tag; its record and count are on the ban side.

@@ -87,3 +87,27 @@ def test_an_agent_refuses_a_plain_url_unless_told_it_may(tmp_path, monkeypatch):
     assert "secret" not in str(refused.value)
     monkeypatch.setenv("PYFILTER_REDIS_REQUIRE_TLS", "0")
     assert config.load(ROOT / "config/pyfilter.yaml", rules=False).config.redis.url.startswith("redis://")
+
+
+def test_a_certificate_lacking_a_name_asked_for_is_made_again_by_the_same_ca(tmp_path):
+    """`make server HA=1` asks for the nodes' and sentinels' names too: a certificate made
+    before without them is made again, signed by the same CA (agents' ca.crt stays good);
+    the operator's own certificate (no ca.key here) is kept, with a warning."""
+    def tls(*names: str) -> subprocess.CompletedProcess:
+        return subprocess.run([ROOT / "compose/tls.sh", tmp_path / "tls", *names], check=True,
+                              capture_output=True, text=True)
+
+    def names() -> str:
+        return subprocess.run(["openssl", "x509", "-in", tmp_path / "tls/server.crt", "-noout", "-ext",
+                               "subjectAltName"], check=True, capture_output=True, text=True).stdout
+    tls("redis", "127.0.0.1")
+    ca = (tmp_path / "tls/ca.crt").read_bytes()
+    assert "using the server certificate" in tls("redis", "127.0.0.1").stdout
+    tls("redis", "redis-2", "sentinel-1", "127.0.0.1")
+    assert "DNS:redis-2" in names() and "DNS:sentinel-1" in names()
+    assert (tmp_path / "tls/ca.crt").read_bytes() == ca
+    subprocess.run(["openssl", "verify", "-CAfile", tmp_path / "tls/ca.crt", tmp_path / "tls/server.crt"], check=True,
+                   capture_output=True)
+    (tmp_path / "tls/ca.key").unlink()
+    kept = tls("redis", "redis-3")
+    assert "does not name all of" in kept.stderr and "DNS:redis-3" not in names()

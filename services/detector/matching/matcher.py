@@ -48,7 +48,7 @@ class Matcher:
         # (`take_successes`), which spare their addresses there.
         self._reporting = [r for r in self.rules if successes and r.rule.per_account is not None]
         for rule in self._reporting:
-            rule.successes = []
+            rule.logins = []
         self._message_rules = [r for r in self.rules if r.reads_messages]
         self._line_rules = [r for r in self.rules if not r.reads_messages]
         self._by_program: dict[str | None, list[CompiledRule]] = {None: self._message_rules}
@@ -69,6 +69,12 @@ class Matcher:
             known = self._by_name[program] = any(r.names(name) for r in self._message_rules)
         return known
 
+    def note_successes(self, sink: list) -> None:
+        """Note each successful login the rules see (their <SUCCESS> lines) in `sink`, as
+        (rule, address, log time or None, user): `pyfilter replay`'s false-positive hint."""
+        for rule in self.rules:
+            rule.successes = sink
+
     def reset(self) -> None:
         """Forget every connection's state (what the lines so far said of each pid)."""
         for rule in self.rules:
@@ -78,8 +84,8 @@ class Matcher:
         """The successful logins matched since the last call, in line order per rule."""
         found: list[Success] = []
         for rule in self._reporting:
-            found += rule.successes  # type: ignore[operator]
-            rule.successes = []
+            found += rule.logins  # type: ignore[operator]
+            rule.logins = []
         return found
 
     def rules_for(self, program: str | None) -> list[CompiledRule]:

@@ -1,0 +1,239 @@
+"""`pyfilter replay`: the bans the detector would have made on these logs, offline.
+
+    pyfilter replay [--config FILE] [--compare FILE2] [--program NAME] [--tz ZONE]
+                    [--host NAME] [--now ISO8601] [--json] LOG...
+
+Nothing here decides a ban: the lines go through the detector's own step
+(`Detector.observe_batches`, then `Detector.decide`: matching, connection
+state, never-ban addresses and whitelist, then the ledger's windows,
+escalation and recidive) against a Redis of replay's own (ownredis.py), whose
+ledger runs on a clock of log time (common/logtime.py). So every window kind
+the detector knows is replayed, with no change here.
+
+Log time: each window call's `now` is the time of the latest line it holds,
+and the files' lines are merged in log time. A call holds at most STEP
+seconds of log: the ledger drops a line older than its window when it
+arrives, as the live detector, which sees lines within seconds of their
+writing, never does for fresh ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fnmatch
+import heapq
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from pyfilter.cli import matching, ownredis, replay_report
+from pyfilter.common import config as configuration
+from pyfilter.common import messages
+from pyfilter.common.timeparse import get_zone
+
+STEP = 1.0  # seconds of log time per window call at most
+MAX_FAILURES = 5000  # failures per window call at most (the ledger cuts them further)
+HISTORY_READ = 10_000  # bans decided before their records are read from the history stream
+
+
+@dataclass
+class Outcome:
+    """What one configuration would have done with the logs."""
+
+    config: str
+    bans: list[messages.BanRecord] = field(default_factory=list)
+    # address -> log time of its last successful login (a rule's <SUCCESS> lines)
+    logins: dict[str, float] = field(default_factory=dict)
+    lines: int = 0
+    failures: int = 0
+    first: float | None = None  # log time of the first and last failure
+    last: float | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Log:
+    path: str
+    source: str  # the collector source whose paths name this file, else ""
+    program: str | None
+    tz: str | None
+
+
+def logs_of(settings: configuration.Settings, paths: list[str], program: str | None,
+            tz: str | None) -> list[Log]:
+    """Each file with the collector source of the configuration whose paths end in its
+    name (its program and zone, as the collector would send them), unless given."""
+    found = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise matching.UsageError(f"{path}: no such file")
+        name = Path(path).name
+        source = next((s for s in settings.config.collector.sources
+                       if s.type == "file" and any(fnmatch.fnmatch(name, Path(p).name) for p in s.paths)), None)
+        found.append(Log(path, source.name if source else "",
+                         program or (source.program if source else None),
+                         tz or (source.timezone if source else None)))
+    return found
+
+
+async def replay(settings: configuration.Settings, logs: list[Log], host: str, now: float | None) -> Outcome:
+    """Run the detector's step over the logs against a Redis of our own."""
+    from pyfilter.common import logtime
+    from pyfilter.detector.main import Detector
+
+    outcome = Outcome(settings.path)
+    started = time.perf_counter()
+    with ownredis.running() as url:
+        redis_config = configuration.RedisConfig(url=url, prefix=settings.config.redis.prefix)
+        own = msgspec.structs.replace(settings, config=msgspec.structs.replace(settings.config, redis=redis_config))
+        detector = Detector(own)
+        try:
+            await logtime.load(detector.client, detector.keys)
+            logins: list = []
+            detector.matcher.note_successes(logins)
+            # Never-ban addresses: the configuration's whitelist (this Redis holds no other, and
+            # no host's own addresses: list them in the whitelist to keep them out).
+            whitelist = await detector.whitelist.networks()
+            detector.judge_with(set(), whitelist)
+            failures = _in_log_time(detector, logs, host, now, whitelist, logins, outcome)
+            await _decide_all(detector, _steps(failures), outcome)
+        finally:
+            await detector.client.aclose()
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _in_log_time(detector, logs: list[Log], host: str, now: float | None, whitelist: list,
+                 logins: list, outcome: Outcome) -> Iterator:
+    """Every file's failures (the detector's Observed), merged in log time."""
+    per_file = [_failures(detector, i, log, host, now, whitelist, logins, outcome) for i, log in enumerate(logs)]
+    return per_file[0] if len(per_file) == 1 else heapq.merge(*per_file, key=lambda o: o.time)
+
+
+def _failures(detector, index: int, log: Log, host: str, now: float | None, whitelist: list,
+              logins: list, outcome: Outcome) -> Iterator:
+    """One file's failures in its order. A line whose time cannot be read takes its
+    predecessor's (the live detector would date it by its arrival). The successful
+    logins the matcher noted in `logins` go to the outcome as each batch is read."""
+    reference = now if now is not None else os.stat(log.path).st_mtime  # for year-less dates
+    last = 0.0
+    n = 0
+    for texts in matching.read_batches(log.path):
+        lines = [messages.Line(f"{index}:{n + i}", text) for i, text in enumerate(texts)]
+        n += len(texts)
+        outcome.lines += len(texts)
+        batch = messages.LineBatch(host=host, source=log.source, lines=lines, read_at=0.0, tz=log.tz,
+                                   program=log.program)
+        observed, _ = detector.observe_batches([batch], reference, set(), whitelist)
+        for _, address, at, _ in logins:
+            if at is not None and at > outcome.logins.get(address, float("-inf")):
+                outcome.logins[address] = at
+        logins.clear()
+        for o in observed:
+            if o.time:
+                last = o.time
+            else:
+                o = o._replace(time=last)
+            yield o
+
+
+def _steps(failures: Iterator) -> Iterator[tuple[float, list]]:
+    """(now, failures) for each window call: at most STEP seconds of log and MAX_FAILURES."""
+    chunk: list = []
+    start = now = float("-inf")
+    for o in failures:
+        if chunk and (o.time - start > STEP or len(chunk) >= MAX_FAILURES):
+            yield now, chunk
+            chunk = []
+        if not chunk:
+            start = o.time
+        chunk.append(o)
+        now = max(now, o.time)  # log time never runs backwards
+    if chunk:
+        yield now, chunk
+
+
+async def _decide_all(detector, steps: Iterator[tuple[float, list]], outcome: Outcome) -> None:
+    """Each step's failures into the windows, one step after the other. Redis runs a
+    step's call while the next step's lines are matched here (its request is
+    written before matching starts), so the two take turns on no lock."""
+    keys, client = detector.keys, detector.client
+    seen = "0-0"  # the last history entry read: each ban's record comes from there
+    unread = 0  # bans decided since
+
+    async def read_records() -> None:
+        nonlocal seen, unread
+        for entry_id, fields in await client.xrange(keys.ban_history, f"({seen}"):
+            outcome.bans.append(messages.decode_record(fields[b"m"]))
+            seen = entry_id.decode()
+        unread = 0
+
+    running: asyncio.Task | None = None
+    try:
+        for now, observed in steps:  # matching happens here, as the generator runs
+            if running is not None:
+                unread += len(await running)
+                # The history stream keeps its last HISTORY_MAXLEN entries: read well before.
+                if unread >= HISTORY_READ:
+                    await read_records()
+            outcome.failures += len(observed)
+            if outcome.first is None:
+                outcome.first = observed[0].time
+            outcome.last = now
+            running = asyncio.create_task(detector.decide(observed, now))
+            await asyncio.sleep(0)  # the task runs until it waits for Redis's answer
+        if running is not None:
+            await running
+            running = None
+        await read_records()
+    finally:
+        if running is not None:
+            running.cancel()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    if args.tz is not None:
+        get_zone(args.tz)  # fail early on a bad zone
+    now = matching.parse_now(args.now, args.tz or "UTC")
+    configs = [args.config, *([args.compare] if args.compare else [])]
+    outcomes = []
+    for path in configs:
+        settings = matching.settings(path)
+        matching.make_matcher(settings.rules, "UTC")  # the rules compile: a usage error if not
+        host = args.host or settings.host or socket.gethostname()
+        logs = logs_of(settings, args.files, args.program, args.tz)
+        try:
+            outcomes.append(asyncio.run(replay(settings, logs, host, now)))
+        except ownredis.NoRedisServer as exc:
+            raise matching.UsageError(str(exc)) from None
+    replay_report.write(outcomes, args.json, args.tz or "UTC")
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser(
+        "replay", help="the bans the detector would make on these logs, in log time (what if)",
+        description="Run the detector's whole decision (matching, connection state, never-ban addresses, "
+                    "every window kind, escalation, recidive) over log files, offline and in log time, "
+                    "against a redis-server of its own (started and removed here; needs redis-server on "
+                    "PATH). Prints each ban: when, rule, window kind, duration, evidence; per rule, how "
+                    "many banned addresses logged in successfully later (a hint of false positives).")
+    p.add_argument("--config", metavar="FILE",
+                   help="the configuration to replay (default: $PYFILTER_CONFIG, a checkout's, the installed one)")
+    p.add_argument("--compare", metavar="FILE2",
+                   help="replay with this configuration too, and show the bans only one of them makes")
+    p.add_argument("--program", metavar="NAME",
+                   help="the program whose own log this is (default: the configured source named like the file)")
+    p.add_argument("--tz", metavar="ZONE",
+                   help="zone of timestamps that carry none (default: the source's, else UTC)")
+    p.add_argument("--host", metavar="NAME", help="the host whose logs these are (default: the configuration's)")
+    p.add_argument("--now", metavar="ISO8601", help='"now" for year-less dates (default: each file\'s mtime)')
+    p.add_argument("--json", action="store_true", help="one JSON document instead of the report")
+    p.add_argument("files", nargs="+", metavar="LOG", help="log files (several: merged in log time)")
+    p.set_defaults(func=cmd_replay)

@@ -1,0 +1,32 @@
+"""The ledger's library on a clock of log time, for `pyfilter replay` (logtime.lua says why).
+
+The very functions of ledger.lua, loaded under the library's own name, with
+`redis.call` standing in for Redis's expiry, and record_and_ban moving the
+clock to its `now` first. Only for a Redis of replay's own: its keys never
+get a Redis TTL.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+
+import redis.asyncio as redis
+
+from pyfilter.common import ledger
+from pyfilter.common.keys import Keys
+
+RECORD_AND_BAN = f"{ledger.FUNCTION_PREFIX}record_and_ban"
+
+
+def library_code(keys: Keys) -> str:
+    """ledger.CODE with the clock between its first line (the library's name) and the rest."""
+    first, rest = ledger.CODE.split("\n", 1)
+    clock = importlib.resources.files("pyfilter.common").joinpath("logtime.lua").read_text()
+    names = f"local EXPIRY = {json.dumps(keys.log_expiry)}\nlocal RECORD_AND_BAN = {json.dumps(RECORD_AND_BAN)}"
+    return f"{first}\n{names}\n{clock}\n{rest}"
+
+
+async def load(client: redis.Redis, keys: Keys) -> None:
+    await client.execute_command("FUNCTION", "LOAD", "REPLACE", library_code(keys))
+
