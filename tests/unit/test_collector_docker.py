@@ -8,6 +8,7 @@ The real collector runs against it and the real Redis receives its lines.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -16,6 +17,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import msgspec
 import pytest
 import redis
 
@@ -23,7 +25,9 @@ from pyfilter.common import hosts
 from pyfilter.common.addresses import parse_address, parse_network
 from pyfilter.common.keys import Keys
 from pyfilter.collector.sources import containers
-from pyfilter.collector.sources.docker import first_line_at
+from pyfilter.collector.sources.docker import DockerSource
+from pyfilter.collector.sources.jsonfile import first_line_at
+from pyfilter.common.config import CollectorConfig, Source as SourceConfig
 from pyfilter.common.messages import decode_batch
 
 from .test_collector_support import HOST, Collector, position, settle, stream_lines, wait_for, wait_for_lines
@@ -98,15 +102,17 @@ class DockerFolder:
 
     def rotate(self, cid: str, max_file: int = 3) -> None:
         """json-file's rotation at max-size: .1 -> .2 ..., the log -> .1, a new empty log."""
+        for step in self.rotation(cid, max_file):
+            step()
+
+    def rotation(self, cid: str, max_file: int = 3) -> list:
+        """The rotation's file system calls, one step each, in json-file's order."""
         live = self.log_path(cid)
         oldest = Path(f"{live}.{max_file - 1}")
-        if oldest.exists():
-            oldest.unlink()
-        for n in range(max_file - 2, 0, -1):
-            if Path(f"{live}.{n}").exists():
-                os.rename(f"{live}.{n}", f"{live}.{n + 1}")
-        os.rename(live, f"{live}.1")
-        self._write(live, "", 0o640)
+        steps = [oldest.unlink] if oldest.exists() else []
+        steps += [lambda n=n: os.rename(f"{live}.{n}", f"{live}.{n + 1}")
+                  for n in range(max_file - 2, 0, -1) if Path(f"{live}.{n}").exists()]
+        return steps + [lambda: os.rename(live, f"{live}.1"), lambda: self._write(live, "", 0o640)]
 
     def truncate(self, cid: str) -> None:
         """json-file with max-file 1: the log is emptied in place."""
@@ -318,6 +324,81 @@ def test_rotation_loses_no_line_and_sends_none_twice(tmp_path, docker, redis_url
         expected.append("after")
         wait_for_lines(redis_url, expected)
     assert [line.text for line in stream_lines(redis_url)] == expected
+
+
+def source_in_process(docker: DockerFolder) -> tuple[DockerSource, object]:
+    """The containers source built in this process, after its first look; and its one followed container."""
+    cfg = msgspec.convert(containers_source(docker), SourceConfig)
+    source = DockerSource(cfg, CollectorConfig(), {}, asyncio.Event())
+    asyncio.run(source._look())
+    (followed,) = source.followed.values()
+    return source, followed
+
+
+def read_to_end(followed) -> None:
+    while followed.tail.read():
+        pass
+
+
+def test_the_file_after_the_one_read_is_found_whatever_moment_of_a_rotation_the_source_looks_at(
+        tmp_path, monkeypatch):
+    """Deterministic form of a rare loss: json-file rotates (one rename at a time)
+    while the source looks at the names of a container's files. Every moment a
+    look can fall on is tried: the rotation's first `steps` calls run just before
+    the source's `at`-th look at a name, the rest just before the next one. File
+    times are all made equal: they must not matter."""
+    real_stat = os.stat
+    for at in range(7):
+        for steps in range(6):
+            docker = DockerFolder(tmp_path / f"containers-{at}-{steps}")
+            web = docker.create("web", "nginx")
+            for earlier in ("x", "y", "z"):  # .1 to .3 exist: each step of the rotation moves a file
+                docker.log(web, earlier)
+                docker.rotate(web, max_file=4)
+            source, followed = source_in_process(docker)
+            live = str(docker.log_path(web))
+            docker.log(web, "a")
+            read_to_end(followed)
+            source._at_end(followed)
+            docker.rotate(web, max_file=4)  # the file read -> .1; B is the live log
+            written_next = real_stat(live)
+            docker.log(web, "b")
+            read_to_end(followed)
+            source._at_end(followed)  # sees the rename: one more read, then the next file
+            now = time.time_ns()
+            for path in Path(live).parent.iterdir():
+                os.utime(path, ns=(now, now))
+            rotation = docker.rotation(web, max_file=4)
+            looks = 0
+
+            def stat_during_rotation(path, *args, **kwargs):
+                nonlocal looks
+                if str(path).startswith(live):
+                    if looks == at:
+                        for step in rotation[:steps]:
+                            step()
+                    elif looks == at + 1:
+                        for step in rotation[steps:]:
+                            step()
+                    looks += 1
+                return real_stat(path, *args, **kwargs)
+
+            with monkeypatch.context() as patched:
+                patched.setattr(os, "stat", stat_during_rotation)
+                source._at_end(followed)
+            if looks <= at + 1:  # the rotation ended after the look
+                for step in rotation[steps if looks == at + 1 else 0:]:
+                    step()
+            for _ in range(3):  # what the loop does next: read, look for the next file
+                if followed.tail is None or f"{followed.tail.key}" == f"{written_next.st_dev}:{written_next.st_ino}":
+                    break
+                read_to_end(followed)
+                source._at_end(followed)
+            case = f"rotation steps {steps} before look {at}"
+            assert followed.tail is not None, f"{case}: no file followed"
+            assert followed.tail.key == f"{written_next.st_dev}:{written_next.st_ino}", \
+                f"{case}: followed {followed.tail.path}, not the file written after the one read"
+            followed.tail.close()
 
 
 def test_restart_resumes_where_it_stopped_across_a_rotation(tmp_path, docker, redis_url):
