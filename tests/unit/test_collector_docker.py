@@ -434,6 +434,35 @@ def test_truncated_log_is_read_again_from_its_start_in_a_new_generation(tmp_path
     assert first.id.endswith(":0") and after.id.endswith(":0") and after.id != first.id
 
 
+@pytest.mark.parametrize("when", ["while read", "while the collector was stopped"])
+def test_log_rewritten_under_the_same_first_kib_is_read_again(tmp_path, docker, redis_url, when):
+    """Only the last line read tells it from the file read before: its first
+    KiB (what fingerprints a file) is the same, and it is no shorter."""
+    web = docker.create("web", "nginx")
+    live = docker.log_path(web)
+    banner = "starting: " + "=" * 1100
+    collector = Collector(tmp_path, redis_url, [containers_source(docker)])
+    with collector.start():
+        started(redis_url)
+        docker.log(web, banner, at=1.0e9)
+        docker.log(web, *(f"original line {i}" for i in range(10)))
+        wait_for_lines(redis_url, ["original line 9"])
+        if when != "while read":
+            collector.kill()
+        first = live.read_bytes().partition(b"\n")[0] + b"\n"
+        rewritten = DockerFolder(tmp_path / "scratch")  # the new lines, as Docker writes them
+        scratch = rewritten.create("scratch", "nginx")
+        rewritten.log(scratch, *(f"REWRITTEN line {i:02}" for i in range(10)))
+        fd = os.open(live, os.O_WRONLY)
+        try:
+            os.pwrite(fd, first + rewritten.log_path(scratch).read_bytes(), 0)
+        finally:
+            os.close(fd)
+        if when != "while read":
+            collector.start()
+        wait_for_lines(redis_url, [f"REWRITTEN line {i:02}" for i in range(10)])
+
+
 # --- what Docker's files say (no collector needed) -------------------------
 
 @pytest.mark.parametrize("image, name", [

@@ -371,12 +371,13 @@ class DockerSource(Reader):
             if saved is None:
                 return Unpacked(self.name, archive, path, offset)
             tail = Unpacked(self.name, archive, path, saved.offset, saved.head, saved.fp, saved.gen)
-            same = archive.holds(saved.head, saved.fp, saved.offset) if saved.head else True
+            tail.saved_back(saved)
+            same = (archive.holds(saved.head, saved.fp, saved.offset) if saved.head else True) and tail.back_matches()
         elif saved is None:
             return Tail(self.name, path, fd, st, offset)
         else:
             tail = Tail.resume(self.name, path, fd, st, saved)
-            same = saved.offset <= st.st_size and tail.head_matches()
+            same = saved.offset <= st.st_size and tail.head_matches() and tail.back_matches()
         if not same:
             tail.reset(0)  # truncated while we were away, or another file took the identity
         return tail
@@ -435,8 +436,8 @@ class DockerSource(Reader):
             if (st.st_size, st.st_mtime_ns) == (tail.size, tail.mtime):
                 return
             tail.size, tail.mtime = st.st_size, st.st_mtime_ns
-            if st.st_size < tail.pos or not tail.head_matches():
-                log.info("container log truncated (max-file 1); reading it from the start",
+            if st.st_size < tail.pos or not tail.head_matches() or not tail.back_matches():
+                log.info("container log truncated (max-file 1) or written over; reading it from the start",
                          extra={"source": self.name, "container": followed.name})
                 tail.reset(0)
                 followed.skipping.clear()
