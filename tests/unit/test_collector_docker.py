@@ -9,6 +9,7 @@ The real collector runs against it and the real Redis receives its lines.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import secrets
@@ -26,7 +27,7 @@ from pyfilter.common.addresses import parse_address, parse_network
 from pyfilter.common.keys import Keys
 from pyfilter.collector.sources import containers
 from pyfilter.collector.sources.docker import DockerSource
-from pyfilter.collector.sources.jsonfile import first_line_at
+from pyfilter.collector.sources.jsonfile import RAW_MAX, first_line_at
 from pyfilter.common.config import CollectorConfig, Source as SourceConfig
 from pyfilter.common.messages import decode_batch
 
@@ -100,19 +101,29 @@ class DockerFolder:
         self.clock = max(time.time(), self.clock + 1e-6)
         return self.clock
 
-    def rotate(self, cid: str, max_file: int = 3) -> None:
+    def rotate(self, cid: str, max_file: int = 3, compress: bool = False) -> None:
         """json-file's rotation at max-size: .1 -> .2 ..., the log -> .1, a new empty log."""
-        for step in self.rotation(cid, max_file):
+        for step in self.rotation(cid, max_file, compress):
             step()
 
-    def rotation(self, cid: str, max_file: int = 3) -> list:
-        """The rotation's file system calls, one step each, in json-file's order."""
+    def rotation(self, cid: str, max_file: int = 3, compress: bool = False) -> list:
+        """The rotation's file system calls, one step each, in json-file's order;
+        `compress`: rotated names end in .gz, and `.1` is compressed last, then removed."""
         live = self.log_path(cid)
-        oldest = Path(f"{live}.{max_file - 1}")
+        ext = ".gz" if compress else ""
+        oldest = Path(f"{live}.{max_file - 1}{ext}")
         steps = [oldest.unlink] if oldest.exists() else []
-        steps += [lambda n=n: os.rename(f"{live}.{n}", f"{live}.{n + 1}")
-                  for n in range(max_file - 2, 0, -1) if Path(f"{live}.{n}").exists()]
-        return steps + [lambda: os.rename(live, f"{live}.1"), lambda: self._write(live, "", 0o640)]
+        steps += [lambda n=n: os.rename(f"{live}.{n}{ext}", f"{live}.{n + 1}{ext}")
+                  for n in range(max_file - 2, 0, -1) if Path(f"{live}.{n}{ext}").exists()]
+        steps += [lambda: os.rename(live, f"{live}.1"), lambda: self._write(live, "", 0o640)]
+        if compress:
+            steps += [lambda: self._compress(Path(f"{live}.1")), lambda: os.unlink(f"{live}.1")]
+        return steps
+
+    @staticmethod
+    def _compress(path: Path) -> None:
+        with gzip.open(f"{path}.gz", "wb") as out:
+            out.write(path.read_bytes())
 
     def truncate(self, cid: str) -> None:
         """json-file with max-file 1: the log is emptied in place."""
@@ -305,7 +316,8 @@ def test_container_created_while_the_collector_was_down_is_read_whole(tmp_path, 
 
 # --- rotation and restarts ---------------------------------------------------
 
-def test_rotation_loses_no_line_and_sends_none_twice(tmp_path, docker, redis_url):
+@pytest.mark.parametrize("compress", [False, True])
+def test_rotation_loses_no_line_and_sends_none_twice(tmp_path, docker, redis_url, compress):
     web = docker.create("web", "nginx")
     expected = []
     with Collector(tmp_path, redis_url, [containers_source(docker)], batch_lines=50).start():
@@ -317,7 +329,7 @@ def test_rotation_loses_no_line_and_sends_none_twice(tmp_path, docker, redis_url
             for part in ("a", "b"):
                 texts = [f"round {round_}{part} line {i}" for i in range(120)]
                 docker.log(web, *texts)
-                docker.rotate(web, max_file=4)
+                docker.rotate(web, max_file=4, compress=compress)
                 expected += texts
             wait_for_lines(redis_url, expected)
         docker.log(web, "after")
@@ -399,6 +411,58 @@ def test_the_file_after_the_one_read_is_found_whatever_moment_of_a_rotation_the_
             assert followed.tail.key == f"{written_next.st_dev}:{written_next.st_ino}", \
                 f"{case}: followed {followed.tail.path}, not the file written after the one read"
             followed.tail.close()
+
+
+def drain(source: DockerSource, followed, rounds: int = 6) -> list[str]:
+    """What the source's loop does with one container, a few rounds: read to the end, look for the next file."""
+    texts = []
+    for _ in range(rounds):
+        read_to_end(followed)
+        raw: list = []
+        while followed.tail.take(10_000, raw, RAW_MAX, source.stats):
+            pass
+        texts += [line.text for line in source._decode(followed, raw)]
+        source._at_end(followed)
+    return texts
+
+
+@pytest.mark.parametrize("max_file", [4, 2])  # 2: the copy of the file read is deleted too
+def test_files_rotated_and_compressed_before_the_source_looked_again_are_read_from_their_copies(
+        tmp_path, docker, max_file):
+    web = docker.create("web", "nginx")
+    source, followed = source_in_process(docker)
+    docker.log(web, "a1", "a2")
+    assert drain(source, followed) == ["a1", "a2"]
+    docker.log(web, "a3")
+    docker.rotate(web, max_file=max_file, compress=True)
+    docker.log(web, "b1 in a file only ever seen compressed", "b2")
+    docker.rotate(web, max_file=max_file, compress=True)
+    docker.log(web, "c1")
+    assert drain(source, followed) == ["a3", "b1 in a file only ever seen compressed", "b2", "c1"]
+    followed.tail.close()
+
+
+def test_logs_compressed_while_the_collector_was_stopped_are_read_from_their_copies(tmp_path, docker, redis_url):
+    web = docker.create("web", "nginx")
+    collector = Collector(tmp_path, redis_url, [containers_source(docker)])
+    with collector.start():
+        started(redis_url)
+        docker.log(web, "before 1")
+        wait_for_lines(redis_url, ["before 1"])
+        collector.kill()
+    docker.log(web, "while down 1: the rest of the file read")
+    docker.rotate(web, max_file=5, compress=True)
+    docker.log(web, "while down 2: a file only ever seen compressed")
+    docker.rotate(web, max_file=5, compress=True)
+    docker.log(web, "while down 3")
+    with collector.start():
+        wait_for_lines(redis_url, ["while down 3"])
+        settle()
+        docker.log(web, "after")
+        wait_for_lines(redis_url, ["after"])
+    assert [line.text for line in stream_lines(redis_url)] == [
+        "before 1", "while down 1: the rest of the file read", "while down 2: a file only ever seen compressed",
+        "while down 3", "after"]
 
 
 def test_restart_resumes_where_it_stopped_across_a_rotation(tmp_path, docker, redis_url):
