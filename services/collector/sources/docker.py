@@ -53,8 +53,7 @@ from .. import privsep
 from .base import STARTED, Batch, Reader, to_text
 from .containers import LOG_DRIVER, Container, Folder, decode_entry, label_matches, label_rules, \
     parse_time, program_for
-from .jsonfile import RAW_MAX, Files, chain, first_line_at, first_packed_line_at, identity, last_line, \
-    open_pieces, time_at
+from .jsonfile import RAW_MAX, Files, chain, copy_of, first_line_since, identity, open_pieces
 from .packed import Archive, Unpacked, find_copy, readable as packed
 from .tail import NotALogFile, Position, Tail, open_log, saved_positions
 from .wake import Wake, woken
@@ -313,12 +312,12 @@ class DockerSource(Reader):
         if not files:
             return followed.path, 0
         if saved:  # nothing of it was read yet: its lines are those written since
-            return self._start(files, since - CLOCK_SLACK)
+            return first_line_since(files, since - CLOCK_SLACK)
         if self.cfg.from_start:
             return files[0][0], 0
         if self.first_start and live is not None:  # there before us: from its end
             return live[0], live[1].st_size
-        return self._start(files, since - CLOCK_SLACK)
+        return first_line_since(files, since - CLOCK_SLACK)
 
     def _resume(self, path: str, saved: Position) -> Tail | None:
         """The file a checkpoint saved, at `path`, read on where it stopped; None if
@@ -363,7 +362,10 @@ class DockerSource(Reader):
             self._problem(path, str(exc))
             return None
         if expect is not None and key != expect:
-            archive.close() if archive is not None else os.close(fd)
+            if archive is not None:
+                archive.close()
+            else:
+                os.close(fd)
             return None
         if self.problems.pop(path, None):
             log.info("container log readable again", extra={"source": self.name, "path": path})
@@ -387,39 +389,6 @@ class DockerSource(Reader):
         followed.skipping = open_pieces(tail.pread, tail.offset) if tail.offset else set()
         (log.debug if quiet else log.info)("following container", extra={
             "source": self.name, "container": followed.name, "path": tail.path, "offset": tail.offset})
-
-    @staticmethod
-    def _start(files: Files, since: float) -> tuple[str, int]:
-        """The first line written at or after `since`, in the chain of a container's log files."""
-        for path, st in files:
-            last = path == files[-1][0]
-            if packed(path):
-                # Compressed after its last line was written: all older if made before `since`.
-                if st.st_mtime < since and not last:
-                    continue
-                try:
-                    archive = Archive(path)
-                except (OSError, NotALogFile):
-                    continue
-                try:
-                    at, found = first_packed_line_at(archive.pread, since)
-                finally:
-                    archive.close()
-                if found or last:
-                    return path, at
-                continue
-            try:
-                fd, st = open_log(path)
-            except (OSError, NotALogFile):
-                continue
-            try:
-                size = st.st_size
-                if last or (time_at(fd, last_line(fd, size)) or 0) >= since:
-                    return path, first_line_at(fd, size, since)
-            finally:
-                os.close(fd)
-        path, st = files[-1]
-        return path, 0 if packed(path) else st.st_size
 
     def _at_end(self, followed: Followed) -> None:
         """At the end of the file being read: finish a removed container; follow rotation."""
@@ -464,7 +433,14 @@ class DockerSource(Reader):
         else:
             # Gone from the names: compressed (its copy is in the chain), else
             # deleted as the oldest (every file left was written after it).
-            copy = next((i for i, (path, _) in enumerate(files) if packed(path) and _copy_of(path, tail)), -1)
+            copy = -1
+            for i, (path, _) in enumerate(files):
+                found = copy_of(path, tail) if packed(path) else False
+                if found is None:
+                    return None  # moved as we looked: not "deleted", look again next round
+                if found:
+                    copy = i
+                    break
             later = files[copy + 1 :]
         for path, st in later:
             following = self._tail(path, 0, expect=identity(st))
@@ -491,14 +467,3 @@ class DockerSource(Reader):
 
 
 
-
-def _copy_of(path: str, tail: Tail) -> bool:
-    """Whether the compressed file at `path` is a copy of the file `tail` reads."""
-    try:
-        archive = Archive(path)
-    except (OSError, NotALogFile):
-        return False
-    try:
-        return archive.copy_of(tail)
-    finally:
-        archive.close()

@@ -16,6 +16,8 @@ import os
 import stat
 
 from .containers import decode_entry, parse_time
+from .packed import Archive, readable as packed
+from .tail import NotALogFile, Tail, open_log
 
 MAX_ROTATED = 100  # `.1` to `.N`: the most rotated files looked at
 # A json-file line is one JSON object: a 16 KB piece of text, escaped (up to
@@ -67,7 +69,55 @@ def _regular(path: str) -> tuple[str, os.stat_result] | None:
     return (path, st) if stat.S_ISREG(st.st_mode) else None
 
 
+def copy_of(path: str, tail: Tail) -> bool | None:
+    """Whether the compressed file at `path` is a copy of the file `tail` reads;
+    None if there is no file at `path` any more (renamed by a rotation, or deleted)."""
+    try:
+        archive = Archive(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, NotALogFile):
+        return False
+    try:
+        return archive.copy_of(tail)
+    finally:
+        archive.close()
+
+
 # ---- where lines start, by their times -------------------------------------
+
+def first_line_since(files: Files, since: float) -> tuple[str, int]:
+    """The first line written at or after `since`, in the chain of a container's log files."""
+    for path, st in files:
+        last = path == files[-1][0]
+        if packed(path):
+            # Compressed after its last line was written: all older if made before `since`.
+            if st.st_mtime < since and not last:
+                continue
+            try:
+                archive = Archive(path)
+            except (OSError, NotALogFile):
+                continue
+            try:
+                at, found = first_packed_line_at(archive.pread, since)
+            finally:
+                archive.close()
+            if found or last:
+                return path, at
+            continue
+        try:
+            fd, st = open_log(path)
+        except (OSError, NotALogFile):
+            continue
+        try:
+            size = st.st_size
+            if last or (time_at(fd, last_line(fd, size)) or 0) >= since:
+                return path, first_line_at(fd, size, since)
+        finally:
+            os.close(fd)
+    path, st = files[-1]
+    return path, 0 if packed(path) else st.st_size
+
 
 def first_line_at(fd: int, size: int, since: float) -> int:
     """Offset of the first line of a json-file log whose time is `since` or later (size: none).
