@@ -434,8 +434,8 @@ class DockerSource(Reader):
             # Gone from the names: compressed (its copy is in the chain), else
             # deleted as the oldest (every file left was written after it).
             copy = -1
-            for i, (path, _) in enumerate(files):
-                found = copy_of(path, tail) if packed(path) else False
+            for i, (path, st) in enumerate(files):
+                found = copy_of(path, st, tail) if packed(path) else False
                 if found is None:
                     return None  # moved as we looked: not "deleted", look again next round
                 if found:
@@ -446,8 +446,8 @@ class DockerSource(Reader):
             following = self._tail(path, 0, expect=identity(st))
             if following is None:
                 return None
-            if isinstance(following, Unpacked) and following.archive.copy_of(tail):
-                following.close()  # the copy of the file read, made as we looked
+            if _copies(tail, following):
+                following.close()  # the file read and its copy, seen under two names as we looked
                 continue
             return following
         return None
@@ -466,4 +466,8 @@ class DockerSource(Reader):
                 "source": self.name, "path": path, "problem": what, "retry_every": DISCOVER_EVERY})
 
 
-
+def _copies(one: Tail, other: Tail) -> bool:
+    """Whether one of the two is the compressed copy of the other."""
+    if isinstance(other, Unpacked):
+        return other.archive.copy_of(one)
+    return isinstance(one, Unpacked) and one.archive.copy_of(other)

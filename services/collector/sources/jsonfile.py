@@ -69,9 +69,9 @@ def _regular(path: str) -> tuple[str, os.stat_result] | None:
     return (path, st) if stat.S_ISREG(st.st_mode) else None
 
 
-def copy_of(path: str, tail: Tail) -> bool | None:
-    """Whether the compressed file at `path` is a copy of the file `tail` reads;
-    None if there is no file at `path` any more (renamed by a rotation, or deleted)."""
+def copy_of(path: str, st: os.stat_result, tail: Tail) -> bool | None:
+    """Whether the compressed file found at `path` (`st`) is a copy of the file
+    `tail` reads; None if it is not at `path` any more (renamed by a rotation, or deleted)."""
     try:
         archive = Archive(path)
     except FileNotFoundError:
@@ -79,7 +79,7 @@ def copy_of(path: str, tail: Tail) -> bool | None:
     except (OSError, NotALogFile):
         return False
     try:
-        return archive.copy_of(tail)
+        return archive.copy_of(tail) if archive.identity == identity(st) else None
     finally:
         archive.close()
 
