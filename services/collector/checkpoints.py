@@ -9,6 +9,14 @@ ids let the detector drop the copy. With `redis.wait_replicas`, the write
 counts only once that many replicas hold it (redisio.transaction): a
 failover cannot take back a batch whose checkpoint the source moved past.
 
+On Redis Cluster one transaction may only touch one slot, and the stream,
+the checkpoint and the host's own addresses each hash to their own. There
+the commit is three steps, in this order, each retried until done: the lines
+(with the stream's length), then the checkpoint, then the own addresses.
+The checkpoint so never moves past lines that are not in Redis; a crash
+between the first two steps sends the batch again on restart, the same as
+a lost reply on one Redis, and the windows count each line id once.
+
 The stream is never trimmed here. While it holds more than `lines_maxlen`
 entries the committer waits for the detectors to drain it; lines wait on
 disk, not in memory. Transient Redis errors (`redisio.TRANSIENT`) are retried
@@ -26,7 +34,7 @@ import redis.asyncio as aioredis
 from pyfilter.common import hosts
 from pyfilter.common.keys import Keys
 from pyfilter.common.messages import LineBatch, encode
-from pyfilter.common.redisio import TRANSIENT, transaction
+from pyfilter.common.redisio import TRANSIENT, is_cluster, transaction
 
 from .sources.base import Batch, Stats
 
@@ -82,24 +90,39 @@ class Committer:
                                        container=batch.container, skip=skip))
         key = self.keys.checkpoint(self.host, source)
 
-        async def write() -> list:
+        def lines(tx) -> None:
+            if payload is not None:
+                tx.xadd(self.keys.lines(self.host), {b"m": payload})
+            tx.xlen(self.keys.lines(self.host))
+
+        def checkpoint(tx) -> None:
+            if batch.checkpoint:
+                tx.hset(key, mapping=batch.checkpoint)
+            if batch.forget:
+                tx.hdel(key, *batch.forget)
+
+        def own(tx) -> None:
+            if batch.own is not None:
+                tx.hset(self.keys.own_addresses(self.host), hosts.field(source), " ".join(batch.own))
+
+        async def write(*steps) -> list:
             if not self.listed:
                 await hosts.register(self.redis, self.keys, self.host)
                 self.listed = True
-            await self._wait_for_room(stats)
+            if lines in steps:
+                await self._wait_for_room(stats)
             async with transaction(self.redis) as tx:
-                if payload is not None:
-                    tx.xadd(self.keys.lines(self.host), {b"m": payload})
-                if batch.checkpoint:
-                    tx.hset(key, mapping=batch.checkpoint)
-                if batch.forget:
-                    tx.hdel(key, *batch.forget)
-                if batch.own is not None:
-                    tx.hset(self.keys.own_addresses(self.host), hosts.field(source), " ".join(batch.own))
-                tx.xlen(self.keys.lines(self.host))
-                return await tx.execute()
+                for step in steps:
+                    step(tx)
+                return await tx.execute() if len(tx) else []
 
-        replies = await retry(write, "Redis failed while writing a batch; retrying", source, stats)
+        failed = "Redis failed while writing a batch; retrying"
+        if is_cluster(self.redis):  # one slot per transaction: the steps in order (above)
+            replies = await retry(lambda: write(lines), failed, source, stats)
+            for step in (checkpoint, own):
+                await retry(lambda step=step: write(step), failed, source, stats)
+        else:
+            replies = await retry(lambda: write(checkpoint, own, lines), failed, source, stats)
         self.length = replies[-1]
         if payload is not None:
             stats.lines += len(batch.lines)

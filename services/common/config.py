@@ -91,14 +91,20 @@ class Escalation(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("escalation.memory: expected a duration, or -1 for ever")
 
 
-WINDOWS = ("sliding", "consecutive", "instant")
+WINDOWS = ("sliding", "consecutive", "instant", "distinct")
+# Values a distinct window keeps per address (each a 16-hex digest and its
+# weight): what bounds its memory, so a threshold must be reachable within it.
+MAX_DISTINCT = 256
 
 
 class Pattern(msgspec.Struct, forbid_unknown_fields=True):
-    """A pattern active in some of the rule's modes only (`{re: ..., modes: [aggressive]}`)."""
+    """A pattern with settings of its own: active in some of the rule's modes only
+    (`{re: ..., modes: [aggressive]}`; none: every mode), or counting as `weight`
+    failures (`{re: ..., weight: 5}`: a probe of a path that exists only to be probed)."""
 
     re: str
-    modes: list[str]
+    modes: list[str] = []
+    weight: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
 
 
 class Rule(msgspec.Struct, forbid_unknown_fields=True):
@@ -123,11 +129,14 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
     # still name the window kind (sliding, consecutive, instant).
     modes: list[str] = []
     mode: str | None = None
-    window: Literal["sliding", "consecutive", "instant"] = "sliding"
+    window: Literal["sliding", "consecutive", "instant", "distinct"] = "sliding"
     maxretry: Annotated[int, msgspec.Meta(ge=1)] = 5
     findtime: Seconds = Seconds(600)
     request_time: Seconds = Seconds(5)
     failed_attempts: Annotated[int, msgspec.Meta(ge=1)] = 5
+    # Window `distinct`: regexes searched in a failure's `value` capture (a request
+    # path); a value one finds is not counted (a site's own assets).
+    ignore_values: list[str] = []
     bantime: Seconds = Seconds(600)
     escalation: Escalation = msgspec.field(default_factory=Escalation)
     ports: list[Port] = []
@@ -150,16 +159,37 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
         elif self.mode not in self.modes:
             known = ", ".join(self.modes) if self.modes else "none (the rule has one mode)"
             raise ValueError(f"mode: expected one of the rule's modes ({known}), got {self.mode!r}")
+        self._check_distinct()
         for i, p in enumerate(self.patterns):
             if isinstance(p, Pattern):
                 unknown = set(p.modes) - set(self.modes)
                 if unknown:
                     raise ValueError(f"patterns[{i}].modes: {sorted(unknown)} not among the rule's modes {self.modes}")
 
+    def _check_distinct(self) -> None:
+        """A distinct window's threshold must fit in the values it keeps; its ignore list must compile."""
+        if self.window == "distinct" and self.maxretry > MAX_DISTINCT:
+            raise ValueError(f"maxretry: a distinct window keeps at most {MAX_DISTINCT} values per address, "
+                             f"got {self.maxretry}")
+        if self.window != "distinct" and any(isinstance(p, Pattern) and p.weight != 1 for p in self.patterns):
+            raise ValueError("patterns: a weight counts in a distinct window only (window: distinct)")
+        if self.ignore_values and self.window != "distinct":
+            raise ValueError("ignore_values: only a rule with window: distinct counts values")
+        for i, raw in enumerate(self.ignore_values):
+            try:
+                re.compile(raw)
+            except re.error as exc:
+                raise ValueError(f"ignore_values[{i}]: {exc}: {raw}") from None
+
     def active_patterns(self) -> list[tuple[int, str]]:
         """(index in `patterns`, regex) of the patterns active in the rule's mode."""
         return [(i, p) if isinstance(p, str) else (i, p.re) for i, p in enumerate(self.patterns)
-                if isinstance(p, str) or self.mode in p.modes]
+                if isinstance(p, str) or not p.modes or self.mode in p.modes]
+
+    def weight_of(self, index: int) -> int:
+        """How many failures a match of patterns[index] counts as."""
+        p = self.patterns[index]
+        return 1 if isinstance(p, str) else p.weight
 
 
 class Source(msgspec.Struct, forbid_unknown_fields=True):
@@ -539,6 +569,11 @@ def _apply_environment(config: Config) -> None:
             f"PYFILTER_REDIS_URL {_without_password(config.redis.url)}: plain TCP to the shared Redis; use "
             "rediss:// with its CA (PYFILTER_REDIS_CA), or opt out with PYFILTER_REDIS_REQUIRE_TLS=0 "
             "on a network you trust")
+    if config.redis.cluster and config.redis.wait_replicas:
+        # A collector's confirmed commit waits on the connection that wrote it;
+        # a cluster client has one per node, which that wait does not follow yet.
+        raise ConfigError("redis.wait_replicas: not supported with redis.cluster yet; "
+                          "set it to 0 (a Cluster's replicas then follow their primary asynchronously)")
 
 
 def _without_password(url: str) -> str:

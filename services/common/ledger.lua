@@ -433,6 +433,93 @@ local function keep_crossing(_, c, window_key, lines_key, state_key)
   return keep(state_key, with_details(c, window_key, lines_key))
 end
 
+-- Distinct windows -----------------------------------------------------------
+--
+-- A distinct window counts the different values an address's failures
+-- capture (request paths answered 404), not the failures: it holds one
+-- member per value, "WEIGHT:DIGEST" (the detector hashes the value, so no
+-- client text becomes a member and each costs the same few bytes), scored
+-- by the latest time the value was seen. A value seen again only moves its
+-- time; a redelivered line changes nothing (its time is not later). It
+-- crosses when the weights of the values seen within `span` of one another
+-- reach the threshold. A window keeps its latest MAX_DISTINCT values.
+-- Its window-conns key is not used: the kind has no connections.
+
+local function weight_of(member)
+  return tonumber(member:match('^(%d+):'))
+end
+
+-- The latest value that completes a `span`-long stretch of values weighing
+-- `threshold` or more, one of them `fresh` (their times, sorted); nil if
+-- none. `crossing`, with weights.
+local function distinct_crossing(window_key, fresh, span, threshold)
+  local found = redis.call('ZRANGEBYSCORE', window_key, fresh[1] - span, fresh[#fresh] + span, 'WITHSCORES')
+  local times, weights = {}, {}
+  for i = 1, #found, 2 do
+    times[#times + 1] = tonumber(found[i + 1])
+    weights[#weights + 1] = weight_of(found[i])
+  end
+  local trigger, f, lo, sum = nil, 1, 1, 0
+  for hi = 1, #times do
+    sum = sum + weights[hi]
+    while times[hi] - times[lo] > span do
+      sum = sum - weights[lo]
+      lo = lo + 1
+    end
+    if sum >= threshold then
+      while f <= #fresh and fresh[f] < times[lo] do f = f + 1 end
+      while f <= #fresh and fresh[f] <= times[hi] do trigger = times[hi]; f = f + 1 end
+    end
+  end
+  return trigger
+end
+
+-- record_group for a distinct window (same keys, same answer).
+local function record_distinct(keys, at, g, lines, now, on_crossing)
+  local window_key, lines_key, state_key = keys[at + WINDOW], keys[at + LINES], keys[at + STATE]
+  local state = redis.call('HMGET', state_key, 'reset', 'pending')
+  local reset, pending = tonumber(state[1] or '-1'), state[2]
+  local oldest = now - g.span
+  local fresh, texts = {}, {}
+  for i = 1, #lines, FIELDS do
+    local ts, weight, value = math.min(lines[i + 1], now), lines[i + 5], lines[i + 6]
+    if value ~= '' and ts >= oldest and ts > reset then
+      local member = weight .. ':' .. value
+      local seen = redis.call('ZSCORE', window_key, member)
+      if not seen or tonumber(seen) < ts then
+        redis.call('ZADD', window_key, ts, member)
+        fresh[#fresh + 1] = ts
+        -- The evidence: the first line of each value.
+        if not seen then texts[#texts + 1] = lines[i + 2] end
+      end
+    end
+  end
+  local ttl = math.ceil(g.span) + 60
+  if #fresh > 0 then
+    table.sort(fresh)
+    if #texts > 0 then
+      redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
+      redis.call('LTRIM', lines_key, -MAX_LINES, -1)
+    end
+    redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. oldest)
+    redis.call('ZREMRANGEBYRANK', window_key, 0, -(MAX_DISTINCT + 1))
+    local trigger = distinct_crossing(window_key, fresh, g.span, g.threshold)
+    if trigger then
+      pending = on_crossing(at, crossing_of(g, now, trigger), window_key, lines_key, state_key) or pending
+      -- As a sliding window: values seen up to the trigger no longer count.
+      redis.call('HSET', state_key, 'reset', trigger)
+      redis.call('EXPIRE', state_key, ttl)
+      redis.call('ZREMRANGEBYSCORE', window_key, '-inf', trigger)
+      redis.call('DEL', lines_key)
+    else
+      redis.call('EXPIRE', lines_key, ttl)
+    end
+    redis.call('EXPIRE', window_key, ttl)
+  end
+  if pending then redis.call('EXPIRE', state_key, RECORD_GRACE) end
+  return pending or nil
+end
+
 -- One group's failures into its window. A crossing goes to
 -- `on_crossing(at, crossing, window_key, lines_key, state_key)` while the
 -- window still holds its failures; what that returns becomes the window's
@@ -448,6 +535,7 @@ end
 -- `once` line of a connection already counted is dropped, and a failure of
 -- a connection whose `once` line was counted takes that line's place.
 local function record_group(keys, at, g, lines, now, on_crossing)
+  if g.mode == 'distinct' then return record_distinct(keys, at, g, lines, now, on_crossing) end
   local window_key, lines_key, state_key, conns_key = keys[at + WINDOW], keys[at + LINES], keys[at + STATE],
                                                       keys[at + CONNS]
   local state = redis.call('HMGET', state_key, 'reset', 'pending')
@@ -459,7 +547,7 @@ local function record_group(keys, at, g, lines, now, on_crossing)
 
   local fresh, texts = {}, {}
   local conns_changed = false
-  for i = 1, #lines, 5 do
+  for i = 1, #lines, FIELDS do
     local id, ts, connection, once = lines[i], math.min(lines[i + 1], now), lines[i + 3], lines[i + 4]
     local counts = ts >= oldest and ts > reset
     if counts and connection ~= '' then
@@ -600,7 +688,8 @@ end
 -- a protocol argument per field). A group is one rule, address and host
 -- that saw the lines: {rule, address, host, mode, threshold, span, bantime,
 -- factor, maxtime, memory, verdict, ports, lines}, where `lines` is a flat
--- array of (line id, log time, text, connection, once) for each failure.
+-- array of (line id, log time, text, connection, once, weight, value) for
+-- each failure (`value`: the digest a distinct window counts, or "").
 -- The recidive settings are a group's threshold..ports, packed the same way.
 -- Returns the pending crossings of these windows (packed; for ban_crossings).
 local function record_failures(keys, args)

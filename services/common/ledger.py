@@ -49,12 +49,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from pyfilter.common import bans, messages
-from pyfilter.common.config import Escalation
+from pyfilter.common.config import MAX_DISTINCT, Escalation
 from pyfilter.common.keys import BAN_SIDE_SLOT, Keys, address_slot, around_address
 from pyfilter.common.redisio import durability
 
 # Bump when a function's KEYS, ARGV or effect changes.
-LIBRARY_VERSION = 3
+LIBRARY_VERSION = 4
 LIBRARY = f"pyfilter_v{LIBRARY_VERSION}"
 FUNCTION_PREFIX = f"{LIBRARY}_"
 
@@ -68,7 +68,7 @@ CHUNK = 500  # bans per call: a call holds Redis alone, an import of 10,000 is 2
 # Failures per window call: a call runs alone in Redis, so a big batch would
 # stall every other client (about 26-37 µs of Redis CPU per failure, docs/scaling.md).
 FAILURES_PER_CALL = 1000
-FIELDS = 5  # per failure in a group: line id, log time, text, connection, once
+FIELDS = 7  # per failure in a group: line id, log time, text, connection, once, weight, value
 # The structs the functions write (messages.py): their fields and tags go into the Lua.
 STRUCTS = (messages.BanRecord, messages.Decision, messages.BanScope)
 
@@ -123,6 +123,8 @@ def library_code() -> str:
         f"local RECORD_GRACE = {RECORD_GRACE}",
         f"local HISTORY_MAXLEN = {HISTORY_MAXLEN}",
         f"local DECISIONS_MAXLEN = {DECISIONS_MAXLEN}",
+        f"local FIELDS = {FIELDS}",
+        f"local MAX_DISTINCT = {MAX_DISTINCT}",
         "local STRUCTS = {",
         *(_struct_table(cls) for cls in STRUCTS),
         "}",

@@ -77,6 +77,11 @@ def connect(cfg: RedisConfig, **extra) -> redis.Redis | RedisCluster:
     return client
 
 
+def is_cluster(client) -> bool:
+    """Whether `client` talks to a Redis Cluster (one command's keys must then share a slot)."""
+    return isinstance(client, RedisCluster)
+
+
 def _sentinel_primary(url: str, options: dict) -> redis.Redis:
     """The primary's client, through Sentinel: each new connection asks the
     sentinels where the primary is, and a connection to a primary that became

@@ -24,6 +24,7 @@ import redis.asyncio as redis
 
 from pyfilter.common import hosts, messages
 from pyfilter.common.keys import Keys
+from pyfilter.common.redisio import is_cluster
 
 REFRESH = 60.0  # a report is written again at least this often (s)
 TTL = int(3 * REFRESH)  # then it expires: its host is "not reporting"
@@ -51,7 +52,9 @@ class Publisher:
         if not self.listed:
             await hosts.register(self.client, self.keys, self.host)
             self.listed = True
-        async with self.client.pipeline(transaction=True) as pipe:
+        # Not a transaction: on Redis Cluster the two keys are in different slots,
+        # and a report written without its time (or the reverse) misleads no one for long.
+        async with self.client.pipeline(transaction=False) as pipe:
             pipe.set(self.keys.status(self.service, self.host), messages.encode(report), ex=TTL)
             pipe.hset(self.keys.status_seen(self.host), self.service, repr(report.at))
             await pipe.execute()
@@ -79,7 +82,7 @@ async def reports(client: redis.Redis, keys: Keys, now: float | None = None
             if now - at < FORGET_AFTER:
                 seen[service.decode(), host] = at
     names = sorted(seen)
-    raw = await client.mget([keys.status(s, h) for s, h in names]) if names else []
+    raw = await _get_each(client, [keys.status(s, h) for s, h in names]) if names else []
     live = {}
     for name, data in zip(names, raw):
         if data is not None:
@@ -88,6 +91,12 @@ async def reports(client: redis.Redis, keys: Keys, now: float | None = None
             except msgspec.DecodeError:
                 continue  # a newer writer's report: shown as not reporting
     return live, seen
+
+
+async def _get_each(client: redis.Redis, keys: list[str]) -> list[bytes | None]:
+    """MGET; on Redis Cluster, where the hosts' reports are in different slots, one GET each
+    (in one round trip per node)."""
+    return await (client.mget_nonatomic(keys) if is_cluster(client) else client.mget(keys))
 
 
 def count(pipe, keys: Keys, now: float, lines: Counter, failures: Counter) -> None:

@@ -14,6 +14,13 @@ through a `Consumer` of a consumer group:
 - entries are acknowledged only when the service is done with them, often in
   the same transaction as what it wrote (`ack_on`), so a crash replays them.
 
+On Redis Cluster one XREADGROUP may only name streams of one slot, and each
+host's lines stream hashes on its own name, so the streams spread over the
+primaries. A consumer there reads each slot's streams with a call of its own,
+all at once; a blocking read keeps one call waiting per slot and returns as
+soon as any of them has entries, leaving the others waiting for the next
+read (`_Spread`), so a quiet host never delays a busy one.
+
 An enforcer reads decisions through a `Follower` instead: XREAD from a
 position it keeps in a key of its own host (enforcer/position.py), because a
 host's Redis user may read that stream but not write it, and XREADGROUP
@@ -25,6 +32,7 @@ contract of one read.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,9 +41,10 @@ from typing import Generic, TypeVar
 import msgspec
 import redis.asyncio as redis
 from prometheus_client import Counter
+from redis.crc import key_slot
 
 from pyfilter.common.keys import Keys
-from pyfilter.common.redisio import ensure_group
+from pyfilter.common.redisio import ensure_group, is_cluster
 
 log = logging.getLogger("pyfilter.streams")
 
@@ -67,6 +76,7 @@ class Consumer(Generic[T]):
         self.decoder = decode
         self.count = count
         self.errors = errors  # the service's errors counter, by kind: counts "undecodable"
+        self.spread = _Spread(self) if is_cluster(client) else None
 
     async def ensure_group(self, start: str = "0") -> None:
         for stream in self.streams:
@@ -89,13 +99,23 @@ class Consumer(Generic[T]):
             claimed += [(stream, entry_id, fields) for entry_id, fields in entries]
         return claimed
 
+    async def finish_reads(self) -> list[Entry]:
+        """What the reads still waiting bring (on Cluster, the slots a blocking read did not
+        return from), for a consumer that stops: it handles them rather than leave them pending."""
+        return await self.spread.finish() if self.spread else []
+
     async def _read(self, start: str, block_ms: int | None) -> list[Entry]:
-        if not self.streams:
+        if self.spread:
+            return await self.spread.read(start, block_ms)
+        return await self._read_streams(self.streams, start, block_ms)
+
+    async def _read_streams(self, streams: list[str], start: str, block_ms: int | None) -> list[Entry]:
+        if not streams:
             return []
         # COUNT is per stream: shared out, so that a read stays about `count`
         # entries however many hosts there are, and every host gets its turn.
-        count = max(1, -(-self.count // len(self.streams)))
-        reply = await self.client.xreadgroup(self.group, self.name, dict.fromkeys(self.streams, start),
+        count = max(1, -(-self.count // len(self.streams or streams)))
+        reply = await self.client.xreadgroup(self.group, self.name, dict.fromkeys(streams, start),
                                              count=count, block=block_ms)
         return [(_text(stream), entry_id, fields) for stream, entries in reply for entry_id, fields in entries]
 
@@ -124,6 +144,58 @@ class Consumer(Generic[T]):
             pipe.xack(stream, self.group, *stream_ids)
             if delete:
                 pipe.xdel(stream, *stream_ids)
+
+
+class _Spread:
+    """A consumer's reads on Redis Cluster: one XREADGROUP per slot of its streams."""
+
+    def __init__(self, consumer: Consumer):
+        self.consumer = consumer
+        # Blocking reads still waiting, by the streams they read: one per slot at most.
+        self.waiting: dict[tuple[str, ...], asyncio.Task] = {}
+
+    def slots(self) -> list[tuple[str, ...]]:
+        by_slot: dict[int, list[str]] = {}
+        for stream in self.consumer.streams:
+            by_slot.setdefault(key_slot(stream.encode()), []).append(stream)
+        return [tuple(streams) for streams in by_slot.values()]
+
+    async def read(self, start: str, block_ms: int | None) -> list[Entry]:
+        read = self.consumer._read_streams
+        if start != ">" or block_ms is None:  # nothing to wait for: every slot at once
+            replies = await asyncio.gather(*(read(list(s), start, block_ms) for s in self.slots()))
+            return [entry for reply in replies for entry in reply]
+        for streams in self.slots():
+            if streams not in self.waiting:
+                self.waiting[streams] = asyncio.ensure_future(read(list(streams), start, block_ms))
+        if not self.waiting:
+            return []
+        await asyncio.wait(self.waiting.values(), return_when=asyncio.FIRST_COMPLETED)
+        return self._collect()
+
+    async def finish(self) -> list[Entry]:
+        if self.waiting:
+            await asyncio.wait(self.waiting.values())
+        return self._collect()
+
+    def _collect(self) -> list[Entry]:
+        """The entries of every read that is done, which then stops waiting. A read that
+        failed raises its error (once); the entries it may have taken stay pending."""
+        entries: list[Entry] = []
+        failed: BaseException | None = None
+        for streams, task in list(self.waiting.items()):
+            if not task.done():
+                continue
+            del self.waiting[streams]
+            if task.cancelled():
+                continue
+            if task.exception() is not None:
+                failed = failed or task.exception()
+                continue
+            entries += task.result()
+        if failed is not None:
+            raise failed
+        return entries
 
 
 class Follower(Generic[T]):

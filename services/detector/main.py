@@ -35,7 +35,7 @@ from pyfilter.common.whitelist import Whitelist
 from pyfilter.detector import metrics
 from pyfilter.detector.matching import Matcher
 from pyfilter.detector.pruner import prune_until
-from pyfilter.detector.windows import Observed, Windows
+from pyfilter.detector.windows import Observed, Windows, digest
 
 logger = logging.getLogger("pyfilter.detector")
 
@@ -102,11 +102,13 @@ class Detector:
                 connection = f"{origin}:{batch.source}:{f.connection}" if f.connection else ""
                 # A time the source knows exactly (a container's stream time) wins over the text's.
                 when = line.time or f.time or batch.read_at
-                found.append(Observed(f.rule, address, batch.host, when, line.id, line.text, connection, f.once))
+                value = digest(f.value) if f.value else ""
+                found.append(Observed(f.rule, address, batch.host, when, line.id, line.text, connection, f.once,
+                                      f.weight, value))
                 # rsyslog's "message repeated N times": N failures, each with
                 # its own stable id, so a redelivery still counts each once.
                 found += [Observed(f.rule, address, batch.host, when, f"{line.id}#{n}",
-                                   line.text, connection, f.once) for n in range(2, f.count + 1)]
+                                   line.text, connection, f.once, f.weight, value) for n in range(2, f.count + 1)]
         return found
 
     def _warn_unknown_rules(self, batch: messages.LineBatch) -> None:
@@ -263,12 +265,13 @@ class Detector:
                 await self.forget_read()
                 await asyncio.sleep(1)
                 await self.resume()
-        # A read already on its way is finished before stopping, not left pending.
+        # A read already on its way is finished before stopping, not left pending
+        # (on Cluster, with what the other slots' reads bring).
         task, self.reading = self.reading, None
-        if task is not None and (entries := await task):
-            await self.settle()
-            await self.handle(entries)
+        entries = (await task if task is not None else []) + await self.lines.finish_reads()
         await self.settle()
+        if entries:
+            await self.handle(entries)
 
     async def settle(self) -> None:
         """Wait for the window update still running, if any."""

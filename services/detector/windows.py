@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -28,6 +29,15 @@ class Observed(NamedTuple):
     # and whether the line counts only if that connection has no other failure.
     connection: str = ""
     once: bool = False
+    weight: int = 1  # failures it counts as (its pattern's weight)
+    value: str = ""  # what a distinct window counts, as `digest` gives it ("": none)
+
+
+def digest(value: str) -> str:
+    """A captured value as a distinct window keeps it: 16 hex digits, whatever the
+    client wrote (an 8 KB path, quotes, an address), so hostile text is never a
+    Redis member and every value costs the same few bytes."""
+    return hashlib.blake2b(value.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest() if value else ""
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,7 @@ class Windows:
         """The failures grouped by (rule, address, host), as record_failures reads them."""
         groups: dict[tuple[str, str, str], list[object]] = defaultdict(list)
         for o in observed:
-            groups[(o.rule, o.address, o.host)] += (o.line_id, o.time, o.text, o.connection, o.once)
+            groups[(o.rule, o.address, o.host)] += (o.line_id, o.time, o.text, o.connection, o.once,
+                                                    o.weight, o.value)
         return [[name, address, host, *self._settings[name], lines]
                 for (name, address, host), lines in groups.items()]

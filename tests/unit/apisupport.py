@@ -16,6 +16,7 @@ from pyfilter.common import messages
 from pyfilter.common.config import Config, Rule, Seconds, Settings
 from pyfilter.common.keys import Keys
 from pyfilter.detector.windows import Observed, Windows
+from tests.conftest import CLUSTER_URLS
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -26,6 +27,7 @@ CONFIG_WHITELIST = "198.51.100.128/25"
 def settings(url: str, **geoip: str) -> Settings:
     config = Config(host="api-host", whitelist=[CONFIG_WHITELIST])
     config.redis.url = url
+    config.redis.cluster = url in CLUSTER_URLS
     config.redis.prefix = PREFIX
     config.api.token = TOKEN
     for key, value in geoip.items():

@@ -129,3 +129,53 @@ def run_backend(netns: str, make_backend, scenario, init: bool = True):
 
     with inside(netns):
         return asyncio.run(main())
+
+
+@contextlib.contextmanager
+def loopback_relay(netns: str, ports: list[int]):
+    """Make 127.0.0.1:PORT inside `netns` lead to 127.0.0.1:PORT of this machine's
+    loopback, for each port: a process run in the namespace (its kernel firewall
+    its own) reaches services the test started on loopback (a Redis Cluster, whose
+    nodes announce loopback addresses) by the same addresses. Nothing but the
+    namespace's loopback and the machine's is involved."""
+    sh("ip", "-n", netns, "link", "set", "lo", "up")
+    listeners = []
+    for port in ports:
+        with inside(netns):
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(64)
+        listeners.append(listener)
+        threading.Thread(target=_relay_accept, args=(listener, port), daemon=True).start()
+    try:
+        yield
+    finally:
+        for listener in listeners:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+
+
+def _relay_accept(listener: socket.socket, port: int) -> None:
+    while True:
+        try:
+            inner, _ = listener.accept()
+        except OSError:
+            return
+        try:
+            outer = socket.create_connection(("127.0.0.1", port))  # this thread is in the machine's namespace
+        except OSError:
+            inner.close()
+            continue
+        for a, b in ((inner, outer), (outer, inner)):
+            threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    for s in (source, sink):
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)

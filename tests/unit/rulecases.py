@@ -25,7 +25,7 @@ DEFAULT_NOW = "2026-11-21T20:30:00Z"
 # {{text}}, {{word:text}}, {{quoted:text}}, and with a link {{#u:text}}, {{word#u:text}}: fields
 # with the same link are one value the daemon writes twice (the hostile test fills them together).
 _FIELD = re.compile(r"\{\{(?:(word|quoted)?(?:#(\w+))?:(?=.))?(.*?)\}\}")
-_KEYS = ("user", "time", "count")
+_KEYS = ("user", "time", "count", "value", "weight")
 _DIRECTIVES = ("mode", "program", "now", "tz", "reset")
 
 
@@ -39,6 +39,8 @@ class Expected:
     user: str | None = None
     time: str | None = None
     count: int | None = None
+    value: str | None = None  # a distinct window's capture (a request path)
+    weight: int | None = None
     may_miss: str | None = None  # why hostile text may make it match nothing
 
 
@@ -163,8 +165,8 @@ def _expectation(path: Path, n: int, text: str) -> Expected:
     for word in words[1:]:
         key, eq, value = word.partition("=")
         if not eq or key not in _KEYS:
-            raise CasesError(f"{path.name}:{n}: expected user=, time= or count=, got {word!r}")
-        setattr(expected, key, int(value) if key == "count" else value)
+            raise CasesError(f"{path.name}:{n}: expected user=, time=, count=, value= or weight=, got {word!r}")
+        setattr(expected, key, int(value) if key in ("count", "weight") else value)
     return expected
 
 
@@ -206,6 +208,10 @@ def judge(case: Case, found: list[Failure]) -> str | None:
         return f"expected user {want.user!r}, got {got.user!r}"
     if want.count is not None and got.count != want.count:
         return f"expected count {want.count}, got {got.count}"
+    if want.value is not None and got.value != want.value:
+        return f"expected value {want.value!r}, got {got.value!r}"
+    if want.weight is not None and got.weight != want.weight:
+        return f"expected weight {want.weight}, got {got.weight}"
     if want.time is not None and (got.time is None or int(got.time) != int(parse_time(want.time))):
         shown = datetime.fromtimestamp(got.time, timezone.utc).isoformat() if got.time is not None else None
         return f"expected time {want.time}, got {shown}"

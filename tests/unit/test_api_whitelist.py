@@ -1,4 +1,6 @@
-"""The whitelist through the API: listing both parts, adding lifts bans, removing."""
+"""The whitelist through the API: listing both parts, adding lifts bans, removing.
+
+Every test runs on a single Redis and on a 3-primary Redis Cluster."""
 
 from __future__ import annotations
 
@@ -7,6 +9,11 @@ import time
 import pytest
 
 from tests.unit.apisupport import AUTH, CONFIG_WHITELIST, call, decisions, detector_ban
+
+
+@pytest.fixture
+def redis_url(any_redis_url):
+    return any_redis_url
 
 
 def test_whitelist_lists_config_entries_read_only_and_operator_entries(redis_url):

@@ -96,3 +96,35 @@ def test_batches_carry_the_zone_their_source_writes_times_in(tmp_path, redis_url
         wait_for_lines(redis_url, ["Nov 17 20:00:00 h sshd[1]: Failed password for root from 198.51.100.7 port 22"])
     client = redis.Redis.from_url(redis_url)
     assert {decode_batch(fields[b"m"]).tz for _, fields in client.xrange(Keys().lines(HOST))} == {"America/New_York"}
+
+
+def test_a_batch_its_checkpoint_and_own_addresses_are_committed_on_one_redis_and_on_cluster(any_redis_url):
+    """On Cluster the stream, the checkpoint and the own addresses are in three slots:
+    the commit writes them in turn (lines first), and every one arrives."""
+    import asyncio
+
+    from pyfilter.collector.checkpoints import Committer, load
+    from pyfilter.collector.sources.base import Batch, Stats
+    from pyfilter.common.messages import Line
+    from tests.conftest import aclient
+
+    keys = Keys()
+
+    async def go():
+        client = aclient(any_redis_url)
+        committer, stats = Committer(client, keys, HOST, 1000), Stats()
+        await committer.commit("app", Batch([Line("app:1:2:0", "first")], checkpoint={"f": b"6", "old": b"1"},
+                                            own=["198.51.100.3"]), stats)
+        await committer.commit("app", Batch([Line("app:1:2:6", "second")], checkpoint={"f": b"13"},
+                                            forget=["old"]), stats)
+        await committer.commit("app", Batch([], checkpoint={"seen": b"1"}), stats)
+        found = ([decode_batch(f[b"m"]).lines[0].text for _, f in await client.xrange(keys.lines(HOST))],
+                 await load(client, keys, HOST, "app"), await client.hgetall(keys.own_addresses(HOST)),
+                 await client.smembers(keys.hosts), committer.length, stats.lines)
+        await client.aclose()
+        return found
+
+    stream, checkpoint, own, listed, length, counted = asyncio.run(go())
+    assert stream == ["first", "second"] and length == 2 and counted == 2
+    assert checkpoint == {"f": b"13", "seen": b"1"}
+    assert own == {b"source:app": b"198.51.100.3"} and listed == {HOST.encode()}

@@ -1,9 +1,10 @@
 """Replicas are interchangeable: 1 or 3 detectors, one killed midway, the same bans.
 
-Real detector processes against a real Redis. The lines stream is filled the
-way the collector fills it; the victim replica is frozen (SIGSTOP) while it
-holds unacknowledged batches, then killed (SIGKILL), so its batches must be
-claimed and finished by the others.
+Real detector processes against a real Redis. Three hosts' lines streams are
+filled the way their collectors fill them (on the 3-primary Cluster each
+stream is on a primary of its own); the victim replica is frozen (SIGSTOP)
+while it holds unacknowledged batches, then killed (SIGKILL), so its batches
+must be claimed and finished by the others.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def sync_client(url: str):
 REPO = Path(__file__).resolve().parents[2]
 KEYS = Keys("rep:")
 BATCH = 100
+# Their streams' slots are on three different primaries of the test cluster
+# (rep:lines:h1 16181, h2 3926, h3 8055).
+HOSTS = ("h1", "h2", "h3")
+STREAMS = [KEYS.lines(h) for h in HOSTS]
 
 
 def attack_log() -> list[str]:
@@ -50,12 +55,32 @@ def attack_log() -> list[str]:
     return lines
 
 
+def probing_log() -> list[str]:
+    """nginx access lines: 60 addresses ask 22 different missing paths (banned by web-probing,
+    20 within a minute), 60 ask 6 different ones 5 times each (30 404s, 6 values: not), among
+    24,000 lines of found pages."""
+    now = datetime.now(timezone.utc).strftime("%d/%b/%Y:%H:%M:%S +0000")
+    banned = [f"198.51.100.{i}" for i in range(1, 31)] + [f"2001:db8::{i:x}" for i in range(1, 31)]
+    spared = [f"198.51.100.{i}" for i in range(101, 131)] + [f"2001:db8:1::{i:x}" for i in range(1, 31)]
+    lines = []
+    for round_ in range(22):
+        for address in banned:
+            lines.append(f'{address} - - [{now}] "GET /scan/{round_}/x.php HTTP/1.1" 404 153 "-" "-"')
+        for address in spared:
+            lines.append(f'{address} - - [{now}] "GET /old/{round_ % 6} HTTP/1.1" 404 153 "-" "Mozilla/5.0"')
+        for n in range(1100):
+            lines.append(f'198.51.100.250 - - [{now}] "GET /page/{n} HTTP/1.1" 200 5120 "-" "Mozilla/5.0"')
+    return lines
+
+
 def feed(client: redis.Redis, lines: list[str]) -> None:
-    for start in range(0, len(lines), BATCH):
-        chunk = [messages.Line(f"auth:1:2:{i * 200}", text)
+    """The lines in batches, dealt to the hosts in turn (each host's own line ids)."""
+    for n, start in enumerate(range(0, len(lines), BATCH)):
+        host = n % len(HOSTS)
+        chunk = [messages.Line(f"auth:1:{2 + host}:{i * 200}", text)
                  for i, text in enumerate(lines[start:start + BATCH], start)]
-        batch = messages.LineBatch(host="h1", source="auth", lines=chunk, read_at=time.time())
-        client.xadd(KEYS.lines("h1"), {"m": messages.encode(batch)})
+        batch = messages.LineBatch(host=HOSTS[host], source="auth", lines=chunk, read_at=time.time())
+        client.xadd(STREAMS[host], {"m": messages.encode(batch)})
 
 
 def start_detector(config: Path, url: str) -> subprocess.Popen:
@@ -71,10 +96,16 @@ def start_detector(config: Path, url: str) -> subprocess.Popen:
 
 
 def drained(client: redis.Redis) -> bool:
-    if client.xlen(KEYS.lines("h1")):
-        return False
-    groups = client.xinfo_groups(KEYS.lines("h1"))
-    return all(g["pending"] == 0 for g in groups)
+    return not any(client.xlen(s) for s in STREAMS) and pending(client) == 0
+
+
+def pending(client: redis.Redis) -> int:
+    return sum(g["pending"] for s in STREAMS for g in client.xinfo_groups(s))
+
+
+def grouped(client: redis.Redis) -> bool:
+    """Every host's stream has the detectors' group."""
+    return all(client.exists(s) and client.xinfo_groups(s) for s in STREAMS)
 
 
 def wait(predicate, timeout: float, what: str, log: Path | None = None) -> None:
@@ -92,14 +123,14 @@ def decided(client: redis.Redis) -> set[tuple[str, str]]:
                                           for _, f in client.xrange(KEYS.decisions))}
 
 
-def write_config(tmp_path: Path) -> Path:
+def write_config(tmp_path: Path, rule: str = "sshd") -> Path:
     config = tmp_path / "pyfilter.yaml"
     config.write_text(f"""
 redis: {{prefix: "rep:"}}
 catalog_dir: {REPO / "config" / "rules"}
 detector: {{claim_idle: 2s}}
 rules:
-  sshd: {{}}
+  {rule}: {{}}
 """)
     return config
 
@@ -109,7 +140,7 @@ def freeze_while_holding(client: redis.Redis, victim: subprocess.Popen) -> None:
     consumer = victim.consumer
     while True:
         victim.send_signal(signal.SIGSTOP)
-        held = [c for c in client.xinfo_consumers(KEYS.lines("h1"), DETECT_GROUP)
+        held = [c for s in STREAMS for c in client.xinfo_consumers(s, DETECT_GROUP)
                 if c["name"].decode() == consumer and c["pending"] > 0]
         if held:
             return
@@ -119,17 +150,16 @@ def freeze_while_holding(client: redis.Redis, victim: subprocess.Popen) -> None:
 
 
 def run_replicas(url: str, config: Path, replicas: int, kill_one: bool,
-                 keep_data: bool = False) -> set[tuple[str, str]]:
+                 keep_data: bool = False, log=attack_log) -> set[tuple[str, str]]:
     client = sync_client(url)
     if not keep_data:
         client.flushall()
-    client.sadd(KEYS.hosts, "h1")
+    client.sadd(KEYS.hosts, *HOSTS)
     # With a victim, it starts alone so the batches it will die holding are its own.
     procs = [start_detector(config, url) for _ in range(1 if kill_one else replicas)]
     try:
-        wait(lambda: len(client.xinfo_groups(KEYS.lines("h1"))) if client.exists(KEYS.lines("h1")) else False,
-             60, "the detectors' consumer group", config.parent / "detectors.log")
-        feed(client, attack_log())
+        wait(lambda: grouped(client), 60, "the detectors' consumer group", config.parent / "detectors.log")
+        feed(client, log())
         if kill_one:
             victim = procs[0]
             freeze_while_holding(client, victim)
@@ -158,22 +188,40 @@ def test_one_and_three_replicas_with_one_killed_decide_the_same_bans(any_redis_u
     assert three == expected
 
 
-def test_a_stopped_detector_finishes_what_it_took(redis_url, tmp_path):
+def test_one_and_three_replicas_decide_the_same_distinct_window_bans(any_redis_url, tmp_path):
+    """The distinct window (web-probing): the same bans with one replica, and with three
+    of which one is killed while it holds batches; each ban is decided by that window."""
+    config = write_config(tmp_path, "web-probing")
+    expected = {(f"198.51.100.{i}", "web-probing") for i in range(1, 31)} | \
+               {(f"2001:db8::{i:x}", "web-probing") for i in range(1, 31)}
+    redis_url = any_redis_url  # a single Redis and a 3-primary Redis Cluster
+    one = run_replicas(redis_url, config, replicas=1, kill_one=False, log=probing_log)
+    three = run_replicas(redis_url, config, replicas=3, kill_one=True, log=probing_log)
+    assert one == expected
+    assert three == expected
+    client = sync_client(redis_url)
+    windows = {messages.decode_record(client.get(KEYS.ban(a))).window for a, _ in expected}
+    assert windows == {"distinct"}
+
+
+def test_a_stopped_detector_finishes_what_it_took(any_redis_url, tmp_path):
     """SIGTERM while busy: the detector finishes the reads it already took
-    (including the one it asked for ahead) and leaves nothing pending."""
+    (including the one it asked for ahead and, on Cluster, what the other
+    primaries' reads still brought) and leaves nothing pending."""
+    redis_url = any_redis_url
     config = write_config(tmp_path)
     client = sync_client(redis_url)
     client.flushall()
-    client.sadd(KEYS.hosts, "h1")
+    client.sadd(KEYS.hosts, *HOSTS)
     first = start_detector(config, redis_url)
     log = config.parent / "detectors.log"
-    wait(lambda: client.exists(KEYS.lines("h1")) and client.xinfo_groups(KEYS.lines("h1")), 60, "the consumer group", log)
+    wait(lambda: grouped(client), 60, "the consumer group", log)
     feed(client, attack_log() * 4)
-    wait(lambda: client.xinfo_groups(KEYS.lines("h1"))[0]["pending"] > 0, 30, "the detector to take work", log)
+    wait(lambda: pending(client) > 0, 30, "the detector to take work", log)
     first.terminate()
     assert first.wait(30) == 0
-    assert client.xinfo_groups(KEYS.lines("h1"))[0]["pending"] == 0, log.read_text()[-3000:]
-    assert client.xlen(KEYS.lines("h1")) > 0, "the detector finished the whole stream before it was stopped"
+    assert pending(client) == 0, log.read_text()[-3000:]
+    assert sum(client.xlen(s) for s in STREAMS) > 0, "the detector finished every stream before it was stopped"
     second = start_detector(config, redis_url)  # the rest, for the same bans as without a stop
     try:
         wait(lambda: drained(client), 60, "every batch to be processed", log)

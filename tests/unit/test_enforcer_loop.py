@@ -1,5 +1,7 @@
 """The enforcer's loop against a real Redis: apply, catch up after downtime, reconcile, refuse.
 
+Every test runs on a single Redis and on a 3-primary Redis Cluster.
+
 The backend here is the log-only one (an in-memory stand-in for the kernel
 with the same semantics); the nftables backend has its own tests in a
 network namespace, and the integration suite runs both together.
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-import redis.asyncio as aioredis
+import pytest
 
 from pyfilter.common import messages
 from pyfilter.common.config import Config, Rule, Settings
@@ -18,13 +20,20 @@ from pyfilter.common.keys import Keys
 from pyfilter.common.ledger import Ledger, NewBan
 from pyfilter.enforcer.backends.log_only import LogOnlyBackend
 from pyfilter.enforcer.main import Enforcer
+from tests.conftest import CLUSTER_URLS, aclient
 
 KEYS = Keys("t:")
+
+
+@pytest.fixture
+def redis_url(any_redis_url):
+    return any_redis_url
 
 
 def settings(url: str, rules: dict[str, Rule] | None = None) -> Settings:
     config = Config(host="host-b", whitelist=["198.51.100.240/28"])
     config.redis.url = url
+    config.redis.cluster = url in CLUSTER_URLS
     config.redis.prefix = "t:"
     return Settings(config=config, rules=rules or {}, path="test")
 
@@ -68,7 +77,7 @@ class Running:
 
 def test_decisions_apply_and_a_host_that_was_down_catches_up(redis_url):
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         kernel = LogOnlyBackend()
         async with Running(redis_url, kernel):
             await publish(client, "ban", "198.51.100.7")
@@ -89,7 +98,7 @@ def test_decisions_apply_and_a_host_that_was_down_catches_up(redis_url):
 
 def test_reconcile_restores_missing_bans_with_remaining_time_and_drops_stale_ones(redis_url):
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         await publish(client, "ban", "198.51.100.8", duration=300)
         kernel = LogOnlyBackend()
         await kernel.ban([])  # nothing yet; a stale element the state does not know:
@@ -108,7 +117,7 @@ def test_reconcile_restores_missing_bans_with_remaining_time_and_drops_stale_one
 
 def test_refuses_loopback_and_whitelisted_whatever_the_decision_says(redis_url):
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         kernel = LogOnlyBackend()
         async with Running(redis_url, kernel):
             for address in ("127.0.0.1", "198.51.100.241", "::1"):
@@ -123,7 +132,7 @@ def test_refuses_loopback_and_whitelisted_whatever_the_decision_says(redis_url):
 
 def test_expired_decision_is_not_applied(redis_url):
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         kernel = LogOnlyBackend()
         async with Running(redis_url, kernel):
             now = time.time()
@@ -146,7 +155,7 @@ def test_a_decision_scope_reaches_the_kernel_and_a_restarted_enforcer_keeps_it(r
     rules = {"sshd": Rule(service="ssh", sources=["auth"], patterns=["x"], ports=[22, 2222], verdict="reject")}
 
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         kernel = LogOnlyBackend()
         async with Running(redis_url, kernel, rules):
             await publish(client, "ban", "198.51.100.12", ports=[2222, 22], verdict="reject")
@@ -177,7 +186,7 @@ def test_enforcer_publishes_its_own_addresses_for_detectors_and_api(redis_url):
     from pyfilter.common import hosts
 
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         kernel = LogOnlyBackend()
         async with Running(redis_url, kernel) as enforcer:
             await until(lambda: _published(client))
@@ -215,7 +224,7 @@ def test_decision_read_through_the_old_group_and_not_acknowledged_is_taken_over_
     from pyfilter.enforcer.backends.base import Ban, parse_target_text
 
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         group = KEYS.enforce_group("host-b")
         await ensure_group(client, KEYS.decisions, group, start="$")
         await publish(client, "ban", "198.51.100.19")
@@ -241,7 +250,7 @@ def test_the_first_position_comes_from_the_old_group_or_the_end_of_the_stream(re
     from pyfilter.enforcer.position import Position, before
 
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         first = await client.xadd(KEYS.decisions, {"m": b"1"})
         second = await client.xadd(KEYS.decisions, {"m": b"2"})
         await ensure_group(client, KEYS.decisions, KEYS.enforce_group("pending"), start="0")
@@ -263,7 +272,7 @@ def test_the_first_position_comes_from_the_old_group_or_the_end_of_the_stream(re
 
 def test_decisions_after_the_saved_position_are_applied_after_a_restart_and_no_others(redis_url):
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         kernel = CountingBackend()
         async with Running(redis_url, kernel):
             await publish(client, "ban", "198.51.100.30")
@@ -286,7 +295,7 @@ def test_operator_whitelist_in_redis_is_honoured(redis_url):
     from pyfilter.common.addresses import parse_network
 
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         await whitelist.add(client, KEYS, parse_network("2001:db8:aa::/48"))
         kernel = LogOnlyBackend()
         async with Running(redis_url, kernel):
@@ -303,7 +312,7 @@ def test_an_undecodable_decision_is_skipped_and_the_next_applied(redis_url):
     """An enforcer may not write the decisions stream (nor its dead letters): it
     logs and counts what it cannot read, and goes on (common/streams.py)."""
     async def go():
-        client = aioredis.from_url(redis_url)
+        client = aclient(redis_url)
         kernel = LogOnlyBackend()
         async with Running(redis_url, kernel):
             # The position starts at the end of the stream: the entry must come after it.

@@ -91,12 +91,15 @@ def only_given_keys_are_written(redis_url: str, split: bool) -> None:
         ledger.split = split
         rules = {"sshd": make_rule(findtime=Seconds(600), ports=[22], verdict="reject"),
                  "web": make_rule(window="consecutive", failed_attempts=2, request_time=Seconds(5)),
-                 "recidive": make_rule(maxretry=1, findtime=Seconds(86400), bantime=Seconds(-1))}
+                 "recidive": make_rule(maxretry=1, findtime=Seconds(86400), bantime=Seconds(-1)),
+                 "probe": make_rule(window="distinct", maxretry=2)}
         windows = Windows(client, "t:", rules)
         windows._ledger = ledger
         observed = [Observed("sshd", "198.51.100.7", "host-a", NOW - 3 + i, f"s:{i}", "failed", "h:auth:9", i == 0)
                     for i in range(4)]
         observed += [Observed("web", "2001:db8::/64", "host-a", NOW - 2 + i, f"w:{i}", "401") for i in range(2)]
+        observed += [Observed("probe", "198.51.100.10", "host-a", NOW - 2 + i, f"p:{i}", "404", weight=1,
+                              value=f"{i:016x}") for i in range(2)]
         await windows.record(observed, NOW)
         await ledger.ban([NewBan(record("198.51.100.8")), NewBan(record("198.51.100.9", -1), [80], "drop")])
         await ledger.unban(["198.51.100.8"], "host-a", "manual unban")
@@ -112,6 +115,7 @@ def only_given_keys_are_written(redis_url: str, split: bool) -> None:
         return
     assert all(len(t) == 1 for t in tags), tags  # every call in one slot
     assert {"198.51.100.7"} in tags and {"2001:db8::/64"} in tags and {"bans"} in tags
+    assert {"198.51.100.10"} in tags
     assert {"notify:webhook"} in tags and {"notify:email"} in tags
     # One address's windows share its tag; its record and count are on the ban side.
     for address in ("198.51.100.7", "2001:db8::/64"):
@@ -157,11 +161,9 @@ def test_the_library_comes_back_after_redis_lost_it_and_replaces_an_older_copy(r
     assert stale == -1 and fresh == 0
 
 
-def test_a_decision_of_the_previous_version_is_still_applied(single_redis_url):
+def test_a_decision_of_the_previous_version_is_still_applied(redis_url):
     """Hosts upgrade one at a time: a decision as version 1 wrote it (the detector's
-    Lua table, with `v` typed in) reaches the kernel with its scope. (A single Redis:
-    enforcers are not run on Cluster yet, docs/scaling.md.)"""
-    redis_url = single_redis_url
+    Lua table, with `v` typed in) reaches the kernel with its scope."""
     old = {"type": "decision", "action": "ban", "address": "198.51.100.20", "rule": "sshd",
            "origin": "detector", "host": "host-a", "created_at": time.time(), "duration": 600,
            "expires_at": time.time() + 600, "reason": "5 failures of sshd", "ports": [22],

@@ -25,6 +25,7 @@ from pyfilter.common import messages, status
 from pyfilter.common.config import load
 from pyfilter.common.keys import DETECT_GROUP, Keys
 from pyfilter.common.redisio import ensure_group
+from tests.conftest import aclient
 from tests.journal_files import MISSING, write_journal
 
 from .apisupport import PREFIX, call, detector_ban
@@ -61,7 +62,7 @@ def enforcer_report(host: str = "web-1", **kw) -> messages.EnforcerStatus:
 
 
 async def publish(url: str, *reports) -> None:
-    client = aioredis.Redis.from_url(url)
+    client = aclient(url)
     for r in reports:
         service = "collector" if isinstance(r, messages.CollectorStatus) else "enforcer"
         await status.Publisher(client, KEYS, service, r.host).publish(r)
@@ -209,9 +210,12 @@ def test_the_report_joins_sources_counts_bans_and_the_firewall_per_host(redis_ur
     assert any(line.split()[:6] == ["sshd", "journal", "40", "3", "1", "1"] for line in text.splitlines())
 
 
-def test_problems_say_what_is_missing_and_a_silent_host_is_not_reporting(redis_url, tmp_path):
+def test_problems_say_what_is_missing_and_a_silent_host_is_not_reporting(any_redis_url, tmp_path):
+    """On a single Redis and on a 3-primary Redis Cluster (each host's report in its own slot)."""
+    redis_url = any_redis_url
+
     async def stale():
-        client = aioredis.Redis.from_url(redis_url)
+        client = aclient(redis_url)
         await client.sadd(KEYS.hosts, "web-2")
         await client.hset(KEYS.status_seen("web-2"), "collector", repr(NOW - 3600))  # its report expired
         await client.aclose()

@@ -53,11 +53,12 @@ class Pattern:
     full_names: tuple[str, ...] = ()
     short_names: tuple[str, ...] = ()
     repeats: bool = False
-    # The groups of (host, user, ruser, pid, time); a capture the pattern
+    # The groups of (host, user, ruser, pid, time, value); a capture the pattern
     # lacks reads its end marker instead, which is always "" (no value).
     pick: tuple[str, ...] = ()
     ends: bool = False  # SUCCESS or CLOSE: the end of a connection
     counted: str | None = None  # the group of a `count` capture (the failures a line stands for)
+    weight: int = 1  # failures a match counts as (the rule file's `{re: ..., weight: N}`)
 
     def __post_init__(self) -> None:
         self.ends = self.kind in (SUCCESS, CLOSE)
@@ -66,7 +67,7 @@ class Pattern:
         self.repeats = len(set(self.short_names)) != len(self.short_names)
         names = dict(zip(self.short_names, self.full_names))
         marker = f"p__{self.index}"
-        self.pick = tuple(names.get(k, marker) for k in ("host", "user", "ruser", "pid", "time"))
+        self.pick = tuple(names.get(k, marker) for k in ("host", "user", "ruser", "pid", "time", "value"))
         self.counted = names.get("count")
 
     def captures(self, m: re.Match[str]) -> dict[str, str]:
@@ -114,8 +115,11 @@ class CompiledRule:
             self.patterns.append(Pattern(
                 i, kind,
                 [(f"{g}__{i}", g) for g in _GROUP.findall(body)] + [(g, g) for g in _GROUP.findall(prefix)],
-                "host" in names,
+                "host" in names, weight=rule.weight_of(i),
             ))
+            if rule.window == "distinct" and kind in (FAIL, ONCE) and "value" not in names:
+                raise RuleError(f"rule {name}: patterns[{i}] captures no value (<PATH> or (?P<value>...)), "
+                                f"which its distinct window counts: {raw}")
             found = literals(raw)
             required.append(max(found, key=len) if found else "")
         # Literals one of which a line must hold: the rule's own, always
@@ -151,6 +155,7 @@ class CompiledRule:
                                                            else expand(raw))))
             except re.error as exc:
                 raise RuleError(f"rule {name}: ignore[{j}]: {exc}: {raw}") from None
+        self.ignore_values = [re.compile(raw) for raw in rule.ignore_values]  # checked by config
         self.stateful = any(p.kind != FAIL or not p.has_host for p in self.patterns)
         self.connections = Connections(name, any(p.kind == ONCE for p in self.patterns))
 
@@ -239,9 +244,11 @@ class CompiledRule:
         if pat.repeats:
             caps = pat.captures(m)
             host, user, ruser = caps.get("host"), caps.get("user"), caps.get("ruser")
-            pid, when = caps.get("pid"), caps.get("time")
+            pid, when, value = caps.get("pid"), caps.get("time"), caps.get("value")
         else:
-            host, user, ruser, pid, when = m.group(*pat.pick)
+            host, user, ruser, pid, when, value = m.group(*pat.pick)
+        if value and self.ignore_values and any(rx.search(value) for rx in self.ignore_values):
+            return None
         if host:
             if host[0] in "[:" or "%" in host:
                 host = normalize_host(host)
@@ -254,7 +261,7 @@ class CompiledRule:
             if host and (pat.kind == FAIL or pat.kind == ONCE):
                 count = int(m.group(pat.counted) or 1) if pat.counted else 1
                 return new_failure((self.name, host, self.time_of(when, lines, k, text), user, pat.index,
-                                    "", False, count))
+                                    "", False, count, pat.weight, value or ""))
             return None
         key = (lines.source, lines.origin, pid)
         if pat.ends and key not in self.connections.open:

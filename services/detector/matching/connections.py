@@ -47,6 +47,9 @@ class Failure(NamedTuple):
     connection: str = ""
     once: bool = False
     count: int = 1  # lines it stands for (rsyslog's "message repeated N times")
+    weight: int = 1  # failures it counts as (its pattern's `weight`)
+    # What a distinct window counts (a `value` capture: a request path), "" for none.
+    value: str = ""
 
 
 # `new_failure((...))` makes the same Failure as `Failure(...)`, without the
@@ -123,14 +126,14 @@ class Connections:
                 conn.pending = (rule.time_of(when, lines, k, text), user, pat.index)
                 return None
             failure = new_failure((self.rule, conn.host, rule.time_of(when, lines, k, text), user, pat.index,
-                                   connection, kind == ONCE, 1))
+                                   connection, kind == ONCE, 1, pat.weight, ""))
         elif kind != ONCE:
             if conn.pending and conn.host and kind != SUCCESS:
-                failure = self._resolve(conn, rule.time_of(when, lines, k, text), connection)
+                failure = self._resolve(conn, rule.time_of(when, lines, k, text), connection, rule)
                 conn.pending = None
             elif user and conn.host and conn.users and user not in conn.users:
                 failure = new_failure((self.rule, conn.host, rule.time_of(when, lines, k, text), user, pat.index,
-                                       connection, False, 1))
+                                       connection, False, 1, pat.weight, ""))
         if user:
             conn.users.add(user)
         if failure is not None:
@@ -145,7 +148,8 @@ class Connections:
                     self.closed.popitem(last=False)
         return failure
 
-    def _resolve(self, conn: _Connection, at: float | None, connection: str) -> Failure | None:
+    def _resolve(self, conn: _Connection, at: float | None, connection: str,
+                 rule: CompiledRule) -> Failure | None:
         """The failure that waited for its connection's address, now known, if still fresh.
 
         It is dated by the line that completes it, as fail2ban does. Waiting
@@ -156,7 +160,8 @@ class Connections:
         ptime, puser, pindex = conn.pending  # type: ignore[misc]
         if ptime is not None and at is not None and at - ptime > PENDING_FOR:
             return None
-        return new_failure((self.rule, conn.host, at, puser, pindex, connection, False, 1))
+        return new_failure((self.rule, conn.host, at, puser, pindex, connection, False, 1,
+                            rule.rule.weight_of(pindex), ""))
 
     @staticmethod
     def _reused(conn: _Connection, when: float | None) -> bool:

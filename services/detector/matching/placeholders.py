@@ -6,6 +6,9 @@
     <ADDR>    the same, IP addresses only
     <USER>    any text, as little as possible, captured as `user`
     <PID>     a process or connection id, captured as `pid` (the connection key)
+    <PATH>    a request path (from its `/` up to a query, a quote or a space;
+              backslash escapes, JSON's and Apache's, read whole), captured as
+              `value`: what a distinct window counts
     <SYSLOG>  a whole syslog header, for rules without `programs` (which match
               whole lines, as before envelopes existed): `^`, an optional
               timestamp, an optional host name
@@ -32,6 +35,7 @@ PLACEHOLDERS = {
     "<ADDR>": rf"(?:::ffff:)?(?P<host>{_IPV4}|{_IPV6})",
     "<USER>": r"(?P<user>.*?)",
     "<PID>": r"(?P<pid>\d+)",
+    "<PATH>": r"(?P<value>/[^\s\"\\?]*+(?:\\.[^\s\"\\?]*+)*+)",
     "<SYSLOG>": rf"^\s*(?:{_TIMESTAMP} +)?(?:[^\s\[\]]+ +)??",
 }
 _PLACEHOLDER = re.compile("|".join(re.escape(k) for k in PLACEHOLDERS))
