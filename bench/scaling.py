@@ -1,7 +1,7 @@
 """How far one Redis goes: failures/s and decisions/s with 1, 2 and 3 detectors.
 
     python -m bench.scaling [--failures 200000] [--addresses 50000] [--detectors 1,2,3]
-                            [--clients 1,2,3] [--shards 0,1,3]
+                            [--clients 1,2,3] [--shards 0,1,3] [--network]
 
 A private `redis-server` on a unix socket (no persistence), or with
 `--shards N` a private Redis Cluster of N primaries on loopback TCP (no
@@ -241,6 +241,9 @@ class Run:
 # --- pipeline: the real detectors ------------------------------------------------------------
 
 
+WIDENING = False  # --network
+
+
 def _config(work: Path, servers: Servers) -> Path:
     path = work / "pyfilter.yaml"
     path.write_text(yaml.safe_dump({
@@ -248,6 +251,7 @@ def _config(work: Path, servers: Servers) -> Path:
         "catalog_dir": str(REPO / "config" / "rules"),
         "redis": {"url": servers.url, "cluster": bool(servers.shards)},
         "rules": {"sshd": {"maxretry": MAXRETRY, "findtime": FINDTIME, "bantime": BANTIME}},
+        "network": {"enabled": WIDENING},
     }))
     return path
 
@@ -330,6 +334,8 @@ def _script_client(url: str, cluster: bool, log: Attack, part: int, parts: int, 
     import redis.asyncio as aioredis
     from redis.asyncio.cluster import RedisCluster
 
+    from pyfilter.common.config import NetworkConfig
+    from pyfilter.common.network import Widening
     from pyfilter.detector.windows import Observed, Windows
 
     n = len(log.lines)
@@ -342,7 +348,8 @@ def _script_client(url: str, cluster: bool, log: Attack, part: int, parts: int, 
 
     async def main() -> None:
         client = RedisCluster.from_url(url) if cluster else aioredis.Redis.from_url(url)
-        windows = Windows(client, "", {"sshd": _rule()})
+        widening = Widening(NetworkConfig(enabled=True)) if WIDENING else None
+        windows = Windows(client, "", {"sshd": _rule()}, widening)
         await windows.record(calls[0][:1], now)  # load the script (one failure: no ban yet)
         ready.put(True)
         go.wait()
@@ -380,7 +387,7 @@ def script(log: Attack, clients: int, work: Path, shards: int) -> Run:
         for w in workers:
             w.join()
         banned = client.zcard(Keys("").active_bans)
-        if banned != len(log.addresses):
+        if banned < len(log.addresses):  # (with --network, their networks too)
             raise RuntimeError(f"script run banned {banned} of {len(log.addresses)}")
         run = Run("script", servers.name, clients, seconds, len(log.lines), client.xlen(Keys("").decisions),
                   servers.cpu() - redis0, cpu, servers.commands() - cmd0, servers.peak_mb())
@@ -419,7 +426,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="0: one Redis (unix socket); N: a Redis Cluster of N primaries (default 0)")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--work", type=Path, help="keep logs here (default: a temporary folder)")
+    parser.add_argument("--network", action="store_true",
+                        help="per-network widening on, with its defaults (docs/rules.md, \"Per network\")")
     args = parser.parse_args(argv)
+    global WIDENING
+    WIDENING = args.network
 
     log = attack(args.failures, args.addresses, time.time())  # the script runs' (they pass the clock)
     print(f"# {len(log.lines):,} failures from {len(log.addresses):,} addresses, "

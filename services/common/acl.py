@@ -136,7 +136,8 @@ def _ledger(keys: Keys) -> list[str]:
     """What the ledger's functions write for a ban or an unban (every key they are given)."""
     return [keys.ban("*"), keys.ban_count("*"), keys.crossed("*"), keys.active_bans, keys.ban_scopes,
             keys.ban_history, keys.decisions, keys.ban_index, keys.ban_indexed, keys.ban_counts,
-            keys.ban_day("*"), keys.ban_past, keys.ban_past_until]
+            keys.ban_day("*"), keys.ban_past, keys.ban_past_until,
+            keys.network_units, keys.network_seen, keys.network_members]
 
 
 def _glob(key: str, prefix: str) -> str:

@@ -112,3 +112,8 @@ _SPECIAL = {
         ("loopback", "::1/128"), ("link-local", "fe80::/10"), ("unspecified address", "::/128"),
         ("multicast", "ff00::/8"), ("IPv4-mapped range", "::ffff:0:0/96"))],
 }
+
+
+def special_networks(version: int) -> list[Network]:
+    """The networks never banned whatever the configuration says (loopback, link-local...)."""
+    return [network for _, network in _SPECIAL[version]]

@@ -349,6 +349,35 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True):
     widest_ban_v6: Annotated[int, msgspec.Meta(ge=0, le=128)] = 32
 
 
+class NetworkConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Per-network widening of bans (docs/rules.md, "Per network"): when `threshold`
+    addresses of one network are banned by the detector within `findtime`, the
+    network is banned for `bantime`. `ipv4`, `ipv6`: the widening steps (prefix
+    lengths, narrowest first); a step past the first counts the distinct networks
+    of the step before it (an IPv6 /48 counts its /64s). `widest_v4`, `widest_v6`:
+    no step, and no ASN network, is wider. `asn`: the same by network owner, with
+    `geoip.asn_db`. Off by default: a network is often shared (carrier NAT)."""
+
+    enabled: bool = False
+    threshold: Annotated[int, msgspec.Meta(ge=2)] = 10
+    findtime: Seconds = Seconds(3600)
+    bantime: Seconds = Seconds(3600)
+    ipv4: list[Annotated[int, msgspec.Meta(ge=1, le=31)]] = msgspec.field(default_factory=lambda: [24])
+    ipv6: list[Annotated[int, msgspec.Meta(ge=1, le=127)]] = msgspec.field(default_factory=lambda: [64, 48])
+    widest_v4: Annotated[int, msgspec.Meta(ge=1, le=32)] = 16
+    widest_v6: Annotated[int, msgspec.Meta(ge=1, le=128)] = 32
+    asn: bool = False
+
+    def __post_init__(self) -> None:
+        if self.findtime < 1 or self.bantime == 0 or self.bantime < -1:
+            raise ValueError("findtime: expected a duration; bantime: a duration, or -1 for ever")
+        for name, steps, widest in (("ipv4", self.ipv4, self.widest_v4), ("ipv6", self.ipv6, self.widest_v6)):
+            if steps != sorted(set(steps), reverse=True):
+                raise ValueError(f"{name}: expected prefix lengths narrowest first, each once, got {steps}")
+            if steps and steps[-1] < widest:
+                raise ValueError(f"{name}: /{steps[-1]} is wider than widest_{name[2:]} (/{widest})")
+
+
 class GeoConfig(msgspec.Struct, forbid_unknown_fields=True):
     """MaxMind-format databases (.mmdb); unset or unreadable: countries show as unknown."""
 
@@ -426,6 +455,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     enforcer: EnforcerConfig = msgspec.field(default_factory=EnforcerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     geoip: GeoConfig = msgspec.field(default_factory=GeoConfig)
+    network: NetworkConfig = msgspec.field(default_factory=NetworkConfig)
     notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
     # Rule name -> overrides of the catalog entry (or a whole rule).
     rules: dict[str, dict[str, Any]] = {}

@@ -92,6 +92,14 @@ class Geo:
             asn and asn.autonomous_system_organization,
         )
 
+    def owner_network(self, address: str) -> tuple[int, str] | None:
+        """The owner (ASN) of an address and the database's network it is in
+        ("198.51.100.0/24"), or None when the ASN database does not know it."""
+        found = self._query(self._asn, address, "ASN")
+        if found is None or found.autonomous_system_number is None:
+            return None
+        return found.autonomous_system_number, str(found.network)
+
     def _query(self, method: Callable | None, host: str, what: str):
         if method is None:
             return None

@@ -160,6 +160,25 @@ class Keys:
         """Sorted set: address -> when `ban_past` forgets it (its ban count's memory)."""
         return self.ban_side("past-until")
 
+    # Per network (ledger.lua, "Per network"): a unit is "KEY\tUNIT", KEY a network
+    # or an owner ("AS64500"), UNIT what one banned address counts as in it.
+    @property
+    def network_units(self) -> str:
+        """Sorted set, every score 0, read by lexical range: the units each network
+        (or owner) holds, counted by ZLEXCOUNT."""
+        return self.ban_side("net-units")
+
+    @property
+    def network_seen(self) -> str:
+        """Sorted set: unit -> when an address of it was last banned (older than the
+        network's findtime: forgotten)."""
+        return self.ban_side("net-seen")
+
+    @property
+    def network_members(self) -> str:
+        """Hash: unit -> the address of it banned last (a network ban's evidence)."""
+        return self.ban_side("net-members")
+
     @property
     def whitelist(self) -> str:
         """Set of CIDRs the operator whitelisted through the api."""

@@ -322,6 +322,99 @@ local function claim_digest(keys, args)
   return redis.call('ZRANGE', queue, 0, max_batch - 1)
 end
 
+-- Per network ----------------------------------------------------------------
+--
+-- When `threshold` addresses of one network are banned by the detector within
+-- `span`, the network is banned (docs/rules.md, "Per network"). Python decides
+-- what each banned address counts in (ledger.py's network payload): per step a
+-- key (a network, or an owner "AS64500"), the unit it counts as there (itself,
+-- or its network of the step before: a /48 counts its /64s), the network to ban
+-- and where that network's record and count are in KEYS. It leaves out every
+-- step that would cover a whitelisted network or a host's own address, and any
+-- wider than the widest allowed; an address it did not plan for counts nowhere.
+-- A unit is a member of three keys of the ban side: `net-units` (a lexical
+-- range per key: its count is one ZLEXCOUNT), `net-seen` (when last banned: the
+-- units older than `span` are forgotten) and `net-members` (its latest banned
+-- address: the evidence).
+
+local NETWORK_EVIDENCE = 50  -- member addresses a network's ban record lists
+local FORGET_UNITS = 100  -- units forgotten per ban: more than one ban adds
+
+-- The network payload of a call (nil: no widening), its keys resolved.
+local function network_of(keys, arg)
+  if not arg or arg == '' then return nil end
+  local net = cmsgpack.unpack(arg)
+  net.units, net.seen, net.members, net.keys = keys[net.at], keys[net.at + 1], keys[net.at + 2], keys
+  return net
+end
+
+local function in_force(s, address, now)
+  local score = redis.call('ZSCORE', s.active, address)
+  return score and (score == 'inf' or tonumber(score) > now)
+end
+
+local function forget_units(net, units)
+  if #units == 0 then return end
+  redis.call('ZREM', net.units, unpack(units))
+  redis.call('ZREM', net.seen, unpack(units))
+  redis.call('HDEL', net.members, unpack(units))
+end
+
+-- The units of a network (`first`..`last`: its lexical range) banned since
+-- `oldest`, up to `want` of them. The stale ones met on the way are forgotten:
+-- forgetting by age (in `widen`) lags after a flood.
+local function fresh_units(net, first, last, oldest, want)
+  local fresh, offset = {}, 0
+  while #fresh < want do
+    local units = redis.call('ZRANGEBYLEX', net.units, first, last, 'LIMIT', offset, FORGET_UNITS)
+    if #units == 0 then break end
+    local seen = redis.call('ZMSCORE', net.seen, unpack(units))
+    local stale = {}
+    for i, unit in ipairs(units) do
+      if seen[i] and tonumber(seen[i]) >= oldest then fresh[#fresh + 1] = unit else stale[#stale + 1] = unit end
+    end
+    forget_units(net, stale)
+    offset = offset + #units - #stale
+    if #units < FORGET_UNITS then break end
+  end
+  return fresh
+end
+
+-- The ban `rec` was written at `now`: count it in its networks, and ban each
+-- network it fills (unless a ban of it is in force). A network banned by its
+-- own count starts counting again; an owner keeps counting, so each later
+-- member's network is banned too while the owner stays over the threshold.
+local function widen(s, net, rec, now)
+  local steps = net.of[rec.address]
+  if not steps then return end
+  forget_units(net, redis.call('ZRANGEBYSCORE', net.seen, '-inf', '(' .. (now - net.span), 'LIMIT', 0, FORGET_UNITS))
+  for _, step in ipairs(steps) do
+    local key, unit, target, at = step[1], step[2], step[3], step[4]
+    local member = key .. SEP .. unit
+    redis.call('ZADD', net.units, 0, member)
+    redis.call('ZADD', net.seen, now, member)
+    redis.call('HSET', net.members, member, rec.address)
+    local first, last = '[' .. key .. SEP, '[' .. key .. SEP .. '\255'
+    local fresh = {}
+    if redis.call('ZLEXCOUNT', net.units, first, last) >= net.threshold and not in_force(s, target, now) then
+      fresh = fresh_units(net, first, last, now - net.span, math.max(net.threshold, NETWORK_EVIDENCE))
+    end
+    if #fresh >= net.threshold then
+      local count = redis.call('ZLEXCOUNT', net.units, first, last)
+      local evidence = redis.call('HMGET', net.members, unpack(fresh, 1, math.min(#fresh, NETWORK_EVIDENCE)))
+      local wide = {
+        address = target, rule = 'network', host = rec.host, origin = rec.origin, banned_at = now,
+        duration = net.bantime, failures = count, window = 'network', evidence = evidence,
+        reason = count .. ' banned addresses of ' .. key .. ' within ' .. net.span .. 's',
+      }
+      if net.bantime >= 0 then wide.expires_at = now + net.bantime end
+      write_ban(s, net.keys[at], net.keys[at + 1], wide, {}, 'drop', net.memory,
+                redis.call('ZSCORE', s.active, target) ~= false)
+      if key == target then forget_units(net, redis.call('ZRANGEBYLEX', net.units, first, last)) end
+    end
+  end
+end
+
 -- Failure windows ------------------------------------------------------------
 --
 -- The windows change only here, so an update is atomic and detector
@@ -644,6 +737,7 @@ local function ban_from_crossing(s, ban_key, count_key, c, now, window_key, line
   }
   if duration >= 0 then rec.expires_at = now + duration end
   write_ban(s, ban_key, count_key, rec, ports, c.verdict, c.memory, current ~= false)
+  if s.net then widen(s, s.net, rec, now) end
   return duration
 end
 
@@ -710,7 +804,8 @@ end
 -- KEYS: active, scopes, history, decisions, then per group its window,
 -- window-lines, window-state, window-conns, the address's ban record and
 -- ban count, and when the recidive rule is on, the address's recidive
--- window-state, window and window-lines. ARGV: as record_failures.
+-- window-state, window and window-lines, then the per-network keys (if any).
+-- ARGV: as record_failures, then the network payload ("" or absent: none).
 -- Returns {bans, pending}: "address rule duration" for each ban written,
 -- and the pending crossings found in these windows (packed), which only
 -- the three calls leave (a detector of the version before this function,
@@ -718,6 +813,7 @@ end
 local function record_and_ban(keys, args)
   local s = shared(keys)
   local now, recidive, groups = window_call(args)
+  s.net = network_of(keys, args[4])
   local banned, pending = {}, {}
   local function ban_now(at, c, window_key, lines_key)
     local duration = ban_from_crossing(s, keys[at + BAN], keys[at + COUNT], c, now, window_key, lines_key)
@@ -741,17 +837,20 @@ end
 
 -- Redis Cluster, step 2.
 -- KEYS: active, scopes, history, decisions, then per crossing its address's
--- ban record, ban count and crossed (the ban side: one slot).
--- ARGV: now, then the crossings as record_failures returned them.
+-- ban record, ban count and crossed (the ban side: one slot), then the
+-- per-network keys (if any).
+-- ARGV: now, the network payload ("": none), then the crossings as
+-- record_failures returned them.
 -- Returns per crossing the duration of its ban, or '' if it did not ban;
 -- a crossing judged before gets the same answer again, and changes nothing.
 local function ban_crossings(keys, args)
   local s = shared(keys)
   local now = tonumber(args[1])
+  s.net = network_of(keys, args[2])
   local results = {}
-  for i = 2, #args do
+  for i = 3, #args do
     local c = cmsgpack.unpack(args[i])
-    local at = SHARED + (i - 2) * 3
+    local at = SHARED + (i - 3) * 3
     local ban_key, count_key, crossed_key = keys[at + 1], keys[at + 2], keys[at + 3]
     local trigger = string.format('%.17g', c.trigger)
     local judged = redis.call('HGET', crossed_key, c.rule)

@@ -51,10 +51,11 @@ from redis.exceptions import ResponseError
 from pyfilter.common import bans, messages
 from pyfilter.common.config import MAX_DISTINCT, Escalation
 from pyfilter.common.keys import BAN_SIDE_SLOT, Keys, address_slot, around_address
+from pyfilter.common.network import Widening
 from pyfilter.common.redisio import durability
 
 # Bump when a function's KEYS, ARGV or effect changes.
-LIBRARY_VERSION = 4
+LIBRARY_VERSION = 5
 LIBRARY = f"pyfilter_v{LIBRARY_VERSION}"
 FUNCTION_PREFIX = f"{LIBRARY}_"
 
@@ -192,6 +193,8 @@ class Ledger:
         # A window call's KEYS of a group, packed, cut where its address goes:
         # per (rule, recidive on, address length, split), see _group_layout.
         self._group_layouts: dict[tuple[str, bool, int, bool], list[bytes]] = {}
+        # What the detector's bans widen to (network.py); None: they do not.
+        self.widening: Widening | None = None
 
     async def _on_primaries(self, *command) -> list:
         """A command run on every primary (one: a single Redis), with its replies."""
@@ -447,9 +450,15 @@ class Ledger:
                 count += len(layout) - 1
                 failures += len(group[12]) // FIELDS
                 if failures >= FAILURES_PER_CALL or group is slot_groups[-1]:
+                    args = [now, recidive, _encode(cut)]
+                    if not self.split:
+                        tail, network = self._network([g[1] for g in cut], count)
+                        keys.append(_bulks(tail))
+                        count += len(tail)
+                        args.append(network)
                     # The groups go as one MessagePack argument: a protocol
                     # argument per field cost the detector more CPU than matching.
-                    planned.append((slot, _fcall(name, count, b"".join(keys), [now, recidive, _encode(cut)])))
+                    planned.append((slot, _fcall(name, count, b"".join(keys), args)))
                     cut, keys, count, failures = [], [_bulks(shared)], len(shared), 0
         return planned
 
@@ -473,8 +482,10 @@ class Ledger:
             keys = self._shared(utc_day(now))  # a detector's ban is written at `now`
             for c in read[i:i + CHUNK]:
                 keys += [self.keys.ban(c.address), self.keys.ban_count(c.address), self.keys.crossed(c.address)]
+            tail, network = self._network([c.address for c in read[i:i + CHUNK]], len(keys))
+            keys += tail
             calls.append((BAN_SIDE_SLOT, _fcall("ban_crossings", len(keys), _bulks(keys),
-                                                [now, *crossings[i:i + CHUNK]])))
+                                                [now, network, *crossings[i:i + CHUNK]])))
         return [a for reply in await self._calls(calls) for a in reply]
 
     async def _confirm_crossings(self, read: list[Crossing], crossings: list[bytes], answers: list[bytes],
@@ -490,6 +501,33 @@ class Ledger:
             args += [packed, answer]
         return await self._calls([(slot, _fcall("confirm_crossings", len(keys), _bulks(keys), args))
                                   for slot, (keys, args) in by_slot.items()])
+
+    def _network(self, addresses: Iterable[str], at: int) -> tuple[list[str], bytes]:
+        """The per-network KEYS and payload (ledger.lua, "Per network") of a call whose
+        bans may be of `addresses` and whose KEYS so far number `at`: the three
+        counting keys, then the record and count of each network it may ban.
+        Nothing when bans do not widen. A manual ban never widens: it is an
+        operator's exact decision, and an import would turn old bans into networks."""
+        if self.widening is None:
+            return [], b""
+        k = self.keys
+        tail = [k.network_units, k.network_seen, k.network_members]
+        where: dict[str, int] = {}
+        of: dict[str, list[list[object]]] = {}
+        for address in dict.fromkeys(addresses):
+            planned = []
+            for step in self.widening.steps(address):
+                if step.target not in where:
+                    where[step.target] = at + len(tail) + 1  # Lua counts KEYS from 1
+                    tail += [k.ban(step.target), k.ban_count(step.target)]
+                planned.append([step.key, step.unit, step.target, where[step.target]])
+            if planned:
+                of[address] = planned
+        if not of:
+            return [], b""
+        cfg = self.widening.cfg
+        return tail, _encode({"at": at + 1, "threshold": cfg.threshold, "span": int(cfg.findtime),
+                              "bantime": int(cfg.bantime), "memory": DEFAULT_MEMORY, "of": of})
 
     # Bans and unbans written from Python
 

@@ -26,9 +26,11 @@ from redis.exceptions import ResponseError
 from pyfilter.common import health, hosts, messages, service, status
 from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_address
 from pyfilter.common.config import Settings
+from pyfilter.common.geo import Geo
 from pyfilter.common.keys import DETECT_GROUP, Keys
 from pyfilter.common.ledger import Ledger
 from pyfilter.common.metrics import serve as serve_metrics
+from pyfilter.common.network import Widening
 from pyfilter.common.redisio import TRANSIENT, connect, ensure_group, wait_for_redis
 from pyfilter.common.streams import Consumer, Entry
 from pyfilter.common.whitelist import Whitelist
@@ -52,7 +54,9 @@ class Detector:
         self.keys = Keys(cfg.redis.prefix)
         self.client = connect(cfg.redis)
         self.matcher = Matcher(settings.rules)
-        self.windows = Windows(self.client, cfg.redis.prefix, settings.rules)
+        self.widening = Widening(cfg.network, Geo(asn_db=cfg.geoip.asn_db) if cfg.network.asn else None) \
+            if cfg.network.enabled else None
+        self.windows = Windows(self.client, cfg.redis.prefix, settings.rules, self.widening)
         self.whitelist = Whitelist(self.client, self.keys, cfg.whitelist)
         # Rules that count and ban IPv6 attackers by network, not one by one.
         self.v6_prefix = {n: r.ipv6_prefix for n, r in settings.rules.items() if r.ipv6_prefix < 128}
@@ -154,6 +158,8 @@ class Detector:
         now = time.time()
         own = await self.own.get()
         whitelist = await self.whitelist.networks()
+        if self.widening:
+            self.widening.judge_with(own, whitelist)
         # Matching is CPU work: in a thread, so that the event loop meanwhile
         # sends the next read and the previous read's window update to Redis.
         read, observed, lines = await asyncio.to_thread(self.match_entries, entries, now, own, whitelist)

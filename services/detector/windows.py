@@ -13,6 +13,7 @@ import redis.asyncio as redis
 from pyfilter.common.config import Rule
 from pyfilter.common.keys import Keys
 from pyfilter.common.ledger import Ledger
+from pyfilter.common.network import Widening
 
 
 
@@ -64,8 +65,9 @@ def _thresholds(rule: Rule) -> list[object]:
 class Windows:
     """Applies observed failures to the windows; returns the bans they caused."""
 
-    def __init__(self, client: redis.Redis, prefix: str, rules: dict[str, Rule]):
+    def __init__(self, client: redis.Redis, prefix: str, rules: dict[str, Rule], widening: Widening | None = None):
         self._ledger = Ledger(client, Keys(prefix))
+        self._ledger.widening = widening  # bans of whole networks (docs/rules.md, "Per network")
         # Per rule, the group fields after rule, address and host: window kind, then thresholds.
         self._settings = {name: [rule.window, *_thresholds(rule)] for name, rule in rules.items()}
         recidive = rules.get("recidive")

@@ -21,7 +21,7 @@ import math
 import time
 
 from pyfilter.common import bans, health, hosts, messages, service, status
-from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_target
+from pyfilter.common.addresses import InvalidAddress, Network, never_ban_reason, parse_target
 from pyfilter.common.config import Settings
 from pyfilter.common.keys import Keys
 from pyfilter.common.metrics import serve as serve_metrics
@@ -90,6 +90,11 @@ class Enforcer:
                     metrics.APPLIED.labels("ban").inc(len(pending))
                     pending = []
                 await self.backend.unban([target])
+                if isinstance(target, Network):
+                    # A network's ban replaced, in a kernel interval set, the
+                    # narrower bans it covered (a /48 its /64s): those still in
+                    # force come back now, not at the next reconcile.
+                    self.next_reconcile = 0.0
                 metrics.APPLIED.labels("unban").inc()
                 logger.info("unbanned", extra={"address": d.address, "origin": d.origin})
                 continue

@@ -316,5 +316,6 @@ def test_every_key_a_service_writes_is_writable_by_one_of_the_users():
                KEYS.ban_history, KEYS.ban_count(ATTACKER), KEYS.whitelist, KEYS.whitelist_notes,
                KEYS.own_addresses("web1"), KEYS.notify_queue("mail"), KEYS.notify_items("mail"),
                KEYS.notify_hold("mail"), KEYS.status("collector", "web1"), KEYS.status_seen("web1"),
-               KEYS.counts("web1", 1), KEYS.decisions_read("web1")]
+               KEYS.counts("web1", 1), KEYS.decisions_read("web1"),
+               KEYS.network_units, KEYS.network_seen, KEYS.network_members, KEYS.ban("198.51.100.0/24")]
     assert [k for k in samples if not any(fnmatch.fnmatchcase(k, p) for p in patterns)] == []

@@ -123,7 +123,7 @@ def decided(client: redis.Redis) -> set[tuple[str, str]]:
                                           for _, f in client.xrange(KEYS.decisions))}
 
 
-def write_config(tmp_path: Path, rule: str = "sshd") -> Path:
+def write_config(tmp_path: Path, rule: str = "sshd", extra: str = "") -> Path:
     config = tmp_path / "pyfilter.yaml"
     config.write_text(f"""
 redis: {{prefix: "rep:"}}
@@ -131,7 +131,7 @@ catalog_dir: {REPO / "config" / "rules"}
 detector: {{claim_idle: 2s}}
 rules:
   {rule}: {{}}
-""")
+{extra}""")
     return config
 
 
@@ -184,6 +184,19 @@ def test_one_and_three_replicas_with_one_killed_decide_the_same_bans(any_redis_u
                {(f"2001:db8::{i:x}", "sshd") for i in range(1, 31)}
     one = run_replicas(redis_url, config, replicas=1, kill_one=False)
     three = run_replicas(redis_url, config, replicas=3, kill_one=True)
+    assert one == expected
+    assert three == expected
+
+
+def test_per_network_bans_are_the_same_with_one_and_three_replicas_with_one_killed(any_redis_url, tmp_path):
+    """The per-network kind: the 30 banned addresses of 198.51.100.0/24, and of 2001:db8::/64,
+    ban their network once (the /48 sees one /64: no)."""
+    config = write_config(tmp_path, extra="network: {enabled: true, threshold: 10}\n")
+    expected = {(f"198.51.100.{i}", "sshd") for i in range(1, 31)} | \
+               {(f"2001:db8::{i:x}", "sshd") for i in range(1, 31)} | \
+               {("198.51.100.0/24", "network"), ("2001:db8::/64", "network")}
+    one = run_replicas(any_redis_url, config, replicas=1, kill_one=False)
+    three = run_replicas(any_redis_url, config, replicas=3, kill_one=True)
     assert one == expected
     assert three == expected
 

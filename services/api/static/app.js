@@ -205,7 +205,23 @@ function details(b) {
   const dl = el("dl");
   for (const [k, v] of facts) dl.append(el("dt", {}, k), el("dd", {}, String(v)));
   const lines = b.lines.length ? el("pre", {}, b.lines.join("\n")) : el("p", { class: "muted" }, "no log lines");
-  return el("tr", { class: "details" }, el("td", { colspan: 8 }, dl, lines));
+  const td = el("td", { colspan: 8 }, dl);
+  if (b.window === "network") td.append(networkMembers(b)); else td.append(lines);
+  return el("tr", { class: "details" }, td);
+}
+
+// A network banned because its addresses were: the member bans that filled it
+// (each opens that address's bans), and every ban in force inside it.
+function networkMembers(b) {
+  const list = el("ul", { class: "members" });
+  for (const address of b.evidence) {
+    list.append(el("li", {}, el("button", { type: "button", class: "link", "data-member": address,
+                                            onclick: () => searchFor({ address }) }, address)));
+  }
+  const inside = el("button", { type: "button", "data-inside": b.address,
+                                onclick: () => searchFor({ prefix: b.address }) }, "Bans in force inside it");
+  return el("div", { class: "network" }, el("p", {}, `Banned as a network: ${b.evidence.length} member ban(s) `,
+                                                  "filled it (their own bans stay when it is lifted)."), list, inside);
 }
 
 function renderBans(list) {
@@ -312,6 +328,14 @@ function search(event) {
     if (value) state.search[name] = value;
   }
   if (form.all.checked) state.search.all = "1";
+  firstPage();
+}
+
+function searchFor(values) {
+  const form = $("search-form");
+  form.reset();
+  for (const [name, value] of Object.entries(values)) form[name].value = value;
+  state.search = { ...values };
   firstPage();
 }
 
