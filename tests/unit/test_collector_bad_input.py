@@ -35,6 +35,11 @@ def test_what_happened_to_a_file_is_told_from_its_size_and_first_bytes(size, rea
     assert how_changed(size, read, head_same) == change
 
 
+@pytest.mark.parametrize("size, read", [(100, 100), (150, 100)])
+def test_a_file_whose_last_line_read_changed_was_written_over_whatever_its_first_bytes(size, read):
+    assert how_changed(size, read, head_same=True, back_same=False) == REWRITTEN
+
+
 def said_once(logs_text: str, what: str) -> bool:
     return logs_text.count(what) == 1
 
@@ -114,4 +119,37 @@ def test_log_rewritten_in_place_is_said_once_and_read_again(tmp_path, logs, redi
         write(log, "appended after")
         wait_for_lines(redis_url, ["appended after"])
         settle(1.0)
-        assert said_once(c.logs(), "has new first bytes but is not shorter than what was read")
+        assert said_once(c.logs(), "has new bytes where it was read (its first bytes, or the last line read)")
+
+
+def write_over(path, *lines: str) -> None:
+    """Write over a file from its start, never making it shorter on the way (no truncation to see)."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, "".join(line + "\n" for line in lines).encode(), 0)
+    finally:
+        os.close(fd)
+
+
+# Longer than the first bytes that fingerprint a file (tail.HEAD): only the
+# last line read tells the file rewritten under the same start.
+BANNER = "# app log, format 3: " + "=" * 1100
+
+
+@pytest.mark.parametrize("when", ["while read", "while the collector was stopped"])
+def test_log_rewritten_in_place_under_the_same_first_kib_is_read_again(tmp_path, logs, redis_url, when):
+    log = logs / "app.log"
+    write(log, BANNER, *(f"original line {i}" for i in range(10)))
+    collector = Collector(tmp_path, redis_url, [file_source("app", log, from_start=True)])
+    with collector.start():
+        wait_for_lines(redis_url, [f"original line {i}" for i in range(10)])
+        if when != "while read":
+            collector.kill()
+        write_over(log, BANNER, *(f"REWRITTEN line {i:02}" for i in range(10)))  # longer than before
+        if when != "while read":
+            collector.start()
+        wait_for_lines(redis_url, [f"REWRITTEN line {i:02}" for i in range(10)])
+        write(log, "appended after")
+        wait_for_lines(redis_url, ["appended after"])
+        settle(1.0)
+        assert said_once(collector.logs(), "edited in place, not rotated")

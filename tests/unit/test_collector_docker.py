@@ -8,6 +8,8 @@ The real collector runs against it and the real Redis receives its lines.
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import json
 import os
 import secrets
@@ -16,6 +18,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import msgspec
 import pytest
 import redis
 
@@ -23,7 +26,9 @@ from pyfilter.common import hosts
 from pyfilter.common.addresses import parse_address, parse_network
 from pyfilter.common.keys import Keys
 from pyfilter.collector.sources import containers
-from pyfilter.collector.sources.docker import first_line_at
+from pyfilter.collector.sources.docker import DockerSource
+from pyfilter.collector.sources.jsonfile import RAW_MAX, first_line_at
+from pyfilter.common.config import CollectorConfig, Source as SourceConfig
 from pyfilter.common.messages import decode_batch
 
 from .test_collector_support import HOST, Collector, position, settle, stream_lines, wait_for, wait_for_lines
@@ -96,17 +101,29 @@ class DockerFolder:
         self.clock = max(time.time(), self.clock + 1e-6)
         return self.clock
 
-    def rotate(self, cid: str, max_file: int = 3) -> None:
+    def rotate(self, cid: str, max_file: int = 3, compress: bool = False) -> None:
         """json-file's rotation at max-size: .1 -> .2 ..., the log -> .1, a new empty log."""
+        for step in self.rotation(cid, max_file, compress):
+            step()
+
+    def rotation(self, cid: str, max_file: int = 3, compress: bool = False) -> list:
+        """The rotation's file system calls, one step each, in json-file's order;
+        `compress`: rotated names end in .gz, and `.1` is compressed last, then removed."""
         live = self.log_path(cid)
-        oldest = Path(f"{live}.{max_file - 1}")
-        if oldest.exists():
-            oldest.unlink()
-        for n in range(max_file - 2, 0, -1):
-            if Path(f"{live}.{n}").exists():
-                os.rename(f"{live}.{n}", f"{live}.{n + 1}")
-        os.rename(live, f"{live}.1")
-        self._write(live, "", 0o640)
+        ext = ".gz" if compress else ""
+        oldest = Path(f"{live}.{max_file - 1}{ext}")
+        steps = [oldest.unlink] if oldest.exists() else []
+        steps += [lambda n=n: os.rename(f"{live}.{n}{ext}", f"{live}.{n + 1}{ext}")
+                  for n in range(max_file - 2, 0, -1) if Path(f"{live}.{n}{ext}").exists()]
+        steps += [lambda: os.rename(live, f"{live}.1"), lambda: self._write(live, "", 0o640)]
+        if compress:
+            steps += [lambda: self._compress(Path(f"{live}.1")), lambda: os.unlink(f"{live}.1")]
+        return steps
+
+    @staticmethod
+    def _compress(path: Path) -> None:
+        with gzip.open(f"{path}.gz", "wb") as out:
+            out.write(path.read_bytes())
 
     def truncate(self, cid: str) -> None:
         """json-file with max-file 1: the log is emptied in place."""
@@ -299,7 +316,8 @@ def test_container_created_while_the_collector_was_down_is_read_whole(tmp_path, 
 
 # --- rotation and restarts ---------------------------------------------------
 
-def test_rotation_loses_no_line_and_sends_none_twice(tmp_path, docker, redis_url):
+@pytest.mark.parametrize("compress", [False, True])
+def test_rotation_loses_no_line_and_sends_none_twice(tmp_path, docker, redis_url, compress):
     web = docker.create("web", "nginx")
     expected = []
     with Collector(tmp_path, redis_url, [containers_source(docker)], batch_lines=50).start():
@@ -311,13 +329,133 @@ def test_rotation_loses_no_line_and_sends_none_twice(tmp_path, docker, redis_url
             for part in ("a", "b"):
                 texts = [f"round {round_}{part} line {i}" for i in range(120)]
                 docker.log(web, *texts)
-                docker.rotate(web, max_file=4)
+                docker.rotate(web, max_file=4, compress=compress)
                 expected += texts
             wait_for_lines(redis_url, expected)
         docker.log(web, "after")
         expected.append("after")
         wait_for_lines(redis_url, expected)
     assert [line.text for line in stream_lines(redis_url)] == expected
+
+
+def source_in_process(docker: DockerFolder) -> tuple[DockerSource, object]:
+    """The containers source built in this process, after its first look; and its one followed container."""
+    cfg = msgspec.convert(containers_source(docker), SourceConfig)
+    source = DockerSource(cfg, CollectorConfig(), {}, asyncio.Event())
+    asyncio.run(source._look())
+    (followed,) = source.followed.values()
+    return source, followed
+
+
+def read_to_end(followed) -> None:
+    while followed.tail.read():
+        pass
+
+
+def drain(source: DockerSource, followed, rounds: int = 6) -> list[str]:
+    """What the source's loop does with one container, a few rounds: read to the end, look for the next file."""
+    texts = []
+    for _ in range(rounds):
+        read_to_end(followed)
+        raw: list = []
+        while followed.tail.take(10_000, raw, RAW_MAX, source.stats):
+            pass
+        texts += [line.text for line in source._decode(followed, raw)]
+        source._at_end(followed)
+    return texts
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_the_file_after_the_one_read_is_found_whatever_moment_of_a_rotation_the_source_looks_at(
+        tmp_path, monkeypatch, compress):
+    """Deterministic form of a rare loss: json-file rotates (one rename at a time)
+    while the source looks at the names of a container's files. Every moment a
+    look can fall on is tried: the rotation's first `steps` calls run just before
+    the source's `at`-th look at a name, the rest just before the next one. File
+    times are all made equal: they must not matter."""
+    real_stat = os.stat
+    for at in range(9):
+        for steps in range(8):
+            docker = DockerFolder(tmp_path / f"containers-{at}-{steps}")
+            web = docker.create("web", "nginx")
+            for earlier in ("x", "y", "z"):  # .1 to .3 exist: each step of the rotation moves a file
+                docker.log(web, earlier)
+                docker.rotate(web, max_file=4, compress=compress)
+            source, followed = source_in_process(docker)
+            live = str(docker.log_path(web))
+            docker.log(web, "a")
+            assert drain(source, followed, rounds=1) == ["a"]
+            docker.rotate(web, max_file=4, compress=compress)  # the file read -> .1; B is the live log
+            docker.log(web, "b")
+            texts = drain(source, followed, rounds=1)  # sees the rename: one more read, then the next file
+            now = time.time_ns()
+            for path in Path(live).parent.iterdir():
+                os.utime(path, ns=(now, now))
+            rotation = docker.rotation(web, max_file=4, compress=compress)
+            looks = 0
+
+            def stat_during_rotation(path, *args, **kwargs):
+                nonlocal looks
+                if str(path).startswith(live):
+                    if looks == at:
+                        for step in rotation[:steps]:
+                            step()
+                    elif looks == at + 1:
+                        for step in rotation[steps:]:
+                            step()
+                    looks += 1
+                return real_stat(path, *args, **kwargs)
+
+            with monkeypatch.context() as patched:
+                patched.setattr(os, "stat", stat_during_rotation)
+                source._at_end(followed)
+            if looks <= at + 1:  # the rotation ended after the look
+                for step in rotation[steps if looks == at + 1 else 0:]:
+                    step()
+            texts += drain(source, followed, rounds=4)
+            docker.log(web, "c")
+            texts += drain(source, followed, rounds=2)
+            assert texts == ["b", "c"], f"rotation steps {steps} before look {at}"
+            followed.tail.close()
+
+
+@pytest.mark.parametrize("max_file", [4, 2])  # 2: the copy of the file read is deleted too
+def test_files_rotated_and_compressed_before_the_source_looked_again_are_read_from_their_copies(
+        tmp_path, docker, max_file):
+    web = docker.create("web", "nginx")
+    source, followed = source_in_process(docker)
+    docker.log(web, "a1", "a2")
+    assert drain(source, followed) == ["a1", "a2"]
+    docker.log(web, "a3")
+    docker.rotate(web, max_file=max_file, compress=True)
+    docker.log(web, "b1 in a file only ever seen compressed", "b2")
+    docker.rotate(web, max_file=max_file, compress=True)
+    docker.log(web, "c1")
+    assert drain(source, followed) == ["a3", "b1 in a file only ever seen compressed", "b2", "c1"]
+    followed.tail.close()
+
+
+def test_logs_compressed_while_the_collector_was_stopped_are_read_from_their_copies(tmp_path, docker, redis_url):
+    web = docker.create("web", "nginx")
+    collector = Collector(tmp_path, redis_url, [containers_source(docker)])
+    with collector.start():
+        started(redis_url)
+        docker.log(web, "before 1")
+        wait_for_lines(redis_url, ["before 1"])
+        collector.kill()
+    docker.log(web, "while down 1: the rest of the file read")
+    docker.rotate(web, max_file=5, compress=True)
+    docker.log(web, "while down 2: a file only ever seen compressed")
+    docker.rotate(web, max_file=5, compress=True)
+    docker.log(web, "while down 3")
+    with collector.start():
+        wait_for_lines(redis_url, ["while down 3"])
+        settle()
+        docker.log(web, "after")
+        wait_for_lines(redis_url, ["after"])
+    assert [line.text for line in stream_lines(redis_url)] == [
+        "before 1", "while down 1: the rest of the file read", "while down 2: a file only ever seen compressed",
+        "while down 3", "after"]
 
 
 def test_restart_resumes_where_it_stopped_across_a_rotation(tmp_path, docker, redis_url):
@@ -351,6 +489,35 @@ def test_truncated_log_is_read_again_from_its_start_in_a_new_generation(tmp_path
     assert after.text == "after"
     # The same offset, but not the same id: the line is not taken for a copy of the first.
     assert first.id.endswith(":0") and after.id.endswith(":0") and after.id != first.id
+
+
+@pytest.mark.parametrize("when", ["while read", "while the collector was stopped"])
+def test_log_rewritten_under_the_same_first_kib_is_read_again(tmp_path, docker, redis_url, when):
+    """Only the last line read tells it from the file read before: its first
+    KiB (what fingerprints a file) is the same, and it is no shorter."""
+    web = docker.create("web", "nginx")
+    live = docker.log_path(web)
+    banner = "starting: " + "=" * 1100
+    collector = Collector(tmp_path, redis_url, [containers_source(docker)])
+    with collector.start():
+        started(redis_url)
+        docker.log(web, banner, at=1.0e9)
+        docker.log(web, *(f"original line {i}" for i in range(10)))
+        wait_for_lines(redis_url, ["original line 9"])
+        if when != "while read":
+            collector.kill()
+        first = live.read_bytes().partition(b"\n")[0] + b"\n"
+        rewritten = DockerFolder(tmp_path / "scratch")  # the new lines, as Docker writes them
+        scratch = rewritten.create("scratch", "nginx")
+        rewritten.log(scratch, *(f"REWRITTEN line {i:02}" for i in range(10)))
+        fd = os.open(live, os.O_WRONLY)
+        try:
+            os.pwrite(fd, first + rewritten.log_path(scratch).read_bytes(), 0)
+        finally:
+            os.close(fd)
+        if when != "while read":
+            collector.start()
+        wait_for_lines(redis_url, [f"REWRITTEN line {i:02}" for i in range(10)])
 
 
 # --- what Docker's files say (no collector needed) -------------------------

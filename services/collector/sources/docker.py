@@ -15,9 +15,14 @@ The addresses and networks of every running container, followed or not, go
 out with the batches for the never-ban list.
 
 json-file rotation (`max-size`) renames the log to `.1` (`.2`...) and starts
-a new one: the file being read is read to its end, then the next one in that
-chain, so several rotations between two looks lose nothing. `max-file: 1`
-truncates the log instead; it is then read again from 0.
+a new one: the file being read is read to its end, then the one written after
+it, found by identity in the chain of the container's files (jsonfile.py),
+so several rotations between two looks, or one under way while the source
+looks, lose nothing. With `compress: true` the rotated files are compressed
+(`.1.gz`...): one compressed before it was read to its end (the collector
+was stopped), or never seen uncompressed, is read from its compressed copy
+(packed.py), as the file source reads logrotate's. `max-file: 1` truncates
+the log instead; it is then read again from 0 in a new generation.
 
 Docker cuts a line longer than 16 KB into pieces; only the first is sent (the
 others start wherever the writer's text happened to be cut, so they could
@@ -36,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import stat
 import time
 from typing import AsyncIterator
 
@@ -49,6 +53,8 @@ from .. import privsep
 from .base import STARTED, Batch, Reader, to_text
 from .containers import LOG_DRIVER, Container, Folder, decode_entry, label_matches, label_rules, \
     parse_time, program_for
+from .jsonfile import RAW_MAX, Files, chain, copy_of, first_line_since, identity, open_pieces
+from .packed import Archive, Unpacked, find_copy, readable as packed
 from .tail import NotALogFile, Position, Tail, open_log, saved_positions
 from .wake import Wake, woken
 
@@ -59,10 +65,6 @@ DISCOVER_EVERY = 2.0  # look for new and removed containers this often (s)
 SEEN = "seen"
 SEEN_EVERY = 30.0  # write SEEN at least this often while nothing else moves (s)
 CLOCK_SLACK = 1.0  # (s) between the collector's clock and Docker's line times
-# A json-file line is one JSON object: a 16 KB piece of text, escaped (up to
-# six bytes a character), plus Docker's fields.
-RAW_MAX = 128 * 1024
-MAX_ROTATED = 100  # `.1` to `.N`: the most rotated files looked at
 
 
 class Followed:
@@ -276,76 +278,117 @@ class DockerSource(Reader):
 
     def _open(self, followed: Followed, since: float) -> None:
         """Start reading a container's log: where its checkpoint says, else from `since`."""
-        chain = self._chain(followed.path)
+        files = chain(followed.path)
         folder = os.path.dirname(followed.path)
         saved = {k: p for k, p in self.saved.items() if os.path.dirname(p.path) == folder}
-        hit = next(((path, _key(st)) for path, st in chain if _key(st) in saved), None)
-        resumed = None
-        if hit is not None:
-            path, resumed = hit[0], saved[hit[1]]
-            start = resumed.offset
-        elif saved:
-            log.warning("a container's log rotated away while the collector was stopped (compressed "
-                        "or deleted); lines written after the last checkpoint may be missing",
-                        extra={"source": self.name, "container": followed.name})
-            path, start = next((p for p, s in chain if s.st_mtime > since - CLOCK_SLACK), followed.path), 0
-        elif not chain:
-            path, start = followed.path, 0
-        elif self.cfg.from_start:
-            path, start = chain[0][0], 0
-        elif self.first_start:  # there before us: from its end
-            path, start = chain[-1][0], chain[-1][1].st_size
-        else:
-            path, start = self._start(chain, since - CLOCK_SLACK)
-        if self._attach(followed, path, start, resumed):
-            for key in saved:
-                del self.saved[key]
-                if key != followed.tail.key:
-                    self.forget.append(key)
+        tail = next((t for path, st in files if identity(st) in saved
+                     if (t := self._resume(path, saved[identity(st)])) is not None), None)
+        if tail is None and saved:
+            tail = self._compressed_copy(files, saved)
+            if tail is not None:
+                log.info("reading the rest of a container's log from its compressed copy",
+                         extra={"source": self.name, "container": followed.name, "path": tail.path})
+        if tail is None:
+            path, start = self._where_to_start(followed, files, saved, since)
+            tail = self._tail(path, start)
+        if tail is None:
+            return
+        self._attach(followed, tail)
+        for key in saved:
+            del self.saved[key]
+            if key != tail.key:
+                self.forget.append(key)
 
-    def _attach(self, followed: Followed, path: str, offset: int, saved: Position | None = None,
-                quiet: bool = False) -> bool:
-        """Read `path` from `offset` (or where `saved` stopped) for the container;
-        False if it cannot be opened (said)."""
+    def _where_to_start(self, followed: Followed, files: Files, saved: dict[str, Position],
+                        since: float) -> tuple[str, int]:
+        """Where a container's log is read from when no file of it was being read."""
+        live = files[-1] if files and files[-1][0] == followed.path else None
+        if saved and all(p.head for p in saved.values()):
+            # Docker deletes the oldest file first: every file left was written after it.
+            log.warning("a container's log file was deleted (max-file) or emptied (max-file 1) while the "
+                        "collector was stopped; lines it held past the last checkpoint are lost",
+                        extra={"source": self.name, "container": followed.name})
+            return files[0][0] if files else followed.path, 0
+        if not files:
+            return followed.path, 0
+        if saved:  # nothing of it was read yet: its lines are those written since
+            return first_line_since(files, since - CLOCK_SLACK)
+        if self.cfg.from_start:
+            return files[0][0], 0
+        if self.first_start and live is not None:  # there before us: from its end
+            return live[0], live[1].st_size
+        return first_line_since(files, since - CLOCK_SLACK)
+
+    def _resume(self, path: str, saved: Position) -> Tail | None:
+        """The file a checkpoint saved, at `path`, read on where it stopped; None if
+        another file has its identity now (an inode used again)."""
+        tail = self._tail(path, saved.offset, saved)
+        if tail is not None and tail.offset != saved.offset:
+            tail.close()
+            return None
+        return tail
+
+    def _compressed_copy(self, files: Files, saved: dict[str, Position]) -> Tail | None:
+        """A checkpointed file compressed while the collector was stopped, read on
+        from its copy (under the copy's identity: its lines were never sent)."""
+        compressed = [path for path, _ in files if packed(path)]
+        for pos in saved.values():
+            if pos.head and (copy := find_copy(compressed, pos.head, pos.fp, pos.offset)) is not None:
+                path, archive = copy
+                return Unpacked(self.name, archive, path, pos.offset, pos.head, pos.fp)
+        return None
+
+    def _tail(self, path: str, offset: int, saved: Position | None = None,
+              expect: str | None = None) -> Tail | None:
+        """`path` read from `offset` (or where `saved` stopped: from 0 if it is another
+        file now, or was truncated meanwhile). None if it cannot be opened (said), or if
+        it is not the file `expect` names (it moved since we looked: a rotation)."""
         try:
-            fd, st = open_log(path)
+            if packed(path):
+                archive = Archive(path)
+                key, fd, st = archive.identity, None, archive.st
+            else:
+                archive = None
+                fd, st = open_log(path)
+                key = identity(st)
+        except FileNotFoundError:
+            if expect is None:
+                self._problem(path, "cannot open: No such file or directory")
+            return None
         except OSError as exc:
             self._problem(path, f"cannot open: {exc.strerror}")
-            return False
+            return None
         except NotALogFile as exc:
             self._problem(path, str(exc))
-            return False
+            return None
+        if expect is not None and key != expect:
+            if archive is not None:
+                archive.close()
+            else:
+                os.close(fd)
+            return None
         if self.problems.pop(path, None):
             log.info("container log readable again", extra={"source": self.name, "path": path})
-        if saved is None:
-            tail = Tail(self.name, path, fd, st, offset)
+        if archive is not None:
+            if saved is None:
+                return Unpacked(self.name, archive, path, offset)
+            tail = Unpacked(self.name, archive, path, saved.offset, saved.head, saved.fp, saved.gen)
+            tail.saved_back(saved)
+            same = (archive.holds(saved.head, saved.fp, saved.offset) if saved.head else True) and tail.back_matches()
+        elif saved is None:
+            return Tail(self.name, path, fd, st, offset)
         else:
             tail = Tail.resume(self.name, path, fd, st, saved)
-            if saved.offset > st.st_size or not tail.head_matches():
-                tail.reset(0)  # truncated while we were away, or another file reused the inode
-        followed.tail = tail
-        if tail.offset:
-            followed.skipping = _open_pieces(fd, tail.offset)
-        (log.debug if quiet else log.info)("following container", extra={
-            "source": self.name, "container": followed.name, "path": path, "offset": tail.offset})
-        return True
+            same = saved.offset <= st.st_size and tail.head_matches() and tail.back_matches()
+        if not same:
+            tail.reset(0)  # truncated while we were away, or another file took the identity
+        return tail
 
-    @staticmethod
-    def _start(chain: list[tuple[str, os.stat_result]], since: float) -> tuple[str, int]:
-        """The first line written at or after `since`, in the chain of a container's log files."""
-        for path, _ in chain:
-            try:
-                fd, st = open_log(path)
-            except (OSError, NotALogFile):
-                continue
-            try:
-                size = st.st_size
-                if path == chain[-1][0] or (_time_at(fd, _last_line(fd, size)) or 0) >= since:
-                    return path, first_line_at(fd, size, since)
-            finally:
-                os.close(fd)
-        path, st = chain[-1]
-        return path, st.st_size
+    def _attach(self, followed: Followed, tail: Tail, quiet: bool = False) -> None:
+        followed.tail = tail
+        followed.skipping = open_pieces(tail.pread, tail.offset) if tail.offset else set()
+        (log.debug if quiet else log.info)("following container", extra={
+            "source": self.name, "container": followed.name, "path": tail.path, "offset": tail.offset})
 
     def _at_end(self, followed: Followed) -> None:
         """At the end of the file being read: finish a removed container; follow rotation."""
@@ -357,13 +400,13 @@ class DockerSource(Reader):
         try:
             st = os.stat(followed.path)
         except OSError:
-            return  # being removed: the next look says
-        if _key(st) == tail.key:
+            return  # being removed, or rotated a moment ago: looked at again next round
+        if identity(st) == tail.key:
             if (st.st_size, st.st_mtime_ns) == (tail.size, tail.mtime):
                 return
             tail.size, tail.mtime = st.st_size, st.st_mtime_ns
-            if st.st_size < tail.pos or not tail.head_matches():
-                log.info("container log truncated (max-file 1); reading it from the start",
+            if st.st_size < tail.pos or not tail.head_matches() or not tail.back_matches():
+                log.info("container log truncated (max-file 1) or written over; reading it from the start",
                          extra={"source": self.name, "container": followed.name})
                 tail.reset(0)
                 followed.skipping.clear()
@@ -373,34 +416,41 @@ class DockerSource(Reader):
             # and the rename, never after. One more read to its end, then the next file.
             followed.rotated = True
             return
-        chain = self._chain(followed.path)
-        keys = [_key(s) for _, s in chain]
-        if tail.key in keys[:-1]:
-            path = chain[keys.index(tail.key) + 1][0]
-        else:  # compressed or deleted meanwhile: the files written after it
-            written = os.fstat(tail.fd).st_mtime_ns
-            path = next((p for p, s in chain if s.st_mtime_ns > written), followed.path)
+        following = self._written_after(followed)
+        if following is None:
+            return  # none yet, or it moved as we looked: next round
         self._close(followed)
-        followed.skipping.clear()
         followed.rotated = False
-        self._attach(followed, path, 0, quiet=True)
+        self._attach(followed, following, quiet=True)
 
-    def _chain(self, live: str) -> list[tuple[str, os.stat_result]]:
-        """A container's log files, oldest first: `.N` ... `.1`, then the live one."""
-        rotated = []
-        for n in range(1, MAX_ROTATED + 1):
-            try:
-                st = os.stat(f"{live}.{n}")
-            except OSError:
-                break  # rotation shifts every name up by one: none is older than a missing one
-            if stat.S_ISREG(st.st_mode):
-                rotated.append((f"{live}.{n}", st))
-        chain = rotated[::-1]
-        try:
-            chain.append((live, os.stat(live)))
-        except OSError:
-            pass
-        return chain
+    def _written_after(self, followed: Followed) -> Tail | None:
+        """The file Docker wrote after the one being read (read to its end), from its start."""
+        tail = followed.tail
+        files = chain(followed.path)
+        keys = [identity(st) for _, st in files]
+        if tail.key in keys:
+            later = files[keys.index(tail.key) + 1 :]
+        else:
+            # Gone from the names: compressed (its copy is in the chain), else
+            # deleted as the oldest (every file left was written after it).
+            copy = -1
+            for i, (path, st) in enumerate(files):
+                found = copy_of(path, st, tail) if packed(path) else False
+                if found is None:
+                    return None  # moved as we looked: not "deleted", look again next round
+                if found:
+                    copy = i
+                    break
+            later = files[copy + 1 :]
+        for path, st in later:
+            following = self._tail(path, 0, expect=identity(st))
+            if following is None:
+                return None
+            if _copies(tail, following):
+                following.close()  # the file read and its copy, seen under two names as we looked
+                continue
+            return following
+        return None
 
     def _close(self, followed: Followed) -> None:
         if followed.tail is not None:
@@ -416,75 +466,8 @@ class DockerSource(Reader):
                 "source": self.name, "path": path, "problem": what, "retry_every": DISCOVER_EVERY})
 
 
-def _key(st: os.stat_result) -> str:
-    return f"{st.st_dev}:{st.st_ino}"
-
-
-def first_line_at(fd: int, size: int, since: float) -> int:
-    """Offset of the first line of a json-file log whose time is `since` or later (size: none).
-
-    Docker writes lines in time order, so a binary search over line starts
-    finds it reading a few lines of even a huge log.
-    """
-    lo, hi = 0, size  # lines before lo are older; the line at hi (or the end) is not
-    while lo < hi:
-        start = _line_start(fd, (lo + hi) // 2, lo, size)
-        if start >= hi:  # no line starts in the upper half: step over the line at lo
-            start = lo
-        end = _line_end(fd, start, size)
-        when = _time_at(fd, start)
-        if when is None or when < since:
-            lo = end
-        else:
-            hi = start
-    return lo
-
-
-def _line_start(fd: int, pos: int, lo: int, size: int) -> int:
-    """The first line start at or after `pos` (a line starts at `lo`)."""
-    if pos <= lo:
-        return lo
-    return _line_end(fd, pos - 1, size)
-
-
-def _line_end(fd: int, pos: int, size: int) -> int:
-    """Just after the newline that ends the line holding `pos` (the size if none)."""
-    while pos < size:
-        data = os.pread(fd, 65536, pos)
-        cut = data.find(b"\n")
-        if cut >= 0:
-            return pos + cut + 1
-        pos += len(data)
-        if not data:
-            break
-    return size
-
-
-def _last_line(fd: int, size: int) -> int:
-    """Where the last complete line starts."""
-    data = os.pread(fd, min(size, RAW_MAX), max(0, size - RAW_MAX))
-    cut = data.rstrip(b"\n").rfind(b"\n")
-    return max(0, size - len(data)) + cut + 1
-
-
-def _time_at(fd: int, start: int) -> float | None:
-    raw = os.pread(fd, RAW_MAX, start).partition(b"\n")[0]
-    entry = decode_entry(raw.decode("utf-8", "replace"))
-    return parse_time(entry.time) if entry else None
-
-
-def _open_pieces(fd: int, offset: int) -> set[str]:
-    """Streams whose last line before `offset` is the start of a line Docker cut (resuming mid-line)."""
-    start = max(0, offset - RAW_MAX)
-    data = os.pread(fd, offset - start, start)
-    if start:
-        data = data.partition(b"\n")[2]  # the first line may be cut
-    open_streams: set[str] = set()
-    for raw in data.split(b"\n"):
-        entry = decode_entry(raw.decode("utf-8", "replace")) if raw else None
-        if entry is not None:
-            if entry.log.endswith("\n"):
-                open_streams.discard(entry.stream)
-            else:
-                open_streams.add(entry.stream)
-    return open_streams
+def _copies(one: Tail, other: Tail) -> bool:
+    """Whether one of the two is the compressed copy of the other."""
+    if isinstance(other, Unpacked):
+        return other.archive.copy_of(one)
+    return isinstance(one, Unpacked) and one.archive.copy_of(other)

@@ -9,8 +9,8 @@ identity and looks at the watched paths again when inotify says they changed
   the old file is read to its end and kept open until it has been quiet for
   DRAIN_IDLE seconds (daemons write to it until they reopen), the new file is
   read from its start;
-- a file shorter than what was read, or whose first bytes changed
-  (copytruncate, truncation, an edit in place: `how_changed`): it is read
+- a file shorter than what was read, or whose first bytes or last line
+  read changed (copytruncate, truncation, an edit in place: `how_changed`): it is read
   again from 0 in a new generation (tail.py), after the unread rest was taken
   from the copy if one sits next to it (`name.1`, or `name.1.gz`, starting
   with the same bytes); an edit in place is warned about. A file changed
@@ -191,7 +191,7 @@ class FileSource(Reader):
         if saved is not None:
             tail = Tail.resume(self.name, path, fd, st, saved)
             self.tails[key] = tail
-            change = how_changed(st.st_size, saved.offset, tail.head_matches())
+            change = how_changed(st.st_size, saved.offset, tail.head_matches(), tail.back_matches())
             if change is not None:
                 self._restart(tail, change, st.st_size, stopped=True)
             return True
@@ -216,7 +216,7 @@ class FileSource(Reader):
         if st.st_size == tail.size and st.st_mtime_ns == tail.mtime:
             return False
         tail.size, tail.mtime = st.st_size, st.st_mtime_ns
-        change = how_changed(st.st_size, tail.pos, tail.head_matches())
+        change = how_changed(st.st_size, tail.pos, tail.head_matches(), tail.back_matches())
         if change is None:
             # Nothing read yet: no first bytes to tell a truncation by. Lines
             # written and copied away since the last look (copytruncate) are

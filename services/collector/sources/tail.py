@@ -14,7 +14,11 @@ is next truncated.
 
 `Position` is what a checkpoint keeps of a file; `fp` fingerprints the
 file's first bytes, which tells a file that kept its inode from a new one
-that reused it. Following files through rotation is `file.FileSource`'s job.
+that reused it, and `back_fp` the bytes just before the offset (the end of
+the last line read), which tells a file written over from its start with the
+same first bytes (a banner, a header) from one appended to. Both are
+compared when a file is met again and whenever its size or time changes.
+Following files through rotation is `file.FileSource`'s job.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ CHUNK = 1 << 20  # bytes per read
 log = logging.getLogger("pyfilter.collector")
 
 HEAD = 1024  # bytes of a file's start that fingerprint it
+BACK = 256  # bytes before the read offset (the last line read) that fingerprint what was read
 PARTIAL_TIMEOUT = 5.0  # emit a last line without newline after this long (s)
 
 
@@ -46,6 +51,8 @@ class Position(msgspec.Struct):
     head: int = 0  # length of the file start that `fp` fingerprints
     fp: str = ""
     gen: str = ""  # the file's generation ("": from a checkpoint older than generations)
+    back: int = 0  # length of the bytes before `offset` that `back_fp` fingerprints
+    back_fp: str = ""
 
 
 def saved_positions(saved: dict[str, bytes], source: str, other_fields: tuple[str, ...]) -> dict[str, Position]:
@@ -73,20 +80,22 @@ def new_generation() -> str:
 TRUNCATED, SHRANK, REWRITTEN = "truncated", "shrank", "rewritten"
 CHANGES = {  # what each change is, said in a warning
     SHRANK: "got shorter than what was read without being emptied, its first bytes unchanged",
-    REWRITTEN: "has new first bytes but is not shorter than what was read",
+    REWRITTEN: "has new bytes where it was read (its first bytes, or the last line read) but is not "
+               "shorter than what was read",
 }
 
 
-def how_changed(size: int, read: int, head_same: bool) -> str | None:
+def how_changed(size: int, read: int, head_same: bool, back_same: bool = True) -> str | None:
     """What happened to a followed file, from its size now, how far it was
-    read, and whether its first bytes are still those read; None: at most appended to.
+    read, and whether its first bytes and the last line read are still those
+    read; None: at most appended to.
 
     Shorter with other first bytes: truncated (and perhaps written again
     since, as after copytruncate). Shorter with the same first bytes: cut,
-    or lines removed by an editor. As long with other first bytes: written
-    over from its start.
+    or lines removed by an editor. As long with other first bytes, or another
+    last line read: written over from its start.
     """
-    if size >= read and head_same:
+    if size >= read and head_same and back_same:
         return None
     if size < read:
         return SHRANK if head_same and size > 0 else TRUNCATED
@@ -114,7 +123,14 @@ class Tail:
     def resume(cls, source: str, path: str, fd: int, st: os.stat_result, saved: Position,
                live: bool = True) -> "Tail":
         """The file a checkpoint saved, read on where it stopped, in its generation."""
-        return cls(source, path, fd, st, saved.offset, saved.head, saved.fp, live, saved.gen)
+        tail = cls(source, path, fd, st, saved.offset, saved.head, saved.fp, live, saved.gen)
+        tail.saved_back(saved)
+        return tail
+
+    def saved_back(self, saved: Position) -> None:
+        """Compare the bytes before the offset with those a checkpoint fingerprinted."""
+        if saved.back and fingerprint(self.pread(saved.back, saved.offset - saved.back)) != saved.back_fp:
+            self.behind = None  # not what was read: back_matches says so
 
     def reset(self, offset: int, gen: str | None = None) -> None:
         """Read from `offset` on, in generation `gen` (None: a new one: the
@@ -123,6 +139,7 @@ class Tail:
         self.id_prefix = f"{self.source}:{self.key}:{self.gen}:" if self.gen else f"{self.source}:{self.key}:"
         self.offset = self.pos = offset
         self.buf = b""  # bytes [offset, pos) not yet emitted
+        self.behind: bytes | None = self._before(offset)  # the last BACK bytes before `offset`
         self.skipping = False  # inside an over-long line already sent cut
         self.head, self.fp = 0, ""
         self.changed_at = time.monotonic()
@@ -130,7 +147,9 @@ class Tail:
         self.refresh_fp()
 
     def position(self) -> bytes:
-        return msgspec.json.encode(Position(self.path, self.offset, self.head, self.fp, self.gen))
+        behind = self.behind or b""
+        return msgspec.json.encode(Position(self.path, self.offset, self.head, self.fp, self.gen, len(behind),
+                                            fingerprint(behind) if behind else ""))
 
     def pread(self, size: int, at: int) -> bytes:
         return os.pread(self.fd, size, at)
@@ -140,6 +159,22 @@ class Tail:
             return True
         data = self.pread(self.head, 0)
         return len(data) == self.head and fingerprint(data) == self.fp
+
+    def back_matches(self) -> bool:
+        """Whether the bytes before the offset (the end of the last line read) are still those read."""
+        if self.behind is None:
+            return False
+        return not self.behind or self.pread(len(self.behind), self.offset - len(self.behind)) == self.behind
+
+    def _before(self, offset: int) -> bytes:
+        size = min(BACK, offset)
+        return self.pread(size, offset - size) if size else b""
+
+    def _advance(self, offset: int, consumed: bytes) -> None:
+        """The offset moves on past `consumed` (bytes just read)."""
+        if self.behind is not None:
+            self.behind = (self.behind + consumed[-BACK:])[-BACK:]
+        self.offset = offset
 
     def refresh_fp(self) -> None:
         want = min(HEAD, self.pos)
@@ -164,6 +199,8 @@ class Tail:
                 return True
             self.skipping, self.dirty = False, True
             self.offset = start + end + 1
+            if self.behind is not None:
+                self.behind = self._before(self.offset)  # the cut line was dropped unread
             data = data[end + 1 :]
         self.buf += data
         return True
@@ -183,7 +220,9 @@ class Tail:
             off += len(raw) + 1
         taken = len(parts)
         if taken:
-            self.offset, self.buf, self.dirty = off, rest, True
+            consumed = off - self.offset
+            self._advance(off, self.buf[max(0, consumed - BACK) : consumed])
+            self.buf, self.dirty = rest, True
         if len(rest) > max_bytes and taken < room:
             # An over-long line: send its start now, drop the rest up to its
             # newline. The position stays at its start until that newline is
@@ -200,7 +239,8 @@ class Tail:
         text = to_text(self.buf, max_bytes, stats)
         if text:
             out.append(Line(self.id_prefix + str(self.offset), text))
-        self.offset, self.buf, self.dirty = self.pos, b"", True
+        self._advance(self.pos, self.buf)
+        self.buf, self.dirty = b"", True
         return True
 
     def close(self) -> None:
