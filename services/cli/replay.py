@@ -48,7 +48,7 @@ class Outcome:
 
     config: str
     bans: list[messages.BanRecord] = field(default_factory=list)
-    # address -> log time of its last successful login (a rule's <SUCCESS> lines)
+    # address (as its rule counts it) -> log time of its last successful login
     logins: dict[str, float] = field(default_factory=dict)
     lines: int = 0
     failures: int = 0
@@ -95,14 +95,12 @@ async def replay(settings: configuration.Settings, logs: list[Log], host: str, n
         detector = Detector(own)
         try:
             await logtime.load(detector.client, detector.keys)
-            logins: list = []
-            detector.matcher.note_successes(logins)
             # Never-ban addresses: the configuration's whitelist (this Redis holds no other, and
             # no host's own addresses: list them in the whitelist to keep them out).
             whitelist = await detector.whitelist.networks()
             detector.judge_with(set(), whitelist)
-            failures = _in_log_time(detector, logs, host, now, whitelist, logins, outcome)
-            await _decide_all(detector, _steps(failures), outcome)
+            seen = _in_log_time(detector, logs, host, now, whitelist, outcome)
+            await _decide_all(detector, _steps(seen), outcome)
         finally:
             await detector.client.aclose()
     outcome.seconds = time.perf_counter() - started
@@ -110,17 +108,20 @@ async def replay(settings: configuration.Settings, logs: list[Log], host: str, n
 
 
 def _in_log_time(detector, logs: list[Log], host: str, now: float | None, whitelist: list,
-                 logins: list, outcome: Outcome) -> Iterator:
-    """Every file's failures (the detector's Observed), merged in log time."""
-    per_file = [_failures(detector, i, log, host, now, whitelist, logins, outcome) for i, log in enumerate(logs)]
+                 outcome: Outcome) -> Iterator:
+    """Every file's failures and successful logins (the detector's Observed and Login),
+    merged in log time."""
+    per_file = [_seen(detector, i, log, host, now, whitelist, outcome) for i, log in enumerate(logs)]
     return per_file[0] if len(per_file) == 1 else heapq.merge(*per_file, key=lambda o: o.time)
 
 
-def _failures(detector, index: int, log: Log, host: str, now: float | None, whitelist: list,
-              logins: list, outcome: Outcome) -> Iterator:
-    """One file's failures in its order. A line whose time cannot be read takes its
-    predecessor's (the live detector would date it by its arrival). The successful
-    logins the matcher noted in `logins` go to the outcome as each batch is read."""
+def _seen(detector, index: int, log: Log, host: str, now: float | None, whitelist: list,
+          outcome: Outcome) -> Iterator:
+    """One file's failures and logins in its order. A line whose time cannot be read
+    takes its predecessor's (the live detector would date it by its arrival). Each
+    login also goes to the outcome (its false-positive hint)."""
+    from pyfilter.detector.windows import Login
+
     reference = now if now is not None else os.stat(log.path).st_mtime  # for year-less dates
     last = 0.0
     n = 0
@@ -130,36 +131,40 @@ def _failures(detector, index: int, log: Log, host: str, now: float | None, whit
         outcome.lines += len(texts)
         batch = messages.LineBatch(host=host, source=log.source, lines=lines, read_at=0.0, tz=log.tz,
                                    program=log.program)
-        observed, _ = detector.observe_batches([batch], reference, set(), whitelist)
-        for _, address, at, _ in logins:
-            if at is not None and at > outcome.logins.get(address, float("-inf")):
-                outcome.logins[address] = at
-        logins.clear()
-        for o in observed:
+        logins: list = []
+        observed, _ = detector.observe_batches([batch], reference, set(), whitelist, logins)
+        # The matcher yields a batch's failures, then its logins: in log time again.
+        for o in sorted([*observed, *logins], key=lambda o: o.time or last) if logins else observed:
             if o.time:
                 last = o.time
             else:
                 o = o._replace(time=last)
+            if isinstance(o, Login) and o.time > outcome.logins.get(o.address, float("-inf")):
+                outcome.logins[o.address] = o.time
             yield o
 
 
-def _steps(failures: Iterator) -> Iterator[tuple[float, list]]:
-    """(now, failures) for each window call: at most STEP seconds of log and MAX_FAILURES."""
+def _steps(seen: Iterator) -> Iterator[tuple[float, list, list]]:
+    """(now, failures, logins) for each window call: at most STEP seconds of log and
+    MAX_FAILURES failures."""
+    from pyfilter.detector.windows import Login
+
     chunk: list = []
+    logins: list = []
     start = now = float("-inf")
-    for o in failures:
-        if chunk and (o.time - start > STEP or len(chunk) >= MAX_FAILURES):
-            yield now, chunk
-            chunk = []
-        if not chunk:
+    for o in seen:
+        if (chunk or logins) and (o.time - start > STEP or len(chunk) >= MAX_FAILURES):
+            yield now, chunk, logins
+            chunk, logins = [], []
+        if not chunk and not logins:
             start = o.time
-        chunk.append(o)
+        (logins if isinstance(o, Login) else chunk).append(o)
         now = max(now, o.time)  # log time never runs backwards
-    if chunk:
-        yield now, chunk
+    if chunk or logins:
+        yield now, chunk, logins
 
 
-async def _decide_all(detector, steps: Iterator[tuple[float, list]], outcome: Outcome) -> None:
+async def _decide_all(detector, steps: Iterator[tuple[float, list, list]], outcome: Outcome) -> None:
     """Each step's failures into the windows, one step after the other. Redis runs a
     step's call while the next step's lines are matched here (its request is
     written before matching starts), so the two take turns on no lock."""
@@ -176,17 +181,18 @@ async def _decide_all(detector, steps: Iterator[tuple[float, list]], outcome: Ou
 
     running: asyncio.Task | None = None
     try:
-        for now, observed in steps:  # matching happens here, as the generator runs
+        for now, observed, logins in steps:  # matching happens here, as the generator runs
             if running is not None:
                 unread += len(await running)
                 # The history stream keeps its last HISTORY_MAXLEN entries: read well before.
                 if unread >= HISTORY_READ:
                     await read_records()
             outcome.failures += len(observed)
-            if outcome.first is None:
-                outcome.first = observed[0].time
-            outcome.last = now
-            running = asyncio.create_task(detector.decide(observed, now))
+            if observed:
+                if outcome.first is None:
+                    outcome.first = observed[0].time
+                outcome.last = now
+            running = asyncio.create_task(detector.decide(observed, now, logins))
             await asyncio.sleep(0)  # the task runs until it waits for Redis's answer
         if running is not None:
             await running

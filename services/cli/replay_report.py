@@ -40,12 +40,18 @@ def logged_in_later(outcome: Outcome) -> dict[str, list[str]]:
     for (rule, address), at in first.items():
         if "/" in address:  # a network: any of its addresses
             net = ipaddress.ip_network(address, strict=False)
-            later = any(t >= at and ipaddress.ip_address(a) in net for a, t in outcome.logins.items())
+            later = any(t >= at and _inside(a, net) for a, t in outcome.logins.items())
         else:
             later = outcome.logins.get(address, float("-inf")) >= at
         if later:
             found[rule].append(address)
     return found
+
+
+def _inside(address: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether a login's address (or the network its rule counts it as) lies in `net`."""
+    own = ipaddress.ip_network(address, strict=False)
+    return own.version == net.version and own.subnet_of(net)  # type: ignore[arg-type]
 
 
 def per_rule(outcome: Outcome) -> dict[str, dict]:

@@ -106,10 +106,10 @@ local function tick(now)
   end
 end
 
--- Replay's window call (one Redis: record_and_ban, whose ARGV[1] is `now`)
--- first moves the clock: no call of its own, no round trip more.
+-- Replay's window calls (one Redis: record_and_ban, record_accounts; ARGV[1]
+-- of each is `now`) first move the clock: no call of its own, no round trip more.
 local function register(name, fn)
-  if name == RECORD_AND_BAN then
+  if CLOCKED[name] then
     return redis.register_function(name, function(keys, args)
       tick(tonumber(args[1]))
       return fn(keys, args)

@@ -16,14 +16,16 @@ import redis.asyncio as redis
 from pyfilter.common import ledger
 from pyfilter.common.keys import Keys
 
-RECORD_AND_BAN = f"{ledger.FUNCTION_PREFIX}record_and_ban"
+# The window calls replay makes on its one Redis (ARGV[1] of each is `now`).
+CLOCKED = [f"{ledger.FUNCTION_PREFIX}{name}" for name in ("record_and_ban", "record_accounts")]
 
 
 def library_code(keys: Keys) -> str:
     """ledger.CODE with the clock between its first line (the library's name) and the rest."""
     first, rest = ledger.CODE.split("\n", 1)
     clock = importlib.resources.files("pyfilter.common").joinpath("logtime.lua").read_text()
-    names = f"local EXPIRY = {json.dumps(keys.log_expiry)}\nlocal RECORD_AND_BAN = {json.dumps(RECORD_AND_BAN)}"
+    clocked = ", ".join(f"[{json.dumps(name)}] = true" for name in CLOCKED)
+    names = f"local EXPIRY = {json.dumps(keys.log_expiry)}\nlocal CLOCKED = {{{clocked}}}"
     return f"{first}\n{names}\n{clock}\n{rest}"
 
 

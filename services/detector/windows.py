@@ -166,7 +166,7 @@ class Windows:
             if o.user and o.rule in self._accounts:
                 failures[(o.rule, account_name(o.user), o.host)] += (o.line_id, o.time, o.address, o.text)
         for login in logins:
-            if login.rule in self._accounts:
+            if login.user and login.rule in self._accounts:
                 logged[(login.rule, account_name(login.user), login.host)] += (login.address, login.time)
         groups = []
         for key in dict.fromkeys([*failures, *logged]):

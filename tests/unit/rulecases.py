@@ -285,7 +285,7 @@ def hostile_lines(name: str, rule: Rule, cases: CasesFile) -> Iterator[tuple[Cas
             continue
         matcher = matchers.get(case.mode)
         if matcher is None:
-            matcher = matchers[case.mode] = Matcher({name: rule_with_mode(rule, case.mode)})
+            matcher = matchers[case.mode] = Matcher({name: rule_with_mode(rule, case.mode)}, successes=True)
         for group in case.field_groups():
             index = group[0]
             for value in hostile_values(case, index, fragments):
@@ -297,9 +297,10 @@ def escape(text: str) -> str:
     return "".join(f"\\x{ord(c):02X}" if c in '"\\' or ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
 
 
-def replay_until(matcher: Matcher, cases: CasesFile, target: Case, text: str) -> list[Failure]:
+def replay_until(matcher: Matcher, cases: CasesFile, target: Case, text: str) -> list[Failure] | list[Success]:
     """The failures of `target`'s line, given as `text`, after the lines before it (same mode,
-    since the last @reset) on a matcher with no connection state."""
+    since the last @reset) on a matcher with no connection state; its successful logins
+    instead where the case expects one (on a matcher that keeps them)."""
     matcher.reset()
     start = 0
     for i, case in enumerate(cases.cases):
@@ -312,6 +313,8 @@ def replay_until(matcher: Matcher, cases: CasesFile, target: Case, text: str) ->
         if case.mode != target.mode:
             continue
         if case is target:
-            return matcher.match(text, None, case.now, "test-host", case.tz, case.program)
+            matcher.take_successes()  # the earlier lines'
+            failures = matcher.match(text, None, case.now, "test-host", case.tz, case.program)
+            return matcher.take_successes() if case.expected.success else failures
         matcher.match(case.text, None, case.now, "test-host", case.tz, case.program)
     return found

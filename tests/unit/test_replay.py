@@ -196,6 +196,30 @@ def test_window_kinds_of_other_parts_replay_as_the_detector_runs_them(tmp_path):
     assert bans_of(document, 1) == [(A1, "sshd", 3600), (A2, "sshd", 3600)]
 
 
+def test_a_login_in_the_log_spares_its_address_in_a_per_account_window(tmp_path):
+    """Twelve addresses fail twice each on `admin` (24 failures from 12 addresses: sshd's
+    per-account default bans them all); the one that logged in as admin earlier in the
+    log is spared, as the detector spares it, and the report counts its later login."""
+    start = datetime(2025, 3, 1, tzinfo=timezone.utc)
+    attackers = [f"198.51.100.{n}" for n in range(20, 32)]
+    login = f"{start.isoformat()} web1 sshd[90]: Accepted password for admin from {attackers[0]} port 40000 ssh2"
+    tries = [f"{(start + timedelta(minutes=1, seconds=i)).isoformat()} web1 sshd[{100 + i}]: Failed password "
+             f"for admin from {address} port {41000 + i} ssh2"
+             for i, address in enumerate(attackers * 2)]
+    later = login.replace(start.isoformat(), (start + timedelta(hours=1)).isoformat()).replace(
+        attackers[0], attackers[1]).replace("sshd[90]", "sshd[91]")
+    log = tmp_path / "auth.log"
+    log.write_text("\n".join([login, *tries, later]) + "\n")
+    config = tmp_path / "pyfilter.yaml"
+    config.write_text(yaml.safe_dump({"catalog_dir": str(CATALOG),
+                                      "rules": {"sshd": {"maxretry": 50, "bantime": "1h"}}}))
+    document = replayed("--config", str(config), str(log))
+    bans = document["replays"][0]["bans"]
+    assert sorted(b["address"] for b in bans) == sorted(attackers[1:])
+    assert {(b["window"], b["account"]) for b in bans} == {("account", "admin")}
+    assert document["replays"][0]["rules"]["sshd"]["logged_in_later"] == [attackers[1]]
+
+
 def test_without_redis_server_replay_says_so(tmp_path):
     log = tmp_path / "auth.log"
     log.write_text("\n".join(attempts(datetime(2025, 3, 1, tzinfo=timezone.utc), A1, 3, 100)) + "\n")

@@ -160,10 +160,7 @@ class CompiledRule:
         self.ignore_values = [re.compile(raw) for raw in rule.ignore_values]  # checked by config
         self.stateful = any(p.kind != FAIL or not p.has_host for p in self.patterns)
         self.connections = Connections(name, any(p.kind == ONCE for p in self.patterns))
-        # Where its successful logins are noted, if anywhere (Matcher.note_successes).
-        self.successes: list[tuple[str, str, float | None, str | None]] | None = None
-        # Successful logins naming their user, for per-account windows (Matcher's
-        # `successes`, `take_successes`); None: not kept.
+        # Successful logins (Matcher's `successes`, `take_successes`); None: not kept.
         self.logins: list[Success] | None = None
 
     def _blame(self, prefix: str, bodies: list[tuple[int, str, str]]) -> None:
@@ -262,12 +259,8 @@ class CompiledRule:
         else:
             host = None
         user = user or ruser or None
-        if pat.kind == SUCCESS and host and (self.successes is not None or self.logins is not None):
-            at = self.time_of(when, lines, k, text)
-            if self.successes is not None:
-                self.successes.append((self.name, host, at, user))
-            if self.logins is not None and user:
-                self.logins.append(Success(self.name, host, user, at))
+        if pat.kind == SUCCESS and host and self.logins is not None:
+            self.logins.append(Success(self.name, host, user or "", self.time_of(when, lines, k, text)))
         if self.stateful and not pid:
             pid = lines.pids[k]
         if not pid or not self.stateful:

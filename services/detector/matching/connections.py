@@ -53,12 +53,12 @@ class Failure(NamedTuple):
 
 
 class Success(NamedTuple):
-    """A successful login (a SUCCESS pattern naming its user and address): it spares
-    the address in the rule's per-account window (windows.py)."""
+    """A successful login (a SUCCESS pattern naming its address): it spares the address
+    in the rule's per-account window (windows.py); `pyfilter replay` reports it."""
 
     rule: str
     address: str  # normalized, as a failure's
-    user: str
+    user: str  # "": the line names none (a per-account window does not see it)
     time: float | None
 
 

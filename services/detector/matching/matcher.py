@@ -44,9 +44,9 @@ class Matcher:
     def __init__(self, rules: dict[str, Rule], default_tz: str = "UTC", successes: bool = False) -> None:
         self.default_tz = default_tz
         self.rules = [CompiledRule(name, rule, default_tz) for name, rule in rules.items() if rule.enabled]
-        # `successes`: keep the successful logins of rules with a per-account window
-        # (`take_successes`), which spare their addresses there.
-        self._reporting = [r for r in self.rules if successes and r.rule.per_account is not None]
+        # `successes`: keep the rules' successful logins (`take_successes`): they spare
+        # their addresses in per-account windows, and `pyfilter replay` reports them.
+        self._reporting = self.rules if successes else []
         for rule in self._reporting:
             rule.logins = []
         self._message_rules = [r for r in self.rules if r.reads_messages]
@@ -68,12 +68,6 @@ class Matcher:
             name = program.lower()
             known = self._by_name[program] = any(r.names(name) for r in self._message_rules)
         return known
-
-    def note_successes(self, sink: list) -> None:
-        """Note each successful login the rules see (their <SUCCESS> lines) in `sink`, as
-        (rule, address, log time or None, user): `pyfilter replay`'s false-positive hint."""
-        for rule in self.rules:
-            rule.successes = sink
 
     def reset(self) -> None:
         """Forget every connection's state (what the lines so far said of each pid)."""
