@@ -139,10 +139,15 @@ def any_redis_url(request, tmp_path):
         proc.terminate()
         proc.wait(10)
         return
+    yield emptied_cluster(request)
+
+
+def emptied_cluster(request) -> str:
+    """The session's Redis Cluster (its URL), every primary emptied."""
     url, ports = request.getfixturevalue("redis_cluster")
     for port in ports:
         redis.Redis(port=port).flushall()
-    yield url
+    return url
 
 
 def aclient(url: str):

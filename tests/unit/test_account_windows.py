@@ -13,7 +13,7 @@ from pyfilter.common import bans, messages
 from pyfilter.common.config import MAX_ACCOUNT_FAILURES, ConfigError, PerAccount, Rule, Seconds, load_rule
 from pyfilter.common.keys import Keys, account_id
 from pyfilter.detector.windows import Login, Observed, Windows
-from tests.conftest import CLUSTER_URLS, aclient
+from tests.conftest import aclient, emptied_cluster
 from tests.unit.test_ledger import Watched, hash_tag
 
 NOW = 1_800_000_000.0
@@ -21,13 +21,14 @@ KEYS = Keys("pa:")
 HOSTS = ("host-a", "host-b", "host-c")
 
 
-@pytest.fixture(params=["one call", "three calls"])
-def redis_url(request, any_redis_url):
-    """A single Redis (its one call, and the three calls of Cluster run there), and a Cluster."""
-    if request.param == "three calls" and any_redis_url in CLUSTER_URLS:
-        pytest.skip("a Cluster always makes the three calls")
-    request.node.split = request.param == "three calls"
-    return any_redis_url
+@pytest.fixture(params=["single, one call", "single, three calls", "cluster"])
+def redis_url(request, tmp_path):
+    """A single Redis (its one call, and the three calls of Cluster run there), and a
+    Cluster (always the three calls)."""
+    request.node.split = request.param == "single, three calls"
+    if request.param == "cluster":
+        return emptied_cluster(request)
+    return request.getfixturevalue("single_redis_url")
 
 
 def rule(**per_account) -> Rule:
