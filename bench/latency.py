@@ -52,6 +52,7 @@ if str(REPO) not in sys.path:
 import redis  # noqa: E402
 import yaml  # noqa: E402
 
+from bench.logs import sshd_as_fail2ban  # noqa: E402
 from bench.pipeline import consumers, ping  # noqa: E402
 from bench.procs import alive, stop, wait_until  # noqa: E402
 from pyfilter.common import messages  # noqa: E402
@@ -70,7 +71,7 @@ def _config(work: Path, log: Path, poll: float) -> Path:
         "redis": {"url": f"unix://{work}/redis.sock"},
         "collector": {"poll_interval": poll, "sources": [
             {"name": SOURCE, "paths": [str(log)], "from_start": True}]},
-        "rules": {"sshd": {"maxretry": 5, "findtime": 600, "bantime": 3600}},
+        "rules": {"sshd": sshd_as_fail2ban(5, 600, 3600)},
         # No periodic reconcile in the middle of a run (one runs at start).
         "enforcer": {"backend": "nftables", "reconcile_interval": 3600},
     }))

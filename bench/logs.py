@@ -33,6 +33,13 @@ MAXRETRY = 5  # the jail's and the rule's threshold (both tools' default)
 HOST = "bench"
 
 
+def sshd_as_fail2ban(maxretry: int, findtime: int, bantime: int) -> dict:
+    """The sshd rule's settings for a run beside fail2ban's sshd jail: failures counted per
+    address only, as the jail counts them (the catalog's slow and per-account windows,
+    which fail2ban has not, are off; bench.replay_kinds measures what they cost)."""
+    return {"maxretry": maxretry, "findtime": findtime, "bantime": bantime, "slow": None, "per_account": False}
+
+
 @dataclass
 class LogFile:
     path: Path

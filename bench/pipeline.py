@@ -23,6 +23,7 @@ from pathlib import Path
 import redis
 import yaml
 
+from bench.logs import sshd_as_fail2ban
 from bench.procs import Usage, alive, stop, wait_until
 from pyfilter.common import messages
 from pyfilter.common.keys import DETECT_GROUP, Keys
@@ -64,7 +65,7 @@ def _config(work: Path, log: Path, maxretry: int, findtime: int, bantime: int) -
         "redis": {"url": f"unix://{work}/redis.sock"},
         "collector": {"batch_lines": BATCH, "sources": [
             {"name": SOURCE, "paths": [str(log)], "from_start": True}]},
-        "rules": {"sshd": {"maxretry": maxretry, "findtime": findtime, "bantime": bantime}},
+        "rules": {"sshd": sshd_as_fail2ban(maxretry, findtime, bantime)},
     }))
     return path
 

@@ -13,7 +13,7 @@ from pathlib import Path
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 F2B_REGEX = "fail2ban-regex (sshd.conf)"
 OURS = "PyFilter, `pyfilter match --rule sshd`"
-REPLAY = "PyFilter, `pyfilter replay` (sshd: bans decided too)"
+REPLAY = "PyFilter, `pyfilter replay` (sshd per address, as the jail: bans decided too)"
 
 
 @dataclass

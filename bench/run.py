@@ -82,7 +82,7 @@ def ours_replay(path: Path) -> dict:
     config = path.with_name("replay.yaml")
     config.write_text(yaml.safe_dump({
         "host": logs.HOST, "catalog_dir": str(REPO / "config" / "rules"),
-        "rules": {"sshd": {"maxretry": MAXRETRY, "findtime": FINDTIME, "bantime": BANTIME}}}))
+        "rules": {"sshd": logs.sshd_as_fail2ban(MAXRETRY, FINDTIME, BANTIME)}}))
     cli = Path(sys.executable).with_name("pyfilter")
     usage, out = _process([str(cli), "replay", "--config", str(config), str(path)])
     summary = re.search(r"([\d,]+) failures.*; ([\d,]+) ban\(s\)", out.splitlines()[0])
