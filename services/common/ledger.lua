@@ -811,25 +811,39 @@ local function record_group(keys, at, g, lines, now, on_crossing)
   return pending or nil  -- (HMGET's missing field is false, which a table would keep)
 end
 
--- A crossing, judged: ban, unless a ban at least as long is in force.
--- `window_key`, `lines_key`: the window that crossed, when `c` has not read
--- it yet (with_details). Returns the ban's duration, or nil if it did not ban.
-local function ban_from_crossing(s, ban_key, count_key, c, now, window_key, lines_key)
+-- The duration of crossing `c`'s ban of `address` (escalated by its ban
+-- count), or nil: while a ban is in force, crossing a threshold again
+-- decides nothing, unless the new ban is longer (recidive, or a rule with a
+-- longer bantime). Also whether the address may be in the active set
+-- (write_ban's `listed`).
+local function ban_duration(s, ban_key, count_key, c, address, now)
   local count = tonumber(redis.call('GET', count_key) or '0') + 1
   local duration = escalated(c.bantime, c.factor, c.maxtime, count)
-  -- While a ban is in force, crossing a threshold again decides nothing,
-  -- unless the new ban is longer (recidive, or a rule with a longer bantime).
-  local current = redis.call('ZSCORE', s.active, c.address)
+  local current = redis.call('ZSCORE', s.active, address)
   if current and (current == 'inf' or tonumber(current) > now) then
     if current == 'inf' then return end
     local held = redis.call('GET', ban_key)
     local held_duration = held and cmsgpack.unpack(held).duration or 0
     if duration >= 0 and (held_duration < 0 or duration <= held_duration) then return end
   end
-  local first, failures, lines = c.first, c.failures, c.lines
-  if window_key then first, failures, lines = window_details(window_key, lines_key, c.trigger) end
+  return duration, current ~= false
+end
+
+-- A crossing's ports ("22,2222") as the list write_ban takes.
+local function ports_of(c)
   local ports = {}
   for p in string.gmatch(c.ports, '%d+') do ports[#ports + 1] = tonumber(p) end
+  return ports
+end
+
+-- A crossing, judged: ban, unless a ban at least as long is in force.
+-- `window_key`, `lines_key`: the window that crossed, when `c` has not read
+-- it yet (with_details). Returns the ban's duration, or nil if it did not ban.
+local function ban_from_crossing(s, ban_key, count_key, c, now, window_key, lines_key)
+  local duration, listed = ban_duration(s, ban_key, count_key, c, c.address, now)
+  if not duration then return end
+  local first, failures, lines = c.first, c.failures, c.lines
+  if window_key then first, failures, lines = window_details(window_key, lines_key, c.trigger) end
   local rec = {
     address = c.address, rule = c.rule, host = c.host, origin = 'detector',
     banned_at = now, duration = duration, first_failure = first, last_failure = c.trigger,
@@ -837,7 +851,7 @@ local function ban_from_crossing(s, ban_key, count_key, c, now, window_key, line
     window = c.mode or 'recidive',
   }
   if duration >= 0 then rec.expires_at = now + duration end
-  write_ban(s, ban_key, count_key, rec, ports, c.verdict, c.memory, current ~= false)
+  write_ban(s, ban_key, count_key, rec, ports_of(c), c.verdict, c.memory, listed)
   if s.net then widen(s, s.net, rec, now) end
   return duration
 end
@@ -1186,17 +1200,8 @@ end
 -- A crossing's ban of one of its addresses, unless a ban at least as long
 -- is in force. Returns the ban's duration, or nil if it did not ban.
 local function ban_for_account(s, ban_key, count_key, c, address, now)
-  local count = tonumber(redis.call('GET', count_key) or '0') + 1
-  local duration = escalated(c.bantime, c.factor, c.maxtime, count)
-  local current = redis.call('ZSCORE', s.active, address)
-  if current and (current == 'inf' or tonumber(current) > now) then
-    if current == 'inf' then return end
-    local held = redis.call('GET', ban_key)
-    local held_duration = held and cmsgpack.unpack(held).duration or 0
-    if duration >= 0 and (held_duration < 0 or duration <= held_duration) then return end
-  end
-  local ports = {}
-  for p in string.gmatch(c.ports, '%d+') do ports[#ports + 1] = tonumber(p) end
+  local duration, listed = ban_duration(s, ban_key, count_key, c, address, now)
+  if not duration then return end
   local reason = c.failures .. ' failures of ' .. c.rule .. ' on one account from ' .. (#c.evidence + #c.spared)
                  .. ' addresses'
   if #c.spared > 0 then reason = reason .. ' (' .. #c.spared .. ' spared: they logged in as it)' end
@@ -1208,7 +1213,7 @@ local function ban_for_account(s, ban_key, count_key, c, address, now)
     lines = c.lines, reason = reason, window = 'account', account = c.account, evidence = evidence,
   }
   if duration >= 0 then rec.expires_at = now + duration end
-  write_ban(s, ban_key, count_key, rec, ports, c.verdict, c.memory, current ~= false)
+  write_ban(s, ban_key, count_key, rec, ports_of(c), c.verdict, c.memory, listed)
   return duration
 end
 
