@@ -43,7 +43,31 @@ SERVICE = "pyfilter"
 KEYS = Keys("t:")
 
 
-class Servers:
+class Processes:
+    """Redis nodes and sentinels this test started (`procs`, by port): waiting on them, stopping them."""
+
+    procs: dict[int, subprocess.Popen]
+
+    @staticmethod
+    def until(predicate, what: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+class Servers(Processes):
     """A primary, two replicas and three sentinels on 127.0.0.1, all with a password."""
 
     def __init__(self, root: Path):
@@ -100,24 +124,6 @@ class Servers:
     def signal(self, ports: list[int], sig: int) -> None:
         for port in ports:
             os.kill(self.procs[port].pid, sig)
-
-    @staticmethod
-    def until(predicate, what: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if predicate():
-                    return
-            except redis.RedisError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}")
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
 
 
 @pytest.fixture(scope="module")

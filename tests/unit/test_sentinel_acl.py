@@ -23,7 +23,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +40,7 @@ from pyfilter.common.redisio import connect
 from tests.conftest import REDIS_SERVER
 from tests.integration.stack import free_port
 from tests.unit.test_cli import run as cli
+from tests.unit.test_sentinel import Processes
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "admin-secret"
@@ -50,7 +50,7 @@ ROLES = {"detector": "detector-secret", "api": "api-secret", "notifier": "notifi
 KEYS = Keys("pyfilter:")
 
 
-class Servers:
+class Servers(Processes):
     """Three data nodes and three sentinels as compose/server-ha.yml runs them, TLS only."""
 
     def __init__(self, root: Path):
@@ -118,24 +118,6 @@ class Servers:
 
     def live(self) -> list[int]:
         return [p for p in self.data if self.procs[p].poll() is None]
-
-    @staticmethod
-    def until(predicate, what: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if predicate():
-                    return
-            except redis.RedisError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}")
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
 
 
 @pytest.fixture(scope="module")
