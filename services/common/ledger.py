@@ -69,6 +69,7 @@ CHUNK = 500  # bans per call: a call holds Redis alone, an import of 10,000 is 2
 # Failures per window call: a call runs alone in Redis, so a big batch would
 # stall every other client (about 26-37 µs of Redis CPU per failure, docs/scaling.md).
 FAILURES_PER_CALL = 1000
+ACCOUNTS_PACKED = 10_000  # accounts whose keys a detector keeps packed (attackers name any)
 FIELDS = 7  # per failure in a group: line id, log time, text, connection, once, weight, value
 # The structs the functions write (messages.py): their fields and tags go into the Lua.
 STRUCTS = (messages.BanRecord, messages.Decision, messages.BanScope)
@@ -206,6 +207,9 @@ class Ledger:
         self._group_layouts: dict[tuple[str, bool, int, bool, bool], list[bytes]] = {}
         # What the detector's bans widen to (network.py); None: they do not.
         self.widening: Widening | None = None
+        # An account's four window keys, packed (record_accounts): a few accounts
+        # (root, admin) take most failures. Forgotten whole when full.
+        self._account_keys: dict[str, bytes] = {}
 
     async def _on_primaries(self, *command) -> list:
         """A command run on every primary (one: a single Redis), with its replies."""
@@ -528,16 +532,13 @@ class Ledger:
         for group in groups:
             by_slot.setdefault(key_slot(str(group[-1]).encode()) if self.split else 0, []).append(group)
         head = [] if self.split else [*self._shared(utc_day(now)), k.ban(""), k.ban_count("")]
+        packed_head = _bulks(head)
         calls = []
         for slot, slot_groups in by_slot.items():
             for i in range(0, len(slot_groups), CHUNK):
                 cut = slot_groups[i:i + CHUNK]
-                keys = list(head)
-                for group in cut:
-                    account = str(group[-1])
-                    keys += [k.account_window(account), k.account_lines(account), k.account_state(account),
-                             k.account_logins(account)]
-                calls.append((slot, _fcall("record_accounts", len(keys), _bulks(keys),
+                keys = packed_head + b"".join([self._account_keys_of(str(group[-1])) for group in cut])
+                calls.append((slot, _fcall("record_accounts", len(head) + 4 * len(cut), keys,
                                            [now, "" if self.split else "1", _encode(cut)])))
         replies = await self._calls(calls) if calls else []
         if self.split:
@@ -549,6 +550,17 @@ class Ledger:
                 banned.append((address, rule, int(duration)))
         left = [c for _, pending in replies for c in pending]  # the three calls', interrupted
         return banned + (await self._ban_account_crossed(left, now) if left else [])
+
+    def _account_keys_of(self, account: str) -> bytes:
+        """An account's window, lines, state and logins keys (its id's), packed."""
+        packed = self._account_keys.get(account)
+        if packed is None:
+            if len(self._account_keys) >= ACCOUNTS_PACKED:
+                self._account_keys.clear()
+            k = self.keys
+            packed = self._account_keys[account] = _bulks([k.account_window(account), k.account_lines(account),
+                                                            k.account_state(account), k.account_logins(account)])
+        return packed
 
     async def _ban_account_crossed(self, crossings: list[bytes], now: float) -> list[tuple[str, str, int]]:
         """Ban for account windows' crossings (on the ban side), then confirm them to their windows."""

@@ -24,6 +24,9 @@ from pyfilter.common.network import Widening
 # while any detector runs (docs/decisions.md, "Slow windows").
 REDELIVERY_HORIZON = 3600
 
+# Accounts whose key name (a hash of their name) a detector remembers: attackers name any.
+ACCOUNTS_REMEMBERED = 10_000
+
 
 class Observed(NamedTuple):
     """One failure seen in one line: what the matcher found plus the line's identity."""
@@ -140,6 +143,7 @@ class Windows:
         # and the group fields after rule, account and host.
         self._accounts = {name: (rule.service, _account_settings(rule)) for name, rule in rules.items()
                           if rule.per_account is not None}
+        self._account_ids: dict[tuple[str, str], str] = {}
 
     async def record(self, observed: list[Observed], now: float, logins: Sequence[Login] = ()) -> list[NewBan]:
         """Apply the failures (the ledger sends its calls in one round trip per
@@ -173,8 +177,18 @@ class Windows:
             rule, account, host = key
             service, settings = self._accounts[rule]
             groups.append([rule, account, host, *settings, failures.get(key, []), logged.get(key, []),
-                           account_id(service, account)])
+                           self._account_id(service, account)])
         return groups
+
+    def _account_id(self, service: str, account: str) -> str:
+        """keys.account_id, remembered: a few accounts (root, admin) take most failures,
+        each hashed once rather than once per group."""
+        found = self._account_ids.get((service, account))
+        if found is None:
+            if len(self._account_ids) >= ACCOUNTS_REMEMBERED:
+                self._account_ids.clear()
+            found = self._account_ids[(service, account)] = account_id(service, account)
+        return found
 
     def _groups(self, observed: list[Observed]) -> list[list[object]]:
         """The failures grouped by (rule, address, host), as record_failures reads them;
