@@ -437,8 +437,22 @@ class Ledger:
         says what a group holds), then ban for the thresholds they crossed: in the
         same call on a single Redis, in two more on Cluster (`split`).
         Returns (address, rule, duration) for each ban they caused."""
-        planned = self._window_calls(groups, now, recidive)
-        replies = await self._calls(planned) if planned else []
+        return await self.record(groups, [], now, recidive)
+
+    async def record(self, groups: Sequence[list[object]], accounts: Sequence[list[object]], now: float,
+                     recidive: bytes) -> list[tuple[str, str, int]]:
+        """record_failures and record_accounts at once: their calls in one round trip
+        per node (both idempotent: if one fails, the read is done again). One
+        coroutine, no tasks: its request is written before it first waits, so the
+        caller's next work (replay's matching) runs while Redis counts."""
+        planned = self._window_calls(groups, now, recidive) if groups else []
+        calls = planned + (self._account_calls(accounts, now) if accounts else [])
+        replies = await self._calls(calls) if calls else []
+        return (await self._window_replies(replies[:len(planned)], now, recidive)
+                + await self._account_replies(replies[len(planned):], now))
+
+    async def _window_replies(self, replies: list, now: float, recidive: bytes) -> list[tuple[str, str, int]]:
+        """The bans of the window calls' replies (on Cluster: made from their crossings)."""
         if self.split:
             return await self._ban_crossed([c for reply in replies for c in reply], now, recidive)
         banned = []
@@ -527,6 +541,10 @@ class Ledger:
         """Count account groups (windows.py: their last field is the account's id) into
         their windows and ban for the crossings: in the same call on a single Redis, in
         two more on Cluster (`split`). Returns (address, rule, duration) per ban."""
+        return await self.record([], groups, now, b"")
+
+    def _account_calls(self, groups: Sequence[list[object]], now: float) -> list[Call]:
+        """record_accounts' calls of these groups: per slot (single Redis: one) and CHUNK groups."""
         k = self.keys
         by_slot: dict[int, list[list[object]]] = {}
         for group in groups:
@@ -540,7 +558,10 @@ class Ledger:
                 keys = packed_head + b"".join([self._account_keys_of(str(group[-1])) for group in cut])
                 calls.append((slot, _fcall("record_accounts", len(head) + 4 * len(cut), keys,
                                            [now, "" if self.split else "1", _encode(cut)])))
-        replies = await self._calls(calls) if calls else []
+        return calls
+
+    async def _account_replies(self, replies: list, now: float) -> list[tuple[str, str, int]]:
+        """The bans of record_accounts' replies (on Cluster: made from their crossings)."""
         if self.split:
             return await self._ban_account_crossed([c for reply in replies for c in reply], now)
         banned = []

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
@@ -146,20 +145,12 @@ class Windows:
         self._account_ids: dict[tuple[str, str], str] = {}
 
     async def record(self, observed: list[Observed], now: float, logins: Sequence[Login] = ()) -> list[NewBan]:
-        """Apply the failures (the ledger sends its calls in one round trip per
-        step and node), and raises if any call failed: nothing is acknowledged then.
-        `logins` spare their addresses in per-account windows."""
+        """Apply the failures (the ledger sends every call of a step, per address and
+        per account, in one round trip per node), and raises if any call failed:
+        nothing is acknowledged then. `logins` spare their addresses in per-account windows."""
         accounts = self._account_groups(observed, logins) if self._accounts else []
-        if not accounts:
-            banned = await self._ledger.record_failures(self._groups(observed), now, self._recidive)
-            return [NewBan(*ban) for ban in banned]
-        # Both are idempotent: if either fails, the read is left pending and done again.
-        done = await asyncio.gather(self._ledger.record_failures(self._groups(observed), now, self._recidive),
-                                    self._ledger.record_accounts(accounts, now), return_exceptions=True)
-        for result in done:
-            if isinstance(result, BaseException):
-                raise result
-        return [NewBan(*ban) for result in done for ban in result]  # type: ignore[union-attr]
+        banned = await self._ledger.record(self._groups(observed), accounts, now, self._recidive)
+        return [NewBan(*ban) for ban in banned]
 
     def _account_groups(self, observed: list[Observed], logins: Sequence[Login]) -> list[list[object]]:
         """Failures and logins of rules with a per-account window, grouped by (rule, account,
