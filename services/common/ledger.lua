@@ -4,7 +4,9 @@
 -- comes from Python (the message structs' fields, their version, the grace
 -- and stream caps, the library's name). Every function names its KEYS and
 -- ARGV as locals first, and touches only keys passed in KEYS: the key names
--- are built in common/keys.py alone. docs/decisions.md ("Ledger") has the map.
+-- are built in common/keys.py alone (record_accounts' one call on a single
+-- Redis, whose banned addresses are known only inside it, is given keys.py's
+-- templates of them instead). docs/decisions.md ("Ledger") has the map.
 
 local MAX_LINES = 10  -- lines kept per window (and so per ban record)
 
