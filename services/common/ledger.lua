@@ -312,16 +312,19 @@ end
 -- A digest is due when its oldest notice has waited the interval, or when
 -- max_batch notices wait. The hold key (a lease while sending, the backoff
 -- after a failure) keeps it to one mail at a time and paces retries.
--- KEYS: queue, hold. ARGV: now, lease, max_batch.
+-- Notices due after `horizon` (now and the interval: a network ban's end,
+-- still to come) are not in any digest before they fall due.
+-- KEYS: queue, hold. ARGV: now, lease, max_batch, horizon.
 local function claim_digest(keys, args)
   local queue, hold = keys[1], keys[2]
   local now, lease, max_batch = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
+  local horizon = args[4] or '+inf'
   if redis.call('EXISTS', hold) == 1 then return {} end
   local oldest = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
   if #oldest == 0 then return {} end
-  if tonumber(oldest[2]) > now and redis.call('ZCARD', queue) < max_batch then return {} end
+  if tonumber(oldest[2]) > now and redis.call('ZCOUNT', queue, '-inf', horizon) < max_batch then return {} end
   redis.call('SET', hold, 'sending', 'PX', math.floor(lease * 1000))
-  return redis.call('ZRANGE', queue, 0, max_batch - 1)
+  return redis.call('ZRANGEBYSCORE', queue, '-inf', horizon, 'LIMIT', 0, max_batch)
 end
 
 -- Per network ----------------------------------------------------------------

@@ -705,10 +705,12 @@ class Ledger:
         """Take up to `count` notices due on a channel, leased for `lease` seconds."""
         return await self._call("claim_due", [self.keys.notify_queue(channel)], [now, lease, count])
 
-    async def claim_digest(self, channel: str, now: float, lease: float, max_batch: int) -> list[bytes]:
-        """A digest channel's notices, if its digest is due (and it is not held)."""
+    async def claim_digest(self, channel: str, now: float, lease: float, max_batch: int,
+                           horizon: float = math.inf) -> list[bytes]:
+        """A digest channel's notices, if its digest is due (and it is not held); none due
+        after `horizon` (a network ban's end, still to come)."""
         keys = [self.keys.notify_queue(channel), self.keys.notify_hold(channel)]
-        return await self._call("claim_digest", keys, [now, lease, max_batch])
+        return await self._call("claim_digest", keys, [now, lease, max_batch, horizon])
 
 
 def _chunks_by_day(bans: Sequence[NewBan]) -> Iterable[Sequence[NewBan]]:
