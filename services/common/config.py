@@ -508,6 +508,7 @@ class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True):
     email: EmailConfig | None = None
     webhook: WebhookConfig | None = None
     manual: bool = False  # announce bans made by hand through the api too
+    network: bool = True  # announce network bans (docs/rules.md, "Per network"), their unban and expiry
     # A failed delivery is tried again after retry_initial, doubling up to
     # retry_max, and dropped (with an error logged) after give_up_after.
     retry_initial: Annotated[float, msgspec.Meta(gt=0)] = 5.0
