@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -231,14 +232,26 @@ async def ensure_group(client: redis.Redis, stream: str, group: str, start: str 
             raise
 
 
-async def wait_for_redis(client: redis.Redis, service: str) -> None:
-    """Block until Redis answers, with a capped backoff; log while it does not."""
+async def wait_for_redis(client: redis.Redis | RedisCluster, service: str) -> None:
+    """Block until Redis answers, with a capped backoff; log while it does not.
+
+    On Redis Cluster, until every primary answers: any node answers a plain
+    PING, but a service starting again after an error (a primary killed)
+    then talks to every primary (loading the library, reading every slot),
+    and would fail again on one not yet replaced. Between tries the client
+    learns the layout again, so a replica promoted meanwhile is found."""
     delay = 0.2
     while True:
         try:
-            await client.ping()
+            if is_cluster(client):
+                await client.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await client.ping()
             return
         except TRANSIENT as exc:
             log.warning("redis unreachable, retrying", extra={"service": service, "error": str(exc)})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+            if is_cluster(client):
+                with contextlib.suppress(*TRANSIENT):
+                    await client.nodes_manager.initialize()
