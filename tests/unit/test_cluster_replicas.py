@@ -167,3 +167,43 @@ def test_writes_count_only_once_the_replica_of_their_own_shard_holds_them(cluste
     assert records == dict.fromkeys(banned, MAXRETRY)
     assert "198.51.100.250" not in active and set(banned) <= active
     assert WHITELISTED in listed and left == [0, 0]
+
+
+def test_confirmed_writes_follow_their_slots_to_the_new_primaries(cluster):
+    """Every replica takes over from its primary (CLUSTER FAILOVER, graceful): the
+    clients' layout is then stale, and a write sent to a former primary is answered
+    MOVED. The collector's commit, the ledger's calls and a whitelist change each
+    find the slot's new primary and are confirmed there, without an error."""
+    hosts = [host_on(cluster, shard) for shard in range(3)]
+
+    async def go():
+        # One client each, so that each meets the stale layout itself.
+        clients = [connect(redis_config(cluster.url, wait_replicas=1, wait_timeout_ms=500)) for _ in range(3)]
+        ledger = Ledger(clients[0], KEYS)
+        await ledger.load()
+        committers = [Committer(clients[1], KEYS, host, 1_000_000) for host in hosts]
+        for committer in committers:
+            await committer.commit("auth", failures(committer.host, "198.51.100.1"), Stats())
+        await ledger.ban([manual("198.51.100.250")])
+        await whitelist.add(clients[2], KEYS, WHITELISTED)
+        before = cluster.primaries()
+        for primary in before:
+            heir = cluster.replica_of(primary)
+            cluster.node(heir).cluster("failover")
+            cluster.until(lambda heir=heir: heir in cluster.primaries() and cluster.following(heir) == 1,
+                          f"127.0.0.1:{heir} promoted, its former primary following it")
+        await ledger.unban(["198.51.100.250"], "api", "test")
+        stats = Stats()
+        for committer in committers:
+            await committer.commit("auth", Batch([], checkpoint={"offset": b"99"}), stats)
+        removed = await whitelist.remove(clients[2], KEYS, WHITELISTED)
+        offsets = [await clients[1].hget(KEYS.checkpoint(host, "auth"), "offset") for host in hosts]
+        active = set(await bans.active(clients[0], KEYS))
+        for client in clients:
+            await client.aclose()
+        return before, cluster.primaries(), stats.errors, offsets, active, removed
+
+    before, after, errors, offsets, active, removed = asyncio.run(go())
+    assert not set(before) & set(after)
+    assert errors == 0 and offsets == [b"99"] * 3
+    assert "198.51.100.250" not in active and removed
