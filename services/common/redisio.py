@@ -13,7 +13,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import AskError, ClusterDownError, MasterDownError, OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import RedisClusterException, ResponseError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pyfilter.common.config import SENTINEL_SCHEMES, RedisConfig, parse_sentinel_url
@@ -160,7 +160,7 @@ class _ShardTransactions(Pipeline):
     async def execute(self, raise_on_error: bool = True) -> list:
         await self.cluster.initialize()  # learns the slots at first use (then does nothing)
         by_slot: dict[int, list[int]] = {}
-        for i, (args, _options) in enumerate(self.command_stack):
+        for i, (args, _options) in enumerate(self.command_stack):  # each command's key follows its name
             by_slot.setdefault(self.cluster.keyslot(args[1]), []).append(i)
         replies: list = [None] * len(self.command_stack)
         for slot, indexes in by_slot.items():
@@ -179,12 +179,19 @@ class _ShardTransactions(Pipeline):
             except (AskError, *TRANSIENT) as exc:  # MovedError is an AskError
                 if isinstance(exc, NotReplicated):
                     raise
-                await self.cluster.nodes_manager.initialize()
+                await _learn_layout(self.cluster)
                 if attempt == 3 or not isinstance(exc, AskError):
                     raise
             finally:
                 await tx.reset()
         raise AssertionError("unreachable")
+
+
+async def _learn_layout(client: RedisCluster) -> None:
+    """Ask the cluster again which node serves which slot. Nodes out of reach
+    too are left for the next try, which fails on its own if they still are."""
+    with contextlib.suppress(RedisError, RedisClusterException, OSError):
+        await client.nodes_manager.initialize()
 
 
 def transaction(client: redis.Redis | RedisCluster) -> Pipeline:
@@ -253,5 +260,4 @@ async def wait_for_redis(client: redis.Redis | RedisCluster, service: str) -> No
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
             if is_cluster(client):
-                with contextlib.suppress(*TRANSIENT):
-                    await client.nodes_manager.initialize()
+                await _learn_layout(client)
