@@ -45,8 +45,8 @@ import msgspec
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import AskError, ClusterDownError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 from pyfilter.common import bans, messages
 from pyfilter.common.config import MAX_ACCOUNT_FAILURES, MAX_DISTINCT, Escalation
@@ -190,7 +190,8 @@ def _code_of(entry) -> bytes | str | None:
 # A call as sent: the slot of its keys (which Cluster node runs it), and the packed FCALL.
 Call = tuple[int, bytes]
 # Redis Cluster's answer when a slot moved (resharding, failover): find the node again.
-_MOVED = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+# redis-py raises these as their own classes (MovedError is an AskError), the code cut off.
+_MOVED = (AskError, ClusterDownError, TryAgainError)
 
 
 class Ledger:
@@ -305,7 +306,7 @@ class Ledger:
                 if attempt < 3 and _is_missing(exc):
                     await self.load()
                 # A slot moved: learn where (the calls are harmless to repeat).
-                elif attempt < 3 and self.cluster and str(exc).startswith(_MOVED):
+                elif attempt < 3 and self.cluster and isinstance(exc, _MOVED):
                     await self.client.nodes_manager.initialize()
                 else:
                     raise
