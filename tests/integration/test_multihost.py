@@ -44,7 +44,7 @@ class MultiHost(ThreeHosts):
                         "sentinel-1", "sentinel-2", "sentinel-3"], check=True, capture_output=True)
         self.env |= {"PYFILTER_TLS_DIR": str(self.tls), "PYFILTER_REDIS_CA": str(self.tls / "ca.crt"),
                      **{f"PYFILTER_{role}_REDIS_PASSWORD": secrets.token_urlsafe(16)
-                        for role in ("DETECTOR", "API", "NOTIFIER", "REPLICA", "SENTINEL")}}
+                        for role in ("DETECTOR", "API", "NOTIFIER", "REPLICA", "SENTINEL", "SENTINEL_PEER")}}
 
     def up(self) -> None:
         """The server first; then each host's user on every node, as `make host-credentials HA=1`

@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "admin-secret"
 REPLICA = "replica-secret"
 SENTINEL = "sentinel-secret"
+PEER = "sentinel-peer-secret"
 ROLES = {"detector": "detector-secret", "api": "api-secret", "notifier": "notifier-secret"}
 KEYS = Keys("pyfilter:")
 
@@ -61,7 +62,8 @@ class Servers(Processes):
         self.data = [free_port() for _ in range(3)]
         self.sentinels = [free_port() for _ in range(3)]
         self.env = {**os.environ, "PYFILTER_REDIS_PASSWORD": ADMIN, "PYFILTER_REPLICA_REDIS_PASSWORD": REPLICA,
-                    "PYFILTER_SENTINEL_REDIS_PASSWORD": SENTINEL, "PYFILTER_REDIS_TLS": "1",
+                    "PYFILTER_SENTINEL_REDIS_PASSWORD": SENTINEL, "PYFILTER_SENTINEL_PEER_REDIS_PASSWORD": PEER,
+                    "PYFILTER_REDIS_TLS": "1",
                     "PYFILTER_REDIS_TLS_ONLY": "1", "PYFILTER_REDIS_TLS_DIR": str(root / "tls")}
         for i, port in enumerate(self.data):
             self.start_data(port, replica_of=None if i == 0 else self.data[0])
@@ -228,6 +230,31 @@ def test_the_replication_link_logs_in_as_its_own_user_which_may_do_nothing_else(
         assert refused(call)
 
 
+def test_the_sentinels_log_in_to_each_other_as_their_own_user_which_may_do_nothing_else(servers, users):
+    """`sentinel sentinel-user`: the sentinels reach each other as pyfilter-sentinel-peer (the
+    admin password is in no link's settings); that user may ping, say hello on
+    __sentinel__:hello and vote, nothing else, and is no user of the data nodes."""
+    for port in servers.sentinels:
+        conf = (servers.root / f"sentinel-{port}" / "sentinel.conf").read_text().splitlines()
+        links = [line for line in conf if line.startswith("sentinel ")]
+        assert "sentinel sentinel-user pyfilter-sentinel-peer" in links, links
+        assert not [line for line in links if ADMIN in line], f"sentinel {port} links with the admin password"
+        peers = [c for c in servers.admin(port).client_list() if c["name"].endswith("-cmd")]
+        assert len(peers) == 2 and {c["user"] for c in peers} == {"pyfilter-sentinel-peer"}, peers
+        peer = servers.client(port, "pyfilter-sentinel-peer", PEER)
+        assert peer.ping()
+        for call in (lambda: peer.sentinel_masters(), lambda: peer.sentinel_failover("pyfilter"),
+                     lambda: peer.sentinel_set("pyfilter", "down-after-milliseconds", 1),
+                     lambda: peer.execute_command("SENTINEL", "CONFIG", "SET", "resolve-hostnames", "no"),
+                     lambda: peer.execute_command("SENTINEL", "CONFIG", "GET", "*"),
+                     lambda: peer.sentinel_remove("pyfilter"), lambda: peer.sentinel_reset("pyfilter"),
+                     lambda: peer.execute_command("ACL", "LIST"), lambda: peer.publish("other", "x")):
+            assert refused(call), f"sentinel {port} let the sentinels' user do more than talk Sentinel"
+    for port in servers.data:
+        with pytest.raises(redis.AuthenticationError):
+            servers.client(port, "pyfilter-sentinel-peer", PEER).get(KEYS.active_bans)
+
+
 def test_add_host_and_remove_host_change_every_node_and_a_node_that_missed_one_catches_up(servers, users, tmp_path):
     env = {"PYFILTER_CONFIG": str(tmp_path / "none.yaml"), "PYFILTER_REDIS_URL": servers.url(),
            "PYFILTER_REDIS_PASSWORD": ADMIN, "PYFILTER_REDIS_CA": str(servers.ca),
@@ -303,6 +330,8 @@ def test_after_a_failover_the_promoted_replica_knows_every_user(servers, users):
         await client.aclose()
     asyncio.run(commit())
     assert servers.admin(new).hget(KEYS.checkpoint("web1", "auth"), "offset") == b"42"
+    for port in servers.sentinels:  # the sentinels agreed as their own user, refused nothing on the way
+        assert not [e for e in servers.admin(port).acl_log() if e["client-info"]["name"].startswith("sentinel-")]
     a_host_does_its_part_only(servers, users, new)
 
     servers.start_data(old, replica_of=None)  # as compose restarts it: a primary, until Sentinel says otherwise
