@@ -16,6 +16,12 @@
 #   IS-MASTER-DOWN-BY-ADDR); no key, no SENTINEL SET, FAILOVER or CONFIG;
 # - TLS only, on its port, to clients, nodes and other sentinels alike, when
 #   PYFILTER_REDIS_TLS=1 (the files as for redis-start.sh).
+# And the users `pyfilter server` gives every sentinel (each node user, with the
+# one right to ask where the primary is), taken before it serves anyone from
+# another sentinel of PYFILTER_REDIS_SENTINELS (HOST:PORT of each; itself is
+# skipped as it does not answer yet): a sentinel that was down while a host
+# was added or removed does not come back with the old users. With none
+# answering (the first start), it keeps those of its file.
 # Started as root with PYFILTER_REDIS_RUN_AS=redis, it runs as that user.
 #   $1  the port it listens on (and announces); any more: redis-server's options
 set -eu
@@ -41,9 +47,20 @@ sentinel failover-timeout pyfilter 60000
 sentinel parallel-syncs pyfilter 1
 CONF
 fi
-grep -Ev '^(port|tls-[a-z-]+|requirepass|user (default|pyfilter-sentinel-peer)|sentinel (auth|sentinel)-(user|pass)) ' \
-    "$conf" > "$conf.new" || true
+if [ "${PYFILTER_REDIS_TLS:-0}" = 1 ]; then
+    tls_files "${PYFILTER_REDIS_TLS_DIR:-/etc/pyfilter/tls}"
+fi
+kept='^(port|tls-[a-z-]+|requirepass|user (default|pyfilter-sentinel-peer)|sentinel (auth|sentinel)-(user|pass)) '
+users=
+for peer in ${PYFILTER_REDIS_SENTINELS:-}; do
+    if users=$(users_of "$peer"); then
+        kept='^(port|tls-[a-z-]+|requirepass|user|sentinel (auth|sentinel)-(user|pass)) '
+        break
+    fi
+done
+grep -Ev "$kept" "$conf" > "$conf.new" || true
 {
+    printf '%s\n' "$users" | grep -v '^$' || true
     echo "requirepass \"$PYFILTER_REDIS_PASSWORD\""
     echo "sentinel auth-user pyfilter pyfilter-sentinel"
     echo "sentinel auth-pass pyfilter \"$PYFILTER_SENTINEL_REDIS_PASSWORD\""
@@ -52,7 +69,6 @@ grep -Ev '^(port|tls-[a-z-]+|requirepass|user (default|pyfilter-sentinel-peer)|s
     echo "sentinel sentinel-user pyfilter-sentinel-peer"
     echo "sentinel sentinel-pass \"$PYFILTER_SENTINEL_PEER_REDIS_PASSWORD\""
     if [ "${PYFILTER_REDIS_TLS:-0}" = 1 ]; then
-        tls_files "${PYFILTER_REDIS_TLS_DIR:-/etc/pyfilter/tls}"
         echo "port 0"
         echo "tls-port $1"
         tls_options | sed 's/ --/\n/g; s/^--//'
