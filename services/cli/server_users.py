@@ -44,6 +44,13 @@ class ServerError(Exception):
     pass
 
 
+class NotEverywhere(ServerError):
+    """A change the primary took and some replica or sentinel did not (`password`: a new
+    host's, which the host needs all the same)."""
+
+    password: str | None = None
+
+
 @dataclass
 class Node:
     """One Redis process that holds the users: a data node, or a sentinel (which holds each
@@ -72,8 +79,10 @@ class Nodes:
     replicas and the sentinels, since Redis does not replicate users (a replica promoted
     must already know them). A change goes to the primary first, then to each other; one
     that a replica or sentinel did not take is named, and the command fails once the
-    others have it: run it again when the node is back (`pyfilter server init`, which
-    `make server` runs, also brings every node in step with the primary)."""
+    others have it. A node that was down takes the users when it starts again, before
+    it serves (compose/redis-start.sh from the primary, compose/sentinel.sh from another
+    sentinel); one that was only cut off, when `pyfilter server init` (`make server`)
+    brings every node in step with the primary."""
 
     primary: Node
     replicas: list[Node] = field(default_factory=list)
@@ -112,8 +121,9 @@ class Nodes:
         await self.each(lambda node: node.save())
         if self.failed:
             down = "; ".join(f"{where}: {why}" for where, why in self.failed.items())
-            raise ServerError(f"not changed on {down}. Every other node has the change; run this again "
-                              f"once those are back (until then they must not become the primary)")
+            raise NotEverywhere(f"not changed on {down}. Every other node has the change; a node that was "
+                                f"down takes it when it starts again; one still running must not become the "
+                                f"primary until `pyfilter server init` (make server) brings it in step")
 
     async def sync(self) -> None:
         """Make the replicas' and sentinels' users those of the primary (a node that
@@ -154,7 +164,11 @@ async def add_host(admin: redis.Redis, keys: Keys, host: str, nodes: Nodes | Non
     password = secrets.token_urlsafe(32)
     await nodes.set_user(acl.host_user(host), password, acl.agent(keys, host))
     await admin.sadd(keys.hosts, host)
-    await nodes.save()
+    try:
+        await nodes.save()
+    except NotEverywhere as exc:
+        exc.password = password
+        raise
     return password
 
 
@@ -270,7 +284,11 @@ def cmd_add_host(args: argparse.Namespace) -> int:
     async def go() -> str:
         async with _Admin() as (admin, keys, nodes):
             return await add_host(admin, keys, host, nodes)
-    url = agent_url(public, host, asyncio.run(go()))
+    try:
+        password, missed = asyncio.run(go()), None
+    except NotEverywhere as exc:  # the host's user works wherever the primary is: it needs its credentials
+        password, missed = exc.password, exc
+    url = agent_url(public, host, password)
     if args.out:
         for path in write_credentials(Path(args.out), host, url, ca):
             print(f"wrote {path}")
@@ -279,6 +297,8 @@ def cmd_add_host(args: argparse.Namespace) -> int:
         print(f"PYFILTER_HOST={host}\nPYFILTER_REDIS_URL={url}")
         if ca is not None:
             print(f"PYFILTER_REDIS_CA=<a copy of {ca} on {host}>")
+    if missed is not None:
+        raise missed
     return 0
 
 
