@@ -94,7 +94,7 @@ async def replay(settings: configuration.Settings, logs: list[Log], host: str, n
         own = msgspec.structs.replace(settings, config=msgspec.structs.replace(settings.config, redis=redis_config))
         detector = Detector(own, every_login=True)
         try:
-            await logtime.load(detector.client, detector.keys)
+            await logtime.load(detector.client)
             # Never-ban addresses: the configuration's whitelist (this Redis holds no other, and
             # no host's own addresses: list them in the whitelist to keep them out).
             whitelist = await detector.whitelist.networks()

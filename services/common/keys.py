@@ -272,12 +272,6 @@ class Keys:
         """Hash of one minute's counters of a host ("lines:SOURCE", "failures:RULE" -> count), expiring."""
         return f"{self.prefix}counts:{host}:{minute}"
 
-    # `pyfilter replay` (common/logtime.py), in its own Redis only
-    @property
-    def log_expiry(self) -> str:
-        """Sorted set: key -> when it expires in log time (replay keeps no Redis TTL)."""
-        return f"{self.prefix}replay:expiry"
-
 
 BAN_SIDE_TAG = "{bans}"
 

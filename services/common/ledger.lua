@@ -597,8 +597,8 @@ local function record_slow(keys, at, g, lines, now, on_crossing)
   if added then
     redis.call('EXPIRE', ids_key, math.ceil(horizon) + 60)
     if #texts > 0 then
-      redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - SLOW_LINES + 1)))
-      redis.call('LTRIM', lines_key, -SLOW_LINES, -1)
+      local kept = redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - SLOW_LINES + 1)))
+      if kept > SLOW_LINES then redis.call('LTRIM', lines_key, -SLOW_LINES, -1) end
     end
     local counts, first_kept = {}, math.floor(oldest / size)
     local stored = redis.call('HGETALL', buckets_key)
@@ -769,15 +769,18 @@ local function record_group(keys, at, g, lines, now, on_crossing)
     table.sort(fresh)
     -- Only the last MAX_LINES are kept (and Lua's `unpack` has a size limit).
     if #texts > 0 then
-      redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
-      redis.call('LTRIM', lines_key, -MAX_LINES, -1)
+      local kept = redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
+      if kept > MAX_LINES then redis.call('LTRIM', lines_key, -MAX_LINES, -1) end
     end
     redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. oldest)
     local trigger = nil
     if g.mode == 'instant' then
       trigger = fresh[#fresh]
     elseif g.mode == 'sliding' then
-      trigger = crossing(window_key, fresh, g.span, g.threshold)
+      -- A window holding fewer failures than the threshold has no stretch to read.
+      if redis.call('ZCARD', window_key) >= g.threshold then
+        trigger = crossing(window_key, fresh, g.span, g.threshold)
+      end
     else -- consecutive: each failure within `span` of the previous adds one
       local counted = redis.call('HMGET', state_key, 'last', 'count')
       local last, count = tonumber(counted[1] or '-1'), tonumber(counted[2] or '0')
@@ -1187,11 +1190,16 @@ local function record_account_group(keys, at, g, now, on_crossing)
     end
   end
   if #texts > 0 then
-    redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
-    redis.call('LTRIM', lines_key, -MAX_LINES, -1)
+    local kept = redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
+    if kept > MAX_LINES then redis.call('LTRIM', lines_key, -MAX_LINES, -1) end
     redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. oldest)
-    redis.call('ZREMRANGEBYRANK', window_key, 0, -(ACCOUNT_KEEP + 1))
-    local first, last, times, addrs = account_stretch(redis.call('ZRANGE', window_key, 0, -1, 'WITHSCORES'), g)
+    local held = redis.call('ZCARD', window_key)
+    if held > ACCOUNT_KEEP then redis.call('ZREMRANGEBYRANK', window_key, 0, -(ACCOUNT_KEEP + 1)) end
+    -- Fewer failures than `failures` hold no stretch: most accounts' windows are not read.
+    local first, last, times, addrs
+    if held >= g.failures then
+      first, last, times, addrs = account_stretch(redis.call('ZRANGE', window_key, 0, -1, 'WITHSCORES'), g)
+    end
     if last then
       local c = account_crossing_of(g, now, times, addrs, first, last, logins_key, lines_key)
       pending = on_crossing(c, state_key, c.evidence) or pending

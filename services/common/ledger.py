@@ -69,6 +69,7 @@ CHUNK = 500  # bans per call: a call holds Redis alone, an import of 10,000 is 2
 # Failures per window call: a call runs alone in Redis, so a big batch would
 # stall every other client (about 26-37 µs of Redis CPU per failure, docs/scaling.md).
 FAILURES_PER_CALL = 1000
+ACCOUNTS_PACKED = 10_000  # accounts whose keys a detector keeps packed (attackers name any)
 FIELDS = 7  # per failure in a group: line id, log time, text, connection, once, weight, value
 # The structs the functions write (messages.py): their fields and tags go into the Lua.
 STRUCTS = (messages.BanRecord, messages.Decision, messages.BanScope)
@@ -209,6 +210,9 @@ class Ledger:
         self._group_layouts: dict[tuple[str, bool, int, bool, bool], list[bytes]] = {}
         # What the detector's bans widen to (network.py); None: they do not.
         self.widening: Widening | None = None
+        # An account's four window keys, packed (record_accounts): a few accounts
+        # (root, admin) take most failures. Forgotten whole when full.
+        self._account_keys: dict[str, bytes] = {}
 
     async def _on_primaries(self, *command) -> list:
         """A command run on every primary (one: a single Redis), with its replies."""
@@ -436,8 +440,22 @@ class Ledger:
         says what a group holds), then ban for the thresholds they crossed: in the
         same call on a single Redis, in two more on Cluster (`split`).
         Returns (address, rule, duration) for each ban they caused."""
-        planned = self._window_calls(groups, now, recidive)
-        replies = await self._calls(planned) if planned else []
+        return await self.record(groups, [], now, recidive)
+
+    async def record(self, groups: Sequence[list[object]], accounts: Sequence[list[object]], now: float,
+                     recidive: bytes) -> list[tuple[str, str, int]]:
+        """record_failures and record_accounts at once: their calls in one round trip
+        per node (both idempotent: if one fails, the read is done again). One
+        coroutine, no tasks: its request is written before it first waits, so the
+        caller's next work (replay's matching) runs while Redis counts."""
+        planned = self._window_calls(groups, now, recidive) if groups else []
+        calls = planned + (self._account_calls(accounts, now, recidive) if accounts else [])
+        replies = await self._calls(calls) if calls else []
+        return (await self._window_replies(replies[:len(planned)], now, recidive)
+                + await self._account_replies(replies[len(planned):], now, recidive))
+
+    async def _window_replies(self, replies: list, now: float, recidive: bytes) -> list[tuple[str, str, int]]:
+        """The bans of the window calls' replies (on Cluster: made from their crossings)."""
         if self.split:
             return await self._ban_crossed([c for reply in replies for c in reply], now, recidive)
         banned = []
@@ -530,8 +548,16 @@ class Ledger:
         counts in are planned here, for a crossing's addresses once it is kept). Each ban
         counts in its address's recidive window (`recidive`: that rule's settings, as
         record_failures takes them). Returns (address, rule, duration) per ban."""
+        return await self.record([], groups, now, recidive)
+
+    def _accounts_split(self) -> bool:
+        """Whether account crossings ban in calls of their own (record_accounts says when)."""
+        return self.split or self.widening is not None
+
+    def _account_calls(self, groups: Sequence[list[object]], now: float, recidive: bytes) -> list[Call]:
+        """record_accounts' calls of these groups: per slot (single Redis: one) and CHUNK groups."""
         k = self.keys
-        split = self.split or self.widening is not None
+        split = self._accounts_split()
         by_slot: dict[int, list[list[object]]] = {}
         for group in groups:
             by_slot.setdefault(key_slot(str(group[-1]).encode()) if self.split else 0, []).append(group)
@@ -539,19 +565,19 @@ class Ledger:
         tail = [] if split else [recidive, _encode([part for key in (k.ban(""), k.ban_count(""), k.window("recidive", ""),
                                                                      k.window_lines("recidive", ""))
                                                     for part in around_address(key)])]
+        packed_head = _bulks(head)
         calls = []
         for slot, slot_groups in by_slot.items():
             for i in range(0, len(slot_groups), CHUNK):
                 cut = slot_groups[i:i + CHUNK]
-                keys = list(head)
-                for group in cut:
-                    account = str(group[-1])
-                    keys += [k.account_window(account), k.account_lines(account), k.account_state(account),
-                             k.account_logins(account)]
-                calls.append((slot, _fcall("record_accounts", len(keys), _bulks(keys),
+                keys = packed_head + b"".join([self._account_keys_of(str(group[-1])) for group in cut])
+                calls.append((slot, _fcall("record_accounts", len(head) + 4 * len(cut), keys,
                                            [now, "" if split else "1", _encode(cut), *tail])))
-        replies = await self._calls(calls) if calls else []
-        if split:
+        return calls
+
+    async def _account_replies(self, replies: list, now: float, recidive: bytes) -> list[tuple[str, str, int]]:
+        """The bans of record_accounts' replies (split: made from their crossings)."""
+        if self._accounts_split():
             return await self._ban_account_crossed([c for reply in replies for c in reply], now, recidive)
         banned = []
         for written, _ in replies:
@@ -560,6 +586,17 @@ class Ledger:
                 banned.append((address, rule, int(duration)))
         left = [c for _, pending in replies for c in pending]  # the three calls', interrupted
         return banned + (await self._ban_account_crossed(left, now, recidive) if left else [])
+
+    def _account_keys_of(self, account: str) -> bytes:
+        """An account's window, lines, state and logins keys (its id's), packed."""
+        packed = self._account_keys.get(account)
+        if packed is None:
+            if len(self._account_keys) >= ACCOUNTS_PACKED:
+                self._account_keys.clear()
+            k = self.keys
+            packed = self._account_keys[account] = _bulks([k.account_window(account), k.account_lines(account),
+                                                            k.account_state(account), k.account_logins(account)])
+        return packed
 
     async def _ban_account_crossed(self, crossings: list[bytes], now: float,
                                    recidive: bytes) -> list[tuple[str, str, int]]:

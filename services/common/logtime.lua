@@ -6,13 +6,16 @@
 -- replayed in a minute would keep a ban count past its `memory`, and a ban
 -- record written with EXAT in log time (last month) would be gone at once.
 -- Here `redis` is a stand-in for the real one whose `call` keeps every
--- expiry in log time instead, in the sorted set EXPIRY (key -> when, log
--- time, no Redis TTL at all), and each window call first moves the clock to
--- its `now` and forgets what is due by then. A command that sets or reads a TTL in a way not
+-- expiry in log time instead, in the library's own Lua state (no Redis TTL at
+-- all), and each window call first moves the clock to its `now` and deletes
+-- what is due by then. A command that sets or reads a TTL in a way not
 -- translated here fails, so a new one in ledger.lua is noticed by the
 -- replay tests rather than silently kept in wall time.
 --
--- It touches EXPIRY without naming it in KEYS: it runs only in replay's own
+-- The expiries are Lua tables, not a key: a replay sets one or more per
+-- failure, and a sorted set of every key cost Redis more than the windows'
+-- own commands (docs/benchmarks.md, "What if"). They live as long as the
+-- library, which is as long as the run: this runs only in replay's own
 -- single Redis, never in a deployment. (Only `redis` exists while a library
 -- loads: the stand-in starts as a plain table.)
 
@@ -23,9 +26,31 @@ local STAND_IN = {}  -- the `redis` of the rest of the library (filled below)
 local raw
 local clock = 0  -- log time: the `now` of the window call running
 
+-- Key -> when it expires (log time); second -> the keys that expire in it
+-- (a key set again later is left in its old second, and skipped there); the
+-- seconds that have keys, in order.
+local expiry, due_in, seconds = {}, {}, {}
+
+local function schedule(key, at)
+  expiry[key] = at
+  local second = math.floor(at)
+  local keys = due_in[second]
+  if not keys then
+    keys = {}
+    due_in[second] = keys
+    local lo, hi = 1, #seconds
+    while lo <= hi do
+      local mid = math.floor((lo + hi) / 2)
+      if seconds[mid] < second then lo = mid + 1 else hi = mid - 1 end
+    end
+    table.insert(seconds, lo, second)
+  end
+  keys[#keys + 1] = key
+end
+
 local function expire_at(key, at)
   if raw('EXISTS', key) == 0 then return 0 end
-  raw('ZADD', EXPIRY, at, key)
+  schedule(key, at)
   return 1
 end
 
@@ -50,14 +75,14 @@ local function set(...)
     end
   end
   local reply = raw(unpack(plain))
-  if at then raw('ZADD', EXPIRY, at, args[1])
-  elseif not keep then raw('ZREM', EXPIRY, args[1]) end
+  if at then schedule(args[1], at)
+  elseif not keep then expiry[args[1]] = nil end
   return reply
 end
 
 local function delete(command)
   return function(...)
-    raw('ZREM', EXPIRY, ...)
+    for _, key in ipairs({...}) do expiry[key] = nil end
     return raw(command, ...)
   end
 end
@@ -68,7 +93,11 @@ local IN_LOG_TIME = {
   PEXPIRE = function(key, ms) return expire_at(key, clock + tonumber(ms) / 1000) end,
   EXPIREAT = function(key, at) return expire_at(key, tonumber(at)) end,
   PEXPIREAT = function(key, ms) return expire_at(key, tonumber(ms) / 1000) end,
-  PERSIST = function(key) return raw('ZREM', EXPIRY, key) end,
+  PERSIST = function(key)
+    local had = expiry[key] ~= nil
+    expiry[key] = nil
+    return had and 1 or 0
+  end,
   SET = set, DEL = delete('DEL'), UNLINK = delete('UNLINK'),
 }
 local UNKNOWN = {GETEX = true, SETEX = true, PSETEX = true, TTL = true, PTTL = true, EXPIRETIME = true,
@@ -99,10 +128,28 @@ local function tick(now)
     setmetatable(STAND_IN, {__index = function(_, k) return redis[k] end})
   end
   clock = now
-  local due = raw('ZRANGEBYSCORE', EXPIRY, '-inf', '(' .. string.format('%.17g', now))
-  for _, key in ipairs(due) do
-    raw('DEL', key)
-    raw('ZREM', EXPIRY, key)
+  -- A second's keys are due if they expire before `now`; those of the second
+  -- `now` is in that do not stay listed.
+  while #seconds > 0 and seconds[1] <= now do
+    local second = seconds[1]
+    local later = {}
+    for _, key in ipairs(due_in[second]) do
+      local at = expiry[key]
+      if at and math.floor(at) == second then
+        if at < now then
+          raw('DEL', key)
+          expiry[key] = nil
+        else
+          later[#later + 1] = key
+        end
+      end
+    end
+    if #later > 0 then
+      due_in[second] = later
+      break
+    end
+    due_in[second] = nil
+    table.remove(seconds, 1)
   end
 end
 

@@ -1,8 +1,8 @@
 """The ledger's library on a clock of log time, for `pyfilter replay` (logtime.lua says why).
 
 The very functions of ledger.lua, loaded under the library's own name, with
-`redis.call` standing in for Redis's expiry, and record_and_ban moving the
-clock to its `now` first. Only for a Redis of replay's own: its keys never
+`redis.call` standing in for Redis's expiry, and the window calls moving the
+clock to their `now` first. Only for a Redis of replay's own: its keys never
 get a Redis TTL.
 """
 
@@ -14,21 +14,19 @@ import json
 import redis.asyncio as redis
 
 from pyfilter.common import ledger
-from pyfilter.common.keys import Keys
 
 # The window calls replay makes on its one Redis (ARGV[1] of each is `now`).
 CLOCKED = [f"{ledger.FUNCTION_PREFIX}{name}" for name in ("record_and_ban", "record_accounts")]
 
 
-def library_code(keys: Keys) -> str:
+def library_code() -> str:
     """ledger.CODE with the clock between its first line (the library's name) and the rest."""
     first, rest = ledger.CODE.split("\n", 1)
     clock = importlib.resources.files("pyfilter.common").joinpath("logtime.lua").read_text()
     clocked = ", ".join(f"[{json.dumps(name)}] = true" for name in CLOCKED)
-    names = f"local EXPIRY = {json.dumps(keys.log_expiry)}\nlocal CLOCKED = {{{clocked}}}"
-    return f"{first}\n{names}\n{clock}\n{rest}"
+    return f"{first}\nlocal CLOCKED = {{{clocked}}}\n{clock}\n{rest}"
 
 
-async def load(client: redis.Redis, keys: Keys) -> None:
-    await client.execute_command("FUNCTION", "LOAD", "REPLACE", library_code(keys))
+async def load(client: redis.Redis) -> None:
+    await client.execute_command("FUNCTION", "LOAD", "REPLACE", library_code())
 

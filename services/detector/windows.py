@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
@@ -23,6 +22,9 @@ from pyfilter.common.network import Widening
 # a batch counted but not acknowledged comes back within detector.claim_idle
 # while any detector runs (docs/decisions.md, "Slow windows").
 REDELIVERY_HORIZON = 3600
+
+# Accounts whose key name (a hash of their name) a detector remembers: attackers name any.
+ACCOUNTS_REMEMBERED = 10_000
 
 
 class Observed(NamedTuple):
@@ -140,22 +142,15 @@ class Windows:
         # and the group fields after rule, account and host.
         self._accounts = {name: (rule.service, _account_settings(rule)) for name, rule in rules.items()
                           if rule.per_account is not None}
+        self._account_ids: dict[tuple[str, str], str] = {}
 
     async def record(self, observed: list[Observed], now: float, logins: Sequence[Login] = ()) -> list[NewBan]:
-        """Apply the failures (the ledger sends its calls in one round trip per
-        step and node), and raises if any call failed: nothing is acknowledged then.
-        `logins` spare their addresses in per-account windows."""
+        """Apply the failures (the ledger sends every call of a step, per address and
+        per account, in one round trip per node), and raises if any call failed:
+        nothing is acknowledged then. `logins` spare their addresses in per-account windows."""
         accounts = self._account_groups(observed, logins) if self._accounts else []
-        if not accounts:
-            banned = await self._ledger.record_failures(self._groups(observed), now, self._recidive)
-            return [NewBan(*ban) for ban in banned]
-        # Both are idempotent: if either fails, the read is left pending and done again.
-        done = await asyncio.gather(self._ledger.record_failures(self._groups(observed), now, self._recidive),
-                                    self._ledger.record_accounts(accounts, now, self._recidive), return_exceptions=True)
-        for result in done:
-            if isinstance(result, BaseException):
-                raise result
-        return [NewBan(*ban) for result in done for ban in result]  # type: ignore[union-attr]
+        banned = await self._ledger.record(self._groups(observed), accounts, now, self._recidive)
+        return [NewBan(*ban) for ban in banned]
 
     def _account_groups(self, observed: list[Observed], logins: Sequence[Login]) -> list[list[object]]:
         """Failures and logins of rules with a per-account window, grouped by (rule, account,
@@ -173,8 +168,18 @@ class Windows:
             rule, account, host = key
             service, settings = self._accounts[rule]
             groups.append([rule, account, host, *settings, failures.get(key, []), logged.get(key, []),
-                           account_id(service, account)])
+                           self._account_id(service, account)])
         return groups
+
+    def _account_id(self, service: str, account: str) -> str:
+        """keys.account_id, remembered: a few accounts (root, admin) take most failures,
+        each hashed once rather than once per group."""
+        found = self._account_ids.get((service, account))
+        if found is None:
+            if len(self._account_ids) >= ACCOUNTS_REMEMBERED:
+                self._account_ids.clear()
+            found = self._account_ids[(service, account)] = account_id(service, account)
+        return found
 
     def _groups(self, observed: list[Observed]) -> list[list[object]]:
         """The failures grouped by (rule, address, host), as record_failures reads them;
