@@ -55,7 +55,7 @@ from pyfilter.common.network import Widening
 from pyfilter.common.redisio import durability
 
 # Bump when a function's KEYS, ARGV or effect changes.
-LIBRARY_VERSION = 6
+LIBRARY_VERSION = 7
 LIBRARY = f"pyfilter_v{LIBRARY_VERSION}"
 FUNCTION_PREFIX = f"{LIBRARY}_"
 
