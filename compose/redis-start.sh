@@ -16,6 +16,8 @@
 #   the sentinels' user (pyfilter-sentinel: what Sentinel sends a node), both
 #   written into the ACL file at every start, like `default`, so they are
 #   there before any replica or sentinel connects.
+# - With Redis Cluster (server-cluster.yml): PYFILTER_REDIS_TLS_ONLY=1 as with
+#   Sentinel (the cluster bus over TLS too); the cluster options come as arguments.
 # - Started as root with PYFILTER_REDIS_RUN_AS=redis (the compose files; the
 #   official image and the air-gapped one alike), it gives the data folder to
 #   that user and the socket's folder to the socket group
@@ -59,7 +61,8 @@ if [ "${PYFILTER_REDIS_TLS:-0}" = 1 ]; then
     # shellcheck disable=SC2046  # tls_options is words, no path has a space
     set -- "$@" --tls-port "${PYFILTER_REDIS_TLS_PORT:-6380}" $(tls_options)
     if [ "${PYFILTER_REDIS_TLS_ONLY:-0}" = 1 ]; then
-        set -- "$@" --port 0 --tls-replication yes
+        # tls-cluster: the cluster bus too, when the node is in a cluster (server-cluster.yml).
+        set -- "$@" --port 0 --tls-replication yes --tls-cluster yes
     fi
 fi
 
