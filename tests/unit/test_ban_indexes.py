@@ -10,6 +10,7 @@ import random
 import time
 from collections import Counter
 
+import pytest
 import redis.asyncio as aioredis
 
 from pyfilter.api.index import SEP, Entry, sortable
@@ -25,8 +26,16 @@ KEYS = Keys("t:")
 NOW = time.time()
 
 
-def record(address: str, at: float = NOW, duration: int = 600, rule: str = "manual", host: str = "host-a",
+@pytest.fixture(autouse=True)
+def clock():
+    """Each test takes the time as it starts: bans of a few minutes must still be in force in a long run."""
+    global NOW
+    NOW = time.time()
+
+
+def record(address: str, at: float | None = None, duration: int = 600, rule: str = "manual", host: str = "host-a",
            country: str | None = None) -> messages.BanRecord:
+    at = NOW if at is None else at
     return messages.BanRecord(address=address, rule=rule, host=host, origin="manual", banned_at=at,
                               duration=duration, expires_at=None if duration < 0 else at + duration,
                               country=country)

@@ -36,6 +36,13 @@ KEYS = Keys(PREFIX)
 NOW = time.time()
 
 
+@pytest.fixture(autouse=True)
+def clock():
+    """Each test takes the time as it starts: reports expire by Redis's clock, so a long run must not age them."""
+    global NOW
+    NOW = time.time()
+
+
 def host_settings(log: Path, rules: dict | None = None, host: str = "web-1"):
     """Settings of a collector on a host whose log folder is `log` (as the plan tests lay it out)."""
     config = log / "pyfilter.yaml"
