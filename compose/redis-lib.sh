@@ -48,3 +48,24 @@ run_as_redis() {
     fi
     exec "$@"
 }
+
+# ask HOST:PORT COMMAND...: one command to a node or sentinel as the admin
+# (PYFILTER_REDIS_PASSWORD), over TLS with $tls_dir/ca.crt (tls_files) when
+# PYFILTER_REDIS_TLS=1, 5 s at most; the reply on stdout.
+ask() {
+    where=$1
+    shift
+    set -- -h "${where%:*}" -p "${where##*:}" "$@"
+    if [ "${PYFILTER_REDIS_TLS:-0}" = 1 ]; then
+        set -- --tls --cacert "$tls_dir/ca.crt" "$@"
+    fi
+    REDISCLI_AUTH=$PYFILTER_REDIS_PASSWORD timeout 5 redis-cli "$@" 2>/dev/null
+}
+
+# users_of HOST:PORT: the users HOST holds (ACL LIST), but those each node or
+# sentinel makes itself at its start; fails if HOST gives no list.
+users_of() {
+    listed=$(ask "$1" ACL LIST) || return 1
+    printf '%s\n' "$listed" | grep -q '^user default ' || return 1
+    printf '%s\n' "$listed" | grep -Ev '^user (default|pyfilter-replica|pyfilter-sentinel|pyfilter-sentinel-peer) ' || true
+}

@@ -16,6 +16,12 @@
 #   the sentinels' user (pyfilter-sentinel: what Sentinel sends a node), both
 #   written into the ACL file at every start, like `default`, so they are
 #   there before any replica or sentinel connects.
+# - With Sentinel, PYFILTER_REDIS_SENTINELS (HOST:PORT of each sentinel): before
+#   it serves anyone, the node takes the users `pyfilter server` made from the
+#   current primary (the list's one owner, docs/decisions.md), so a node that
+#   was down while a host was added or removed does not come back with the old
+#   users. With no primary answering (the first start; or this node is the
+#   primary the sentinels name) it keeps the users of its own ACL file.
 # - With Redis Cluster (server-cluster.yml): PYFILTER_REDIS_TLS_ONLY=1 as with
 #   Sentinel (the cluster bus over TLS too); the cluster options come as arguments.
 # - Started as root with PYFILTER_REDIS_RUN_AS=redis (the compose files; the
@@ -37,10 +43,31 @@ if [ -z "${PYFILTER_REDIS_PASSWORD:-}" ]; then
     exit 1
 fi
 
+if [ "${PYFILTER_REDIS_TLS:-0}" = 1 ]; then
+    tls_files "${PYFILTER_REDIS_TLS_DIR:-/etc/pyfilter/tls}"
+fi
+
+# The primary's users, as the sentinels name it: the first sentinel that names one decides.
+primary_users() {
+    for sentinel in ${PYFILTER_REDIS_SENTINELS:-}; do
+        # shellcheck disable=SC2046  # the reply is two words: host and port
+        set -- $(ask "$sentinel" SENTINEL GET-MASTER-ADDR-BY-NAME pyfilter || true)
+        if [ $# = 2 ]; then
+            users_of "$1:$2"
+            return
+        fi
+    done
+    return 1
+}
+
 acl=$data/users.acl
 touch "$acl"
 {
-    grep -Ev '^user (default|pyfilter-replica|pyfilter-sentinel) ' "$acl" || true
+    if users=$(primary_users); then
+        printf '%s\n' "$users" | grep -v '^$' || true
+    else
+        grep -Ev '^user (default|pyfilter-replica|pyfilter-sentinel) ' "$acl" || true
+    fi
     acl_line default "$PYFILTER_REDIS_PASSWORD" "~* &* +@all"
     if [ -n "${PYFILTER_REPLICA_REDIS_PASSWORD:-}" ]; then
         acl_line pyfilter-replica "$PYFILTER_REPLICA_REDIS_PASSWORD" "resetchannels -@all +psync +replconf +ping"
@@ -57,7 +84,6 @@ if [ -n "${PYFILTER_REPLICA_REDIS_PASSWORD:-}" ]; then
 fi
 
 if [ "${PYFILTER_REDIS_TLS:-0}" = 1 ]; then
-    tls_files "${PYFILTER_REDIS_TLS_DIR:-/etc/pyfilter/tls}"
     # shellcheck disable=SC2046  # tls_options is words, no path has a space
     set -- "$@" --tls-port "${PYFILTER_REDIS_TLS_PORT:-6380}" $(tls_options)
     if [ "${PYFILTER_REDIS_TLS_ONLY:-0}" = 1 ]; then

@@ -84,38 +84,114 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory):
-    """URL of a real 3-primary Redis Cluster (redis-server --cluster-enabled yes)."""
-    if REDIS_SERVER is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server; `make dev` does it)")
-    base = tmp_path_factory.mktemp("cluster")
-    procs = []
-    ports = _free_ports(3)
-    for port in ports:
-        node = base / str(port)
-        node.mkdir()
-        procs.append(subprocess.Popen(
+class Cluster:
+    """Redis Cluster nodes on loopback (redis-server --cluster-enabled yes), started
+    here: `primaries` primaries, each with `replicas` replicas; `node_timeout_ms`
+    (cluster-node-timeout) is how soon a primary that stopped answering is failed
+    over. A node stopped and started again keeps its nodes.conf, so it rejoins."""
+
+    def __init__(self, base: Path, primaries: int = 3, replicas: int = 0, node_timeout_ms: int | None = None):
+        if REDIS_SERVER is None:
+            pytest.fail("redis-server is not installed (apt-get install redis-server; `make dev` does it)")
+        self.base = base
+        self.extra = ["--cluster-node-timeout", str(node_timeout_ms)] if node_timeout_ms else []
+        self.ports = _free_ports(primaries * (1 + replicas))
+        self.procs: dict[int, subprocess.Popen] = {}
+        try:
+            for port in self.ports:
+                self.start(port)
+            for port in self.ports:
+                _wait_ping(self.node(port))
+            subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                            "--cluster-replicas", str(replicas), "--cluster-yes"],
+                           check=True, stdout=subprocess.DEVNULL)
+            self.until(lambda: all(self.node(p).cluster("info")["cluster_state"] == "ok" for p in self.ports)
+                       and all(self.following(p) == replicas for p in self.primaries()),
+                       "cluster_state:ok with every replica in sync")
+        except BaseException:
+            self.stop()
+            raise
+        self.url = f"redis://127.0.0.1:{self.ports[0]}"
+        CLUSTER_URLS.add(self.url)
+
+    def start(self, port: int) -> None:
+        node = self.base / str(port)
+        node.mkdir(exist_ok=True)
+        self.procs[port] = subprocess.Popen(
             [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", str(node / "nodes.conf"), "--dir", str(node), "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL))
-    try:
-        for port in ports:
-            _wait_ping(redis.Redis(port=port))
-        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                        "--cluster-replicas", "0", "--cluster-yes"], check=True, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while any(redis.Redis(port=p).cluster("info")["cluster_state"] != "ok" for p in ports):
-            if time.monotonic() > deadline:
-                pytest.fail("the Redis Cluster did not reach cluster_state:ok within 30 s")
-            time.sleep(0.1)
-        url = f"redis://127.0.0.1:{ports[0]}"
-        CLUSTER_URLS.add(url)
-        yield url, ports
-    finally:
-        for proc in procs:
-            proc.terminate()
+             "--appendonly", "no", "--repl-diskless-sync-delay", "0", *self.extra], stdout=subprocess.DEVNULL)
+
+    def following(self, primary: int) -> int:
+        """How many replicas of `primary` are in sync with it (past their first full copy)."""
+        info = self.node(primary).info("replication")
+        return sum(1 for k, v in info.items() if k.startswith("slave") and k[5:].isdigit() and v["state"] == "online")
+
+    def node(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=5)
+
+    def alive(self) -> list[int]:
+        return [p for p in self.ports if self.procs[p].poll() is None]
+
+    def primaries(self) -> list[int]:
+        """The primaries serving slots now, by their first slot, as a node still up sees them."""
+        shards = sorted((int(n["slots"][0][0]), int(address.split(":")[1].split("@")[0]))
+                        for address, n in self.node(self.alive()[0]).cluster("nodes").items()
+                        if "master" in n["flags"] and "fail" not in n["flags"] and n["slots"])
+        return [port for _, port in shards]
+
+    def replica_of(self, primary: int) -> int:
+        """The port of the (first) replica following `primary`."""
+        for port in self.alive():
+            info = self.node(port).info("replication")
+            if info["role"] == "slave" and int(info["master_port"]) == primary:
+                return port
+        raise LookupError(f"no replica follows 127.0.0.1:{primary}")
+
+    def empty(self) -> None:
+        """Every primary emptied (their replicas follow)."""
+        for port in self.primaries():
+            self.node(port).flushall()
+
+    @staticmethod
+    def until(predicate, what: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        pytest.fail(f"the Redis Cluster: timed out waiting for {what}")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
             proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """URL of a real 3-primary Redis Cluster (redis-server --cluster-enabled yes), and its ports."""
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield cluster.url, cluster.ports
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def replicated_cluster(tmp_path_factory):
+    """A real Redis Cluster of 3 primaries, each with 1 replica, that fails a primary
+    over within about two seconds (cluster-node-timeout 1 s). One per module: its
+    tests may stop and kill nodes."""
+    cluster = Cluster(tmp_path_factory.mktemp("replicated"), replicas=1, node_timeout_ms=1000)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def _wait_ping(client: redis.Redis) -> None:

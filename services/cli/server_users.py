@@ -46,6 +46,13 @@ class ServerError(Exception):
     pass
 
 
+class NotEverywhere(ServerError):
+    """A change the primary took and some replica or sentinel did not (`password`: a new
+    host's, which the host needs all the same)."""
+
+    password: str | None = None
+
+
 @dataclass
 class Node:
     """One Redis process that holds the users: a data node, or a sentinel (which holds each
@@ -75,13 +82,16 @@ class Nodes:
     must already know them); with Redis Cluster every node, since each checks the
     commands sent to it (`primary` is then the node of the URL, the others `replicas`).
     A change goes to the primary first, then to each other; one that a replica or
-    sentinel did not take is named, and the command fails once the others have it: run
-    it again when the node is back (`pyfilter server init`, which `make server` runs,
-    also brings every node in step with the primary)."""
+    sentinel did not take is named, and the command fails once the others have it. A
+    Sentinel node that was down takes the users when it starts again, before it serves
+    (compose/redis-start.sh from the primary, compose/sentinel.sh from another
+    sentinel); one that was only cut off, and any Cluster node that missed a change,
+    when `pyfilter server init` (`make server`) brings every node in step with the primary."""
 
     primary: Node
     replicas: list[Node] = field(default_factory=list)
     sentinels: list[Node] = field(default_factory=list)
+    cluster: bool = False
     failed: dict[str, str] = field(default_factory=dict)
 
     def all(self) -> list[Node]:
@@ -116,8 +126,12 @@ class Nodes:
         await self.each(lambda node: node.save())
         if self.failed:
             down = "; ".join(f"{where}: {why}" for where, why in self.failed.items())
-            raise ServerError(f"not changed on {down}. Every other node has the change; run this again "
-                              f"once those are back (until then they must not become the primary)")
+            if self.cluster:  # no node takes the users from another at its start
+                raise NotEverywhere(f"not changed on {down}. Every other node has the change; run "
+                                    f"`pyfilter server init` (make server CLUSTER=1) once it answers again")
+            raise NotEverywhere(f"not changed on {down}. Every other node has the change; a node that was "
+                                f"down takes it when it starts again; one still running must not become the "
+                                f"primary until `pyfilter server init` (make server) brings it in step")
 
     async def sync(self) -> None:
         """Make the replicas' and sentinels' users those of the primary (a node that
@@ -158,7 +172,11 @@ async def add_host(admin: redis.Redis, keys: Keys, host: str, nodes: Nodes | Non
     password = secrets.token_urlsafe(32)
     await nodes.set_user(acl.host_user(host), password, acl.agent(keys, host))
     await admin.sadd(keys.hosts, host)
-    await nodes.save()
+    try:
+        await nodes.save()
+    except NotEverywhere as exc:
+        exc.password = password
+        raise
     return password
 
 
@@ -227,7 +245,7 @@ async def cluster_nodes_of(cfg: RedisConfig) -> Nodes:
         raise ServerError(f"the cluster node {url.hostname}:{url.port or 6379} did not list the cluster: {exc}") from None
     if url.scheme == "rediss":
         options["ssl"] = True
-    nodes = Nodes(Node(first, f"node {url.hostname}:{url.port or 6379}"))
+    nodes = Nodes(Node(first, f"node {url.hostname}:{url.port or 6379}"), cluster=True)
     for host, port, myself in cluster_nodes(listing.decode() if isinstance(listing, bytes) else listing):
         if not myself:
             nodes.replicas.append(Node(redis.Redis(host=host, port=port, **options), f"node {host}:{port}"))
@@ -331,10 +349,14 @@ def cmd_add_host(args: argparse.Namespace) -> int:
     if ca is not None and not ca.is_file():
         raise ServerError(f"--ca {ca}: no such file")
 
-    async def go() -> tuple[str, bool]:
+    async def go() -> str:
         async with _Admin() as (admin, keys, nodes):
-            return await add_host(admin, keys, host, nodes), is_cluster(admin)
-    password, cluster = asyncio.run(go())
+            return await add_host(admin, keys, host, nodes)
+    cluster = config.load(rules=False).config.redis.cluster
+    try:
+        password, missed = asyncio.run(go()), None
+    except NotEverywhere as exc:  # the host's user works wherever the primary is: it needs its credentials
+        password, missed = exc.password, exc
     url = agent_url(public, host, password)
     if args.out:
         for path in write_credentials(Path(args.out), host, url, ca, cluster):
@@ -344,6 +366,8 @@ def cmd_add_host(args: argparse.Namespace) -> int:
         print("\n".join(agent_settings(host, url, cluster)))
         if ca is not None:
             print(f"PYFILTER_REDIS_CA=<a copy of {ca} on {host}>")
+    if missed is not None:
+        raise missed
     return 0
 
 

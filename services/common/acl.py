@@ -23,7 +23,8 @@ holds each of them too, with the one right a client needs there: asking
 where the primary is (`sentinel_client`). The two users the nodes need among
 themselves, `pyfilter-replica` (the replication link) and
 `pyfilter-sentinel` (the sentinels' link to the nodes), are written by
-compose/redis-start.sh at every start, before any replica connects.
+compose/redis-start.sh at every start, before any replica connects; the
+sentinels' link to each other, `pyfilter-sentinel-peer`, by compose/sentinel.sh.
 On Redis Cluster (compose/server-cluster.yml) every node holds the same users
 likewise: each node checks only the commands sent to it.
 """
@@ -59,9 +60,9 @@ def _ledger_commands() -> list[str]:
 LEDGER = ["+fcall", "+function|list", *_ledger_commands()]
 
 
-# Users of the nodes themselves (compose/redis-start.sh makes them): never made,
-# copied or removed by `pyfilter server`.
-NODE_USERS = ("default", "pyfilter-replica", "pyfilter-sentinel")
+# Users of the nodes and sentinels themselves (compose/redis-start.sh and
+# compose/sentinel.sh make them): never made, copied or removed by `pyfilter server`.
+NODE_USERS = ("default", "pyfilter-replica", "pyfilter-sentinel", "pyfilter-sentinel-peer")
 
 
 def host_user(host: str) -> str:

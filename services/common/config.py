@@ -327,7 +327,8 @@ class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
     lines_maxlen: Annotated[int, msgspec.Meta(ge=1000)] = 1_000_000
     # Writes that must not be lost (lines with their checkpoint, windows, bans,
     # unbans, whitelist changes) count as done only once this many replicas hold
-    # them (WAIT); until then they are retried. 0: one Redis, no WAIT.
+    # them (WAIT); until then they are retried. 0: one Redis, no WAIT. On Redis
+    # Cluster, each write waits for the replicas of the primary that took it.
     wait_replicas: Annotated[int, msgspec.Meta(ge=0)] = 0
     # How long one WAIT gives the replicas before the write is retried.
     wait_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 1000
@@ -508,6 +509,7 @@ class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True):
     email: EmailConfig | None = None
     webhook: WebhookConfig | None = None
     manual: bool = False  # announce bans made by hand through the api too
+    network: bool = True  # announce network bans (docs/rules.md, "Per network"), their unban and expiry
     # A failed delivery is tried again after retry_initial, doubling up to
     # retry_max, and dropped (with an error logged) after give_up_after.
     retry_initial: Annotated[float, msgspec.Meta(gt=0)] = 5.0
@@ -669,11 +671,6 @@ def _apply_environment(config: Config) -> None:
             f"PYFILTER_REDIS_URL {_without_password(config.redis.url)}: plain TCP to the shared Redis; use "
             "rediss:// with its CA (PYFILTER_REDIS_CA), or opt out with PYFILTER_REDIS_REQUIRE_TLS=0 "
             "on a network you trust")
-    if config.redis.cluster and config.redis.wait_replicas:
-        # A collector's confirmed commit waits on the connection that wrote it;
-        # a cluster client has one per node, which that wait does not follow yet.
-        raise ConfigError("redis.wait_replicas: not supported with redis.cluster yet; "
-                          "set it to 0 (a Cluster's replicas then follow their primary asynchronously)")
 
 
 def _without_password(url: str) -> str:

@@ -4,7 +4,9 @@
 -- comes from Python (the message structs' fields, their version, the grace
 -- and stream caps, the library's name). Every function names its KEYS and
 -- ARGV as locals first, and touches only keys passed in KEYS: the key names
--- are built in common/keys.py alone. docs/decisions.md ("Ledger") has the map.
+-- are built in common/keys.py alone (record_accounts' one call on a single
+-- Redis, whose banned addresses are known only inside it, is given keys.py's
+-- templates of them instead). docs/decisions.md ("Ledger") has the map.
 
 local MAX_LINES = 10  -- lines kept per window (and so per ban record)
 
@@ -310,16 +312,19 @@ end
 -- A digest is due when its oldest notice has waited the interval, or when
 -- max_batch notices wait. The hold key (a lease while sending, the backoff
 -- after a failure) keeps it to one mail at a time and paces retries.
--- KEYS: queue, hold. ARGV: now, lease, max_batch.
+-- Notices due after `horizon` (now and the interval: a network ban's end,
+-- still to come) are not in any digest before they fall due.
+-- KEYS: queue, hold. ARGV: now, lease, max_batch, horizon.
 local function claim_digest(keys, args)
   local queue, hold = keys[1], keys[2]
   local now, lease, max_batch = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
+  local horizon = args[4] or '+inf'
   if redis.call('EXISTS', hold) == 1 then return {} end
   local oldest = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
   if #oldest == 0 then return {} end
-  if tonumber(oldest[2]) > now and redis.call('ZCARD', queue) < max_batch then return {} end
+  if tonumber(oldest[2]) > now and redis.call('ZCOUNT', queue, '-inf', horizon) < max_batch then return {} end
   redis.call('SET', hold, 'sending', 'PX', math.floor(lease * 1000))
-  return redis.call('ZRANGE', queue, 0, max_batch - 1)
+  return redis.call('ZRANGEBYSCORE', queue, '-inf', horizon, 'LIMIT', 0, max_batch)
 end
 
 -- Per network ----------------------------------------------------------------
@@ -864,7 +869,8 @@ end
 local function count_for_recidive(window_key, lines_key, recidive, c)
   local g = with_thresholds({rule = 'recidive', address = c.address, host = c.host}, recidive, 1)
   local now = c.at
-  redis.call('ZADD', window_key, 'NX', now, c.rule .. '@' .. string.format('%.17g', now))
+  -- Counted before (a step repeated after a crash): the count, and so its crossing, is as it was.
+  if redis.call('ZADD', window_key, 'NX', now, c.rule .. '@' .. string.format('%.17g', now)) == 0 then return end
   redis.call('RPUSH', lines_key, 'banned by ' .. c.rule)
   redis.call('LTRIM', lines_key, -MAX_LINES, -1)
   redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. (now - g.span))
@@ -1032,12 +1038,17 @@ end
 -- Idempotent per line id, as the address windows: a failure is a member
 -- named by its line id (and address), failures at or before the window's
 -- last crossing are ignored, a login keeps its latest time.
--- On a single Redis record_accounts bans at once (one call). On Cluster the
--- window is in the account's slot and the bans on the ban side: a crossing
--- is kept pending in the window's state (as an address window's), banned by
--- ban_account_crossings, then confirmed by confirm_account_crossings; each
--- is harmless to repeat. Account bans are not counted for recidive (that
--- window is in each address's slot).
+-- An account's ban counts as any ban: in its address's recidive window and,
+-- where bans widen, in its networks.
+-- On a single Redis record_accounts bans at once (one call), recidive
+-- included. On Cluster the window is in the account's slot and the bans on
+-- the ban side: a crossing is kept pending in the window's state (as an
+-- address window's), banned (and widened) by ban_account_crossings, counted
+-- for recidive in each address's slot by count_account_bans, then confirmed
+-- by confirm_account_crossings; each is harmless to repeat. Bans that widen
+-- take the Cluster's way on a single Redis too: the networks an address
+-- counts in are planned in Python (ledger.py's network payload), so only for
+-- addresses known before the call, a crossing's once it is kept.
 
 local ACCOUNT_LOGINS_KEEP = 256
 -- A crossing judges at most ACCOUNT_KEEP addresses (late evidence included: a flood
@@ -1214,16 +1225,31 @@ local function ban_for_account(s, ban_key, count_key, c, address, now)
   }
   if duration >= 0 then rec.expires_at = now + duration end
   write_ban(s, ban_key, count_key, rec, ports_of(c), c.verdict, c.memory, listed)
+  if s.net then widen(s, s.net, rec, now) end
   return duration
+end
+
+-- A crossing's ban of `address` as the recidive window counts it (count_for_recidive):
+-- named by the crossing's rule and time, so counting it again adds nothing.
+local function account_ban(c, address)
+  return {address = address, rule = c.rule, host = c.host, at = c.at}
+end
+
+-- A key of one address, from its template as keys.py cuts it (ledger.py sends them).
+local function named(template, address)
+  return template[1] .. address .. template[2]
 end
 
 -- Account groups into their windows.
 -- ARGV: now, '1' to ban at once (a single Redis) or '' to keep crossings
--- pending (Cluster), the groups packed as one MessagePack array.
--- KEYS, banning at once: the SHARED keys, the ban side's record and count
--- key names without their address (keys.py: an address ends them; on a
--- single Redis every key is in one place, and a crossing's addresses are
--- known only here), then per group its window, lines, state and logins.
+-- pending (Cluster, or bans that widen: ledger.py), the groups packed as one
+-- MessagePack array; banning at once, also the recidive settings ('' when
+-- that rule is off) and the templates of the keys of a banned address
+-- (packed: its ban record, ban count, recidive window and window-lines).
+-- KEYS, banning at once: the SHARED keys, then per group its window, lines,
+-- state and logins. On a single Redis every key is in one place, and which
+-- addresses a crossing bans is known only here: their keys are made from
+-- keys.py's templates (the one place in the library that makes a key name).
 -- Keeping: per group its four keys only (one account's: one slot).
 -- Returns, banning: {"address rule duration" per ban, pending crossings
 -- left by the three calls}; keeping: the pending crossings.
@@ -1239,55 +1265,101 @@ local function record_accounts(keys, args)
     return pending
   end
   local s = shared(keys)
-  local ban_prefix, count_prefix = keys[SHARED + 1], keys[SHARED + 2]
+  local recidive = args[4] ~= '' and cmsgpack.unpack(args[4]) or nil
+  local t = cmsgpack.unpack(args[5])
+  local ban_t, count_t, recidive_t, recidive_lines_t = {t[1], t[2]}, {t[3], t[4]}, {t[5], t[6]}, {t[7], t[8]}
   local banned, pending = {}, {}
   local function ban_all(c, _, addresses)
     for _, address in ipairs(addresses) do
-      local duration = ban_for_account(s, ban_prefix .. address, count_prefix .. address, c, address, now)
-      if duration then banned[#banned + 1] = address .. ' ' .. c.rule .. ' ' .. duration end
+      local ban_key, count_key = named(ban_t, address), named(count_t, address)
+      local duration = ban_for_account(s, ban_key, count_key, c, address, now)
+      if duration then
+        banned[#banned + 1] = address .. ' ' .. c.rule .. ' ' .. duration
+        local again = recidive and count_for_recidive(named(recidive_t, address), named(recidive_lines_t, address),
+                                                      recidive, account_ban(c, address))
+        if again then
+          duration = ban_from_crossing(s, ban_key, count_key, again, now)
+          if duration then banned[#banned + 1] = address .. ' recidive ' .. duration end
+        end
+      end
     end
   end
   for i, h in ipairs(groups) do
-    pending[#pending + 1] = record_account_group(keys, SHARED + 2 + (i - 1) * ACCOUNT_KEYS, account_group_of(h),
+    pending[#pending + 1] = record_account_group(keys, SHARED + (i - 1) * ACCOUNT_KEYS, account_group_of(h),
                                                  now, ban_all)
   end
   return {banned, pending}
 end
 
--- Redis Cluster, step 2 for account windows.
+-- Redis Cluster, step 2 for account windows (and a single Redis whose
+-- bans widen: which networks an address counts in is planned in Python).
 -- KEYS: the SHARED keys, then per crossing the account's crossed key and
--- each of its addresses' ban record and count (the ban side: one slot).
--- ARGV: now, then the crossings as record_accounts returned them.
--- Returns per crossing the bans it wrote, "address duration" per line.
--- `crossed` keeps, per address, the trigger of the crossing that judged
--- it: a crossing handed back again (a crash; late evidence added) judges
--- only the addresses it has not judged yet.
+-- each of its addresses' ban record and count (the ban side: one slot),
+-- then the per-network keys (if any).
+-- ARGV: now, the network payload ("": none), then the crossings as
+-- record_accounts returned them.
+-- Returns per crossing {the bans it wrote, the bans an earlier judgement of
+-- it wrote}, "address duration" per line (both count for recidive: step 3).
+-- `crossed` keeps, per address, "TRIGGER DURATION" of the crossing that
+-- judged it (DURATION empty: it did not ban): a crossing handed back again
+-- (a crash; late evidence added) judges only the addresses it has not
+-- judged yet.
 local function ban_account_crossings(keys, args)
   local s = shared(keys)
   local now = tonumber(args[1])
+  s.net = network_of(keys, args[2])
   local at = SHARED
   local results = {}
-  for i = 2, #args do
+  for i = 3, #args do
     local c = cmsgpack.unpack(args[i])
     local crossed_key = keys[at + 1]
     local trigger = string.format('%.17g', c.trigger)
-    local bans = {}
+    local bans, earlier = {}, {}
     for j, address in ipairs(c.evidence) do
       local judged = redis.call('HGET', crossed_key, address)
-      if not judged or tonumber(judged) < c.trigger then
+      if not judged or tonumber(string.match(judged, '^%S+')) < c.trigger then
         local duration = ban_for_account(s, keys[at + 2 * j], keys[at + 2 * j + 1], c, address, now)
         if duration then bans[#bans + 1] = address .. ' ' .. duration end
-        redis.call('HSET', crossed_key, address, trigger)
+        redis.call('HSET', crossed_key, address, trigger .. ' ' .. (duration or ''))
+      else
+        local duration = string.match(judged, ' (%S+)$')
+        if duration then earlier[#earlier + 1] = address .. ' ' .. duration end
       end
     end
     if #c.evidence > 0 then redis.call('EXPIRE', crossed_key, 2 * RECORD_GRACE) end
-    results[#results + 1] = table.concat(bans, '\n')
+    results[#results + 1] = {table.concat(bans, '\n'), table.concat(earlier, '\n')}
     at = at + 1 + 2 * #c.evidence
   end
   return results
 end
 
--- Redis Cluster, step 3 for account windows: forget the crossings banned.
+-- Redis Cluster, step 3 for account windows: each ban counts in its
+-- address's recidive window (the address's slot), as confirm_crossings
+-- counts an address window's. Before the crossing is confirmed (step 4): a
+-- crash in between counts again, which adds nothing.
+-- KEYS: per ban its address's recidive window, window-lines and window-state.
+-- ARGV: the recidive settings, then per ban: address, rule, host, the
+-- crossing's time (account_ban). Returns the recidive crossings this caused,
+-- and those still pending in these windows (packed; for ban_crossings).
+local function count_account_bans(keys, args)
+  local recidive = cmsgpack.unpack(args[1])
+  local results = {}
+  for i = 2, #args, 4 do
+    local at = (i - 2) / 4 * 3
+    local state_key = keys[at + 3]
+    local b = {address = args[i], rule = args[i + 1], host = args[i + 2], at = tonumber(args[i + 3])}
+    local again = count_for_recidive(keys[at + 1], keys[at + 2], recidive, b)
+    if again then
+      results[#results + 1] = keep(state_key, again)
+      redis.call('EXPIRE', state_key, RECORD_GRACE)
+    else
+      results[#results + 1] = redis.call('HGET', state_key, 'pending') or nil
+    end
+  end
+  return results
+end
+
+-- Redis Cluster, step 4 for account windows: forget the crossings banned.
 -- KEYS: per crossing its account's window state. ARGV: the crossings.
 local function confirm_account_crossings(keys, args)
   for i = 1, #args do
@@ -1310,4 +1382,5 @@ redis.register_function(FUNCTION_PREFIX .. 'claim_due', claim_due)
 redis.register_function(FUNCTION_PREFIX .. 'claim_digest', claim_digest)
 redis.register_function(FUNCTION_PREFIX .. 'record_accounts', record_accounts)
 redis.register_function(FUNCTION_PREFIX .. 'ban_account_crossings', ban_account_crossings)
+redis.register_function(FUNCTION_PREFIX .. 'count_account_bans', count_account_bans)
 redis.register_function(FUNCTION_PREFIX .. 'confirm_account_crossings', confirm_account_crossings)

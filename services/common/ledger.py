@@ -45,8 +45,8 @@ import msgspec
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import AskError, ClusterDownError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 from pyfilter.common import bans, messages
 from pyfilter.common.config import MAX_ACCOUNT_FAILURES, MAX_DISTINCT, Escalation
@@ -97,7 +97,9 @@ class AccountCrossing(msgspec.Struct):
 
     id: str  # the account's keys' name (keys.account_id)
     rule: str
+    host: str
     trigger: float
+    at: float  # when it crossed: its bans count for recidive under this time
     evidence: list[str]
 
 
@@ -188,7 +190,8 @@ def _code_of(entry) -> bytes | str | None:
 # A call as sent: the slot of its keys (which Cluster node runs it), and the packed FCALL.
 Call = tuple[int, bytes]
 # Redis Cluster's answer when a slot moved (resharding, failover): find the node again.
-_MOVED = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+# redis-py raises these as their own classes (MovedError is an AskError), the code cut off.
+_MOVED = (AskError, ClusterDownError, TryAgainError)
 
 
 class Ledger:
@@ -303,7 +306,7 @@ class Ledger:
                 if attempt < 3 and _is_missing(exc):
                     await self.load()
                 # A slot moved: learn where (the calls are harmless to repeat).
-                elif attempt < 3 and self.cluster and str(exc).startswith(_MOVED):
+                elif attempt < 3 and self.cluster and isinstance(exc, _MOVED):
                     await self.client.nodes_manager.initialize()
                 else:
                     raise
@@ -519,15 +522,23 @@ class Ledger:
 
     # The detector's per-account windows (ledger.lua, "Per-account windows")
 
-    async def record_accounts(self, groups: Sequence[list[object]], now: float) -> list[tuple[str, str, int]]:
+    async def record_accounts(self, groups: Sequence[list[object]], now: float,
+                              recidive: bytes = b"") -> list[tuple[str, str, int]]:
         """Count account groups (windows.py: their last field is the account's id) into
         their windows and ban for the crossings: in the same call on a single Redis, in
-        two more on Cluster (`split`). Returns (address, rule, duration) per ban."""
+        three more on Cluster (`split`), or where bans widen (the networks an address
+        counts in are planned here, for a crossing's addresses once it is kept). Each ban
+        counts in its address's recidive window (`recidive`: that rule's settings, as
+        record_failures takes them). Returns (address, rule, duration) per ban."""
         k = self.keys
+        split = self.split or self.widening is not None
         by_slot: dict[int, list[list[object]]] = {}
         for group in groups:
             by_slot.setdefault(key_slot(str(group[-1]).encode()) if self.split else 0, []).append(group)
-        head = [] if self.split else [*self._shared(utc_day(now)), k.ban(""), k.ban_count("")]
+        head = [] if split else self._shared(utc_day(now))
+        tail = [] if split else [recidive, _encode([part for key in (k.ban(""), k.ban_count(""), k.window("recidive", ""),
+                                                                     k.window_lines("recidive", ""))
+                                                    for part in around_address(key)])]
         calls = []
         for slot, slot_groups in by_slot.items():
             for i in range(0, len(slot_groups), CHUNK):
@@ -538,20 +549,24 @@ class Ledger:
                     keys += [k.account_window(account), k.account_lines(account), k.account_state(account),
                              k.account_logins(account)]
                 calls.append((slot, _fcall("record_accounts", len(keys), _bulks(keys),
-                                           [now, "" if self.split else "1", _encode(cut)])))
+                                           [now, "" if split else "1", _encode(cut), *tail])))
         replies = await self._calls(calls) if calls else []
-        if self.split:
-            return await self._ban_account_crossed([c for reply in replies for c in reply], now)
+        if split:
+            return await self._ban_account_crossed([c for reply in replies for c in reply], now, recidive)
         banned = []
         for written, _ in replies:
             for ban in written:
                 address, rule, duration = ban.decode().split(" ")
                 banned.append((address, rule, int(duration)))
         left = [c for _, pending in replies for c in pending]  # the three calls', interrupted
-        return banned + (await self._ban_account_crossed(left, now) if left else [])
+        return banned + (await self._ban_account_crossed(left, now, recidive) if left else [])
 
-    async def _ban_account_crossed(self, crossings: list[bytes], now: float) -> list[tuple[str, str, int]]:
-        """Ban for account windows' crossings (on the ban side), then confirm them to their windows."""
+    async def _ban_account_crossed(self, crossings: list[bytes], now: float,
+                                   recidive: bytes) -> list[tuple[str, str, int]]:
+        """Ban for account windows' crossings (on the ban side, widening), count the bans
+        in their addresses' recidive windows, then confirm the crossings to their windows
+        (in this order: a crash in between repeats steps that add nothing); the recidive
+        crossings go on as an address window's."""
         if not crossings:
             return []
         crossings = list(dict.fromkeys(crossings))
@@ -565,13 +580,18 @@ class Ledger:
             keys.append(k.account_crossed(c.id))
             for address in c.evidence:
                 keys += [k.ban(address), k.ban_count(address)]
+        tail, network = self._network([a for c in read for a in c.evidence], len(keys))
+        keys += tail
         [answers] = await self._calls([(BAN_SIDE_SLOT, _fcall("ban_account_crossings", len(keys), _bulks(keys),
-                                                               [now, *crossings]))])
-        banned = []
-        for c, answer in zip(read, answers):
-            for line in answer.decode().splitlines():
+                                                               [now, network, *crossings]))])
+        banned, counted = [], []
+        for c, (new, earlier) in zip(read, answers):
+            for line in new.decode().splitlines():
                 address, duration = line.split(" ")
                 banned.append((address, c.rule, int(duration)))
+                counted.append((address, c))
+            counted += [(line.split(" ")[0], c) for line in earlier.decode().splitlines()]
+        again = await self._count_account_bans(counted, recidive) if recidive and counted else []
         by_slot: dict[int, tuple[list[str], list[bytes]]] = {}
         for c, packed in zip(read, crossings):
             keys, args = by_slot.setdefault(key_slot(c.id.encode()) if self.split else 0, ([], []))
@@ -579,7 +599,21 @@ class Ledger:
             args.append(packed)
         await self._calls([(slot, _fcall("confirm_account_crossings", len(keys), _bulks(keys), args))
                            for slot, (keys, args) in by_slot.items()])
-        return banned
+        return banned + (await self._ban_crossed(again, now, recidive) if again else [])
+
+    async def _count_account_bans(self, counted: list[tuple[str, AccountCrossing]], recidive: bytes) -> list[bytes]:
+        """Count account bans in their addresses' recidive windows (one call per slot);
+        the recidive crossings they made or left pending."""
+        k = self.keys
+        by_slot: dict[int, tuple[list[str], list[object]]] = {}
+        for address, c in counted:
+            keys, args = by_slot.setdefault(self._slot(address), ([], [recidive]))
+            keys += [k.window("recidive", address), k.window_lines("recidive", address),
+                     k.window_state("recidive", address)]
+            args += [address, c.rule, c.host, c.at]
+        replies = await self._calls([(slot, _fcall("count_account_bans", len(keys), _bulks(keys), args))
+                                     for slot, (keys, args) in by_slot.items()])
+        return list(dict.fromkeys(c for reply in replies for c in reply))
 
     def _network(self, addresses: Iterable[str], at: int) -> tuple[list[str], bytes]:
         """The per-network KEYS and payload (ledger.lua, "Per network") of a call whose
@@ -672,10 +706,12 @@ class Ledger:
         """Take up to `count` notices due on a channel, leased for `lease` seconds."""
         return await self._call("claim_due", [self.keys.notify_queue(channel)], [now, lease, count])
 
-    async def claim_digest(self, channel: str, now: float, lease: float, max_batch: int) -> list[bytes]:
-        """A digest channel's notices, if its digest is due (and it is not held)."""
+    async def claim_digest(self, channel: str, now: float, lease: float, max_batch: int,
+                           horizon: float = math.inf) -> list[bytes]:
+        """A digest channel's notices, if its digest is due (and it is not held); none due
+        after `horizon` (a network ban's end, still to come)."""
         keys = [self.keys.notify_queue(channel), self.keys.notify_hold(channel)]
-        return await self._call("claim_digest", keys, [now, lease, max_batch])
+        return await self._call("claim_digest", keys, [now, lease, max_batch, horizon])
 
 
 def _chunks_by_day(bans: Sequence[NewBan]) -> Iterable[Sequence[NewBan]]:

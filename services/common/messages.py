@@ -144,7 +144,11 @@ class Notice(msgspec.Struct, frozen=True):
     last_failure: float | None = None
     ban_count: int = 1
     lines: list[str] = []
-    event: Literal["ban"] = "ban"
+    # "unban", "expiry": a network ban lifted by hand, or run out (the notifier
+    # announces those of network bans only: notify.network).
+    event: Literal["ban", "unban", "expiry"] = "ban"
+    window: str = ""  # the kind of window that decided the ban (the record's), "" if unknown
+    members: int = 0  # a network ban's: how many of its banned addresses (or networks) made it
     v: int = VERSION
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import AskError, ClusterDownError, MasterDownError, OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError, TryAgainError
+from redis.exceptions import RedisClusterException, ResponseError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pyfilter.common.config import SENTINEL_SCHEMES, RedisConfig, parse_sentinel_url
@@ -30,10 +32,11 @@ class NotReplicated(RedisError):
 # redis-py raises as a connection error; a Sentinel with no primary to give,
 # MasterNotFoundError, is one too), or refusing writes for now (OOM under
 # `noeviction` until the detectors drain the streams, READONLY or MASTERDOWN
-# during a failover, TRYAGAIN), or a write not yet confirmed by the replicas.
-# Anything else is a bug and should surface.
+# during a failover, TRYAGAIN; on Redis Cluster, CLUSTERDOWN or a slot no
+# primary serves while a replica is being promoted), or a write not yet
+# confirmed by the replicas. Anything else is a bug and should surface.
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError,
-             MasterDownError, TryAgainError, NotReplicated, OSError)
+             MasterDownError, TryAgainError, ClusterDownError, SlotNotCoveredError, NotReplicated, OSError)
 
 
 @dataclass(frozen=True)
@@ -117,16 +120,89 @@ class _ConfirmedTransaction(Pipeline):
 
     async def _execute_transaction(self, connection, commands, raise_on_error):
         replies = await super()._execute_transaction(connection, commands, raise_on_error)
-        await connection.send_command(*self.durability.wait_command())
-        self.durability.check(await connection.read_response())
+        if self.durability.replicas:
+            await connection.send_command(*self.durability.wait_command())
+            self.durability.check(await connection.read_response())
         return replies
 
 
-def transaction(client: redis.Redis) -> Pipeline:
+class _ShardConnections:
+    """A Cluster node's connections, lent the way a connection pool lends them (to a Pipeline)."""
+
+    def __init__(self, node: ClusterNode):
+        self.node = node
+
+    async def get_connection(self, *_args, **_options):
+        return self.node.acquire_connection()
+
+    async def release(self, connection) -> None:
+        self.node.release(connection)
+
+
+class _ShardTransactions(Pipeline):
+    """On Redis Cluster: the queued writes as one MULTI/EXEC per slot (in the order
+    each slot first appears), each on its slot's primary and confirmed there.
+
+    A shard's replicas hold only what its primary took, and WAIT counts those
+    that hold this connection's writes: so each transaction is followed by its
+    WAIT on the connection that sent it (_ConfirmedTransaction). A slot that
+    moved (MOVED, ASK) is looked up again and written there; a primary out of
+    reach or a cluster still promoting a replica raises (TRANSIENT) after the
+    client learnt the layout again, so the caller's next try goes where the
+    slot is now. The slots' transactions are separate: one that failed is not
+    undone by those before it, so callers group writes that are harmless to
+    repeat."""
+
+    def __init__(self, client: RedisCluster, wanted: Durability):
+        super().__init__(None, client.response_callbacks, True, None)
+        self.cluster, self.durability = client, wanted
+
+    async def execute(self, raise_on_error: bool = True) -> list:
+        await self.cluster.initialize()  # learns the slots at first use (then does nothing)
+        by_slot: dict[int, list[int]] = {}
+        for i, (args, _options) in enumerate(self.command_stack):  # each command's key follows its name
+            by_slot.setdefault(self.cluster.keyslot(args[1]), []).append(i)
+        replies: list = [None] * len(self.command_stack)
+        for slot, indexes in by_slot.items():
+            answer = await self._on_shard(slot, [self.command_stack[i] for i in indexes], raise_on_error)
+            for i, reply in zip(indexes, answer):
+                replies[i] = reply
+        return replies
+
+    async def _on_shard(self, slot: int, commands: list, raise_on_error: bool) -> list:
+        for attempt in (1, 2, 3):
+            node = self.cluster.nodes_manager.get_node_from_slot(slot)
+            tx = _ConfirmedTransaction(_ShardConnections(node), self.response_callbacks, True, None)
+            tx.durability, tx.command_stack = self.durability, commands
+            try:
+                return await tx.execute(raise_on_error)
+            except (AskError, *TRANSIENT) as exc:  # MovedError is an AskError
+                if isinstance(exc, NotReplicated):
+                    raise
+                await _learn_layout(self.cluster)
+                if attempt == 3 or not isinstance(exc, AskError):
+                    raise
+            finally:
+                await tx.reset()
+        raise AssertionError("unreachable")
+
+
+async def _learn_layout(client: RedisCluster) -> None:
+    """Ask the cluster again which node serves which slot. Nodes out of reach
+    too are left for the next try, which fails on its own if they still are."""
+    with contextlib.suppress(RedisError, RedisClusterException, OSError):
+        await client.nodes_manager.initialize()
+
+
+def transaction(client: redis.Redis | RedisCluster) -> Pipeline:
     """A MULTI/EXEC pipeline for writes that must not be lost: its `execute()`
     returns once the configured replicas hold them, else raises NotReplicated
-    (TRANSIENT: write it again). Without replicas to wait for, a plain transaction."""
+    (TRANSIENT: write it again). Without replicas to wait for, a plain transaction.
+    On Redis Cluster, one transaction per slot, each confirmed by its own shard
+    (_ShardTransactions)."""
     wanted = durability(client)
+    if is_cluster(client):
+        return _ShardTransactions(client, wanted)
     if not wanted.replicas:
         return client.pipeline(transaction=True)
     tx = _ConfirmedTransaction(client.connection_pool, client.response_callbacks, True, None)
@@ -163,14 +239,25 @@ async def ensure_group(client: redis.Redis, stream: str, group: str, start: str 
             raise
 
 
-async def wait_for_redis(client: redis.Redis, service: str) -> None:
-    """Block until Redis answers, with a capped backoff; log while it does not."""
+async def wait_for_redis(client: redis.Redis | RedisCluster, service: str) -> None:
+    """Block until Redis answers, with a capped backoff; log while it does not.
+
+    On Redis Cluster, until every primary answers: any node answers a plain
+    PING, but a service starting again after an error (a primary killed)
+    then talks to every primary (loading the library, reading every slot),
+    and would fail again on one not yet replaced. Between tries the client
+    learns the layout again, so a replica promoted meanwhile is found."""
     delay = 0.2
     while True:
         try:
-            await client.ping()
+            if is_cluster(client):
+                await client.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await client.ping()
             return
         except TRANSIENT as exc:
             log.warning("redis unreachable, retrying", extra={"service": service, "error": str(exc)})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+            if is_cluster(client):
+                await _learn_layout(client)

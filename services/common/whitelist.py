@@ -15,7 +15,7 @@ import redis.asyncio as redis
 
 from pyfilter.common.addresses import InvalidAddress, Network, parse_network
 from pyfilter.common.keys import Keys
-from pyfilter.common.redisio import is_cluster, transaction
+from pyfilter.common.redisio import transaction
 
 
 async def entries(client: redis.Redis, keys: Keys) -> list[Network]:
@@ -32,8 +32,14 @@ async def entries(client: redis.Redis, keys: Keys) -> list[Network]:
 async def add(client: redis.Redis, keys: Keys, network: Network, note: bytes | None = None,
               replace_note: bool = False) -> bool:
     """Whitelist a network with its note (an older note is kept unless `replace_note`);
-    whether it was new. Confirmed by the replicas, if any (redisio.transaction)."""
-    async with _writes(client) as tx:
+    whether it was new. Confirmed by the replicas, if any (redisio.transaction).
+
+    An entry and its note are written together: in one transaction on one Redis;
+    on Redis Cluster, where they are in different slots, entry first, then note,
+    each confirmed by its own shard. A crash between the two can leave a removed
+    entry's note behind, shown again only if the entry comes back without a
+    reason of its own."""
+    async with transaction(client) as tx:
         tx.sadd(keys.whitelist, str(network))
         if note is not None:
             (tx.hset if replace_note else tx.hsetnx)(keys.whitelist_notes, str(network), note)
@@ -43,19 +49,11 @@ async def add(client: redis.Redis, keys: Keys, network: Network, note: bytes | N
 
 async def remove(client: redis.Redis, keys: Keys, network: Network) -> bool:
     """Take a network and its note off the whitelist; whether it was on it."""
-    async with _writes(client) as tx:
+    async with transaction(client) as tx:
         tx.srem(keys.whitelist, str(network))
         tx.hdel(keys.whitelist_notes, str(network))
         removed, _ = await tx.execute()
     return bool(removed)
-
-
-def _writes(client: redis.Redis):
-    """An entry and its note are written together: in a transaction on one Redis; on
-    Redis Cluster, where they are in different slots, in one pipeline: a crash between
-    the two can leave a removed entry's note behind, shown again only if the entry
-    comes back without a reason of its own."""
-    return client.pipeline(transaction=False) if is_cluster(client) else transaction(client)
 
 
 class Whitelist:

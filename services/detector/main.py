@@ -49,12 +49,16 @@ HOSTS_EVERY_S = 1.0
 
 
 class Detector:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, every_login: bool = False):
+        """`every_login`: keep every rule's successful logins (`pyfilter replay`'s hint of
+        addresses that logged in later), not only those of rules with a per-account
+        window, the only ones the windows use (the live detector)."""
         self.settings = settings
         cfg = settings.config
         self.keys = Keys(cfg.redis.prefix)
         self.client = connect(cfg.redis)
-        self.matcher = Matcher(settings.rules, successes=True)
+        self.matcher = Matcher(settings.rules, successes=every_login or
+                               {name for name, rule in settings.rules.items() if rule.per_account is not None})
         self.widening = Widening(cfg.network, Geo(asn_db=cfg.geoip.asn_db) if cfg.network.asn else None) \
             if cfg.network.enabled else None
         self.windows = Windows(self.client, cfg.redis.prefix, settings.rules, self.widening)

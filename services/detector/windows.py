@@ -151,7 +151,7 @@ class Windows:
             return [NewBan(*ban) for ban in banned]
         # Both are idempotent: if either fails, the read is left pending and done again.
         done = await asyncio.gather(self._ledger.record_failures(self._groups(observed), now, self._recidive),
-                                    self._ledger.record_accounts(accounts, now), return_exceptions=True)
+                                    self._ledger.record_accounts(accounts, now, self._recidive), return_exceptions=True)
         for result in done:
             if isinstance(result, BaseException):
                 raise result

@@ -23,9 +23,18 @@ def _when(epoch: float | None) -> str:
 
 
 def _until(n: Notice) -> str:
+    if n.event == "unban":
+        return "unbanned"
+    if n.event == "expiry":
+        return f"ran out {_when(n.expires_at)}"
     if n.expires_at is None or n.duration < 0:
         return "permanent"
     return f"{_when(n.expires_at)} ({n.duration} s)"
+
+
+# What a notice's subject says happened (a network ban's end is announced too).
+_HAPPENED = {"ban": "banned by {rule} on {host}", "unban": "unbanned (banned by {rule})",
+             "expiry": "no longer banned (the {rule} ban ran out)"}
 
 
 def _message(cfg: EmailConfig, subject: str, body: str) -> EmailMessage:
@@ -46,6 +55,10 @@ def single(cfg: EmailConfig, n: Notice) -> EmailMessage:
         ("country", n.country or "unknown"), ("banned at", _when(n.banned_at)),
         ("until", _until(n)), ("ban count", str(n.ban_count)),
     ]
+    if n.window:
+        rows.append(("window", n.window))
+    if n.members:
+        rows.append(("members", f"{n.members} banned addresses of it"))
     if n.failures:
         rows.append(("failures", f"{n.failures} (first {_when(n.first_failure)}, "
                                  f"last {_when(n.last_failure)})"))
@@ -54,7 +67,7 @@ def single(cfg: EmailConfig, n: Notice) -> EmailMessage:
     body = "\n".join(f"{k + ':':<11}{v}" for k, v in rows)
     if n.lines:
         body += "\n\nMatching log lines:\n" + "\n".join(f"  {line}" for line in n.lines)
-    subject = f"{SUBJECT_PREFIX} {n.address} banned by {n.rule} on {n.host}"
+    subject = f"{SUBJECT_PREFIX} {n.address} " + _HAPPENED[n.event].format(rule=n.rule, host=n.host)
     return _message(cfg, subject, body + "\n")
 
 

@@ -11,6 +11,13 @@ and dequeuing sends that notice again.
 Queue members are the decisions' stream entry ids, which makes queueing a
 redelivered entry a no-op. Several notifiers may run (one per server
 profile, say): a notice is claimed (leased) before it is sent, so only one of them sends it.
+
+A network ban (docs/rules.md, "Per network"; `notify.network`) is announced
+with its end: beside its notice, an end notice waits in each queue as
+`end:NETWORK`, due when the ban runs out (never, for a permanent one). An
+unban of the network sends it at once as an unban; a later ban of the network
+moves it; one still in force when it falls due (banned again by other means)
+is dropped. Expiry writes no decision: this is how the notifier learns of it.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ POLL = 0.5  # seconds between looks at a queue with nothing due
 # again after this long; long enough for the slowest SMTP batch to finish.
 LEASE = 300.0
 ORPHAN_IDLE_MS = 60_000  # stream entries another consumer took and left this long are ours
+END = "end:"  # a network ban's end notice's queue member: END + the network
+NETWORK = "network"  # the rule (and window) of the ledger's network bans
 
 class Webhook:
     """POST each notice as JSON (the fields of `messages.Notice`); any 2xx is delivered."""
@@ -114,6 +123,8 @@ class Notifier:
         self.rules = {name for name, rule in settings.rules.items() if rule.notify}
         if self.cfg.manual:
             self.rules.add("manual")
+        if self.cfg.network:
+            self.rules.add(NETWORK)
         geoip = settings.config.geoip
         self.geo = Geo(geoip.country_db, geoip.asn_db) if geoip.country_db else None
         self.channels: list[Channel] = []
@@ -149,13 +160,14 @@ class Notifier:
         wanted = [(entry_id, d) for entry_id, d in read.messages
                   if d.action == "ban" and d.rule in self.rules]
         notices = await self.notices([d for _, d in wanted])
+        lifted = await self.lifted([d for _, d in read.messages if d.action == "unban"]) if self.cfg.network else []
         await self.decisions.dead_letter(read)
         now = time.time()
         # Queued, then acknowledged: each channel's keys and the decisions stream
         # are in different Redis Cluster slots, no transaction holds them all. A
         # crash between the two reads the entries again, and queueing a notice
         # again changes nothing while it waits (its id is its queue member).
-        if wanted:
+        if wanted or lifted:
             async with self.client.pipeline(transaction=False) as pipe:
                 for (entry_id, _), notice in zip(wanted, notices, strict=True):
                     packed = messages.encode(messages.Outgoing(notice=notice, queued_at=now))
@@ -163,6 +175,12 @@ class Notifier:
                         pipe.hset(self.keys.notify_items(channel.name), entry_id, packed)
                         pipe.zadd(self.keys.notify_queue(channel.name), {entry_id: now + channel.delay},
                                   nx=True)
+                    if notice.rule == NETWORK:
+                        self.queue_end(pipe, notice, now)
+                for channel, notice in lifted:
+                    packed = messages.encode(messages.Outgoing(notice=notice, queued_at=now))
+                    pipe.hset(self.keys.notify_items(channel.name), END + notice.address, packed)
+                    pipe.zadd(self.keys.notify_queue(channel.name), {END + notice.address: now + channel.delay})
                 await pipe.execute()
         async with self.client.pipeline(transaction=True) as pipe:
             self.decisions.ack_on(pipe, read.ids)
@@ -173,6 +191,41 @@ class Notifier:
         found = await bans.records(self.client, self.keys, sorted({d.address for d in decisions}))
         records = {r.address: r for r in found}
         return [self.notice(d, records.get(d.address)) for d in decisions]
+
+    def queue_end(self, pipe, notice: messages.Notice, now: float) -> None:
+        """A network ban's end notice, due when it runs out (a permanent one: never, but
+        for an unban), in place of the network's earlier one. The same ban read again
+        queues the same."""
+        end = msgspec.structs.replace(notice, event="expiry", reason=f"the ban of {notice.address} ran out")
+        packed = messages.encode(messages.Outgoing(notice=end, queued_at=now))
+        due = float("inf") if notice.expires_at is None else notice.expires_at
+        for channel in self.channels:
+            pipe.hset(self.keys.notify_items(channel.name), END + notice.address, packed)
+            pipe.zadd(self.keys.notify_queue(channel.name), {END + notice.address: due + channel.delay})
+
+    async def lifted(self, unbans: list[messages.Decision]) -> list[tuple[Channel, messages.Notice]]:
+        """Unbans of network bans announced here (their end notice still waits): per
+        channel, the unban notice that takes the end notice's place."""
+        if not unbans:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for channel in self.channels:
+                for d in unbans:
+                    pipe.hget(self.keys.notify_items(channel.name), END + d.address)
+            found = iter(await pipe.execute())
+        lifted = []
+        for channel in self.channels:
+            for d in unbans:
+                raw = next(found)
+                if raw is None:
+                    continue  # not a network ban announced here, or its end was sent already
+                try:
+                    end = messages.decode_outgoing(raw).notice
+                except (TypeError, msgspec.DecodeError):
+                    continue
+                reason = f"unbanned by {d.origin} on {d.host}" + (f": {d.reason}" if d.reason else "")
+                lifted.append((channel, msgspec.structs.replace(end, event="unban", reason=reason)))
+        return lifted
 
     def notice(self, d: messages.Decision, rec: messages.BanRecord | None) -> messages.Notice:
         if rec is not None and rec.rule != d.rule:
@@ -186,7 +239,9 @@ class Notifier:
             country=country, failures=rec.failures if rec else 0,
             first_failure=rec.first_failure if rec else None,
             last_failure=rec.last_failure if rec else None,
-            ban_count=rec.ban_count if rec else 1, lines=rec.lines if rec else [])
+            ban_count=rec.ban_count if rec else 1, lines=rec.lines if rec else [],
+            window=rec.window if rec else (NETWORK if d.rule == NETWORK else ""),
+            members=rec.failures if rec is not None and rec.window == NETWORK else 0)
 
     async def read_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -209,7 +264,8 @@ class Notifier:
         """Lease what is due (the ledger's claims: two notifiers never both send a notice)."""
         now = time.time()
         if channel.digest:
-            return await self.ledger.claim_digest(channel.name, now, LEASE, channel.cfg.max_batch)
+            return await self.ledger.claim_digest(channel.name, now, LEASE, channel.cfg.max_batch,
+                                                  now + channel.delay)
         return await self.ledger.claim_due(channel.name, now, LEASE, BATCH)
 
     async def deliver_once(self, channel: Channel) -> int:
@@ -225,6 +281,8 @@ class Notifier:
             except (TypeError, msgspec.DecodeError):
                 # None: sent by another notifier after our lease ran out.
                 gone.append(entry_id)
+        pending, replaced = await self.still_banned(pending)
+        gone += replaced
         errors = await channel.deliver([o.notice for _, o in pending]) if pending else []
         now = time.time()
         attempts = 0
@@ -243,6 +301,19 @@ class Notifier:
                     pipe.delete(hold)
             await pipe.execute()
         return len(ids)
+
+    async def still_banned(self, pending: list[tuple[bytes, messages.Outgoing]]
+                           ) -> tuple[list[tuple[bytes, messages.Outgoing]], list[bytes]]:
+        """Of the notices due, the expiries of networks still banned (banned again by
+        other means: it did not end) are not sent. Returns (to send, to drop)."""
+        ends = [(entry_id, out) for entry_id, out in pending if out.notice.event == "expiry"]
+        if not ends:
+            return pending, []
+        now = time.time()
+        scores = await self.client.zmscore(self.keys.active_bans, [out.notice.address for _, out in ends])
+        dropped = {entry_id for (entry_id, _), score in zip(ends, scores, strict=True)
+                   if score is not None and score > now}
+        return [p for p in pending if p[0] not in dropped], list(dropped)
 
     def record(self, pipe, channel: Channel, entry_id: bytes, out: messages.Outgoing,
                error: str | None, now: float) -> bool:

@@ -63,7 +63,7 @@ class MultiHost(ThreeHosts):
         subprocess.run([ROOT / "compose/tls.sh", self.tls, *names], check=True, capture_output=True)
         self.env |= {"PYFILTER_TLS_DIR": str(self.tls), "PYFILTER_REDIS_CA": str(self.tls / "ca.crt"),
                      **{f"PYFILTER_{role}_REDIS_PASSWORD": secrets.token_urlsafe(16)
-                        for role in ("DETECTOR", "API", "NOTIFIER", "REPLICA", "SENTINEL")}}
+                        for role in ("DETECTOR", "API", "NOTIFIER", "REPLICA", "SENTINEL", "SENTINEL_PEER")}}
 
     def up(self) -> None:
         """The server first; then each host's user on every node, as `make host-credentials HA=1`
@@ -272,3 +272,37 @@ def test_primary_killed_mid_attack_loses_no_ban_no_unban_and_counts_each_line_on
         except RuntimeError:  # not listening yet: redis-start.sh sets up its files first
             return False
     wait_for(rejoined, 60, "the old primary to rejoin as a replica")
+
+
+def test_a_node_and_a_sentinel_down_during_add_and_remove_host_take_the_users_when_they_start(hosts):
+    """A replica and a sentinel stopped while a host is added and another removed take
+    the users of now when their containers start again (compose/redis-start.sh from
+    the primary, compose/sentinel.sh from another sentinel), with no `make server`."""
+    if hosts.profile != "ha":
+        pytest.skip("Sentinel's nodes catch up at their start; a Cluster node at `pyfilter server init` "
+                    "(tests/unit/test_cluster_acl.py)")
+    sentinels = PROFILES["ha"][2]
+    def server(*args: str) -> int:
+        return hosts.compose("--profile", "admin", "run", "--rm", "-T", "admin", "pyfilter", "server",
+                             *args, check=False).returncode
+
+    replica = next(n for n in ("redis", "redis-2", "redis-3") if n != hosts.primary().split()[0])
+    where = {"redis": "redis 6379", "redis-2": "redis-2 6380", "redis-3": "redis-3 6381"}[replica]
+    assert server("add-host", "host-e", "--url", sentinels) == 0
+    for service in (replica, "sentinel-3"):
+        hosts.container(service).stop()
+    try:
+        assert server("add-host", "host-d", "--url", sentinels) == 2  # named: not on the stopped two
+        assert server("remove-host", "host-e") == 2
+    finally:
+        for service in (replica, "sentinel-3"):
+            hosts.container(service).start()
+
+    def users(node: str) -> set[str] | None:
+        try:
+            return set(hosts.redis_cli("ACL", "USERS", node=node).split())
+        except RuntimeError:  # not listening yet
+            return None
+    for node in (where, "sentinel-3 26381"):
+        listed = wait_for(lambda: users(node), 60, f"{node} to answer again")
+        assert "pyfilter-host-host-d" in listed and "pyfilter-host-host-e" not in listed, f"{node}: {listed}"

@@ -12,6 +12,7 @@ import pytest
 from pyfilter.common import bans, messages
 from pyfilter.common.config import MAX_ACCOUNT_FAILURES, ConfigError, PerAccount, Rule, Seconds, load_rule
 from pyfilter.common.keys import Keys, account_id
+from pyfilter.common.ledger import Ledger
 from pyfilter.detector.windows import Login, Observed, Windows
 from tests.conftest import aclient, emptied_cluster
 from tests.unit.test_ledger import Watched, hash_tag
@@ -21,14 +22,24 @@ KEYS = Keys("pa:")
 HOSTS = ("host-a", "host-b", "host-c")
 
 
-@pytest.fixture(params=["single, one call", "single, three calls", "cluster"])
-def redis_url(request, tmp_path):
-    """A single Redis (its one call, and the three calls of Cluster run there), and a
+def redis_of(request) -> str:
+    """A single Redis (its one call, or the three calls of Cluster run there), or a
     Cluster (always the three calls)."""
     request.node.split = request.param == "single, three calls"
     if request.param == "cluster":
         return emptied_cluster(request)
     return request.getfixturevalue("single_redis_url")
+
+
+@pytest.fixture(params=["single, one call", "single, three calls", "cluster"])
+def redis_url(request):
+    return redis_of(request)
+
+
+@pytest.fixture(params=["single, three calls", "cluster"])
+def three_calls_url(request):
+    """Where the per-account windows take three calls, with steps in between."""
+    return redis_of(request)
 
 
 def rule(**per_account) -> Rule:
@@ -186,6 +197,103 @@ def test_a_failure_read_after_the_crossing_joins_its_evidence(request, redis_url
     assert sorted(records["198.51.100.60"].evidence) == late
 
 
+def recidive_rule() -> Rule:
+    """Two bans within a day ban for a week."""
+    base = dict(service="recidive", patterns=["x"], maxretry=2, findtime=Seconds(86400), bantime=Seconds(604800))
+    return msgspec.convert(base, Rule, dec_hook=lambda t, v: Seconds(v))
+
+
+def test_an_address_banned_twice_by_account_windows_gets_the_recidive_ban(request, redis_url):
+    """An account's ban counts in its address's recidive window as any ban: 12 addresses
+    banned on root, then an hour later (those bans ran out) on admin, are banned for a week;
+    the second attack read again changes nothing."""
+    attackers = addresses(12)
+    later = NOW + 3600
+
+    async def go():
+        client = aclient(redis_url)
+        windows = Windows(client, "pa:", {"sshd": rule(), "recidive": recidive_rule()})
+        windows._ledger.split = windows._ledger.split or request.node.split
+        first = await windows.record(spread("root", attackers, 2), NOW)
+        second = await windows.record(spread("admin", attackers, 2, start=later - 300, tag="g"), later)
+        again = await windows.record(spread("admin", attackers, 2, start=later - 300, tag="g"), later)
+        records = {r.address: r for r in await bans.records(client, KEYS, attackers)}
+        decisions = [messages.decode_decision(d[b"m"]) for _, d in await client.xrange(KEYS.decisions)]
+        await client.aclose()
+        return first, second, again, records, decisions
+    first, second, again, records, decisions = asyncio.run(go())
+    assert sorted((b.address, b.rule, b.duration) for b in first) == [(a, "sshd", 600) for a in sorted(attackers)]
+    assert sorted((b.address, b.rule, b.duration) for b in second) == sorted(
+        [(a, "sshd", 600) for a in attackers] + [(a, "recidive", 604800) for a in attackers])
+    assert again == []
+    assert all((r.rule, r.window, r.duration, r.ban_count) == ("recidive", "recidive", 604800, 3)
+               for r in records.values()) and sorted(records) == sorted(attackers)
+    assert "banned by sshd" in records[attackers[0]].lines
+    assert len(decisions) == 3 * len(attackers)
+
+
+def test_an_account_ban_and_an_address_ban_count_together_for_recidive(request, redis_url):
+    """One address reaches maxretry on its own (its own window bans it), the next hour it is
+    among an account's attackers: two bans, by two kinds of window, make the recidive ban."""
+    attackers = addresses(12)
+    later = NOW + 3600
+
+    async def go():
+        client = aclient(redis_url)
+        windows = Windows(client, "pa:", {"sshd": rule(), "recidive": recidive_rule()})
+        windows._ledger.split = windows._ledger.split or request.node.split
+        alone = [Observed("sshd", attackers[0], "host-a", NOW - 10 + i, f"a:{i}", "x") for i in range(5)]
+        first = await windows.record(alone, NOW)
+        second = await windows.record(spread("root", attackers, 2, start=later - 300), later)
+        record_ = await bans.record(client, KEYS, attackers[0])
+        others = await bans.records(client, KEYS, attackers[1:])
+        await client.aclose()
+        return first, second, record_, others
+    first, second, record_, others = asyncio.run(go())
+    assert [(b.address, b.rule) for b in first] == [(attackers[0], "sshd")]
+    assert (attackers[0], "recidive", 604800) in {(b.address, b.rule, b.duration) for b in second}
+    assert (record_.rule, record_.duration) == ("recidive", 604800)
+    assert all(r.rule == "sshd" and r.window == "account" for r in others)  # banned once: no recidive
+
+
+def test_a_detector_dying_between_the_ban_and_its_recidive_count_loses_nothing(request, three_calls_url):
+    """The three calls: a detector stops after the account's bans were written and before
+    they were counted for recidive; the read, redelivered, counts them (the ban side
+    answers its earlier judgement again), and the twice-banned address gets its week."""
+    redis_url = three_calls_url
+    attackers = addresses(12)
+    later = NOW + 3600
+
+    class Dying(Ledger):
+        died = False
+
+        async def _count_account_bans(self, counted, recidive):
+            if not self.died:
+                self.died = True
+                raise ConnectionError("the detector stopped here")
+            return await super()._count_account_bans(counted, recidive)
+
+    async def go():
+        client = aclient(redis_url)
+        windows = Windows(client, "pa:", {"sshd": rule(), "recidive": recidive_rule()})
+        windows._ledger = Dying(client, KEYS)
+        windows._ledger.split = True
+        alone = [Observed("sshd", attackers[0], "host-a", NOW - 10 + i, f"a:{i}", "x") for i in range(5)]
+        await windows.record(alone, NOW)
+        attack = spread("root", attackers, 2, start=later - 300)
+        with pytest.raises(ConnectionError):
+            await windows.record(attack, later)
+        written = await bans.record(client, KEYS, attackers[0])
+        again = await windows.record(attack, later)
+        final = await bans.record(client, KEYS, attackers[0])
+        await client.aclose()
+        return written, again, final
+    written, again, final = asyncio.run(go())
+    assert (written.rule, written.window) == ("sshd", "account")
+    assert (final.rule, final.duration) == ("recidive", 604800)
+    assert (attackers[0], "recidive", 604800) in {(b.address, b.rule, b.duration) for b in again}
+
+
 def test_a_user_name_cannot_frame_another_address_nor_break_keys(request, redis_url):
     """The user name is the attacker's text: addresses, braces (hash tags), spaces, newlines,
     16 KB. Only the addresses that failed are banned; every key names the account by its hash."""
@@ -247,25 +355,29 @@ def test_a_flood_in_one_second_bans_a_bounded_crossing(request, redis_url):
 
 def test_every_account_call_writes_only_the_keys_it_is_given(request, redis_url):
     """On Cluster (and in the three calls) each call's keys share one hash tag: the
-    account's, or the ban side's. A single Redis's one call names the ban side's records
-    and counts by their common start (keys.py); everything it writes starts so or is given."""
+    account's, the ban side's, or an address's (recidive). A single Redis's one call makes
+    a banned address's keys from keys.py's templates: exactly keys.py's keys of the address.
+    (Only the account window bans here: no address reaches its own window's maxretry.)"""
     attackers = addresses(12)
 
     async def go():
         client, windows, _, _, _ = await record(
-            request, redis_url, {"sshd": rule()},
+            request, redis_url, {"sshd": rule(), "recidive": recidive_rule()},
             [([], [Login("sshd", "198.51.100.200", "root", "host-a", NOW - 5)]), (spread("root", attackers, 2), [])],
             ledger_cls=Watched)
         written = {k.decode() for k in await client.keys("*")}
         await client.aclose()
         return windows._ledger, written
     ledger, written = asyncio.run(go())
-    stems = {KEYS.ban(""), KEYS.ban_count("")}
-    assert written and all(k in ledger.given or any(k.startswith(s) and s in ledger.given for s in stems)
-                           for k in written), written - ledger.given
-    if ledger.split:
-        assert all(len(t) == 1 for t in ledger.tags), ledger.tags
-        assert {account_id("sshd", "root")} in ledger.tags and {"bans"} in ledger.tags
+    made = {key for a in attackers
+            for key in (KEYS.ban(a), KEYS.ban_count(a), KEYS.window("recidive", a), KEYS.window_lines("recidive", a))}
+    if not ledger.split:
+        assert made <= written and written <= made | ledger.given, written - made - ledger.given
+        return
+    assert made <= ledger.given and written <= ledger.given, written - ledger.given  # (one node's keys)
+    assert all(len(t) == 1 for t in ledger.tags), ledger.tags
+    assert {account_id("sshd", "root")} in ledger.tags and {"bans"} in ledger.tags
+    assert {attackers[0]} in ledger.tags
 
 
 def test_per_account_settings_and_their_errors(tmp_path):

@@ -56,10 +56,10 @@ def cluster(redis_cluster):
     return url, ports
 
 
-def write_config(folder: Path, url: str, log: Path) -> Path:
+def write_config(folder: Path, url: str, log: Path, wait_replicas: int = 0) -> Path:
     config = folder / "pyfilter.yaml"
     config.write_text(yaml.safe_dump({
-        "redis": {"url": url, "cluster": True},
+        "redis": {"url": url, "cluster": True, "wait_replicas": wait_replicas, "wait_timeout_ms": 500},
         "catalog_dir": str(REPO / "config" / "rules"),
         "detector": {"claim_idle": "2s"},
         "enforcer": {"backend": "nftables", "reconcile_interval": "1h"},
@@ -74,12 +74,12 @@ def write_config(folder: Path, url: str, log: Path) -> Path:
 class Host:
     """One protected host: its log, its config, its collector and its enforcer's namespace."""
 
-    def __init__(self, name: str, folder: Path, url: str):
+    def __init__(self, name: str, folder: Path, url: str, wait_replicas: int = 0):
         self.name, self.folder = name, folder
         folder.mkdir()
         self.log = folder / "auth.log"
         self.log.touch()
-        self.config = write_config(folder, url, self.log)
+        self.config = write_config(folder, url, self.log, wait_replicas)
         self.collector: subprocess.Popen | None = None
         self.enforcer: subprocess.Popen | None = None
         self.netns = ""

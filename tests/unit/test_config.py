@@ -74,14 +74,13 @@ def test_bad_durations(text):
         parse_duration(text)
 
 
-def test_cluster_with_replica_confirmation_is_refused_with_what_to_do(tmp_path, monkeypatch):
+def test_cluster_with_replica_confirmation_is_taken_from_file_and_environment(tmp_path, monkeypatch):
     file = tmp_path / "pyfilter.yaml"
     file.write_text("redis: {url: 'redis://127.0.0.1:7000', cluster: true, wait_replicas: 1}\n")
-    with pytest.raises(ConfigError, match="redis.wait_replicas: not supported with redis.cluster yet; set it to 0"):
-        load(file, rules=False)
-    file.write_text("redis: {url: 'redis://127.0.0.1:7000', wait_replicas: 1}\n")
+    redis = load(file, rules=False).config.redis
+    assert (redis.cluster, redis.wait_replicas) == (True, 1)
+    file.write_text("redis: {url: 'redis://127.0.0.1:7000'}\n")
     monkeypatch.setenv("PYFILTER_REDIS_CLUSTER", "yes")
-    with pytest.raises(ConfigError, match="not supported with redis.cluster"):
-        load(file, rules=False)
-    monkeypatch.setenv("PYFILTER_REDIS_WAIT_REPLICAS", "0")
-    assert load(file, rules=False).config.redis.cluster
+    monkeypatch.setenv("PYFILTER_REDIS_WAIT_REPLICAS", "1")
+    redis = load(file, rules=False).config.redis
+    assert (redis.cluster, redis.wait_replicas) == (True, 1)

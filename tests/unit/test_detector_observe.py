@@ -219,3 +219,25 @@ def test_a_failure_carries_its_patterns_weight(redis_url):
              messages.Line("auth:0:0:1", "sshd[1]: Failed password for bob from 198.51.100.8 port 22")]
     found = d.observe(messages.LineBatch(host="h", source="auth", lines=lines, read_at=NOW), NOW, set(), [])
     assert [(o.address, o.weight) for o in found] == [("198.51.100.7", 5), ("198.51.100.8", 1)]
+
+
+def test_only_rules_with_a_per_account_window_keep_their_logins(redis_url):
+    """The live detector keeps the successful logins only of rules whose per-account window
+    uses them: a rule without one records none (no success work); replay keeps every rule's."""
+    base = {"service": "sshd", "sources": ["auth"], "patterns": [r"Failed password for (?P<user>\S+) from <HOST> port"],
+            "success": [r"Accepted password for (?P<user>\S+) from <HOST> port"]}
+    rules = {name: msgspec.convert({**base, "per_account": per}, Rule, dec_hook=lambda t, v: Seconds(v))
+             for name, per in (("counted", True), ("plain", False))}
+    config = Config(host="h")
+    config.redis.url = redis_url
+    settings = Settings(config=config, rules=rules, path="t")
+    lines = messages.LineBatch(host="h", source="auth", read_at=NOW, lines=[
+        messages.Line("auth:0:0:0", "sshd[1]: Accepted password for root from 198.51.100.7 port 22 ssh2")])
+    live, replaying = Detector(settings), Detector(settings, every_login=True)
+    kept: dict[str, list] = {"live": [], "replay": []}
+    live.observe(lines, NOW, set(), [], kept["live"])
+    replaying.observe(lines, NOW, set(), [], kept["replay"])
+    assert [(login.rule, login.address, login.user) for login in kept["live"]] == [("counted", "198.51.100.7", "root")]
+    assert sorted(login.rule for login in kept["replay"]) == ["counted", "plain"]
+    plain = next(r for r in live.matcher.rules if r.name == "plain")
+    assert plain.logins is None  # nothing recorded for it at all

@@ -137,6 +137,49 @@ def test_never_widened_over_what_must_not_be_banned(redis_url, kept):
         assert wide == {"2001:db8:1:5::/64"}
 
 
+def account_rule():
+    """sshd with its per-account window (20 failures on one account from 10 addresses in
+    10 minutes); 5 failures per address for its own window."""
+    return make_rule(patterns=["(?P<user>x)"], maxretry=5, findtime=Seconds(600), per_account=True)
+
+
+def account_attack(attackers: list[str], now: float, tag: str = "a") -> list[Observed]:
+    """Each address fails twice on root, a second apart: only the account's window crosses."""
+    return [Observed("sshd", a, "host-a", now - 300 + n * len(attackers) + i, f"{tag}:{n}:{i}", "x", user="root")
+            for n in range(2) for i, a in enumerate(attackers)]
+
+
+@pytest.mark.parametrize("kept", ["nothing", "whitelist", "gateway"])
+def test_account_bans_widen_like_any_ban(redis_url, kept):
+    """10 addresses of one /24 banned by a per-account window ban the /24 (threshold 10),
+    unless the /24 holds a whitelisted network or a host's own address. Read again: nothing more."""
+    cfg = NetworkConfig(enabled=True, threshold=10, findtime=Seconds(3600), bantime=Seconds(60))
+    attackers = [f"198.51.100.{i}" for i in range(1, 11)] + ["2001:db8:7::1", "2001:db8:8::1"]
+
+    async def body(client):
+        whitelist = [ipaddress.ip_network("198.51.100.128/28")] if kept == "whitelist" else []
+        if kept == "gateway":
+            await hosts.publish(client, KEYS, "web1", {ipaddress.ip_address("198.51.100.254")})
+        w = widening(cfg, own=await hosts.load(client, KEYS), whitelist=whitelist)
+        windows = Windows(client, KEYS.prefix, {"sshd": account_rule()}, w)
+        now = time.time()
+        banned = await windows.record(account_attack(attackers, now), now)
+        state = sorted(await bans.active(client, KEYS)), await client.xlen(KEYS.decisions)
+        assert await windows.record(account_attack(attackers, now), now) == []
+        again = sorted(await bans.active(client, KEYS)), await client.xlen(KEYS.decisions)
+        return banned, state, again, await bans.record(client, KEYS, "198.51.100.0/24")
+
+    banned, state, again, wide = scenario(redis_url, body)
+    assert sorted(b.address for b in banned) == sorted(attackers)
+    assert state == again
+    if kept != "nothing":
+        assert wide is None and not [a for a in state[0] if "/" in a]
+        return
+    assert set(state[0]) == {*attackers, "198.51.100.0/24"}
+    assert (wide.rule, wide.window, wide.failures) == ("network", "network", 10)
+    assert sorted(wide.evidence) == sorted(attackers[:10])
+
+
 def test_ipv6_widens_to_the_64_then_to_the_48_by_its_64s(redis_url):
     async def body(client):
         windows = detector(client, widening())
@@ -222,6 +265,25 @@ def test_widening_writes_only_the_keys_it_is_given_one_slot_per_call(single_redi
         return ledger.given, {k.decode() for k in await client.keys("*")}, ledger.tags, ledger.split
 
     given, written, tags, split = scenario(single_redis_url, body)
+    assert KEYS.ban("198.51.100.0/24") in written and written <= given, written - given
+    if split:
+        assert all(len(t) == 1 for t in tags) and {"bans"} in tags
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one call", "three calls"])
+def test_account_bans_widening_write_only_the_keys_they_are_given(single_redis_url, split):
+    """Bans that widen take the three calls' way for account windows even on a single Redis:
+    every key given, each call in one slot."""
+    async def body(client):
+        windows = Windows(client, KEYS.prefix, {"sshd": account_rule()}, widening())
+        ledger = Watched(client, KEYS)
+        ledger.split, ledger.widening = split, windows._ledger.widening
+        windows._ledger = ledger
+        now = time.time()
+        await windows.record(account_attack([f"198.51.100.{i}" for i in range(1, 13)], now), now)
+        return ledger.given, {k.decode() for k in await client.keys("*")}, ledger.tags
+
+    given, written, tags = scenario(single_redis_url, body)
     assert KEYS.ban("198.51.100.0/24") in written and written <= given, written - given
     if split:
         assert all(len(t) == 1 for t in tags) and {"bans"} in tags

@@ -31,14 +31,18 @@ from pyfilter.common.config import (
     Config,
     ConfigError,
     EmailConfig,
+    NetworkConfig,
     NotifyConfig,
     Rule,
+    Seconds,
     Settings,
     WebhookConfig,
     load,
 )
 from pyfilter.common.keys import NOTIFY_GROUP, Keys
 from pyfilter.common.ledger import Ledger, NewBan
+from pyfilter.common.network import Widening
+from pyfilter.detector.windows import Observed, Windows
 from tests.conftest import CLUSTER_URLS, aclient
 
 KEYS = Keys("t:")
@@ -299,6 +303,89 @@ def test_webhook_receives_the_ban_as_json(any_url):
     assert body["lines"] == ["sshd[1]: Failed password for root from 198.51.100.7 port 22 ssh2"]
 
 
+async def widen(client, addresses: list[str], bantime: int) -> None:
+    """Bans of `addresses` by a detector's windows (rule nginx-botsearch: not announced)
+    whose network fills (3 bans) and is banned for `bantime` seconds."""
+    rule = Rule(service="http", sources=["nginx"], patterns=["x"], window="instant", maxretry=1)
+    cfg = NetworkConfig(enabled=True, threshold=3, findtime=Seconds(3600), bantime=Seconds(bantime))
+    windows = Windows(client, KEYS.prefix, {"nginx-botsearch": rule}, Widening(cfg))
+    now = time.time()
+    await windows.record([Observed("nginx-botsearch", a, "host-a", now, f"l:{a}", "GET /.env 404") for a in addresses],
+                         now)
+
+
+def test_network_bans_are_announced_with_their_unban_and_expiry(any_url):
+    """A /24 banned by widening, then unbanned by hand; a /64 banned for 1 s, which runs out:
+    four notices naming the network, its members and the window; no member's (notify off)."""
+    async def go():
+        client = aclient(any_url)
+        receiver = Receiver(free_port())
+        await receiver.start()
+        async with notifier(settings(any_url, hook={"url": f"http://127.0.0.1:{receiver.port}/hook"})):
+            await widen(client, ["198.51.100.1", "198.51.100.2", "198.51.100.3"], 600)
+            await until(lambda: receiver.bodies)
+            await Ledger(client, KEYS).unban(["198.51.100.0/24"], "host-b", "a carrier's NAT", origin="manual")
+            await until(lambda: len(receiver.bodies) >= 2)
+            await widen(client, ["2001:db8:5::1", "2001:db8:5::2", "2001:db8:5::3"], 1)
+            await until(lambda: len(receiver.bodies) >= 4)
+            await asyncio.sleep(0.5)  # room for a wrong extra notice to arrive
+            queued = await client.zcard(KEYS.notify_queue("webhook"))
+        await receiver.stop()
+        await client.aclose()
+        return receiver.bodies, queued
+    bodies, queued = run(go())
+    assert [(b["event"], b["address"]) for b in bodies] == [
+        ("ban", "198.51.100.0/24"), ("unban", "198.51.100.0/24"), ("ban", "2001:db8:5::/64"),
+        ("expiry", "2001:db8:5::/64")]
+    assert all((b["rule"], b["window"], b["members"]) == ("network", "network", 3) for b in bodies)
+    assert "198.51.100.0/24" in bodies[0]["reason"] and bodies[0]["duration"] == 600
+    assert bodies[1]["reason"] == "unbanned by manual on host-b: a carrier's NAT"
+    assert bodies[3]["expires_at"] == pytest.approx(bodies[2]["banned_at"] + 1)
+    assert queued == 0
+
+
+def test_a_network_bans_end_waits_out_of_the_digest_and_a_rebanned_network_has_no_expiry(any_url, smtp):
+    """Two networks banned for 3 s: the first digest lists their bans, not their ends (still
+    to come); the next, the end of the one that ran out, not of the one banned again by hand
+    meanwhile (after the notifier saw its ban)."""
+    async def go():
+        client = aclient(any_url)
+        s = settings(any_url, mail={"port": smtp.port, "mode": "digest", "interval": 1})
+        async with notifier(s):
+            await widen(client, ["198.51.100.1", "198.51.100.2", "198.51.100.3"], 3)
+            await widen(client, ["2001:db8:5::1", "2001:db8:5::2", "2001:db8:5::3"], 3)
+            await until(lambda: smtp.mails)
+            await Ledger(client, KEYS).ban([NewBan(messages.BanRecord(
+                address="2001:db8:5::/64", rule="manual", host="host-a", origin="manual", banned_at=time.time(),
+                duration=3600, expires_at=time.time() + 3600))])
+            await until(lambda: len(smtp.mails) >= 2)
+            await until(lambda: _queue_empty(client, "email"))
+            await asyncio.sleep(0.5)
+        await client.aclose()
+    run(go())
+    first, second = smtp.mails
+    assert first["Subject"] == "[pyfilter] 2 addresses banned on host-a"
+    assert "198.51.100.0/24" in first.get_payload() and "ran out" not in first.get_payload()
+    assert second["Subject"] == "[pyfilter] 1 address banned on host-a"
+    assert "198.51.100.0/24" in second.get_payload() and "ran out" in second.get_payload()
+    assert "2001:db8:5::/64" not in second.get_payload()
+
+
+def test_a_network_ban_mail_names_its_members_and_window(smtp):
+    from pyfilter.notifier.notify import Email
+
+    channel = Email(settings("redis://unused", mail={"port": smtp.port}).config.notify.email, None)
+    notice = messages.Notice(address="198.51.100.0/24", rule="network", host="host-a", origin="detector",
+                             banned_at=time.time(), duration=3600, window="network", members=12,
+                             reason="12 banned addresses of 198.51.100.0/24 within 3600s")
+    expired = msgspec.structs.replace(notice, event="expiry")
+    assert run(channel.deliver([notice, expired])) == [None, None]
+    first, second = smtp.mails
+    assert first["Subject"] == "[pyfilter] 198.51.100.0/24 banned by network on host-a"
+    assert "window:    network" in first.get_payload() and "members:   12 banned" in first.get_payload()
+    assert second["Subject"] == "[pyfilter] 198.51.100.0/24 no longer banned (the network ban ran out)"
+
+
 def test_failing_receiver_gets_the_notice_after_retries(any_url):
     async def go():
         client = aclient(any_url)
@@ -435,7 +522,8 @@ def test_notice_json_is_the_documented_shape():
                              banned_at=1.0, duration=-1)
     assert set(msgspec.json.decode(msgspec.json.encode(notice))) == {
         "address", "rule", "host", "origin", "banned_at", "duration", "expires_at", "reason",
-        "country", "failures", "first_failure", "last_failure", "ban_count", "lines", "event", "v"}
+        "country", "failures", "first_failure", "last_failure", "ban_count", "lines", "event", "window",
+        "members", "v"}
 
 
 def test_notifier_service_announces_bans_and_stops_cleanly(redis_url, smtp, tmp_path):

@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "admin-secret"
 REPLICA = "replica-secret"
 SENTINEL = "sentinel-secret"
+PEER = "sentinel-peer-secret"
 ROLES = {"detector": "detector-secret", "api": "api-secret", "notifier": "notifier-secret"}
 KEYS = Keys("pyfilter:")
 
@@ -61,17 +62,14 @@ class Servers(Processes):
         self.data = [free_port() for _ in range(3)]
         self.sentinels = [free_port() for _ in range(3)]
         self.env = {**os.environ, "PYFILTER_REDIS_PASSWORD": ADMIN, "PYFILTER_REPLICA_REDIS_PASSWORD": REPLICA,
-                    "PYFILTER_SENTINEL_REDIS_PASSWORD": SENTINEL, "PYFILTER_REDIS_TLS": "1",
-                    "PYFILTER_REDIS_TLS_ONLY": "1", "PYFILTER_REDIS_TLS_DIR": str(root / "tls")}
+                    "PYFILTER_SENTINEL_REDIS_PASSWORD": SENTINEL, "PYFILTER_SENTINEL_PEER_REDIS_PASSWORD": PEER,
+                    "PYFILTER_REDIS_TLS": "1", "PYFILTER_REDIS_TLS_ONLY": "1",
+                    "PYFILTER_REDIS_TLS_DIR": str(root / "tls"),
+                    "PYFILTER_REDIS_SENTINELS": " ".join(f"127.0.0.1:{p}" for p in self.sentinels)}
         for i, port in enumerate(self.data):
             self.start_data(port, replica_of=None if i == 0 else self.data[0])
         for port in self.sentinels:
-            folder = root / f"sentinel-{port}"
-            folder.mkdir()
-            env = {**self.env, "PYFILTER_REDIS_DATA": str(folder), "PYFILTER_REDIS_ANNOUNCE": "127.0.0.1",
-                   "PYFILTER_REDIS_PRIMARY_PORT": str(self.data[0]), "PYFILTER_SENTINEL_DOWN_AFTER_MS": "1000"}
-            self.procs[port] = subprocess.Popen(["sh", str(ROOT / "compose/sentinel.sh"), str(port),
-                                                 "--bind", "127.0.0.1"], env=env, stdout=subprocess.DEVNULL)
+            self.start_sentinel(port)
         try:
             self.until(lambda: all(self.admin(p).ping() for p in self.data + self.sentinels),
                        "every server to answer")
@@ -95,6 +93,18 @@ class Servers(Processes):
         self.procs[port] = subprocess.Popen(
             ["sh", str(ROOT / "compose/redis-start.sh"), "--port", str(port), "--bind", "127.0.0.1",
              "--unixsocket", "", "--save", "", "--appendonly", "no", *extra], env=env, stdout=subprocess.DEVNULL)
+
+    def start_sentinel(self, port: int) -> None:
+        folder = self.root / f"sentinel-{port}"
+        folder.mkdir(exist_ok=True)
+        env = {**self.env, "PYFILTER_REDIS_DATA": str(folder), "PYFILTER_REDIS_ANNOUNCE": "127.0.0.1",
+               "PYFILTER_REDIS_PRIMARY_PORT": str(self.data[0]), "PYFILTER_SENTINEL_DOWN_AFTER_MS": "1000"}
+        self.procs[port] = subprocess.Popen(["sh", str(ROOT / "compose/sentinel.sh"), str(port),
+                                             "--bind", "127.0.0.1"], env=env, stdout=subprocess.DEVNULL)
+
+    def stop_one(self, port: int) -> None:
+        self.procs[port].terminate()
+        self.procs[port].wait(10)
 
     def client(self, port: int, username: str | None = None, password: str = ADMIN, **extra) -> redis.Redis:
         # No retries: a refused password (an AuthenticationError is a ConnectionError) says so at once.
@@ -228,17 +238,52 @@ def test_the_replication_link_logs_in_as_its_own_user_which_may_do_nothing_else(
         assert refused(call)
 
 
-def test_add_host_and_remove_host_change_every_node_and_a_node_that_missed_one_catches_up(servers, users, tmp_path):
-    env = {"PYFILTER_CONFIG": str(tmp_path / "none.yaml"), "PYFILTER_REDIS_URL": servers.url(),
-           "PYFILTER_REDIS_PASSWORD": ADMIN, "PYFILTER_REDIS_CA": str(servers.ca),
-           **{server.ROLE_PASSWORDS[r]: p for r, p in ROLES.items()}}
+def test_the_sentinels_log_in_to_each_other_as_their_own_user_which_may_do_nothing_else(servers, users):
+    """`sentinel sentinel-user`: the sentinels reach each other as pyfilter-sentinel-peer (the
+    admin password is in no link's settings); that user may ping, say hello on
+    __sentinel__:hello and vote, nothing else, and is no user of the data nodes."""
+    for port in servers.sentinels:
+        conf = (servers.root / f"sentinel-{port}" / "sentinel.conf").read_text().splitlines()
+        links = [line for line in conf if line.startswith("sentinel ")]
+        assert "sentinel sentinel-user pyfilter-sentinel-peer" in links, links
+        assert not [line for line in links if ADMIN in line], f"sentinel {port} links with the admin password"
+        peers = [c for c in servers.admin(port).client_list() if c["name"].endswith("-cmd")]
+        assert len(peers) == 2 and {c["user"] for c in peers} == {"pyfilter-sentinel-peer"}, peers
+        peer = servers.client(port, "pyfilter-sentinel-peer", PEER)
+        assert peer.ping()
+        for call in (lambda: peer.sentinel_masters(), lambda: peer.sentinel_failover("pyfilter"),
+                     lambda: peer.sentinel_set("pyfilter", "down-after-milliseconds", 1),
+                     lambda: peer.execute_command("SENTINEL", "CONFIG", "SET", "resolve-hostnames", "no"),
+                     lambda: peer.execute_command("SENTINEL", "CONFIG", "GET", "*"),
+                     lambda: peer.sentinel_remove("pyfilter"), lambda: peer.sentinel_reset("pyfilter"),
+                     lambda: peer.execute_command("ACL", "LIST"), lambda: peer.publish("other", "x")):
+            assert refused(call), f"sentinel {port} let the sentinels' user do more than talk Sentinel"
+    for port in servers.data:
+        with pytest.raises(redis.AuthenticationError):
+            servers.client(port, "pyfilter-sentinel-peer", PEER).get(KEYS.active_bans)
+
+
+def admin_env(servers: Servers, tmp_path: Path) -> dict[str, str]:
+    """`pyfilter server`'s environment, as the admin service has it."""
     (tmp_path / "none.yaml").write_text("{}\n")
+    return {"PYFILTER_CONFIG": str(tmp_path / "none.yaml"), "PYFILTER_REDIS_URL": servers.url(),
+            "PYFILTER_REDIS_PASSWORD": ADMIN, "PYFILTER_REDIS_CA": str(servers.ca),
+            **{server.ROLE_PASSWORDS[r]: p for r, p in ROLES.items()}}
+
+
+def add_host(servers: Servers, env: dict[str, str], host: str, expect: int = 0) -> tuple[str, str]:
+    """`pyfilter server add-host HOST`: the agent's URL and the host's password."""
     public = "rediss+sentinel://127.0.0.1:" + ",127.0.0.1:".join(map(str, servers.sentinels)) + "/pyfilter/0"
-    added = cli("server", "add-host", "web3", "--url", public, env=env)
-    assert added.returncode == 0, added.stderr
+    added = cli("server", "add-host", host, "--url", public, env=env)
+    assert added.returncode == expect, added.stderr
     url = dict(line.split("=", 1) for line in added.stdout.splitlines())["PYFILTER_REDIS_URL"]
-    assert url.startswith("rediss+sentinel://pyfilter-host-web3:")
-    password = url.split("@")[0].rsplit(":", 1)[1]
+    assert url.startswith(f"rediss+sentinel://pyfilter-host-{host}:")
+    return url, url.split("@")[0].rsplit(":", 1)[1]
+
+
+def test_add_host_and_remove_host_change_every_node_and_a_node_that_missed_one_catches_up(servers, users, tmp_path):
+    env = admin_env(servers, tmp_path)
+    url, password = add_host(servers, env, "web3")
     for port in servers.data + servers.sentinels:
         assert servers.client(port, "pyfilter-host-web3", password).ping()
 
@@ -281,6 +326,52 @@ def users_of(port: int, servers: Servers) -> dict[str, set]:
             for user, rules in map(acl.parse_acl_list_line, servers.admin(port).acl_list())}
 
 
+def test_a_replica_and_a_sentinel_down_during_a_change_take_the_users_when_they_start_again(
+        servers, users, tmp_path):
+    """Stop a replica and a sentinel; add a host and remove another; start them again: before
+    they serve anyone they hold the users of now (the replica from the primary, the sentinel
+    from another sentinel), with no `pyfilter server init`; a failover to that replica keeps them."""
+    env = admin_env(servers, tmp_path)
+    _, gone = add_host(servers, env, "web6")
+    primary = servers.primary()
+    replica, other = [p for p in servers.data if p != primary]
+    sentinel = servers.sentinels[2]
+    for port in (replica, sentinel):
+        servers.stop_one(port)
+    _, new = add_host(servers, env, "web7", expect=2)
+    removed = cli("server", "remove-host", "web6", env=env)
+    assert removed.returncode == 2 and f"127.0.0.1:{replica}" in removed.stderr \
+        and f"sentinel 127.0.0.1:{sentinel}" in removed.stderr, removed.stderr
+
+    servers.start_data(replica, replica_of=primary)
+    servers.start_sentinel(sentinel)
+    for port in (replica, sentinel):
+        servers.until(lambda: servers.admin(port).ping(), f"{port} to answer again")
+        # Right from its first answer: the users were in place before it listened.
+        assert servers.client(port, "pyfilter-host-web7", new).ping()
+        with pytest.raises(redis.AuthenticationError):
+            servers.client(port, "pyfilter-host-web6", gone).ping()
+    assert users_of(replica, servers) == users_of(primary, servers)
+
+    # A failover to that replica (the other one may not be chosen), through the restarted sentinel.
+    servers.admin(other).config_set("replica-priority", 0)
+    try:
+        def ready() -> bool:
+            listed = {int(r["port"]): r for r in servers.admin(sentinel).sentinel_slaves("pyfilter")}
+            return (listed[other]["slave-priority"] == 0 and listed[replica]["master-link-status"] == "ok"
+                    and not {"s_down", "disconnected"} & set(listed[replica]["flags"].split(",")))
+        servers.until(ready, "the restarted sentinel to see the restarted replica following", timeout=60)
+        servers.admin(sentinel).sentinel_failover("pyfilter")
+        servers.until(lambda: servers.primary() == replica, "the restarted replica to be promoted", timeout=60)
+    finally:
+        servers.admin(other).config_set("replica-priority", 100)
+    web7 = servers.client(replica, "pyfilter-host-web7", new)
+    servers.until(lambda: web7.xadd(KEYS.lines("web7"), {"m": "x"}), "the new primary to take writes")
+    assert refused(lambda: web7.xadd(KEYS.lines("web1"), {"m": "x"}))
+    with pytest.raises(redis.AuthenticationError):
+        servers.client(replica, "pyfilter-host-web6", gone).ping()
+
+
 def test_after_a_failover_the_promoted_replica_knows_every_user(servers, users):
     """Kill the primary (SIGKILL): the sentinels promote a replica, which already has
     the users; a host's collector, through the sentinels with its own user, commits
@@ -303,6 +394,8 @@ def test_after_a_failover_the_promoted_replica_knows_every_user(servers, users):
         await client.aclose()
     asyncio.run(commit())
     assert servers.admin(new).hget(KEYS.checkpoint("web1", "auth"), "offset") == b"42"
+    for port in servers.sentinels:  # the sentinels agreed as their own user, refused nothing on the way
+        assert not [e for e in servers.admin(port).acl_log() if e["client-info"]["name"].startswith("sentinel-")]
     a_host_does_its_part_only(servers, users, new)
 
     servers.start_data(old, replica_of=None)  # as compose restarts it: a primary, until Sentinel says otherwise

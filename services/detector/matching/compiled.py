@@ -20,7 +20,7 @@ from pyfilter.common import timeparse
 from pyfilter.detector.matching.connections import (
     CLOSE, FAIL, NOTE, ONCE, SUCCESS, Connections, Failure, Success, new_failure,
 )
-from pyfilter.detector.matching.placeholders import expand, normalize_host
+from pyfilter.detector.matching.placeholders import decode_path, expand, normalize_host
 from pyfilter.detector.matching import envelopes
 from pyfilter.detector.matching.regex import (
     anchored, ascii_digits, for_block, literals, optional_branches, tokens,
@@ -59,6 +59,9 @@ class Pattern:
     ends: bool = False  # SUCCESS or CLOSE: the end of a connection
     counted: str | None = None  # the group of a `count` capture (the failures a line stands for)
     weight: int = 1  # failures a match counts as (the rule file's `{re: ..., weight: N}`)
+    # Its value is a <PATH>, percent-decoded before it is compared and counted: the
+    # value's group in the combined regex (None: no <PATH>).
+    path: str | None = None
 
     def __post_init__(self) -> None:
         self.ends = self.kind in (SUCCESS, CLOSE)
@@ -69,6 +72,8 @@ class Pattern:
         marker = f"p__{self.index}"
         self.pick = tuple(names.get(k, marker) for k in ("host", "user", "ruser", "pid", "time", "value"))
         self.counted = names.get("count")
+        if self.path is not None:
+            self.path = names.get("value")
 
     def captures(self, m: re.Match[str]) -> dict[str, str]:
         if self.repeats or len(self.full_names) < 2:
@@ -118,6 +123,7 @@ class CompiledRule:
                 i, kind,
                 [(f"{g}__{i}", g) for g in _GROUP.findall(body)] + [(g, g) for g in _GROUP.findall(prefix)],
                 "host" in names, weight=rule.weight_of(i) if i < len(rule.patterns) else 1,  # (a success: none)
+                path="" if "<PATH>" in raw else None,
             ))
             if rule.window == "distinct" and kind in (FAIL, ONCE) and "value" not in names:
                 raise RuleError(f"rule {name}: patterns[{i}] captures no value (<PATH> or (?P<value>...)), "
@@ -245,6 +251,8 @@ class CompiledRule:
         if self.ignore and self.ignored(text) is not None:
             return None
         pat = self.by_marker[m.lastgroup]  # type: ignore[index]
+        if pat.path and "%" in (m.group(pat.path) or ""):
+            m, text, pat = self.path_decoded(m, text, pat)
         if pat.repeats:
             caps = pat.captures(m)
             host, user, ruser = caps.get("host"), caps.get("user"), caps.get("ruser")
@@ -276,6 +284,22 @@ class CompiledRule:
         if failure is not None and pat.counted and (count := m.group(pat.counted)):
             failure = failure._replace(count=int(count))
         return failure
+
+    def path_decoded(self, m: re.Match[str], text: str, pat: Pattern) -> tuple[re.Match[str], str, Pattern]:
+        """A match whose path holds percent-encoding, matched again with its path decoded
+        (placeholders.decode_path), so that the patterns compare what the server read:
+        `/%2eenv` is the probe-only `/.env`, and one value with it. The decoded path holds
+        only what <PATH> reads, so the line keeps its shape; the address and time are the same."""
+        assert pat.path is not None
+        start, end = m.span(pat.path)
+        decoded = decode_path(text[start:end])
+        if decoded == text[start:end]:
+            return m, text, pat
+        again_text = text[:start] + decoded + text[end:]
+        again = self.regex.search(again_text)
+        if again is None:  # (a pattern that reads its path's encoding itself)
+            return m, text, pat
+        return again, again_text, self.by_marker[again.lastgroup]  # type: ignore[index]
 
     def time_of(self, when: str | None, lines: Lines, k: int, text: str) -> float | None:
         """Message k's log time: a `time` capture, else its envelope's stamp, else the message's start."""

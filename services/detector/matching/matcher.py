@@ -41,12 +41,16 @@ FEW = 3
 class Matcher:
     """The compiled catalog. `match_batch` is the hot path; `explain` (explain.py) is for people."""
 
-    def __init__(self, rules: dict[str, Rule], default_tz: str = "UTC", successes: bool = False) -> None:
+    def __init__(self, rules: dict[str, Rule], default_tz: str = "UTC",
+                 successes: bool | Collection[str] = False) -> None:
         self.default_tz = default_tz
         self.rules = [CompiledRule(name, rule, default_tz) for name, rule in rules.items() if rule.enabled]
-        # `successes`: keep the rules' successful logins (`take_successes`): they spare
-        # their addresses in per-account windows, and `pyfilter replay` reports them.
-        self._reporting = self.rules if successes else []
+        # `successes`: keep the successful logins (`take_successes`) of every rule (True)
+        # or of the rules named: they spare their addresses in per-account windows (the
+        # live detector keeps those of rules with one only), and `pyfilter replay`
+        # reports every rule's. A rule not kept records none (its `logins` is None).
+        self._reporting = self.rules if successes is True else \
+            [r for r in self.rules if successes and r.name in successes]
         for rule in self._reporting:
             rule.logins = []
         self._message_rules = [r for r in self.rules if r.reads_messages]
