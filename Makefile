@@ -18,15 +18,16 @@ COMPOSE := docker compose $(COMPOSE_FILES)
 # The air-gapped base image, as compose/airgapped.yml names it.
 BASE_IMAGE = $(shell sed -n 's/^ *image: *\(pyfilter-base:[^ ]*\)/\1/p' compose/airgapped.yml | head -n 1)
 
-.PHONY: help up down server agent host-credentials remove-host images airgapped-images dev lint test unit integration bench bench-idle logs fail2ban-config
+.PHONY: help up down server server-cluster agent host-credentials remove-host images airgapped-images dev lint test unit integration bench bench-idle logs fail2ban-config
 
 help:
 	@echo "make up      start the stack on this host (healthy when it returns); DETECTORS=3 scales"
 	@echo "make down    stop it (volumes, hence bans and history, are kept)"
 	@echo "make server  many hosts: Redis (TLS), detectors, api (notifier if a channel is set); secrets in compose/server.env;"
 	@echo "             HA=1: Redis with replicas and Sentinel (compose/server-ha.yml)"
-	@echo "make host-credentials HOST=web1  on the server: web1's Redis user, into compose/hosts/ (HA=1: on every node)"
-	@echo "make remove-host HOST=web1       on the server: revoke web1 (the other hosts keep running; HA=1: on every node)"
+	@echo "             CLUSTER=1 (or make server-cluster): Redis Cluster of three primaries (compose/server-cluster.yml)"
+	@echo "make host-credentials HOST=web1  on the server: web1's Redis user, into compose/hosts/ (HA=1, CLUSTER=1: on every node)"
+	@echo "make remove-host HOST=web1       on the server: revoke web1 (the other hosts keep running; HA=1, CLUSTER=1: on every node)"
 	@echo "make agent HOST=web1             on web1: collector and enforcer (compose/hosts/web1.env)"
 	@echo "make test    the whole suite: unit tests and the real stack in containers"
 	@echo "make dev     .venv with the project and its test tools (CLI: .venv/bin/pyfilter)"
@@ -79,15 +80,23 @@ down:
 # least-privileged as one Redis: the same users on every node and sentinel,
 # TLS on all of them (the certificate also names the nodes and sentinels as
 # the services reach them); agents go through the sentinels (docs/security.md).
+# CLUSTER=1 (or `make server-cluster`): Redis Cluster, three primaries
+# (compose/server-cluster.yml), likewise: the same users on every node, TLS on
+# every node and on the cluster bus; agents get PYFILTER_REDIS_CLUSTER=1.
 PYFILTER_REDIS_TLS ?= 1
 PYFILTER_SERVER_NAMES ?= $(shell hostname -f 2>/dev/null; hostname; hostname -I 2>/dev/null)
-HA_NAMES = $(if $(filter 1,$(HA)),redis redis-2 redis-3 sentinel-1 sentinel-2 sentinel-3)
+HA_NAMES = $(if $(filter 1,$(HA)),redis redis-2 redis-3 sentinel-1 sentinel-2 sentinel-3)$(if $(filter 1,$(CLUSTER)), redis redis-2 redis-3)
+# Both layers name the same three nodes differently: one or the other.
+$(if $(and $(filter 1,$(HA)),$(filter 1,$(CLUSTER))),$(error HA=1 and CLUSTER=1: choose one (Sentinel or Cluster)))
+# Many nodes (HA=1 or CLUSTER=1): their layer's compose file; the CA mounted even without TLS.
+MANY_NODES = $(filter 1,$(HA) $(CLUSTER))
 REDIS_SCHEME = $(if $(filter 0,$(PYFILTER_REDIS_TLS)),redis,rediss)
 SERVER_COMPOSE = PYFILTER_REDIS_TLS=$(PYFILTER_REDIS_TLS) PYFILTER_REDIS_SCHEME=$(REDIS_SCHEME) \
 	PYFILTER_REDIS_INNER_PORT=$(if $(filter 0,$(PYFILTER_REDIS_TLS)),6379,6380) \
-	$(if $(filter 1,$(AIRGAPPED)),$(if $(filter 1,$(HA)),PYFILTER_REDIS_IMAGE=$(BASE_IMAGE))) \
+	$(if $(filter 1,$(AIRGAPPED)),$(if $(MANY_NODES),PYFILTER_REDIS_IMAGE=$(BASE_IMAGE))) \
 	COMPOSE_PROFILES=$$(compose/profiles.sh) \
 	docker compose --env-file compose/server.env -f compose/server.yml $(if $(filter 1,$(HA)),-f compose/server-ha.yml) \
+	  $(if $(filter 1,$(CLUSTER)),-f compose/server-cluster.yml) \
 	  $(if $(filter 1,$(AIRGAPPED)),-f compose/airgapped.yml)
 
 # Made once; a secret a newer version needs (the Sentinel users') is added to an older file.
@@ -100,9 +109,12 @@ compose/server.env:
 	  echo "$$name=$$(head -c 24 /dev/urandom | base64 | tr -d '/+=')" >> $@; echo "generated $$name in $@"; }; done
 
 server: images compose/server.env
-	@# HA=1 mounts the CA into the services even without TLS: it must exist.
-	$(if $(and $(filter 0,$(PYFILTER_REDIS_TLS)),$(if $(filter 1,$(HA)),,no-ha)),,compose/tls.sh compose/tls $(sort $(PYFILTER_SERVER_NAMES) $(HA_NAMES)))
+	@# HA=1 and CLUSTER=1 mount the CA into the services even without TLS: it must exist.
+	$(if $(and $(filter 0,$(PYFILTER_REDIS_TLS)),$(if $(MANY_NODES),,one-node)),,compose/tls.sh compose/tls $(sort $(PYFILTER_SERVER_NAMES) $(HA_NAMES)))
 	$(SERVER_COMPOSE) up -d --wait --scale detector=$(DETECTORS)
+
+server-cluster:
+	$(MAKE) server CLUSTER=1
 
 # PYFILTER_PUBLIC_REDIS_URL: how agents reach this Redis (default rediss://THIS-HOST:6379/0;
 # HA=1: rediss+sentinel://THIS-HOST:26379,THIS-HOST:26380,THIS-HOST:26381/pyfilter/0).

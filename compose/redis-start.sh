@@ -22,6 +22,8 @@
 #   was down while a host was added or removed does not come back with the old
 #   users. With no primary answering (the first start; or this node is the
 #   primary the sentinels name) it keeps the users of its own ACL file.
+# - With Redis Cluster (server-cluster.yml): PYFILTER_REDIS_TLS_ONLY=1 as with
+#   Sentinel (the cluster bus over TLS too); the cluster options come as arguments.
 # - Started as root with PYFILTER_REDIS_RUN_AS=redis (the compose files; the
 #   official image and the air-gapped one alike), it gives the data folder to
 #   that user and the socket's folder to the socket group
@@ -85,7 +87,8 @@ if [ "${PYFILTER_REDIS_TLS:-0}" = 1 ]; then
     # shellcheck disable=SC2046  # tls_options is words, no path has a space
     set -- "$@" --tls-port "${PYFILTER_REDIS_TLS_PORT:-6380}" $(tls_options)
     if [ "${PYFILTER_REDIS_TLS_ONLY:-0}" = 1 ]; then
-        set -- "$@" --port 0 --tls-replication yes
+        # tls-cluster: the cluster bus too, when the node is in a cluster (server-cluster.yml).
+        set -- "$@" --port 0 --tls-replication yes --tls-cluster yes
     fi
 fi
 

@@ -7,6 +7,8 @@
 # (server.crt, server.key, and the ca.crt that signed it) are used as they are,
 # and a CA made before keeps signing, so agents' copies of ca.crt stay good
 # (a certificate it signed that lacks a NAME is made again, by the same CA).
+# The certificate also serves as a client's: on Redis Cluster's bus
+# (server-cluster.yml) each node shows it to the others, which check it.
 set -eu
 dir=$1
 shift
@@ -17,8 +19,10 @@ chmod 0700 "$dir"
 cd "$dir"
 umask 077
 
-# Whether server.crt names every NAME (a name added later, e.g. the nodes of `make server HA=1`).
+# Whether server.crt names every NAME (a name added later, e.g. the nodes of `make server HA=1`)
+# and may also be a client's (one made before Cluster was a server profile was a server's only).
 names_all() {
+    openssl x509 -in server.crt -noout -ext extendedKeyUsage | grep -q 'Client Authentication' || return 1
     for name in "$@"; do
         if printf '%s' "$name" | grep -Eq '^[0-9.]+$|:'; then check=-checkip; else check=-checkhost; fi
         openssl x509 -in server.crt -noout "$check" "$name" | grep -q 'does match' || return 1
@@ -33,10 +37,12 @@ if [ -f server.crt ] && [ -f server.key ]; then
     fi
     if [ ! -f ca.key ]; then  # the operator's own: theirs to extend
         echo "TLS: warning: the server certificate in $dir does not name all of: $* (clients that use" \
-             "a name it lacks will refuse it)" >&2
+             "a name it lacks will refuse it), or is not for client authentication too (server-cluster.yml" \
+             "needs that)" >&2
         exit 0
     fi
-    echo "TLS: the server certificate in $dir lacks some of: $*; making a new one with the same CA"
+    echo "TLS: the server certificate in $dir lacks some of: $* (or client authentication);" \
+         "making a new one with the same CA"
 fi
 if [ ! -f ca.key ]; then
     openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -days 3650 \
@@ -48,7 +54,7 @@ for name in "$@"; do
 done
 openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -subj "/CN=$1" \
     -keyout server.key -out server.csr 2>/dev/null
-printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "${san#,}" > server.ext
+printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "${san#,}" > server.ext
 openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 825 \
     -extfile server.ext -out server.crt 2>/dev/null
 rm -f server.csr server.ext

@@ -7,8 +7,10 @@
 They connect as Redis's admin (`default` user: PYFILTER_REDIS_URL and
 PYFILTER_REDIS_PASSWORD, as the server profile's `admin` service has them;
 `make host-credentials HOST=NAME` runs add-host there). Every change is
-saved to Redis's ACL file (ACL SAVE), so a restart keeps it. What each user
-may do: services/common/acl.py and docs/security.md.
+saved to Redis's ACL file (ACL SAVE), so a restart keeps it. Redis does not
+copy users between nodes, so with Sentinel or Redis Cluster each change goes
+to every node (`nodes_of`). What each user may do: services/common/acl.py and
+docs/security.md.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pyfilter.common.config import SENTINEL_SCHEMES, RedisConfig, parse_sentinel
 from pyfilter.common.hosts import BadHostName, check_name
 from pyfilter.common.keys import Keys
 from pyfilter.common.ledger import Ledger
-from pyfilter.common.redisio import connect, tls_options
+from pyfilter.common.redisio import connect, is_cluster, tls_options
 
 # The environment variables holding each service user's password (compose/server.yml).
 ROLE_PASSWORDS = {"detector": "PYFILTER_DETECTOR_REDIS_PASSWORD", "api": "PYFILTER_API_REDIS_PASSWORD",
@@ -75,18 +77,21 @@ class Node:
 
 @dataclass
 class Nodes:
-    """Every Redis that holds the users: the one Redis, or with Sentinel the primary, its
+    """Every Redis that holds the users: the one Redis; with Sentinel the primary, its
     replicas and the sentinels, since Redis does not replicate users (a replica promoted
-    must already know them). A change goes to the primary first, then to each other; one
-    that a replica or sentinel did not take is named, and the command fails once the
-    others have it. A node that was down takes the users when it starts again, before
-    it serves (compose/redis-start.sh from the primary, compose/sentinel.sh from another
-    sentinel); one that was only cut off, when `pyfilter server init` (`make server`)
-    brings every node in step with the primary."""
+    must already know them); with Redis Cluster every node, since each checks the
+    commands sent to it (`primary` is then the node of the URL, the others `replicas`).
+    A change goes to the primary first, then to each other; one that a replica or
+    sentinel did not take is named, and the command fails once the others have it. A
+    Sentinel node that was down takes the users when it starts again, before it serves
+    (compose/redis-start.sh from the primary, compose/sentinel.sh from another
+    sentinel); one that was only cut off, and any Cluster node that missed a change,
+    when `pyfilter server init` (`make server`) brings every node in step with the primary."""
 
     primary: Node
     replicas: list[Node] = field(default_factory=list)
     sentinels: list[Node] = field(default_factory=list)
+    cluster: bool = False
     failed: dict[str, str] = field(default_factory=dict)
 
     def all(self) -> list[Node]:
@@ -121,6 +126,9 @@ class Nodes:
         await self.each(lambda node: node.save())
         if self.failed:
             down = "; ".join(f"{where}: {why}" for where, why in self.failed.items())
+            if self.cluster:  # no node takes the users from another at its start
+                raise NotEverywhere(f"not changed on {down}. Every other node has the change; run "
+                                    f"`pyfilter server init` (make server CLUSTER=1) once it answers again")
             raise NotEverywhere(f"not changed on {down}. Every other node has the change; a node that was "
                                 f"down takes it when it starts again; one still running must not become the "
                                 f"primary until `pyfilter server init` (make server) brings it in step")
@@ -184,16 +192,22 @@ async def remove_host(admin: redis.Redis, keys: Keys, host: str, nodes: Nodes | 
     return removed
 
 
+def _node_options(cfg: RedisConfig) -> dict:
+    # One try per node: a node that does not answer within the timeout is named, not waited for.
+    return {"socket_connect_timeout": 5, "socket_timeout": 5, "retry": Retry(NoBackoff(), 0), **tls_options(cfg)}
+
+
 async def nodes_of(cfg: RedisConfig, admin: redis.Redis) -> Nodes:
     """The nodes that hold the users: `admin` alone for one Redis; with Sentinel the
     primary (through `admin`), the replicas the sentinels know (down ones included:
-    they are named if they miss a change) and the sentinels of the URL."""
+    they are named if they miss a change) and the sentinels of the URL; with Redis
+    Cluster every node the cluster knows (`cluster_nodes_of`)."""
+    if is_cluster(admin):
+        return await cluster_nodes_of(cfg)
     if not cfg.url.startswith(SENTINEL_SCHEMES):
         return Nodes(Node(admin, "redis"))
     target = parse_sentinel_url(cfg.url)
-    # One try per node: a node that does not answer within the timeout is named, not waited for.
-    options: dict = {"socket_connect_timeout": 5, "socket_timeout": 5, "retry": Retry(NoBackoff(), 0),
-                     **tls_options(cfg)}
+    options = _node_options(cfg)
     if target.tls:
         options["ssl"] = True
     password = target.password or cfg.password
@@ -213,6 +227,47 @@ async def nodes_of(cfg: RedisConfig, admin: redis.Redis) -> Nodes:
     raise ServerError(f"no sentinel of {', '.join(f'{h}:{p}' for h, p in target.sentinels)} answered")
 
 
+async def cluster_nodes_of(cfg: RedisConfig) -> Nodes:
+    """Every node of the Redis Cluster as the node of the URL knows it (CLUSTER NODES:
+    primaries and replicas, failed ones included, so that they are named if they miss
+    a change), each reached at the address the cluster gives its clients."""
+    options = _node_options(cfg)
+    if cfg.password:
+        options["password"] = cfg.password
+    if cfg.username:
+        options["username"] = cfg.username
+    first = redis.Redis.from_url(cfg.url, **options)
+    url = urlsplit(cfg.url)
+    try:
+        listing = await first.execute_command("CLUSTER", "NODES")
+    except (RedisError, OSError) as exc:
+        await first.aclose()
+        raise ServerError(f"the cluster node {url.hostname}:{url.port or 6379} did not list the cluster: {exc}") from None
+    if url.scheme == "rediss":
+        options["ssl"] = True
+    nodes = Nodes(Node(first, f"node {url.hostname}:{url.port or 6379}"), cluster=True)
+    for host, port, myself in cluster_nodes(listing.decode() if isinstance(listing, bytes) else listing):
+        if not myself:
+            nodes.replicas.append(Node(redis.Redis(host=host, port=port, **options), f"node {host}:{port}"))
+    return nodes
+
+
+def cluster_nodes(listing: str) -> list[tuple[str, int, bool]]:
+    """(host, port, is the node asked) of each node of a CLUSTER NODES reply; host is the
+    name the node gives out (cluster-announce-hostname) if any, else its address. A node
+    still in the handshake or with no address yet is left out (it holds nothing)."""
+    found = []
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) < 3 or {"handshake", "noaddr"} & set(fields[2].split(",")):
+            continue
+        address, _, hostname = fields[1].partition(",")
+        ip_port = address.split("@")[0]
+        ip, _, port = ip_port.rpartition(":")
+        found.append((hostname or ip.strip("[]"), int(port), "myself" in fields[2].split(",")))
+    return found
+
+
 def agent_url(public_url: str, host: str, password: str) -> str:
     """The shared Redis's URL as the agent of `host` uses it: its user and password in it."""
     if public_url.startswith(SENTINEL_SCHEMES):
@@ -230,10 +285,15 @@ def agent_url(public_url: str, host: str, password: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path or "/0", "", ""))
 
 
-def write_credentials(out: Path, host: str, url: str, ca: Path | None) -> list[Path]:
+def agent_settings(host: str, url: str, cluster: bool) -> list[str]:
+    """The agent's env lines (but the CA's): its name, its URL, and Cluster mode on a cluster."""
+    return [f"PYFILTER_HOST={host}", f"PYFILTER_REDIS_URL={url}", *(["PYFILTER_REDIS_CLUSTER=1"] if cluster else [])]
+
+
+def write_credentials(out: Path, host: str, url: str, ca: Path | None, cluster: bool = False) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     env = out / f"{host}.env"
-    lines = [f"PYFILTER_HOST={host}", f"PYFILTER_REDIS_URL={url}"]
+    lines = agent_settings(host, url, cluster)
     written = [env]
     if ca is not None:
         shutil.copyfile(ca, out / f"{host}-ca.crt")
@@ -250,11 +310,19 @@ class _Admin:
 
     async def __aenter__(self) -> tuple[redis.Redis, Keys, Nodes]:
         cfg = config.load(rules=False).config.redis
-        self.nodes = await nodes_of(cfg, connect(cfg))
-        return self.nodes.primary.client, Keys(cfg.prefix), self.nodes
+        self.admin = connect(cfg)
+        try:
+            self.nodes = await nodes_of(cfg, self.admin)
+        except BaseException:
+            await self.admin.aclose()
+            raise
+        return self.admin, Keys(cfg.prefix), self.nodes
 
     async def __aexit__(self, *exc) -> None:
         await self.nodes.aclose()
+        # With Cluster the admin's client (it follows the slots) is none of the nodes' own.
+        if self.admin is not self.nodes.primary.client:
+            await self.admin.aclose()
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -284,17 +352,18 @@ def cmd_add_host(args: argparse.Namespace) -> int:
     async def go() -> str:
         async with _Admin() as (admin, keys, nodes):
             return await add_host(admin, keys, host, nodes)
+    cluster = config.load(rules=False).config.redis.cluster
     try:
         password, missed = asyncio.run(go()), None
     except NotEverywhere as exc:  # the host's user works wherever the primary is: it needs its credentials
         password, missed = exc.password, exc
     url = agent_url(public, host, password)
     if args.out:
-        for path in write_credentials(Path(args.out), host, url, ca):
+        for path in write_credentials(Path(args.out), host, url, ca, cluster):
             print(f"wrote {path}")
         print(f"copy them to {host} and run there: make agent AGENT_ENV=/path/to/{host}.env")
     else:
-        print(f"PYFILTER_HOST={host}\nPYFILTER_REDIS_URL={url}")
+        print("\n".join(agent_settings(host, url, cluster)))
         if ca is not None:
             print(f"PYFILTER_REDIS_CA=<a copy of {ca} on {host}>")
     if missed is not None:

@@ -25,6 +25,8 @@ themselves, `pyfilter-replica` (the replication link) and
 `pyfilter-sentinel` (the sentinels' link to the nodes), are written by
 compose/redis-start.sh at every start, before any replica connects; the
 sentinels' link to each other, `pyfilter-sentinel-peer`, by compose/sentinel.sh.
+On Redis Cluster (compose/server-cluster.yml) every node holds the same users
+likewise: each node checks only the commands sent to it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ ROLES = ("detector", "api", "notifier")
 
 # What every client does on connecting and staying connected (redis-py sends
 # CLIENT SETINFO (Redis 7.2 on) and ignores the refusal; SELECT only for a database other than 0).
-CONNECTION = ["+ping", "+auth", "+hello", "+select", "+client|setname", "+quit", "+reset"]
+# On Redis Cluster the client also learns which node holds which slots (CLUSTER SLOTS),
+# where each command's keys are (COMMAND) and follows a slot being moved (ASKING): nothing
+# of any key. A single Redis refuses CLUSTER SLOTS to everyone (cluster support disabled).
+CONNECTION = ["+ping", "+auth", "+hello", "+select", "+client|setname", "+quit", "+reset",
+              "+cluster|slots", "+command", "+asking"]
 # WAIT: with replicas, a write that must not be lost counts once one holds it (redisio.Durability).
 TRANSACTIONS = ["+multi", "+exec", "+discard", "+wait"]
 

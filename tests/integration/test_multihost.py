@@ -1,13 +1,19 @@
 """Many hosts, one ban list: an attack seen on one host is dropped on all of them,
-a host cut off from Redis catches up on exactly what it missed, and the Redis
-primary killed in the middle of an attack loses no ban, unban or line.
+a host's user opens nothing but its part, a host cut off from Redis catches up
+on exactly what it missed, a detector killed in the middle of an attack loses
+no failure, and the Redis primary killed in the middle of an attack loses no
+ban, unban or line.
 
 Three "hosts" (containers, each its own network namespace) run the agent
 profile from compose/agent.yml; the server profile from compose/server.yml
-holds Redis, the detector and the api, with Redis as compose/server-ha.yml
-runs it (a primary, two replicas, three sentinels, TLS only; writes confirmed
-by a replica), so every test here runs through Sentinel. Each host's agent has
-its own Redis user, made on every node by `pyfilter server add-host`.
+holds Redis, the detector and the api. Every test runs on each many-node
+Redis the deployment offers, one stack per profile:
+- "ha": Redis as compose/server-ha.yml runs it (a primary, two replicas,
+  three sentinels, TLS only; writes confirmed by a replica);
+- "cluster": as compose/server-cluster.yml runs it (a Redis Cluster of three
+  primaries made by its `cluster` one-shot, TLS only, the bus too).
+Each host's agent has its own Redis user, made on every node by
+`pyfilter server add-host`. The primary's failover is Sentinel's alone.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,46 +33,79 @@ import pytest
 
 from tests.integration.stack import ROOT, make_log_dir, running, wait_for
 from tests.integration.hosts import ATTACKER, HOSTS, ThreeHosts, ban_reaches_every_host
+from tests.integration.test_identities import FORBIDDEN, KEYS
 from tests.integration.test_pipeline import sshd_failures
 
 pytestmark = pytest.mark.integration
 
 OVERRIDE = os.path.join(os.path.dirname(__file__), "compose.multihost.yml")
-HA = os.path.join(os.path.dirname(__file__), "compose.multihost-ha.yml")
+# Each profile: its compose layer, its Redis services (the names its certificate carries too),
+# and where `make host-credentials` tells agents to go.
+PROFILES = {
+    "ha": (os.path.join(os.path.dirname(__file__), "compose.multihost-ha.yml"),
+           ["redis", "redis-2", "redis-3", "sentinel-1", "sentinel-2", "sentinel-3"],
+           "rediss+sentinel://sentinel-1:26379,sentinel-2:26380,sentinel-3:26381/pyfilter/0"),
+    "cluster": (os.path.join(os.path.dirname(__file__), "compose.multihost-cluster.yml"),
+                ["redis", "redis-2", "redis-3", "cluster"], "rediss://redis:6379/0"),
+}
 
 
+@dataclass
 class MultiHost(ThreeHosts):
+    profile: str = "ha"
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        # TLS only (compose/server-ha.yml), with a certificate naming the nodes and sentinels as
-        # they are reached here, and the passwords `make server` generates.
+        # TLS only (compose/server-ha.yml, server-cluster.yml), with a certificate naming the
+        # nodes (and sentinels) as they are reached here, and the passwords `make server` generates.
         self.tls = Path(tempfile.mkdtemp(prefix="pyfilter-it-tls-")) / "tls"
-        subprocess.run([ROOT / "compose/tls.sh", self.tls, "redis", "redis-2", "redis-3",
-                        "sentinel-1", "sentinel-2", "sentinel-3"], check=True, capture_output=True)
+        names = [n for n in PROFILES[self.profile][1] if n != "cluster"]
+        subprocess.run([ROOT / "compose/tls.sh", self.tls, *names], check=True, capture_output=True)
         self.env |= {"PYFILTER_TLS_DIR": str(self.tls), "PYFILTER_REDIS_CA": str(self.tls / "ca.crt"),
                      **{f"PYFILTER_{role}_REDIS_PASSWORD": secrets.token_urlsafe(16)
                         for role in ("DETECTOR", "API", "NOTIFIER", "REPLICA", "SENTINEL", "SENTINEL_PEER")}}
 
     def up(self) -> None:
         """The server first; then each host's user on every node, as `make host-credentials HA=1`
-        makes it; then the agents."""
-        server = ["redis", "redis-2", "redis-3", "sentinel-1", "sentinel-2", "sentinel-3", "users", "detector",
-                  "api", "attacker", *(f"host-{h}" for h in HOSTS)]
+        (CLUSTER=1) makes it; then the agents."""
+        _, redis, public = PROFILES[self.profile]
+        server = [*redis, "users", "detector", "api", "attacker", *(f"host-{h}" for h in HOSTS)]
         self.compose("up", "-d", "--wait", "--wait-timeout", "120", *server)
         for h in HOSTS:
             out = self.compose("--profile", "admin", "run", "--rm", "-T", "admin", "pyfilter", "server",
-                               "add-host", f"host-{h}", "--url", SENTINELS).stdout
-            self.env[f"URL_{h.upper()}"] = dict(line.split("=", 1) for line in out.splitlines()
-                                                if "=" in line)["PYFILTER_REDIS_URL"]
+                               "add-host", f"host-{h}", "--url", public).stdout
+            settings = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+            assert settings.get("PYFILTER_REDIS_CLUSTER") == ("1" if self.profile == "cluster" else None)
+            self.env[f"URL_{h.upper()}"] = settings["PYFILTER_REDIS_URL"]
         super().up()
 
     def redis_cli(self, *args: str, node: str | None = None) -> str:
-        """A command on the current primary (or on `node`, "host port"), as admin, from a sentinel's container."""
-        where = (node or self.primary()).split()
-        code, out = self.exec("sentinel-1", *REDIS_CLI, "-h", where[0], "-p", where[1], *args)
+        """A command as admin: with Sentinel on the current primary (or on `node`, "host port"),
+        from a sentinel's container; on the cluster on the node of its key (-c), from `redis`'s."""
+        if self.profile == "cluster":
+            code, out = self.exec("redis", *REDIS_CLI, "-c", "-h", "redis", "-p", "6379", *args)
+        else:
+            where = (node or self.primary()).split()
+            code, out = self.exec("sentinel-1", *REDIS_CLI, "-h", where[0], "-p", where[1], *args)
         if code != 0:
             raise RuntimeError(f"redis-cli {' '.join(args)}: {out}")
         return out.strip()
+
+    def as_host(self, host: str, *command: str) -> str:
+        """A Redis command with host `host`'s credentials, from inside its collector, through the
+        client its services use (Sentinel's or the cluster's, which sends it to the node of its
+        key, or to every node); its reply or error."""
+        script = ("import asyncio, sys\n"
+                  "from pyfilter.common import config\n"
+                  "from pyfilter.common.redisio import connect\n"
+                  "async def main():\n"
+                  "    c = connect(config.load(rules=False).config.redis)\n"
+                  "    try: print(await c.execute_command(*sys.argv[1:]))\n"
+                  "    except Exception as e: print(type(e).__name__, e)\n"
+                  "asyncio.run(main())\n")
+        code, out = self.exec(f"collector-{host}", "python", "-c", script, *command)
+        assert code == 0, out
+        return out.strip().splitlines()[-1]
 
     def primary(self) -> str:
         """The primary as the sentinels give it out: "host port" ("" while they have none)."""
@@ -74,14 +114,13 @@ class MultiHost(ThreeHosts):
         return " ".join(out.split()) if code == 0 else ""
 
 
-SENTINELS = "rediss+sentinel://sentinel-1:26379,sentinel-2:26380,sentinel-3:26381/pyfilter/0"
 REDIS_CLI = ["redis-cli", "--no-auth-warning", "--tls", "--cacert", "/etc/pyfilter/tls/ca.crt"]
 
 
-@pytest.fixture(scope="module")
-def hosts():
-    stack = MultiHost(project=f"pyfilter-mh-{os.getpid()}", log_dir=make_log_dir(),
-                      files=[OVERRIDE, HA])
+@pytest.fixture(scope="module", params=list(PROFILES))
+def hosts(request):
+    stack = MultiHost(project=f"pyfilter-mh-{request.param}-{os.getpid()}", log_dir=make_log_dir(),
+                      files=[OVERRIDE, PROFILES[request.param][0]], profile=request.param)
     try:
         with running(stack):
             yield stack
@@ -94,6 +133,12 @@ def hosts():
 
 def test_attack_on_one_host_is_dropped_on_every_host_within_a_second(hosts):
     ban_reaches_every_host(hosts)
+
+
+def test_a_hosts_user_is_refused_everything_but_its_part(hosts):
+    for what, command in FORBIDDEN.items():
+        assert hosts.as_host("a", *command).startswith("NoPermissionError"), what
+    assert hosts.as_host("a", "XLEN", KEYS.lines("host-a")).isdigit()
 
 
 def test_host_cut_off_from_redis_keeps_its_bans_and_catches_up_exactly(hosts):
@@ -133,11 +178,43 @@ COUNTED = [f"198.51.100.{i}" for i in range(190, 220)]  # 4 each: counted, not b
 ROUNDS = 5
 
 
+KILLED_BANNED = [f"198.51.100.{i}" for i in range(128, 144)]  # 5 failures each: banned
+KILLED_COUNTED = [f"198.51.100.{i}" for i in range(144, 160)]  # 4 each: counted, not banned
+
+
+def test_detector_killed_mid_attack_loses_no_failure(hosts):
+    """Three hosts' logs take one failure per address per round, spread over the hosts;
+    the detector is killed (SIGKILL) after round 2, holding what it read, and started
+    again after round 3. Every ban reaches every host's kernel, nothing else is banned,
+    and each spared window holds exactly the failures written."""
+    detector = hosts.container("detector")
+
+    def attack(r: int) -> None:
+        for n, address in enumerate(KILLED_BANNED + (KILLED_COUNTED if r < ROUNDS - 1 else [])):
+            with open(hosts.logs["abc"[(n + r) % 3]] / "auth.log", "a") as log:
+                log.write(one_failure(address, 5000 + r * 100 + n))
+    for r in range(ROUNDS):
+        attack(r)
+        time.sleep(1.0)
+        if r == 1:
+            detector.kill()
+        if r == 2:
+            detector.start()
+    wait_for(lambda: all(hosts.banned_on(h) >= set(KILLED_BANNED) for h in HOSTS), 120,
+             "every banned address in every host's kernel")
+    for h in HOSTS:
+        assert not hosts.banned_on(h) & set(KILLED_COUNTED), f"host {h} banned an address that failed 4 times"
+    windows = {a: int(hosts.redis_cli("ZCARD", f"pyfilter:window:sshd:{{{a}}}")) for a in KILLED_COUNTED}
+    assert windows == {a: ROUNDS - 1 for a in KILLED_COUNTED}, "a window does not hold exactly the lines written"
+
+
 def test_primary_killed_mid_attack_loses_no_ban_no_unban_and_counts_each_line_once(hosts):
     """Three hosts' logs take one failure per address per round, spread over the
     hosts; the Redis primary is killed (SIGKILL) after round 2, and an unban is
     asked for while the sentinels fail over. Every ban reaches every host's
     kernel, the unban holds, and each window holds exactly the failures written."""
+    if hosts.profile != "ha":
+        pytest.skip("a failover is Sentinel's: the cluster profile's primaries have no replicas")
     wait_for(lambda: all(hosts.banned_on(h) >= {"198.51.100.72"} for h in HOSTS), 60, "the earlier manual ban")
     old = hosts.primary()
     assert old.split()[0] == "redis"
@@ -201,17 +278,21 @@ def test_a_node_and_a_sentinel_down_during_add_and_remove_host_take_the_users_wh
     """A replica and a sentinel stopped while a host is added and another removed take
     the users of now when their containers start again (compose/redis-start.sh from
     the primary, compose/sentinel.sh from another sentinel), with no `make server`."""
+    if hosts.profile != "ha":
+        pytest.skip("Sentinel's nodes catch up at their start; a Cluster node at `pyfilter server init` "
+                    "(tests/unit/test_cluster_acl.py)")
+    sentinels = PROFILES["ha"][2]
     def server(*args: str) -> int:
         return hosts.compose("--profile", "admin", "run", "--rm", "-T", "admin", "pyfilter", "server",
                              *args, check=False).returncode
 
     replica = next(n for n in ("redis", "redis-2", "redis-3") if n != hosts.primary().split()[0])
     where = {"redis": "redis 6379", "redis-2": "redis-2 6380", "redis-3": "redis-3 6381"}[replica]
-    assert server("add-host", "host-e", "--url", SENTINELS) == 0
+    assert server("add-host", "host-e", "--url", sentinels) == 0
     for service in (replica, "sentinel-3"):
         hosts.container(service).stop()
     try:
-        assert server("add-host", "host-d", "--url", SENTINELS) == 2  # named: not on the stopped two
+        assert server("add-host", "host-d", "--url", sentinels) == 2  # named: not on the stopped two
         assert server("remove-host", "host-e") == 2
     finally:
         for service in (replica, "sentinel-3"):

@@ -111,3 +111,27 @@ def test_a_certificate_lacking_a_name_asked_for_is_made_again_by_the_same_ca(tmp
     (tmp_path / "tls/ca.key").unlink()
     kept = tls("redis", "redis-3")
     assert "does not name all of" in kept.stderr and "DNS:redis-3" not in names()
+
+
+def test_a_server_only_certificate_is_made_again_for_client_authentication_too(tmp_path):
+    """The Cluster bus (server-cluster.yml) authenticates both ends with the one
+    certificate: one made before for server authentication only is made again by the
+    same CA, with the same names."""
+    tls = tmp_path / "tls"
+    subprocess.run([ROOT / "compose/tls.sh", tls, "redis"], check=True, capture_output=True)
+    ca = (tls / "ca.crt").read_bytes()
+    # As tls.sh signed them before: server authentication only.
+    (tmp_path / "old.ext").write_text("subjectAltName=DNS:redis\nextendedKeyUsage=serverAuth\n")
+    subprocess.run(["openssl", "req", "-new", "-key", tls / "server.key", "-subj", "/CN=redis", "-out",
+                    tmp_path / "old.csr"], check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", tmp_path / "old.csr", "-CA", tls / "ca.crt", "-CAkey",
+                    tls / "ca.key", "-CAcreateserial", "-days", "1", "-extfile", tmp_path / "old.ext",
+                    "-out", tls / "server.crt"], check=True, capture_output=True)
+
+    def usage() -> str:
+        return subprocess.run(["openssl", "x509", "-in", tls / "server.crt", "-noout", "-ext", "extendedKeyUsage"],
+                              check=True, capture_output=True, text=True).stdout
+    assert "Client Authentication" not in usage()
+    again = subprocess.run([ROOT / "compose/tls.sh", tls, "redis"], check=True, capture_output=True, text=True)
+    assert "making a new one with the same CA" in again.stdout
+    assert "Client Authentication" in usage() and (tls / "ca.crt").read_bytes() == ca
