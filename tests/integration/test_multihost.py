@@ -208,13 +208,12 @@ def test_detector_killed_mid_attack_loses_no_failure(hosts):
     assert windows == {a: ROUNDS - 1 for a in KILLED_COUNTED}, "a window does not hold exactly the lines written"
 
 
+@pytest.mark.profiles("ha")  # the cluster profile's primaries have no replicas to fail over to
 def test_primary_killed_mid_attack_loses_no_ban_no_unban_and_counts_each_line_once(hosts):
     """Three hosts' logs take one failure per address per round, spread over the
     hosts; the Redis primary is killed (SIGKILL) after round 2, and an unban is
     asked for while the sentinels fail over. Every ban reaches every host's
     kernel, the unban holds, and each window holds exactly the failures written."""
-    if hosts.profile != "ha":
-        pytest.skip("a failover is Sentinel's: the cluster profile's primaries have no replicas")
     wait_for(lambda: all(hosts.banned_on(h) >= {"198.51.100.72"} for h in HOSTS), 60, "the earlier manual ban")
     old = hosts.primary()
     assert old.split()[0] == "redis"
@@ -274,13 +273,11 @@ def test_primary_killed_mid_attack_loses_no_ban_no_unban_and_counts_each_line_on
     wait_for(rejoined, 60, "the old primary to rejoin as a replica")
 
 
+@pytest.mark.profiles("ha")  # a Cluster node catches up at `pyfilter server init` (tests/unit/test_cluster_acl.py)
 def test_a_node_and_a_sentinel_down_during_add_and_remove_host_take_the_users_when_they_start(hosts):
     """A replica and a sentinel stopped while a host is added and another removed take
     the users of now when their containers start again (compose/redis-start.sh from
     the primary, compose/sentinel.sh from another sentinel), with no `make server`."""
-    if hosts.profile != "ha":
-        pytest.skip("Sentinel's nodes catch up at their start; a Cluster node at `pyfilter server init` "
-                    "(tests/unit/test_cluster_acl.py)")
     sentinels = PROFILES["ha"][2]
     def server(*args: str) -> int:
         return hosts.compose("--profile", "admin", "run", "--rm", "-T", "admin", "pyfilter", "server",
