@@ -214,11 +214,17 @@ def test_every_node_holds_the_same_users_and_a_host_does_only_its_part_on_each(c
 def quiet_node(cluster: Cluster) -> tuple[str, int]:
     """A host name and a node (not the URL's) holding none of the keys remove-host writes:
     that node can be frozen while the command still does its work on the rest."""
+    return node_free_of_host(cluster.owner, cluster.ports[1:])
+
+
+def node_free_of_host(owner, nodes: list):
+    """(host, node): a host name and one of `nodes` that holds none of the keys add-host and
+    remove-host write for that host (`owner(key)` names the node holding a key)."""
     for n in range(3, 200):
         host = f"web{n}"
         written = {KEYS.hosts, KEYS.own_addresses(host), KEYS.status("collector", host),
                    KEYS.status("enforcer", host), KEYS.status_seen(host), KEYS.decisions_read(host)}
-        free = set(cluster.ports[1:]) - {cluster.owner(k) for k in written}
+        free = [node for node in nodes if node not in {owner(k) for k in written}]
         if free:
             return host, min(free)
     raise AssertionError("no host name leaves a node free")
