@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests import processes
+
 REDIS_SERVER = shutil.which("redis-server")
 
 
@@ -153,17 +155,7 @@ class Cluster:
         for port in self.primaries():
             self.node(port).flushall()
 
-    @staticmethod
-    def until(predicate, what: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if predicate():
-                    return
-            except redis.RedisError:
-                pass
-            time.sleep(0.05)
-        pytest.fail(f"the Redis Cluster: timed out waiting for {what}")
+    until = staticmethod(processes.until)
 
     def stop(self) -> None:
         for proc in self.procs.values():

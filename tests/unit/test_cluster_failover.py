@@ -35,6 +35,7 @@ from pyfilter.common import messages
 from pyfilter.common.keys import Keys
 from pyfilter.common.ledger import Ledger, NewBan
 from pyfilter.common.redisio import TRANSIENT, connect
+from tests import processes
 from tests.conftest import redis_config
 from tests.unit.netns import loopback_relay, new_netns
 from tests.unit.test_cluster_pipeline import BANNED, MAXRETRY, SPARED, Host, attack_round, start_detector
@@ -172,14 +173,7 @@ def test_a_primary_killed_mid_attack_loses_no_ban_and_no_unban_and_counts_no_lin
             counted = {a: messages.decode_record(client.get(KEYS.ban(a))).failures for a in BANNED}
             counted |= {a: client.zcard(KEYS.window("sshd", a)) for a in SPARED}
         finally:
-            for proc in [*detectors, *(p for h in hosts for p in (h.collector, h.enforcer) if p)]:
-                if proc.poll() is None:
-                    proc.terminate()
-                    try:
-                        proc.wait(10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+            processes.stop([*detectors, *(p for h in hosts for p in (h.collector, h.enforcer) if p)])
     print(f"\nprimary 127.0.0.1:{victim} SIGKILLed (cluster-node-timeout 1 s): replica promoted after "
           f"{times['failover']:.1f} s; killed node back as its replica after {times['rejoined']:.1f} s; "
           f"unban confirmed after {times['unban']:.1f} s; first ban in both kernels after "

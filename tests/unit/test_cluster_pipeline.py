@@ -33,6 +33,7 @@ import yaml
 from pyfilter.common import messages
 from pyfilter.common.keys import DETECT_GROUP, Keys
 from pyfilter.enforcer.backends.nftables import NftablesBackend
+from tests import processes
 from tests.unit.netns import loopback_relay, new_netns, run_backend
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
@@ -219,14 +220,7 @@ def test_two_hosts_three_detectors_one_killed_ban_in_both_kernels_on_cluster(clu
             counted = {a: messages.decode_record(client.get(KEYS.ban(a))).failures for a in BANNED}
             counted |= {a: client.zcard(KEYS.window("sshd", a)) for a in SPARED}
         finally:
-            for proc in [*detectors, *(p for h in hosts for p in (h.collector, h.enforcer) if p)]:
-                if proc.poll() is None:
-                    proc.terminate()
-                    try:
-                        proc.wait(10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+            processes.stop([*detectors, *(p for h in hosts for p in (h.collector, h.enforcer) if p)])
     assert kernels[0] == kernels[1] == wanted
     assert sorted(d.address for d in decisions if d.action == "ban") == sorted(BANNED)
     assert counted == written == {**dict.fromkeys(BANNED, MAXRETRY), **dict.fromkeys(SPARED, MAXRETRY - 1)}

@@ -34,6 +34,7 @@ from pyfilter.common.keys import Keys
 from pyfilter.common.ledger import LIBRARY, Ledger, NewBan
 from pyfilter.common.redisio import TRANSIENT, NotReplicated, connect, transaction
 from pyfilter.detector.windows import Observed, Windows
+from tests import processes
 from tests.conftest import REDIS_SERVER
 from tests.integration.stack import free_port
 from tests.unit.test_windows import make_rule
@@ -48,17 +49,7 @@ class Processes:
 
     procs: dict[int, subprocess.Popen]
 
-    @staticmethod
-    def until(predicate, what: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if predicate():
-                    return
-            except redis.RedisError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}")
+    until = staticmethod(processes.until)
 
     def stop(self) -> None:
         for proc in self.procs.values():
