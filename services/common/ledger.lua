@@ -892,6 +892,15 @@ local function window_call(args)
   return tonumber(args[1]), args[2] ~= '' and cmsgpack.unpack(args[2]) or nil, cmsgpack.unpack(args[3])
 end
 
+-- A group's lines: its own, or those of the call's group they are the same
+-- as (a number: that group's place; the slow window's group counts the
+-- address group's lines, sent once).
+local function lines_of(groups, h)
+  local lines = h[13]
+  if type(lines) == 'number' then return groups[lines][13] end
+  return lines
+end
+
 -- A group's rule, address, host that saw its lines, window kind, thresholds.
 local function group_of(h)
   -- h[14]: a window kind's own settings (slow: {bucket, horizon}).
@@ -909,6 +918,8 @@ end
 -- factor, maxtime, memory, verdict, ports, lines}, where `lines` is a flat
 -- array of (line id, log time, text, connection, once, weight, value) for
 -- each failure (`value`: the digest a distinct window counts, or "").
+-- `lines` may instead be the place (1-based) of an earlier group of the call
+-- with the same lines (lines_of).
 -- The recidive settings are a group's threshold..ports, packed the same way.
 -- Returns the pending crossings of these windows (packed; for ban_crossings).
 local function record_failures(keys, args)
@@ -917,7 +928,7 @@ local function record_failures(keys, args)
   local results = {}
   for i, h in ipairs(groups) do
     local at = (i - 1) * per_group
-    results[#results + 1] = record_group(keys, at, group_of(h), h[13], now, keep_crossing)
+    results[#results + 1] = record_group(keys, at, group_of(h), lines_of(groups, h), now, keep_crossing)
     if recidive then
       results[#results + 1] = redis.call('HGET', keys[at + RECIDIVE_STATE], 'pending') or nil
     end
@@ -952,7 +963,7 @@ local function record_and_ban(keys, args)
   local per_group = recidive and RECIDIVE_LINES or COUNT
   for i, h in ipairs(groups) do
     local at = SHARED + (i - 1) * per_group
-    pending[#pending + 1] = record_group(keys, at, group_of(h), h[13], now, ban_now)
+    pending[#pending + 1] = record_group(keys, at, group_of(h), lines_of(groups, h), now, ban_now)
     if recidive then
       pending[#pending + 1] = redis.call('HGET', keys[at + BANNING_RECIDIVE_STATE], 'pending') or nil
     end
