@@ -169,6 +169,33 @@ local function shared(keys)
           past_until = keys[10]}
 end
 
+-- The duration of each ban this library wrote, by address, with its expiry:
+-- ban_duration reads it instead of the whole record (2-3 KB to GET and
+-- unpack) when an account crossing judges addresses banned already, as most
+-- are. Only a hint, in the library's Lua state: believed only while the
+-- address's expiry in the active set is the one written beside it (a ban
+-- written since by anything else, an unban, a restart or a failover, which
+-- empties it, all fall back to the record). Forgotten whole at HELD_KEPT.
+local HELD_KEPT = 100000
+local held_bans, held_count = {}, 0
+
+local function remember_held(rec)
+  if not held_bans[rec.address] then
+    if held_count >= HELD_KEPT then held_bans, held_count = {}, 0 end
+    held_count = held_count + 1
+  end
+  held_bans[rec.address] = {rec.expires_at, rec.duration or 0}
+end
+
+-- The duration of the ban in force on `address` until `expires` (the active
+-- set's score, a time): from held_bans, or its record.
+local function held_duration(ban_key, address, expires)
+  local h = held_bans[address]
+  if h and h[1] == expires then return h[2] end
+  local held = redis.call('GET', ban_key)
+  return held and cmsgpack.unpack(held).duration or 0
+end
+
 local function is_scoped(ports, verdict)
   return #ports > 0 or verdict ~= 'drop'
 end
@@ -188,6 +215,7 @@ local function write_ban(s, ban_key, count_key, rec, ports, verdict, memory, lis
     -- after); the history stream keeps the past.
     redis.call('SET', ban_key, packed, 'EXAT', math.ceil(rec.expires_at + RECORD_GRACE))
     redis.call('ZADD', s.active, rec.expires_at, rec.address)
+    remember_held(rec)
   else
     redis.call('SET', ban_key, packed)
     redis.call('ZADD', s.active, '+inf', rec.address)
@@ -830,9 +858,8 @@ local function ban_duration(s, ban_key, count_key, c, address, now)
   local current = redis.call('ZSCORE', s.active, address)
   if current and (current == 'inf' or tonumber(current) > now) then
     if current == 'inf' then return end
-    local held = redis.call('GET', ban_key)
-    local held_duration = held and cmsgpack.unpack(held).duration or 0
-    if duration >= 0 and (held_duration < 0 or duration <= held_duration) then return end
+    local held = held_duration(ban_key, address, tonumber(current))
+    if duration >= 0 and (held < 0 or duration <= held) then return end
   end
   return duration, current ~= false
 end
