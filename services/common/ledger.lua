@@ -175,23 +175,23 @@ end
 -- are. Only a hint, in the library's Lua state: believed only while the
 -- address's expiry in the active set is the one written beside it (a ban
 -- written since by anything else, an unban, a restart or a failover, which
--- empties it, all fall back to the record). Forgotten whole at HELD_KEPT.
-local HELD_KEPT = 100000
-local held_bans, held_count = {}, 0
+-- empties it, all fall back to the record). Two tables of numbers (no table
+-- per address: about 100 bytes each), forgotten whole at HELD_KEPT.
+local HELD_KEPT = 50000
+local held_until, held_bans, held_count = {}, {}, 0
 
 local function remember_held(rec)
   if not held_bans[rec.address] then
-    if held_count >= HELD_KEPT then held_bans, held_count = {}, 0 end
+    if held_count >= HELD_KEPT then held_until, held_bans, held_count = {}, {}, 0 end
     held_count = held_count + 1
   end
-  held_bans[rec.address] = {rec.expires_at, rec.duration or 0}
+  held_until[rec.address], held_bans[rec.address] = rec.expires_at, rec.duration or 0
 end
 
 -- The duration of the ban in force on `address` until `expires` (the active
 -- set's score, a time): from held_bans, or its record.
 local function held_duration(ban_key, address, expires)
-  local h = held_bans[address]
-  if h and h[1] == expires then return h[2] end
+  if held_until[address] == expires then return held_bans[address] end
   local held = redis.call('GET', ban_key)
   return held and cmsgpack.unpack(held).duration or 0
 end
