@@ -169,6 +169,33 @@ local function shared(keys)
           past_until = keys[10]}
 end
 
+-- The duration of each ban this library wrote, by address, with its expiry:
+-- ban_duration reads it instead of the whole record (2-3 KB to GET and
+-- unpack) when an account crossing judges addresses banned already, as most
+-- are. Only a hint, in the library's Lua state: believed only while the
+-- address's expiry in the active set is the one written beside it (a ban
+-- written since by anything else, an unban, a restart or a failover, which
+-- empties it, all fall back to the record). Two tables of numbers (no table
+-- per address: about 100 bytes each), forgotten whole at HELD_KEPT.
+local HELD_KEPT = 50000
+local held_until, held_bans, held_count = {}, {}, 0
+
+local function remember_held(rec)
+  if not held_bans[rec.address] then
+    if held_count >= HELD_KEPT then held_until, held_bans, held_count = {}, {}, 0 end
+    held_count = held_count + 1
+  end
+  held_until[rec.address], held_bans[rec.address] = rec.expires_at, rec.duration or 0
+end
+
+-- The duration of the ban in force on `address` until `expires` (the active
+-- set's score, a time): from held_bans, or its record.
+local function held_duration(ban_key, address, expires)
+  if held_until[address] == expires then return held_bans[address] end
+  local held = redis.call('GET', ban_key)
+  return held and cmsgpack.unpack(held).duration or 0
+end
+
 local function is_scoped(ports, verdict)
   return #ports > 0 or verdict ~= 'drop'
 end
@@ -188,6 +215,7 @@ local function write_ban(s, ban_key, count_key, rec, ports, verdict, memory, lis
     -- after); the history stream keeps the past.
     redis.call('SET', ban_key, packed, 'EXAT', math.ceil(rec.expires_at + RECORD_GRACE))
     redis.call('ZADD', s.active, rec.expires_at, rec.address)
+    remember_held(rec)
   else
     redis.call('SET', ban_key, packed)
     redis.call('ZADD', s.active, '+inf', rec.address)
@@ -830,9 +858,8 @@ local function ban_duration(s, ban_key, count_key, c, address, now)
   local current = redis.call('ZSCORE', s.active, address)
   if current and (current == 'inf' or tonumber(current) > now) then
     if current == 'inf' then return end
-    local held = redis.call('GET', ban_key)
-    local held_duration = held and cmsgpack.unpack(held).duration or 0
-    if duration >= 0 and (held_duration < 0 or duration <= held_duration) then return end
+    local held = held_duration(ban_key, address, tonumber(current))
+    if duration >= 0 and (held < 0 or duration <= held) then return end
   end
   return duration, current ~= false
 end
@@ -892,6 +919,15 @@ local function window_call(args)
   return tonumber(args[1]), args[2] ~= '' and cmsgpack.unpack(args[2]) or nil, cmsgpack.unpack(args[3])
 end
 
+-- A group's lines: its own, or those of the call's group they are the same
+-- as (a number: that group's place; the slow window's group counts the
+-- address group's lines, sent once).
+local function lines_of(groups, h)
+  local lines = h[13]
+  if type(lines) == 'number' then return groups[lines][13] end
+  return lines
+end
+
 -- A group's rule, address, host that saw its lines, window kind, thresholds.
 local function group_of(h)
   -- h[14]: a window kind's own settings (slow: {bucket, horizon}).
@@ -909,6 +945,8 @@ end
 -- factor, maxtime, memory, verdict, ports, lines}, where `lines` is a flat
 -- array of (line id, log time, text, connection, once, weight, value) for
 -- each failure (`value`: the digest a distinct window counts, or "").
+-- `lines` may instead be the place (1-based) of an earlier group of the call
+-- with the same lines (lines_of).
 -- The recidive settings are a group's threshold..ports, packed the same way.
 -- Returns the pending crossings of these windows (packed; for ban_crossings).
 local function record_failures(keys, args)
@@ -917,7 +955,7 @@ local function record_failures(keys, args)
   local results = {}
   for i, h in ipairs(groups) do
     local at = (i - 1) * per_group
-    results[#results + 1] = record_group(keys, at, group_of(h), h[13], now, keep_crossing)
+    results[#results + 1] = record_group(keys, at, group_of(h), lines_of(groups, h), now, keep_crossing)
     if recidive then
       results[#results + 1] = redis.call('HGET', keys[at + RECIDIVE_STATE], 'pending') or nil
     end
@@ -952,7 +990,7 @@ local function record_and_ban(keys, args)
   local per_group = recidive and RECIDIVE_LINES or COUNT
   for i, h in ipairs(groups) do
     local at = SHARED + (i - 1) * per_group
-    pending[#pending + 1] = record_group(keys, at, group_of(h), h[13], now, ban_now)
+    pending[#pending + 1] = record_group(keys, at, group_of(h), lines_of(groups, h), now, ban_now)
     if recidive then
       pending[#pending + 1] = redis.call('HGET', keys[at + BANNING_RECIDIVE_STATE], 'pending') or nil
     end

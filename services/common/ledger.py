@@ -477,11 +477,14 @@ class Ledger:
             by_slot.setdefault(self._slot(group[1]), []).append(group)
         planned = []
         for slot, slot_groups in by_slot.items():
-            cut, keys, count, failures = [], [_bulks(shared)], len(shared), 0
+            cut, keys, count, failures, placed = [], [_bulks(shared)], len(shared), 0, {}
             for group in slot_groups:
                 address = group[1].encode()
                 layout = self._group_layout(group[0], bool(recidive), len(address), group[3] == "slow")
-                cut.append(group)
+                # Lines already in this call (a rule's address and slow windows
+                # count the same list: windows.py) go as that group's place.
+                place = placed.setdefault(id(group[12]), len(cut) + 1)
+                cut.append(group if place == len(cut) + 1 else [*group[:12], place, *group[13:]])
                 keys.append(address.join(layout))
                 count += len(layout) - 1
                 failures += len(group[12]) // FIELDS
@@ -495,7 +498,7 @@ class Ledger:
                     # The groups go as one MessagePack argument: a protocol
                     # argument per field cost the detector more CPU than matching.
                     planned.append((slot, _fcall(name, count, b"".join(keys), args)))
-                    cut, keys, count, failures = [], [_bulks(shared)], len(shared), 0
+                    cut, keys, count, failures, placed = [], [_bulks(shared)], len(shared), 0, {}
         return planned
 
     async def _ban_crossed(self, crossings: list[bytes], now: float,

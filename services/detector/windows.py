@@ -183,7 +183,8 @@ class Windows:
 
     def _groups(self, observed: list[Observed]) -> list[list[object]]:
         """The failures grouped by (rule, address, host), as record_failures reads them;
-        a rule with a slow window has a second group for it."""
+        a rule with a slow window has a second group for it, with the same list of
+        lines (which the ledger sends once)."""
         groups: dict[tuple[str, str, str], list[object]] = defaultdict(list)
         for o in observed:
             most = self._copies.get(o.rule)

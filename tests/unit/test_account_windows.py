@@ -100,6 +100,33 @@ def test_addresses_spread_over_three_hosts_are_banned_together(request, redis_ur
     assert sorted(d.address for d in decisions) == sorted(attackers)  # one decision each
 
 
+def test_a_ban_replaced_by_another_writer_is_judged_by_its_record(request, redis_url):
+    """The ledger remembers the durations of the bans it wrote (ledger.lua, held_bans), but
+    believes that only while the active set's expiry is the one it wrote: a ban replaced
+    by anything else (here written by hand: another library version) is read from its
+    record. One attacker's 600 s ban is replaced by a 300 s one: a second crossing (600 s)
+    bans it again and no other attacker, whose 600 s bans are in force."""
+    attackers = addresses(12)
+    replaced = attackers[0]
+    later = NOW + 60
+
+    async def go():
+        client = aclient(redis_url)
+        windows = Windows(client, "pa:", {"sshd": rule()})
+        windows._ledger.split = windows._ledger.split or request.node.split
+        first = await windows.record(spread("root", attackers, 2), NOW)
+        held = await bans.record(client, KEYS, replaced)
+        shorter = msgspec.structs.replace(held, banned_at=NOW - 200, duration=300, expires_at=NOW + 100)
+        await client.set(KEYS.ban(replaced), msgspec.msgpack.encode(shorter))
+        await client.zadd(KEYS.active_bans, {replaced: NOW + 100})
+        second = await windows.record(spread("admin", attackers, 2, start=later - 30, tag="g"), later)
+        await client.aclose()
+        return first, second
+    first, second = asyncio.run(go())
+    assert sorted(b.address for b in first) == sorted(attackers)
+    assert [(b.address, b.duration) for b in second] == [(replaced, 600)]
+
+
 def test_too_few_addresses_or_failures_ban_nothing(request, redis_url):
     """25 failures from 5 addresses (fewer than 10), or 19 failures from 19 addresses (fewer than 20).
     (5 addresses failing 5 times each reach maxretry: their own windows ban them, not the account's.)"""

@@ -9,7 +9,7 @@ import random
 import msgspec
 import pytest
 
-from pyfilter.common import config, messages
+from pyfilter.common import config, ledger, messages
 from pyfilter.common.config import Seconds
 from pyfilter.common.keys import Keys
 from pyfilter.detector.matching import Matcher
@@ -65,6 +65,19 @@ def test_slow_attacker_is_banned_by_the_slow_window(redis_url):
     assert (rec.window, rec.failures, rec.last_failure) == ("slow", 10, NOW - 1)
     assert rec.first_failure == (NOW - 1 - 9 * HOUR) // HOUR * HOUR  # its bucket's start
     assert rec.lines == [f"line {i}" for i in range(7, 10)]  # the last three
+
+
+def test_a_step_cut_into_several_calls_counts_every_slow_window(redis_url, monkeypatch):
+    """A slow window's group sends its address group's lines once when both are in one call
+    (ledger.py) and whole when the step's calls cut them apart: six attackers, ten failures
+    each in one step, calls of at most 100 failures (the address groups, then the slow
+    groups: four slow groups beside theirs, two in a call of their own)."""
+    monkeypatch.setattr(ledger, "FAILURES_PER_CALL", 100)
+    attackers = [f"198.51.100.{i}" for i in range(10, 16)]
+    batch = [o for i, a in enumerate(attackers) for o in spread(10, address=a, tag=f"c{i}")]
+    bans, decisions, _ = record(redis_url, {"sshd": slow_rule()}, [batch])
+    assert sorted((b.address, b.rule, b.duration) for b in bans) == [(a, "sshd", 86400) for a in attackers]
+    assert len(decisions) == len(attackers)
 
 
 def test_failures_below_the_slow_threshold_or_older_than_its_window_do_not_ban(redis_url):
