@@ -111,7 +111,7 @@ class Stack:
         return code == 0
 
     def api(self, method: str, path: str, body: object | None = None,
-            token: str | None = None) -> tuple[int, object]:
+            token: str | None = None, timeout: float = 10) -> tuple[int, object]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{self.api_port}{path}", data=data,
                                      method=method)
@@ -120,7 +120,7 @@ class Stack:
         if data is not None:
             req.add_header("Content-Type", "application/json")  # else the api answers 415
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")
