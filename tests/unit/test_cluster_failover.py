@@ -38,7 +38,7 @@ from pyfilter.common.redisio import TRANSIENT, connect
 from tests import processes
 from tests.conftest import redis_config
 from tests.unit.netns import loopback_relay, new_netns
-from tests.unit.test_cluster_pipeline import BANNED, MAXRETRY, SPARED, Host, attack_round, start_detector
+from tests.unit.test_cluster_pipeline import BANNED, MAXRETRY, SPARED, Host, attack_round, outcome, start_detector
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
                                 reason="needs root and iproute2 (network namespaces for the enforcers)")
@@ -168,10 +168,7 @@ def test_a_primary_killed_mid_attack_loses_no_ban_and_no_unban_and_counts_no_lin
             wait(lambda: all(h.read_to_the_end(client) for h in hosts), "both logs read", logs)
             wait(lambda: drained(client), "every batch processed", logs)
             wait(lambda: not any(set(UNBANNED) & h.kernel() for h in hosts), "the unbans in both kernels", logs)
-            kernels = [h.kernel() for h in hosts]
-            decisions = [messages.decode_decision(f[b"m"]) for _, f in client.xrange(KEYS.decisions)]
-            counted = {a: messages.decode_record(client.get(KEYS.ban(a))).failures for a in BANNED}
-            counted |= {a: client.zcard(KEYS.window("sshd", a)) for a in SPARED}
+            kernels, decisions, counted = outcome(client, hosts)
         finally:
             processes.stop([*detectors, *(p for h in hosts for p in (h.collector, h.enforcer) if p)])
     print(f"\nprimary 127.0.0.1:{victim} SIGKILLed (cluster-node-timeout 1 s): replica promoted after "

@@ -123,6 +123,16 @@ def start_detector(config: Path, folder: Path) -> subprocess.Popen:
     return proc
 
 
+def outcome(client: redis.RedisCluster, hosts: list[Host]) -> tuple[list[set[str]], list[messages.Decision], dict[str, int]]:
+    """What a run left: each host's kernel set, the decisions, and the failures counted per
+    address (a window that banned is emptied: its count is in the ban record)."""
+    kernels = [h.kernel() for h in hosts]
+    decisions = [messages.decode_decision(f[b"m"]) for _, f in client.xrange(KEYS.decisions)]
+    counted = {a: messages.decode_record(client.get(KEYS.ban(a))).failures for a in BANNED}
+    counted |= {a: client.zcard(KEYS.window("sshd", a)) for a in SPARED}
+    return kernels, decisions, counted
+
+
 def attack_round(hosts: list[Host], n: int) -> dict[str, int]:
     """Round n: every attacker still due fails once, in the log of host n % 2;
     both logs get their noise. Returns the failures written, by address."""
@@ -214,11 +224,7 @@ def test_two_hosts_three_detectors_one_killed_ban_in_both_kernels_on_cluster(clu
 
             wanted = set(BANNED)
             wait(lambda: all(wanted <= h.kernel() for h in hosts), "every ban in both hosts' kernel sets", logs)
-            kernels = [h.kernel() for h in hosts]
-            decisions = [messages.decode_decision(f[b"m"]) for _, f in client.xrange(KEYS.decisions)]
-            # A window that banned is emptied: its count is in the ban record.
-            counted = {a: messages.decode_record(client.get(KEYS.ban(a))).failures for a in BANNED}
-            counted |= {a: client.zcard(KEYS.window("sshd", a)) for a in SPARED}
+            kernels, decisions, counted = outcome(client, hosts)
         finally:
             processes.stop([*detectors, *(p for h in hosts for p in (h.collector, h.enforcer) if p)])
     assert kernels[0] == kernels[1] == wanted
