@@ -158,10 +158,7 @@ class Cluster:
     until = staticmethod(processes.until)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-            proc.wait(10)
+        processes.stop(self.procs.values())
 
 
 @pytest.fixture(scope="session")

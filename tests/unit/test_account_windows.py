@@ -230,6 +230,13 @@ def recidive_rule() -> Rule:
     return msgspec.convert(base, Rule, dec_hook=lambda t, v: Seconds(v))
 
 
+def recidive_windows(request, client) -> Windows:
+    """sshd's windows and recidive's, taking this case's calls (one, or the three of Cluster)."""
+    windows = Windows(client, "pa:", {"sshd": rule(), "recidive": recidive_rule()})
+    windows._ledger.split = windows._ledger.split or request.node.split
+    return windows
+
+
 def test_an_address_banned_twice_by_account_windows_gets_the_recidive_ban(request, redis_url):
     """An account's ban counts in its address's recidive window as any ban: 12 addresses
     banned on root, then an hour later (those bans ran out) on admin, are banned for a week;
@@ -239,8 +246,7 @@ def test_an_address_banned_twice_by_account_windows_gets_the_recidive_ban(reques
 
     async def go():
         client = aclient(redis_url)
-        windows = Windows(client, "pa:", {"sshd": rule(), "recidive": recidive_rule()})
-        windows._ledger.split = windows._ledger.split or request.node.split
+        windows = recidive_windows(request, client)
         first = await windows.record(spread("root", attackers, 2), NOW)
         second = await windows.record(spread("admin", attackers, 2, start=later - 300, tag="g"), later)
         again = await windows.record(spread("admin", attackers, 2, start=later - 300, tag="g"), later)
@@ -267,8 +273,7 @@ def test_an_account_ban_and_an_address_ban_count_together_for_recidive(request, 
 
     async def go():
         client = aclient(redis_url)
-        windows = Windows(client, "pa:", {"sshd": rule(), "recidive": recidive_rule()})
-        windows._ledger.split = windows._ledger.split or request.node.split
+        windows = recidive_windows(request, client)
         alone = [Observed("sshd", attackers[0], "host-a", NOW - 10 + i, f"a:{i}", "x") for i in range(5)]
         first = await windows.record(alone, NOW)
         second = await windows.record(spread("root", attackers, 2, start=later - 300), later)
