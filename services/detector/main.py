@@ -20,7 +20,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from redis.exceptions import ResponseError
 
@@ -70,6 +70,7 @@ class Detector:
         self._countable_cache: dict[str, str | None] = {}
         # What the cache was made with: the host addresses and whitelist.
         self._countable_basis: tuple = ()
+        self._login_cache: dict[tuple[str, str], str | None] = {}  # (rule, host) -> `_login_address`
         self.own = hosts.OwnAddresses(self.client, self.keys)
         self._unknown_rules: set[str] = set()  # named by a container's label, not enabled (said once)
         # A container's hostname is unique per replica and stable across its
@@ -92,6 +93,15 @@ class Detector:
                 whitelist: list, logins: list[Login] | None = None) -> list[Observed]:
         """Failures in a batch, minus addresses that must never be counted; its
         successful logins go to `logins` (for per-account windows)."""
+        lines = batch.lines
+        return self.observe_texts(batch, [line.text for line in lines], lines.__getitem__, now, own, whitelist,
+                                  logins)
+
+    def observe_texts(self, batch: messages.LineBatch, texts: Sequence[str], line_of: Callable[[int], messages.Line],
+                      now: float, own: set, whitelist: list, logins: list[Login] | None = None) -> list[Observed]:
+        """`observe` of a batch whose lines come apart (its own `lines` are not read):
+        their texts, and `line_of(i)` the Line of text i, asked only of lines that fail
+        (`pyfilter replay` makes no Line for the others: most lines of a log)."""
         basis = (frozenset(own), tuple(whitelist))
         if basis != self._countable_basis:  # addresses or whitelist changed: judge afresh
             self._countable_cache.clear()
@@ -99,16 +109,15 @@ class Detector:
         if batch.rules:
             self._warn_unknown_rules(batch)
         found = []
-        lines = batch.lines
         # Containers of one host each have their own pids: their connections are kept apart.
         origin = f"{batch.host}/{batch.container}" if batch.container else batch.host
-        for i, f in self.matcher.match_batch([line.text for line in lines], batch.source, now, origin,
+        for i, f in self.matcher.match_batch(texts, batch.source, now, origin,
                                              batch.tz, batch.program, batch.rules, batch.skip):
             address = self._countable(f.address, own, whitelist)
             if address is not None and f.rule in self.v6_prefix and ":" in address:
                 address = self._prefix_of(address, self.v6_prefix[f.rule], own, whitelist)
             if address is not None:
-                line = lines[i]
+                line = line_of(i)
                 connection = f"{origin}:{batch.source}:{f.connection}" if f.connection else ""
                 # A time the source knows exactly (a container's stream time) wins over the text's.
                 when = line.time or f.time or batch.read_at
@@ -127,7 +136,17 @@ class Detector:
 
     def _login_address(self, rule: str, host: str) -> str | None:
         """A login's address as its rule counts failures: normalized, an IPv6 address as its
-        network where the rule bans networks (whitelisted or not: it only spares)."""
+        network where the rule bans networks (whitelisted or not: it only spares).
+        Remembered, as `_countable`: the same few addresses log in again and again."""
+        cache = self._login_cache
+        found = cache.get((rule, host), False)
+        if found is False:
+            if len(cache) >= 100_000:
+                cache.clear()
+            found = cache[(rule, host)] = self._login_check(rule, host)
+        return found  # type: ignore[return-value]
+
+    def _login_check(self, rule: str, host: str) -> str | None:
         try:
             addr = parse_address(host)
         except InvalidAddress:
@@ -205,7 +224,7 @@ class Detector:
         """The failures in batches of lines, and their lines by (host, source); their
         successful logins go to `logins` (per-account windows).
         Half of the detector's one step from lines to bans; `decide` is the other
-        (`pyfilter replay` runs both on logs, in log time)."""
+        (`pyfilter replay` runs both on logs, in log time: this half as `observe_texts`)."""
         observed: list[Observed] = []
         lines: Counter = Counter()
         for batch in batches:
