@@ -38,7 +38,7 @@ from pyfilter.common.whitelist import Whitelist
 from pyfilter.detector import metrics
 from pyfilter.detector.matching import Matcher
 from pyfilter.detector.pruner import prune_until
-from pyfilter.detector.windows import Login, NewBan, Observed, Windows, digest
+from pyfilter.detector.windows import Login, NewBan, Observed, Plan, Windows, digest
 
 logger = logging.getLogger("pyfilter.detector")
 
@@ -232,12 +232,14 @@ class Detector:
             lines[batch.host, batch.source] += len(batch.lines)
         return observed, lines
 
-    async def decide(self, observed: list[Observed], now: float, logins: Sequence[Login] = ()) -> list[NewBan]:
+    async def decide(self, observed: list[Observed], now: float, logins: Sequence[Login] = (),
+                     plan: Plan | None = None) -> list[NewBan]:
         """Count failures into the windows at `now` (`logins` spare their addresses in
-        per-account windows); the bans they decided."""
+        per-account windows); the bans they decided. `plan`: `windows.plan` of them,
+        if made already (`pyfilter replay` makes it while Redis runs the step before)."""
         for rule, count in Counter(o.rule for o in observed).items():
             metrics.FAILURES.labels(rule).inc(count)
-        banned = await self.windows.record(observed, now, logins)
+        banned = await self.windows.record_plan(plan or self.windows.plan(observed, now, logins))
         for ban in banned:
             metrics.BANS.labels(ban.rule).inc()
             logger.info("ban decided", extra={"address": ban.address, "rule": ban.rule,
