@@ -177,16 +177,23 @@ def _steps(seen: Iterator) -> Iterator[tuple[float, list, list]]:
 
     chunk: list = []
     logins: list = []
-    start = now = float("-inf")
+    start: float | None = None  # the time of the step's first failure or login
+    now = float("-inf")
     for o in seen:
-        if (chunk or logins) and (o.time - start > STEP or len(chunk) >= MAX_FAILURES):
+        at = o.time
+        if start is None:
+            start = at
+        elif at - start > STEP or len(chunk) >= MAX_FAILURES:
             yield now, chunk, logins
             chunk, logins = [], []
-        if not chunk and not logins:
-            start = o.time
-        (logins if isinstance(o, Login) else chunk).append(o)
-        now = max(now, o.time)  # log time never runs backwards
-    if chunk or logins:
+            start = at
+        if type(o) is Login:
+            logins.append(o)
+        else:
+            chunk.append(o)
+        if at > now:  # log time never runs backwards
+            now = at
+    if start is not None:
         yield now, chunk, logins
 
 

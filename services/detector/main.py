@@ -108,27 +108,29 @@ class Detector:
             self._countable_basis = basis
         if batch.rules:
             self._warn_unknown_rules(batch)
-        found = []
+        found: list[Observed] = []
         # Containers of one host each have their own pids: their connections are kept apart.
         origin = f"{batch.host}/{batch.container}" if batch.container else batch.host
-        for i, f in self.matcher.match_batch(texts, batch.source, now, origin,
-                                             batch.tz, batch.program, batch.rules, batch.skip):
-            address = self._countable(f.address, own, whitelist)
-            if address is not None and f.rule in self.v6_prefix and ":" in address:
-                address = self._prefix_of(address, self.v6_prefix[f.rule], own, whitelist)
-            if address is not None:
-                line = line_of(i)
-                connection = f"{origin}:{batch.source}:{f.connection}" if f.connection else ""
-                # A time the source knows exactly (a container's stream time) wins over the text's.
-                when = line.time or f.time or batch.read_at
-                value = digest(f.value) if f.value else ""
-                found.append(Observed(f.rule, address, batch.host, when, line.id, line.text, connection, f.once,
-                                      f.weight, value, f.user))
+        host, read_at, cache, v6_prefix = batch.host, batch.read_at, self._countable_cache, self.v6_prefix
+        for i, (rule, attacker, at, user, _, conn, once, count, weight, value) in self.matcher.match_batch(
+                texts, batch.source, now, origin, batch.tz, batch.program, batch.rules, batch.skip):
+            address = cache[attacker] if attacker in cache else self._countable(attacker, own, whitelist)
+            if address is None:
+                continue
+            if rule in v6_prefix and ":" in address:
+                address = self._prefix_of(address, v6_prefix[rule], own, whitelist)
+            line = line_of(i)
+            connection = f"{origin}:{batch.source}:{conn}" if conn else ""
+            # A time the source knows exactly (a container's stream time) wins over the text's.
+            when = line.time or at or read_at
+            value = digest(value) if value else ""
+            found.append(Observed(rule, address, host, when, line.id, line.text, connection, once, weight, value,
+                                  user))
+            if count > 1:
                 # rsyslog's "message repeated N times": N failures, each with
                 # its own stable id, so a redelivery still counts each once.
-                found += [Observed(f.rule, address, batch.host, when, f"{line.id}#{n}",
-                                   line.text, connection, f.once, f.weight, value, f.user)
-                          for n in range(2, f.count + 1)]
+                found += [Observed(rule, address, host, when, f"{line.id}#{n}", line.text, connection, once,
+                                   weight, value, user) for n in range(2, count + 1)]
         for s in self.matcher.take_successes():
             if logins is not None and (address := self._login_address(s.rule, s.address)) is not None:
                 logins.append(Login(s.rule, address, s.user, batch.host, s.time or batch.read_at))
