@@ -48,8 +48,13 @@ local function schedule(key, at)
   keys[#keys + 1] = key
 end
 
+-- Real Redis ignores an EXPIRE of a missing key; this schedules it anyway,
+-- without asking (an EXISTS per EXPIRE was a tenth of a replay's Redis CPU).
+-- The same outcome, because ledger.lua gives every key it creates its expiry
+-- (or deletes it) in the same call, after its last write: a key missing now
+-- and created later is scheduled again before the clock can move past this
+-- (and deleting a key that is not there deletes nothing).
 local function expire_at(key, at)
-  if raw('EXISTS', key) == 0 then return 0 end
   schedule(key, at)
   return 1
 end
