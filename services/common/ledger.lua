@@ -1228,6 +1228,8 @@ local function record_account_group(keys, at, g, now, on_crossing)
   remember_logins(logins_key, g, now)
   local state = redis.call('HMGET', state_key, 'reset', 'pending', 'crossing')
   local reset, pending, crossed = tonumber(state[1] or '-1'), state[2], state[3]
+  -- Most accounts' windows never crossed: no state to keep alive.
+  local has_state = (state[1] or state[2] or state[3]) and true
   local oldest = now - g.span
   local lines, texts, late = g.lines, {}, {}
   for i = 1, #lines, 4 do
@@ -1264,6 +1266,7 @@ local function record_account_group(keys, at, g, now, on_crossing)
       local c = account_crossing_of(g, now, times, addrs, first, last, logins_key, lines_key)
       pending = on_crossing(c, state_key, c.evidence) or pending
       redis.call('HSET', state_key, 'reset', c.trigger, 'crossing', cmsgpack.pack(c))
+      has_state = true
       redis.call('ZREMRANGEBYSCORE', window_key, '-inf', c.trigger)
       redis.call('DEL', lines_key)
     else
@@ -1271,7 +1274,7 @@ local function record_account_group(keys, at, g, now, on_crossing)
     end
     redis.call('EXPIRE', window_key, ttl)
   end
-  if #texts > 0 or #late > 0 then redis.call('EXPIRE', state_key, ttl) end
+  if has_state and (#texts > 0 or #late > 0) then redis.call('EXPIRE', state_key, ttl) end
   if pending then redis.call('EXPIRE', state_key, RECORD_GRACE) end
   return pending or nil
 end
