@@ -83,10 +83,10 @@ class Nodes:
     commands sent to it (`primary` is then the node of the URL, the others `replicas`).
     A change goes to the primary first, then to each other; one that a replica or
     sentinel did not take is named, and the command fails once the others have it. A
-    Sentinel node that was down takes the users when it starts again, before it serves
-    (compose/redis-start.sh from the primary, compose/sentinel.sh from another
-    sentinel); one that was only cut off, and any Cluster node that missed a change,
-    when `pyfilter server init` (`make server`) brings every node in step with the primary."""
+    node that was down takes the users when it starts again, before it serves
+    (compose/redis-start.sh: from the Sentinel primary, or from the Cluster's URL node;
+    compose/sentinel.sh from another sentinel); one that was only cut off when
+    `pyfilter server init` (`make server`) brings every node in step with the primary."""
 
     primary: Node
     replicas: list[Node] = field(default_factory=list)
@@ -126,8 +126,9 @@ class Nodes:
         await self.each(lambda node: node.save())
         if self.failed:
             down = "; ".join(f"{where}: {why}" for where, why in self.failed.items())
-            if self.cluster:  # no node takes the users from another at its start
-                raise NotEverywhere(f"not changed on {down}. Every other node has the change; run "
+            if self.cluster:  # no replica here that a failover could promote
+                raise NotEverywhere(f"not changed on {down}. Every other node has the change; a node that was "
+                                    f"down takes it when it starts again; one still running needs "
                                     f"`pyfilter server init` (make server CLUSTER=1) once it answers again")
             raise NotEverywhere(f"not changed on {down}. Every other node has the change; a node that was "
                                 f"down takes it when it starts again; one still running must not become the "
