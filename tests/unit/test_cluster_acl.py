@@ -49,6 +49,10 @@ ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "admin-secret"
 ROLES = {"detector": "detector-secret", "api": "api-secret", "notifier": "notifier-secret"}
 KEYS = Keys("pyfilter:")
+# The tests stop nodes on purpose: the others must not mark one failed meanwhile (compose
+# keeps Redis's 15 s, which a loaded machine can pass between two commands), or every
+# command is CLUSTERDOWN. A cluster that did mark one failed has its own test.
+NODE_TIMEOUT_MS = 600_000
 
 
 class Cluster(Processes):
@@ -91,13 +95,19 @@ class Cluster(Processes):
         self.procs[port] = subprocess.Popen(
             ["sh", str(ROOT / "compose/redis-start.sh"), "--port", str(port), "--bind", "127.0.0.1",
              "--unixsocket", "", "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
-             "--cluster-preferred-endpoint-type", "hostname", "--cluster-announce-hostname", "localhost"],
+             "--cluster-preferred-endpoint-type", "hostname", "--cluster-announce-hostname", "localhost",
+             "--cluster-node-timeout", str(NODE_TIMEOUT_MS)],
             env=env, stdout=subprocess.DEVNULL)
 
     def stop_node(self, port: int) -> None:
         """As `docker compose stop` one node: Redis saves and exits."""
         self.procs[port].send_signal(signal.SIGTERM)
         self.procs[port].wait(30)
+
+    def until_ok(self, port: int) -> None:
+        """Until the node serves keys (cluster_state:ok), after a node's start."""
+        self.until(lambda: self.client(port).execute_command("CLUSTER", "INFO").startswith(b"cluster_state:ok"),
+                   f"node {port} to serve the cluster again")
 
     def client(self, port: int, username: str | None = None, password: str = ADMIN) -> redis.Redis:
         """One node's own client (no redirection); no retries: a refusal says so at once."""
@@ -310,6 +320,43 @@ def test_a_node_down_during_add_host_and_remove_host_takes_the_users_from_the_ow
     assert users_of(cluster, down) == users_of(cluster, cluster.ports[0])
 
 
+def test_a_down_node_holding_the_hosts_list_stops_add_host_before_any_change_and_remove_host_after_the_revocation(
+        cluster, users, tmp_path):
+    env = cli_env(cluster, tmp_path)
+    holder = cluster.owner(KEYS.hosts)
+    added = cli("server", "add-host", "web-held", env=env)
+    assert added.returncode == 0, added.stderr
+    held_password = password_of(added)
+    cluster.stop_node(holder)
+    try:
+        never = cli("server", "add-host", "web-never", env=env)
+        assert never.returncode == 2 and f"localhost:{holder}" in never.stderr, never.stderr
+        assert "nothing changed" in never.stderr and never.stdout == "", never.stderr
+        removed = cli("server", "remove-host", "web-held", env=env)
+        assert removed.returncode == 2 and f"localhost:{holder}" in removed.stderr, removed.stderr
+        assert "still listed" in removed.stderr, removed.stderr
+        up = [port for port in cluster.ports if port != holder]
+        for port in up:
+            assert acl.host_user("web-never") not in users_of(cluster, port), f"node {port} made web-never"
+            with pytest.raises(redis.AuthenticationError):  # revoked wherever a node answered
+                cluster.client(port, acl.host_user("web-held"), held_password).ping()
+    finally:
+        cluster.start_node(holder)
+    cluster.until(lambda: cluster.client(holder).ping(), f"node {holder} to answer again")
+    # The holder took the revocation at its start (not the URL's node: it has the owner's users)...
+    assert holder != cluster.ports[0]
+    with pytest.raises(redis.AuthenticationError):
+        cluster.client(holder, acl.host_user("web-held"), held_password).ping()
+    assert users_of(cluster, holder) == users_of(cluster, cluster.ports[0])
+    cluster.until_ok(holder)
+    listed = cluster.client(holder).smembers(KEYS.hosts)
+    assert b"web-held" in listed and b"web-never" not in listed
+    # ...and running remove-host again unlists the host.
+    again = cli("server", "remove-host", "web-held", env=env)
+    assert again.returncode == 1 and "no Redis user" in again.stderr, again.stderr
+    assert b"web-held" not in cluster.client(holder).smembers(KEYS.hosts)
+
+
 def test_a_node_that_starts_while_the_owner_is_down_takes_the_users_from_the_other_nodes(cluster, users, tmp_path):
     env = cli_env(cluster, tmp_path)
     _, down = quiet_node(cluster)
@@ -325,8 +372,7 @@ def test_a_node_that_starts_while_the_owner_is_down_takes_the_users_from_the_oth
         assert users_of(cluster, down) == users_of(cluster, other)
     finally:
         cluster.start_node(owner)
-    cluster.until(lambda: cluster.client(owner).execute_command("CLUSTER", "INFO").startswith(b"cluster_state:ok"),
-                  "the cluster to work again")
+    cluster.until_ok(owner)
 
 
 def test_a_restart_of_every_node_keeps_the_cluster_its_data_and_its_users(cluster, users):
