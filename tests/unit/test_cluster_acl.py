@@ -10,7 +10,9 @@ refused the rest on every node; `add-host` and `remove-host` change every
 node, a node that missed a change is named and `init` brings it in step; a
 node that was stopped during a change takes the users at its start, before it
 answers (from the URL's node, the owner, or with the owner down from the
-others); a restart of every node keeps the cluster, its data and its users
+others); a node down that holds the hosts list, or a cluster that has marked a
+node failed, stops add-host before anything changes and remove-host after the
+revocation, with exit 2 naming the node; a restart of every node keeps the cluster, its data and its users
 (cluster.sh joins them again and changes nothing).
 
 The tests share one cluster and run in order: the last one restarts it.
@@ -373,6 +375,32 @@ def test_a_node_that_starts_while_the_owner_is_down_takes_the_users_from_the_oth
     finally:
         cluster.start_node(owner)
     cluster.until_ok(owner)
+
+
+def test_once_the_cluster_marks_a_down_node_failed_add_host_fails_before_any_change(cluster, users, tmp_path):
+    env = cli_env(cluster, tmp_path)
+    _, down = quiet_node(cluster)
+    up = [port for port in cluster.ports if port != down]
+    for port in up:
+        cluster.client(port).config_set("cluster-node-timeout", 1000)
+    try:
+        cluster.stop_node(down)
+        try:
+            cluster.until(lambda: cluster.client(up[0]).execute_command("CLUSTER", "INFO")
+                          .startswith(b"cluster_state:fail"), f"the cluster to mark node {down} failed")
+            failed = cli("server", "add-host", "web-failed", env=env)
+        finally:
+            cluster.start_node(down)
+        for port in cluster.ports:
+            cluster.until_ok(port)
+    finally:
+        for port in up:
+            cluster.client(port).config_set("cluster-node-timeout", NODE_TIMEOUT_MS)
+    assert failed.returncode == 2 and f"localhost:{down}" in failed.stderr, failed.stderr
+    assert "nothing changed" in failed.stderr and "down" in failed.stderr, failed.stderr
+    for port in cluster.ports:
+        assert acl.host_user("web-failed") not in users_of(cluster, port), f"node {port} made web-failed"
+    assert b"web-failed" not in cluster.client(cluster.owner(KEYS.hosts)).smembers(KEYS.hosts)
 
 
 def test_a_restart_of_every_node_keeps_the_cluster_its_data_and_its_users(cluster, users):
