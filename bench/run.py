@@ -76,13 +76,15 @@ def ours_match(path: Path, rule: str | None, before: Path | None = None) -> dict
     return {"usage": usage, "failures": failures}
 
 
-def ours_replay(path: Path) -> dict:
-    """`pyfilter replay` over the file with the benchmark's sshd settings: failures and bans
-    from its summary line, usage of the whole process (its redis-server included: waited for)."""
+def ours_replay(path: Path, shipped: bool = False) -> dict:
+    """`pyfilter replay` over the file with the benchmark's sshd settings (`shipped`: with the
+    catalog's slow and per-account windows on, as sshd ships): failures and bans from its
+    summary line, usage of the whole process (its redis-server included: waited for)."""
     config = path.with_name("replay.yaml")
+    sshd = {"maxretry": MAXRETRY, "findtime": FINDTIME, "bantime": BANTIME} if shipped else \
+        logs.sshd_as_fail2ban(MAXRETRY, FINDTIME, BANTIME)
     config.write_text(yaml.safe_dump({
-        "host": logs.HOST, "catalog_dir": str(REPO / "config" / "rules"),
-        "rules": {"sshd": logs.sshd_as_fail2ban(MAXRETRY, FINDTIME, BANTIME)}}))
+        "host": logs.HOST, "catalog_dir": str(REPO / "config" / "rules"), "rules": {"sshd": sshd}}))
     cli = Path(sys.executable).with_name("pyfilter")
     usage, out = _process([str(cli), "replay", "--config", str(config), str(path)])
     summary = re.search(r"([\d,]+) failures.*; ([\d,]+) ban\(s\)", out.splitlines()[0])
@@ -109,11 +111,13 @@ def run_matching(log: logs.LogFile, before: Path | None) -> dict:
         rows[name] = r = ours_match(log.path, rule, code)
         print(f"    {r['usage'].wall:.2f} s, {r['failures']:,} failures, {r['usage'].peak_mb:.0f} MB, "
               f"{f2b.usage.wall / r['usage'].wall:.1f}x fail2ban-regex", flush=True)
-    print(f"  {report.REPLAY} ...", flush=True)
-    rows[report.REPLAY] = r = ours_replay(log.path)
-    print(f"    {r['usage'].wall:.2f} s, {r['failures']:,} failures, {r['bans']:,} bans "
-          f"({len(log.banned):,} expected), {r['usage'].wall / rows[report.OURS]['usage'].wall:.2f}x "
-          f"the time of `pyfilter match --rule sshd`", flush=True)
+    for name, shipped in ((report.REPLAY, False), (report.REPLAY_SHIPPED, True)):
+        print(f"  {name} ...", flush=True)
+        rows[name] = r = ours_replay(log.path, shipped)
+        print(f"    {r['usage'].wall:.2f} s, {r['failures']:,} failures, {r['bans']:,} bans "
+              f"({len(log.banned):,} addresses reach sshd's per-address threshold), "
+              f"{r['usage'].wall / rows[report.OURS]['usage'].wall:.2f}x the time of `pyfilter match --rule sshd`",
+              flush=True)
     return rows
 
 

@@ -47,4 +47,9 @@ async def fill_forever(api: Api) -> None:
             await fill_pending(api)
         except Exception as exc:  # Redis away, or a bug: log it and look again later
             logger.warning("looking up the country of bans failed", extra={"error": str(exc)})
+        # The api's stop cancels this task. A cancel that lands while redis-py opens a
+        # connection under its socket timeout may end there without raising (redis-py
+        # 7.4, unix socket): the task is still marked as cancelling, so stop here.
+        if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            raise asyncio.CancelledError
         await asyncio.sleep(EVERY)

@@ -14,13 +14,19 @@ from pyfilter.common.keys import Keys
 from pyfilter.common.redisio import connect
 from pyfilter.common.whitelist import Whitelist
 
+# (s) A reply that takes longer ends the request with a 503 (after the client's retries):
+# a primary lost without closing its connections (a host gone, a frozen VM) would
+# otherwise hold each request until the kernel gives up on the connection.
+SOCKET_TIMEOUT = 10.0
+
 
 class Api:
     def __init__(self, settings: Settings, geo: Geo | None = None):
         cfg = settings.config
         self.settings = settings
         self.keys = Keys(cfg.redis.prefix)
-        self.client = connect(cfg.redis)
+        # A confirmed write's WAIT may take up to wait_timeout_ms on top.
+        self.client = connect(cfg.redis, socket_timeout=SOCKET_TIMEOUT + cfg.redis.wait_timeout_ms / 1000)
         self.whitelist = Whitelist(self.client, self.keys, cfg.whitelist)
         self.own = hosts.OwnAddresses(self.client, self.keys)
         self.geo = geo or Geo(cfg.geoip.country_db, cfg.geoip.asn_db)

@@ -22,6 +22,7 @@ import redis.asyncio as redis
 
 from pyfilter.common.addresses import Address, InvalidAddress, Network, parse_address, parse_network
 from pyfilter.common.keys import Keys
+from pyfilter.common.redisio import transaction
 
 
 # A host's name is part of its keys and of its Redis user's key patterns: no
@@ -47,9 +48,13 @@ async def names(client: redis.Redis, keys: Keys) -> list[str]:
 
 async def register(client: redis.Redis, keys: Keys, host: str) -> None:
     """List `host` unless it is: a host made by add-host is listed already, and its
-    Redis user may read the set but not write it."""
+    Redis user may read the set but not write it. A confirmed write (`transaction`):
+    detectors read only listed hosts' lines, and a collector lists its host once, so a
+    listing lost in a failover would leave its lines unread until it starts again."""
     if not await client.sismember(keys.hosts, host):
-        await client.sadd(keys.hosts, host)
+        async with transaction(client) as tx:
+            tx.sadd(keys.hosts, host)
+            await tx.execute()
 
 
 def field(source: str | None = None) -> str:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from pyfilter.api import state
 from pyfilter.api.app import Api
 from pyfilter.common import messages
 from pyfilter.common.keys import Keys
+from tests.conftest import start_redis
 from tests.unit.apisupport import AUTH, TOKEN, call, decisions, settings
 
 
@@ -282,3 +286,29 @@ def test_metrics_show_requests_active_bans_and_pipeline_lag(redis_url):
     assert values["pyfilter_active_bans"] == 1
     assert values["pyfilter_lines_stream_length"] == 3
     assert values['pyfilter_api_requests_total{method="POST",status="201"}'] >= 1
+
+
+def test_a_redis_that_stops_answering_gets_a_503_not_a_request_that_waits(tmp_path, monkeypatch):
+    """A primary lost without closing its connections (a frozen VM, a host gone) would hold
+    each request until the kernel gives up on the connection: the api's socket timeout
+    ends it with a 503, and the api answers again once Redis does."""
+    monkeypatch.setattr(state, "SOCKET_TIMEOUT", 0.5)
+    proc, url = start_redis(tmp_path)
+
+    async def steps(client, redis):
+        assert (await client.get("/api/v1/bans", headers=AUTH)).status == 200  # connected
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            # Not a timing check: without a socket timeout the request never ends.
+            frozen = await asyncio.wait_for(client.get("/api/v1/bans", headers=AUTH), 60)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        again = await client.get("/api/v1/bans", headers=AUTH)
+        return frozen.status, (await frozen.json())["error"], again.status
+    try:
+        status, error, again = call(url, steps)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert status == 503 and "redis unreachable" in error
+    assert again == 200

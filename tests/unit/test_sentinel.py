@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 
 from pyfilter.collector.checkpoints import Committer
 from pyfilter.collector.sources.base import Batch, Stats
-from pyfilter.common import messages, whitelist
+from pyfilter.common import hosts, messages, whitelist
 from pyfilter.common.addresses import parse_network
 from pyfilter.common.config import ConfigError, RedisConfig, Seconds, load, parse_sentinel_url
 from pyfilter.common.keys import Keys
@@ -204,6 +204,8 @@ def test_writes_no_replica_confirms_do_not_count_and_are_kept_until_one_does(ser
                 await ledger.unban(["198.51.100.21"], "host-a", "test")
             with pytest.raises(NotReplicated):
                 await whitelist.add(client, KEYS, parse_network("198.51.100.128/25"))
+            with pytest.raises(NotReplicated):  # detectors read only the lines of listed hosts
+                await hosts.register(client, KEYS, "host-b")
             stats = Stats()
             batch = Batch([messages.Line("auth:1:2:0", "a line")], checkpoint={"offset": b"7"})
             commit = asyncio.create_task(committer.commit("auth", batch, stats))
