@@ -103,6 +103,7 @@ class Nodes:
         await self.each(lambda node: node.client.ping(), [*self.replicas, *self.sentinels])
 
     def down(self) -> str:
+        """The nodes noted as not answering, for an error's message."""
         return "".join(f"; {where} does not answer ({why})" for where, why in self.failed.items())
 
     async def each(self, change, nodes: list[Node] | None = None) -> list:
