@@ -502,6 +502,14 @@ local function escalated(bantime, factor, maxtime, count)
   return d
 end
 
+-- The longest ban `escalated` gives with these settings, whatever the
+-- count (bantime >= 0; config.py: factor >= 1).
+local function longest(c)
+  if c.factor <= 1 then return math.floor(c.bantime) end
+  if c.maxtime >= 0 then return c.maxtime end
+  return math.huge
+end
+
 -- The failure that completes a `span`-long stretch of `threshold` failures
 -- holding one of the `fresh` ones (sorted), the latest such if several; nil
 -- if none. Replicas may record a batch's failures out of order, so a stretch
@@ -776,14 +784,20 @@ local function record_group(keys, at, g, lines, now, on_crossing)
     local id, ts, connection, once = lines[i], math.min(lines[i + 1], now), lines[i + 3], lines[i + 4]
     local counts = ts >= oldest and ts > reset
     if counts and connection ~= '' then
-      local counted = redis.call('HGET', conns_key, connection)  -- '!', or the id of its `once` line
+      -- What the connection counted: '!', or the id of its `once` line. A
+      -- connection's first line (most of them) takes one HSETNX.
       if once then
-        counts = not counted
-        if counts then redis.call('HSET', conns_key, connection, id); conns_changed = true end
-      elseif counted ~= '!' then
-        if counted then redis.call('ZREM', window_key, counted) end
-        redis.call('HSET', conns_key, connection, '!')
+        counts = redis.call('HSETNX', conns_key, connection, id) == 1
+        conns_changed = conns_changed or counts
+      elseif redis.call('HSETNX', conns_key, connection, '!') == 1 then
         conns_changed = true
+      else
+        local counted = redis.call('HGET', conns_key, connection)
+        if counted ~= '!' then
+          redis.call('ZREM', window_key, counted)
+          redis.call('HSET', conns_key, connection, '!')
+          conns_changed = true
+        end
       end
     end
     if counts and redis.call('ZADD', window_key, 'NX', ts, id) == 1 then
@@ -853,14 +867,17 @@ end
 -- longer bantime). Also whether the address may be in the active set
 -- (write_ban's `listed`).
 local function ban_duration(s, ban_key, count_key, c, address, now)
-  local count = tonumber(redis.call('GET', count_key) or '0') + 1
-  local duration = escalated(c.bantime, c.factor, c.maxtime, count)
   local current = redis.call('ZSCORE', s.active, address)
+  local held = nil
   if current and (current == 'inf' or tonumber(current) > now) then
     if current == 'inf' then return end
-    local held = held_duration(ban_key, address, tonumber(current))
-    if duration >= 0 and (held < 0 or duration <= held) then return end
+    held = held_duration(ban_key, address, tonumber(current))
+    -- Held at least as long as any ban of `c`, whatever the count: not read.
+    if c.bantime >= 0 and (held < 0 or held >= longest(c)) then return end
   end
+  local count = tonumber(redis.call('GET', count_key) or '0') + 1
+  local duration = escalated(c.bantime, c.factor, c.maxtime, count)
+  if held and duration >= 0 and (held < 0 or duration <= held) then return end
   return duration, current ~= false
 end
 
@@ -1146,8 +1163,11 @@ local function account_stretch(entries, g)
   return first, last, times, addrs
 end
 
--- Whether `address` logged in as the account within success_memory before `trigger`.
-local function logged_in(logins_key, address, trigger, g)
+-- Whether `address` logged in as the account within success_memory before
+-- `trigger`. `any`: whether anyone did (an account most often has no logins:
+-- one EXISTS per crossing, not a ZSCORE per address).
+local function logged_in(logins_key, any, address, trigger, g)
+  if not any then return false end
   local login = redis.call('ZSCORE', logins_key, address)
   return login and tonumber(login) >= trigger - g.success_memory
 end
@@ -1158,11 +1178,12 @@ end
 local function account_crossing_of(g, now, times, addrs, first, last, logins_key, lines_key)
   local trigger = times[last]
   local evidence, spared, listed = {}, {}, {}
+  local any = redis.call('EXISTS', logins_key) == 1
   for i = first, last do
     local a = addrs[i]
     if not listed[a] then
       listed[a] = true
-      if logged_in(logins_key, a, trigger, g) then spared[#spared + 1] = a else evidence[#evidence + 1] = a end
+      if logged_in(logins_key, any, a, trigger, g) then spared[#spared + 1] = a else evidence[#evidence + 1] = a end
     end
   end
   return {id = g.id, rule = g.rule, account = g.account, host = g.host, trigger = trigger, at = now,
@@ -1181,11 +1202,12 @@ local function late_evidence(c, late, logins_key, g)
   for _, a in ipairs(c.evidence) do known[a] = true end
   for _, a in ipairs(c.spared) do known[a] = true end
   local added = {}
+  local any = redis.call('EXISTS', logins_key) == 1
   for _, a in ipairs(late) do
     if not known[a] and #c.evidence + #c.spared < ACCOUNT_KEEP then
       known[a] = true
       c.failures = c.failures + 1
-      if logged_in(logins_key, a, c.trigger, g) then
+      if logged_in(logins_key, any, a, c.trigger, g) then
         c.spared[#c.spared + 1] = a
       else
         c.evidence[#c.evidence + 1] = a
@@ -1206,6 +1228,8 @@ local function record_account_group(keys, at, g, now, on_crossing)
   remember_logins(logins_key, g, now)
   local state = redis.call('HMGET', state_key, 'reset', 'pending', 'crossing')
   local reset, pending, crossed = tonumber(state[1] or '-1'), state[2], state[3]
+  -- Most accounts' windows never crossed: no state to keep alive.
+  local has_state = (state[1] or state[2] or state[3]) and true
   local oldest = now - g.span
   local lines, texts, late = g.lines, {}, {}
   for i = 1, #lines, 4 do
@@ -1242,6 +1266,7 @@ local function record_account_group(keys, at, g, now, on_crossing)
       local c = account_crossing_of(g, now, times, addrs, first, last, logins_key, lines_key)
       pending = on_crossing(c, state_key, c.evidence) or pending
       redis.call('HSET', state_key, 'reset', c.trigger, 'crossing', cmsgpack.pack(c))
+      has_state = true
       redis.call('ZREMRANGEBYSCORE', window_key, '-inf', c.trigger)
       redis.call('DEL', lines_key)
     else
@@ -1249,7 +1274,7 @@ local function record_account_group(keys, at, g, now, on_crossing)
     end
     redis.call('EXPIRE', window_key, ttl)
   end
-  if #texts > 0 or #late > 0 then redis.call('EXPIRE', state_key, ttl) end
+  if has_state and (#texts > 0 or #late > 0) then redis.call('EXPIRE', state_key, ttl) end
   if pending then redis.call('EXPIRE', state_key, RECORD_GRACE) end
   return pending or nil
 end
