@@ -4,7 +4,7 @@
                     [--host NAME] [--now ISO8601] [--json] LOG...
 
 Nothing here decides a ban: the lines go through the detector's own step
-(`Detector.observe_batches`, then `Detector.decide`: matching, connection
+(`Detector.observe_texts`, then `Detector.decide`: matching, connection
 state, never-ban addresses and whitelist, then the ledger's windows,
 escalation and recidive) against a Redis of replay's own (ownredis.py), whose
 ledger runs on a clock of log time (common/logtime.py). So every window kind
@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fnmatch
+import gc
 import heapq
 import os
 import socket
@@ -40,6 +42,7 @@ from pyfilter.common.timeparse import get_zone
 STEP = 1.0  # seconds of log time per window call at most
 MAX_FAILURES = 5000  # failures per window call at most (the ledger cuts them further)
 HISTORY_READ = 10_000  # bans decided before their records are read from the history stream
+GC_YOUNG = 10_000  # objects made (net) between the garbage collector's runs while replaying (`_few_collections`)
 
 
 @dataclass
@@ -55,6 +58,11 @@ class Outcome:
     first: float | None = None  # log time of the first and last failure
     last: float | None = None
     seconds: float = 0.0
+
+    def __repr__(self) -> str:
+        # Short: asyncio.run formats the task that returns an outcome as it ends (Python 3.11),
+        # which took ~0.2 s with thousands of bans in it.
+        return f"Outcome({self.config!r}, {len(self.bans)} bans, {self.failures} failures)"
 
 
 @dataclass(frozen=True)
@@ -100,11 +108,29 @@ async def replay(settings: configuration.Settings, logs: list[Log], host: str, n
             whitelist = await detector.whitelist.networks()
             detector.judge_with(set(), whitelist)
             seen = _in_log_time(detector, logs, host, now, whitelist, outcome)
-            await _decide_all(detector, _steps(seen), outcome)
+            with _few_collections():
+                await _decide_all(detector, _steps(seen), outcome)
         finally:
             await detector.client.aclose()
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+@contextlib.contextmanager
+def _few_collections() -> Iterator[None]:
+    """The garbage collector run less often while the logs are replayed: a replay
+    makes millions of short-lived objects, each 700 of which (the default) started
+    a collection that walked the long-lived ones too: 1-3 s of a shipped sshd's
+    replay of a million lines (docs/benchmarks.md, "What if").
+    What exists before (modules, the compiled rules) is left out of collections."""
+    young, *older = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(young, GC_YOUNG), *older)
+    try:
+        yield
+    finally:
+        gc.set_threshold(young, *older)
+        gc.unfreeze()
 
 
 def _in_log_time(detector, logs: list[Log], host: str, now: float | None, whitelist: list,
@@ -125,14 +151,15 @@ def _seen(detector, index: int, log: Log, host: str, now: float | None, whitelis
     reference = now if now is not None else os.stat(log.path).st_mtime  # for year-less dates
     last = 0.0
     n = 0
+    # The lines are given apart, by their texts: a Line (its id) is made only for a line that fails.
+    batch = messages.LineBatch(host=host, source=log.source, lines=[], read_at=0.0, tz=log.tz, program=log.program)
     for texts in matching.read_batches(log.path):
-        lines = [messages.Line(f"{index}:{n + i}", text) for i, text in enumerate(texts)]
+        def line_of(i: int, texts: list[str] = texts, first: int = n) -> messages.Line:
+            return messages.Line(f"{index}:{first + i}", texts[i])
         n += len(texts)
         outcome.lines += len(texts)
-        batch = messages.LineBatch(host=host, source=log.source, lines=lines, read_at=0.0, tz=log.tz,
-                                   program=log.program)
         logins: list = []
-        observed, _ = detector.observe_batches([batch], reference, set(), whitelist, logins)
+        observed = detector.observe_texts(batch, texts, line_of, reference, set(), whitelist, logins)
         # The matcher yields a batch's failures, then its logins: in log time again.
         for o in sorted([*observed, *logins], key=lambda o: o.time or last) if logins else observed:
             if o.time:
@@ -151,23 +178,30 @@ def _steps(seen: Iterator) -> Iterator[tuple[float, list, list]]:
 
     chunk: list = []
     logins: list = []
-    start = now = float("-inf")
+    start: float | None = None  # the time of the step's first failure or login
+    now = float("-inf")
     for o in seen:
-        if (chunk or logins) and (o.time - start > STEP or len(chunk) >= MAX_FAILURES):
+        at = o.time
+        if start is None:
+            start = at
+        elif at - start > STEP or len(chunk) >= MAX_FAILURES:
             yield now, chunk, logins
             chunk, logins = [], []
-        if not chunk and not logins:
-            start = o.time
-        (logins if isinstance(o, Login) else chunk).append(o)
-        now = max(now, o.time)  # log time never runs backwards
-    if chunk or logins:
+            start = at
+        if type(o) is Login:
+            logins.append(o)
+        else:
+            chunk.append(o)
+        if at > now:  # log time never runs backwards
+            now = at
+    if start is not None:
         yield now, chunk, logins
 
 
 async def _decide_all(detector, steps: Iterator[tuple[float, list, list]], outcome: Outcome) -> None:
     """Each step's failures into the windows, one step after the other. Redis runs a
-    step's call while the next step's lines are matched here (its request is
-    written before matching starts), so the two take turns on no lock."""
+    step's call while the next step's lines are matched and grouped here (its
+    request is written before matching starts), so the two take turns on no lock."""
     keys, client = detector.keys, detector.client
     seen = "0-0"  # the last history entry read: each ban's record comes from there
     unread = 0  # bans decided since
@@ -182,6 +216,7 @@ async def _decide_all(detector, steps: Iterator[tuple[float, list, list]], outco
     running: asyncio.Task | None = None
     try:
         for now, observed, logins in steps:  # matching happens here, as the generator runs
+            plan = detector.windows.plan(observed, now, logins)  # and the grouping, before Redis is done
             if running is not None:
                 unread += len(await running)
                 # The history stream keeps its last HISTORY_MAXLEN entries: read well before.
@@ -192,7 +227,7 @@ async def _decide_all(detector, steps: Iterator[tuple[float, list, list]], outco
                 if outcome.first is None:
                     outcome.first = observed[0].time
                 outcome.last = now
-            running = asyncio.create_task(detector.decide(observed, now, logins))
+            running = asyncio.create_task(detector.decide(observed, now, logins, plan))
             await asyncio.sleep(0)  # the task runs until it waits for Redis's answer
         if running is not None:
             await running

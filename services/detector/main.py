@@ -20,7 +20,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from redis.exceptions import ResponseError
 
@@ -38,7 +38,7 @@ from pyfilter.common.whitelist import Whitelist
 from pyfilter.detector import metrics
 from pyfilter.detector.matching import Matcher
 from pyfilter.detector.pruner import prune_until
-from pyfilter.detector.windows import Login, NewBan, Observed, Windows, digest
+from pyfilter.detector.windows import Login, NewBan, Observed, Plan, Windows, digest
 
 logger = logging.getLogger("pyfilter.detector")
 
@@ -70,6 +70,7 @@ class Detector:
         self._countable_cache: dict[str, str | None] = {}
         # What the cache was made with: the host addresses and whitelist.
         self._countable_basis: tuple = ()
+        self._login_cache: dict[tuple[str, str], str | None] = {}  # (rule, host) -> `_login_address`
         self.own = hosts.OwnAddresses(self.client, self.keys)
         self._unknown_rules: set[str] = set()  # named by a container's label, not enabled (said once)
         # A container's hostname is unique per replica and stable across its
@@ -92,34 +93,44 @@ class Detector:
                 whitelist: list, logins: list[Login] | None = None) -> list[Observed]:
         """Failures in a batch, minus addresses that must never be counted; its
         successful logins go to `logins` (for per-account windows)."""
+        lines = batch.lines
+        return self.observe_texts(batch, [line.text for line in lines], lines.__getitem__, now, own, whitelist,
+                                  logins)
+
+    def observe_texts(self, batch: messages.LineBatch, texts: Sequence[str], line_of: Callable[[int], messages.Line],
+                      now: float, own: set, whitelist: list, logins: list[Login] | None = None) -> list[Observed]:
+        """`observe` of a batch whose lines come apart (its own `lines` are not read):
+        their texts, and `line_of(i)` the Line of text i, asked only of lines that fail
+        (`pyfilter replay` makes no Line for the others: most lines of a log)."""
         basis = (frozenset(own), tuple(whitelist))
         if basis != self._countable_basis:  # addresses or whitelist changed: judge afresh
             self._countable_cache.clear()
             self._countable_basis = basis
         if batch.rules:
             self._warn_unknown_rules(batch)
-        found = []
-        lines = batch.lines
+        found: list[Observed] = []
         # Containers of one host each have their own pids: their connections are kept apart.
         origin = f"{batch.host}/{batch.container}" if batch.container else batch.host
-        for i, f in self.matcher.match_batch([line.text for line in lines], batch.source, now, origin,
-                                             batch.tz, batch.program, batch.rules, batch.skip):
-            address = self._countable(f.address, own, whitelist)
-            if address is not None and f.rule in self.v6_prefix and ":" in address:
-                address = self._prefix_of(address, self.v6_prefix[f.rule], own, whitelist)
-            if address is not None:
-                line = lines[i]
-                connection = f"{origin}:{batch.source}:{f.connection}" if f.connection else ""
-                # A time the source knows exactly (a container's stream time) wins over the text's.
-                when = line.time or f.time or batch.read_at
-                value = digest(f.value) if f.value else ""
-                found.append(Observed(f.rule, address, batch.host, when, line.id, line.text, connection, f.once,
-                                      f.weight, value, f.user))
+        host, read_at, cache, v6_prefix = batch.host, batch.read_at, self._countable_cache, self.v6_prefix
+        for i, (rule, attacker, at, user, _, conn, once, count, weight, value) in self.matcher.match_batch(
+                texts, batch.source, now, origin, batch.tz, batch.program, batch.rules, batch.skip):
+            address = cache[attacker] if attacker in cache else self._countable(attacker, own, whitelist)
+            if address is None:
+                continue
+            if rule in v6_prefix and ":" in address:
+                address = self._prefix_of(address, v6_prefix[rule], own, whitelist)
+            line = line_of(i)
+            connection = f"{origin}:{batch.source}:{conn}" if conn else ""
+            # A time the source knows exactly (a container's stream time) wins over the text's.
+            when = line.time or at or read_at
+            value = digest(value) if value else ""
+            found.append(Observed(rule, address, host, when, line.id, line.text, connection, once, weight, value,
+                                  user))
+            if count > 1:
                 # rsyslog's "message repeated N times": N failures, each with
                 # its own stable id, so a redelivery still counts each once.
-                found += [Observed(f.rule, address, batch.host, when, f"{line.id}#{n}",
-                                   line.text, connection, f.once, f.weight, value, f.user)
-                          for n in range(2, f.count + 1)]
+                found += [Observed(rule, address, host, when, f"{line.id}#{n}", line.text, connection, once,
+                                   weight, value, user) for n in range(2, count + 1)]
         for s in self.matcher.take_successes():
             if logins is not None and (address := self._login_address(s.rule, s.address)) is not None:
                 logins.append(Login(s.rule, address, s.user, batch.host, s.time or batch.read_at))
@@ -127,7 +138,17 @@ class Detector:
 
     def _login_address(self, rule: str, host: str) -> str | None:
         """A login's address as its rule counts failures: normalized, an IPv6 address as its
-        network where the rule bans networks (whitelisted or not: it only spares)."""
+        network where the rule bans networks (whitelisted or not: it only spares).
+        Remembered, as `_countable`: the same few addresses log in again and again."""
+        cache = self._login_cache
+        found = cache.get((rule, host), False)
+        if found is False:
+            if len(cache) >= 100_000:
+                cache.clear()
+            found = cache[(rule, host)] = self._login_check(rule, host)
+        return found  # type: ignore[return-value]
+
+    def _login_check(self, rule: str, host: str) -> str | None:
         try:
             addr = parse_address(host)
         except InvalidAddress:
@@ -205,7 +226,7 @@ class Detector:
         """The failures in batches of lines, and their lines by (host, source); their
         successful logins go to `logins` (per-account windows).
         Half of the detector's one step from lines to bans; `decide` is the other
-        (`pyfilter replay` runs both on logs, in log time)."""
+        (`pyfilter replay` runs both on logs, in log time: this half as `observe_texts`)."""
         observed: list[Observed] = []
         lines: Counter = Counter()
         for batch in batches:
@@ -213,12 +234,14 @@ class Detector:
             lines[batch.host, batch.source] += len(batch.lines)
         return observed, lines
 
-    async def decide(self, observed: list[Observed], now: float, logins: Sequence[Login] = ()) -> list[NewBan]:
+    async def decide(self, observed: list[Observed], now: float, logins: Sequence[Login] = (),
+                     plan: Plan | None = None) -> list[NewBan]:
         """Count failures into the windows at `now` (`logins` spare their addresses in
-        per-account windows); the bans they decided."""
+        per-account windows); the bans they decided. `plan`: `windows.plan` of them,
+        if made already (`pyfilter replay` makes it while Redis runs the step before)."""
         for rule, count in Counter(o.rule for o in observed).items():
             metrics.FAILURES.labels(rule).inc(count)
-        banned = await self.windows.record(observed, now, logins)
+        banned = await self.windows.record_plan(plan or self.windows.plan(observed, now, logins))
         for ban in banned:
             metrics.BANS.labels(ban.rule).inc()
             logger.info("ban decided", extra={"address": ban.address, "rule": ban.rule,

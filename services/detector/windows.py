@@ -7,6 +7,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import NamedTuple
 
 import msgspec
@@ -68,7 +69,17 @@ ACCOUNT_NAME_MAX = 100
 
 
 def account_name(user: str) -> str:
+    if len(user) <= ACCOUNT_NAME_MAX and user.isascii():  # the usual name, as it is (no copy)
+        return user
     return user[:ACCOUNT_NAME_MAX].encode("utf-8", "replace").decode("utf-8")
+
+
+class Plan(NamedTuple):
+    """A step's failures and logins grouped for the ledger (`Windows.plan`), at log time `now`."""
+
+    groups: list[list[object]]  # per (rule, address, host), as record_failures reads them
+    accounts: list[list[object]]  # per (rule, account, host), as record_accounts reads them
+    now: float
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,17 @@ def weighted(o: Observed, most: int) -> list[object]:
     return fields
 
 
+def _getter(*names: str) -> itemgetter:
+    """Observed's fields `names`, read at C speed (a replay groups every failure of a log)."""
+    return itemgetter(*(Observed._fields.index(name) for name in names))
+
+
+# A failure's group, and its fields in the group, as `_groups` and `_account_groups` send them.
+_group_of = _getter("rule", "address", "host")
+_fields = _getter("line_id", "time", "text", "connection", "once", "weight", "value")  # as `weighted`
+_account_fields = _getter("line_id", "time", "address", "text")
+
+
 class Windows:
     """Applies observed failures to the windows; returns the bans they caused."""
 
@@ -148,8 +170,16 @@ class Windows:
         """Apply the failures (the ledger sends every call of a step, per address and
         per account, in one round trip per node), and raises if any call failed:
         nothing is acknowledged then. `logins` spare their addresses in per-account windows."""
-        accounts = self._account_groups(observed, logins) if self._accounts else []
-        banned = await self._ledger.record(self._groups(observed), accounts, now, self._recidive)
+        return await self.record_plan(self.plan(observed, now, logins))
+
+    def plan(self, observed: list[Observed], now: float, logins: Sequence[Login] = ()) -> Plan:
+        """The work of `record` before Redis: the failures and logins grouped as the
+        ledger takes them (`pyfilter replay` plans a step while Redis runs the one before)."""
+        return Plan(self._groups(observed), self._account_groups(observed, logins) if self._accounts else [], now)
+
+    async def record_plan(self, plan: Plan) -> list[NewBan]:
+        """`record` of a step already planned."""
+        banned = await self._ledger.record(plan.groups, plan.accounts, plan.now, self._recidive)
         return [NewBan(*ban) for ban in banned]
 
     def _account_groups(self, observed: list[Observed], logins: Sequence[Login]) -> list[list[object]]:
@@ -157,9 +187,10 @@ class Windows:
         host), as record_accounts reads them."""
         failures: dict[tuple[str, str, str], list[object]] = defaultdict(list)
         logged: dict[tuple[str, str, str], list[object]] = defaultdict(list)
+        counted = self._accounts
         for o in observed:
-            if o.user and o.rule in self._accounts:
-                failures[(o.rule, account_name(o.user), o.host)] += (o.line_id, o.time, o.address, o.text)
+            if o.user and o.rule in counted:
+                failures[(o.rule, account_name(o.user), o.host)].extend(_account_fields(o))
         for login in logins:
             if login.user and login.rule in self._accounts:
                 logged[(login.rule, account_name(login.user), login.host)] += (login.address, login.time)
@@ -186,10 +217,12 @@ class Windows:
         a rule with a slow window has a second group for it, with the same list of
         lines (which the ledger sends once)."""
         groups: dict[tuple[str, str, str], list[object]] = defaultdict(list)
+        copies = self._copies
         for o in observed:
-            most = self._copies.get(o.rule)
-            groups[(o.rule, o.address, o.host)] += weighted(o, most) if o.weight > 1 and most else \
-                (o.line_id, o.time, o.text, o.connection, o.once, o.weight, o.value)
+            if o.weight > 1 and (most := copies.get(o.rule)):
+                groups[_group_of(o)].extend(weighted(o, most))
+            else:
+                groups[_group_of(o)].extend(_fields(o))
         found = [[name, address, host, *self._settings[name], lines]
                  for (name, address, host), lines in groups.items()]
         for (name, address, host), lines in groups.items():

@@ -228,3 +228,20 @@ def test_without_redis_server_replay_says_so(tmp_path):
     result = replay("--config", str(long_config(tmp_path)), str(log), env={"PATH": str(empty)})
     assert result.returncode == 2
     assert "redis-server is not on PATH" in result.stderr
+
+
+def test_a_replay_leaves_the_garbage_collector_as_it_found_it(tmp_path):
+    """Replay runs the collector less often while it replays (replay._few_collections):
+    a command run in-process (tests, bench) gets it back as it was, with its bans."""
+    import asyncio
+    import gc
+
+    from pyfilter.cli import matching, replay as replaying
+
+    log = tmp_path / "auth.log"
+    log.write_text("\n".join(attempts(datetime(2025, 3, 1, tzinfo=timezone.utc), A1, 3, 100)) + "\n")
+    settings = matching.settings(long_config(tmp_path))
+    before = gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()
+    outcome = asyncio.run(replaying.replay(settings, replaying.logs_of(settings, [str(log)], None, None), "web1", None))
+    assert (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()) == before
+    assert [(b.address, b.rule) for b in outcome.bans] == [(A1, "sshd")]
