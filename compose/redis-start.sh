@@ -24,6 +24,11 @@
 #   primary the sentinels name) it keeps the users of its own ACL file.
 # - With Redis Cluster (server-cluster.yml): PYFILTER_REDIS_TLS_ONLY=1 as with
 #   Sentinel (the cluster bus over TLS too); the cluster options come as arguments.
+#   PYFILTER_REDIS_USERS_FROM (HOST:PORT of the other nodes, the users' owner
+#   first: the node `pyfilter server` writes first, docs/decisions.md): before it
+#   serves anyone, the node takes the users from the owner; if the owner does not
+#   answer, from the other nodes when all that answer hold the same; otherwise (the
+#   first start; the owner itself, which has it unset) it keeps its own ACL file.
 # - Started as root with PYFILTER_REDIS_RUN_AS=redis (the compose files; the
 #   official image and the air-gapped one alike), it gives the data folder to
 #   that user and the socket's folder to the socket group
@@ -60,10 +65,32 @@ primary_users() {
     return 1
 }
 
+# The users of the cluster's owner (the first of PYFILTER_REDIS_USERS_FROM) or, with the
+# owner down, those every other node that answers holds.
+cluster_users() {
+    [ -n "${PYFILTER_REDIS_USERS_FROM:-}" ] || return 1
+    # shellcheck disable=SC2086  # HOST:PORT words
+    set -- $PYFILTER_REDIS_USERS_FROM
+    users_of "$1" && return
+    owner=$1 agreed="" answered=0
+    shift
+    for node in "$@"; do
+        held=$(users_of "$node") || continue
+        held=$(printf '%s\n' "$held" | sort)
+        if [ "$answered" = 1 ] && [ "$held" != "$agreed" ]; then
+            echo "redis: the users' owner $owner does not answer and the other nodes" \
+                 "disagree: keeping this node's own users (pyfilter server init brings it in step)" >&2
+            return 1
+        fi
+        agreed=$held answered=1
+    done
+    [ "$answered" = 1 ] && printf '%s\n' "$agreed"
+}
+
 acl=$data/users.acl
 touch "$acl"
 {
-    if users=$(primary_users); then
+    if users=$(primary_users) || users=$(cluster_users); then
         printf '%s\n' "$users" | grep -v '^$' || true
     else
         grep -Ev '^user (default|pyfilter-replica|pyfilter-sentinel) ' "$acl" || true

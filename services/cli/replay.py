@@ -120,7 +120,8 @@ async def replay(settings: configuration.Settings, logs: list[Log], host: str, n
 def _few_collections() -> Iterator[None]:
     """The garbage collector run less often while the logs are replayed: a replay
     makes millions of short-lived objects, each 700 of which (the default) started
-    a collection that walked the long-lived ones too, ~15 % of replay's CPU.
+    a collection that walked the long-lived ones too: 1-3 s of a shipped sshd's
+    replay of a million lines (docs/benchmarks.md, "What if").
     What exists before (modules, the compiled rules) is left out of collections."""
     young, *older = gc.get_threshold()
     gc.freeze()

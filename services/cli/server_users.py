@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from pyfilter.common import acl, config
 from pyfilter.common.config import SENTINEL_SCHEMES, RedisConfig, parse_sentinel_url
@@ -83,10 +83,10 @@ class Nodes:
     commands sent to it (`primary` is then the node of the URL, the others `replicas`).
     A change goes to the primary first, then to each other; one that a replica or
     sentinel did not take is named, and the command fails once the others have it. A
-    Sentinel node that was down takes the users when it starts again, before it serves
-    (compose/redis-start.sh from the primary, compose/sentinel.sh from another
-    sentinel); one that was only cut off, and any Cluster node that missed a change,
-    when `pyfilter server init` (`make server`) brings every node in step with the primary."""
+    node that was down takes the users when it starts again, before it serves
+    (compose/redis-start.sh: from the Sentinel primary, or from the Cluster's URL node;
+    compose/sentinel.sh from another sentinel); one that was only cut off when
+    `pyfilter server init` (`make server`) brings every node in step with the primary."""
 
     primary: Node
     replicas: list[Node] = field(default_factory=list)
@@ -96,6 +96,15 @@ class Nodes:
 
     def all(self) -> list[Node]:
         return [self.primary, *self.replicas, *self.sentinels]
+
+    async def reach(self) -> None:
+        """Note the replicas and sentinels (the other Cluster nodes) that do not answer,
+        before anything changes: an error that stops the change then names them."""
+        await self.each(lambda node: node.client.ping(), [*self.replicas, *self.sentinels])
+
+    def down(self) -> str:
+        """The nodes noted as not answering, for an error's message."""
+        return "".join(f"; {where} does not answer ({why})" for where, why in self.failed.items())
 
     async def each(self, change, nodes: list[Node] | None = None) -> list:
         """`change(node)` on every node (or on `nodes`) but those that failed before; a
@@ -126,8 +135,9 @@ class Nodes:
         await self.each(lambda node: node.save())
         if self.failed:
             down = "; ".join(f"{where}: {why}" for where, why in self.failed.items())
-            if self.cluster:  # no node takes the users from another at its start
-                raise NotEverywhere(f"not changed on {down}. Every other node has the change; run "
+            if self.cluster:  # no replica here that a failover could promote
+                raise NotEverywhere(f"not changed on {down}. Every other node has the change; a node that was "
+                                    f"down takes it when it starts again; one still running needs "
                                     f"`pyfilter server init` (make server CLUSTER=1) once it answers again")
             raise NotEverywhere(f"not changed on {down}. Every other node has the change; a node that was "
                                 f"down takes it when it starts again; one still running must not become the "
@@ -166,12 +176,17 @@ async def init(admin: redis.Redis, keys: Keys, passwords: dict[str, str], nodes:
 
 
 async def add_host(admin: redis.Redis, keys: Keys, host: str, nodes: Nodes | None = None) -> str:
-    """Make the host's user (a new password each time: running it again revokes the old
-    one) and list the host for the detectors; return the password."""
+    """List the host for the detectors and make its user (a new password each time:
+    running it again revokes the old one); return the password. Listed first: when the
+    list cannot be written (on a Cluster, the node of its slot down, or every node once
+    the cluster has marked one failed) nothing has changed; a host listed whose user
+    then failed on the primary is harmless (an empty stream) and running it again repairs it."""
     nodes = nodes or Nodes(Node(admin, "redis"))
     password = secrets.token_urlsafe(32)
+    await nodes.reach()
+    await written(nodes, f"{host} not added, nothing changed: the hosts list could not be written",
+                  lambda: admin.sadd(keys.hosts, host))
     await nodes.set_user(acl.host_user(host), password, acl.agent(keys, host))
-    await admin.sadd(keys.hosts, host)
     try:
         await nodes.save()
     except NotEverywhere as exc:
@@ -185,11 +200,29 @@ async def remove_host(admin: redis.Redis, keys: Keys, host: str, nodes: Nodes | 
     it published; its checkpoints and unread lines stay, for a host added again."""
     nodes = nodes or Nodes(Node(admin, "redis"))
     removed = await nodes.delete_user(acl.host_user(host))
-    await admin.srem(keys.hosts, host)
-    await admin.delete(keys.own_addresses(host), keys.status("collector", host), keys.status("enforcer", host),
-                       keys.status_seen(host), keys.decisions_read(host))
+
+    async def unlist() -> None:
+        await admin.srem(keys.hosts, host)
+        await admin.delete(keys.own_addresses(host), keys.status("collector", host), keys.status("enforcer", host),
+                           keys.status_seen(host), keys.decisions_read(host))
+    try:
+        await written(nodes, f"{host}: its user is revoked on every node that answered, but it is still listed: "
+                             f"the hosts list could not be written", unlist)
+    except ServerError:
+        await nodes.each(lambda node: node.save())  # the revocation stands, whatever else failed
+        raise
     await nodes.save()
     return removed
+
+
+async def written(nodes: Nodes, what: str, write) -> None:
+    """`write()`, the admin's own writes (the hosts list, a host's keys); on a Cluster
+    the node of each key's slot must answer, and every node once the cluster has marked
+    one failed (CLUSTERDOWN). Their error is a ServerError naming the nodes down."""
+    try:
+        await write()
+    except (RedisError, RedisClusterException, OSError) as exc:
+        raise ServerError(f"{what} ({exc}){nodes.down()}. Run it again once every node answers") from None
 
 
 def _node_options(cfg: RedisConfig) -> dict:
@@ -316,6 +349,15 @@ class _Admin:
         except BaseException:
             await self.admin.aclose()
             raise
+        if self.nodes.cluster:
+            # Learn the slots first: redis-py's cluster client picks the node of a client's
+            # first command before it knows them, a random primary (then MOVED), which is a
+            # node that is down one time in three.
+            try:
+                await written(self.nodes, "the cluster's slots could not be read", self.admin.initialize)
+            except BaseException:
+                await self.__aexit__()
+                raise
         return self.admin, Keys(cfg.prefix), self.nodes
 
     async def __aexit__(self, *exc) -> None:

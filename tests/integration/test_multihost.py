@@ -30,11 +30,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from redis.crc import key_slot
 
 from tests.integration.stack import ROOT, make_log_dir, running, wait_for
 from tests.integration.hosts import ATTACKER, HOSTS, ThreeHosts, ban_reaches_every_host
 from tests.integration.test_identities import FORBIDDEN, KEYS
 from tests.integration.test_pipeline import sshd_failures
+from tests.unit.test_cluster_acl import node_free_of_host
 
 pytestmark = pytest.mark.integration
 
@@ -274,7 +276,7 @@ def test_primary_killed_mid_attack_loses_no_ban_no_unban_and_counts_each_line_on
     wait_for(rejoined, 60, "the old primary to rejoin as a replica")
 
 
-@pytest.mark.profiles("ha")  # a Cluster node catches up at `pyfilter server init` (tests/unit/test_cluster_acl.py)
+@pytest.mark.profiles("ha")  # the cluster's variant below: it has no sentinel
 def test_a_node_and_a_sentinel_down_during_add_and_remove_host_take_the_users_when_they_start(hosts):
     """A replica and a sentinel stopped while a host is added and another removed take
     the users of now when their containers start again (compose/redis-start.sh from
@@ -304,3 +306,59 @@ def test_a_node_and_a_sentinel_down_during_add_and_remove_host_take_the_users_wh
     for node in (where, "sentinel-3 26381"):
         listed = wait_for(lambda: users(node), 60, f"{node} to answer again")
         assert "pyfilter-host-host-d" in listed and "pyfilter-host-host-e" not in listed, f"{node}: {listed}"
+
+
+@pytest.mark.profiles("cluster")
+def test_a_cluster_node_down_during_add_and_remove_host_takes_the_users_when_it_starts(hosts):
+    """A node (not `redis`, the users' owner) stopped while a host is added and another
+    removed takes the users of now when its container starts again (compose/redis-start.sh
+    from `redis`), with no `make server`. The node holds none of the keys they write, and
+    the others do not mark it failed meanwhile (their cluster-node-timeout raised for the
+    test: else every command is CLUSTERDOWN after 15 s, test_cluster_acl's own case)."""
+    def owner(key: str) -> str:
+        return next(node for node, ranges in slots.items() if any(a <= key_slot(key.encode()) <= b for a, b in ranges))
+    slots = cluster_slots(hosts.redis_cli("CLUSTER", "NODES"))
+    gone, down = node_free_of_host(owner, ["redis-2", "redis-3"])
+    public = PROFILES["cluster"][2]
+    ports = {"redis": "6379", "redis-2": "6380", "redis-3": "6381"}
+
+    def on(node: str, *command: str) -> str:
+        code, out = hosts.exec("redis", *REDIS_CLI, "-h", node, "-p", ports[node], *command)
+        return out if code == 0 else ""
+
+    def node_timeout(ms: int) -> None:
+        for node in ports.keys() - {down}:
+            assert "OK" in on(node, "CONFIG", "SET", "cluster-node-timeout", str(ms)), node
+
+    def server(script: str) -> subprocess.CompletedProcess:
+        return hosts.compose("--profile", "admin", "run", "--rm", "-T", "admin", "sh", "-c", script, check=False)
+    assert server(f"pyfilter server add-host {gone} --url {public}").returncode == 0
+    node_timeout(600_000)
+    try:
+        hosts.container(down).stop()
+        try:
+            changed = server(f"pyfilter server add-host host-d --url {public}; echo added $?; "
+                             f"pyfilter server remove-host {gone}; echo removed $?")
+            assert "added 2" in changed.stdout and "removed 2" in changed.stdout, changed.stdout + changed.stderr
+        finally:
+            hosts.container(down).start()
+
+        def users() -> set[str] | None:
+            out = on(down, "ACL", "USERS")
+            return set(out.split()) if "default" in out.split() else None  # else not listening yet
+        listed = wait_for(users, 60, f"{down} to answer again")
+        assert "pyfilter-host-host-d" in listed and f"pyfilter-host-{gone}" not in listed, f"{down}: {listed}"
+        wait_for(lambda: "cluster_state:ok" in hosts.redis_cli("CLUSTER", "INFO"), 60, "the cluster to work again")
+    finally:
+        node_timeout(15_000)  # compose's, Redis's default
+
+
+def cluster_slots(listing: str) -> dict[str, list[tuple[int, int]]]:
+    """Each primary's slot ranges, by the name it gives out, from a CLUSTER NODES reply."""
+    slots = {}
+    for line in listing.splitlines():
+        fields = line.split()
+        name = fields[1].split(",", 1)[1]
+        slots[name] = [tuple(map(int, r.split("-"))) if "-" in r else (int(r), int(r))
+                       for r in fields[8:] if not r.startswith("[")]
+    return slots

@@ -8,7 +8,11 @@ users, so `pyfilter server` writes every user to every node: a host's user
 does its part (through the cluster client, as its collector does) and is
 refused the rest on every node; `add-host` and `remove-host` change every
 node, a node that missed a change is named and `init` brings it in step; a
-restart of every node keeps the cluster, its data and its users
+node that was stopped during a change takes the users at its start, before it
+answers (from the URL's node, the owner, or with the owner down from the
+others); a node down that holds the hosts list, or a cluster that has marked a
+node failed, stops add-host before anything changes and remove-host after the
+revocation, with exit 2 naming the node; a restart of every node keeps the cluster, its data and its users
 (cluster.sh joins them again and changes nothing).
 
 The tests share one cluster and run in order: the last one restarts it.
@@ -47,6 +51,10 @@ ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "admin-secret"
 ROLES = {"detector": "detector-secret", "api": "api-secret", "notifier": "notifier-secret"}
 KEYS = Keys("pyfilter:")
+# The tests stop nodes on purpose: the others must not mark one failed meanwhile (compose
+# keeps Redis's 15 s, which a loaded machine can pass between two commands), or every
+# command is CLUSTERDOWN. A cluster that did mark one failed has its own test.
+NODE_TIMEOUT_MS = 600_000
 
 
 class Cluster(Processes):
@@ -71,19 +79,37 @@ class Cluster(Processes):
     def start(self) -> None:
         """Every node, then compose/cluster.sh (a new cluster, or the same one joined again)."""
         for port in self.ports:
-            folder = self.root / f"redis-{port}"
-            folder.mkdir(exist_ok=True)
-            shutil.copyfile(ROOT / "compose/redis.conf", folder / "redis.conf")
-            env = {**self.env, "PYFILTER_REDIS_DATA": str(folder), "PYFILTER_REDIS_CONF": str(folder / "redis.conf"),
-                   "PYFILTER_REDIS_TLS_PORT": str(port)}
-            self.procs[port] = subprocess.Popen(
-                ["sh", str(ROOT / "compose/redis-start.sh"), "--port", str(port), "--bind", "127.0.0.1",
-                 "--unixsocket", "", "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
-                 "--cluster-preferred-endpoint-type", "hostname", "--cluster-announce-hostname", "localhost"],
-                env=env, stdout=subprocess.DEVNULL)
+            self.start_node(port)
         self.joined = subprocess.run(["sh", str(ROOT / "compose/cluster.sh"), *(f"127.0.0.1:{p}" for p in self.ports)],
                                      env=self.env, capture_output=True, text=True, timeout=120)
         assert self.joined.returncode == 0, self.joined.stdout + self.joined.stderr
+
+    def start_node(self, port: int) -> None:
+        """One node; all but the first (the URL's, the users' owner) take the users from
+        the others at their start, the owner first, as server-cluster.yml's redis-2 and redis-3."""
+        folder = self.root / f"redis-{port}"
+        folder.mkdir(exist_ok=True)
+        shutil.copyfile(ROOT / "compose/redis.conf", folder / "redis.conf")
+        env = {**self.env, "PYFILTER_REDIS_DATA": str(folder), "PYFILTER_REDIS_CONF": str(folder / "redis.conf"),
+               "PYFILTER_REDIS_TLS_PORT": str(port)}
+        if port != self.ports[0]:
+            env["PYFILTER_REDIS_USERS_FROM"] = " ".join(f"localhost:{p}" for p in self.ports if p != port)
+        self.procs[port] = subprocess.Popen(
+            ["sh", str(ROOT / "compose/redis-start.sh"), "--port", str(port), "--bind", "127.0.0.1",
+             "--unixsocket", "", "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
+             "--cluster-preferred-endpoint-type", "hostname", "--cluster-announce-hostname", "localhost",
+             "--cluster-node-timeout", str(NODE_TIMEOUT_MS)],
+            env=env, stdout=subprocess.DEVNULL)
+
+    def stop_node(self, port: int) -> None:
+        """As `docker compose stop` one node: Redis saves and exits."""
+        self.procs[port].send_signal(signal.SIGTERM)
+        self.procs[port].wait(30)
+
+    def until_ok(self, port: int) -> None:
+        """Until the node serves keys (cluster_state:ok), after a node's start."""
+        self.until(lambda: self.client(port).execute_command("CLUSTER", "INFO").startswith(b"cluster_state:ok"),
+                   f"node {port} to serve the cluster again")
 
     def client(self, port: int, username: str | None = None, password: str = ADMIN) -> redis.Redis:
         """One node's own client (no redirection); no retries: a refusal says so at once."""
@@ -200,21 +226,39 @@ def test_every_node_holds_the_same_users_and_a_host_does_only_its_part_on_each(c
 def quiet_node(cluster: Cluster) -> tuple[str, int]:
     """A host name and a node (not the URL's) holding none of the keys remove-host writes:
     that node can be frozen while the command still does its work on the rest."""
+    return node_free_of_host(cluster.owner, cluster.ports[1:])
+
+
+def node_free_of_host(owner, nodes: list):
+    """(host, node): a host name and one of `nodes` that holds none of the keys add-host and
+    remove-host write for that host (`owner(key)` names the node holding a key)."""
     for n in range(3, 200):
         host = f"web{n}"
         written = {KEYS.hosts, KEYS.own_addresses(host), KEYS.status("collector", host),
                    KEYS.status("enforcer", host), KEYS.status_seen(host), KEYS.decisions_read(host)}
-        free = set(cluster.ports[1:]) - {cluster.owner(k) for k in written}
+        free = [node for node in nodes if node not in {owner(k) for k in written}]
         if free:
             return host, min(free)
     raise AssertionError("no host name leaves a node free")
 
 
-def test_add_host_and_remove_host_change_every_node_and_a_node_that_missed_one_catches_up(cluster, users, tmp_path):
+def cli_env(cluster: Cluster, tmp_path: Path) -> dict[str, str]:
+    """`pyfilter server` as the admin, through the cluster from the first node (the URL's)."""
     (tmp_path / "none.yaml").write_text("{}\n")
-    env = {"PYFILTER_CONFIG": str(tmp_path / "none.yaml"), "PYFILTER_REDIS_URL": f"rediss://localhost:{cluster.ports[0]}/0",
-           "PYFILTER_REDIS_CLUSTER": "1", "PYFILTER_REDIS_PASSWORD": ADMIN, "PYFILTER_REDIS_CA": str(cluster.ca),
-           **{server.ROLE_PASSWORDS[r]: p for r, p in ROLES.items()}}
+    return {"PYFILTER_CONFIG": str(tmp_path / "none.yaml"), "PYFILTER_REDIS_URL": f"rediss://localhost:{cluster.ports[0]}/0",
+            "PYFILTER_PUBLIC_REDIS_URL": f"rediss://localhost:{cluster.ports[0]}/0",
+            "PYFILTER_REDIS_CLUSTER": "1", "PYFILTER_REDIS_PASSWORD": ADMIN, "PYFILTER_REDIS_CA": str(cluster.ca),
+            **{server.ROLE_PASSWORDS[r]: p for r, p in ROLES.items()}}
+
+
+def password_of(added: subprocess.CompletedProcess) -> str:
+    """The host's password in add-host's output."""
+    settings = dict(line.split("=", 1) for line in added.stdout.splitlines())
+    return settings["PYFILTER_REDIS_URL"].split("@")[0].rsplit(":", 1)[1]
+
+
+def test_add_host_and_remove_host_change_every_node_and_a_node_that_missed_one_catches_up(cluster, users, tmp_path):
+    env = cli_env(cluster, tmp_path)
     host, frozen = quiet_node(cluster)
     added = cli("server", "add-host", host, "--url", f"rediss://localhost:{cluster.ports[0]}/0", env=env)
     assert added.returncode == 0, added.stderr
@@ -251,6 +295,112 @@ def users_of(cluster: Cluster, port: int) -> dict[str, set]:
         return frozenset(text.strip("()").split()) if text.startswith("(") else text
     return {user: {rule(r) for r in rules}
             for user, rules in map(acl.parse_acl_list_line, cluster.client(port).acl_list())}
+
+
+def test_a_node_down_during_add_host_and_remove_host_takes_the_users_from_the_owner_when_it_starts(
+        cluster, users, tmp_path):
+    env = cli_env(cluster, tmp_path)
+    gone, down = quiet_node(cluster)  # remove-host's keys, and add-host's, on the nodes that stay up
+    added = cli("server", "add-host", gone, env=env)
+    assert added.returncode == 0, added.stderr
+    old_password = password_of(added)
+    assert cluster.client(down, acl.host_user(gone), old_password).ping()
+
+    # Stopped (not frozen) while a host is added and another removed; no `init` after.
+    cluster.stop_node(down)
+    added = cli("server", "add-host", "web-new", env=env)
+    assert added.returncode == 2 and f"localhost:{down}" in added.stderr, added.stderr
+    removed = cli("server", "remove-host", gone, env=env)
+    assert removed.returncode == 2 and f"localhost:{down}" in removed.stderr, removed.stderr
+    cluster.start_node(down)
+    cluster.until(lambda: cluster.client(down).ping(), f"node {down} to answer again")
+
+    # It took them before it answered anyone: the new host logs in there, the removed one is refused.
+    assert cluster.client(down, acl.host_user("web-new"), password_of(added)).ping()
+    with pytest.raises(redis.AuthenticationError):
+        cluster.client(down, acl.host_user(gone), old_password).ping()
+    assert users_of(cluster, down) == users_of(cluster, cluster.ports[0])
+
+
+def test_a_down_node_holding_the_hosts_list_stops_add_host_before_any_change_and_remove_host_after_the_revocation(
+        cluster, users, tmp_path):
+    env = cli_env(cluster, tmp_path)
+    holder = cluster.owner(KEYS.hosts)
+    added = cli("server", "add-host", "web-held", env=env)
+    assert added.returncode == 0, added.stderr
+    held_password = password_of(added)
+    cluster.stop_node(holder)
+    try:
+        never = cli("server", "add-host", "web-never", env=env)
+        assert never.returncode == 2 and f"localhost:{holder}" in never.stderr, never.stderr
+        assert "nothing changed" in never.stderr and never.stdout == "", never.stderr
+        removed = cli("server", "remove-host", "web-held", env=env)
+        assert removed.returncode == 2 and f"localhost:{holder}" in removed.stderr, removed.stderr
+        assert "still listed" in removed.stderr, removed.stderr
+        up = [port for port in cluster.ports if port != holder]
+        for port in up:
+            assert acl.host_user("web-never") not in users_of(cluster, port), f"node {port} made web-never"
+            with pytest.raises(redis.AuthenticationError):  # revoked wherever a node answered
+                cluster.client(port, acl.host_user("web-held"), held_password).ping()
+    finally:
+        cluster.start_node(holder)
+    cluster.until(lambda: cluster.client(holder).ping(), f"node {holder} to answer again")
+    # The holder took the revocation at its start (not the URL's node: it has the owner's users)...
+    assert holder != cluster.ports[0]
+    with pytest.raises(redis.AuthenticationError):
+        cluster.client(holder, acl.host_user("web-held"), held_password).ping()
+    assert users_of(cluster, holder) == users_of(cluster, cluster.ports[0])
+    cluster.until_ok(holder)
+    listed = cluster.client(holder).smembers(KEYS.hosts)
+    assert b"web-held" in listed and b"web-never" not in listed
+    # ...and running remove-host again unlists the host.
+    again = cli("server", "remove-host", "web-held", env=env)
+    assert again.returncode == 1 and "no Redis user" in again.stderr, again.stderr
+    assert b"web-held" not in cluster.client(holder).smembers(KEYS.hosts)
+
+
+def test_a_node_that_starts_while_the_owner_is_down_takes_the_users_from_the_other_nodes(cluster, users, tmp_path):
+    env = cli_env(cluster, tmp_path)
+    _, down = quiet_node(cluster)
+    owner, other = cluster.ports[0], next(p for p in cluster.ports[1:] if p != down)
+    cluster.stop_node(down)
+    added = cli("server", "add-host", "web-later", env=env)
+    assert added.returncode == 2 and f"localhost:{down}" in added.stderr, added.stderr
+    cluster.stop_node(owner)
+    try:
+        cluster.start_node(down)
+        cluster.until(lambda: cluster.client(down).ping(), f"node {down} to answer again")
+        assert cluster.client(down, acl.host_user("web-later"), password_of(added)).ping()
+        assert users_of(cluster, down) == users_of(cluster, other)
+    finally:
+        cluster.start_node(owner)
+    cluster.until_ok(owner)
+
+
+def test_once_the_cluster_marks_a_down_node_failed_add_host_fails_before_any_change(cluster, users, tmp_path):
+    env = cli_env(cluster, tmp_path)
+    _, down = quiet_node(cluster)
+    up = [port for port in cluster.ports if port != down]
+    for port in up:
+        cluster.client(port).config_set("cluster-node-timeout", 1000)
+    try:
+        cluster.stop_node(down)
+        try:
+            cluster.until(lambda: cluster.client(up[0]).execute_command("CLUSTER", "INFO")
+                          .startswith(b"cluster_state:fail"), f"the cluster to mark node {down} failed")
+            failed = cli("server", "add-host", "web-failed", env=env)
+        finally:
+            cluster.start_node(down)
+        for port in cluster.ports:
+            cluster.until_ok(port)
+    finally:
+        for port in up:
+            cluster.client(port).config_set("cluster-node-timeout", NODE_TIMEOUT_MS)
+    assert failed.returncode == 2 and f"localhost:{down}" in failed.stderr, failed.stderr
+    assert "nothing changed" in failed.stderr and "down" in failed.stderr, failed.stderr
+    for port in cluster.ports:
+        assert acl.host_user("web-failed") not in users_of(cluster, port), f"node {port} made web-failed"
+    assert b"web-failed" not in cluster.client(cluster.owner(KEYS.hosts)).smembers(KEYS.hosts)
 
 
 def test_a_restart_of_every_node_keeps_the_cluster_its_data_and_its_users(cluster, users):
