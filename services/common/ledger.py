@@ -40,6 +40,7 @@ import math
 import time
 from datetime import datetime, timezone
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import msgspec
 import redis.asyncio as redis
@@ -190,6 +191,18 @@ def _code_of(entry) -> bytes | str | None:
 
 # A call as sent: the slot of its keys (which Cluster node runs it), and the packed FCALL.
 Call = tuple[int, bytes]
+
+
+class Planned(NamedTuple):
+    """A step's calls as `Ledger.plan` packed them: window calls, account calls, their `now`
+    and the recidive rule's settings."""
+
+    windows: list[Call]
+    accounts: list[Call]
+    now: float
+    recidive: bytes
+
+
 # Redis Cluster's answer when a slot moved (resharding, failover): find the node again.
 # redis-py raises these as their own classes (MovedError is an AskError), the code cut off.
 _MOVED = (AskError, ClusterDownError, TryAgainError)
@@ -448,11 +461,21 @@ class Ledger:
         per node (both idempotent: if one fails, the read is done again). One
         coroutine, no tasks: its request is written before it first waits, so the
         caller's next work (replay's matching) runs while Redis counts."""
-        planned = self._window_calls(groups, now, recidive) if groups else []
-        calls = planned + (self._account_calls(accounts, now, recidive) if accounts else [])
-        replies = await self._calls(calls) if calls else []
-        return (await self._window_replies(replies[:len(planned)], now, recidive)
-                + await self._account_replies(replies[len(planned):], now, recidive))
+        return await self.record_planned(self.plan(groups, accounts, now, recidive))
+
+    def plan(self, groups: Sequence[list[object]], accounts: Sequence[list[object]], now: float,
+             recidive: bytes) -> Planned:
+        """`record`'s calls, packed: its CPU work before Redis (`pyfilter replay` packs a
+        step while Redis runs the one before)."""
+        return Planned(self._window_calls(groups, now, recidive) if groups else [],
+                       self._account_calls(accounts, now, recidive) if accounts else [], now, recidive)
+
+    async def record_planned(self, planned: Planned) -> list[tuple[str, str, int]]:
+        """`record` of calls packed by `plan`."""
+        windows, accounts, now, recidive = planned
+        replies = await self._calls(windows + accounts) if windows or accounts else []
+        return (await self._window_replies(replies[:len(windows)], now, recidive)
+                + await self._account_replies(replies[len(windows):], now, recidive))
 
     async def _window_replies(self, replies: list, now: float, recidive: bytes) -> list[tuple[str, str, int]]:
         """The bans of the window calls' replies (on Cluster: made from their crossings)."""

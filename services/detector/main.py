@@ -29,7 +29,7 @@ from pyfilter.common.addresses import InvalidAddress, never_ban_reason, parse_ad
 from pyfilter.common.config import Settings
 from pyfilter.common.geo import Geo
 from pyfilter.common.keys import DETECT_GROUP, Keys
-from pyfilter.common.ledger import Ledger
+from pyfilter.common.ledger import Ledger, Planned
 from pyfilter.common.metrics import serve as serve_metrics
 from pyfilter.common.network import Widening
 from pyfilter.common.redisio import TRANSIENT, connect, ensure_group, wait_for_redis
@@ -38,7 +38,7 @@ from pyfilter.common.whitelist import Whitelist
 from pyfilter.detector import metrics
 from pyfilter.detector.matching import Matcher
 from pyfilter.detector.pruner import prune_until
-from pyfilter.detector.windows import Login, NewBan, Observed, Plan, Windows, digest
+from pyfilter.detector.windows import Login, NewBan, Observed, Windows, digest
 
 logger = logging.getLogger("pyfilter.detector")
 
@@ -235,7 +235,7 @@ class Detector:
         return observed, lines
 
     async def decide(self, observed: list[Observed], now: float, logins: Sequence[Login] = (),
-                     plan: Plan | None = None) -> list[NewBan]:
+                     plan: Planned | None = None) -> list[NewBan]:
         """Count failures into the windows at `now` (`logins` spare their addresses in
         per-account windows); the bans they decided. `plan`: `windows.plan` of them,
         if made already (`pyfilter replay` makes it while Redis runs the step before)."""

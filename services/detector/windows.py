@@ -16,7 +16,7 @@ import redis.asyncio as redis
 from pyfilter.common import config
 from pyfilter.common.config import Rule
 from pyfilter.common.keys import Keys, account_id
-from pyfilter.common.ledger import Ledger
+from pyfilter.common.ledger import Ledger, Planned
 from pyfilter.common.network import Widening
 
 # How long a line id is remembered by a slow window (ledger.lua, record_slow):
@@ -72,14 +72,6 @@ def account_name(user: str) -> str:
     if len(user) <= ACCOUNT_NAME_MAX and user.isascii():  # the usual name, as it is (no copy)
         return user
     return user[:ACCOUNT_NAME_MAX].encode("utf-8", "replace").decode("utf-8")
-
-
-class Plan(NamedTuple):
-    """A step's failures and logins grouped for the ledger (`Windows.plan`), at log time `now`."""
-
-    groups: list[list[object]]  # per (rule, address, host), as record_failures reads them
-    accounts: list[list[object]]  # per (rule, account, host), as record_accounts reads them
-    now: float
 
 
 @dataclass(frozen=True)
@@ -172,15 +164,15 @@ class Windows:
         nothing is acknowledged then. `logins` spare their addresses in per-account windows."""
         return await self.record_plan(self.plan(observed, now, logins))
 
-    def plan(self, observed: list[Observed], now: float, logins: Sequence[Login] = ()) -> Plan:
-        """The work of `record` before Redis: the failures and logins grouped as the
-        ledger takes them (`pyfilter replay` plans a step while Redis runs the one before)."""
-        return Plan(self._groups(observed), self._account_groups(observed, logins) if self._accounts else [], now)
+    def plan(self, observed: list[Observed], now: float, logins: Sequence[Login] = ()) -> Planned:
+        """The work of `record` before Redis: the failures and logins grouped, and the
+        ledger's calls packed (`pyfilter replay` plans a step while Redis runs the one before)."""
+        accounts = self._account_groups(observed, logins) if self._accounts else []
+        return self._ledger.plan(self._groups(observed), accounts, now, self._recidive)
 
-    async def record_plan(self, plan: Plan) -> list[NewBan]:
+    async def record_plan(self, plan: Planned) -> list[NewBan]:
         """`record` of a step already planned."""
-        banned = await self._ledger.record(plan.groups, plan.accounts, plan.now, self._recidive)
-        return [NewBan(*ban) for ban in banned]
+        return [NewBan(*ban) for ban in await self._ledger.record_planned(plan)]
 
     def _account_groups(self, observed: list[Observed], logins: Sequence[Login]) -> list[list[object]]:
         """Failures and logins of rules with a per-account window, grouped by (rule, account,
