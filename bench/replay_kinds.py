@@ -3,11 +3,11 @@
     .venv/bin/python -m bench.replay_kinds [--lines N]
 
 `make bench` replays the log with sshd counting per address, as fail2ban's jail
-does. The catalog's sshd also ships a slow window and a per-account window
-(docs/rules.md, "Window kinds"); this replays the same file with each of them
-on, then both (the shipped rule), beside `pyfilter match --rule sshd`, and
-prints the wall time of each and its ratio to the match. Numbers go to
-docs/benchmarks.md ("What if").
+does, and with sshd as shipped. The catalog's sshd has a slow window and a
+per-account window (docs/rules.md, "Window kinds"); this replays the same file
+with each of them alone on, then both (the shipped rule), beside `pyfilter match
+--rule sshd`, and prints the wall time of each and its ratio to the match.
+Numbers go to docs/benchmarks.md ("What if: each window kind").
 """
 
 from __future__ import annotations

@@ -181,12 +181,14 @@ def write(run: Run, path: Path = DOC) -> Path:
         "",
         "## What if: `pyfilter replay`",
         "",
-        "`pyfilter replay --config replay.yaml LOG` (sshd with the settings above) runs the",
-        "detector's whole decision over the file in log time, against a redis-server of its own",
-        "(started and removed by the command): matching, never-ban addresses, the ledger's windows",
-        "and bans. Redis runs one step's window call while the next step's lines are matched, so",
-        "on 2 cores the wall time is about the larger of the two CPU shares. The aim: at most twice",
-        "the time of `pyfilter match --rule sshd` on the same file.",
+        "`pyfilter replay --config replay.yaml LOG` runs the detector's whole decision over the file",
+        "in log time, against a redis-server of its own (started and removed by the command):",
+        "matching, never-ban addresses, the ledger's windows and bans. Redis runs one step's window",
+        "call while the next step's lines are matched and grouped, so on 2 cores the wall time is",
+        "about the larger of the two CPU shares. The aim: at most twice the time of",
+        "`pyfilter match --rule sshd` on the same file. Two replays: sshd counting per address, as",
+        "the rows beside fail2ban (`bench/logs.py`, `sshd_as_fail2ban`), and sshd as the catalog",
+        "ships it (also its slow and per-account windows, which make more bans).",
         "",
         *_replay_table(run),
         "",
@@ -296,22 +298,15 @@ LIMITS = """\
   structs lack. Before the pass (9 keys a group packed by redis-py) the detector took 4.2-4.5 s.
   The end-to-end rows above stay within this machine's noise of the previous runs (mixed log,
   1 detector: 11.26 s now, 10.56 s on 2026-11-22).
-- **`pyfilter replay`** runs two processes in turn on each step of log time: Python
-  matches a step's lines (the detector's `observe`, 1.3x the work of `pyfilter match`: the
-  never-ban checks, `Observed`, the Line structs) and packs its window call, and Redis runs
-  the ledger's Lua on it (about 37 µs per failure, as for the live detector, plus about 5 %
-  for keeping expiries in log time). Redis runs one step while Python matches the next, so
-  with a core each the wall time is about the larger share; when other work takes the
-  cores the two shares add up. Measured on the mixed log, 2026-12-06 07:50-07:55 UTC, load
-  4-6 (other sessions' test suites): Python 8.7 s and Redis 7.8 s of CPU
-  (`pyfilter match --rule sshd` 6.6-8.1 s in the same minutes); wall 2.0-2.6x the time of
-  `pyfilter match --rule sshd` (`python -m bench.run --logs mixed --parts matching
-  --no-docs`: 36.55 s against 14.02 s; the same two commands alternated twice: 39.7 s
-  against 21.4 s, 31.8 s against 12.4 s; at 08:08, load 2-3: 15.7 s against 10.0 s,
-  1.58x, with 16.6 CPU s in 15.7 s: the two overlap; then 17.8 s against 7.9 s).
-  Tried: a worker thread for the matching (as the detector does) left Redis's answers
-  waiting for the GIL behind it, no overlap; one window call per 10 s of log instead of
-  1 s saves 15-20 % but dates bans up to 10 s late.
+- **`pyfilter replay`** runs two processes side by side on each step of log time: Python
+  matches a step's lines (the detector's `observe`: `pyfilter match`'s work plus the
+  never-ban checks and a Line for each failing line), groups them and packs the step's
+  window calls, while Redis runs the ledger's Lua on the step before. With a core each the
+  wall time is about the larger share, Redis's: with the shipped sshd about 15-20 s of Redis
+  CPU against 10-12 s of Python on the mixed log ("What if: each window kind" below); when
+  other work takes the cores the two shares add up. Tried: a worker thread for the matching
+  (as the detector does) left Redis's answers waiting for the GIL behind it; one window
+  call per 10 s of log instead of 1 s saves 15-20 % but dates bans up to 10 s late.
 - **Hostile lines** (`python -m bench.hostile_lines`, per rule in docs/hostile-lines.md; whole catalog, one `Matcher.match` per
   line, best of 3, 2026-11-22 03:50 UTC): an 8,000-slash request path takes 2.8 ms in the
   access log and 2.7 ms in the error log; with the nginx-botsearch patterns before commit
