@@ -229,9 +229,11 @@ def test_the_replication_link_logs_in_as_its_own_user_which_may_do_nothing_else(
     for port in servers.data:
         assert servers.admin(port).config_get("masteruser") == {"masteruser": "pyfilter-replica"}
         assert servers.admin(port).config_get("tls-replication") == {"tls-replication": "yes"}
-    for port in servers.data:
-        if port != servers.primary():
-            assert servers.admin(port).info("replication")["master_link_status"] == "up"
+    # The primary lists a replica from its first sync on; its own link says "up" once that sync
+    # is done, logged in as pyfilter-replica (a loaded machine may take a while).
+    replicas = [port for port in servers.data if port != servers.primary()]
+    servers.until(lambda: all(servers.admin(port).info("replication")["master_link_status"] == "up"
+                              for port in replicas), "every replica's link to the primary to be up", timeout=60)
     link = servers.client(servers.primary(), "pyfilter-replica", REPLICA)
     for call in (lambda: link.get(KEYS.active_bans), lambda: link.set("x", "1"),
                  lambda: link.config_get("*"), lambda: link.keys("*")):
