@@ -97,6 +97,7 @@ class Cluster:
             pytest.fail("redis-server is not installed (apt-get install redis-server; `make dev` does it)")
         self.base = base
         self.extra = ["--cluster-node-timeout", str(node_timeout_ms)] if node_timeout_ms else []
+        self.replicas = replicas
         self.ports = _free_ports(primaries * (1 + replicas))
         self.procs: dict[int, subprocess.Popen] = {}
         try:
@@ -151,9 +152,13 @@ class Cluster:
         raise LookupError(f"no replica follows 127.0.0.1:{primary}")
 
     def empty(self) -> None:
-        """Every primary emptied (their replicas follow)."""
+        """Every primary emptied, and each of its replicas holding that (WAIT), so a
+        test starts with every shard confirming writes, not with a replica still busy."""
         for port in self.primaries():
-            self.node(port).flushall()
+            node = self.node(port)
+            node.flushall()
+            if self.replicas and (confirmed := node.wait(self.replicas, 10_000)) < self.replicas:
+                pytest.fail(f"127.0.0.1:{port}: {confirmed} of {self.replicas} replica(s) confirmed FLUSHALL in 10 s")
 
     until = staticmethod(processes.until)
 

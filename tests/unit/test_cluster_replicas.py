@@ -78,7 +78,7 @@ def detector(cluster) -> Detector:
                             "bantime": 3600, "patterns": [r"Failed password for \S+ from <HOST> port \d+"]},
                            Rule, dec_hook=lambda t, v: Seconds(v))
     config = Config(host="detector")
-    config.redis = redis_config(cluster.url, wait_replicas=1, wait_timeout_ms=200)
+    config.redis = redis_config(cluster.url, wait_replicas=1, wait_timeout_ms=500)
     return Detector(Settings(config=config, rules={"sshd": sshd}, path="t"))
 
 
@@ -114,7 +114,7 @@ def test_writes_count_only_once_the_replica_of_their_own_shard_holds_them(cluste
     whitelist_here = frozen in (shard_of(cluster, KEYS.whitelist), shard_of(cluster, KEYS.whitelist_notes))
 
     async def go():
-        client = connect(redis_config(cluster.url, wait_replicas=1, wait_timeout_ms=200))
+        client = connect(redis_config(cluster.url, wait_replicas=1, wait_timeout_ms=500))
         ledger = Ledger(client, KEYS)
         await ledger.load()
         await ledger.ban([manual("198.51.100.250")])
