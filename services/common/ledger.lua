@@ -10,6 +10,41 @@
 
 local MAX_LINES = 10  -- lines kept per window (and so per ban record)
 
+-- A number given to redis.call is formatted by Redis ("%.17g") at every call,
+-- and Lua formats one joined to a string ("%.14g") at every join: together a
+-- tenth of a replay's Redis CPU, for the few log seconds, buckets and window
+-- starts a call's failures share. So the window functions pass the hot ones
+-- as text, each made once: `score(x)` (what Redis would have made of x) and
+-- `below(x)` ('(' .. x, a range's exclusive end, as Lua joins it). Same text,
+-- same result; the cache is emptied when it holds NUMBER_TEXTS.
+local NUMBER_TEXTS = 4096
+local scores, belows, number_texts = {}, {}, 0
+
+local function counted_text()
+  number_texts = number_texts + 1
+  if number_texts > NUMBER_TEXTS then scores, belows, number_texts = {}, {}, 1 end
+end
+
+local function score(x)
+  local text = scores[x]
+  if not text then
+    counted_text()
+    text = string.format('%.17g', x)
+    scores[x] = text
+  end
+  return text
+end
+
+local function below(x)
+  local text = belows[x]
+  if not text then
+    counted_text()
+    text = '(' .. x
+    belows[x] = text
+  end
+  return text
+end
+
 -- A message as its msgspec Struct decodes it: unknown fields are refused
 -- here, the version and tag are the struct's (never typed in Lua).
 local function pack(name, values)
@@ -516,7 +551,8 @@ end
 -- may lie before or after a fresh failure. One pass over the window: a flood
 -- from one address (thousands of failures in one call) stays linear.
 local function crossing(window_key, fresh, span, threshold)
-  local found = redis.call('ZRANGEBYSCORE', window_key, fresh[1] - span, fresh[#fresh] + span, 'WITHSCORES')
+  local found = redis.call('ZRANGEBYSCORE', window_key, score(fresh[1] - span), score(fresh[#fresh] + span),
+                           'WITHSCORES')
   local times = {}
   for i = 2, #found, 2 do times[#times + 1] = tonumber(found[i]) end
   local trigger, f, lo = nil, 1, 1
@@ -617,13 +653,13 @@ local function record_slow(keys, at, g, lines, now, on_crossing)
   local state = redis.call('HMGET', state_key, 'reset', 'pending')
   local reset, pending = tonumber(state[1] or '-1'), state[2]
   local oldest = now - g.span
-  redis.call('ZREMRANGEBYSCORE', ids_key, '-inf', '(' .. (now - horizon))
+  redis.call('ZREMRANGEBYSCORE', ids_key, '-inf', below(now - horizon))
   local fresh, texts, added = {}, {}, false
   for i = 1, #lines, FIELDS do
     local id, ts = lines[i], math.min(lines[i + 1], now)
-    if ts >= oldest and ts > reset and redis.call('ZADD', ids_key, 'NX', now, id) == 1 then
+    if ts >= oldest and ts > reset and redis.call('ZADD', ids_key, 'NX', score(now), id) == 1 then
       local b = math.floor(ts / size)
-      redis.call('HINCRBY', buckets_key, b, lines[i + 5])  -- its weight (1 but for distinct rules)
+      redis.call('HINCRBY', buckets_key, score(b), score(lines[i + 5]))  -- its weight (1 but for distinct rules)
       if not fresh[b] or ts > fresh[b] then fresh[b] = ts end
       if lines[i + 2] ~= '' then texts[#texts + 1] = lines[i + 2] end
       added = true
@@ -800,7 +836,7 @@ local function record_group(keys, at, g, lines, now, on_crossing)
         end
       end
     end
-    if counts and redis.call('ZADD', window_key, 'NX', ts, id) == 1 then
+    if counts and redis.call('ZADD', window_key, 'NX', score(ts), id) == 1 then
       fresh[#fresh + 1] = ts
       if lines[i + 2] ~= '' then texts[#texts + 1] = lines[i + 2] end  -- '': a weighted line's copy
     end
@@ -814,7 +850,7 @@ local function record_group(keys, at, g, lines, now, on_crossing)
       local kept = redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
       if kept > MAX_LINES then redis.call('LTRIM', lines_key, -MAX_LINES, -1) end
     end
-    redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. oldest)
+    redis.call('ZREMRANGEBYSCORE', window_key, '-inf', below(oldest))
     local trigger = nil
     if g.mode == 'instant' then
       trigger = fresh[#fresh]
@@ -947,8 +983,11 @@ end
 
 -- A group's rule, address, host that saw its lines, window kind, thresholds.
 local function group_of(h)
-  -- h[14]: a window kind's own settings (slow: {bucket, horizon}).
-  return with_thresholds({rule = h[1], address = h[2], host = h[3], mode = h[4], extra = h[14]}, h, 5)
+  -- h[14]: a window kind's own settings (slow: {bucket, horizon}). One
+  -- constructor (with_thresholds' fields too): a table grown field by field
+  -- is rehashed as it grows.
+  return {rule = h[1], address = h[2], host = h[3], mode = h[4], threshold = h[5], span = h[6], bantime = h[7],
+          factor = h[8], maxtime = h[9], memory = h[10], verdict = h[11], ports = h[12], extra = h[14]}
 end
 
 -- Redis Cluster, step 1.
@@ -1130,9 +1169,9 @@ local function remember_logins(logins_key, g, now)
   local logins = g.logins
   if #logins == 0 then return end
   for i = 1, #logins, 2 do
-    redis.call('ZADD', logins_key, 'GT', math.min(logins[i + 1], now), logins[i])
+    redis.call('ZADD', logins_key, 'GT', score(math.min(logins[i + 1], now)), logins[i])
   end
-  redis.call('ZREMRANGEBYSCORE', logins_key, '-inf', '(' .. (now - g.success_memory))
+  redis.call('ZREMRANGEBYSCORE', logins_key, '-inf', below(now - g.success_memory))
   redis.call('ZREMRANGEBYRANK', logins_key, 0, -(ACCOUNT_LOGINS_KEEP + 1))
   redis.call('EXPIRE', logins_key, g.success_memory)
 end
@@ -1235,7 +1274,7 @@ local function record_account_group(keys, at, g, now, on_crossing)
   for i = 1, #lines, 4 do
     local ts = math.min(lines[i + 1], now)
     if ts > reset then
-      if ts >= oldest and redis.call('ZADD', window_key, 'NX', ts, lines[i] .. ' ' .. lines[i + 2]) == 1 then
+      if ts >= oldest and redis.call('ZADD', window_key, 'NX', score(ts), lines[i] .. ' ' .. lines[i + 2]) == 1 then
         texts[#texts + 1] = lines[i + 3]
       end
     elseif crossed and ts >= reset - g.span then
@@ -1254,7 +1293,7 @@ local function record_account_group(keys, at, g, now, on_crossing)
   if #texts > 0 then
     local kept = redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
     if kept > MAX_LINES then redis.call('LTRIM', lines_key, -MAX_LINES, -1) end
-    redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. oldest)
+    redis.call('ZREMRANGEBYSCORE', window_key, '-inf', below(oldest))
     local held = redis.call('ZCARD', window_key)
     if held > ACCOUNT_KEEP then redis.call('ZREMRANGEBYRANK', window_key, 0, -(ACCOUNT_KEEP + 1)) end
     -- Fewer failures than `failures` hold no stretch: most accounts' windows are not read.
