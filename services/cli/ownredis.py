@@ -32,7 +32,10 @@ def running() -> Iterator[str]:
         sock = Path(folder) / "redis.sock"
         proc = subprocess.Popen(
             [server, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-             "--dir", folder, "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction"],
+             "--dir", folder, "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction",
+             # Nobody reads its latency histograms or slow log: not kept, for each of the
+             # millions of commands the ledger's functions run.
+             "--latency-tracking", "no", "--slowlog-log-slower-than", "-1"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         try:
             _wait_for(sock, proc)
