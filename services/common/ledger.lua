@@ -14,23 +14,23 @@ local MAX_LINES = 10  -- lines kept per window (and so per ban record)
 -- and Lua formats one joined to a string ("%.14g") at every join: together a
 -- tenth of a replay's Redis CPU, for the few log seconds, buckets and window
 -- starts a call's failures share. So the window functions pass the hot ones
--- as text, each made once: `score(x)` (what Redis would have made of x) and
+-- as text, each made once: `numeral(x)` (what Redis would have made of x) and
 -- `below(x)` ('(' .. x, a range's exclusive end, as Lua joins it). Same text,
 -- same result; the cache is emptied when it holds NUMBER_TEXTS.
 local NUMBER_TEXTS = 4096
-local scores, belows, number_texts = {}, {}, 0
+local numerals, belows, number_texts = {}, {}, 0
 
 local function counted_text()
   number_texts = number_texts + 1
-  if number_texts > NUMBER_TEXTS then scores, belows, number_texts = {}, {}, 1 end
+  if number_texts > NUMBER_TEXTS then numerals, belows, number_texts = {}, {}, 1 end
 end
 
-local function score(x)
-  local text = scores[x]
+local function numeral(x)
+  local text = numerals[x]
   if not text then
     counted_text()
     text = string.format('%.17g', x)
-    scores[x] = text
+    numerals[x] = text
   end
   return text
 end
@@ -551,7 +551,7 @@ end
 -- may lie before or after a fresh failure. One pass over the window: a flood
 -- from one address (thousands of failures in one call) stays linear.
 local function crossing(window_key, fresh, span, threshold)
-  local found = redis.call('ZRANGEBYSCORE', window_key, score(fresh[1] - span), score(fresh[#fresh] + span),
+  local found = redis.call('ZRANGEBYSCORE', window_key, numeral(fresh[1] - span), numeral(fresh[#fresh] + span),
                            'WITHSCORES')
   local times = {}
   for i = 2, #found, 2 do times[#times + 1] = tonumber(found[i]) end
@@ -581,8 +581,8 @@ end
 -- the failures up to the trigger, its last lines. Read before the window is
 -- reset; on a single Redis only when the crossing bans.
 local function window_details(window_key, lines_key, trigger)
-  return tonumber(redis.call('ZRANGE', window_key, 0, 0, 'WITHSCORES')[2]),
-         redis.call('ZCOUNT', window_key, '-inf', trigger), redis.call('LRANGE', lines_key, 0, -1)
+  return tonumber(redis.call('ZRANGE', window_key, '0', '0', 'WITHSCORES')[2]),
+         redis.call('ZCOUNT', window_key, '-inf', trigger), redis.call('LRANGE', lines_key, '0', '-1')
 end
 
 local function with_details(c, window_key, lines_key)
@@ -654,12 +654,12 @@ local function record_slow(keys, at, g, lines, now, on_crossing)
   local reset, pending = tonumber(state[1] or '-1'), state[2]
   local oldest = now - g.span
   redis.call('ZREMRANGEBYSCORE', ids_key, '-inf', below(now - horizon))
-  local fresh, texts, added = {}, {}, false
+  local fresh, texts, weights, added = {}, {}, {}, false
   for i = 1, #lines, FIELDS do
     local id, ts = lines[i], math.min(lines[i + 1], now)
-    if ts >= oldest and ts > reset and redis.call('ZADD', ids_key, 'NX', score(now), id) == 1 then
+    if ts >= oldest and ts > reset and redis.call('ZADD', ids_key, 'NX', numeral(now), id) == 1 then
       local b = math.floor(ts / size)
-      redis.call('HINCRBY', buckets_key, score(b), score(lines[i + 5]))  -- its weight (1 but for distinct rules)
+      weights[b] = (weights[b] or 0) + lines[i + 5]  -- its weight (1 but for distinct rules)
       if not fresh[b] or ts > fresh[b] then fresh[b] = ts end
       if lines[i + 2] ~= '' then texts[#texts + 1] = lines[i + 2] end
       added = true
@@ -667,10 +667,12 @@ local function record_slow(keys, at, g, lines, now, on_crossing)
   end
   local ttl = math.ceil(g.span) + 60
   if added then
+    -- One HINCRBY per bucket (a group's failures are mostly in one).
+    for b, weight in pairs(weights) do redis.call('HINCRBY', buckets_key, numeral(b), numeral(weight)) end
     redis.call('EXPIRE', ids_key, math.ceil(horizon) + 60)
     if #texts > 0 then
       local kept = redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - SLOW_LINES + 1)))
-      if kept > SLOW_LINES then redis.call('LTRIM', lines_key, -SLOW_LINES, -1) end
+      if kept > SLOW_LINES then redis.call('LTRIM', lines_key, numeral(-SLOW_LINES), '-1') end
     end
     local counts, first_kept = {}, math.floor(oldest / size)
     local stored = redis.call('HGETALL', buckets_key)
@@ -681,7 +683,7 @@ local function record_slow(keys, at, g, lines, now, on_crossing)
     local found = slow_crossing(counts, fresh, n, g.threshold)
     if found then
       local c = crossing_of(g, now, found.trigger)
-      c.first, c.failures, c.lines = found.first * size, found.failures, redis.call('LRANGE', lines_key, 0, -1)
+      c.first, c.failures, c.lines = found.first * size, found.failures, redis.call('LRANGE', lines_key, '0', '-1')
       pending = on_crossing(at, c, nil, nil, state_key) or pending
       -- Failures up to the trigger's bucket no longer count (the bucket's
       -- later ones, if any, go with it: a bucket is the window's grain).
@@ -767,7 +769,7 @@ local function record_distinct(keys, at, g, lines, now, on_crossing)
     table.sort(fresh)
     if #texts > 0 then
       redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
-      redis.call('LTRIM', lines_key, -MAX_LINES, -1)
+      redis.call('LTRIM', lines_key, numeral(-MAX_LINES), '-1')
     end
     redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. oldest)
     redis.call('ZREMRANGEBYRANK', window_key, 0, -(MAX_DISTINCT + 1))
@@ -836,7 +838,7 @@ local function record_group(keys, at, g, lines, now, on_crossing)
         end
       end
     end
-    if counts and redis.call('ZADD', window_key, 'NX', score(ts), id) == 1 then
+    if counts and redis.call('ZADD', window_key, 'NX', numeral(ts), id) == 1 then
       fresh[#fresh + 1] = ts
       if lines[i + 2] ~= '' then texts[#texts + 1] = lines[i + 2] end  -- '': a weighted line's copy
     end
@@ -848,7 +850,7 @@ local function record_group(keys, at, g, lines, now, on_crossing)
     -- Only the last MAX_LINES are kept (and Lua's `unpack` has a size limit).
     if #texts > 0 then
       local kept = redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
-      if kept > MAX_LINES then redis.call('LTRIM', lines_key, -MAX_LINES, -1) end
+      if kept > MAX_LINES then redis.call('LTRIM', lines_key, numeral(-MAX_LINES), '-1') end
     end
     redis.call('ZREMRANGEBYSCORE', window_key, '-inf', below(oldest))
     local trigger = nil
@@ -955,7 +957,7 @@ local function count_for_recidive(window_key, lines_key, recidive, c)
   -- Counted before (a step repeated after a crash): the count, and so its crossing, is as it was.
   if redis.call('ZADD', window_key, 'NX', now, c.rule .. '@' .. string.format('%.17g', now)) == 0 then return end
   redis.call('RPUSH', lines_key, 'banned by ' .. c.rule)
-  redis.call('LTRIM', lines_key, -MAX_LINES, -1)
+  redis.call('LTRIM', lines_key, numeral(-MAX_LINES), '-1')
   redis.call('ZREMRANGEBYSCORE', window_key, '-inf', '(' .. (now - g.span))
   if redis.call('ZCOUNT', window_key, now - g.span, now) >= g.threshold then
     local again = with_details(crossing_of(g, now, now), window_key, lines_key)
@@ -1169,10 +1171,10 @@ local function remember_logins(logins_key, g, now)
   local logins = g.logins
   if #logins == 0 then return end
   for i = 1, #logins, 2 do
-    redis.call('ZADD', logins_key, 'GT', score(math.min(logins[i + 1], now)), logins[i])
+    redis.call('ZADD', logins_key, 'GT', numeral(math.min(logins[i + 1], now)), logins[i])
   end
   redis.call('ZREMRANGEBYSCORE', logins_key, '-inf', below(now - g.success_memory))
-  redis.call('ZREMRANGEBYRANK', logins_key, 0, -(ACCOUNT_LOGINS_KEEP + 1))
+  redis.call('ZREMRANGEBYRANK', logins_key, '0', numeral(-(ACCOUNT_LOGINS_KEEP + 1)))
   redis.call('EXPIRE', logins_key, g.success_memory)
 end
 
@@ -1228,7 +1230,7 @@ local function account_crossing_of(g, now, times, addrs, first, last, logins_key
   return {id = g.id, rule = g.rule, account = g.account, host = g.host, trigger = trigger, at = now,
           span = g.span, bantime = g.bantime, factor = g.factor, maxtime = g.maxtime, memory = g.memory,
           verdict = g.verdict, ports = g.ports, evidence = evidence, spared = spared,
-          failures = last - first + 1, first = times[first], lines = redis.call('LRANGE', lines_key, 0, -1)}
+          failures = last - first + 1, first = times[first], lines = redis.call('LRANGE', lines_key, '0', '-1')}
 end
 
 -- Failures read after their window crossed (another replica's batch, read
@@ -1274,7 +1276,7 @@ local function record_account_group(keys, at, g, now, on_crossing)
   for i = 1, #lines, 4 do
     local ts = math.min(lines[i + 1], now)
     if ts > reset then
-      if ts >= oldest and redis.call('ZADD', window_key, 'NX', score(ts), lines[i] .. ' ' .. lines[i + 2]) == 1 then
+      if ts >= oldest and redis.call('ZADD', window_key, 'NX', numeral(ts), lines[i] .. ' ' .. lines[i + 2]) == 1 then
         texts[#texts + 1] = lines[i + 3]
       end
     elseif crossed and ts >= reset - g.span then
@@ -1292,14 +1294,14 @@ local function record_account_group(keys, at, g, now, on_crossing)
   end
   if #texts > 0 then
     local kept = redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - MAX_LINES + 1)))
-    if kept > MAX_LINES then redis.call('LTRIM', lines_key, -MAX_LINES, -1) end
+    if kept > MAX_LINES then redis.call('LTRIM', lines_key, numeral(-MAX_LINES), '-1') end
     redis.call('ZREMRANGEBYSCORE', window_key, '-inf', below(oldest))
     local held = redis.call('ZCARD', window_key)
     if held > ACCOUNT_KEEP then redis.call('ZREMRANGEBYRANK', window_key, 0, -(ACCOUNT_KEEP + 1)) end
     -- Fewer failures than `failures` hold no stretch: most accounts' windows are not read.
     local first, last, times, addrs
     if held >= g.failures then
-      first, last, times, addrs = account_stretch(redis.call('ZRANGE', window_key, 0, -1, 'WITHSCORES'), g)
+      first, last, times, addrs = account_stretch(redis.call('ZRANGE', window_key, '0', '-1', 'WITHSCORES'), g)
     end
     if last then
       local c = account_crossing_of(g, now, times, addrs, first, last, logins_key, lines_key)
