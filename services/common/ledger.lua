@@ -903,9 +903,10 @@ end
 -- count), or nil: while a ban is in force, crossing a threshold again
 -- decides nothing, unless the new ban is longer (recidive, or a rule with a
 -- longer bantime). Also whether the address may be in the active set
--- (write_ban's `listed`).
-local function ban_duration(s, ban_key, count_key, c, address, now)
-  local current = redis.call('ZSCORE', s.active, address)
+-- (write_ban's `listed`). `current`: its score in the active set if read
+-- already (false: none), else nil.
+local function ban_duration(s, ban_key, count_key, c, address, now, current)
+  if current == nil then current = redis.call('ZSCORE', s.active, address) end
   local held = nil
   if current and (current == 'inf' or tonumber(current) > now) then
     if current == 'inf' then return end
@@ -1322,8 +1323,9 @@ end
 
 -- A crossing's ban of one of its addresses, unless a ban at least as long
 -- is in force. Returns the ban's duration, or nil if it did not ban.
-local function ban_for_account(s, ban_key, count_key, c, address, now)
-  local duration, listed = ban_duration(s, ban_key, count_key, c, address, now)
+-- `current`: as ban_duration's.
+local function ban_for_account(s, ban_key, count_key, c, address, now, current)
+  local duration, listed = ban_duration(s, ban_key, count_key, c, address, now, current)
   if not duration then return end
   local reason = c.failures .. ' failures of ' .. c.rule .. ' on one account from ' .. (#c.evidence + #c.spared)
                  .. ' addresses'
@@ -1382,9 +1384,14 @@ local function record_accounts(keys, args)
   local ban_t, count_t, recidive_t, recidive_lines_t = {t[1], t[2]}, {t[3], t[4]}, {t[5], t[6]}, {t[7], t[8]}
   local banned, pending = {}, {}
   local function ban_all(c, _, addresses)
-    for _, address in ipairs(addresses) do
+    if #addresses == 0 then return end
+    -- Most of a crossing's addresses are banned already: their bans in force
+    -- in one read (the addresses are distinct, and banning one changes no
+    -- other's score).
+    local current = redis.call('ZMSCORE', s.active, unpack(addresses))
+    for i, address in ipairs(addresses) do
       local ban_key, count_key = named(ban_t, address), named(count_t, address)
-      local duration = ban_for_account(s, ban_key, count_key, c, address, now)
+      local duration = ban_for_account(s, ban_key, count_key, c, address, now, current[i])
       if duration then
         banned[#banned + 1] = address .. ' ' .. c.rule .. ' ' .. duration
         local again = recidive and count_for_recidive(named(recidive_t, address), named(recidive_lines_t, address),
