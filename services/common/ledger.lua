@@ -674,13 +674,24 @@ local function record_slow(keys, at, g, lines, now, on_crossing)
       local kept = redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - SLOW_LINES + 1)))
       if kept > SLOW_LINES then redis.call('LTRIM', lines_key, numeral(-SLOW_LINES), '-1') end
     end
-    local counts, first_kept = {}, math.floor(oldest / size)
+    local first_kept, total = math.floor(oldest / size), 0
     local stored = redis.call('HGETALL', buckets_key)
     for i = 1, #stored, 2 do
-      local b = tonumber(stored[i])
-      if b < first_kept then redis.call('HDEL', buckets_key, stored[i]) else counts[b] = tonumber(stored[i + 1]) end
+      if tonumber(stored[i]) < first_kept then
+        redis.call('HDEL', buckets_key, stored[i])
+      else
+        total = total + tonumber(stored[i + 1])
+      end
     end
-    local found = slow_crossing(counts, fresh, n, g.threshold)
+    -- No stretch holds more than every bucket kept: most windows are not searched.
+    local counts, found = {}, nil
+    if total >= g.threshold then
+      for i = 1, #stored, 2 do
+        local b = tonumber(stored[i])
+        if b >= first_kept then counts[b] = tonumber(stored[i + 1]) end
+      end
+      found = slow_crossing(counts, fresh, n, g.threshold)
+    end
     if found then
       local c = crossing_of(g, now, found.trigger)
       c.first, c.failures, c.lines = found.first * size, found.failures, redis.call('LRANGE', lines_key, '0', '-1')
