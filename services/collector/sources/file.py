@@ -248,7 +248,9 @@ class FileSource(Reader):
         if copy is not None:
             path, rest = copy
             self.tails[rest.key] = rest
-            log.info("reading the rest of a truncated file from its copy", extra={**where, "copy": path})
+            what = ("reading the rest of a truncated file from its copy" if rest.offset == tail.offset
+                    else "a truncated file's copy holds only lines already read; following it from its end")
+            log.info(what, extra={**where, "copy": path})
         elif change == TRUNCATED and tail.pos > tail.offset:
             log.warning("file truncated before it was read to its end; no copy found next to it", extra=where)
         elif change != TRUNCATED:
