@@ -80,8 +80,9 @@ class Servers(Processes):
             self.procs[port] = subprocess.Popen([REDIS_SERVER, str(conf), "--sentinel"],
                                                 stdout=subprocess.DEVNULL)
         self.until(lambda: all(self.node(p).ping() for p in self.data + self.sentinels), "every server to answer")
-        self.until(lambda: self.node(self.data[0]).info("replication")["connected_slaves"] == 2,
-                   "both replicas to follow the primary")
+        # Connected is not enough: a replica confirms writes (WAIT) once its first sync is done.
+        self.until(lambda: self.node(self.data[0]).info("replication")["connected_slaves"] == 2
+                   and self.node(self.data[0]).wait(2, 1000) == 2, "both replicas to follow the primary, in sync")
         self.until(lambda: all(self.node(s).sentinel_master(SERVICE)["num-other-sentinels"] == 2
                                and self.node(s).sentinel_master(SERVICE)["num-slaves"] == 2
                                for s in self.sentinels), "the sentinels to know each other and the replicas")
