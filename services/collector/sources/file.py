@@ -15,7 +15,9 @@ identity and looks at the watched paths again when inotify says they changed
   from the copy if one sits next to it (`name.1`, or `name.1.gz`, starting
   with the same bytes); an edit in place is warned about. A file changed
   before anything of it was read has no first bytes to compare: a copy of
-  it made meanwhile is found as a rotated file never seen (below);
+  it made meanwhile is found as a rotated file never seen (below). A copy
+  seen before its original is emptied (copytruncate has two steps) is left
+  to the original (`tail.copy_of`), never read as a file never seen;
 - a watched path that appears later is read from its start.
 
 A file there before the source first started is read from its first line
@@ -50,7 +52,9 @@ from .base import STARTED, Batch, Reader, SourcePlan
 from .packed import Archive, Unpacked, being_made, find_copy, open_archive
 from .rotated import identity, link_targets, relatives, watched_paths
 from .seek import end_of_last_line, recent_start
-from .tail import CHANGES, TRUNCATED, NotALogFile, Tail, head_is, how_changed, open_log, saved_positions
+from .tail import (
+    CHANGES, TRUNCATED, NotALogFile, Tail, copy_of, head_is, how_changed, open_log, saved_positions,
+)
 from .wake import Wake, folders_of, woken
 
 log = logging.getLogger("pyfilter.collector.file")
@@ -231,17 +235,22 @@ class FileSource(Reader):
         where = {"source": self.name, "path": tail.path, "offset": tail.offset, "size": size}
         copy = None
         if tail.offset > 0:
-            copy = self._find_sibling(tail.path, lambda c: c.st_size >= tail.offset,
-                                      lambda fd: head_is(fd, tail.head, tail.fp))
+            copy = self._copy_of_read(tail)
             if copy is not None:
                 path, fd, st = copy
-                copy = path, Tail(self.name, path, fd, st, tail.offset, tail.head, tail.fp, live=False)
+                # A copy shorter than what was read was made before the last lines read
+                # came (they are in no copy): it holds nothing unread, it is followed from
+                # its end so that no look for files never seen reads it again.
+                copy = path, Tail(self.name, path, fd, st, min(tail.offset, st.st_size), tail.head, tail.fp,
+                                  live=False)
             if copy is None and (packed := self._packed_copy(tail.path, tail.head, tail.fp, tail.offset)):
                 copy = packed[0], Unpacked(self.name, packed[1], packed[0], tail.offset, tail.head, tail.fp)
         if copy is not None:
             path, rest = copy
             self.tails[rest.key] = rest
-            log.info("reading the rest of a truncated file from its copy", extra={**where, "copy": path})
+            what = ("reading the rest of a truncated file from its copy" if rest.offset == tail.offset
+                    else "a truncated file's copy holds only lines already read; following it from its end")
+            log.info(what, extra={**where, "copy": path})
         elif change == TRUNCATED and tail.pos > tail.offset:
             log.warning("file truncated before it was read to its end; no copy found next to it", extra=where)
         elif change != TRUNCATED:
@@ -299,8 +308,11 @@ class FileSource(Reader):
         targets = {(t, "numbered") for t in link_targets(self.cfg.paths)}
         for path, named in sorted({(n, "rotated") for n in names} | targets):
             while True:
+                # Not a copy of a followed file (copytruncate caught between its two
+                # steps): its lines are that file's (tail.copy_of).
                 hit = self._find_sibling(path, lambda c: c.st_mtime > since
-                                         and f"{c.st_dev}:{c.st_ino}" not in found, None, named)
+                                         and f"{c.st_dev}:{c.st_ino}" not in found,
+                                         lambda fd: not any(copy_of(fd, t) for t in self.tails.values()), named)
                 if hit is None:
                     break
                 copy, fd, st = hit
@@ -324,6 +336,15 @@ class FileSource(Reader):
                 self.tails[tail.key] = tail
                 log.info("reading a compressed rotated file never seen at its live name",
                          extra={"source": self.name, "path": copy.path})
+
+    def _copy_of_read(self, tail: Tail):
+        """A rotated relative starting with the bytes `tail` read (its print),
+        opened: one that reaches its offset if there is one, else a shorter one."""
+        def same(fd: int) -> bool:
+            return head_is(fd, tail.head, tail.fp)
+
+        return (self._find_sibling(tail.path, lambda c: c.st_size >= tail.offset, same)
+                or self._find_sibling(tail.path, lambda c: c.st_size < tail.offset, same))
 
     def _packed_copy(self, path: str, head: int, fp: str, offset: int) -> tuple[str, Archive] | None:
         """A compressed rotated relative of `path` holding the file with this print up to `offset`."""

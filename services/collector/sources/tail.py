@@ -284,3 +284,21 @@ def head_is(fd: int, head: int, fp: str) -> bool:
         return False  # nothing to recognise it by
     data = os.pread(fd, head, 0)
     return len(data) == head and fingerprint(data) == fp
+
+
+def copy_of(fd: int, tail: Tail) -> bool:
+    """Whether the file open at `fd` is a copy of the one `tail` follows: it starts
+    with the bytes `tail` read (its print), or with those that file holds now
+    (nothing of it read yet). Such a copy (copytruncate between its copy and
+    its truncation, a backup) holds no line of its own: its lines come from the
+    followed file, or from the copy where that file's unread rest is taken from
+    it after a truncation (file.FileSource._restart).
+
+    Bytes alike are taken for the same lines: a file written again with the very
+    bytes of another (same times, same pids) is not told from a copy of it.
+    """
+    if head_is(fd, tail.head, tail.fp):
+        return True
+    now = tail.pread(HEAD, 0)
+    start = os.pread(fd, len(now), 0)  # a copy may be shorter: made before the last lines came
+    return bool(start) and now.startswith(start)
