@@ -33,10 +33,12 @@ class NotReplicated(RedisError):
 # MasterNotFoundError, is one too), or refusing writes for now (OOM under
 # `noeviction` until the detectors drain the streams, READONLY or MASTERDOWN
 # during a failover, TRYAGAIN; on Redis Cluster, CLUSTERDOWN or a slot no
-# primary serves while a replica is being promoted), or a write not yet
+# primary serves while a replica is being promoted, or no node answering: a
+# Cluster client that must learn the slots again, after a connection error,
+# raises RedisClusterException then, not a ConnectionError), or a write not yet
 # confirmed by the replicas. Anything else is a bug and should surface.
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError,
-             MasterDownError, TryAgainError, ClusterDownError, SlotNotCoveredError, NotReplicated, OSError)
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError, MasterDownError,
+             TryAgainError, ClusterDownError, SlotNotCoveredError, NotReplicated, RedisClusterException, OSError)
 
 
 @dataclass(frozen=True)
