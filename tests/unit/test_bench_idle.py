@@ -1,4 +1,4 @@
-"""bench/idle.py: what it reads from cgroups, and where its table goes in docs/benchmarks.md."""
+"""bench/idle.py and bench/report.py: what idle reads from cgroups, and where each table goes in docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -30,8 +30,29 @@ def test_idle_table_replaces_its_own_part_and_survives_the_main_benchmark(tmp_pa
     assert text.startswith("# Benchmarks\n\n## What limits each number\n\nnoise\n")
     # bench/run.py rewrites the rest of the doc and puts the section back, with the
     # window kinds' replay measurements (bench.replay_kinds), which it does not make.
-    doc.write_text(doc.read_text() + "\n## What if: each window kind\n\nslow and per-account\n\n## Next\n")
+    doc.write_text(doc.read_text() + "\n## What if: each window kind\n\nslow and per-account\n\n## Next\n"
+                   "\n## Reads at a million bans\n\nwhy these reads\n")
     kept = report.kept_sections(doc)
     assert kept.startswith("\n## What if: each window kind\n\nslow and per-account\n\n## Idle cost\n\n"
                            "before and after\n") and "| second run |" in kept and "## Next" not in kept
+    # The api's reads (bench/api_reads.py) too, with the prose before its generated part.
+    assert kept.endswith("\n## Reads at a million bans\n\nwhy these reads\n")
     assert report.kept_sections(tmp_path / "missing.md") == ""
+
+
+def test_replays_are_in_their_own_table_against_the_match_not_in_the_matching_table():
+    from types import SimpleNamespace
+
+    from bench.procs import Usage
+
+    run = report.Run("1.0.2", "make bench", "now", "0")
+    run.files = {"mixed": SimpleNamespace(lines=1000, banned={"198.51.100.1", "198.51.100.2"})}
+    run.matching = {"mixed": {
+        report.F2B_REGEX: {"usage": Usage(40.0, 40.0, 600), "failures": 200},
+        report.OURS: {"usage": Usage(5.0, 5.0, 60), "failures": 200},
+        report.REPLAY_SHIPPED: {"usage": Usage(12.5, 20.0, 130), "failures": 200, "bans": 3},
+    }}
+    matching = "\n".join(report._matching_table(run))
+    replays = report._replay_table(run)
+    assert report.REPLAY_SHIPPED not in matching and report.OURS in matching
+    assert len(replays) == 3 and report.REPLAY_SHIPPED in replays[2] and "**2.50x**" in replays[2]
