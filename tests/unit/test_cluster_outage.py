@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from pyfilter.collector import main as collector_main
 from pyfilter.collector.checkpoints import Committer
 from pyfilter.collector.sources.base import Batch, Stats
@@ -46,10 +48,8 @@ def test_the_collector_beats_and_commits_again_once_a_cluster_that_stopped_answe
         heartbeat = asyncio.create_task(collector_main.heartbeat(client, stop))
         await changed(beat, 0)
         cluster.stop()
-        try:
+        with pytest.raises(TRANSIENT) as said:
             await client.ping()
-        except TRANSIENT as exc:
-            said = exc
         await asyncio.sleep(1)  # a few beats' time with no node answering
         assert not heartbeat.done(), heartbeat.exception()
         line = messages.Line("auth:1:web1:0", "sshd[1]: Failed password for root from 198.51.100.7 port 22")
@@ -67,7 +67,7 @@ def test_the_collector_beats_and_commits_again_once_a_cluster_that_stopped_answe
         stop.set()
         await heartbeat
         await client.aclose()
-        return said, stats, written, checkpoint
+        return said.value, stats, written, checkpoint
 
     try:
         said, stats, written, checkpoint = asyncio.run(go())
