@@ -10,6 +10,13 @@
 
 local MAX_LINES = 10  -- lines kept per window (and so per ban record)
 
+-- Whether every line comes in one window call only, never again: true in
+-- `pyfilter replay` alone (logtime.py turns it on), which reads each line of
+-- its files once. A detector's lines may be redelivered; the guards against
+-- counting one twice that are not also a window's data (a slow window's
+-- `ids`) are then skipped, since they would always find the line new.
+local DELIVERED_ONCE = false
+
 -- A number given to redis.call is formatted by Redis ("%.17g") at every call,
 -- and Lua formats one joined to a string ("%.14g") at every join: together a
 -- tenth of a replay's Redis CPU, for the few log seconds, buckets and window
@@ -653,11 +660,12 @@ local function record_slow(keys, at, g, lines, now, on_crossing)
   local state = redis.call('HMGET', state_key, 'reset', 'pending')
   local reset, pending = tonumber(state[1] or '-1'), state[2]
   local oldest = now - g.span
-  redis.call('ZREMRANGEBYSCORE', ids_key, '-inf', below(now - horizon))
+  if not DELIVERED_ONCE then redis.call('ZREMRANGEBYSCORE', ids_key, '-inf', below(now - horizon)) end
   local fresh, texts, weights, added = {}, {}, {}, false
   for i = 1, #lines, FIELDS do
     local id, ts = lines[i], math.min(lines[i + 1], now)
-    if ts >= oldest and ts > reset and redis.call('ZADD', ids_key, 'NX', numeral(now), id) == 1 then
+    if ts >= oldest and ts > reset
+       and (DELIVERED_ONCE or redis.call('ZADD', ids_key, 'NX', numeral(now), id) == 1) then
       local b = math.floor(ts / size)
       weights[b] = (weights[b] or 0) + lines[i + 5]  -- its weight (1 but for distinct rules)
       if not fresh[b] or ts > fresh[b] then fresh[b] = ts end
@@ -669,7 +677,7 @@ local function record_slow(keys, at, g, lines, now, on_crossing)
   if added then
     -- One HINCRBY per bucket (a group's failures are mostly in one).
     for b, weight in pairs(weights) do redis.call('HINCRBY', buckets_key, numeral(b), numeral(weight)) end
-    redis.call('EXPIRE', ids_key, math.ceil(horizon) + 60)
+    if not DELIVERED_ONCE then redis.call('EXPIRE', ids_key, math.ceil(horizon) + 60) end
     if #texts > 0 then
       local kept = redis.call('RPUSH', lines_key, unpack(texts, math.max(1, #texts - SLOW_LINES + 1)))
       if kept > SLOW_LINES then redis.call('LTRIM', lines_key, numeral(-SLOW_LINES), '-1') end

@@ -9,7 +9,7 @@ import random
 import msgspec
 import pytest
 
-from pyfilter.common import config, ledger, messages
+from pyfilter.common import config, ledger, logtime, messages
 from pyfilter.common.config import Seconds
 from pyfilter.common.keys import Keys
 from pyfilter.detector.matching import Matcher
@@ -121,6 +121,27 @@ def test_the_slow_window_keeps_buckets_not_failures(redis_url):
     buckets, ids, lines, ttls = asyncio.run(sizes())
     assert buckets <= 25 and ids <= 240 and lines == 3
     assert ttls and all(t > 0 for t in ttls.values()), ttls
+
+
+def test_replay_counts_the_slow_window_alike_without_remembering_line_ids(single_redis_url):
+    """`pyfilter replay` reads each line once, so its library (logtime.py) skips the
+    slow window's guard against redelivery: the same ban, and no line ids kept."""
+    async def replayed():
+        client = aclient(single_redis_url)
+        await logtime.load(client)
+        windows = Windows(client, "pf:", {"sshd": slow_rule()})
+        bans, kept = [], []
+        for o in spread(10):
+            bans += await windows.record([o], o.time)  # a window call's `now` is log time in replay
+            kept.append((await client.exists(KEYS.slow_window("sshd", ATTACKER)),
+                         await client.exists(KEYS.slow_ids("sshd", ATTACKER))))
+        await client.aclose()
+        return bans, kept
+
+    bans, kept = asyncio.run(replayed())
+    assert [(b.address, b.rule, b.duration) for b in bans] == [(ATTACKER, "sshd", 86400)]
+    assert kept == [(1, 0)] * 9 + [(0, 0)]  # buckets until the ban takes them; never ids
+    assert "local DELIVERED_ONCE = false\n" in ledger.CODE  # a detector's library keeps the guard
 
 
 def test_fast_and_slow_windows_of_one_rule_each_ban(redis_url):
