@@ -185,17 +185,18 @@ async def run(settings: Settings) -> int:
     metrics.serve("collector", Exporter(stats, committer))
 
     live: dict = {}
-    tasks = [asyncio.create_task(follow(source, settings, redis, committer, stats[source.name], stop,
-                                        todo[source.name], live))
-             for source in followed]
-    tasks.append(asyncio.create_task(heartbeat(redis, stop)))
+    tasks = service.Tasks(stop, log)
+    for source in followed:
+        tasks.start(follow(source, settings, redis, committer, stats[source.name], stop, todo[source.name], live),
+                    f"source {source.name}")
+    tasks.start(heartbeat(redis, stop), "heartbeat")
     publisher = Publisher(redis, Keys(cfg.redis.prefix), "collector", settings.host)
-    tasks.append(asyncio.create_task(report.publish_until(settings, chosen, live, publisher, stop)))
+    tasks.start(report.publish_until(settings, chosen, live, publisher, stop), "status report")
     log.info("collector started", extra={"host": settings.host,
                                          "sources": [s.name for s in followed]})
     await stop.wait()
     started = time.monotonic()
-    _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
+    _, pending = await asyncio.wait(tasks.running, timeout=SHUTDOWN_GRACE)
     for task in pending:
         # Still waiting on Redis: its checkpoint has not moved, nothing is lost.
         task.cancel()
@@ -203,7 +204,7 @@ async def run(settings: Settings) -> int:
     await redis.aclose()
     log.info("collector stopped", extra={"seconds": round(time.monotonic() - started, 3),
                                          "unfinished": len(pending)})
-    return 0
+    return 1 if tasks.failed else 0
 
 
 def main() -> int:
