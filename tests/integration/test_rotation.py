@@ -295,12 +295,12 @@ class Matrix:
             for scenario in self.scenarios:
                 steps += scenario.steps(round_)
             if round_ < ROUNDS:
-                steps += [lambda s=s, r=round_, step=step: self.rotate(s, r, step)
-                          for s in self.scenarios for step in s.rotation()]
+                steps += [lambda s=s, r=round_, step=step, first=i == 0: self.rotate(s, r, step, first)
+                          for s in self.scenarios for i, step in enumerate(s.rotation())]
         return steps
 
-    def rotate(self, scenario: Scenario, round_: int, step) -> None:
-        if not isinstance(scenario, Burst) and step == scenario.rotation()[0]:
+    def rotate(self, scenario: Scenario, round_: int, step, first: bool) -> None:
+        if first and not isinstance(scenario, Burst):
             self.rotated(scenario, round_)
         step(self)
 
