@@ -4,8 +4,8 @@ a clean stop on SIGTERM (compose's stop) or SIGINT, and long-running tasks watch
 from __future__ import annotations
 
 import asyncio
-import signal
 import logging
+import signal
 from collections.abc import Awaitable, Callable, Coroutine
 
 from pyfilter.common import log
