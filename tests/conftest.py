@@ -47,6 +47,14 @@ def redis_url(tmp_path: Path):
 
 
 @pytest.fixture
+def logs(tmp_path: Path) -> Path:
+    """A folder of its own for a test's log files."""
+    folder = tmp_path / "log"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
 def single_redis_url(tmp_path: Path):
     """The same, under a name modules that run their `redis_url` on Cluster too
     (any_redis_url) use for what only a single Redis does."""

@@ -15,13 +15,6 @@ from pyfilter.collector.sources.tail import REWRITTEN, SHRANK, TRUNCATED, how_ch
 from .test_collector_support import Collector, file_source, settle, wait_for, wait_for_lines, write
 
 
-@pytest.fixture
-def logs(tmp_path):
-    folder = tmp_path / "log"
-    folder.mkdir()
-    return folder
-
-
 @pytest.mark.parametrize("size, read, head_same, change", [
     (120, 100, True, None),  # appended to
     (100, 100, True, None),  # unchanged

@@ -16,16 +16,8 @@ import os
 import shutil
 from collections import Counter
 
-import pytest
 
 from .test_collector_support import Collector, file_source, settle, texts, wait_for_lines, write
-
-
-@pytest.fixture
-def logs(tmp_path):
-    folder = tmp_path / "log"
-    folder.mkdir()
-    return folder
 
 
 def attack(n: int) -> list[str]:

@@ -19,13 +19,6 @@ from .test_collector_support import (
 )
 
 
-@pytest.fixture
-def logs(tmp_path):
-    folder = tmp_path / "log"
-    folder.mkdir()
-    return folder
-
-
 def test_existing_file_is_read_from_its_end(tmp_path, logs, redis_url):
     log = logs / "auth.log"
     write(log, "old 1", "old 2")

@@ -7,20 +7,12 @@ import subprocess
 import time
 
 import msgspec
-import pytest
 import redis
 
 from pyfilter.collector.sources.tail import Position, fingerprint
 from pyfilter.common.keys import Keys
 
 from .test_collector_support import HOST, Collector, file_source, settle, stream_lines, wait_for_lines, write
-
-
-@pytest.fixture
-def logs(tmp_path):
-    folder = tmp_path / "log"
-    folder.mkdir()
-    return folder
 
 
 def rotate_and_compress(log, keep: int = 5) -> None:
