@@ -27,7 +27,7 @@ from pyfilter.common.addresses import parse_address, parse_network
 from pyfilter.common.keys import Keys
 from pyfilter.collector.sources import containers
 from pyfilter.collector.sources.docker import DockerSource
-from pyfilter.collector.sources.jsonfile import RAW_MAX, first_line_at
+from pyfilter.collector.sources.jsonfile import RAW_MAX, first_line_at, identity
 from pyfilter.common.config import CollectorConfig, Source as SourceConfig
 from pyfilter.common.messages import decode_batch
 
@@ -457,6 +457,47 @@ def test_logs_compressed_while_the_collector_was_stopped_are_read_from_their_cop
     assert [line.text for line in stream_lines(redis_url)] == [
         "before 1", "while down 1: the rest of the file read", "while down 2: a file only ever seen compressed",
         "while down 3", "after"]
+
+
+def checkpointed(source: DockerSource, saved: dict[str, bytes]) -> dict[str, bytes]:
+    """`saved` (the source's checkpoint hash) once its next batch is written, as the collector writes it."""
+    for batch in source._batches({}):
+        saved.update(batch.checkpoint)
+        for key in batch.forget:
+            saved.pop(key, None)
+    return saved
+
+
+def test_a_log_still_empty_at_the_stop_and_compressed_while_down_is_read_without_its_predecessor_again(
+        tmp_path, docker):
+    # Stopped just after a rotation, while the new log is empty: nothing of it
+    # to know it by. While down it is written, rotated and compressed. The
+    # file before it, compressed too, holds lines already sent: read again,
+    # from the copy, they would count twice (under the copy's ids). The
+    # source looked right after the rotation: those lines are as recent as
+    # any slack allowed for Docker's clock.
+    web = docker.create("web", "nginx")
+    source, followed = source_in_process(docker)
+    saved = checkpointed(source, {})
+    docker.log(web, "before 1", "before 2")
+    assert drain(source, followed) == ["before 1", "before 2"]
+    saved = checkpointed(source, saved)
+    docker.rotate(web, max_file=5, compress=True)
+    assert drain(source, followed) == []
+    assert followed.tail.key == identity(os.stat(docker.log_path(web))), "not reading the new log"
+    source.seen = time.time()
+    saved = checkpointed(source, saved)
+    followed.tail.close()
+
+    docker.log(web, "while down 1")
+    docker.rotate(web, max_file=5, compress=True)
+    docker.log(web, "while down 2")
+    cfg = msgspec.convert(containers_source(docker), SourceConfig)
+    again = DockerSource(cfg, CollectorConfig(), saved, asyncio.Event())
+    asyncio.run(again._look())
+    (followed,) = again.followed.values()
+    assert drain(again, followed) == ["while down 1", "while down 2"]
+    followed.tail.close()
 
 
 def test_restart_resumes_where_it_stopped_across_a_rotation(tmp_path, docker, redis_url):

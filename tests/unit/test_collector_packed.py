@@ -135,3 +135,28 @@ def test_archive_being_read_at_a_crash_is_resumed_after_it_moved_up(tmp_path, lo
         settle()
     assert [(line.id, line.text) for line in stream_lines(redis_url)] == [
         (f"app:{st.st_dev}:{st.st_ino}:savedgeneration:{offset}", text) for offset, text in ((3, "a2"), (6, "a3"))]
+
+
+def test_a_log_still_empty_at_the_stop_and_compressed_while_down_is_read_without_its_predecessor_again(
+        tmp_path, logs, redis_url):
+    # Nothing of the new log to know it by (it was empty); its compressed copy
+    # is found as a file never seen, and the copy of the one before it,
+    # modified just before the stop, is known as read.
+    log = logs / "app.log"
+    log.touch()
+    collector = Collector(tmp_path, redis_url, [file_source("app", log)])
+    with collector.start() as c:
+        c.ready()
+        write(log, "a1")
+        wait_for_lines(redis_url, ["a1"])
+        rotate_and_compress(log)
+        settle()
+        c.kill()
+    write(log, "b1")
+    rotate_and_compress(log)
+    write(log, "c1")
+    with collector.start():
+        wait_for_lines(redis_url, ["b1", "c1"])
+        settle()
+    # The two files are read side by side: their lines' order between them is free.
+    assert sorted(line.text for line in stream_lines(redis_url)) == ["a1", "b1", "c1"]

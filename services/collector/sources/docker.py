@@ -30,8 +30,9 @@ read as any line an attacker likes).
 
 Line ids are the file's, `source:dev:ino:generation:offset` (tail.py: a
 truncation starts a new generation). Checkpoint fields:
-`"{dev}:{ino}"` -> `tail.Position` of a log file, STARTED, and SEEN (when
-the folder was last looked at). A container first seen after the source
+`"{dev}:{ino}"` -> `tail.Position` of a log file (the one being read, and
+the one read before it while that one is still empty), STARTED, and SEEN
+(when the folder was last looked at). A container first seen after the source
 started is read from its first line written after the look before; at the
 very first start, from the end of each log (its start with `from_start`).
 """
@@ -73,6 +74,10 @@ class Followed:
     def __init__(self, container: Container, program: str | None, rules: list[str] | None, path: str):
         self.container, self.program, self.rules, self.path = container, program, rules, path
         self.tail: Tail | None = None
+        # Checkpoint fields of the file read before this one (key -> its position
+        # still to write, None once written), kept while this one has no first
+        # bytes to be found by: see `_next_file`.
+        self.held: dict[str, bytes | None] = {}
         self.skipping: set[str] = set()  # streams inside a line Docker cut into pieces
         self.gone = False  # removed from the folder: read to the end, then forgotten
         self.rotated = False  # the live name names another file: read this one to its end once more
@@ -170,6 +175,12 @@ class DockerSource(Reader):
             if f.tail is not None and f.tail.dirty:
                 checkpoint[f.tail.key] = f.tail.position()
                 f.tail.dirty = False
+            if f.held and f.tail is not None and f.tail.head:
+                self.forget.extend(f.held)  # the file read now can be found by its own first bytes
+                f.held = {}
+            elif f.held:
+                checkpoint.update((key, position) for key, position in f.held.items() if position is not None)
+                f.held = dict.fromkeys(f.held)
         if self.first_start:
             checkpoint[STARTED] = self.started
             self.first_start = False
@@ -294,9 +305,14 @@ class DockerSource(Reader):
         if tail is None:
             return
         self._attach(followed, tail)
-        for key in saved:
+        resumed_empty = tail.key in saved and not saved[tail.key].head
+        for key, position in saved.items():
             del self.saved[key]
-            if key != tail.key:
+            if key == tail.key:
+                continue
+            if resumed_empty and position.head:
+                followed.held[key] = None  # the file read before the empty one, still in the checkpoint
+            else:
                 self.forget.append(key)
 
     def _where_to_start(self, followed: Followed, files: Files, saved: dict[str, Position],
@@ -419,9 +435,7 @@ class DockerSource(Reader):
         following = self._written_after(followed)
         if following is None:
             return  # none yet, or it moved as we looked: next round
-        self._close(followed)
-        followed.rotated = False
-        self._attach(followed, following, quiet=True)
+        self._next_file(followed, following)
 
     def _written_after(self, followed: Followed) -> Tail | None:
         """The file Docker wrote after the one being read (read to its end), from its start."""
@@ -452,11 +466,31 @@ class DockerSource(Reader):
             return following
         return None
 
+    def _next_file(self, followed: Followed, following: Tail) -> None:
+        """Read `following` from now on, the file read so far being read to its end.
+
+        That file's position stays in the checkpoint until `following` has
+        first bytes: an empty file has nothing to be found by once it is
+        compressed while the collector is stopped. A restart then finds the
+        compressed copy of the file read, at its end, and goes on to the
+        next; found by time instead, the last second of lines read (any
+        slack for Docker's clock) would be sent again from that copy, under
+        new ids.
+        """
+        done = followed.tail
+        self.forget.extend(followed.held)
+        followed.held = {done.key: done.position()}
+        done.close()
+        followed.rotated = False
+        self._attach(followed, following, quiet=True)
+
     def _close(self, followed: Followed) -> None:
         if followed.tail is not None:
             followed.tail.close()
             self.forget.append(followed.tail.key)
             followed.tail = None
+        self.forget.extend(followed.held)
+        followed.held = {}
 
     def _problem(self, path: str, what: str) -> None:
         if self.problems.get(path) != what:
