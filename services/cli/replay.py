@@ -100,7 +100,7 @@ async def replay(settings: configuration.Settings, logs: list[Log], host: str, n
     with ownredis.running() as url:
         redis_config = configuration.RedisConfig(url=url, prefix=settings.config.redis.prefix)
         own = msgspec.structs.replace(settings, config=msgspec.structs.replace(settings.config, redis=redis_config))
-        detector = Detector(own, every_login=True)
+        detector = Detector(own, offline=True)
         try:
             await logtime.load(detector.client)
             # Never-ban addresses: the configuration's whitelist (this Redis holds no other, and

@@ -49,16 +49,20 @@ HOSTS_EVERY_S = 1.0
 
 
 class Detector:
-    def __init__(self, settings: Settings, every_login: bool = False):
-        """`every_login`: keep every rule's successful logins (`pyfilter replay`'s hint of
-        addresses that logged in later), not only those of rules with a per-account
-        window, the only ones the windows use (the live detector)."""
+    def __init__(self, settings: Settings, offline: bool = False):
+        """`offline`: `pyfilter replay`'s detector, the one reader of its lines, each
+        read once and in order. It keeps every rule's successful logins (replay's hint
+        of addresses that logged in later), not only those of rules with a
+        per-account window, the only ones the windows use; and its connection state
+        sees every line, so failures need not name their connections for the
+        windows' check across replicas (Matcher's `single_reader`)."""
         self.settings = settings
         cfg = settings.config
         self.keys = Keys(cfg.redis.prefix)
         self.client = connect(cfg.redis)
-        self.matcher = Matcher(settings.rules, successes=every_login or
-                               {name for name, rule in settings.rules.items() if rule.per_account is not None})
+        self.matcher = Matcher(settings.rules, successes=offline or
+                               {name for name, rule in settings.rules.items() if rule.per_account is not None},
+                               single_reader=offline)
         self.widening = Widening(cfg.network, Geo(asn_db=cfg.geoip.asn_db) if cfg.network.asn else None) \
             if cfg.network.enabled else None
         self.windows = Windows(self.client, cfg.redis.prefix, settings.rules, self.widening)

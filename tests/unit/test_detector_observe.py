@@ -111,6 +111,28 @@ def test_connections_that_only_give_up_still_count_at_any_replica(redis_url):
     assert replicas_record(redis_url, [lines[:2], lines[2:]], [1, 0]) == ["198.51.100.10"]
 
 
+def test_replay_reads_every_line_itself_so_its_failures_name_no_connection(redis_url):
+    """`pyfilter replay`'s detector reads every line of a connection, in order, across
+    its batches: its own connection state drops the closing line of a connection that
+    failed, and the windows need not check it again (no `connection` to send)."""
+    sshd = msgspec.structs.replace(load_rules(None, "sshd")["sshd"], maxretry=5, findtime=Seconds(3600))
+    config = Config(host="h")
+    config.redis.url = redis_url
+    settings = Settings(config=config, rules={"sshd": sshd}, path="t")
+    failed = sshd_line(103, "Failed password for root from 198.51.100.9 port 5003 ssh2")
+    closed = sshd_line(103, "Connection closed by authenticating user root 198.51.100.9 port 5003 [preauth]")
+    given_up = sshd_line(104, "Connection closed by authenticating user root 198.51.100.9 port 5004 [preauth]")
+    found = {}
+    for name, offline in (("live", False), ("replay", True)):
+        d = Detector(settings, offline=offline)
+        found[name] = [f for b, texts in enumerate([[failed], [closed, given_up]])
+                       for f in d.observe(messages.LineBatch(
+                           "h", "auth", [messages.Line(f"auth:0:{b}:{i}", t) for i, t in enumerate(texts)], NOW),
+                           NOW, set(), [])]
+    assert [(f.connection, f.once) for f in found["live"]] == [("h:auth:103", False), ("h:auth:104", True)]
+    assert [(f.connection, f.once) for f in found["replay"]] == [("", False), ("", True)]
+
+
 def test_syslog_times_are_read_in_the_zone_of_their_source(redis_url):
     """A host writing local time west of UTC: read as UTC its failures would look hours old."""
     line = "Nov 17 20:00:00 h sshd[1]: Failed password for root from 198.51.100.7 port 22"
@@ -233,7 +255,7 @@ def test_only_rules_with_a_per_account_window_keep_their_logins(redis_url):
     settings = Settings(config=config, rules=rules, path="t")
     lines = messages.LineBatch(host="h", source="auth", read_at=NOW, lines=[
         messages.Line("auth:0:0:0", "sshd[1]: Accepted password for root from 198.51.100.7 port 22 ssh2")])
-    live, replaying = Detector(settings), Detector(settings, every_login=True)
+    live, replaying = Detector(settings), Detector(settings, offline=True)
     kept: dict[str, list] = {"live": [], "replay": []}
     live.observe(lines, NOW, set(), [], kept["live"])
     replaying.observe(lines, NOW, set(), [], kept["replay"])

@@ -82,7 +82,7 @@ class Pattern:
 
 
 class CompiledRule:
-    def __init__(self, name: str, rule: Rule, default_tz: str) -> None:
+    def __init__(self, name: str, rule: Rule, default_tz: str, single_reader: bool = False) -> None:
         self.name = name
         self.rule = rule
         self.sources = set(rule.sources)
@@ -165,7 +165,10 @@ class CompiledRule:
                 raise RuleError(f"rule {name}: ignore[{j}]: {exc}: {raw}") from None
         self.ignore_values = [re.compile(raw) for raw in rule.ignore_values]  # checked by config
         self.stateful = any(p.kind != FAIL or not p.has_host for p in self.patterns)
-        self.connections = Connections(name, any(p.kind == ONCE for p in self.patterns))
+        # Failures name their connection for the windows' check of <ONCE> lines
+        # across detector replicas (ledger.lua, record_group), unless one reader
+        # sees every line once, in order: its own connection state decides alone.
+        self.connections = Connections(name, not single_reader and any(p.kind == ONCE for p in self.patterns))
         # Successful logins (Matcher's `successes`, `take_successes`); None: not kept.
         self.logins: list[Success] | None = None
 

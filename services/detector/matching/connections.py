@@ -41,7 +41,8 @@ class Failure(NamedTuple):
     user: str | None
     pattern: int  # index of the pattern that matched, in the rule file's list
     # The connection (its pid) the failure belongs to, for rules with a <ONCE>
-    # pattern ("" otherwise); `once`: a <ONCE> line, a failure only if that
+    # pattern ("" otherwise, and for a single reader: `pyfilter replay`);
+    # `once`: a <ONCE> line, a failure only if that
     # connection has no other. Detector replicas each see part of a log, so
     # the windows script checks `once` again across replicas (scripts.py).
     connection: str = ""

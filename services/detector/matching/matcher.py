@@ -42,9 +42,12 @@ class Matcher:
     """The compiled catalog. `match_batch` is the hot path; `explain` (explain.py) is for people."""
 
     def __init__(self, rules: dict[str, Rule], default_tz: str = "UTC",
-                 successes: bool | Collection[str] = False) -> None:
+                 successes: bool | Collection[str] = False, single_reader: bool = False) -> None:
         self.default_tz = default_tz
-        self.rules = [CompiledRule(name, rule, default_tz) for name, rule in rules.items() if rule.enabled]
+        # `single_reader`: these lines are all read here, each once and in order
+        # (`pyfilter replay`), so the connection state here is complete.
+        self.rules = [CompiledRule(name, rule, default_tz, single_reader)
+                      for name, rule in rules.items() if rule.enabled]
         # `successes`: keep the successful logins (`take_successes`) of every rule (True)
         # or of the rules named: they spare their addresses in per-account windows (the
         # live detector keeps those of rules with one only), and `pyfilter replay`
