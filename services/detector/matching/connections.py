@@ -42,9 +42,9 @@ class Failure(NamedTuple):
     pattern: int  # index of the pattern that matched, in the rule file's list
     # The connection (its pid) the failure belongs to, for rules with a <ONCE>
     # pattern ("" otherwise, and for a single reader: `pyfilter replay`);
-    # `once`: a <ONCE> line, a failure only if that
-    # connection has no other. Detector replicas each see part of a log, so
-    # the windows script checks `once` again across replicas (scripts.py).
+    # `once`: a <ONCE> line, a failure only if that connection has no other.
+    # Detector replicas each see part of a log, so the windows check `once`
+    # again across replicas (ledger.lua, record_group).
     connection: str = ""
     once: bool = False
     count: int = 1  # lines it stands for (rsyslog's "message repeated N times")
