@@ -468,14 +468,25 @@ def checkpointed(source: DockerSource, saved: dict[str, bytes]) -> dict[str, byt
     return saved
 
 
+def restarted(docker: DockerFolder, saved: dict[str, bytes]) -> tuple[DockerSource, object]:
+    """The source started again from the checkpoint `saved`, after its first look; its one container."""
+    cfg = msgspec.convert(containers_source(docker), SourceConfig)
+    source = DockerSource(cfg, CollectorConfig(), saved, asyncio.Event())
+    asyncio.run(source._look())
+    (followed,) = source.followed.values()
+    return source, followed
+
+
+@pytest.mark.parametrize("restarts_while_empty", [0, 1])
 def test_a_log_still_empty_at_the_stop_and_compressed_while_down_is_read_without_its_predecessor_again(
-        tmp_path, docker):
+        tmp_path, docker, restarts_while_empty):
     # Stopped just after a rotation, while the new log is empty: nothing of it
     # to know it by. While down it is written, rotated and compressed. The
     # file before it, compressed too, holds lines already sent: read again,
     # from the copy, they would count twice (under the copy's ids). The
     # source looked right after the rotation: those lines are as recent as
-    # any slack allowed for Docker's clock.
+    # any slack allowed for Docker's clock. A restart while the log is still
+    # empty must keep what the checkpoint knows of the file before.
     web = docker.create("web", "nginx")
     source, followed = source_in_process(docker)
     saved = checkpointed(source, {})
@@ -485,6 +496,12 @@ def test_a_log_still_empty_at_the_stop_and_compressed_while_down_is_read_without
     docker.rotate(web, max_file=5, compress=True)
     assert drain(source, followed) == []
     assert followed.tail.key == identity(os.stat(docker.log_path(web))), "not reading the new log"
+    for _ in range(restarts_while_empty):
+        source.seen = time.time()
+        saved = checkpointed(source, saved)
+        followed.tail.close()
+        source, followed = restarted(docker, saved)
+        assert drain(source, followed) == []
     source.seen = time.time()
     saved = checkpointed(source, saved)
     followed.tail.close()
@@ -492,11 +509,8 @@ def test_a_log_still_empty_at_the_stop_and_compressed_while_down_is_read_without
     docker.log(web, "while down 1")
     docker.rotate(web, max_file=5, compress=True)
     docker.log(web, "while down 2")
-    cfg = msgspec.convert(containers_source(docker), SourceConfig)
-    again = DockerSource(cfg, CollectorConfig(), saved, asyncio.Event())
-    asyncio.run(again._look())
-    (followed,) = again.followed.values()
-    assert drain(again, followed) == ["while down 1", "while down 2"]
+    source, followed = restarted(docker, saved)
+    assert drain(source, followed) == ["while down 1", "while down 2"]
     followed.tail.close()
 
 
