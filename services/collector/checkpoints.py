@@ -95,11 +95,16 @@ class Committer:
                 tx.xadd(self.keys.lines(self.host), {b"m": payload})
             tx.xlen(self.keys.lines(self.host))
 
+        # A field both forgotten and written is written: a file the source
+        # forgot (gone, or read on from its compressed copy) freed its inode,
+        # and a file made since took it, so its identity now names that file.
+        forget = [field for field in batch.forget if field not in batch.checkpoint]
+
         def checkpoint(tx) -> None:
             if batch.checkpoint:
                 tx.hset(key, mapping=batch.checkpoint)
-            if batch.forget:
-                tx.hdel(key, *batch.forget)
+            if forget:
+                tx.hdel(key, *forget)
 
         def own(tx) -> None:
             if batch.own is not None:

@@ -160,3 +160,42 @@ def test_a_log_still_empty_at_the_stop_and_compressed_while_down_is_read_without
         settle()
     # The two files are read side by side: their lines' order between them is free.
     assert sorted(line.text for line in stream_lines(redis_url)) == ["a1", "b1", "c1"]
+
+
+def test_a_file_on_the_inode_of_one_forgotten_at_the_same_time_keeps_its_position(tmp_path, logs, redis_url):
+    """At a restart the source forgets a file it finds in a compressed copy (its
+    inode is free since gzip removed it) and starts reading a file never seen,
+    which took that inode: one batch writes the new file's position and forgets
+    the old file's, under one identity. The position must stay, or the next
+    restart reads the new file again, in a new generation: every line twice
+    (the rotation matrix met it in CI, seed 624567020).
+
+    The inode cannot be chosen, so the checkpoint is written as if it had
+    been: the old file's position is filed under the identity of the copy
+    never seen. That copy was modified after any look (its mtime is ahead),
+    so only its position keeps it from being read as never seen again."""
+    log = logs / "app.log"
+    old = tmp_path / "old.log"
+    write(old, "x1")
+    subprocess.run(["gzip", "-c", str(old)], check=True, stdout=open(f"{log}.2.gz", "wb"))
+    write(f"{log}.1", "b1", "b2")
+    subprocess.run(["gzip", f"{log}.1"], check=True)
+    later = time.time() + 30
+    os.utime(f"{log}.1.gz", (later, later))
+    write(log, "c1")
+    st = os.stat(f"{log}.1.gz")
+    client = redis.Redis.from_url(redis_url)
+    client.hset(Keys().checkpoint(HOST, "app"), mapping={
+        "started": repr(time.time() - 60), "seen": repr(time.time() - 10),
+        f"{st.st_dev}:{st.st_ino}": msgspec.json.encode(Position(str(log), 3, 3, fingerprint(b"x1\n")))})
+    collector = Collector(tmp_path, redis_url, [file_source("app", log)])
+    with collector.start() as c:
+        wait_for_lines(redis_url, ["b1", "b2", "c1"])
+        settle()
+        c.kill()
+    with collector.start() as c:
+        c.ready()
+        write(log, "c2")
+        wait_for_lines(redis_url, ["c2"])
+        settle()
+    assert sorted(line.text for line in stream_lines(redis_url)) == ["b1", "b2", "c1", "c2"]

@@ -118,6 +118,8 @@ def test_a_batch_its_checkpoint_and_own_addresses_are_committed_on_one_redis_and
         await committer.commit("app", Batch([Line("app:1:2:6", "second")], checkpoint={"f": b"13"},
                                             forget=["old"]), stats)
         await committer.commit("app", Batch([], checkpoint={"seen": b"1"}), stats)
+        # A forgotten file's identity taken by a new file, both in one batch: the new one's position stays.
+        await committer.commit("app", Batch([], checkpoint={"reused": b"0"}, forget=["reused"]), stats)
         found = ([decode_batch(f[b"m"]).lines[0].text for _, f in await client.xrange(keys.lines(HOST))],
                  await load(client, keys, HOST, "app"), await client.hgetall(keys.own_addresses(HOST)),
                  await client.smembers(keys.hosts), committer.length, stats.lines)
@@ -126,5 +128,5 @@ def test_a_batch_its_checkpoint_and_own_addresses_are_committed_on_one_redis_and
 
     stream, checkpoint, own, listed, length, counted = asyncio.run(go())
     assert stream == ["first", "second"] and length == 2 and counted == 2
-    assert checkpoint == {"f": b"13", "seen": b"1"}
+    assert checkpoint == {"f": b"13", "seen": b"1", "reused": b"0"}
     assert own == {b"source:app": b"198.51.100.3"} and listed == {HOST.encode()}
