@@ -135,9 +135,12 @@ def active_ban(stack: Stack, address: str) -> dict | None:
 
 def logged_by(log_dir: Path, address: str) -> list[str]:
     """What sshd wrote to auth.log of the connections from `address` (its pids' lines)."""
+    def program(line: str) -> str:  # "sshd[54]"
+        return line.split(": ", 1)[0].rsplit(" ", 1)[-1]
+
     lines = (log_dir / "auth.log").read_text().splitlines()
-    pids = {line.split(": ", 1)[0].rsplit(" ", 1)[-1] for line in lines if address in line}
-    return [line for line in lines if line.split(": ", 1)[0].rsplit(" ", 1)[-1] in pids]
+    pids = {program(line) for line in lines if address in line}
+    return [line for line in lines if program(line) in pids]
 
 
 def last_failure_time(log_dir: Path, address: str) -> float:

@@ -339,10 +339,11 @@ def test_rotation_loses_no_line_and_sends_none_twice(tmp_path, docker, redis_url
     assert [line.text for line in stream_lines(redis_url)] == expected
 
 
-def source_in_process(docker: DockerFolder) -> tuple[DockerSource, object]:
-    """The containers source built in this process, after its first look; and its one followed container."""
+def source_in_process(docker: DockerFolder, saved: dict[str, bytes] | None = None) -> tuple[DockerSource, object]:
+    """The containers source built in this process (from the checkpoint `saved`, if
+    any), after its first look; and its one followed container."""
     cfg = msgspec.convert(containers_source(docker), SourceConfig)
-    source = DockerSource(cfg, CollectorConfig(), {}, asyncio.Event())
+    source = DockerSource(cfg, CollectorConfig(), saved or {}, asyncio.Event())
     asyncio.run(source._look())
     (followed,) = source.followed.values()
     return source, followed
@@ -468,15 +469,6 @@ def checkpointed(source: DockerSource, saved: dict[str, bytes]) -> dict[str, byt
     return saved
 
 
-def restarted(docker: DockerFolder, saved: dict[str, bytes]) -> tuple[DockerSource, object]:
-    """The source started again from the checkpoint `saved`, after its first look; its one container."""
-    cfg = msgspec.convert(containers_source(docker), SourceConfig)
-    source = DockerSource(cfg, CollectorConfig(), saved, asyncio.Event())
-    asyncio.run(source._look())
-    (followed,) = source.followed.values()
-    return source, followed
-
-
 @pytest.mark.parametrize("restarts_while_empty", [0, 1])
 def test_a_log_still_empty_at_the_stop_and_compressed_while_down_is_read_without_its_predecessor_again(
         tmp_path, docker, restarts_while_empty):
@@ -500,7 +492,7 @@ def test_a_log_still_empty_at_the_stop_and_compressed_while_down_is_read_without
         source.seen = time.time()
         saved = checkpointed(source, saved)
         followed.tail.close()
-        source, followed = restarted(docker, saved)
+        source, followed = source_in_process(docker, saved)
         assert drain(source, followed) == []
     source.seen = time.time()
     saved = checkpointed(source, saved)
@@ -509,7 +501,7 @@ def test_a_log_still_empty_at_the_stop_and_compressed_while_down_is_read_without
     docker.log(web, "while down 1")
     docker.rotate(web, max_file=5, compress=True)
     docker.log(web, "while down 2")
-    source, followed = restarted(docker, saved)
+    source, followed = source_in_process(docker, saved)
     assert drain(source, followed) == ["while down 1", "while down 2"]
     followed.tail.close()
 

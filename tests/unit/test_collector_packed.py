@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import msgspec
 import redis
@@ -13,6 +16,18 @@ from pyfilter.collector.sources.tail import Position, fingerprint
 from pyfilter.common.keys import Keys
 
 from .test_collector_support import HOST, Collector, file_source, settle, stream_lines, wait_for_lines, write
+
+
+@contextlib.contextmanager
+def sent(tmp_path, redis_url: str, log: Path, *texts: str) -> Iterator[Collector]:
+    """A collector following `log` (made empty here) once it has sent `texts`; it runs until the block ends."""
+    log.touch()
+    collector = Collector(tmp_path, redis_url, [file_source("app", log)])
+    with collector.start():
+        collector.ready()
+        write(log, *texts)
+        wait_for_lines(redis_url, list(texts))
+        yield collector
 
 
 def rotate_and_compress(log, keep: int = 5) -> None:
@@ -28,17 +43,12 @@ def rotate_and_compress(log, keep: int = 5) -> None:
 
 def test_rest_of_a_file_compressed_while_stopped_is_read_from_its_archive(tmp_path, logs, redis_url):
     log = logs / "app.log"
-    log.touch()
-    collector = Collector(tmp_path, redis_url, [file_source("app", log)])
-    with collector.start() as c:
-        c.ready()
-        write(log, "a1", "a2")
-        wait_for_lines(redis_url, ["a1", "a2"])
-        c.kill()
+    with sent(tmp_path, redis_url, log, "a1", "a2") as collector:
+        collector.kill()
     write(log, "a3 written before the rotation, never read")
     rotate_and_compress(log)
     write(log, "b1")
-    with collector.start() as c:
+    with collector.start():
         wait_for_lines(redis_url, ["a3 written before the rotation, never read", "b1"])
         settle()
     lines = stream_lines(redis_url)
@@ -52,13 +62,8 @@ def test_rest_of_a_file_compressed_while_stopped_is_read_from_its_archive(tmp_pa
 
 def test_files_rotated_and_compressed_while_stopped_are_read_whole(tmp_path, logs, redis_url):
     log = logs / "app.log"
-    log.touch()
-    collector = Collector(tmp_path, redis_url, [file_source("app", log)])
-    with collector.start() as c:
-        c.ready()
-        write(log, "a1")
-        wait_for_lines(redis_url, ["a1"])
-        c.kill()
+    with sent(tmp_path, redis_url, log, "a1") as collector:
+        collector.kill()
     write(log, "a2")
     rotate_and_compress(log)
     write(log, "b1 in a file only ever seen compressed", "b2")
@@ -94,20 +99,15 @@ def test_archive_read_after_a_crash_is_not_confused_with_a_new_file_on_the_freed
     freed last): the rotation matrix (tests/integration) met it every run.
     """
     log = logs / "app.log"
-    log.touch()
-    collector = Collector(tmp_path, redis_url, [file_source("app", log)])
-    with collector.start() as c:
-        c.ready()
-        write(log, "a1")
-        wait_for_lines(redis_url, ["a1"])
+    with sent(tmp_path, redis_url, log, "a1") as collector:
         os.rename(log, f"{log}.1")
         log.touch()
         write(f"{log}.1", "a2, late in the rotated file")
         wait_for_lines(redis_url, ["a2, late in the rotated file"])
-        c.kill()  # while it still follows app.log.1
+        collector.kill()  # while it still follows app.log.1
     write(f"{log}.1", "a3, unread")
     subprocess.run(["gzip", f"{log}.1"], check=True)
-    with collector.start() as c:
+    with collector.start():
         wait_for_lines(redis_url, ["a3, unread"])
         for n in range(3):  # new files, perhaps on the inode gzip freed
             os.rename(log, f"{log}.{n + 2}")
@@ -143,15 +143,10 @@ def test_a_log_still_empty_at_the_stop_and_compressed_while_down_is_read_without
     # is found as a file never seen, and the copy of the one before it,
     # modified just before the stop, is known as read.
     log = logs / "app.log"
-    log.touch()
-    collector = Collector(tmp_path, redis_url, [file_source("app", log)])
-    with collector.start() as c:
-        c.ready()
-        write(log, "a1")
-        wait_for_lines(redis_url, ["a1"])
+    with sent(tmp_path, redis_url, log, "a1") as collector:
         rotate_and_compress(log)
         settle()
-        c.kill()
+        collector.kill()
     write(log, "b1")
     rotate_and_compress(log)
     write(log, "c1")

@@ -8,7 +8,7 @@ import redis
 from .test_collector_support import Collector, file_source, wait_for
 
 
-def test_a_task_ending_on_an_unexpected_error_stops_the_collector_and_says_why(tmp_path, redis_url):
+def test_a_task_ending_on_an_unexpected_error_stops_the_collector_and_says_why(tmp_path, logs, redis_url):
     """Its Redis user loses PING: no retry covers that refusal (NOPERM), so the heartbeat
     ends. The collector says which task ended and why, and exits 1; before, it ran on,
     unhealthy, with no line saying why."""
@@ -16,8 +16,6 @@ def test_a_task_ending_on_an_unexpected_error_stops_the_collector_and_says_why(t
     admin.acl_setuser("collector", enabled=True, passwords=["+secret"], keys=["*"], channels=["*"],
                       commands=["+@all"])
     url = redis_url.replace("unix://", "unix://collector:secret@", 1)
-    logs = tmp_path / "log"
-    logs.mkdir()
     (logs / "app.log").write_text("")
     beat = tmp_path / "heartbeat"
     with Collector(tmp_path, url, [file_source("app", logs / "app.log")]) as collector:
