@@ -399,12 +399,17 @@ class Detector:
             self.inflight = asyncio.create_task(self.finish(*work))
 
 
-async def main_async(settings: Settings) -> None:
+async def main_async(settings: Settings) -> int:
     serve_metrics("detector")
     detector = Detector(settings)
     service.stop_on_signals(detector.stopping)
-    await asyncio.gather(detector.run(), prune_until(detector.client, detector.keys, detector.stopping))
+    tasks = service.Tasks(detector.stopping, logger)
+    tasks.start(detector.run(), "windows")
+    tasks.start(prune_until(detector.client, detector.keys, detector.stopping), "pruner")
+    # Either ending on an error stops the other (a read under way is finished first).
+    await asyncio.wait(tasks.running)
     await detector.client.aclose()
+    return 1 if tasks.failed else 0
 
 
 def main() -> int:

@@ -35,26 +35,25 @@ async def heartbeat(client: redis.Redis, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), BEAT_EVERY)
 
 
-async def notices(settings: Settings, client: redis.Redis, stop: asyncio.Event) -> None:
-    """Ban notices, where a channel is configured: only then are aiohttp and
-    the mail modules loaded (about 9 MB that an idle host does not need)."""
-    if settings.config.notify.email is None and settings.config.notify.webhook is None:
-        log.warning("no notification channel is configured: nothing to announce "
-                    "(docs/notifications.md)")
-        return
-    from pyfilter.notifier.notify import run_notifier
-
-    await run_notifier(settings, client, stop)
-
-
-async def main_async(settings: Settings) -> None:
+async def main_async(settings: Settings) -> int:
     serve_metrics("notifier")
     client = connect(settings.config.redis)
     stop = asyncio.Event()
     service.stop_on_signals(stop)
+    tasks = service.Tasks(stop, log)
+    tasks.start(heartbeat(client, stop), "heartbeat")
+    if settings.config.notify.email is None and settings.config.notify.webhook is None:
+        log.warning("no notification channel is configured: nothing to announce "
+                    "(docs/notifications.md)")
+    else:
+        # Only now are aiohttp and the mail modules loaded (about 9 MB that an idle host does not need).
+        from pyfilter.notifier.notify import run_notifier
+
+        tasks.start(run_notifier(settings, client, stop), "notices")
     log.info("notifier started", extra={"host": settings.host})
-    await asyncio.gather(heartbeat(client, stop), notices(settings, client, stop))
+    await asyncio.wait(tasks.running)
     await client.aclose()
+    return 1 if tasks.failed else 0
 
 
 def main() -> int:

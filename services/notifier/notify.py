@@ -392,7 +392,9 @@ async def _nap(stop: asyncio.Event, seconds: float) -> None:
 
 
 async def run_notifier(settings: Settings, client: redis.Redis, stop: asyncio.Event) -> None:
-    """Announce bans until `stop` is set; returns at once when no channel is configured."""
+    """Announce bans until `stop` is set; returns at once when no channel is configured.
+    A channel configured but unusable (its error logged) waits for `stop`: restarting
+    the notifier would not change that, only repeat the error."""
     cfg = settings.config.notify
     if cfg.email is None and cfg.webhook is None:
         return
@@ -400,3 +402,5 @@ async def run_notifier(settings: Settings, client: redis.Redis, stop: asyncio.Ev
         notifier = Notifier(settings, client, session)
         if notifier.channels:
             await notifier.run(stop)
+        else:
+            await stop.wait()
