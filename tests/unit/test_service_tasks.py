@@ -4,10 +4,12 @@ task and the error in its log, so that Docker starts it again (common/service.py
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -24,20 +26,19 @@ def with_user(redis_url: str, name: str) -> tuple[redis.Redis, str]:
     return admin, redis_url.replace("unix://", f"unix://{name}:secret@", 1)
 
 
-def start_service(name: str, tmp: Path, url: str, config: dict, env: dict | None = None) -> subprocess.Popen:
-    """`python -m pyfilter.<name>` on its own config and log (`tmp/<name>.log`)."""
+@contextlib.contextmanager
+def service(name: str, tmp: Path, url: str, config: dict, unset: tuple[str, ...] = ()) -> Iterator[subprocess.Popen]:
+    """`python -m pyfilter.<name>` on its own config and log (`tmp/<name>.log`), without the
+    environment variables `unset`; killed at the end if it still runs."""
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"redis": {"url": url}, "catalog_dir": str(CATALOG), **config}))
     env = {**os.environ, "PYFILTER_CONFIG": str(path), "PYFILTER_REDIS_URL": url, "PYFILTER_HOST": HOST,
-           "PYFILTER_METRICS_PORT": "0", "PYFILTER_HEARTBEAT": str(tmp / f"{name}.heartbeat"), **(env or {})}
+           "PYFILTER_METRICS_PORT": "0", "PYFILTER_HEARTBEAT": str(tmp / f"{name}.heartbeat")}
+    env = {k: v for k, v in env.items() if k not in unset}
     with open(tmp / f"{name}.log", "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", f"pyfilter.{name}"], env=env, stdout=out, stderr=out)
-
-
-def stopped(proc: subprocess.Popen, log: Path) -> tuple[int, str]:
-    """Its exit code (waited for) and its log."""
+        proc = subprocess.Popen([sys.executable, "-m", f"pyfilter.{name}"], env=env, stdout=out, stderr=out)
     try:
-        return proc.wait(15), log.read_text(errors="replace")
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -65,10 +66,11 @@ def test_a_detector_whose_loop_fails_unexpectedly_stops_and_says_why(tmp_path, r
     (its windows loop), logs the error in its own log format, stops its pruner too and
     exits 1 (before, the error escaped as a bare traceback)."""
     admin, url = with_user(redis_url, "detector")
-    proc = start_service("detector", tmp_path, url, {"rules": {"sshd": {}}})
-    wait_for((tmp_path / "detector.heartbeat").exists, 15, "the detector's first heartbeat")
-    admin.acl_setuser("detector", commands=["-smembers"])
-    code, log = stopped(proc, tmp_path / "detector.log")
+    with service("detector", tmp_path, url, {"rules": {"sshd": {}}}) as proc:
+        wait_for((tmp_path / "detector.heartbeat").exists, 15, "the detector's first heartbeat")
+        admin.acl_setuser("detector", commands=["-smembers"])
+        code = proc.wait(15)
+    log = (tmp_path / "detector.log").read_text(errors="replace")
     assert code == 1, log
     ended = [json.loads(line) for line in log.splitlines() if "ended unexpectedly" in line]
     assert [e["msg"] for e in ended] == [
@@ -78,10 +80,11 @@ def test_a_detector_whose_loop_fails_unexpectedly_stops_and_says_why(tmp_path, r
 
 def test_a_notifier_task_ending_on_an_unexpected_error_stops_the_notifier(tmp_path, redis_url):
     admin, url = with_user(redis_url, "notifier")
-    proc = start_service("notifier", tmp_path, url, {"rules": {}})
-    wait_for((tmp_path / "notifier.heartbeat").exists, 15, "the notifier's first heartbeat")
-    admin.acl_setuser("notifier", commands=["-ping"])
-    code, log = stopped(proc, tmp_path / "notifier.log")
+    with service("notifier", tmp_path, url, {"rules": {}}) as proc:
+        wait_for((tmp_path / "notifier.heartbeat").exists, 15, "the notifier's first heartbeat")
+        admin.acl_setuser("notifier", commands=["-ping"])
+        code = proc.wait(15)
+    log = (tmp_path / "notifier.log").read_text(errors="replace")
     assert code == 1, log
     assert "heartbeat ended unexpectedly" in log and "NoPermissionError" in log, log
 
@@ -89,21 +92,18 @@ def test_a_notifier_task_ending_on_an_unexpected_error_stops_the_notifier(tmp_pa
 def test_a_notifier_whose_only_channel_is_unusable_says_so_and_stays_up(tmp_path, redis_url):
     """Mail configured with its password's variable unset: a restart would not mend it, so
     the notifier logs why once and stays up (healthy: Redis answers), not in a restart loop."""
-    env = {k: v for k, v in os.environ.items() if k != "PYFILTER_SMTP_PASSWORD"}
     mail = {"host": "127.0.0.1", "port": 2525, "from": "pyfilter@example.org", "to": ["ops@example.org"],
             "username": "pyfilter", "password_env": "PYFILTER_SMTP_PASSWORD"}
-    proc = start_service("notifier", tmp_path, redis_url, {"rules": {}, "notify": {"email": mail}}, env)
-    try:
-        log_path = tmp_path / "notifier.log"
-        wait_for(lambda: "mail notifications are off" in log_path.read_text(errors="replace"), 15,
+    log = tmp_path / "notifier.log"
+    with service("notifier", tmp_path, redis_url, {"rules": {}, "notify": {"email": mail}},
+                 unset=("PYFILTER_SMTP_PASSWORD",)) as proc:
+        wait_for(lambda: "mail notifications are off" in log.read_text(errors="replace"), 15,
                  "the notifier's error about the mail password")
         beat = tmp_path / "notifier.heartbeat"
         wait_for(beat.exists, 15, "the notifier's heartbeat")
         first = beat.stat().st_mtime_ns
         wait_for(lambda: beat.stat().st_mtime_ns != first, 15, "a later heartbeat")
-        assert proc.poll() is None, log_path.read_text(errors="replace")
-    finally:
+        assert proc.poll() is None, log.read_text(errors="replace")
         proc.terminate()
-        code = proc.wait(15)
-    assert code == 0
-    assert log_path.read_text().count("mail notifications are off") == 1
+        assert proc.wait(15) == 0
+    assert log.read_text().count("mail notifications are off") == 1
