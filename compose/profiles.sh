@@ -7,4 +7,4 @@
 exec docker run --rm --network none --entrypoint python "pyfilter:${PYFILTER_VERSION:-latest}" -c '
 from pyfilter.common.config import load
 notify = load(rules=False).config.notify
-print("notify" if notify.email or notify.webhook else "")'
+print("notify" if notify.any_channel else "")'

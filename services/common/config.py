@@ -516,6 +516,11 @@ class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True):
     retry_max: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     give_up_after: Seconds = Seconds(86400)
 
+    @property
+    def any_channel(self) -> bool:
+        """Whether a channel is configured (the notifier has something to do)."""
+        return self.email is not None or self.webhook is not None
+
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     host: str = ""

@@ -42,7 +42,7 @@ async def main_async(settings: Settings) -> int:
     service.stop_on_signals(stop)
     tasks = service.Tasks(stop, log)
     tasks.start(heartbeat(client, stop), "heartbeat")
-    if settings.config.notify.email is None and settings.config.notify.webhook is None:
+    if not settings.config.notify.any_channel:
         log.warning("no notification channel is configured: nothing to announce "
                     "(docs/notifications.md)")
     else:

@@ -395,8 +395,7 @@ async def run_notifier(settings: Settings, client: redis.Redis, stop: asyncio.Ev
     """Announce bans until `stop` is set; returns at once when no channel is configured.
     A channel configured but unusable (its error logged) waits for `stop`: restarting
     the notifier would not change that, only repeat the error."""
-    cfg = settings.config.notify
-    if cfg.email is None and cfg.webhook is None:
+    if not settings.config.notify.any_channel:
         return
     async with aiohttp.ClientSession() as session:
         notifier = Notifier(settings, client, session)

@@ -57,6 +57,17 @@ def test_the_enforcer_loads_the_configuration_without_the_catalog(tmp_path):
     assert settings.config.enforcer.backend == "iptables"
 
 
+@pytest.mark.parametrize("notify, channel", [
+    ("", False),
+    ("notify: {manual: true}\n", False),
+    ("notify: {webhook: {url: 'https://hooks.example.org/bans'}}\n", True),
+    ("notify: {email: {host: 127.0.0.1, from: a@example.org, to: [b@example.org]}}\n", True),
+])
+def test_a_notification_channel_is_configured_by_mail_or_webhook_only(tmp_path, notify, channel):
+    """What starts the notifier (compose/profiles.sh) and gives it work (notifier/main.py)."""
+    assert load(write(tmp_path, notify), rules=False).config.notify.any_channel is channel
+
+
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "absent.yaml")
