@@ -31,6 +31,14 @@ KINDS = {
 }
 
 
+def write_config(path: Path, kind: str) -> Path:
+    """A replay configuration at `path`: sshd with the benchmark's settings and the windows of `kind`."""
+    sshd = {"maxretry": run.MAXRETRY, "findtime": run.FINDTIME, "bantime": run.BANTIME, **KINDS[kind]}
+    path.write_text(yaml.safe_dump({"host": logs.HOST, "catalog_dir": str(run.REPO / "config" / "rules"),
+                                    "rules": {"sshd": sshd}}))
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lines", type=int, default=1_000_000)
@@ -45,11 +53,8 @@ def main() -> int:
         match = run.ours_match(log.path, "sshd", None)["usage"].wall
         print(f"  pyfilter match --rule sshd: {match:.2f} s", flush=True)
         cli = Path(sys.executable).with_name("pyfilter")
-        for name, settings in KINDS.items():
-            config = work / "replay.yaml"
-            sshd = {"maxretry": run.MAXRETRY, "findtime": run.FINDTIME, "bantime": run.BANTIME, **settings}
-            config.write_text(yaml.safe_dump({"host": logs.HOST, "catalog_dir": str(run.REPO / "config" / "rules"),
-                                              "rules": {"sshd": sshd}}))
+        for name in KINDS:
+            config = write_config(work / "replay.yaml", name)
             usage, out = run._process([str(cli), "replay", "--config", str(config), str(log.path)])
             bans = re.search(r"([\d,]+) ban\(s\)", out.splitlines()[0]).group(1)  # type: ignore[union-attr]
             print(f"  replay, {name}: {usage.wall:.2f} s, CPU {usage.cpu:.1f} s, {bans} bans, "

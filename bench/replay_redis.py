@@ -28,10 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 
-from bench import logs, run
-from bench.replay_kinds import KINDS
+from bench import logs
+from bench.replay_kinds import KINDS, write_config
 from pyfilter.cli import matching, ownredis, replay
 
 
@@ -49,10 +48,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="pyfilter-replay-redis-"))
     try:
         log = logs.write_mixed(work / "mixed.log", lines=args.lines, span=args.span)
-        config = work / "replay.yaml"
-        sshd = {"maxretry": run.MAXRETRY, "findtime": run.FINDTIME, "bantime": run.BANTIME, **KINDS[args.kind]}
-        config.write_text(yaml.safe_dump({"host": logs.HOST, "catalog_dir": str(run.REPO / "config" / "rules"),
-                                          "rules": {"sshd": sshd}}))
+        config = write_config(work / "replay.yaml", args.kind)
         _server_on_path(work, args.redis_server, work / "callgrind.out" if args.callgrind else None)
         print(f"mixed: {log.lines:,} lines, {log.failures:,} failures; sshd {args.kind}", flush=True)
         _report(*_replayed(config, log.path))
