@@ -146,15 +146,24 @@ def _lines(data: bytes) -> list[str]:
     return lines
 
 
+def check_files(paths: list[str]) -> None:
+    """A usage error, naming the path, unless every one is a log file this user can read."""
+    for path in paths:
+        if not os.path.exists(path):
+            raise UsageError(f"{path}: no such file")
+        if not os.path.isfile(path):
+            raise UsageError(f"{path}: not a log file (a directory, or not a regular file)")
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"{path}: not readable by this user")
+
+
 def cmd_match(args: argparse.Namespace) -> int:
     get_zone(args.tz)  # fail early on a bad zone
     matcher = make_matcher(load_rules(args.catalog, args.rule, args.config), args.tz)
     now = parse_now(args.now, args.tz)
     if now is None:
         now = time.time()
-    for path in args.files:
-        if not os.path.isfile(path):
-            raise UsageError(f"{path}: no such file")
+    check_files(args.files)
     out = sys.stdout
     per_rule: Counter[str] = Counter()
     per_pattern: Counter[tuple[str, int]] = Counter()

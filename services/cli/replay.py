@@ -77,10 +77,9 @@ def logs_of(settings: configuration.Settings, paths: list[str], program: str | N
             tz: str | None) -> list[Log]:
     """Each file with the collector source of the configuration whose paths end in its
     name (its program and zone, as the collector would send them), unless given."""
+    matching.check_files(paths)
     found = []
     for path in paths:
-        if not os.path.isfile(path):
-            raise matching.UsageError(f"{path}: no such file")
         name = Path(path).name
         source = next((s for s in settings.config.collector.sources
                        if s.type == "file" and any(fnmatch.fnmatch(name, Path(p).name) for p in s.paths)), None)

@@ -166,3 +166,21 @@ def test_the_cli_starts_without_redis_or_the_importers():
             "'pyfilter.cli.imports.'))}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", ["match", "replay"])
+def test_a_path_that_is_no_log_file_is_a_usage_error_naming_it(tmp_path, log, command):
+    for path, why in ((tmp_path / "missing.log", "no such file"), (tmp_path, "not a log file")):
+        result = run(command, str(log), str(path))
+        assert result.returncode == 2, result.stderr
+        assert f"{path}: {why}" in result.stderr
+        assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_an_unreadable_log_is_named_before_anything_is_read(log, monkeypatch):
+    from pyfilter.cli import matching
+
+    # Root reads any file: the permission is what os.access answers for this user.
+    monkeypatch.setattr(os, "access", lambda path, mode: str(path) != str(log))
+    with pytest.raises(matching.UsageError, match="auth.log: not readable by this user"):
+        matching.check_files([str(log)])
