@@ -555,6 +555,8 @@ def _read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} of the file): not a configuration file") from None
     try:
         return yaml.load(text, Loader=_LOADER) or {}
     except yaml.YAMLError as exc:

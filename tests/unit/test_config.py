@@ -73,6 +73,14 @@ def test_missing_file_is_a_clear_error(tmp_path):
         load(tmp_path / "absent.yaml")
 
 
+def test_a_binary_file_is_a_clear_error(tmp_path):
+    """A log or an archive given as the configuration: named as such, no traceback."""
+    path = tmp_path / "pyfilter.yaml"
+    path.write_bytes(b"rules:\n\x1f\x8b\x08\x00\xff\xfe garbage\n")
+    with pytest.raises(ConfigError, match=r"pyfilter.yaml: not UTF-8 text \(byte 8 of the file\)"):
+        load(path)
+
+
 @pytest.mark.parametrize("text, seconds", [(600, 600), ("600", 600), ("10m", 600), ("1h", 3600),
                                            ("2d", 172800), ("1w", 604800), (-1, -1), ("-1", -1)])
 def test_durations(text, seconds):
