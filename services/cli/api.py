@@ -160,6 +160,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     return OK
 
 
+EVIDENCE_PER_LINE = 4  # addresses per line of `show`'s evidence
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     status, data = call(client_for(args), "GET", f"/bans/{quote(args.address)}", missing_ok=True)
     if status == 404:
@@ -174,6 +177,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     fields = [
         ("address", data["address"]), ("active", "yes" if data["active"] else "no"),
         ("rule", data["rule"]), ("seen by host", data["host"]), ("origin", data["origin"]),
+        ("window", data.get("window") or "-"),
+        *([("account", data["account"])] if data.get("account") is not None else []),
         ("reason", data["reason"]), ("country", data["country"] or "unknown"), ("network (ASN)", asn),
         ("banned at", when(data["banned_at"])), ("expires", when(data["expires_at"], "permanent")),
         ("failures", data["failures"]), ("first failure", when(data["first_failure"])),
@@ -182,6 +187,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
         print(f"{key.ljust(width)}  {value}")
+    if evidence := data.get("evidence"):
+        # As the admin page shows them: who failed on the account together, or the member bans.
+        print("member bans:" if data.get("window") == "network" else
+              f"addresses that failed on the account together ({len(evidence)}):")
+        for i in range(0, len(evidence), EVIDENCE_PER_LINE):
+            print("  " + "  ".join(evidence[i:i + EVIDENCE_PER_LINE]))
     if data["lines"]:
         print("log lines:")
         for line in data["lines"]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyfilter.cli import api, imports as importers, matching, replay, server, status
+from pyfilter.cli import api, imports as importers, matching, replay, server, status, terminal
 from pyfilter.common.timeparse import InvalidZone
 
 
@@ -31,6 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # For a person, client text is made visible (terminal.py); JSON escapes its own.
+    out, err = sys.stdout, sys.stderr
+    if not getattr(args, "json", False):
+        sys.stdout = terminal.Shown(out)  # type: ignore[assignment]
+    sys.stderr = terminal.Shown(err)  # type: ignore[assignment]
+    try:
+        return _run(args)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except (matching.UsageError, InvalidZone) as exc:

@@ -184,3 +184,39 @@ def test_an_unreadable_log_is_named_before_anything_is_read(log, monkeypatch):
     monkeypatch.setattr(os, "access", lambda path, mode: str(path) != str(log))
     with pytest.raises(matching.UsageError, match="auth.log: not readable by this user"):
         matching.check_files([str(log)])
+
+
+# Each kind of character that acts on a terminal, in client text: a window title (OSC ...
+# BEL), clearing the screen (CSI), a carriage return over the line, the 8-bit CSI, a
+# right-to-left override, and a byte that is not UTF-8.
+HOSTILE_USER = b"\x1b]0;pwned\x07\x1b[2J\rok\xc2\x9b31m\xe2\x80\xaeevil\xff"
+ACTING = set(range(0x00, 0x20)) - {0x09, 0x0A} | set(range(0x7F, 0xA0)) | {0x202E} | set(range(0xDC80, 0xDD00))
+
+
+def assert_shown(out: str) -> None:
+    assert not [hex(ord(c)) for c in out if ord(c) in ACTING]
+    for escape in (r"\x1b]0;pwned\x07\x1b[2J\x0dok\x9b31m\u202eevil", r"from 198.51.100.9"):
+        assert escape in out
+
+
+def test_client_text_reaches_the_terminal_as_escapes_not_as_controls(tmp_path):
+    line = b"Dec  7 01:00:00 h sshd[1]: Failed password for invalid user " + HOSTILE_USER + \
+        b" from 198.51.100.9 port 22 ssh2"
+    explained = subprocess.run([str(PYFILTER), "explain", line], capture_output=True, timeout=60)
+    out = explained.stdout.decode("utf-8", "surrogateescape")
+    assert explained.returncode == 0 and "sshd: failure" in out
+    assert_shown(out)
+    assert r"\xff" in out  # the undecodable byte, as the byte
+
+    log = tmp_path / "auth.log"
+    log.write_bytes(b"".join(line.replace(b"01:00:00", b"01:00:0%d" % i) + b"\n" for i in range(6)))
+    replayed = subprocess.run([str(PYFILTER), "replay", "--config", str(REPO / "config" / "pyfilter.yaml"),
+                               str(log)], capture_output=True, timeout=120)
+    out = replayed.stdout.decode("utf-8", "surrogateescape")
+    assert replayed.returncode == 0 and "198.51.100.9  sshd" in out and "last line:" in out
+    assert_shown(out)
+    # The JSON for scripts keeps the text as it was (JSON escapes its own controls).
+    as_json = subprocess.run([str(PYFILTER), "replay", "--json", "--config", str(REPO / "config" / "pyfilter.yaml"),
+                              str(log)], capture_output=True, timeout=120)
+    [ban] = json.loads(as_json.stdout)["replays"][0]["bans"]
+    assert "\x1b]0;pwned\x07\x1b[2J\rok" in ban["lines"][-1]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from pyfilter.cli import api as cli_api, main as cli
 from pyfilter.common import messages
 from pyfilter.common.keys import Keys
 from tests.unit.apiserver import api_server  # noqa: F401  (fixture)
-from tests.unit.apisupport import PREFIX
+from tests.unit.apisupport import PREFIX, account_bans
 
 
 @pytest.fixture(autouse=True)
@@ -114,3 +117,49 @@ def test_stats_and_whitelist_commands(api_server, capsys):
     code, _, err = run(capsys, "whitelist", "remove", "198.51.100.128/25", *url, *token)
     assert code == 3 and "configuration file" in err
     assert run(capsys, "whitelist", "add", *url, *token)[0] == 2
+
+
+def test_show_and_list_write_client_text_as_escapes(api_server, capsys):
+    """A per-account ban names the account a client typed, and its lines hold it: on the
+    operator's terminal its controls are escapes (the CLI's terminal.py), in --json as sent."""
+    account = "\x1b]0;pwned\x07\x1b[2Jroot\u202e"
+    attackers = ["198.51.100.31", "198.51.100.32"]
+
+    async def ban() -> list[str]:
+        client = aioredis.Redis.from_url(api_server.redis_url)
+        try:
+            return await account_bans(client, attackers, account, time.time())
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(ban()) == attackers
+    url = ["--url", api_server.url]
+    code, out, _ = run(capsys, "show", attackers[0], *url)
+    assert code == 0 and attackers[0] in out
+    assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out
+    # The window that decided it, the account and its evidence, as the admin page shows them.
+    assert "window         account\n" in out
+    assert "account        \\x1b]0;pwned\\x07\\x1b[2Jroot\\u202e\n" in out
+    assert "addresses that failed on the account together (2):\n  198.51.100.31  198.51.100.32\n" in out
+    assert r"Failed password for \x1b]0;pwned\x07\x1b[2Jroot\u202e from 198.51.100.31" in out
+    code, out, _ = run(capsys, "show", "--json", attackers[0], *url)
+    assert json.loads(out)["account"] == account
+
+
+def test_show_of_a_network_ban_lists_its_member_bans(api_server, capsys):
+    from tests.unit.test_network import detector, fail_once, widening
+
+    members = ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+
+    async def ban() -> list[str]:
+        client = aioredis.Redis.from_url(api_server.redis_url)
+        try:
+            return await fail_once(detector(client, widening()), members)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(ban()) == members  # each banned; the third fills their /24 (network.py)
+    code, out, _ = run(capsys, "show", "198.51.100.0/24", "--url", api_server.url)
+    assert code == 0 and "window         network\n" in out and "account" not in out
+    listed = out.split("member bans:\n", 1)[1].splitlines()[0].split()
+    assert sorted(listed) == members
