@@ -23,7 +23,7 @@ _ACTING = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u206
 
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
-    if code >= 0xDC80 and code <= 0xDCFF:
+    if 0xDC80 <= code <= 0xDCFF:  # the byte it stands for
         return f"\\x{code - 0xDC00:02x}"
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
@@ -40,7 +40,8 @@ class Shown:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        return self._stream.write(shown(text))
+        self._stream.write(shown(text))
+        return len(text)
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
