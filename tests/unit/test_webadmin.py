@@ -229,7 +229,9 @@ def test_a_per_account_ban_shows_its_account_and_evidence(server, page):
     attacker's text, shown as text), the details list every address of the evidence."""
     url, redis_url = server
     attackers = ["198.51.100.51", "198.51.100.52", "2001:db8::53"]
-    account = "<img src=x onerror=alert(1)>"
+    # Markup, and what would act instead of showing: an override reversing what follows, a control.
+    account = "<img src=x onerror=alert(1)>\u202eroot\x1b[2J"
+    shown = r"<img src=x onerror=alert(1)>\u202eroot\x1b[2J"  # as services/cli/terminal.py writes it
 
     async def seed():
         client = aioredis.from_url(redis_url)
@@ -242,10 +244,12 @@ def test_a_per_account_ban_shows_its_account_and_evidence(server, page):
     page.on("dialog", lambda d: problems.append(d.message))
     page.goto(url + "/")
     row = page.locator('#bans tr[data-address="2001:db8::53"]')
-    expect(row.locator('[data-window="account"]')).to_have_text(f"per account: {account}")
+    expect(row.locator('[data-window="account"]')).to_have_text(f"per account: {shown}")
     expect(page.locator('#bans tr[data-address="198.51.100.41"] [data-window]')).to_have_count(0)
     row.locator("button", has_text="Details").click()
     evidence = page.locator("#bans tr.details .evidence li")
     expect(evidence).to_have_text(attackers)
     expect(page.locator("#bans tr.details")).to_contain_text("3 address(es) failed on account")
+    expect(page.locator("#bans tr.details pre")).to_contain_text(f"Failed password for {shown} from ")
+    assert "\u202e" not in page.locator("#bans tr.details").inner_text()
     assert page.locator("#bans img").count() == 0 and problems == []

@@ -32,6 +32,15 @@ function svg(tag, attrs = {}, text) {
 }
 
 const $ = (id) => document.getElementById(id);
+
+// Text a client wrote (an account, a log line), with what would act instead of showing
+// (controls, bidirectional marks and overrides that reorder what follows) written as
+// escapes, as the pyfilter command writes it (services/cli/terminal.py).
+const ACTING = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+const visible = (text) => String(text).replace(ACTING, (c) => {
+  const code = c.codePointAt(0);
+  return code < 0x100 ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u${code.toString(16).padStart(4, "0")}`;
+});
 const when = (t, never = "–") => (t == null ? never : new Date(t * 1000).toLocaleString());
 const country = (c) => c || "unknown";
 
@@ -204,7 +213,7 @@ function details(b) {
   ];
   const dl = el("dl");
   for (const [k, v] of facts) dl.append(el("dt", {}, k), el("dd", {}, String(v)));
-  const lines = b.lines.length ? el("pre", {}, b.lines.join("\n")) : el("p", { class: "muted" }, "no log lines");
+  const lines = b.lines.length ? el("pre", {}, b.lines.map(visible).join("\n")) : el("p", { class: "muted" }, "no log lines");
   const td = el("td", { colspan: 8 }, dl);
   if (b.window === "network") td.append(networkMembers(b)); else td.append(accountEvidence(b), lines);
   return el("tr", { class: "details" }, td);
@@ -228,7 +237,7 @@ function networkMembers(b) {
 // text) and the addresses that failed on it together, the evidence.
 function accountNote(b) {
   if (b.window !== "account") return "";
-  return el("span", { class: "window-note", "data-window": "account" }, "per account: ", el("q", {}, b.account ?? ""));
+  return el("span", { class: "window-note", "data-window": "account" }, "per account: ", el("q", {}, visible(b.account ?? "")));
 }
 
 function accountEvidence(b) {
@@ -236,7 +245,7 @@ function accountEvidence(b) {
   const list = el("ul", { class: "evidence" });
   for (const address of b.evidence) list.append(el("li", {}, address));
   return el("div", { class: "account-evidence" },
-    el("p", {}, `${b.evidence.length} address(es) failed on account `, el("q", {}, b.account ?? ""), " together:"),
+    el("p", {}, `${b.evidence.length} address(es) failed on account `, el("q", {}, visible(b.account ?? "")), " together:"),
     list);
 }
 
