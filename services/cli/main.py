@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyfilter.cli import api, imports as importers, matching, replay, server, status, terminal
+from pyfilter.cli import api, imports as importers, matching, replay, server, status
+from pyfilter.common import shown
 from pyfilter.common.timeparse import InvalidZone
 
 
@@ -31,11 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # For a person, client text is made visible (terminal.py); JSON escapes its own.
+    # For a person, client text is made visible (common/shown.py); JSON escapes its own.
     out, err = sys.stdout, sys.stderr
     if not getattr(args, "json", False):
-        sys.stdout = terminal.Shown(out)  # type: ignore[assignment]
-    sys.stderr = terminal.Shown(err)  # type: ignore[assignment]
+        sys.stdout = shown.Shown(out)  # type: ignore[assignment]
+    sys.stderr = shown.Shown(err)  # type: ignore[assignment]
     try:
         return _run(args)
     finally:

@@ -14,6 +14,7 @@ from email.utils import formatdate, make_msgid
 
 from pyfilter.common.config import EmailConfig
 from pyfilter.common.messages import Notice
+from pyfilter.common.shown import shown
 
 SUBJECT_PREFIX = "[pyfilter]"
 
@@ -66,7 +67,8 @@ def single(cfg: EmailConfig, n: Notice) -> EmailMessage:
         rows.append(("reason", n.reason))
     body = "\n".join(f"{k + ':':<11}{v}" for k, v in rows)
     if n.lines:
-        body += "\n\nMatching log lines:\n" + "\n".join(f"  {line}" for line in n.lines)
+        # A client's text: its controls as escapes, for a mail read in a terminal too.
+        body += "\n\nMatching log lines:\n" + "\n".join(f"  {shown(line)}" for line in n.lines)
     subject = f"{SUBJECT_PREFIX} {n.address} " + _HAPPENED[n.event].format(rule=n.rule, host=n.host)
     return _message(cfg, subject, body + "\n")
 

@@ -121,7 +121,7 @@ def test_stats_and_whitelist_commands(api_server, capsys):
 
 def test_show_and_list_write_client_text_as_escapes(api_server, capsys):
     """A per-account ban names the account a client typed, and its lines hold it: on the
-    operator's terminal its controls are escapes (the CLI's terminal.py), in --json as sent."""
+    operator's terminal its controls are escapes (common/shown.py), in --json as sent."""
     account = "\x1b]0;pwned\x07\x1b[2Jroot\u202e"
     attackers = ["198.51.100.31", "198.51.100.32"]
 

@@ -386,6 +386,21 @@ def test_a_network_ban_mail_names_its_members_and_window(smtp):
     assert second["Subject"] == "[pyfilter] 198.51.100.0/24 no longer banned (the network ban ran out)"
 
 
+def test_a_mail_shows_the_log_lines_controls_as_escapes(smtp):
+    """A client's text in the lines (a user name that clears the screen, sets the window's
+    title, reverses what follows) reaches the reader as escapes: mail is read in terminals too."""
+    from pyfilter.notifier.notify import Email
+
+    channel = Email(settings("redis://unused", mail={"port": smtp.port}).config.notify.email, None)
+    line = "sshd[1]: Failed password for \x1b]0;pwned\x07\x1b[2J\u202eroot from 198.51.100.7 port 22 ssh2"
+    notice = messages.Notice(address="198.51.100.7", rule="sshd", host="host-a", origin="detector",
+                             banned_at=time.time(), duration=600, lines=[line])
+    assert run(channel.deliver([notice])) == [None]
+    body = smtp.mails[0].get_payload(decode=True).decode()
+    assert r"Failed password for \x1b]0;pwned\x07\x1b[2J\u202eroot from 198.51.100.7" in body
+    assert not [c for c in body if c in "\x1b\x07\u202e"]
+
+
 def test_failing_receiver_gets_the_notice_after_retries(any_url):
     async def go():
         client = aclient(any_url)

@@ -231,7 +231,7 @@ def test_a_per_account_ban_shows_its_account_and_evidence(server, page):
     attackers = ["198.51.100.51", "198.51.100.52", "2001:db8::53"]
     # Markup, and what would act instead of showing: an override reversing what follows, a control.
     account = "<img src=x onerror=alert(1)>\u202eroot\x1b[2J"
-    shown = r"<img src=x onerror=alert(1)>\u202eroot\x1b[2J"  # as services/cli/terminal.py writes it
+    shown = r"<img src=x onerror=alert(1)>\u202eroot\x1b[2J"  # as services/common/shown.py writes it
 
     async def seed():
         client = aioredis.from_url(redis_url)

@@ -35,7 +35,7 @@ const $ = (id) => document.getElementById(id);
 
 // Text a client wrote (an account, a log line), with what would act instead of showing
 // (controls, bidirectional marks and overrides that reorder what follows) written as
-// escapes, as the pyfilter command writes it (services/cli/terminal.py).
+// escapes, as the pyfilter command writes it (services/common/shown.py).
 const ACTING = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
 const visible = (text) => String(text).replace(ACTING, (c) => {
   const code = c.codePointAt(0);

@@ -1,13 +1,15 @@
-"""What the `pyfilter` command writes for a person: client text made visible.
+"""Text a client wrote, as a person is shown it: what would act made visible.
 
 Ban records, evidence and explained lines hold text an attacker wrote (a user
 name, a request path, a JSON log's decoded field). Written raw to an operator's
-terminal, its control characters would act: clear the screen, set the window's
-title, move the cursor back over a line, reorder what follows (bidirectional
-overrides). So every character that acts instead of showing is written as an
-escape (`\\x1b`, `\\u202e`), as nginx writes them in its logs, and an
-undecodable byte of a log (kept as a surrogate) as the byte (`\\xff`): a lone
-0x9b byte is a control sequence on some terminals. Tabs and newlines are ours.
+terminal (the `pyfilter` command, a mail read in a terminal), its control
+characters would act: clear the screen, set the window's title, move the cursor
+back over a line, reorder what follows (bidirectional overrides). So every
+character that acts instead of showing is written as an escape (`\\x1b`,
+`\\u202e`), as nginx writes them in its logs, and an undecodable byte of a log
+(kept as a surrogate) as the byte (`\\xff`): a lone 0x9b byte is a control
+sequence on some terminals. Tabs and newlines are ours. (The admin page does
+the same in app.js, `visible`.)
 """
 
 from __future__ import annotations
