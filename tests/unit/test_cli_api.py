@@ -119,7 +119,7 @@ def test_stats_and_whitelist_commands(api_server, capsys):
     assert run(capsys, "whitelist", "add", *url, *token)[0] == 2
 
 
-def test_show_and_list_write_client_text_as_escapes(api_server, capsys):
+def test_show_writes_a_clients_text_as_escapes_and_names_the_account(api_server, capsys):
     """A per-account ban names the account a client typed, and its lines hold it: on the
     operator's terminal its controls are escapes (common/shown.py), in --json as sent."""
     account = "\x1b]0;pwned\x07\x1b[2Jroot\u202e"
