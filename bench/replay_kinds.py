@@ -54,15 +54,15 @@ def main() -> int:
         match = run.ours_match(log.path, "sshd", None)["usage"].wall
         print(f"  pyfilter match --rule sshd: {match:.2f} s", flush=True)
         cli = Path(sys.executable).with_name("pyfilter")
+        cores = os.cpu_count() or 1
         for name in KINDS:
             config = write_config(work / "replay.yaml", name)
             usage, out = run._process([str(cli), "replay", "--config", str(config), str(log.path)])
             bans = re.search(r"([\d,]+) ban\(s\)", out.splitlines()[0]).group(1)  # type: ignore[union-attr]
             # Its CPU (Python and its Redis) spread over every core: no overlap of the two does better.
-            floor = usage.cpu / (os.cpu_count() or 1)
             print(f"  replay, {name}: {usage.wall:.2f} s, CPU {usage.cpu:.1f} s, {bans} bans, "
-                  f"{usage.wall / match:.2f}x the match (its CPU over {os.cpu_count()} cores: "
-                  f"{floor / match:.2f}x at best)", flush=True)
+                  f"{usage.wall / match:.2f}x the match (its CPU over {cores} cores: "
+                  f"{usage.cpu / cores / match:.2f}x at best)", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

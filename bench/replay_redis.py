@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from bench import logs
 from bench.replay_kinds import KINDS, write_config
 from pyfilter.cli import matching, ownredis, replay

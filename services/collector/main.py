@@ -196,7 +196,7 @@ async def run(settings: Settings) -> int:
                                          "sources": [s.name for s in followed]})
     await stop.wait()
     started = time.monotonic()
-    _, pending = await asyncio.wait(tasks.running, timeout=SHUTDOWN_GRACE)
+    pending = await tasks.wait(SHUTDOWN_GRACE)
     for task in pending:
         # Still waiting on Redis: its checkpoint has not moved, nothing is lost.
         task.cancel()
@@ -204,7 +204,7 @@ async def run(settings: Settings) -> int:
     await redis.aclose()
     log.info("collector stopped", extra={"seconds": round(time.monotonic() - started, 3),
                                          "unfinished": len(pending)})
-    return 1 if tasks.failed else 0
+    return tasks.exit_code
 
 
 def main() -> int:

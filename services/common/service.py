@@ -48,6 +48,15 @@ class Tasks:
         self.running.append(task)
         return task
 
+    async def wait(self, timeout: float | None = None) -> set[asyncio.Task]:
+        """Until every task has ended (at most `timeout` seconds); those still running."""
+        _, pending = await asyncio.wait(self.running, timeout=timeout)
+        return pending
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
     def _ended(self, task: asyncio.Task) -> None:
         if task.cancelled() or self.stop.is_set():
             return

@@ -407,9 +407,9 @@ async def main_async(settings: Settings) -> int:
     tasks.start(detector.run(), "windows")
     tasks.start(prune_until(detector.client, detector.keys, detector.stopping), "pruner")
     # Either ending on an error stops the other (a read under way is finished first).
-    await asyncio.wait(tasks.running)
+    await tasks.wait()
     await detector.client.aclose()
-    return 1 if tasks.failed else 0
+    return tasks.exit_code
 
 
 def main() -> int:

@@ -51,9 +51,9 @@ async def main_async(settings: Settings) -> int:
 
         tasks.start(run_notifier(settings, client, stop), "notices")
     log.info("notifier started", extra={"host": settings.host})
-    await asyncio.wait(tasks.running)
+    await tasks.wait()
     await client.aclose()
-    return 1 if tasks.failed else 0
+    return tasks.exit_code
 
 
 def main() -> int:
